@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Sets up everything and runs the whole suite: lint, types, unit and integration tests.
+# Integration tests start their own brokers and servers on free loopback ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh full
+export KERAS_BACKEND=torch OMP_NUM_THREADS=1
+.venv/bin/ruff check src tests bench
+.venv/bin/mypy
+exec .venv/bin/pytest -q -p no:cacheprovider "$@"

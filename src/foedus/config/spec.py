@@ -1,0 +1,196 @@
+"""The job file schema and its validation.
+
+A job file names registered plugins only (``type: fedavg``), never import paths. Every mistake
+becomes a one-line :class:`ConfigError` naming the key and, where there is a fixed set, the
+allowed values: ``clients.count: expected an integer >= 1, got 'ten'``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from foedus.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """A registered plugin by name plus its keyword parameters."""
+
+    type: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataSection:
+    dataset: str = "digits"
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    test_fraction: float = 0.2
+
+
+@dataclass(frozen=True)
+class ClientSection:
+    count: int = 10
+    epochs: int = 1
+    min_clients: int | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated job. Build it with :func:`load_job` or :meth:`from_dict`."""
+
+    job_id: str = "foedus-job"
+    seed: int = 0
+    rounds: int = 10
+    round_timeout: float = 60.0
+    data: DataSection = field(default_factory=DataSection)
+    clients: ClientSection = field(default_factory=ClientSection)
+    model: Plugin = field(default_factory=lambda: Plugin("sklearn-sgd"))
+    aggregator: Plugin = field(default_factory=lambda: Plugin("fedavg"))
+    transport: Plugin = field(default_factory=lambda: Plugin("local"))
+    pipeline: tuple[Plugin, ...] = ()
+    checkpoint_dir: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> JobSpec:
+        _mapping(raw, "job")
+        _known_keys(raw, cls, "")
+        data = raw.get("data", {})
+        clients = raw.get("clients", {})
+        _mapping(data, "data")
+        _mapping(clients, "clients")
+        _known_keys(data, DataSection, "data.")
+        _known_keys(clients, ClientSection, "clients.")
+        spec = cls(
+            job_id=_str(raw, "job_id", cls.job_id),
+            seed=_int(raw, "seed", 0, minimum=0),
+            rounds=_int(raw, "rounds", cls.rounds, minimum=1),
+            round_timeout=_float(raw, "round_timeout", cls.round_timeout, positive=True),
+            data=DataSection(
+                dataset=_str(data, "dataset", "digits", prefix="data."),
+                partition=_choice(data, "partition", "dirichlet", ("dirichlet", "iid"), "data."),
+                alpha=_float(data, "alpha", 0.5, positive=True, prefix="data."),
+                test_fraction=_float(data, "test_fraction", 0.2, positive=True, prefix="data."),
+            ),
+            clients=ClientSection(
+                count=_int(clients, "count", 10, minimum=1, prefix="clients."),
+                epochs=_int(clients, "epochs", 1, minimum=1, prefix="clients."),
+                min_clients=(
+                    _int(clients, "min_clients", 1, minimum=1, prefix="clients.")
+                    if "min_clients" in clients else None
+                ),
+            ),
+            model=_plugin(raw, "model", "sklearn-sgd"),
+            aggregator=_plugin(raw, "aggregator", "fedavg"),
+            transport=_plugin(raw, "transport", "local"),
+            pipeline=tuple(
+                _plugin({"pipeline": item}, "pipeline", "", index=i)
+                for i, item in enumerate(_list(raw, "pipeline"))
+            ),
+            checkpoint_dir=raw.get("checkpoint_dir"),
+        )
+        if spec.data.test_fraction >= 1:
+            raise ConfigError(f"data.test_fraction: expected a number in (0, 1), got "
+                              f"{spec.data.test_fraction}")
+        if spec.clients.min_clients is not None and spec.clients.min_clients > spec.clients.count:
+            raise ConfigError(
+                f"clients.min_clients: expected at most clients.count={spec.clients.count}, "
+                f"got {spec.clients.min_clients}"
+            )
+        return spec
+
+
+def load_job(path: str | Path) -> JobSpec:
+    """Read and validate a YAML job file."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read job file {str(path)!r}: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from exc
+    return JobSpec.from_dict(raw if raw is not None else {})
+
+
+# ---- small validators; each names the key it checks ------------------------------------------
+def _mapping(value: Any, where: str) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys to values, got {_show(value)}")
+
+
+def _known_keys(raw: dict[str, Any], section: type, prefix: str) -> None:
+    allowed = [f.name for f in fields(section)]
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"{prefix}{key}: unknown key; allowed: {', '.join(allowed)}")
+
+
+def _str(raw: dict[str, Any], key: str, default: str, prefix: str = "") -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{prefix}{key}: expected a non-empty string, got {_show(value)}")
+    return value
+
+
+def _int(raw: dict[str, Any], key: str, default: int, *, minimum: int, prefix: str = "") -> int:
+    value = raw.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{prefix}{key}: expected an integer >= {minimum}, got {_show(value)}")
+    return value
+
+
+def _float(
+    raw: dict[str, Any], key: str, default: float, *, positive: bool, prefix: str = ""
+) -> float:
+    value = raw.get(key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or (
+        positive and value <= 0
+    ):
+        raise ConfigError(f"{prefix}{key}: expected a positive number, got {_show(value)}")
+    return float(value)
+
+
+def _choice(
+    raw: dict[str, Any], key: str, default: str, allowed: tuple[str, ...], prefix: str = ""
+) -> str:
+    value = raw.get(key, default)
+    if value not in allowed:
+        raise ConfigError(f"{prefix}{key}: got {_show(value)}; allowed: {', '.join(allowed)}")
+    return str(value)
+
+
+def _list(raw: dict[str, Any], key: str) -> list[Any]:
+    value = raw.get(key, [])
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list, got {_show(value)}")
+    return value
+
+
+def _plugin(raw: dict[str, Any], key: str, default: str, index: int | None = None) -> Plugin:
+    where = f"{key}[{index}]" if index is not None else key
+    value = raw.get(key, default)
+    if isinstance(value, str):
+        value = {"type": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a name or {{type: NAME, params: {{...}}}}, "
+                          f"got {_show(value)}")
+    unknown = sorted(set(value) - {"type", "params"})
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed: type, params")
+    name = value.get("type")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}.type: expected a plugin name, got {_show(name)}")
+    params = value.get("params", {}) or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}.params: expected a mapping, got {_show(params)}")
+    return Plugin(name, dict(params))
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

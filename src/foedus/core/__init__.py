@@ -1,0 +1,1 @@
+"""The pipes-and-filters kernel: messages, pods, filters, graphs and the runtime."""

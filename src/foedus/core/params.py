@@ -1,0 +1,90 @@
+"""Model parameters as named numpy arrays, and the vector views aggregators work on.
+
+Parameters are an ordered mapping ``name -> np.ndarray``. Aggregators want one flat vector per
+update so their maths is a single vectorised numpy call; :func:`flatten` builds it with one copy
+and :func:`unflatten` returns views into a vector, never copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from foedus.core.errors import RejectedUpdate
+
+Params = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class ParamSpec:
+    """Names, shapes and dtypes of a model's parameters: what every update must match."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[np.dtype, ...]  # type: ignore[type-arg]
+
+    @classmethod
+    def of(cls, params: Params) -> ParamSpec:
+        return cls(
+            tuple(params),
+            tuple(tuple(a.shape) for a in params.values()),
+            tuple(a.dtype for a in params.values()),
+        )
+
+    @property
+    def size(self) -> int:
+        """Number of scalar values across all parameters."""
+        return int(sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes))
+
+    def check(self, params: Params) -> None:
+        """Raise :class:`RejectedUpdate` unless ``params`` has exactly these names and shapes."""
+        if tuple(params) != self.names:
+            missing = sorted(set(self.names) - set(params))
+            extra = sorted(set(params) - set(self.names))
+            raise RejectedUpdate(
+                "wrong_names", f"missing {missing}, unexpected {extra}" if missing or extra
+                else "parameters are in a different order"
+            )
+        for name, shape, array in zip(self.names, self.shapes, params.values(), strict=True):
+            if tuple(array.shape) != shape:
+                raise RejectedUpdate(
+                    "wrong_shape", f"{name!r} has shape {tuple(array.shape)}, expected {shape}"
+                )
+
+
+def check_finite(params: Params) -> None:
+    """Raise :class:`RejectedUpdate` if any floating-point value is NaN or infinite."""
+    for name, array in params.items():
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            raise RejectedUpdate("not_finite", f"{name!r} contains NaN or Inf")
+
+
+def flatten(params: Params, dtype: np.dtype | type = np.float64) -> np.ndarray:  # type: ignore[type-arg]
+    """Concatenate all parameters into one contiguous 1-D vector (one copy)."""
+    if not params:
+        return np.zeros(0, dtype=dtype)
+    return np.concatenate([np.asarray(a, dtype=dtype).ravel() for a in params.values()])
+
+
+def unflatten(vector: np.ndarray, spec: ParamSpec) -> dict[str, np.ndarray]:
+    """Split a flat vector back into named arrays, cast to each parameter's dtype.
+
+    Arrays whose dtype equals the vector's are views into it; others are cast (one copy each).
+    """
+    if vector.shape != (spec.size,):
+        raise ValueError(f"vector has shape {vector.shape}, expected ({spec.size},)")
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for name, shape, dtype in zip(spec.names, spec.shapes, spec.dtypes, strict=True):
+        n = int(np.prod(shape, dtype=np.int64))
+        piece = vector[offset : offset + n].reshape(shape)
+        out[name] = piece if piece.dtype == dtype else piece.astype(dtype)
+        offset += n
+    return out
+
+
+def nbytes(params: Params) -> int:
+    """Total size in bytes of the arrays' data."""
+    return int(sum(a.nbytes for a in params.values()))

@@ -1,0 +1,103 @@
+"""PyTorch adapter: any ``nn.Module``, parameters *and* buffers, by state-dict name.
+
+Buffers matter: BatchNorm's running mean and variance are part of the model, and frameworks that
+average only ``parameters()`` ship models whose normalisation statistics are wrong. This adapter
+exchanges the whole ``state_dict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from foedus.core.errors import ConfigError, require
+from foedus.core.params import Params
+from foedus.data.datasets import Dataset, DataSpec
+from foedus.models.base import ModelAdapter, models
+
+if TYPE_CHECKING:
+    import torch as torch_t
+
+
+class TorchAdapter(ModelAdapter):
+    """Trains ``module`` with ``optimizer`` (default SGD with momentum) on mini-batches."""
+
+    def __init__(
+        self, module: torch_t.nn.Module, *, loss_fn: Callable[..., Any] | None = None,
+        optimizer: Callable[[Any], torch_t.optim.Optimizer] | None = None, lr: float = 0.05,
+        batch_size: int = 32, seed: int = 0,
+    ) -> None:
+        torch = require("torch", "torch")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        self.torch: Any = torch
+        self.module = module
+        self.loss_fn = loss_fn or torch.nn.CrossEntropyLoss()
+        make_opt = optimizer or (lambda p: torch.optim.SGD(p, lr=lr, momentum=0.9))
+        self.optimizer = make_opt(module.parameters())
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.module.state_dict().items()}
+
+    def set_params(self, params: Params) -> None:
+        state = self.module.state_dict()
+        unknown = sorted(set(params) - set(state))
+        missing = sorted(set(state) - set(params))
+        if unknown or missing:
+            raise ConfigError(f"state dict mismatch: missing {missing}, unexpected {unknown}")
+        new_state = {
+            k: self.torch.from_numpy(np.array(v, copy=True)).to(state[k].dtype)
+            for k, v in params.items()
+        }
+        self.module.load_state_dict(new_state)
+
+    def fit(self, data: Dataset, *, epochs: int = 1) -> dict[str, float]:
+        torch = self.torch
+        x, y = torch.from_numpy(np.asarray(data.x)), torch.from_numpy(np.asarray(data.y))
+        self.module.train()
+        total, count = 0.0, 0
+        for _ in range(epochs):
+            order = torch.randperm(len(y), generator=self.generator)
+            for start in range(0, len(y), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                self.optimizer.zero_grad()
+                loss = self.loss_fn(self.module(x[batch]), y[batch])
+                loss.backward()
+                self.optimizer.step()
+                total += loss.item() * len(batch)
+                count += len(batch)
+        return {"loss": total / max(count, 1)}
+
+    def evaluate(self, data: Dataset) -> dict[str, float]:
+        torch = self.torch
+        self.module.eval()
+        with torch.no_grad():
+            logits = self.module(torch.from_numpy(np.asarray(data.x)))
+            y = torch.from_numpy(np.asarray(data.y))
+            loss = float(self.loss_fn(logits, y))
+            accuracy = float((logits.argmax(dim=1) == y).float().mean())
+        return {"loss": loss, "accuracy": accuracy}
+
+
+@models.register("torch-mlp")
+def torch_mlp(
+    spec: DataSpec, seed: int = 0, hidden: tuple[int, ...] | list[int] = (64, 32),
+    lr: float = 0.05, batch_size: int = 32, batch_norm: bool = False,
+) -> TorchAdapter:
+    """A multi-layer perceptron for tabular or flattened image data."""
+    torch: Any = require("torch", "torch")
+    torch.manual_seed(seed)
+    layers: list[Any] = []
+    width = spec.n_features
+    for h in hidden:
+        layers.append(torch.nn.Linear(width, int(h)))
+        if batch_norm:
+            layers.append(torch.nn.BatchNorm1d(int(h)))
+        layers.append(torch.nn.ReLU())
+        width = int(h)
+    layers.append(torch.nn.Linear(width, len(spec.classes)))
+    return TorchAdapter(torch.nn.Sequential(*layers), lr=lr, batch_size=batch_size, seed=seed)

@@ -1,0 +1,26 @@
+"""Imports every module that registers plugins, so job files can name them.
+
+Each listed module must import its optional dependencies lazily (inside functions), so loading
+the registry never requires an extra that the job does not use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+PLUGIN_MODULES: tuple[str, ...] = (
+    "foedus.aggregate",
+    "foedus.models",
+    "foedus.transport",
+)
+
+_loaded = False
+
+
+def load_plugins() -> None:
+    """Import all plugin modules once."""
+    global _loaded
+    if not _loaded:
+        for module in PLUGIN_MODULES:
+            importlib.import_module(module)
+        _loaded = True

@@ -1,0 +1,235 @@
+"""The server's round loop (figure 3 of the ALCHIMIA seed) as one pod.
+
+Each round: broadcast the global model on ``model`` -> collect updates arriving on ``update``
+until every expected client answered, or the deadline passed with at least ``min_clients``
+-> aggregate -> evaluate -> record -> next round. A client that fails (an ``ERROR`` message), is
+late, or sends something invalid is skipped and recorded with a reason; it never stalls or
+crashes the round. After the last round a ``CONTROL`` message with ``action: stop`` tells
+clients the job is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from foedus.aggregate.base import Aggregator
+from foedus.core.errors import ConfigError, RejectedUpdate
+from foedus.core.message import Kind, Message
+from foedus.core.params import Params
+from foedus.core.pod import Pod, Wire
+from foedus.roles.checkpoint import Checkpointer
+
+log = logging.getLogger("foedus.server")
+
+Evaluator = Callable[[Params], dict[str, float]]
+
+
+@dataclass
+class RoundRecord:
+    """What happened in one round; the job's history is a list of these."""
+
+    round: int
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    failed_clients: list[str] = field(default_factory=list)
+    missing_clients: int = 0
+    duration_s: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    client_metrics: dict[str, float] = field(default_factory=dict)
+    status: str = "ok"  # "ok" or "no_quorum"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ServerPod(Pod):
+    """Drives rounds. Wire ``update`` from the clients' uplink, ``model`` to their downlink."""
+
+    inputs: ClassVar[tuple[Wire, ...]] = (Wire("update"),)
+    outputs: ClassVar[tuple[Wire, ...]] = (
+        Wire("model"), Wire("events", required=False),
+    )
+
+    def __init__(
+        self, *, job_id: str, initial_params: Params, aggregator: Aggregator, rounds: int,
+        expected_clients: int, min_clients: int | None = None, round_timeout: float = 60.0,
+        evaluate: Evaluator | None = None, checkpointer: Checkpointer | None = None,
+        name: str = "server",
+    ) -> None:
+        super().__init__(name)
+        if rounds < 1:
+            raise ConfigError(f"rounds must be at least 1, got {rounds}")
+        if expected_clients < 1:
+            raise ConfigError(f"expected_clients must be at least 1, got {expected_clients}")
+        min_clients = expected_clients if min_clients is None else min_clients
+        if not 1 <= min_clients <= expected_clients:
+            raise ConfigError(
+                f"min_clients must be between 1 and expected_clients={expected_clients}, "
+                f"got {min_clients}"
+            )
+        if round_timeout <= 0:
+            raise ConfigError(f"round_timeout must be positive, got {round_timeout}")
+        self.job_id = job_id
+        self.params: dict[str, np.ndarray] = {k: np.array(v) for k, v in initial_params.items()}
+        self.aggregator = aggregator
+        self.rounds = rounds
+        self.expected_clients = expected_clients
+        self.min_clients = min_clients
+        self.round_timeout = round_timeout
+        self.evaluate = evaluate
+        self.checkpointer = checkpointer
+        self.history: list[RoundRecord] = []
+        self.rejections: Counter[str] = Counter()  # over the whole job, for metrics exporters
+        self.round_listeners: list[Callable[[RoundRecord], None]] = []
+        self.current_round = 0
+        self._record: RoundRecord | None = None
+        self._senders: set[str] = set()
+        self._client_metrics: list[tuple[int, dict[str, float]]] = []
+        self._arrivals: asyncio.Queue[None] = asyncio.Queue()
+        self._lock = asyncio.Lock()
+
+    # ---- the round loop -------------------------------------------------------------------
+    async def run(self) -> None:
+        start = self._resume()
+        for rnd in range(start, self.rounds + 1):
+            await self._run_round(rnd)
+        await self.send("model", self._control("stop"))
+
+    async def _run_round(self, rnd: int) -> None:
+        began = time.perf_counter()
+        async with self._lock:
+            self.current_round = rnd
+            self._record = RoundRecord(rnd)
+            self._senders.clear()
+            self._client_metrics.clear()
+            self.aggregator.reset(self.params)
+            while not self._arrivals.empty():
+                self._arrivals.get_nowait()
+        await self.send("model", Message.create(
+            Kind.MODEL, job_id=self.job_id, round=rnd, sender=self.name, params=self.params,
+        ))
+        await self._collect()
+        async with self._lock:
+            record = self._record
+            self.current_round = 0  # late updates for this round are now stale
+        if record.accepted >= self.min_clients:
+            self.params = await asyncio.to_thread(self.aggregator.result)
+        else:
+            record.status = "no_quorum"
+            log.warning("round %d: %d of %d required updates arrived; global model kept",
+                        rnd, record.accepted, self.min_clients)
+        record.missing_clients = max(0, self.expected_clients - len(self._senders))
+        record.client_metrics = _weighted_mean(self._client_metrics)
+        if self.evaluate is not None:
+            record.metrics = await asyncio.to_thread(self.evaluate, self.params)
+        record.duration_s = time.perf_counter() - began
+        self.history.append(record)
+        if self.checkpointer is not None:
+            await asyncio.to_thread(
+                self.checkpointer.save, rnd, self.params, self.aggregator.snapshot(),
+                [r.to_dict() for r in self.history],
+            )
+        for listener in self.round_listeners:
+            listener(record)
+        await self.send("events", Message.create(
+            Kind.METRICS, job_id=self.job_id, round=rnd, sender=self.name,
+            metrics=record.metrics, meta=record.to_dict(),
+        ))
+
+    async def _collect(self) -> None:
+        """Wait until every expected client answered (an update, a failure or an invalid
+        update each count once per sender), or the deadline passes."""
+        deadline = time.monotonic() + self.round_timeout
+        while True:
+            if len(self._senders) >= self.expected_clients:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._arrivals.get(), timeout=remaining)
+            except TimeoutError:
+                return
+
+    # ---- inputs ---------------------------------------------------------------------------
+    async def on_update(self, msg: Message) -> None:
+        async with self._lock:
+            try:
+                self._check(msg)
+            except RejectedUpdate as exc:
+                self._reject(msg, exc)  # not an answer: the sender may still send a valid one
+                return
+            record = self._record
+            assert record is not None
+            self._senders.add(msg.sender)
+            if msg.kind is Kind.ERROR or msg.error is not None:
+                record.failed_clients.append(msg.sender)
+                log.warning("round %d: client %s failed: %s", msg.round, msg.sender, msg.error)
+            else:
+                try:
+                    await asyncio.to_thread(self.aggregator.accept, msg)
+                except RejectedUpdate as exc:
+                    self._reject(msg, exc)
+                else:
+                    record.accepted += 1
+                    self._client_metrics.append((msg.num_examples, dict(msg.metrics)))
+        self._arrivals.put_nowait(None)
+
+    def _reject(self, msg: Message, exc: RejectedUpdate) -> None:
+        self.rejections[exc.reason] += 1
+        if self._record is not None and msg.round == self.current_round:
+            self._record.rejected[exc.reason] = self._record.rejected.get(exc.reason, 0) + 1
+        log.warning("rejected update from %s (round %d): %s", msg.sender, msg.round, exc)
+
+    def _check(self, msg: Message) -> None:
+        if msg.header.job_id != self.job_id:
+            raise RejectedUpdate("wrong_job", f"message is for job {msg.header.job_id!r}")
+        if msg.kind not in (Kind.UPDATE, Kind.ERROR):
+            raise RejectedUpdate("wrong_kind", f"expected an update, got {msg.kind.value}")
+        if self._record is None or msg.round != self.current_round:
+            raise RejectedUpdate(
+                "stale_round", f"update for round {msg.round}, current is {self.current_round}"
+            )
+        if msg.sender in self._senders:
+            raise RejectedUpdate("duplicate", f"{msg.sender} already answered this round")
+        if msg.trail:
+            raise RejectedUpdate(
+                "undecoded", f"filters {list(msg.trail)} were not undone before aggregation"
+            )
+
+    # ---- helpers --------------------------------------------------------------------------
+    def _control(self, action: str) -> Message:
+        return Message.create(
+            Kind.CONTROL, job_id=self.job_id, round=self.current_round, sender=self.name,
+            meta={"action": action},
+        )
+
+    def _resume(self) -> int:
+        if self.checkpointer is None:
+            return 1
+        ckpt = self.checkpointer.load()
+        if ckpt is None:
+            return 1
+        self.params = ckpt.params
+        self.aggregator.restore(ckpt.aggregator_state)
+        self.history = [RoundRecord(**r) for r in ckpt.history]
+        log.info("resumed job %s after round %d", self.job_id, ckpt.round)
+        return ckpt.round + 1
+
+
+def _weighted_mean(items: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for n, metrics in items:
+        for key, value in metrics.items():
+            totals[key] = totals.get(key, 0.0) + n * value
+            weights[key] = weights.get(key, 0.0) + n
+    return {k: totals[k] / weights[k] for k in totals if weights[k] > 0}
