@@ -12,7 +12,9 @@ purpose, so a new transport is a few hundred lines and the rest of foedus never 
   every payload published after that point is delivered, in publish order per key. With a
   ``group`` the position is durable: a subscriber that reconnects with the same group resumes
   after the last payload it consumed, so nothing published meanwhile is lost. A payload counts as
-  consumed when the iterator advances past it.
+  consumed when the iterator advances past it or the subscription is closed cleanly; after a
+  crash the last payload handed out may be delivered again (at-least-once), so receivers
+  de-duplicate (the server does, by sender and round).
 * ``await close()`` releases everything; using a closed transport raises ``TransportClosed``.
 
 Payloads are ``bytes``. Size limits, chunking of large payloads and TLS are each transport's own

@@ -43,6 +43,8 @@ class _LocalSubscription(Subscription):
 
     async def close(self) -> None:
         if not self._closed:
+            if self._last is not None and self.group is not None:
+                self._owner._commit(self.topic, self.group, self._last + 1)
             self._closed = True
             self._owner._detach(self)
             self._queue.put_nowait(_END)
