@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TextIO
 
 from foedus.config.runner import JobResult, run_job_sync
 from foedus.config.spec import ClientSection, DataSection, JobSpec, Plugin, load_job
@@ -24,7 +25,7 @@ BAR_WIDTH = 24
 class Progress:
     """Prints one line per round: a bar, the global model's metrics, answers and time."""
 
-    def __init__(self, rounds: int, stream: object = sys.stderr) -> None:
+    def __init__(self, rounds: int, stream: TextIO = sys.stderr) -> None:
         self.rounds = rounds
         self.stream = stream
 
@@ -42,7 +43,7 @@ class Progress:
         print(
             f"round {record.round:>3}/{self.rounds} [{bar}] {metrics}  "
             f"updates {record.accepted}  {record.duration_s:.2f}s{extra}",
-            file=self.stream,  # type: ignore[arg-type]
+            file=self.stream,
             flush=True,
         )
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Message
-from foedus.core.params import ParamSpec, Params, check_finite, flatten, unflatten
+from foedus.core.params import Params, ParamSpec, check_finite, flatten, unflatten
 from foedus.core.registry import Registry
 
 

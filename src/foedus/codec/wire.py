@@ -31,7 +31,7 @@ import msgpack
 import numpy as np
 
 from foedus.core.errors import CodecError
-from foedus.core.message import Header, Kind, Message
+from foedus.core.message import Kind, Message
 
 MAGIC = b"FOED"
 FORMAT_VERSION = 1
@@ -65,7 +65,7 @@ def encode(msg: Message) -> bytes:
                 raise CodecError(f"parameter {name!r} has unsupported dtype {value.dtype}")
         array = np.ascontiguousarray(array)
         table.append([name, array.dtype.str, list(array.shape), offset, array.nbytes])
-        buffers.append(memoryview(array).cast("B") if array.nbytes else memoryview(b""))
+        buffers.append(memoryview(array).cast("B") if array.nbytes else memoryview(b""))  # type: ignore[arg-type]
         offset += array.nbytes + _pad(array.nbytes)
     h = msg.header
     try:
@@ -98,7 +98,9 @@ def decode(data: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_
     if size > max_size:
         raise CodecError(f"message is {size} bytes, over the limit of {max_size}")
     if size < _PREFIX.size:
-        raise CodecError(f"truncated message: {size} bytes, shorter than the {_PREFIX.size}-byte prefix")
+        raise CodecError(
+            f"truncated message: {size} bytes, shorter than the {_PREFIX.size}-byte prefix"
+        )
     magic, version, header_len, body_len, crc = _PREFIX.unpack_from(view, 0)
     if magic != MAGIC:
         raise CodecError(f"not a foedus message (magic {bytes(magic)!r})")

@@ -123,7 +123,9 @@ async def run_job(
         rounds=spec.rounds, expected_clients=spec.clients.count,
         min_clients=spec.clients.min_clients, round_timeout=spec.round_timeout,
         evaluate=evaluate,
-        checkpointer=Checkpointer(spec.checkpoint_dir, spec.job_id) if spec.checkpoint_dir else None,
+        checkpointer=(
+            Checkpointer(spec.checkpoint_dir, spec.job_id) if spec.checkpoint_dir else None
+        ),
     )
     if on_round is not None:
         server.round_listeners.append(on_round)

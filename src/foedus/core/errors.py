@@ -1,8 +1,8 @@
 """The one error tree of foedus.
 
-Everything foedus raises on purpose derives from :class:`FoedusError`, so a user can catch the whole
-framework with one ``except``. Inside a process errors are exceptions; across the network they travel
-as values (``Message.error``) so one failing participant never brings down another.
+Everything foedus raises on purpose derives from :class:`FoedusError`, so a user can catch the
+whole framework with one ``except``. Inside a process errors are exceptions; across the network
+they travel as values (``Message.error``) so one failing participant never brings down another.
 
 ::
 
@@ -20,6 +20,8 @@ as values (``Message.error``) so one failing participant never brings down anoth
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class FoedusError(Exception):
@@ -85,7 +87,7 @@ class MissingExtra(FoedusError, ImportError):
         )
 
 
-def require(module: str, extra: str) -> object:
+def require(module: str, extra: str) -> Any:
     """Import an optional dependency or raise :class:`MissingExtra` naming the extra to install."""
     import importlib
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 from foedus.core.message import Message
-from foedus.core.registry import Registry
 from foedus.core.pod import Pod, Wire
+from foedus.core.registry import Registry
 
 
 class Filter(Pod):

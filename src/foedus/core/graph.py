@@ -8,6 +8,7 @@ choices, so a wiring bug is found when the graph is built, not in round 37.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -67,7 +68,7 @@ class Graph:
         for pod in pods:
             if pod.name not in self.pods:
                 self.add(pod)
-        for a, b in zip(pods, pods[1:], strict=False):
+        for a, b in itertools.pairwise(pods):
             self.connect(f"{a.name}.{source}", f"{b.name}.{target}")
         return self
 

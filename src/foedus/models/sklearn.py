@@ -58,7 +58,7 @@ class SklearnSGDClassifier(ModelAdapter):
         from sklearn.metrics import log_loss
 
         accuracy = float(np.mean(self.model.predict(data.x) == data.y))
-        if hasattr(self.model, "predict_proba") and self.model.loss in ("log_loss", "modified_huber"):
+        if self.model.loss in ("log_loss", "modified_huber"):  # losses with probabilities
             proba = self.model.predict_proba(data.x)
             loss = float(log_loss(data.y, proba, labels=self.classes))
         else:

@@ -17,6 +17,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from foedus.codec import DEFAULT_MAX_SIZE
 from foedus.core.errors import ConfigError
 from foedus.core.filter import Filter
 from foedus.core.graph import Graph
@@ -52,10 +53,9 @@ def server_graph(
 ) -> Graph:
     """The server's graph; ``filters`` undo the clients' encoders, in the order given."""
     t = topics(server.job_id)
-    kwargs = {"max_size": max_message_size} if max_message_size else {}
     downlink = Downlink(
         transport, t.updates, job_id=server.job_id, group=f"{server.job_id}.server",
-        name="updates_in", **kwargs,
+        name="updates_in", max_size=max_message_size or DEFAULT_MAX_SIZE,
     )
     uplink = Uplink(transport, t.model, retain=True, name="model_out")
     graph = Graph(f"{server.job_id}/server").add(downlink, server, uplink)

@@ -87,7 +87,8 @@ class Downlink(Pod):
                 msg = decode(payload, max_size=self.max_size)
             except CodecError as exc:
                 self.rejected["undecodable"] += 1
-                log.warning("%s: rejected undecodable payload on %r: %s", self.name, self.topic, exc)
+                log.warning("%s: rejected undecodable payload on %r: %s",
+                            self.name, self.topic, exc)
                 continue
             if self.job_id is not None and msg.header.job_id != self.job_id:
                 self.rejected["wrong_job"] += 1

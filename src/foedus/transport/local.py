@@ -39,7 +39,7 @@ class _LocalSubscription(Subscription):
             raise StopAsyncIteration
         index, payload = item  # type: ignore[misc]
         self._last = index
-        return payload  # type: ignore[no-any-return]
+        return payload  # type: ignore[no-any-return,return-value]
 
     async def close(self) -> None:
         if not self._closed:
