@@ -25,7 +25,7 @@ BAR_WIDTH = 24
 class Progress:
     """Prints one line per round: a bar, the global model's metrics, answers and time."""
 
-    def __init__(self, rounds: int, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, rounds: int, stream: TextIO | None = None) -> None:
         self.rounds = rounds
         self.stream = stream
 
@@ -43,7 +43,7 @@ class Progress:
         print(
             f"round {record.round:>3}/{self.rounds} [{bar}] {metrics}  "
             f"updates {record.accepted}  {record.duration_s:.2f}s{extra}",
-            file=self.stream,
+            file=self.stream or sys.stderr,
             flush=True,
         )
 

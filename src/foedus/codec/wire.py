@@ -36,7 +36,7 @@ from foedus.core.message import Kind, Message
 MAGIC = b"FOED"
 FORMAT_VERSION = 1
 DEFAULT_MAX_SIZE = 2 * 1024**3  # 2 GiB; transports pass their own, smaller limits
-_PREFIX = struct.Struct("<4sB3xIQI")
+_PREFIX = struct.Struct("<4sB3sIQI")
 _ALIGN = 8
 _MAX_NDIM = 32
 _ALLOWED_DTYPES = frozenset(
@@ -87,7 +87,7 @@ def encode(msg: Message) -> bytes:
     crc = 0
     for part in parts:
         crc = zlib.crc32(part, crc)
-    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), offset, crc)
+    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, bytes(3), len(header), offset, crc)
     return b"".join([prefix, *parts])
 
 
@@ -101,11 +101,13 @@ def decode(data: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_
         raise CodecError(
             f"truncated message: {size} bytes, shorter than the {_PREFIX.size}-byte prefix"
         )
-    magic, version, header_len, body_len, crc = _PREFIX.unpack_from(view, 0)
+    magic, version, reserved, header_len, body_len, crc = _PREFIX.unpack_from(view, 0)
     if magic != MAGIC:
         raise CodecError(f"not a foedus message (magic {bytes(magic)!r})")
     if version != FORMAT_VERSION:
         raise CodecError(f"unsupported format version {version}; this build reads {FORMAT_VERSION}")
+    if reserved != bytes(3):
+        raise CodecError("reserved prefix bytes must be zero (corrupted or newer format)")
     body_start = _PREFIX.size + header_len + _pad(header_len)
     if body_start + body_len != size:
         raise CodecError(

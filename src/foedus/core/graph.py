@@ -39,6 +39,7 @@ class Graph:
         self.name = name
         self.pods: dict[str, Pod] = {}
         self.edges: list[tuple[Endpoint, Endpoint]] = []
+        self.entries: set[Endpoint] = set()
 
     def add(self, *pods: Pod) -> Graph:
         """Add pods; names must be unique within the graph."""
@@ -63,6 +64,14 @@ class Graph:
         self.edges.append((src, dst))
         return self
 
+    def expose(self, target: str) -> Graph:
+        """Declare input ``target`` fed from outside the graph (``Runtime.inject``), so it counts
+        as connected: the entry points of a graph embedded in a test or a larger program."""
+        end = Endpoint.parse(target)
+        self._wire(end, "input")
+        self.entries.add(end)
+        return self
+
     def chain(self, *pods: Pod, source: str = "out", target: str = "in") -> Graph:
         """Add pods (if new) and connect each one's ``source`` wire to the next one's ``target``."""
         for pod in pods:
@@ -80,6 +89,7 @@ class Graph:
         """Raise :class:`GraphError` describing every problem at once, or return quietly."""
         problems: list[str] = []
         connected_in = {(d.pod, d.wire) for _, d in self.edges}
+        connected_in |= {(e.pod, e.wire) for e in self.entries}
         connected_out = {(s.pod, s.wire) for s, _ in self.edges}
         for pod in self.pods.values():
             for wire in pod.input_wires.values():

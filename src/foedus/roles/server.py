@@ -120,6 +120,7 @@ class ServerPod(Pod):
         async with self._lock:
             record = self._record
             self.current_round = 0  # late updates for this round are now stale
+            self._record = None
         if record.accepted >= self.min_clients:
             self.params = await asyncio.to_thread(self.aggregator.result)
         else:
@@ -185,7 +186,7 @@ class ServerPod(Pod):
 
     def _reject(self, msg: Message, exc: RejectedUpdate) -> None:
         self.rejections[exc.reason] += 1
-        if self._record is not None and msg.round == self.current_round:
+        if self._record is not None:  # counted in the round during which it arrived
             self._record.rejected[exc.reason] = self._record.rejected.get(exc.reason, 0) + 1
         log.warning("rejected update from %s (round %d): %s", msg.sender, msg.round, exc)
 

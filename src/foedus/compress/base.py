@@ -1,0 +1,340 @@
+"""What every codec shares: paired encoder/decoder filters, the trail, and safe (un)packing.
+
+A codec is a :class:`~foedus.core.filter.Stage` owning a client-side :class:`Encoder` and a
+server-side :class:`Decoder`. The encoded update is still an ordinary message whose params are
+numpy arrays (a uint8 body plus small arrays) and whose ``meta[tag]`` holds the small description
+needed to undo it, so the wire codec carries it unchanged and codecs compose (``qsgd`` then
+``zstd``): each decoder finds its own metadata under its own tag and removes it.
+
+Decoders read untrusted input. Every size, dtype, shape and count is checked before it is used
+and every failure is a :class:`~foedus.core.errors.CodecError`. Inside a graph a decoder turns
+such a failure into an ``ERROR`` message from the same sender (errors travel as values), so the
+server records that client as failed at once instead of waiting for it until the deadline.
+
+*Delta mode.* Lossy codecs work far better on the change a client made this round than on its
+full weights. Both halves then need the round's global model: encoders and decoders with
+``delta=True`` get an extra input wire ``model`` and remember the global model seen on it
+(:class:`ReferenceModel`). Until the topology connects that wire itself, the filter connects it
+when its graph starts (:meth:`Codec.start`), to the wire that feeds the client pod's ``model``
+input (client side) or to the server pod's ``model`` output (server side).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from foedus.core.errors import CodecError, ConfigError, FoedusError
+from foedus.core.filter import Filter
+from foedus.core.message import Kind, Message
+from foedus.core.params import Params
+from foedus.core.pod import Wire
+
+#: default ceiling on a decoded update (zip-bomb safety); each stage takes ``max_decoded_size``
+DEFAULT_MAX_DECODED = 1024**3
+_ALLOWED_DTYPES = frozenset(
+    np.dtype(t).str
+    for t in (
+        "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+        "float16", "float32", "float64",
+    )
+)
+_MAX_NDIM = 32
+_MAX_ARRAYS = 100_000
+
+Table = list[list[Any]]  # [[name, dtype str, shape list], ...] in parameter order
+
+
+# ---- table of arrays: how a decoder learns what to rebuild -----------------------------------
+def make_table(params: Params) -> Table:
+    """Describe arrays by name, little-endian dtype and shape (msgpack-friendly lists)."""
+    return [[name, _le(a.dtype).str, list(a.shape)] for name, a in params.items()]
+
+
+def read_table(raw: Any, where: str) -> list[tuple[str, np.dtype[Any], tuple[int, ...]]]:
+    """Validate a table received from the network; raise :class:`CodecError` on anything odd."""
+    if not isinstance(raw, list) or len(raw) > _MAX_ARRAYS:
+        raise CodecError(f"{where}: array table must be a list of at most {_MAX_ARRAYS} entries")
+    out: list[tuple[str, np.dtype[Any], tuple[int, ...]]] = []
+    seen: set[str] = set()
+    for entry in raw:
+        if not isinstance(entry, list) or len(entry) != 3:
+            raise CodecError(f"{where}: table entries must be [name, dtype, shape]")
+        name, dtype, shape = entry
+        if not isinstance(name, str) or name in seen:
+            raise CodecError(f"{where}: array names must be unique strings, got {name!r}")
+        if dtype not in _ALLOWED_DTYPES:
+            raise CodecError(f"{where}: array {name!r} has disallowed dtype {dtype!r}")
+        if (
+            not isinstance(shape, list) or len(shape) > _MAX_NDIM
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        ):
+            raise CodecError(f"{where}: array {name!r} has an invalid shape {shape!r}")
+        seen.add(name)
+        out.append((name, np.dtype(dtype), tuple(shape)))
+    return out
+
+
+def table_nbytes(table: list[tuple[str, np.dtype[Any], tuple[int, ...]]]) -> int:
+    """Bytes the described arrays occupy (Python ints: a hostile shape cannot overflow)."""
+    return sum(math.prod(shape) * dtype.itemsize for _, dtype, shape in table)
+
+
+def pack_raw(params: Params) -> bytes:
+    """All arrays' little-endian bytes back to back, in parameter order (one copy)."""
+    return b"".join(np.ascontiguousarray(a, dtype=_le(a.dtype)).tobytes() for a in params.values())
+
+
+def unpack_raw(
+    body: bytes | bytearray | memoryview,
+    table: list[tuple[str, np.dtype[Any], tuple[int, ...]]],
+    where: str,
+) -> dict[str, np.ndarray]:
+    """Split a raw body back into named arrays; views into ``body``, never copies."""
+    if len(body) != table_nbytes(table):
+        raise CodecError(
+            f"{where}: body holds {len(body)} bytes, the table describes {table_nbytes(table)}"
+        )
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for name, dtype, shape in table:
+        count = math.prod(shape)
+        out[name] = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
+        offset += count * dtype.itemsize
+    return out
+
+
+def _le(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    return dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
+
+
+def split_float(params: Params) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(floating-point params, the rest): lossy codecs touch only the first."""
+    floats = {k: np.asarray(v) for k, v in params.items() if np.asarray(v).dtype.kind == "f"}
+    rest = {k: np.asarray(v) for k, v in params.items() if k not in floats}
+    return floats, rest
+
+
+def flat_float32(params: Params) -> np.ndarray:
+    """Concatenate float arrays into one float32 vector (one copy), the lossy codecs' input."""
+    if not params:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate([np.asarray(a, dtype=np.float32).ravel() for a in params.values()])
+
+
+def unflat(
+    vector: np.ndarray, table: list[tuple[str, np.dtype[Any], tuple[int, ...]]]
+) -> dict[str, np.ndarray]:
+    """Cut a flat vector into the arrays a table describes, cast to their dtypes."""
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for name, dtype, shape in table:
+        n = math.prod(shape)
+        out[name] = vector[offset : offset + n].reshape(shape).astype(dtype, copy=False)
+        offset += n
+    return out
+
+
+def meta_entry(msg: Message, tag: str) -> Mapping[str, Any]:
+    """The mapping an encoder left under ``meta[tag]``, or a :class:`CodecError`."""
+    entry = msg.meta.get(tag)
+    if not isinstance(entry, Mapping):
+        raise CodecError(f"{tag}: message has no {tag!r} metadata to decode")
+    return entry
+
+
+def get_int(entry: Mapping[str, Any], key: str, where: str, *, minimum: int = 0) -> int:
+    value = entry.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise CodecError(f"{where}: metadata {key!r} must be an integer >= {minimum}")
+    return value
+
+
+def get_array(
+    params: Params, name: str, dtype: np.dtype[Any] | type, where: str
+) -> np.ndarray:
+    array = params.get(name)
+    if array is None or array.ndim != 1 or array.dtype != np.dtype(dtype):
+        raise CodecError(f"{where}: expected a 1-D {np.dtype(dtype)} array {name!r}")
+    return array
+
+
+# ---- the global model a delta is taken against -----------------------------------------------
+class ReferenceModel:
+    """The last few global models seen, by round, so deltas can be taken and undone.
+
+    Keeps copies (the sender may reuse its buffers) of at most ``keep`` rounds.
+    """
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._by_round: dict[int, dict[str, np.ndarray]] = {}
+
+    def record(self, msg: Message) -> None:
+        if msg.kind is not Kind.MODEL or not msg.params:
+            return
+        self._by_round[msg.round] = {k: np.array(v) for k, v in msg.params.items()}
+        for old in sorted(self._by_round)[: -self.keep]:
+            del self._by_round[old]
+
+    def get(self, round: int, where: str) -> dict[str, np.ndarray]:
+        ref = self._by_round.get(round)
+        if ref is None:
+            raise CodecError(
+                f"{where}: no global model for round {round} (delta mode needs the filter's "
+                "'model' wire connected to the global model)"
+            )
+        return ref
+
+
+def subtract(params: Params, ref: Params, where: str) -> dict[str, np.ndarray]:
+    """``params - ref`` for floating-point arrays; other arrays pass unchanged."""
+    out: dict[str, np.ndarray] = {}
+    for name, value in params.items():
+        value = np.asarray(value)
+        if value.dtype.kind != "f":
+            out[name] = value
+            continue
+        base = ref.get(name)
+        if base is None or base.shape != value.shape:
+            raise CodecError(f"{where}: parameter {name!r} does not match the global model")
+        out[name] = value - base.astype(value.dtype, copy=False)
+    return out
+
+
+def add(params: Params, ref: Params, where: str) -> dict[str, np.ndarray]:
+    """Undo :func:`subtract`: ``params + ref`` for floating-point arrays."""
+    out: dict[str, np.ndarray] = {}
+    for name, value in params.items():
+        if value.dtype.kind != "f":
+            out[name] = value
+            continue
+        base = ref.get(name)
+        if base is None or base.shape != value.shape:
+            raise CodecError(f"{where}: decoded parameter {name!r} does not match the global model")
+        out[name] = (value + base.astype(value.dtype, copy=False)).astype(base.dtype, copy=False)
+    return out
+
+
+# ---- the filters -------------------------------------------------------------------------------
+class Codec(Filter):
+    """A filter with a tag; ``delta=True`` adds the ``model`` wire that tracks the global model.
+
+    CPU-heavy, so it runs off the event loop (``blocking``). ``ERROR`` messages and messages
+    without params pass through untouched: there is nothing to encode, and a failed client must
+    still reach the server as a failure.
+    """
+
+    blocking: ClassVar[bool] = True  # type: ignore[misc]
+    tag: ClassVar[str] = "codec"
+
+    def __init__(self, name: str, *, delta: bool = False) -> None:
+        super().__init__(name)
+        self.delta = delta
+        self.reference = ReferenceModel()
+        if delta:
+            self.add_input("model", self.on_model, required=False)
+
+    def on_model(self, msg: Message) -> None:
+        self.reference.record(msg)
+
+    async def start(self) -> None:
+        """Stopgap until the topology wires ``model`` itself: connect it to the global model."""
+        runtime = self._runtime
+        if not self.delta or runtime is None:
+            return
+        graph = runtime.graph
+        if any(d.pod == self.name and d.wire == "model" for _, d in graph.edges):
+            return
+        # client graph: whatever feeds a pod's `model` input; server graph: a pod's `model` output
+        sources = [str(s) for s, d in graph.edges if d.wire == "model" and d.pod != self.name]
+        if not sources:
+            sources = [
+                f"{p.name}.model" for p in graph.pods.values()
+                if p is not self and "model" in p.output_wires
+            ]
+        if not sources:
+            raise ConfigError(
+                f"{self.name}: delta mode needs the global model, but graph {graph.name!r} has no "
+                "'model' wire to listen to"
+            )
+        graph.connect(sources[0], f"{self.name}.model")
+
+    @staticmethod
+    def passes_through(msg: Message) -> bool:
+        return msg.kind is Kind.ERROR or msg.error is not None or not msg.params
+
+
+class Encoder(Codec):
+    """Client half: implement :meth:`encode`; the trail gets the tag pushed."""
+
+    def encode(self, msg: Message) -> Message:
+        raise NotImplementedError
+
+    def process(self, msg: Message) -> Message:
+        if self.passes_through(msg):
+            return msg
+        if self.tag in msg.meta:
+            raise CodecError(f"{self.name}: message already carries {self.tag!r} metadata")
+        if self.delta:
+            ref = self.reference.get(msg.round, self.name)
+            msg = msg.replace(params=subtract(msg.params, ref, self.name))
+        return self.encode(msg).push_trail(self.tag)
+
+
+class Decoder(Codec):
+    """Server half: implement :meth:`decode`; checks and pops the trail, removes the metadata."""
+
+    def __init__(self, name: str, *, delta: bool = False,
+                 max_decoded_size: int = DEFAULT_MAX_DECODED) -> None:
+        super().__init__(name, delta=delta)
+        if max_decoded_size < 1:
+            raise ConfigError(f"max_decoded_size must be positive, got {max_decoded_size}")
+        self.max_decoded_size = max_decoded_size
+        self.failures = 0
+
+    def decode(self, msg: Message, entry: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def process(self, msg: Message) -> Message:
+        if self.passes_through(msg) and self.tag not in msg.trail:
+            return msg
+        if not msg.trail or msg.trail[-1] != self.tag:
+            last = msg.trail[-1] if msg.trail else "nothing"
+            raise CodecError(
+                f"{self.name}: cannot decode {self.tag!r}: the last filter applied was {last!r} "
+                "(decoders must run in the reverse order of the encoders)"
+            )
+        entry = meta_entry(msg, self.tag)
+        try:
+            params = self.decode(msg, entry)
+        except CodecError:
+            raise
+        except (ValueError, TypeError, IndexError, MemoryError, OverflowError) as exc:
+            raise CodecError(f"{self.name}: malformed encoded update: {exc}") from exc
+        if self.delta:
+            params = add(params, self.reference.get(msg.round, self.name), self.name)
+        meta = {k: v for k, v in msg.meta.items() if k != self.tag}
+        return msg.pop_trail(self.tag).replace(params=params, meta=meta)
+
+    def check_size(self, nbytes: int) -> None:
+        if nbytes > self.max_decoded_size:
+            raise CodecError(
+                f"{self.name}: update would decode to {nbytes} bytes, over the limit of "
+                f"{self.max_decoded_size} (max_decoded_size)"
+            )
+
+    def on_in(self, msg: Message) -> None:
+        """In a graph, a bad update becomes an ERROR from its sender: skipped, not waited for."""
+        try:
+            out = self.process(msg)
+        except FoedusError as exc:
+            self.failures += 1
+            out = Message.create(
+                Kind.ERROR, job_id=msg.header.job_id, round=msg.round, sender=msg.sender,
+                recipient=msg.header.recipient, error=f"{type(exc).__name__}: {exc}",
+            )
+        self.emit("out", out)

@@ -1,0 +1,326 @@
+"""MLflow tracking and model registry: one MLflow run per federated job.
+
+The tracker logs the job's parameters once, each round's metrics as one batch (server
+evaluation, the clients' weighted training metrics, accepted/rejected/failed counts, round time
+and, when it can see the links, bytes on the wire), the global model as an artifact every
+``checkpoint_every`` rounds and at the end, and registers the final model in the registry with
+lineage tags (job, spec hash, rounds, parent version, trigger) so a registered model can always
+be traced back to the job that produced it.
+
+Two ways to attach it (see ``docs/mlops.md``):
+
+* as a **pod** on the server graph, its ``events`` input fed by ``server.events``;
+* as a **round listener**: ``tracker.attach(server)`` or ``run_job(spec, on_round=tracker.log_round)``.
+  MLflow calls then run on a private worker thread so the server's event loop never waits on HTTP.
+
+It talks to MLflow through ``MlflowClient`` only (no global ``mlflow.start_run`` state), so several
+trackers can live in one process. The client side needs only ``mlflow-skinny`` (extra ``mlflow``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from foedus.codec import decode, encode
+from foedus.core.errors import ConfigError, require
+from foedus.core.message import Kind, Message
+from foedus.core.params import Params
+from foedus.core.pod import Pod, Wire
+from foedus.mlops.events import graph_links, record_from_event, wire_bytes
+from foedus.roles.server import RoundRecord, ServerPod
+
+log = logging.getLogger("foedus.mlops.mlflow")
+
+MODEL_FILE = "global_model.foedus"
+ParamsSource = Callable[[], Params]
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A model version created in the registry by :meth:`MlflowTracker.finish`."""
+
+    name: str
+    version: str
+    run_id: str
+    source: str
+    tags: dict[str, str]
+
+
+def job_params(spec: Any) -> dict[str, str]:
+    """Flatten a job spec (a dataclass such as :class:`JobSpec`, or a mapping) to MLflow params:
+    nested keys joined with dots (``clients.count``), values as strings."""
+    raw = asdict(spec) if is_dataclass(spec) and not isinstance(spec, type) else spec
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"job params must be a dataclass or a mapping, got {type(spec).__name__}")
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, list | tuple) and value and all(
+            isinstance(v, Mapping) for v in value
+        ):
+            for i, v in enumerate(value):
+                walk(f"{prefix}.{i}", v)
+        else:
+            flat[prefix] = json.dumps(value, default=str) if not isinstance(value, str) else value
+
+    walk("", dict(raw))
+    return flat
+
+
+def spec_digest(params: Mapping[str, str]) -> str:
+    """A short stable hash of the job's parameters, used as a lineage tag."""
+    text = json.dumps(dict(sorted(params.items())), separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def encode_model(params: Params, *, job_id: str, round: int) -> bytes:
+    """A global model as bytes in the foedus wire format (no pickle, checksummed)."""
+    return encode(Message.create(
+        Kind.MODEL, job_id=job_id, round=round, sender="mlflow", params=params,
+    ))
+
+
+def decode_model(data: bytes) -> dict[str, np.ndarray]:
+    """The arrays of a model written by :func:`encode_model`."""
+    return {k: np.array(v) for k, v in decode(data).params.items()}
+
+
+def round_metrics(record: RoundRecord) -> dict[str, float]:
+    """The numbers of one round, named as they appear in MLflow."""
+    out: dict[str, float] = {f"server_{k}": float(v) for k, v in record.metrics.items()}
+    out.update({f"clients_{k}": float(v) for k, v in record.client_metrics.items()})
+    out["updates_accepted"] = float(record.accepted)
+    out["updates_rejected"] = float(sum(record.rejected.values()))
+    for reason, count in record.rejected.items():
+        out[f"updates_rejected_{reason}"] = float(count)
+    out["clients_failed"] = float(len(record.failed_clients))
+    out["clients_missing"] = float(record.missing_clients)
+    out["round_duration_s"] = float(record.duration_s)
+    out["no_quorum"] = 0.0 if record.status == "ok" else 1.0
+    return out
+
+
+class MlflowTracker(Pod):
+    """Tracks one federated job as one MLflow run (pod on ``server.events``, or a listener).
+
+    ``model_source`` returns the current global model for the model artifacts; when the server's
+    events carry parameters they are used instead. ``links`` are pods whose byte counters to log
+    (by default, the links of the graph the tracker runs in).
+    """
+
+    inputs: ClassVar[tuple[Wire, ...]] = (Wire("events"),)
+    blocking: ClassVar[bool] = True
+
+    def __init__(
+        self, *, tracking_uri: str, job_id: str, experiment: str = "foedus",
+        params: Mapping[str, Any] | Any | None = None, run_name: str | None = None,
+        registered_model: str | None = None, checkpoint_every: int = 0,
+        tags: Mapping[str, str] | None = None, model_source: ParamsSource | None = None,
+        links: list[Pod] | None = None, name: str = "mlflow",
+    ) -> None:
+        super().__init__(name)
+        if not tracking_uri:
+            raise ConfigError("mlflow.tracking_uri: expected a URI such as http://127.0.0.1:5000")
+        if checkpoint_every < 0:
+            raise ConfigError(f"mlflow.checkpoint_every: expected >= 0, got {checkpoint_every}")
+        self.tracking_uri = tracking_uri
+        self.job_id = job_id
+        self.experiment = experiment
+        self.params = job_params(params) if params is not None else {}
+        self.run_name = run_name or job_id
+        self.registered_model = registered_model
+        self.checkpoint_every = checkpoint_every
+        self.tags = dict(tags or {})
+        self.model_source = model_source
+        self.links = links
+        self.run_id: str | None = None
+        self.rounds_logged = 0
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: list[Future[None]] = []
+
+    # ---- run lifecycle --------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        """The ``MlflowClient`` (created on first use; imports mlflow lazily)."""
+        if self._client is None:
+            tracking = require("mlflow.tracking", "mlflow")
+            self._client = tracking.MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def open(self) -> str:
+        """Create the run (once) and log the job's parameters; returns the run id."""
+        with self._lock:
+            if self.run_id is not None:
+                return self.run_id
+            client = self.client
+            found = client.get_experiment_by_name(self.experiment)
+            experiment_id = (
+                found.experiment_id if found is not None
+                else client.create_experiment(self.experiment)
+            )
+            tags = {"foedus.job_id": self.job_id, "foedus.role": "server", **self.tags}
+            if self.params:
+                tags["foedus.spec_sha256"] = spec_digest(self.params)
+            run = client.create_run(experiment_id, run_name=self.run_name, tags=tags)
+            self.run_id = str(run.info.run_id)
+            if self.params:
+                entities = require("mlflow.entities", "mlflow")
+                items = [entities.Param(k, v) for k, v in self.params.items()]
+                for start in range(0, len(items), 100):  # MLflow's batch limit is 100 params
+                    client.log_batch(self.run_id, params=items[start:start + 100])
+            log.info("mlflow run %s for job %s", self.run_id, self.job_id)
+            return self.run_id
+
+    def log_round(self, record: RoundRecord, params: Params | None = None) -> None:
+        """Log one round's metrics (step = round) and, at checkpoint rounds, the model."""
+        if self._executor is not None:  # listener mode: never block the caller's event loop
+            snapshot = _copy(params) if params is not None else None
+            self._submit(lambda: self._log_round(record, snapshot))
+        else:
+            self._log_round(record, params)
+
+    def log_model(self, params: Params, *, round: int, artifact_path: str | None = None) -> str:
+        """Upload a global model as an artifact; returns its artifact URI."""
+        run_id = self.open()
+        path = artifact_path or f"models/round-{round:04d}"
+        with tempfile.TemporaryDirectory(prefix="foedus-mlflow-") as tmp:
+            (Path(tmp) / MODEL_FILE).write_bytes(
+                encode_model(params, job_id=self.job_id, round=round)
+            )
+            (Path(tmp) / "model.json").write_text(json.dumps({
+                "job_id": self.job_id, "round": round,
+                "arrays": {k: [str(np.asarray(v).dtype), list(np.shape(v))]
+                           for k, v in params.items()},
+            }))
+            self.client.log_artifacts(run_id, tmp, artifact_path=path)
+        return f"{self.client.get_run(run_id).info.artifact_uri}/{path}"
+
+    def finish(
+        self, params: Params | None = None, *, status: str = "FINISHED",
+        lineage: Mapping[str, str] | None = None,
+    ) -> RegisteredModel | None:
+        """End the run: log the final model, register it (if ``registered_model`` is set) with
+        lineage tags, and mark the run ``status``. Returns the new model version, if any."""
+        self.flush()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        run_id = self.open()
+        version: RegisteredModel | None = None
+        final = params if params is not None else (
+            self.model_source() if self.model_source is not None else None
+        )
+        try:
+            if final is not None:
+                source = self.log_model(final, round=self.rounds_logged, artifact_path="models/final")
+                if self.registered_model:
+                    version = self.register(source, lineage=lineage)
+        except Exception:
+            self.client.set_terminated(run_id, status="FAILED")
+            raise
+        self.client.set_terminated(run_id, status=status)
+        return version
+
+    def register(self, source: str, *, lineage: Mapping[str, str] | None = None) -> RegisteredModel:
+        """Create a version of ``registered_model`` from an artifact URI, tagged with lineage."""
+        if not self.registered_model:
+            raise ConfigError("mlflow.registered_model: set a model name to register models")
+        run_id = self.open()
+        client = self.client
+        exceptions = require("mlflow.exceptions", "mlflow")
+        try:
+            client.get_registered_model(self.registered_model)
+        except exceptions.MlflowException:
+            client.create_registered_model(
+                self.registered_model, description="Global models trained by foedus jobs.",
+            )
+        tags = {
+            "foedus.job_id": self.job_id, "foedus.run_id": run_id,
+            "foedus.rounds": str(self.rounds_logged), **self.tags, **dict(lineage or {}),
+        }
+        if self.params:
+            tags["foedus.spec_sha256"] = spec_digest(self.params)
+        mv = client.create_model_version(
+            self.registered_model, source=source, run_id=run_id, tags=tags,
+            description=f"foedus job {self.job_id}, {self.rounds_logged} rounds",
+        )
+        return RegisteredModel(self.registered_model, str(mv.version), run_id, source, tags)
+
+    # ---- listener mode --------------------------------------------------------------------
+    def attach(self, server: ServerPod) -> None:
+        """Track ``server`` as a round listener: exact per-round models, no extra wiring."""
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foedus-mlflow")
+        if self.model_source is None:
+            self.model_source = lambda: server.params
+        server.round_listeners.append(lambda rec: self.log_round(rec, server.params))
+
+    def flush(self) -> None:
+        """Wait until every round handed to the listener has been logged; re-raise failures."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def _submit(self, work: Callable[[], None]) -> None:
+        assert self._executor is not None
+        self._pending.append(self._executor.submit(work))
+
+    # ---- pod mode -------------------------------------------------------------------------
+    async def start(self) -> None:
+        await asyncio.to_thread(self.open)
+
+    def on_events(self, msg: Message) -> None:
+        record = record_from_event(msg)
+        params = msg.params or (self.model_source() if self.model_source is not None else None)
+        self._log_round(record, params)
+
+    # ---- internals ------------------------------------------------------------------------
+    def _log_round(self, record: RoundRecord, params: Params | None) -> None:
+        run_id = self.open()
+        entities = require("mlflow.entities", "mlflow")
+        values = round_metrics(record)
+        links = self.links if self.links is not None else graph_links(self)
+        if links:
+            wb = wire_bytes(links)
+            values.update(bytes_in=float(wb.bytes_in), bytes_out=float(wb.bytes_out))
+        stamp = int(1000 * time.time())
+        self.client.log_batch(run_id, metrics=[
+            entities.Metric(k, v, stamp, record.round) for k, v in values.items()
+        ])
+        self.rounds_logged = max(self.rounds_logged, record.round)
+        if params is not None and self.checkpoint_every and record.round % self.checkpoint_every == 0:
+            self.log_model(params, round=record.round)
+
+
+def load_model_version(tracking_uri: str, name: str, version: str) -> dict[str, np.ndarray]:
+    """Download a registered foedus model and decode its arrays (e.g. to warm-start a job)."""
+    tracking = require("mlflow.tracking", "mlflow")
+    client = tracking.MlflowClient(tracking_uri=tracking_uri)
+    mv = client.get_model_version(name, version)
+    artifacts = require("mlflow.artifacts", "mlflow")
+    with tempfile.TemporaryDirectory(prefix="foedus-mlflow-") as tmp:
+        local = artifacts.download_artifacts(
+            artifact_uri=f"{mv.source}/{MODEL_FILE}", dst_path=tmp, tracking_uri=tracking_uri,
+        )
+        return decode_model(Path(local).read_bytes())
+
+
+def _copy(params: Params) -> dict[str, np.ndarray]:
+    return {k: np.array(v) for k, v in params.items()}

@@ -1,0 +1,353 @@
+"""The pub/sub hub that the foedus server hosts for client-server protocols (gRPC, HTTPS).
+
+Kafka and MQTT have a broker; gRPC and HTTPS do not, so the server process *is* the broker: it
+runs a :class:`Hub` behind a protocol adapter (:class:`foedus.transport.grpc.GrpcHub`,
+:class:`foedus.transport.https.HttpsHub`) and every actor, the server's own pods included,
+connects as a client. The hub logic lives here once, so both protocols behave identically:
+
+* **Topic logs.** Each topic is an append-only log of ``(offset, payload)``. A subscription is a
+  :class:`Cursor` into it, so every payload published after ``open()`` reaches it, in publish
+  order (one log per topic means per-key order holds trivially).
+* **Retention.** ``retain=True`` also stores the payload as the topic's current value; a new
+  subscriber receives it first (a late client gets the current global model).
+* **Durable groups.** A group's position is committed when its consumer acknowledges a payload;
+  a consumer that reconnects with the same group resumes after the last acknowledged payload.
+  Delivery is at-least-once: a payload handed out but not acknowledged is delivered again.
+* **Bounded memory.** The log keeps only what some live cursor or group still needs, and at most
+  ``max_topic_bytes`` per topic. When that bound forces a payload out before a consumer read it,
+  the loss is never silent: a live cursor fails with :class:`TransportError` and a resuming group
+  is told (logged, counted in :attr:`Hub.stats`).
+* **Authorization hook.** With mutual TLS the adapter passes the client's certificate identity
+  with every publish; ``authorize`` (for example :func:`require_sender_identity`) may refuse it
+  by raising :class:`Refused`, which the client sees as a :class:`TransportError`.
+
+The hub is single-threaded asyncio: adapters call it from the event loop that runs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from foedus.core.errors import CodecError, ConfigError, TransportClosed, TransportError
+
+log = logging.getLogger("foedus.hub")
+
+DEFAULT_MAX_PAYLOAD = 2 * 1024**3
+DEFAULT_MAX_TOPIC_BYTES = 1024**3
+#: frames on the wire stay at most this big, far below gRPC's 4 MiB default message limit
+CHUNK_SIZE = 1024 * 1024
+
+
+class Refused(TransportError):
+    """A publish was refused by the hub's ``authorize`` hook; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class PayloadTooLarge(TransportError):
+    """A payload exceeds the hub's ``max_payload``."""
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What an ``authorize`` hook sees: the publish and who sent it.
+
+    ``identity`` is the common name of the client's verified certificate (mutual TLS), or None
+    when the client presented none.
+    """
+
+    topic: str
+    payload: bytes
+    key: str | None
+    retain: bool
+    identity: str | None
+
+
+Authorizer = Callable[[Publication], None]
+
+
+def require_sender_identity(aliases: Mapping[str, str] | None = None) -> Authorizer:
+    """An ``authorize`` hook: the message's ``sender`` must be the certificate's identity.
+
+    The payload is decoded with the foedus codec (bytes that do not decode are refused too), so a
+    client holding ``client-003``'s certificate cannot publish an update signed ``client-007``.
+    ``aliases`` maps a certificate name to the sender name it may use, e.g.
+    ``{"foedus server": "server"}`` for the server pod's own connection.
+    """
+    from foedus.codec import decode
+
+    names = dict(aliases or {})
+
+    def authorize(pub: Publication) -> None:
+        if pub.identity is None:
+            raise Refused("no client certificate: this hub requires mutual TLS identities")
+        try:
+            sender = decode(pub.payload).header.sender
+        except CodecError as exc:
+            raise Refused(f"payload is not a foedus message: {exc}") from exc
+        allowed = names.get(pub.identity, pub.identity)
+        if sender != allowed:
+            raise Refused(
+                f"sender {sender!r} does not match the certificate identity {pub.identity!r}"
+            )
+
+    return authorize
+
+
+class _Topic:
+    __slots__ = ("cursors", "groups", "lost_by_group", "log", "log_bytes", "next_offset",
+                 "retained", "wake")
+
+    def __init__(self) -> None:
+        self.log: deque[tuple[int, bytes]] = deque()
+        self.log_bytes = 0
+        self.next_offset = 0
+        self.retained: tuple[int, bytes] | None = None
+        self.cursors: set[Cursor] = set()
+        self.groups: dict[str, int] = {}  # group -> committed position (next offset to read)
+        self.lost_by_group: Counter[str] = Counter()
+        self.wake = asyncio.Event()
+
+    @property
+    def start(self) -> int:
+        """The oldest offset still in the log."""
+        return self.log[0][0] if self.log else self.next_offset
+
+    def notify(self) -> None:
+        self.wake.set()
+        self.wake = asyncio.Event()
+
+
+class Cursor:
+    """One subscription's position in a topic. Obtain with :meth:`Hub.open`."""
+
+    def __init__(self, hub: Hub, name: str, topic: _Topic, group: str | None,
+                 position: int, pending: tuple[int, bytes] | None) -> None:
+        self._hub = hub
+        self.topic_name = name
+        self._topic = topic
+        self.group = group
+        self.position = position
+        self._pending = pending
+        self._lost: str | None = None
+        self.closed = False
+
+    async def next(self, timeout: float | None = None) -> tuple[int, bytes] | None:
+        """The next ``(offset, payload)``, waiting up to ``timeout`` seconds (None: forever).
+
+        Returns None on timeout; raises :class:`TransportClosed` once the cursor is closed and
+        :class:`TransportError` if the cursor fell behind the log's memory bound.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            if self.closed:
+                raise TransportClosed(f"subscription to {self.topic_name!r} is closed")
+            if self._lost is not None:
+                raise TransportError(self._lost)
+            if self._pending is not None:
+                item, self._pending = self._pending, None
+                return item
+            topic = self._topic
+            if self.position < topic.next_offset:
+                index = self.position - topic.start
+                offset, payload = topic.log[index]
+                self.position = offset + 1
+                self._hub._trim(self.topic_name, topic)
+                return offset, payload
+            wake = topic.wake
+            try:
+                if deadline is None:
+                    await wake.wait()
+                else:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        return None
+                    await asyncio.wait_for(wake.wait(), remaining)
+            except TimeoutError:
+                return None
+
+    def commit(self, offset: int) -> None:
+        """The consumer has processed every payload up to and including ``offset``."""
+        if self.group is None or self.closed:
+            return
+        groups = self._topic.groups
+        groups[self.group] = max(groups.get(self.group, 0), min(offset + 1, self.position))
+        self._hub._trim(self.topic_name, self._topic)
+
+    def close(self) -> None:
+        """Stop delivering; a pending :meth:`next` raises :class:`TransportClosed`."""
+        if not self.closed:
+            self.closed = True
+            self._topic.cursors.discard(self)
+            self._topic.notify()
+            self._hub._trim(self.topic_name, self._topic)
+
+    def _fall_behind(self, dropped: int) -> None:
+        self._lost = (
+            f"subscription to {self.topic_name!r} fell behind: payload {dropped} was dropped "
+            f"to keep the topic within max_topic_bytes={self._hub.max_topic_bytes}"
+        )
+        self._topic.notify()
+
+
+class Hub:
+    """Topics, retention and group cursors in the server's memory. See the module docstring."""
+
+    def __init__(
+        self, *, max_payload: int = DEFAULT_MAX_PAYLOAD,
+        max_topic_bytes: int = DEFAULT_MAX_TOPIC_BYTES, authorize: Authorizer | None = None,
+    ) -> None:
+        if max_payload < 1 or max_topic_bytes < 1:
+            raise ConfigError("max_payload and max_topic_bytes must be positive")
+        self.max_payload = max_payload
+        self.max_topic_bytes = max_topic_bytes
+        self.authorize = authorize
+        self.stats: Counter[str] = Counter()
+        self._topics: dict[str, _Topic] = {}
+        self.closed = False
+
+    def check_size(self, size: int) -> None:
+        """Raise :class:`PayloadTooLarge` for a payload over ``max_payload``; adapters call it
+        as soon as they know a size, before buffering the whole payload."""
+        if size > self.max_payload:
+            self.stats["refused_too_large"] += 1
+            raise PayloadTooLarge(
+                f"payload of {size} bytes exceeds the hub's max_payload={self.max_payload}"
+            )
+
+    def publish(self, pub: Publication) -> int:
+        """Append to the topic's log (and retain it when asked); returns the offset."""
+        self._check_open()
+        if not pub.topic:
+            raise TransportError("topic must be a non-empty string")
+        self.check_size(len(pub.payload))
+        if self.authorize is not None:
+            try:
+                self.authorize(pub)
+            except Refused:
+                self.stats["refused_unauthorized"] += 1
+                log.warning("hub: refused a publish on %r from %r", pub.topic, pub.identity)
+                raise
+        topic = self._topic(pub.topic)
+        offset = topic.next_offset
+        topic.next_offset += 1
+        topic.log.append((offset, pub.payload))
+        topic.log_bytes += len(pub.payload)
+        if pub.retain:
+            topic.retained = (offset, pub.payload)
+        self.stats["published"] += 1
+        self.stats["published_bytes"] += len(pub.payload)
+        self._trim(pub.topic, topic)
+        topic.notify()
+        return offset
+
+    def open(self, topic_name: str, group: str | None = None) -> Cursor:
+        """A cursor that sees every payload published from now on (plus the retained one), or,
+        for a known ``group``, everything after the group's last acknowledged payload."""
+        self._check_open()
+        if not topic_name:
+            raise TransportError("topic must be a non-empty string")
+        topic = self._topic(topic_name)
+        if group is not None and group in topic.groups:
+            position = topic.groups[group]
+            lost = topic.lost_by_group.pop(group, 0)
+            if position < topic.start:
+                lost += topic.start - position
+                position = topic.start
+            if lost:
+                self.stats["group_payloads_lost"] += lost
+                log.warning("hub: group %r on %r resumes after losing %d payload(s) to the "
+                            "max_topic_bytes bound", group, topic_name, lost)
+            cursor = Cursor(self, topic_name, topic, group, position, None)
+        else:
+            cursor = Cursor(self, topic_name, topic, group, topic.next_offset, topic.retained)
+            if group is not None:
+                topic.groups[group] = topic.next_offset
+        topic.cursors.add(cursor)
+        return cursor
+
+    def close(self) -> None:
+        """End every cursor; the hub refuses further use."""
+        self.closed = True
+        for topic in self._topics.values():
+            for cursor in list(topic.cursors):
+                cursor.close()
+        self._topics.clear()
+
+    def _topic(self, name: str) -> _Topic:
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._topics[name] = _Topic()
+        return topic
+
+    def _trim(self, name: str, topic: _Topic) -> None:
+        """Drop what nobody needs, then enforce ``max_topic_bytes`` (keeping the newest)."""
+        needed = [c.position for c in topic.cursors]
+        needed.extend(topic.groups.values())
+        low = min(needed, default=topic.next_offset)
+        while topic.log and topic.log[0][0] < low:
+            self._drop(topic)
+        while topic.log_bytes > self.max_topic_bytes and len(topic.log) > 1:
+            offset = self._drop(topic)
+            for cursor in topic.cursors:
+                if cursor.position <= offset and cursor._lost is None:
+                    cursor._fall_behind(offset)
+                    self.stats["cursors_fell_behind"] += 1
+            for group, position in topic.groups.items():
+                if position <= offset:
+                    topic.lost_by_group[group] += 1
+                    topic.groups[group] = offset + 1
+
+    @staticmethod
+    def _drop(topic: _Topic) -> int:
+        offset, payload = topic.log.popleft()
+        topic.log_bytes -= len(payload)
+        return offset
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise TransportClosed("the hub is closed")
+
+
+# ---- hosting a hub inside the process that uses it (``serve:`` in a job file) -------------------
+class HostedHubs:
+    """Hubs started on demand by transports created with ``serve=...``, shared per address.
+
+    A job file runs every actor with the same transport parameters; with ``serve`` the first
+    transport used in a process starts the hub at its address, later ones share it, and the hub
+    stops when the last of them closes. One instance per protocol module.
+    """
+
+    def __init__(self) -> None:
+        self._servers: dict[str, Any] = {}
+        self._refs: Counter[str] = Counter()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def acquire(self, address: str) -> None:
+        """Count a transport that will use (and may start) the hub at ``address``."""
+        self._refs[address] += 1
+
+    async def ensure(self, address: str, start: Callable[[], Awaitable[Any]]) -> None:
+        """Start the hub at ``address`` unless this process already runs it."""
+        lock = self._locks.setdefault(address, asyncio.Lock())
+        async with lock:
+            if address not in self._servers:
+                self._servers[address] = await start()
+
+    async def release(self, address: str) -> None:
+        """Uncount a transport; the last one out stops the hub."""
+        self._refs[address] -= 1
+        if self._refs[address] <= 0:
+            del self._refs[address]
+            server = self._servers.pop(address, None)
+            self._locks.pop(address, None)
+            if server is not None:
+                await server.stop()

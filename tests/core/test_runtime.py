@@ -1,0 +1,161 @@
+"""The runtime isolates failures, applies backpressure and keeps the event loop free."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import ClassVar
+
+from foedus.core.filter import Filter
+from foedus.core.graph import Graph
+from foedus.core.message import Kind, Message
+from foedus.core.pod import Pod, Wire
+from foedus.core.runtime import Runtime
+
+
+def msg(round: int = 1) -> Message:
+    return Message.create(Kind.UPDATE, job_id="j", round=round, sender="s")
+
+
+class Collect(Pod):
+    inputs: ClassVar[tuple[Wire, ...]] = (Wire("in"),)
+
+    def __init__(self, name: str = "sink") -> None:
+        super().__init__(name)
+        self.got: list[Message] = []
+
+    def on_in(self, m: Message) -> None:
+        self.got.append(m)
+
+
+class Explode(Filter):
+    """Fails on odd rounds, passes even ones."""
+
+    def process(self, m: Message) -> Message:
+        if m.round % 2:
+            raise RuntimeError("boom")
+        return m
+
+
+async def test_failing_handler_is_reported_with_pod_wire_and_round_and_graph_goes_on() -> None:
+    sink = Collect()
+    g = Graph("g").add(Explode("explode"), sink).connect("explode.out", "sink.in")
+    g.expose("explode.in")
+    async with Runtime(g) as rt:
+        for r in range(1, 5):
+            await rt.inject("explode", "in", msg(r))
+        await rt.drain()
+    assert [m.round for m in sink.got] == [2, 4]
+    assert [(f.pod, f.wire, f.round) for f in rt.stats.failures] == [
+        ("explode", "in", 1), ("explode", "in", 3),
+    ]
+    assert "pod 'explode', wire 'in', round 1: RuntimeError: boom" in str(rt.stats.failures[0])
+
+
+async def test_full_inbox_makes_the_producer_wait() -> None:
+    release = asyncio.Event()
+
+    class Slow(Pod):
+        inputs: ClassVar[tuple[Wire, ...]] = (Wire("in"),)
+
+        async def on_in(self, m: Message) -> None:
+            await release.wait()
+
+    class Producer(Pod):
+        outputs: ClassVar[tuple[Wire, ...]] = (Wire("out"),)
+        sent = 0
+
+        async def run(self) -> None:
+            for r in range(10):
+                await self.send("out", msg(r))
+                Producer.sent += 1
+
+    g = Graph("g").add(Producer("p"), Slow("slow")).connect("p.out", "slow.in")
+    rt = Runtime(g, queue_size=2)
+    await rt.start()
+    await asyncio.sleep(0.2)
+    # one message in the handler, two in the queue: the producer is stuck at the third send
+    assert Producer.sent == 3
+    release.set()
+    await rt.wait()
+    assert Producer.sent == 10
+    await rt.stop()
+
+
+async def test_blocking_handlers_run_off_the_event_loop() -> None:
+    loop_thread = threading.get_ident()
+    handler_threads: list[int] = []
+
+    class Heavy(Filter):
+        blocking = True
+
+        def process(self, m: Message) -> Message:
+            handler_threads.append(threading.get_ident())
+            time.sleep(0.3)  # CPU-heavy work stands in here
+            return m
+
+    sink = Collect()
+    g = Graph("g").add(Heavy("heavy"), sink).connect("heavy.out", "sink.in").expose("heavy.in")
+    async with Runtime(g) as rt:
+        await rt.inject("heavy", "in", msg())
+        ticks = 0
+        began = time.perf_counter()
+        while time.perf_counter() - began < 0.25:  # the loop keeps running meanwhile
+            await asyncio.sleep(0.01)
+            ticks += 1
+        await rt.drain()
+    assert ticks > 10
+    assert handler_threads and handler_threads[0] != loop_thread
+    assert len(sink.got) == 1
+
+
+async def test_messages_on_unconnected_optional_outputs_are_counted_not_lost_silently() -> None:
+    class Talker(Pod):
+        inputs: ClassVar[tuple[Wire, ...]] = (Wire("in"),)
+        outputs: ClassVar[tuple[Wire, ...]] = (Wire("log", required=False),)
+
+        def on_in(self, m: Message) -> None:
+            self.emit("log", m)
+
+    g = Graph("g").add(Talker("t")).expose("t.in")
+    async with Runtime(g) as rt:
+        await rt.inject("t", "in", msg())
+        await rt.drain()
+    assert rt.stats.discarded["t.log"] == 1
+
+
+async def test_failed_handler_output_is_not_delivered() -> None:
+    class Half(Pod):
+        inputs: ClassVar[tuple[Wire, ...]] = (Wire("in"),)
+        outputs: ClassVar[tuple[Wire, ...]] = (Wire("out"),)
+
+        def on_in(self, m: Message) -> None:
+            self.emit("out", m)
+            raise ValueError("after emitting")
+
+    sink = Collect()
+    g = Graph("g").add(Half("h"), sink).connect("h.out", "sink.in").expose("h.in")
+    async with Runtime(g) as rt:
+        await rt.inject("h", "in", msg())
+        await rt.drain()
+    assert sink.got == []
+    assert len(rt.stats.failures) == 1
+
+
+async def test_start_and_stop_hooks_run_once_and_stop_is_idempotent() -> None:
+    calls: list[str] = []
+
+    class Hooked(Collect):
+        async def start(self) -> None:
+            calls.append("start")
+
+        async def stop(self) -> None:
+            calls.append("stop")
+
+    g = Graph("g").add(Hooked("h")).expose("h.in")
+    rt = Runtime(g)
+    await rt.start()
+    await rt.stop()
+    await rt.stop()
+    assert calls == ["start", "stop"]

@@ -1,0 +1,76 @@
+"""The command line: the demo reaches the bar, job files run, mistakes are one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from foedus.cli import main
+
+ROOT = Path(__file__).parents[1]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "foedus.cli", *args], capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+    )
+
+
+def test_demo_reaches_90_percent_on_non_iid_digits_within_30_rounds() -> None:
+    result = run_cli("demo", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["rounds"] == 30 and summary["clients"] == 10
+    assert summary["final_accuracy"] >= 0.90
+    assert len(summary["history"]) == 30
+    assert all(r["accepted"] == 10 for r in summary["history"])
+
+
+def test_demo_with_the_torch_adapter_reaches_the_same_bar() -> None:
+    pytest.importorskip("torch")
+    result = run_cli("demo", "--json", "--model", "torch-mlp")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["final_accuracy"] >= 0.90
+
+
+def test_demo_prints_progress_and_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--rounds", "3", "--clients", "4"]) == 0
+    captured = capsys.readouterr()
+    assert "round   3/3 [" in captured.err and "accuracy" in captured.err
+    assert "finished: 3 rounds, 4 clients" in captured.out
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_job_runs(example: Path) -> None:
+    if "torch" in example.name:
+        pytest.importorskip("torch")
+    result = run_cli("run", str(example), "--rounds", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["rounds"] == 5
+    assert summary["final_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("rounds: many\n", "rounds: expected an integer >= 1, got 'many'"),
+    ("aggregator: fedmagic\n", "aggregator: unknown aggregator 'fedmagic'; allowed: "),
+    ("model: {type: sklearn-sgd, params: {depth: 3}}\n", "unexpected keyword argument 'depth'"),
+    ("transport: carrier-pigeon\n", "transport: unknown transport 'carrier-pigeon'"),
+    ("data: {dataset: imagenet}\n", "data.dataset: unknown dataset 'imagenet'; allowed: "),
+])
+def test_a_malformed_job_file_gets_one_line_naming_the_key(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(content)
+    result = run_cli("run", str(job))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,42 @@
+"""The public API is curated: this list changes only by decision."""
+
+from __future__ import annotations
+
+import foedus
+
+PINNED = [
+    "Aggregator", "BudgetExhausted", "Chain", "ClientPod", "CodecError", "ConfigError",
+    "DataSpec", "Dataset", "Downlink", "FedAvg", "Filter", "FoedusError", "Graph", "GraphError",
+    "Header", "JobResult", "JobSpec", "Kind", "LocalTransport", "Message", "MissingExtra",
+    "ModelAdapter", "Pod", "PodError", "PrivacyError", "RejectedUpdate", "RoundRecord", "Runtime",
+    "ServerPod", "Stage", "Subscription", "Transport", "TransportClosed", "TransportError",
+    "Uplink", "Wire", "aggregators", "build_model", "decode", "encode", "load_dataset",
+    "load_job", "models", "partition", "run_job", "run_job_sync", "stages", "transports",
+]
+
+
+def test_public_names_are_pinned() -> None:
+    assert sorted(foedus.__all__) == sorted(PINNED)
+
+
+def test_every_public_name_exists() -> None:
+    for name in foedus.__all__:
+        assert hasattr(foedus, name), name
+
+
+def test_every_error_derives_from_the_one_root() -> None:
+    errors = [getattr(foedus, n) for n in foedus.__all__ if n.endswith(("Error", "Exhausted",
+                                                                         "Closed", "Extra"))]
+    errors.append(foedus.RejectedUpdate)
+    assert all(issubclass(e, foedus.FoedusError) for e in errors)
+
+
+def test_missing_extra_names_the_extra_to_install() -> None:
+    from foedus.core.errors import require
+
+    try:
+        require("surely_not_installed_module_xyz", "kafka")
+    except foedus.MissingExtra as exc:
+        assert "pip install 'foedus[kafka]'" in str(exc)
+    else:
+        raise AssertionError("require() did not raise")
