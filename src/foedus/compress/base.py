@@ -146,6 +146,16 @@ def meta_entry(msg: Message, tag: str) -> Mapping[str, Any]:
     return entry
 
 
+def reorder(
+    params: dict[str, np.ndarray], entry: Mapping[str, Any], where: str
+) -> dict[str, np.ndarray]:
+    """Put decoded arrays back in the sender's order (``entry["order"]``): servers check it."""
+    order = entry.get("order")
+    if not isinstance(order, list) or sorted(map(str, order)) != sorted(params):
+        raise CodecError(f"{where}: metadata 'order' does not list exactly the decoded arrays")
+    return {name: params[name] for name in order}
+
+
 def get_int(entry: Mapping[str, Any], key: str, where: str, *, minimum: int = 0) -> int:
     value = entry.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:

@@ -10,8 +10,9 @@ be traced back to the job that produced it.
 Two ways to attach it (see ``docs/mlops.md``):
 
 * as a **pod** on the server graph, its ``events`` input fed by ``server.events``;
-* as a **round listener**: ``tracker.attach(server)`` or ``run_job(spec, on_round=tracker.log_round)``.
-  MLflow calls then run on a private worker thread so the server's event loop never waits on HTTP.
+* as a **round listener**: ``tracker.attach(server)``, or
+  ``run_job(spec, on_round=tracker.listener())`` then ``tracker.finish(result.params)``. MLflow
+  calls then run on a private worker thread so the server's event loop never waits on HTTP.
 
 It talks to MLflow through ``MlflowClient`` only (no global ``mlflow.start_run`` state), so several
 trackers can live in one process. The client side needs only ``mlflow-skinny`` (extra ``mlflow``).
@@ -34,17 +35,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from foedus.codec import decode, encode
 from foedus.core.errors import ConfigError, require
-from foedus.core.message import Kind, Message
+from foedus.core.message import Message
 from foedus.core.params import Params
 from foedus.core.pod import Pod, Wire
 from foedus.mlops.events import graph_links, record_from_event, wire_bytes
+from foedus.mlops.modelfile import MODEL_FILE, decode_model, encode_model
 from foedus.roles.server import RoundRecord, ServerPod
 
 log = logging.getLogger("foedus.mlops.mlflow")
 
-MODEL_FILE = "global_model.foedus"
 ParamsSource = Callable[[], Params]
 
 
@@ -87,18 +87,6 @@ def spec_digest(params: Mapping[str, str]) -> str:
     """A short stable hash of the job's parameters, used as a lineage tag."""
     text = json.dumps(dict(sorted(params.items())), separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def encode_model(params: Params, *, job_id: str, round: int) -> bytes:
-    """A global model as bytes in the foedus wire format (no pickle, checksummed)."""
-    return encode(Message.create(
-        Kind.MODEL, job_id=job_id, round=round, sender="mlflow", params=params,
-    ))
-
-
-def decode_model(data: bytes) -> dict[str, np.ndarray]:
-    """The arrays of a model written by :func:`encode_model`."""
-    return {k: np.array(v) for k, v in decode(data).params.items()}
 
 
 def round_metrics(record: RoundRecord) -> dict[str, float]:
@@ -230,7 +218,9 @@ class MlflowTracker(Pod):
         )
         try:
             if final is not None:
-                source = self.log_model(final, round=self.rounds_logged, artifact_path="models/final")
+                source = self.log_model(
+                    final, round=self.rounds_logged, artifact_path="models/final"
+                )
                 if self.registered_model:
                     version = self.register(source, lineage=lineage)
         except Exception:
@@ -265,9 +255,15 @@ class MlflowTracker(Pod):
         return RegisteredModel(self.registered_model, str(mv.version), run_id, source, tags)
 
     # ---- listener mode --------------------------------------------------------------------
+    def listener(self) -> Callable[[RoundRecord], None]:
+        """A round listener (for ``run_job(on_round=...)``) that logs on a worker thread."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foedus-mlflow")
+        return self.log_round
+
     def attach(self, server: ServerPod) -> None:
-        """Track ``server`` as a round listener: exact per-round models, no extra wiring."""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foedus-mlflow")
+        """Track ``server`` as a round listener, with the exact global model of every round."""
+        self.listener()
         if self.model_source is None:
             self.model_source = lambda: server.params
         server.round_listeners.append(lambda rec: self.log_round(rec, server.params))
@@ -305,7 +301,8 @@ class MlflowTracker(Pod):
             entities.Metric(k, v, stamp, record.round) for k, v in values.items()
         ])
         self.rounds_logged = max(self.rounds_logged, record.round)
-        if params is not None and self.checkpoint_every and record.round % self.checkpoint_every == 0:
+        every = self.checkpoint_every
+        if params is not None and every and record.round % every == 0:
             self.log_model(params, round=record.round)
 
 
