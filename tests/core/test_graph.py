@@ -124,3 +124,10 @@ def test_exposed_inputs_count_as_connected() -> None:
     g.validate()
     with pytest.raises(GraphError, match="no input wire 'x'"):
         g.expose("b.x")
+
+
+def test_feedback_edges_close_a_loop_on_purpose() -> None:
+    f1, f2 = Identity("f1"), Identity("f2")
+    g = Graph("g").add(f1, f2).connect("f1.out", "f2.in")
+    g.connect("f2.out", "f1.in", feedback=True)
+    g.validate()

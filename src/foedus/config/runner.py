@@ -1,7 +1,9 @@
 """Turns a validated :class:`JobSpec` into pods, graphs and transports, and runs the job.
 
 This is the one place that knows how job-file names map to objects; everything it builds is an
-ordinary public class, so a Python user can do the same by hand.
+ordinary public class, so a Python user can do the same by hand. :func:`build_parts` is shared by
+the per-actor runner here and the simulation engine (``foedus.sim``), so a job file means the
+same thing in both.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from foedus.aggregate.base import Aggregator, aggregators
+from foedus.aggregate.base import aggregators
 from foedus.config.spec import JobSpec, Plugin
 from foedus.core.errors import ConfigError
 from foedus.core.filter import Filter, Stage, stages
 from foedus.core.params import Params
 from foedus.core.registry import Registry
-from foedus.data.datasets import load_dataset
+from foedus.data.datasets import Dataset, DataSpec, load_dataset
 from foedus.data.partition import partition
 from foedus.models.base import ModelAdapter, build_model
 from foedus.plugins import load_plugins
@@ -27,6 +29,8 @@ from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord, ServerPod
 from foedus.topology.centralized import run_centralized
 from foedus.transport.base import Transport, transports
+
+RoundListener = Callable[[RoundRecord], None]
 
 
 @dataclass
@@ -66,12 +70,43 @@ def _create(registry: Registry[Any], plugin: Plugin, key: str, **fixed: Any) -> 
         raise ConfigError(f"{key}: {exc}") from exc
 
 
-async def run_job(
-    spec: JobSpec, *, on_round: Callable[[RoundRecord], None] | None = None
-) -> JobResult:
-    """Run ``spec`` in this process, every actor on the configured transport."""
+def client_id(index: int) -> str:
+    return f"client-{index:03d}"
+
+
+@dataclass
+class JobParts:
+    """Everything a job is made of, before any transport is opened."""
+
+    spec: JobSpec
+    data_spec: DataSpec
+    shares: list[Dataset]
+    test: Dataset
+    pipeline: list[Stage]
+    server: ServerPod
+
+    def make_model(self) -> ModelAdapter:
+        return make_model(self.spec, self.data_spec)
+
+    def client_filters(self) -> list[Filter]:
+        """A fresh set of client-side filters (they may keep per-client state)."""
+        return [f for s in self.pipeline if (f := s.client())]
+
+    def server_filters(self) -> list[Filter]:
+        return [f for s in reversed(self.pipeline) if (f := s.server())]
+
+
+def make_model(spec: JobSpec, data_spec: DataSpec) -> ModelAdapter:
+    """A fresh model adapter as the job file describes it (same initial weights every call)."""
+    try:
+        return build_model(spec.model.type, data_spec, spec.seed, **spec.model.params)
+    except ConfigError as exc:
+        raise ConfigError(f"model: {exc}") from exc
+
+
+def build_parts(spec: JobSpec, on_round: RoundListener | None = None) -> JobParts:
+    """Load data, partition it, and build the server with its aggregator and evaluator."""
     load_plugins()
-    began = time.perf_counter()
     try:
         train, test, data_spec = load_dataset(
             spec.data.dataset, test_fraction=spec.data.test_fraction, seed=spec.seed
@@ -82,78 +117,69 @@ async def run_job(
         train, spec.clients.count, scheme=spec.data.partition, alpha=spec.data.alpha,
         seed=spec.seed,
     )
-
-    def make_model() -> ModelAdapter:
-        try:
-            return build_model(spec.model.type, data_spec, spec.seed, **spec.model.params)
-        except ConfigError as exc:
-            raise ConfigError(f"model: {exc}") from exc
-
-    evaluator_model = make_model()
+    pipeline: list[Stage] = [
+        _create(stages, p, f"pipeline[{i}]") for i, p in enumerate(spec.pipeline)
+    ]
+    evaluator_model = make_model(spec, data_spec)
 
     def evaluate(params: Params) -> dict[str, float]:
         evaluator_model.set_params(params)
         return evaluator_model.evaluate(test)
 
-    aggregator: Aggregator = _create(aggregators, spec.aggregator, "aggregator")
-    pipeline: list[Stage] = [
-        _create(stages, p, f"pipeline[{i}]") for i, p in enumerate(spec.pipeline)
-    ]
-    shared: Transport | None = None
-
-    def open_transport() -> Transport:
-        nonlocal shared
-        if shared is not None:
-            return shared
-        transport: Transport = _create(transports, spec.transport, "transport")
-        if transport.shared:
-            shared = transport
-        return transport
-
-    opened: list[Transport] = []
-
-    def actor_transport() -> Transport:
-        t = open_transport()
-        if t not in opened:
-            opened.append(t)
-        return t
-
     server = ServerPod(
-        job_id=spec.job_id, initial_params=evaluator_model.get_params(), aggregator=aggregator,
+        job_id=spec.job_id, initial_params=evaluator_model.get_params(),
+        aggregator=_create(aggregators, spec.aggregator, "aggregator"),
         rounds=spec.rounds, expected_clients=spec.clients.count,
         min_clients=spec.clients.min_clients, round_timeout=spec.round_timeout,
         evaluate=evaluate,
         checkpointer=(
             Checkpointer(spec.checkpoint_dir, spec.job_id) if spec.checkpoint_dir else None
         ),
+        participants=[client_id(i) for i in range(spec.clients.count)],
+        clients_per_round=spec.clients.per_round, seed=spec.seed,
     )
     if on_round is not None:
         server.round_listeners.append(on_round)
-    server_filters: list[Filter] = [f for s in reversed(pipeline) if (f := s.server())]
-    clients = []
-    for i, share in enumerate(shares):
-        client = ClientPod(
-            client_id=f"client-{i:03d}", model=make_model(), data=share,
-            epochs=spec.clients.epochs,
-        )
-        client_filters: list[Filter] = [f for s in pipeline if (f := s.client())]
-        clients.append((client, actor_transport(), client_filters))
-    server_transport = actor_transport()
+    return JobParts(spec, data_spec, shares, test, pipeline, server)
+
+
+async def run_job(spec: JobSpec, *, on_round: RoundListener | None = None) -> JobResult:
+    """Run ``spec`` in this process: every actor its own graph on the configured transport."""
+    began = time.perf_counter()
+    parts = build_parts(spec, on_round)
+    opened: list[Transport] = []
+
+    def actor_transport() -> Transport:
+        """Networked transports get one connection per actor, as separate processes would;
+        the in-process transport is one shared instance."""
+        if opened and opened[0].shared:
+            return opened[0]
+        transport: Transport = _create(transports, spec.transport, "transport")
+        opened.append(transport)
+        return transport
+
     try:
+        clients = [
+            (
+                ClientPod(client_id=client_id(i), model=parts.make_model(), data=share,
+                          epochs=spec.clients.epochs),
+                actor_transport(),
+                parts.client_filters(),
+            )
+            for i, share in enumerate(parts.shares)
+        ]
         history = await run_centralized(
-            server, server_transport, clients, server_filters=server_filters
+            parts.server, actor_transport(), clients, server_filters=parts.server_filters()
         )
     finally:
         for t in opened:
             await t.close()
     return JobResult(
-        job_id=spec.job_id, clients=spec.clients.count, history=history, params=server.params,
-        duration_s=time.perf_counter() - began,
+        job_id=spec.job_id, clients=spec.clients.count, history=history,
+        params=parts.server.params, duration_s=time.perf_counter() - began,
     )
 
 
-def run_job_sync(
-    spec: JobSpec, *, on_round: Callable[[RoundRecord], None] | None = None
-) -> JobResult:
+def run_job_sync(spec: JobSpec, *, on_round: RoundListener | None = None) -> JobResult:
     """:func:`run_job` for code that is not already inside an event loop."""
     return asyncio.run(run_job(spec, on_round=on_round))

@@ -37,6 +37,7 @@ class ClientSection:
     count: int = 10
     epochs: int = 1
     min_clients: int | None = None
+    per_round: int | None = None  # sample this many clients each round (seeded); None: all
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,10 @@ class JobSpec:
                     _int(clients, "min_clients", 1, minimum=1, prefix="clients.")
                     if "min_clients" in clients else None
                 ),
+                per_round=(
+                    _int(clients, "per_round", 1, minimum=1, prefix="clients.")
+                    if "per_round" in clients else None
+                ),
             ),
             model=_plugin(raw, "model", "sklearn-sgd"),
             aggregator=_plugin(raw, "aggregator", "fedavg"),
@@ -96,9 +101,15 @@ class JobSpec:
         if spec.data.test_fraction >= 1:
             raise ConfigError(f"data.test_fraction: expected a number in (0, 1), got "
                               f"{spec.data.test_fraction}")
-        if spec.clients.min_clients is not None and spec.clients.min_clients > spec.clients.count:
+        per_round = spec.clients.per_round or spec.clients.count
+        if spec.clients.per_round is not None and per_round > spec.clients.count:
             raise ConfigError(
-                f"clients.min_clients: expected at most clients.count={spec.clients.count}, "
+                f"clients.per_round: expected at most clients.count={spec.clients.count}, "
+                f"got {per_round}"
+            )
+        if spec.clients.min_clients is not None and spec.clients.min_clients > per_round:
+            raise ConfigError(
+                f"clients.min_clients: expected at most the clients per round ({per_round}), "
                 f"got {spec.clients.min_clients}"
             )
         return spec

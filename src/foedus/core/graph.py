@@ -40,6 +40,7 @@ class Graph:
         self.pods: dict[str, Pod] = {}
         self.edges: list[tuple[Endpoint, Endpoint]] = []
         self.entries: set[Endpoint] = set()
+        self.feedback: set[tuple[Endpoint, Endpoint]] = set()
 
     def add(self, *pods: Pod) -> Graph:
         """Add pods; names must be unique within the graph."""
@@ -49,8 +50,13 @@ class Graph:
             self.pods[pod.name] = pod
         return self
 
-    def connect(self, source: str, target: str) -> Graph:
-        """Join output ``source`` ("pod.wire") to input ``target``; checked immediately."""
+    def connect(self, source: str, target: str, *, feedback: bool = False) -> Graph:
+        """Join output ``source`` ("pod.wire") to input ``target``; checked immediately.
+
+        ``feedback=True`` marks an edge that closes a loop on purpose (a simulated client pool
+        answering the server that feeds it). Cycle detection ignores it; it is safe when the
+        loop's sender is a driver (``run``), not a handler waiting on its own downstream.
+        """
         src, dst = Endpoint.parse(source), Endpoint.parse(target)
         src_wire = self._wire(src, "output")
         dst_wire = self._wire(dst, "input")
@@ -62,6 +68,8 @@ class Graph:
         if (src, dst) in self.edges:
             raise GraphError(f"{src} is already connected to {dst}")
         self.edges.append((src, dst))
+        if feedback:
+            self.feedback.add((src, dst))
         return self
 
     def expose(self, target: str) -> Graph:
@@ -129,7 +137,8 @@ class Graph:
     def _find_cycle(self) -> list[str] | None:
         following: dict[str, list[str]] = defaultdict(list)
         for src, dst in self.edges:
-            following[src.pod].append(dst.pod)
+            if (src, dst) not in self.feedback:
+                following[src.pod].append(dst.pod)
         state: dict[str, int] = {}  # 1 = on the current path, 2 = done
         path: list[str] = []
 

@@ -52,6 +52,9 @@ class ClientPod(Pod):
             return
         if msg.kind is not Kind.MODEL:
             return
+        selected = msg.meta.get("selected")
+        if selected is not None and self.client_id not in selected:
+            return  # not sampled this round
         try:
             update = await asyncio.to_thread(self.train, msg)
         except Exception as exc:

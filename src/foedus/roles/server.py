@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -62,19 +62,31 @@ class ServerPod(Pod):
         self, *, job_id: str, initial_params: Params, aggregator: Aggregator, rounds: int,
         expected_clients: int, min_clients: int | None = None, round_timeout: float = 60.0,
         evaluate: Evaluator | None = None, checkpointer: Checkpointer | None = None,
-        name: str = "server",
+        participants: Sequence[str] | None = None, clients_per_round: int | None = None,
+        seed: int = 0, name: str = "server",
     ) -> None:
         super().__init__(name)
         if rounds < 1:
             raise ConfigError(f"rounds must be at least 1, got {rounds}")
         if expected_clients < 1:
             raise ConfigError(f"expected_clients must be at least 1, got {expected_clients}")
-        min_clients = expected_clients if min_clients is None else min_clients
+        if min_clients is None:
+            min_clients = clients_per_round or expected_clients
         if not 1 <= min_clients <= expected_clients:
             raise ConfigError(
                 f"min_clients must be between 1 and expected_clients={expected_clients}, "
                 f"got {min_clients}"
             )
+        if clients_per_round is not None:
+            if participants is None or not 1 <= clients_per_round <= len(participants):
+                raise ConfigError(
+                    "clients_per_round needs the list of participants and must be between 1 "
+                    f"and their number, got {clients_per_round}"
+                )
+            if min_clients > clients_per_round:
+                raise ConfigError(
+                    f"min_clients={min_clients} exceeds clients_per_round={clients_per_round}"
+                )
         if round_timeout <= 0:
             raise ConfigError(f"round_timeout must be positive, got {round_timeout}")
         self.job_id = job_id
@@ -86,12 +98,16 @@ class ServerPod(Pod):
         self.round_timeout = round_timeout
         self.evaluate = evaluate
         self.checkpointer = checkpointer
+        self.participants = sorted(participants) if participants is not None else None
+        self.clients_per_round = clients_per_round
+        self.seed = seed
         self.history: list[RoundRecord] = []
         self.rejections: Counter[str] = Counter()  # over the whole job, for metrics exporters
         self.round_listeners: list[Callable[[RoundRecord], None]] = []
         self.current_round = 0
         self._record: RoundRecord | None = None
         self._senders: set[str] = set()
+        self._selected: set[str] | None = None
         self._client_metrics: list[tuple[int, dict[str, float]]] = []
         self._arrivals: asyncio.Queue[None] = asyncio.Queue()
         self._lock = asyncio.Lock()
@@ -113,10 +129,14 @@ class ServerPod(Pod):
             self.aggregator.reset(self.params)
             while not self._arrivals.empty():
                 self._arrivals.get_nowait()
+        selected = self.select(rnd)
+        self._selected = None if selected is None else set(selected)
+        expected = self.expected_clients if selected is None else len(selected)
         await self.send("model", Message.create(
             Kind.MODEL, job_id=self.job_id, round=rnd, sender=self.name, params=self.params,
+            meta={} if selected is None else {"selected": selected},
         ))
-        await self._collect()
+        await self._collect(expected)
         async with self._lock:
             record = self._record
             self.current_round = 0  # late updates for this round are now stale
@@ -127,7 +147,7 @@ class ServerPod(Pod):
             record.status = "no_quorum"
             log.warning("round %d: %d of %d required updates arrived; global model kept",
                         rnd, record.accepted, self.min_clients)
-        record.missing_clients = max(0, self.expected_clients - len(self._senders))
+        record.missing_clients = max(0, expected - len(self._senders))
         record.client_metrics = _weighted_mean(self._client_metrics)
         if self.evaluate is not None:
             record.metrics = await asyncio.to_thread(self.evaluate, self.params)
@@ -145,12 +165,21 @@ class ServerPod(Pod):
             metrics=record.metrics, meta=record.to_dict(),
         ))
 
-    async def _collect(self) -> None:
+    def select(self, rnd: int) -> list[str] | None:
+        """The clients sampled for round ``rnd`` (``None``: everyone). Seeded by (seed, round),
+        so a re-run, or a server resumed from a checkpoint, samples the same clients."""
+        if self.clients_per_round is None or self.participants is None:
+            return None
+        rng = np.random.default_rng([self.seed, rnd])
+        chosen = rng.choice(len(self.participants), self.clients_per_round, replace=False)
+        return [self.participants[i] for i in sorted(chosen)]
+
+    async def _collect(self, expected: int) -> None:
         """Wait until every expected client answered (an update, a failure or an invalid
         update each count once per sender), or the deadline passes."""
         deadline = time.monotonic() + self.round_timeout
         while True:
-            if len(self._senders) >= self.expected_clients:
+            if len(self._senders) >= expected:
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -199,6 +228,8 @@ class ServerPod(Pod):
             raise RejectedUpdate(
                 "stale_round", f"update for round {msg.round}, current is {self.current_round}"
             )
+        if self._selected is not None and msg.sender not in self._selected:
+            raise RejectedUpdate("not_selected", f"{msg.sender} was not sampled this round")
         if msg.sender in self._senders:
             raise RejectedUpdate("duplicate", f"{msg.sender} already answered this round")
         if msg.trail:
