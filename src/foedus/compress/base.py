@@ -31,7 +31,6 @@ from foedus.core.errors import CodecError, ConfigError, FoedusError
 from foedus.core.filter import Filter
 from foedus.core.message import Kind, Message
 from foedus.core.params import Params
-from foedus.core.pod import Wire
 
 #: default ceiling on a decoded update (zip-bomb safety); each stage takes ``max_decoded_size``
 DEFAULT_MAX_DECODED = 1024**3
@@ -151,7 +150,10 @@ def reorder(
 ) -> dict[str, np.ndarray]:
     """Put decoded arrays back in the sender's order (``entry["order"]``): servers check it."""
     order = entry.get("order")
-    if not isinstance(order, list) or sorted(map(str, order)) != sorted(params):
+    if (
+        not isinstance(order, list) or not all(isinstance(n, str) for n in order)
+        or sorted(order) != sorted(params)
+    ):
         raise CodecError(f"{where}: metadata 'order' does not list exactly the decoded arrays")
     return {name: params[name] for name in order}
 
@@ -323,7 +325,7 @@ class Decoder(Codec):
             params = self.decode(msg, entry)
         except CodecError:
             raise
-        except (ValueError, TypeError, IndexError, MemoryError, OverflowError) as exc:
+        except (ValueError, TypeError, LookupError, MemoryError, OverflowError) as exc:
             raise CodecError(f"{self.name}: malformed encoded update: {exc}") from exc
         if self.delta:
             params = add(params, self.reference.get(msg.round, self.name), self.name)

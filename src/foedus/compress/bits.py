@@ -27,10 +27,14 @@ def pack(codes: np.ndarray, bits: int) -> np.ndarray:
         raise ValueError(f"bits must be 1-8, got {bits}")
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     if bits == 8:
-        return codes.copy()
-    if bits == 4:  # the common case: two codes a byte, by shifts
-        padded = np.concatenate([codes, np.zeros(len(codes) % 2, np.uint8)])
-        return ((padded[0::2] << 4) | padded[1::2]).astype(np.uint8)
+        return np.array(codes, dtype=np.uint8)
+    if 8 % bits == 0:  # 1, 2 or 4 bits: whole codes per byte, by shifts
+        per = 8 // bits
+        padded = np.zeros(-(-len(codes) // per) * per, np.uint8)
+        padded[: len(codes)] = codes
+        shifts = (bits * np.arange(per - 1, -1, -1)).astype(np.uint8)
+        packed: np.ndarray = np.bitwise_or.reduce(padded.reshape(-1, per) << shifts, axis=1)
+        return packed.astype(np.uint8)
     # general case: keep the low `bits` columns of each code's bit row, pack the flat bit stream
     matrix = np.unpackbits(codes[:, None], axis=1)[:, 8 - bits :]
     return np.packbits(matrix.ravel())
@@ -47,11 +51,11 @@ def unpack(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
         )
     if bits == 8:
         return packed.copy()
-    if bits == 4:
-        out = np.empty(2 * len(packed), np.uint8)
-        out[0::2] = packed >> 4
-        out[1::2] = packed & 0x0F
-        return out[:n]
+    if 8 % bits == 0:
+        per = 8 // bits
+        shifts = (bits * np.arange(per - 1, -1, -1)).astype(np.uint8)
+        out = (packed[:, None] >> shifts) & np.uint8(2**bits - 1)
+        return out.ravel()[:n].astype(np.uint8)
     stream = np.unpackbits(packed)[: n * bits].reshape(n, bits)
     matrix = np.zeros((n, 8), np.uint8)
     matrix[:, 8 - bits :] = stream

@@ -5,6 +5,8 @@ uint8 array with the array table in ``meta[tag]``. The decoder knows from the ta
 many bytes to expect, refuses tables that would exceed ``max_decoded_size``, and never lets the
 decompressor produce more than that (zip-bomb safety): zstd's announced frame size is checked
 before decompressing and its output is capped, lzma is read with ``max_length`` and a memory limit.
+zstd frames carry a content checksum and xz streams a CRC-64, so a damaged body is detected even
+if whoever damaged it also recomputed the message's CRC.
 
 Use them last in a pipeline (after quantisation or sparsification, whose output they shrink
 further). Random float32 weights barely compress (about 5-10%); see docs/compression.md.
@@ -18,13 +20,20 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from foedus.compress.base import (
+    DEFAULT_MAX_DECODED,
+    Decoder,
+    Encoder,
+    get_array,
+    make_table,
+    pack_raw,
+    read_table,
+    table_nbytes,
+    unpack_raw,
+)
 from foedus.core.errors import CodecError, ConfigError, require
 from foedus.core.filter import Filter, Stage, stages
 from foedus.core.message import Message
-from foedus.compress.base import (
-    DEFAULT_MAX_DECODED, Decoder, Encoder, get_array, make_table, pack_raw, read_table,
-    table_nbytes, unpack_raw,
-)
 
 BODY = "body"  # name of the compressed array inside an encoded message
 
@@ -52,7 +61,9 @@ class ZstdEncoder(Encoder):
     def __init__(self, level: int = 3, threads: int = 0, name: str = "zstd-encode") -> None:
         super().__init__(name)
         zstd = require("zstandard", "compress")
-        self._compressor = zstd.ZstdCompressor(level=level, threads=threads, write_content_size=True)
+        self._compressor = zstd.ZstdCompressor(
+            level=level, threads=threads, write_content_size=True, write_checksum=True
+        )
 
     def encode(self, msg: Message) -> Message:
         return _encoded(msg, self.tag, self._compressor.compress(pack_raw(msg.params)))
