@@ -1,0 +1,372 @@
+"""The Gaussian mechanism in both placements, as filters and as job-file pipeline stages.
+
+* **Local DP** (``local-dp``): every client clips its update to ``C`` and adds ``N(0, (z C)^2)``
+  before sending. Nobody, not even the server, has to be trusted; each client's own accountant
+  stops it from sending once its budget is spent. Noise is large: every update carries it.
+* **Central DP** (``central-dp``, DP-FedAvg, McMahan et al. 2018): clients only clip; the trusted
+  server adds noise calibrated to the *sum* of clipped updates, std ``z C``. The server half adds
+  ``N(0, (z C)^2 / m)`` to each of the ``m = clients_per_round`` updates, so the sum of ``m``
+  updates carries exactly ``N(0, (z C)^2)`` (more if more arrive). The server's accountant
+  refuses a round that would exceed the budget (:class:`~foedus.core.errors.BudgetExhausted`).
+
+Both take ``noise_multiplier`` or ``target_epsilon`` (+ ``rounds``, ``delta``): the noise is then
+calibrated with ``dp-accounting`` so that ``rounds`` rounds reach the target. Every setting is
+checked when the stage is built; any failure inside a filter drops the update, never sends it
+unprotected. See ``docs/privacy.md`` for the threat model and the kernel hooks.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import numpy as np
+
+from foedus.core.errors import ConfigError, PrivacyError
+from foedus.core.filter import Chain, Filter, Stage, stages
+from foedus.core.message import Kind, Message
+from foedus.core.params import ParamSpec, flatten, unflatten
+from foedus.privacy.accountant import PrivacyAccountant, SamplingSpec, calibrate_noise
+from foedus.privacy.clip import (
+    CLIP_TAG,
+    META_CLIP_NORM,
+    META_UNCLIPPED,
+    ClipFilter,
+    ClipReceiver,
+    NormSource,
+    QuantileClipNorm,
+    check_client_norm,
+    check_positive,
+    fixed_norm,
+    strip_meta,
+)
+
+NOISE_TAG = "dp.gaussian"
+
+
+def add_gaussian(msg: Message, std: float, rng: np.random.Generator) -> Message:
+    """``msg`` with i.i.d. ``N(0, std^2)`` added to every parameter (computed in float64)."""
+    spec = ParamSpec.of(msg.params)
+    vector = flatten(msg.params)
+    vector += rng.normal(0.0, std, size=vector.shape)
+    return msg.replace(params=unflatten(vector, spec))
+
+
+class GaussianNoise(Filter):
+    """Client half of local DP: adds ``N(0, (z C)^2)`` to an update that was clipped to ``C``.
+
+    Refuses (raises) an update whose last filter was not clipping: noise calibrated to a norm
+    the update does not have protects nothing. With an ``accountant`` it also refuses a round
+    that would exceed the client's own budget.
+    """
+
+    def __init__(
+        self, noise_multiplier: float, *, accountant: PrivacyAccountant | None = None,
+        seed: int | None = None, name: str = "dp_noise",
+    ) -> None:
+        super().__init__(name)
+        self.noise_multiplier = check_positive("noise_multiplier", noise_multiplier)
+        self.accountant = accountant
+        self._rng = np.random.default_rng(seed)
+        self._rounds: set[int] = set()
+
+    def process(self, msg: Message) -> Message:
+        if msg.kind is not Kind.UPDATE:
+            return msg
+        if not msg.trail or msg.trail[-1] != CLIP_TAG:
+            raise PrivacyError(
+                "Gaussian noise needs a clipped update (the last filter must be "
+                f"{CLIP_TAG!r}, got {list(msg.trail)}): put clipping before noise"
+            )
+        clip_norm = check_positive("clip_norm", msg.meta.get(META_CLIP_NORM))
+        if self.accountant is not None and msg.round not in self._rounds:
+            self.accountant.spend_round()  # raises BudgetExhausted: nothing is sent
+            self._rounds.add(msg.round)
+        return add_gaussian(msg, self.noise_multiplier * clip_norm, self._rng).push_trail(
+            NOISE_TAG
+        )
+
+
+class LocalDPReceiver(Filter):
+    """Server half of local DP: checks that clipping then noise were applied, in that order."""
+
+    def __init__(self, norm: NormSource, *, rounds_seen: set[int] | None = None,
+                 name: str = "dp_local_in") -> None:
+        super().__init__(name)
+        self.norm_source = norm
+        self.rounds_seen = rounds_seen if rounds_seen is not None else set()
+
+    def process(self, msg: Message) -> Message:
+        if msg.kind is not Kind.UPDATE:
+            return msg
+        msg = msg.pop_trail(NOISE_TAG).pop_trail(CLIP_TAG)
+        check_client_norm(msg, self.norm_source(msg.round))
+        self.rounds_seen.add(msg.round)
+        return msg.replace(meta=strip_meta(msg.meta))
+
+
+class CentralNoise(Filter):
+    """Server half of central DP: per-round budget check, then its share of the sum's noise.
+
+    Each accepted update gets ``N(0, (z_delta C)^2 / m)``; ``m`` updates sum to noise of std
+    ``z_delta C``. With adaptive clipping, the clients' bits are counted here, and ``z_delta``
+    is the part of the total noise multiplier left after the count's noise (Andrew et al.).
+    """
+
+    def __init__(
+        self, *, norm: NormSource, noise_multiplier: float, clients_per_round: int,
+        accountant: PrivacyAccountant, estimator: QuantileClipNorm | None = None,
+        seed: int | None = None, name: str = "dp_central_in",
+    ) -> None:
+        super().__init__(name)
+        self.norm_source = norm
+        self.noise_multiplier = check_positive("noise_multiplier", noise_multiplier)
+        if clients_per_round < 1:
+            raise ConfigError(f"clients_per_round must be at least 1, got {clients_per_round}")
+        self.clients_per_round = clients_per_round
+        self.accountant = accountant
+        self.estimator = estimator
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()
+        self.rounds_spent: set[int] = set()
+
+    def spend(self, round: int) -> None:
+        """Charge ``round`` to the accountant once; raises :class:`BudgetExhausted`."""
+        with self._lock:
+            if round in self.rounds_spent:
+                return
+            self.accountant.check_round(round)
+            self.accountant.spend_round()
+            self.rounds_spent.add(round)
+
+    def process(self, msg: Message) -> Message:
+        if msg.kind is not Kind.UPDATE:
+            return msg
+        msg = msg.pop_trail(CLIP_TAG)
+        clip_norm = check_client_norm(msg, self.norm_source(msg.round))
+        self.spend(msg.round)
+        if self.estimator is not None:
+            bit = msg.meta.get(META_UNCLIPPED)
+            if not isinstance(bit, bool):
+                raise PrivacyError(f"{msg.sender} sent no clipping bit for adaptive clipping")
+            self.estimator.record(msg.round, bit)
+        std = self.noise_multiplier * clip_norm / math.sqrt(self.clients_per_round)
+        return add_gaussian(msg.replace(meta=strip_meta(msg.meta)), std, self._rng)
+
+
+class _PrivacyChain(Chain):
+    """A chain that lets its clipping filter find the client's model messages when it starts."""
+
+    async def start(self) -> None:
+        for f in self.filters:
+            if isinstance(f, ClipFilter):
+                f.tap.attach(self)
+
+    def observe_model(self, msg: Message) -> None:
+        for f in self.filters:
+            if isinstance(f, ClipFilter):
+                f.observe_model(msg)
+
+
+# ---- pipeline stages ------------------------------------------------------------------------
+def _noise_multiplier(
+    noise_multiplier: float | None, target_epsilon: float | None, rounds: int | None,
+    delta: float, sampling: SamplingSpec,
+) -> float:
+    if (noise_multiplier is None) == (target_epsilon is None):
+        raise ConfigError("give exactly one of noise_multiplier and target_epsilon")
+    if noise_multiplier is not None:
+        return check_positive("noise_multiplier", noise_multiplier)
+    if rounds is None:
+        raise ConfigError("target_epsilon needs rounds: the number of rounds to calibrate for")
+    return calibrate_noise(
+        check_positive("target_epsilon", target_epsilon), rounds=rounds, delta=delta,
+        sampling=sampling,
+    )
+
+
+class _DPStage(Stage):
+    """Shared plumbing: the server-side accountant and the round hooks."""
+
+    accountant: PrivacyAccountant
+
+    def before_round(self, round: int) -> None:
+        """Server hook: raise :class:`BudgetExhausted` before a round the budget cannot pay."""
+        self.accountant.check_round(round)
+
+    def after_round(self, record: Any) -> None:
+        """Server hook (a ``ServerPod.round_listeners`` entry): log epsilon with the round."""
+        self.sync_rounds()
+        record.metrics.update(self.accountant.metrics())
+
+    def sync_rounds(self) -> None:
+        """Bring the accountant up to the rounds the server half has seen."""
+
+    @property
+    def epsilon(self) -> float:
+        self.sync_rounds()
+        return self.accountant.epsilon()
+
+
+@stages.register("clip")
+class ClipStage(Stage):
+    """Fixed L2 clipping alone (robustness; no privacy guarantee without noise)."""
+
+    def __init__(self, clip_norm: float, keep_metrics: bool = True) -> None:
+        self.clip_norm = check_positive("clip_norm", clip_norm)
+        self.keep_metrics = bool(keep_metrics)
+
+    def client(self) -> Filter:
+        return _PrivacyChain(ClipFilter(self.clip_norm, keep_metrics=self.keep_metrics),
+                             name="dp_clip")
+
+    def server(self) -> Filter:
+        return ClipReceiver(self.clip_norm)
+
+
+@stages.register("local-dp")
+class LocalDPStage(_DPStage):
+    """Local DP: each client clips and adds noise; each client holds its own budget."""
+
+    def __init__(
+        self, clip_norm: float, noise_multiplier: float | None = None,
+        target_epsilon: float | None = None, rounds: int | None = None, delta: float = 1e-5,
+        budget: float | None = None, seed: int | None = None,
+    ) -> None:
+        self.clip_norm = check_positive("clip_norm", clip_norm)
+        # the server sees every report of a client: no amplification by sampling locally
+        self.sampling = SamplingSpec(population=1, clients_per_round=1)
+        self.noise_multiplier = _noise_multiplier(
+            noise_multiplier, target_epsilon, rounds, delta, self.sampling
+        )
+        if budget is None and target_epsilon is not None:
+            budget = float(target_epsilon)
+        self.delta, self.budget, self.seed = delta, budget, seed
+        self.accountant = self._new_accountant()
+        self._clients = 0
+        self._rounds_seen: set[int] = set()
+
+    def _new_accountant(self) -> PrivacyAccountant:
+        return PrivacyAccountant(
+            noise_multiplier=self.noise_multiplier, delta=self.delta, sampling=self.sampling,
+            budget=self.budget,
+        )
+
+    def client(self) -> Filter:
+        seed = None if self.seed is None else self.seed + self._clients
+        self._clients += 1
+        return _PrivacyChain(
+            ClipFilter(self.clip_norm),
+            GaussianNoise(self.noise_multiplier, accountant=self._new_accountant(), seed=seed),
+            name="dp_local",
+        )
+
+    def server(self) -> Filter:
+        return LocalDPReceiver(fixed_norm(self.clip_norm), rounds_seen=self._rounds_seen)
+
+    def sync_rounds(self) -> None:
+        # the epsilon of a client that took part in every round the server saw
+        self.accountant.rounds = len(self._rounds_seen)
+
+
+@stages.register("central-dp")
+class CentralDPStage(_DPStage):
+    """DP-FedAvg: clients clip (fixed or adaptive norm), the server adds calibrated noise.
+
+    ``clip_norm`` fixes the norm; ``adaptive: {target_quantile, learning_rate, count_noise_std}``
+    makes ``clip_norm`` the initial value of an Andrew et al. quantile estimate.
+    """
+
+    def __init__(
+        self, clients_per_round: int, clip_norm: float = 1.0,
+        noise_multiplier: float | None = None, target_epsilon: float | None = None,
+        rounds: int | None = None, delta: float = 1e-5, budget: float | None = None,
+        population: int | None = None, sampling: str = "poisson",
+        adaptive: dict[str, float] | None = None, seed: int | None = None,
+    ) -> None:
+        if isinstance(clients_per_round, bool) or not isinstance(clients_per_round, int):
+            raise ConfigError(f"clients_per_round must be an integer, got {clients_per_round!r}")
+        self.sampling = SamplingSpec(
+            population=clients_per_round if population is None else population,
+            clients_per_round=clients_per_round, sampling=sampling,  # type: ignore[arg-type]
+        )
+        self.clip_norm = check_positive("clip_norm", clip_norm)
+        self.noise_multiplier = _noise_multiplier(
+            noise_multiplier, target_epsilon, rounds, delta, self.sampling
+        )
+        if budget is None and target_epsilon is not None:
+            budget = float(target_epsilon)
+        self.accountant = PrivacyAccountant(
+            noise_multiplier=self.noise_multiplier, delta=delta, sampling=self.sampling,
+            budget=budget,
+        )
+        self.estimator: QuantileClipNorm | None = None
+        self.delta_noise_multiplier = self.noise_multiplier
+        if adaptive is not None:
+            if not isinstance(adaptive, dict):
+                raise ConfigError("adaptive: expected a mapping of estimator settings")
+            allowed = {"target_quantile", "learning_rate", "count_noise_std"}
+            unknown = sorted(set(adaptive) - allowed)
+            if unknown:
+                raise ConfigError(
+                    f"adaptive.{unknown[0]}: unknown key; allowed: {', '.join(sorted(allowed))}"
+                )
+            count_std = float(adaptive.get("count_noise_std", clients_per_round / 20))
+            # Andrew et al.: the count's noise uses part of the budget; the update sum gets the
+            # rest, z_delta^-2 = z^-2 - (2 sigma_b)^-2
+            if 2 * count_std <= self.noise_multiplier:
+                raise ConfigError(
+                    f"adaptive.count_noise_std must exceed noise_multiplier / 2 = "
+                    f"{self.noise_multiplier / 2:.4g}, got {count_std}"
+                )
+            self.delta_noise_multiplier = (
+                self.noise_multiplier ** -2 - (2 * count_std) ** -2
+            ) ** -0.5
+            self.estimator = QuantileClipNorm(
+                initial_norm=self.clip_norm,
+                target_quantile=float(adaptive.get("target_quantile", 0.5)),
+                learning_rate=float(adaptive.get("learning_rate", 0.2)),
+                count_noise_std=count_std, seed=seed,
+            )
+        self.seed = seed
+        self._receiver: CentralNoise | None = None
+
+    def norm(self, round: int) -> float:
+        return self.estimator.norm(round) if self.estimator is not None else self.clip_norm
+
+    def model_meta(self, round: int) -> dict[str, float]:
+        """Server hook: metadata for round ``round``'s model broadcast. Clients clip to the
+        broadcast norm, which is how an adaptive norm reaches clients in other processes."""
+        return {META_CLIP_NORM: self.norm(round)}
+
+    def client(self) -> Filter:
+        return _PrivacyChain(
+            ClipFilter(self.norm, report_bit=self.estimator is not None), name="dp_central"
+        )
+
+    def server(self) -> Filter:
+        if self._receiver is None:
+            self._receiver = CentralNoise(
+                norm=self.norm, noise_multiplier=self.delta_noise_multiplier,
+                clients_per_round=self.sampling.clients_per_round, accountant=self.accountant,
+                estimator=self.estimator, seed=self.seed,
+            )
+        return self._receiver
+
+    def before_round(self, round: int) -> None:
+        if self._receiver is not None and round in self._receiver.rounds_spent:
+            return
+        self.accountant.check_round(round)
+
+
+__all__ = [
+    "META_CLIP_NORM",
+    "CentralDPStage",
+    "CentralNoise",
+    "ClipStage",
+    "GaussianNoise",
+    "LocalDPReceiver",
+    "LocalDPStage",
+    "add_gaussian",
+]

@@ -1,0 +1,162 @@
+"""The Gaussian mechanism: noise matches its calibration, order and settings fail closed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from foedus.core.errors import BudgetExhausted, ConfigError, PrivacyError
+from foedus.core.filter import stages
+from foedus.core.message import Kind, Message
+from foedus.privacy.accountant import PrivacyAccountant, SamplingSpec
+from foedus.privacy.clip import CLIP_TAG, ClipFilter
+from foedus.privacy.dp import (
+    NOISE_TAG,
+    CentralDPStage,
+    CentralNoise,
+    GaussianNoise,
+    LocalDPReceiver,
+    LocalDPStage,
+)
+from foedus.roles.server import RoundRecord
+
+SIZE = 200_000
+
+
+def model(round: int = 1) -> Message:
+    return Message.create(Kind.MODEL, job_id="j", round=round, sender="server",
+                          params={"w": np.zeros(SIZE)})
+
+
+def clipped_update(clip_norm: float, round: int = 1, sender: str = "c1") -> Message:
+    """An update equal to the global model (delta 0), clipped: the output is pure noise."""
+    m = model(round)
+    f = ClipFilter(clip_norm)
+    f.observe_model(m)
+    out = f(m.reply(Kind.UPDATE, sender, params={"w": np.zeros(SIZE)}, num_examples=5))
+    assert out is not None
+    return out
+
+
+def test_local_noise_std_is_noise_multiplier_times_clip_norm() -> None:
+    out = GaussianNoise(0.8, seed=3)(clipped_update(2.0))
+    assert out is not None and out.trail == (CLIP_TAG, NOISE_TAG)
+    noise = out.params["w"]
+    # the sample std of 200k draws is within 1% of sigma with overwhelming probability
+    assert noise.std() == pytest.approx(0.8 * 2.0, rel=0.01)
+    assert abs(noise.mean()) < 5 * 1.6 / np.sqrt(SIZE)
+
+
+def test_noise_before_clipping_is_refused() -> None:
+    raw = model().reply(Kind.UPDATE, "c1", params={"w": np.ones(SIZE)}, num_examples=5)
+    with pytest.raises(PrivacyError, match="put clipping before noise"):
+        GaussianNoise(1.0)(raw)
+
+
+def test_central_noise_on_the_sum_of_m_updates_has_std_z_times_c() -> None:
+    m = 4
+    receiver = CentralNoise(
+        norm=lambda _r: 1.5, noise_multiplier=1.2, clients_per_round=m, seed=7,
+        accountant=PrivacyAccountant(noise_multiplier=1.2, delta=1e-5,
+                                     sampling=SamplingSpec(m, m)),
+    )
+    total = np.zeros(SIZE)
+    for i in range(m):
+        out = receiver(clipped_update(1.5, sender=f"c{i}"))
+        assert out is not None and out.trail == ()
+        total += out.params["w"]
+    assert total.std() == pytest.approx(1.2 * 1.5, rel=0.01)
+    assert receiver.accountant.rounds == 1, "one round is charged once, not per update"
+
+
+def test_central_noise_rejects_a_client_that_clipped_to_another_norm() -> None:
+    receiver = CentralNoise(
+        norm=lambda _r: 1.0, noise_multiplier=1.0, clients_per_round=2,
+        accountant=PrivacyAccountant(noise_multiplier=1.0, delta=1e-5,
+                                     sampling=SamplingSpec(2, 2)),
+    )
+    with pytest.raises(PrivacyError, match=r"server expects 1\.0"):
+        receiver(clipped_update(5.0))
+
+
+def test_local_receiver_requires_clip_then_noise() -> None:
+    receiver = LocalDPReceiver(lambda _r: 1.0)
+    with pytest.raises(PrivacyError, match=r"cannot undo 'dp\.gaussian'"):
+        receiver(clipped_update(1.0))
+    noised = GaussianNoise(1.0, seed=0)(clipped_update(1.0))
+    assert noised is not None
+    out = receiver(noised)
+    assert out is not None and out.trail == () and "dp.clip_norm" not in out.meta
+
+
+def test_local_dp_client_stops_sending_when_its_budget_is_spent() -> None:
+    stage = LocalDPStage(clip_norm=1.0, noise_multiplier=2.0, budget=3.0, seed=0)
+    allowed = stage.accountant.max_rounds()
+    assert allowed >= 1
+    noise = GaussianNoise(2.0, accountant=stage._new_accountant(), seed=0)
+    for rnd in range(1, allowed + 1):
+        assert noise(clipped_update(1.0, round=rnd)) is not None
+    with pytest.raises(BudgetExhausted, match="privacy budget exhausted"):
+        noise(clipped_update(1.0, round=allowed + 1))
+
+
+def test_central_stage_hooks_stop_before_the_budget_and_log_epsilon() -> None:
+    stage = CentralDPStage(clients_per_round=2, clip_norm=1.0, noise_multiplier=1.0,
+                           budget=8.0, seed=0)
+    receiver = stage.server()
+    allowed = stage.accountant.max_rounds()
+    for rnd in range(1, allowed + 1):
+        stage.before_round(rnd)
+        receiver(clipped_update(1.0, round=rnd))
+        record = RoundRecord(rnd)
+        stage.after_round(record)
+        assert record.metrics["dp_epsilon"] == pytest.approx(stage.accountant.epsilon(rnd))
+    with pytest.raises(BudgetExhausted, match=f"round {allowed + 1} would bring epsilon"):
+        stage.before_round(allowed + 1)
+    with pytest.raises(BudgetExhausted):  # without the hook, the filter itself refuses
+        receiver(clipped_update(1.0, round=allowed + 1))
+
+
+def test_target_epsilon_calibrates_the_noise() -> None:
+    stage = CentralDPStage(clients_per_round=10, population=100, target_epsilon=4.0,
+                           rounds=30, delta=1e-5)
+    assert stage.accountant.epsilon(30) == pytest.approx(4.0, rel=0.02)
+    assert stage.accountant.budget == 4.0
+
+
+@pytest.mark.parametrize(("name", "params", "match"), [
+    ("local-dp", {"clip_norm": 1.0}, "exactly one of"),
+    ("local-dp", {"clip_norm": 1.0, "noise_multiplier": 1.0, "target_epsilon": 2.0},
+     "exactly one of"),
+    ("local-dp", {"clip_norm": 1.0, "target_epsilon": 2.0}, "needs rounds"),
+    ("local-dp", {"clip_norm": -1.0, "noise_multiplier": 1.0}, "clip_norm"),
+    ("central-dp", {"clients_per_round": 10, "noise_multiplier": 0.0}, "noise_multiplier"),
+    ("central-dp", {"clients_per_round": 10, "noise_multiplier": 1.0, "delta": 2.0}, "delta"),
+    ("central-dp", {"clients_per_round": 10, "noise_multiplier": 1.0, "sampling": "x"},
+     "sampling"),
+    ("central-dp", {"clients_per_round": 10, "noise_multiplier": 1.0,
+                    "adaptive": {"count_noise_std": 0.1}}, "count_noise_std"),
+    ("central-dp", {"clients_per_round": 10, "noise_multiplier": 1.0,
+                    "adaptive": {"quantile": 0.5}}, "unknown key"),
+])
+def test_invalid_stage_settings_raise_at_construction(
+    name: str, params: dict[str, object], match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        stages.create(name, **params)
+
+
+def test_adaptive_central_stage_moves_the_norm_clients_and_server_agree_on() -> None:
+    stage = CentralDPStage(clients_per_round=4, clip_norm=1.0, noise_multiplier=1.0,
+                           adaptive={"count_noise_std": 1.0, "learning_rate": 0.5}, seed=1)
+    assert stage.delta_noise_multiplier > stage.noise_multiplier  # the count takes a share
+    receiver = stage.server()
+    for i in range(4):  # every update is far smaller than the norm: it must shrink
+        client = stage.client()
+        m = model(1)
+        client.observe_model(m)  # type: ignore[attr-defined]
+        sent = client(m.reply(Kind.UPDATE, f"c{i}", params={"w": np.full(SIZE, 1e-6)},
+                              num_examples=1))
+        assert sent is not None and isinstance(sent.meta["dp.unclipped"], bool)
+        assert receiver(sent) is not None
+    assert stage.norm(2) < 1.0
