@@ -102,8 +102,16 @@ def require_sender_identity(aliases: Mapping[str, str] | None = None) -> Authori
 
 
 class _Topic:
-    __slots__ = ("cursors", "groups", "lost_by_group", "log", "log_bytes", "next_offset",
-                 "retained", "wake")
+    __slots__ = (
+        "cursors",
+        "groups",
+        "log",
+        "log_bytes",
+        "lost_by_group",
+        "next_offset",
+        "retained",
+        "wake",
+    )
 
     def __init__(self) -> None:
         self.log: deque[tuple[int, bytes]] = deque()

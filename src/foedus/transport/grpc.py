@@ -1,0 +1,453 @@
+"""The gRPC transport: the foedus server hosts a :class:`GrpcHub`, every actor connects to it.
+
+The service is defined with grpcio's generic handlers and raw ``bytes`` messages, so there is no
+protoc step and no protobuf runtime to keep in step with generated code:
+
+``/foedus.Hub/Info`` (unary)
+    The hub's ``max_payload`` as 8 bytes, read once per client, so an oversized publish fails
+    locally with a clear error before any byte is uploaded (the hub enforces it as well).
+``/foedus.Hub/Publish`` (client stream -> one reply)
+    Metadata ``foedus-topic-bin``, ``foedus-key-bin``, ``foedus-retain``, ``foedus-size``; the
+    request stream is the payload in chunks of at most :data:`~foedus.transport.hub.CHUNK_SIZE`
+    (1 MiB); the reply is the payload's 8-byte offset. Payloads of any size (up to the hub's
+    ``max_payload``) travel without raising gRPC's 4 MiB message limit, on either end.
+``/foedus.Hub/Subscribe`` (bidirectional stream)
+    Metadata ``foedus-topic-bin`` and optionally ``foedus-group-bin``. The hub answers with a
+    READY frame once the subscription exists, then frames ``flags | offset | total | data``; the
+    client writes back the 8-byte offset of each payload it has consumed (durable groups).
+
+Keepalive: clients ping every 30 s of silence and the hub accepts pings down to every 10 s and
+never penalises them, so a subscription stays up through hours of local training (the
+``too_many_pings`` GOAWAY is the classic failure when the two ends disagree).
+
+TLS: :class:`~foedus.transport.tls.TLSConfig` on both ends. With ``require_client_cert`` the hub
+refuses clients without a certificate signed by the CA, and passes each publisher's certificate
+common name to the hub's ``authorize`` hook (see
+:func:`foedus.transport.hub.require_sender_identity`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from foedus.core.errors import ConfigError, TransportClosed, TransportError, require
+from foedus.transport.base import Subscription, Transport, transports
+from foedus.transport.hub import (
+    CHUNK_SIZE,
+    DEFAULT_MAX_PAYLOAD,
+    DEFAULT_MAX_TOPIC_BYTES,
+    Authorizer,
+    HostedHubs,
+    Hub,
+    PayloadTooLarge,
+    Publication,
+    Refused,
+)
+from foedus.transport.tls import TLSConfig
+
+log = logging.getLogger("foedus.grpc")
+
+_SERVICE = "foedus.Hub"
+_INFO = f"/{_SERVICE}/Info"
+_PUBLISH = f"/{_SERVICE}/Publish"
+_SUBSCRIBE = f"/{_SERVICE}/Subscribe"
+_FRAME = struct.Struct(">BQQ")  # flags, offset, total payload length
+_ACK = struct.Struct(">Q")
+_READY, _LAST = 1, 2
+
+#: the hub accepts client pings this often and never sends GOAWAY for "too many pings"
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+
+def client_options(keepalive_s: float) -> list[tuple[str, int]]:
+    """Channel options: ping the hub after ``keepalive_s`` of silence, also between calls."""
+    return [
+        ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def _pem(tls: TLSConfig) -> tuple[bytes, bytes | None, bytes | None]:
+    tls.check_files()
+    cert = None if tls.cert is None else tls.cert.read_bytes()
+    key = None if tls.key is None else tls.key.read_bytes()
+    return tls.ca.read_bytes(), cert, key
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"grpc address must be HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+class GrpcHub:
+    """A :class:`~foedus.transport.hub.Hub` served over gRPC; start it in the server process.
+
+    ``port=0`` picks a free port (read :attr:`port` after :meth:`start`). ``tls`` is the
+    server's TLSConfig (cert, key, CA for client certificates, ``require_client_cert``);
+    plaintext needs ``insecure=True`` explicitly.
+    """
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, tls: TLSConfig | None = None, *,
+        hub: Hub | None = None, authorize: Authorizer | None = None, insecure: bool = False,
+        max_payload: int = DEFAULT_MAX_PAYLOAD, max_topic_bytes: int = DEFAULT_MAX_TOPIC_BYTES,
+    ) -> None:
+        if tls is None and not insecure:
+            raise ConfigError("GrpcHub needs tls=TLSConfig(...) (or insecure=True for plaintext)")
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.hub = hub or Hub(
+            max_payload=max_payload, max_topic_bytes=max_topic_bytes, authorize=authorize
+        )
+        self._server: Any = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def start(self) -> GrpcHub:
+        grpc = require("grpc", "grpc")
+        server = grpc.aio.server(options=list(SERVER_OPTIONS))
+        handler = grpc.method_handlers_generic_handler(_SERVICE, {
+            "Info": grpc.unary_unary_rpc_method_handler(self._info),
+            "Publish": grpc.stream_unary_rpc_method_handler(self._publish),
+            "Subscribe": grpc.stream_stream_rpc_method_handler(self._subscribe),
+        })
+        server.add_generic_rpc_handlers((handler,))
+        bind = f"{self.host}:{self.port}"
+        if self.tls is None:
+            port = server.add_insecure_port(bind)
+        else:
+            ca, cert, key = _pem(self.tls)
+            if cert is None or key is None:
+                raise ConfigError("GrpcHub tls needs the server's cert and key")
+            creds = grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=ca,
+                require_client_auth=self.tls.require_client_cert,
+            )
+            port = server.add_secure_port(bind, creds)
+        if not port:
+            raise TransportError(f"gRPC hub cannot listen on {bind}")
+        self.port = port
+        await server.start()
+        self._server = server
+        log.info("gRPC hub listening on %s (%s)", self.address,
+                 "plaintext" if self.tls is None else "TLS")
+        return self
+
+    async def stop(self, grace: float = 1.0) -> None:
+        if self._server is not None:
+            self.hub.close()
+            await self._server.stop(grace)
+            self._server = None
+
+    async def __aenter__(self) -> GrpcHub:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ---- handlers -----------------------------------------------------------------------------
+    @staticmethod
+    def _metadata(context: Any) -> dict[str, Any]:
+        return {k: v for k, v in (context.invocation_metadata() or ())}
+
+    @staticmethod
+    def identity(context: Any) -> str | None:
+        """The common name of the client's verified certificate (mutual TLS), else None."""
+        names = context.auth_context().get("x509_common_name") or []
+        return names[0].decode() if names else None
+
+    async def _info(self, request: bytes, context: Any) -> bytes:
+        return _ACK.pack(self.hub.max_payload)
+
+    async def _publish(self, requests: AsyncIterator[bytes], context: Any) -> bytes:
+        grpc = require("grpc", "grpc")
+        md = self._metadata(context)
+        try:
+            topic = bytes(md["foedus-topic-bin"]).decode()
+            size = int(md["foedus-size"])
+            key = bytes(md["foedus-key-bin"]).decode() if "foedus-key-bin" in md else None
+        except (KeyError, ValueError, UnicodeDecodeError):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad publish metadata")
+        try:
+            self.hub.check_size(size)
+        except PayloadTooLarge as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        chunks: list[bytes] = []
+        received = 0
+        async for chunk in requests:
+            received += len(chunk)
+            if received > size:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"payload longer than the announced {size} bytes")
+            chunks.append(chunk)
+        if received != size:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"payload truncated: {received} of {size} bytes")
+        pub = Publication(topic, b"".join(chunks), key, md.get("foedus-retain") == "1",
+                          self.identity(context))
+        try:
+            offset = self.hub.publish(pub)
+        except Refused as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except TransportError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return _ACK.pack(offset)
+
+    async def _subscribe(self, requests: AsyncIterator[bytes], context: Any) -> None:
+        grpc = require("grpc", "grpc")
+        md = self._metadata(context)
+        try:
+            topic = bytes(md["foedus-topic-bin"]).decode()
+            group = bytes(md["foedus-group-bin"]).decode() if "foedus-group-bin" in md else None
+            cursor = self.hub.open(topic, group)
+        except (KeyError, UnicodeDecodeError):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad subscribe metadata")
+        except TransportError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+
+        async def read_acks() -> None:
+            while True:
+                ack = await context.read()
+                if ack is grpc.aio.EOF:  # the client half-closed: it is done
+                    cursor.close()
+                    return
+                cursor.commit(_ACK.unpack(ack)[0])
+
+        reader = asyncio.create_task(read_acks())
+        try:
+            await context.write(_FRAME.pack(_READY, 0, 0))
+            while True:
+                try:
+                    offset, payload = await cursor.next()  # type: ignore[misc]
+                except TransportClosed:
+                    return
+                except TransportError as exc:
+                    await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
+                view = memoryview(payload)
+                total = len(payload)
+                start = 0
+                while True:
+                    end = min(start + CHUNK_SIZE, total)
+                    flags = _LAST if end == total else 0
+                    await context.write(_FRAME.pack(flags, offset, total) + view[start:end])
+                    if flags:
+                        break
+                    start = end
+        finally:
+            reader.cancel()
+            cursor.close()
+
+
+_hosted = HostedHubs()
+
+
+class _GrpcSubscription(Subscription):
+    def __init__(self, owner: GrpcTransport, call: Any, topic: str, group: str | None) -> None:
+        self._owner = owner
+        self._call = call
+        self.topic = topic
+        self.group = group
+        self._unacked: int | None = None
+        self._closed = False
+
+    async def __anext__(self) -> bytes:
+        grpc = require("grpc", "grpc")
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            if self._unacked is not None and self.group is not None:
+                await self._call.write(_ACK.pack(self._unacked))
+                self._unacked = None
+            parts: list[memoryview] = []
+            while True:
+                frame = await self._call.read()
+                if frame is grpc.aio.EOF:
+                    self._closed = True
+                    raise StopAsyncIteration
+                flags, offset, total = _FRAME.unpack_from(frame)
+                parts.append(memoryview(frame)[_FRAME.size:])
+                if flags & _LAST:
+                    payload = b"".join(parts)
+                    if len(payload) != total:
+                        raise TransportError(
+                            f"gRPC hub sent {len(payload)} bytes for a {total}-byte payload"
+                        )
+                    self._unacked = offset
+                    return payload
+        except (grpc.aio.AioRpcError, asyncio.CancelledError, grpc.aio.UsageError) as exc:
+            if self._closed:
+                raise StopAsyncIteration from None
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise _error(exc, f"subscription to {self.topic!r}") from exc
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._owner._subs.discard(self)
+        try:
+            if self._unacked is not None and self.group is not None:
+                await self._call.write(_ACK.pack(self._unacked))
+            await self._call.done_writing()
+            # let the hub see the acknowledgement and end the call before we tear it down
+            await asyncio.wait_for(self._call.code(), 2.0)
+        except Exception:
+            pass
+        finally:
+            self._call.cancel()
+
+
+def _error(exc: Any, what: str) -> TransportError:
+    code = exc.code()
+    name = getattr(code, "name", str(code))
+    return TransportError(f"gRPC {what} failed: {name}: {exc.details()}")
+
+
+@transports.register("grpc")
+class GrpcTransport(Transport):
+    """A client of a :class:`GrpcHub` at ``address`` (``HOST:PORT``).
+
+    ``tls``: the client's TLSConfig or a job-file mapping (``ca``, plus ``cert``/``key`` for
+    mutual TLS). ``serve``: a TLS mapping for the *hub*; when given, this process hosts the hub at
+    ``address`` (started on first use, shared by every transport of the process with the same
+    address, stopped when the last closes) - what a single-process job needs.
+    ``connect_timeout`` bounds the wait for a reachable, TLS-accepting hub.
+    """
+
+    name = "grpc"
+
+    def __init__(
+        self, address: str = "127.0.0.1:50051", *,
+        tls: TLSConfig | Mapping[str, Any] | None = None, insecure: bool = False,
+        serve: TLSConfig | Mapping[str, Any] | None = None, connect_timeout: float = 30.0,
+        keepalive_s: float = 30.0,
+    ) -> None:
+        require("grpc", "grpc")
+        self.address = address
+        self._host, self._port = _split_address(address)
+        self.tls = TLSConfig.from_mapping(tls)
+        if self.tls is None and not insecure:
+            raise ConfigError("grpc transport needs tls: {ca: ...} (or insecure: true)")
+        self.insecure = insecure
+        self.serve = TLSConfig.from_mapping(serve)
+        self.connect_timeout = connect_timeout
+        self.keepalive_s = keepalive_s
+        self._channel: Any = None
+        self._max_payload: int | None = None
+        self._subs: set[_GrpcSubscription] = set()
+        self._closed = False
+        if self.serve is not None:
+            _hosted.acquire(self.address)
+
+    async def _ready(self) -> Any:
+        if self._closed:
+            raise TransportClosed("the grpc transport is closed")
+        grpc = require("grpc", "grpc")
+        if self.serve is not None:
+            serve = self.serve
+            await _hosted.ensure(
+                self.address, lambda: GrpcHub(self._host, self._port, serve).start()
+            )
+        if self._channel is None:
+            options = client_options(self.keepalive_s)
+            if self.tls is None:
+                self._channel = grpc.aio.insecure_channel(self.address, options=options)
+            else:
+                ca, cert, key = _pem(self.tls)
+                creds = grpc.ssl_channel_credentials(
+                    root_certificates=ca, private_key=key, certificate_chain=cert
+                )
+                self._channel = grpc.aio.secure_channel(self.address, creds, options=options)
+        if self._channel.get_state(try_to_connect=True) != grpc.ChannelConnectivity.READY:
+            try:
+                await asyncio.wait_for(self._channel.channel_ready(), self.connect_timeout)
+            except TimeoutError:
+                raise TransportError(
+                    f"cannot reach the gRPC hub at {self.address} within {self.connect_timeout}s"
+                    " (hub down, or TLS refused: wrong CA or missing/invalid client certificate)"
+                ) from None
+        if self._max_payload is None:
+            try:
+                reply = await self._channel.unary_unary(_INFO)(b"")
+            except grpc.aio.AioRpcError as exc:
+                raise _error(exc, "handshake") from exc
+            self._max_payload = int(_ACK.unpack(reply)[0])
+        return self._channel
+
+    async def publish(
+        self, topic: str, payload: bytes, *, key: str | None = None, retain: bool = False
+    ) -> None:
+        grpc = require("grpc", "grpc")
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise TransportError(f"payload must be bytes, got {type(payload).__name__}")
+        channel = await self._ready()
+        view = memoryview(payload).cast("B")
+        assert self._max_payload is not None
+        if view.nbytes > self._max_payload:
+            raise TransportError(f"payload of {view.nbytes} bytes exceeds the gRPC hub's "
+                                 f"max_payload={self._max_payload}")
+        metadata = [("foedus-topic-bin", topic.encode()), ("foedus-size", str(view.nbytes)),
+                    ("foedus-retain", "1" if retain else "0")]
+        if key is not None:
+            metadata.append(("foedus-key-bin", key.encode()))
+
+        call = channel.stream_unary(_PUBLISH)(metadata=metadata)
+        try:
+            try:
+                for start in range(0, view.nbytes, CHUNK_SIZE):
+                    await call.write(bytes(view[start:start + CHUNK_SIZE]))
+                await call.done_writing()
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                pass  # the hub ended the call early (a refusal): its status says why, below
+            await call
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc, f"publish to {topic!r}") from exc
+
+    async def subscribe(self, topic: str, *, group: str | None = None) -> Subscription:
+        grpc = require("grpc", "grpc")
+        channel = await self._ready()
+        metadata = [("foedus-topic-bin", topic.encode())]
+        if group is not None:
+            metadata.append(("foedus-group-bin", group.encode()))
+        call = channel.stream_stream(_SUBSCRIBE)(metadata=metadata)
+        try:
+            frame = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc, f"subscribe to {topic!r}") from exc
+        if frame is grpc.aio.EOF or not _FRAME.unpack_from(frame)[0] & _READY:
+            call.cancel()
+            raise TransportError(f"gRPC hub did not confirm the subscription to {topic!r}")
+        sub = _GrpcSubscription(self, call, topic, group)
+        self._subs.add(sub)
+        return sub
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for sub in list(self._subs):
+            await sub.close()
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        if self.serve is not None:
+            await _hosted.release(self.address)

@@ -1,0 +1,475 @@
+"""The HTTPS transport: the foedus server hosts an :class:`HttpsHub` (aiohttp), clients use httpx.
+
+The API is small and plain HTTP/1.1, so any HTTP client (or ``curl``) can take part::
+
+    GET    /v1/info                              {"max_payload": N, "lease_s": S}
+    PUT    /v1/publish?topic=T[&key=K][&retain=1]  body = the payload (chunked upload)
+                                                  -> {"offset": N}; 403 refused, 413 too large
+    POST   /v1/subscriptions   {"topic": T, "group": G|null}  -> {"id": SID}
+    GET    /v1/subscriptions/SID/next?wait=S[&ack=N]  long poll: 200 + payload (header
+                                                  X-Foedus-Offset), 204 nothing within S seconds
+    POST   /v1/subscriptions/SID/keepalive       renew the lease while the client is busy
+    DELETE /v1/subscriptions/SID[?ack=N]         close (acknowledging N first)
+
+``ack=N`` tells the hub the client has consumed every payload up to offset N, which is what makes
+group positions durable. A subscription nobody polls or renews for ``lease_s`` seconds is closed
+by the hub, so a crashed client does not pin memory; a live client renews it from a background
+task, so hours of local training between polls are fine.
+
+Uploads are streamed in 1 MiB chunks (``Transfer-Encoding: chunked``) and read incrementally by
+the hub, which refuses anything over ``max_payload`` as soon as it knows; the client reads the
+limit from ``/v1/info`` first, so an oversized payload fails locally with a clear error instead of
+after an upload.
+
+TLS: :class:`~foedus.transport.tls.TLSConfig` on both ends. With ``require_client_cert`` the TLS
+handshake refuses clients without a certificate signed by the CA, and the hub passes the
+publisher's certificate common name to its ``authorize`` hook
+(:func:`foedus.transport.hub.require_sender_identity`). Subscriptions are bound to the identity
+that opened them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from foedus.core.errors import ConfigError, TransportClosed, TransportError, require
+from foedus.transport.base import Subscription, Transport, transports
+from foedus.transport.hub import (
+    CHUNK_SIZE,
+    DEFAULT_MAX_PAYLOAD,
+    DEFAULT_MAX_TOPIC_BYTES,
+    Authorizer,
+    Cursor,
+    HostedHubs,
+    Hub,
+    PayloadTooLarge,
+    Publication,
+    Refused,
+)
+from foedus.transport.tls import TLSConfig, peer_identity
+
+log = logging.getLogger("foedus.https")
+
+_OFFSET = "X-Foedus-Offset"
+_MAX_WAIT = 60.0
+
+
+@dataclass
+class _Lease:
+    cursor: Cursor
+    identity: str | None
+    seen: float
+    polling: bool = False
+
+
+class HttpsHub:
+    """A :class:`~foedus.transport.hub.Hub` served over HTTPS; start it in the server process.
+
+    ``port=0`` picks a free port (read :attr:`port` / :attr:`url` after :meth:`start`).
+    ``tls`` is the server's TLSConfig; plaintext HTTP needs ``insecure=True`` explicitly.
+    """
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, tls: TLSConfig | None = None, *,
+        hub: Hub | None = None, authorize: Authorizer | None = None, insecure: bool = False,
+        max_payload: int = DEFAULT_MAX_PAYLOAD, max_topic_bytes: int = DEFAULT_MAX_TOPIC_BYTES,
+        lease_s: float = 60.0,
+    ) -> None:
+        if tls is None and not insecure:
+            raise ConfigError("HttpsHub needs tls=TLSConfig(...) (or insecure=True for plain HTTP)")
+        if lease_s <= 0:
+            raise ConfigError(f"lease_s must be positive, got {lease_s}")
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.lease_s = lease_s
+        self.hub = hub or Hub(
+            max_payload=max_payload, max_topic_bytes=max_topic_bytes, authorize=authorize
+        )
+        self._leases: dict[str, _Lease] = {}
+        self._runner: Any = None
+        self._reaper: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    async def start(self) -> HttpsHub:
+        web = require("aiohttp.web", "https")
+        app = web.Application()
+        app.router.add_get("/v1/info", self._info)
+        app.router.add_put("/v1/publish", self._publish)
+        app.router.add_post("/v1/subscriptions", self._open)
+        app.router.add_get("/v1/subscriptions/{sid}/next", self._next)
+        app.router.add_post("/v1/subscriptions/{sid}/keepalive", self._keepalive)
+        app.router.add_delete("/v1/subscriptions/{sid}", self._close)
+        ssl_context = None if self.tls is None else self.tls.server_context()
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, ssl_context=ssl_context)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise TransportError(f"HTTPS hub cannot listen on {self.host}:{self.port}: {exc}") \
+                from exc
+        self.port = int(runner.addresses[0][1])
+        self._runner = runner
+        self._reaper = asyncio.create_task(self._reap())
+        log.info("HTTPS hub listening on %s", self.url)
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            if self._reaper is not None:
+                self._reaper.cancel()
+            self.hub.close()  # ends pending long polls at once
+            self._leases.clear()
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> HttpsHub:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ---- handlers -----------------------------------------------------------------------------
+    @staticmethod
+    def identity(request: Any) -> str | None:
+        """The common name of the client's verified certificate (mutual TLS), else None."""
+        transport = request.transport
+        return None if transport is None else peer_identity(transport.get_extra_info("ssl_object"))
+
+    @staticmethod
+    def _fail(status: int, reason: str) -> Any:
+        web = require("aiohttp.web", "https")
+        return web.json_response({"error": reason}, status=status)
+
+    async def _info(self, request: Any) -> Any:
+        web = require("aiohttp.web", "https")
+        return web.json_response({"max_payload": self.hub.max_payload, "lease_s": self.lease_s})
+
+    async def _publish(self, request: Any) -> Any:
+        web = require("aiohttp.web", "https")
+        topic = request.query.get("topic", "")
+        if not topic:
+            return self._fail(400, "query parameter 'topic' is required")
+        try:
+            if request.content_length is not None:
+                self.hub.check_size(request.content_length)
+            chunks: list[bytes] = []
+            received = 0
+            async for chunk in request.content.iter_chunked(CHUNK_SIZE):
+                received += len(chunk)
+                self.hub.check_size(received)
+                chunks.append(chunk)
+            offset = self.hub.publish(Publication(
+                topic, b"".join(chunks), request.query.get("key"),
+                request.query.get("retain") == "1", self.identity(request),
+            ))
+        except PayloadTooLarge as exc:
+            return self._fail(413, str(exc))
+        except Refused as exc:
+            return self._fail(403, str(exc))
+        except TransportError as exc:
+            return self._fail(409, str(exc))
+        return web.json_response({"offset": offset})
+
+    async def _open(self, request: Any) -> Any:
+        web = require("aiohttp.web", "https")
+        try:
+            body = await request.json()
+            topic, group = body["topic"], body.get("group")
+            if not isinstance(topic, str) or not (group is None or isinstance(group, str)):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return self._fail(400, 'expected JSON {"topic": "...", "group": "..." or null}')
+        try:
+            cursor = self.hub.open(topic, group)
+        except TransportError as exc:
+            return self._fail(409, str(exc))
+        sid = secrets.token_urlsafe(18)
+        loop = asyncio.get_running_loop()
+        self._leases[sid] = _Lease(cursor, self.identity(request), loop.time())
+        return web.json_response({"id": sid})
+
+    def _lease(self, request: Any) -> _Lease | Any:
+        lease = self._leases.get(request.match_info["sid"])
+        if lease is None:
+            return self._fail(404, "unknown or expired subscription")
+        if lease.identity != self.identity(request):
+            return self._fail(403, "subscription belongs to another client identity")
+        lease.seen = asyncio.get_running_loop().time()
+        return lease
+
+    def _ack(self, request: Any, lease: _Lease) -> Any:
+        ack = request.query.get("ack")
+        if ack is not None:
+            if not ack.isdigit():
+                return self._fail(400, "ack must be a payload offset")
+            lease.cursor.commit(int(ack))
+        return None
+
+    async def _next(self, request: Any) -> Any:
+        web = require("aiohttp.web", "https")
+        lease = self._lease(request)
+        if not isinstance(lease, _Lease):
+            return lease
+        if (bad := self._ack(request, lease)) is not None:
+            return bad
+        if lease.polling:
+            return self._fail(409, "a poll on this subscription is already in progress")
+        try:
+            wait = min(float(request.query.get("wait", "20")), _MAX_WAIT)
+        except ValueError:
+            return self._fail(400, "wait must be a number of seconds")
+        lease.polling = True
+        try:
+            item = await lease.cursor.next(timeout=max(wait, 0.0))
+        except TransportClosed:
+            return self._fail(410, "subscription closed")
+        except TransportError as exc:
+            return self._fail(410, str(exc))
+        finally:
+            lease.polling = False
+            lease.seen = asyncio.get_running_loop().time()
+        if item is None:
+            return web.Response(status=204)
+        offset, payload = item
+        return web.Response(body=payload, headers={_OFFSET: str(offset)},
+                            content_type="application/octet-stream")
+
+    async def _keepalive(self, request: Any) -> Any:
+        web = require("aiohttp.web", "https")
+        lease = self._lease(request)
+        return lease if not isinstance(lease, _Lease) else web.Response(status=204)
+
+    async def _close(self, request: Any) -> Any:
+        web = require("aiohttp.web", "https")
+        lease = self._lease(request)
+        if not isinstance(lease, _Lease):
+            return lease
+        bad = self._ack(request, lease)
+        lease.cursor.close()
+        self._leases.pop(request.match_info["sid"], None)
+        return bad if bad is not None else web.Response(status=204)
+
+    async def _reap(self) -> None:
+        """Close subscriptions whose client stopped polling and renewing (crashed or gone)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.lease_s / 4)
+            now = loop.time()
+            for sid, lease in list(self._leases.items()):
+                if not lease.polling and now - lease.seen > self.lease_s:
+                    log.info("HTTPS hub: subscription to %r expired", lease.cursor.topic_name)
+                    lease.cursor.close()
+                    del self._leases[sid]
+
+
+_hosted = HostedHubs()
+
+
+class _HttpsSubscription(Subscription):
+    def __init__(self, owner: HttpsTransport, sid: str, topic: str, group: str | None,
+                 renew_every: float) -> None:
+        self._owner = owner
+        self.sid = sid
+        self.topic = topic
+        self.group = group
+        self._unacked: int | None = None
+        self._closed = False
+        self._renewer = asyncio.create_task(self._renew(renew_every))
+
+    async def _renew(self, every: float) -> None:
+        httpx = require("httpx", "https")
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self._owner._client.post(f"/v1/subscriptions/{self.sid}/keepalive")
+            except httpx.HTTPError as exc:  # the next poll reports a lasting problem
+                log.warning("HTTPS subscription %r: lease renewal failed: %s", self.topic, exc)
+
+    async def __anext__(self) -> bytes:
+        httpx = require("httpx", "https")
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            params: dict[str, Any] = {"wait": self._owner.poll_s}
+            if self._unacked is not None:
+                params["ack"] = self._unacked
+            try:
+                r = await self._owner._client.get(
+                    f"/v1/subscriptions/{self.sid}/next", params=params
+                )
+            except httpx.HTTPError as exc:
+                if self._closed:
+                    raise StopAsyncIteration from None
+                raise TransportError(f"HTTPS subscription to {self.topic!r} failed: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+            if r.status_code == 204:
+                self._unacked = None  # the acknowledgement went through
+                continue
+            if r.status_code == 200:
+                self._unacked = int(r.headers[_OFFSET])
+                content: bytes = r.content
+                return content
+            if self._closed:
+                raise StopAsyncIteration
+            raise _error(r, f"subscription to {self.topic!r}")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._renewer.cancel()
+        self._owner._subs.discard(self)
+        params = {} if self._unacked is None else {"ack": self._unacked}
+        with contextlib.suppress(Exception):  # best effort; the hub's lease expires otherwise
+            await self._owner._client.delete(f"/v1/subscriptions/{self.sid}", params=params)
+
+
+def _error(response: Any, what: str) -> TransportError:
+    try:
+        reason = response.json()["error"]
+    except Exception:
+        reason = response.text[:200]
+    return TransportError(f"HTTPS {what} failed: {response.status_code}: {reason}")
+
+
+@transports.register("https")
+class HttpsTransport(Transport):
+    """A client of an :class:`HttpsHub` at ``url`` (``https://HOST:PORT``).
+
+    ``tls``: the client's TLSConfig or a job-file mapping (``ca``, plus ``cert``/``key`` for
+    mutual TLS). ``serve``: a TLS mapping for the *hub*; when given, this process hosts the hub at
+    the url's host and port (started on first use, shared by every transport of the process with
+    the same url, stopped when the last closes). ``poll_s`` is the long-poll wait.
+    """
+
+    name = "https"
+
+    def __init__(
+        self, url: str = "https://127.0.0.1:8443", *,
+        tls: TLSConfig | Mapping[str, Any] | None = None, insecure: bool = False,
+        serve: TLSConfig | Mapping[str, Any] | None = None, connect_timeout: float = 30.0,
+        poll_s: float = 20.0,
+    ) -> None:
+        require("httpx", "https")
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname or not parts.port:
+            raise ConfigError(f"https url must look like https://HOST:PORT, got {url!r}")
+        self.tls = TLSConfig.from_mapping(tls)
+        if parts.scheme == "https" and self.tls is None:
+            raise ConfigError("https transport needs tls: {ca: ...}")
+        if parts.scheme == "http" and not insecure:
+            raise ConfigError("plain http:// needs insecure: true")
+        if not 0 < poll_s <= _MAX_WAIT:
+            raise ConfigError(f"poll_s must be in (0, {_MAX_WAIT}], got {poll_s}")
+        self.url = url.rstrip("/")
+        self._host, self._port = parts.hostname, parts.port
+        self.serve = TLSConfig.from_mapping(serve)
+        self.connect_timeout = connect_timeout
+        self.poll_s = poll_s
+        self._client: Any = None
+        self._info: dict[str, Any] | None = None
+        self._subs: set[_HttpsSubscription] = set()
+        self._closed = False
+        if self.serve is not None:
+            _hosted.acquire(self.url)
+
+    async def _ready(self) -> Any:
+        if self._closed:
+            raise TransportClosed("the https transport is closed")
+        httpx = require("httpx", "https")
+        if self.serve is not None:
+            serve = self.serve
+            await _hosted.ensure(self.url, lambda: HttpsHub(self._host, self._port, serve).start())
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                base_url=self.url,
+                verify=self.tls.client_context() if self.tls is not None else False,
+                timeout=httpx.Timeout(self.connect_timeout, read=self.poll_s + 30.0),
+                trust_env=False,
+            )
+        if self._info is None:
+            try:
+                r = await self._client.get("/v1/info")
+            except httpx.HTTPError as exc:
+                raise TransportError(
+                    f"cannot reach the HTTPS hub at {self.url}: {type(exc).__name__}: {exc} "
+                    "(hub down, or TLS refused: wrong CA or missing/invalid client certificate)"
+                ) from exc
+            if r.status_code != 200:
+                raise _error(r, "handshake")
+            self._info = r.json()
+        return self._client
+
+    async def publish(
+        self, topic: str, payload: bytes, *, key: str | None = None, retain: bool = False
+    ) -> None:
+        httpx = require("httpx", "https")
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise TransportError(f"payload must be bytes, got {type(payload).__name__}")
+        client = await self._ready()
+        view = memoryview(payload).cast("B")
+        assert self._info is not None
+        if view.nbytes > self._info["max_payload"]:
+            raise TransportError(
+                f"payload of {view.nbytes} bytes exceeds the HTTPS hub's "
+                f"max_payload={self._info['max_payload']}"
+            )
+        params: dict[str, Any] = {"topic": topic}
+        if key is not None:
+            params["key"] = key
+        if retain:
+            params["retain"] = 1
+
+        async def body() -> AsyncIterator[bytes]:
+            for start in range(0, view.nbytes, CHUNK_SIZE):
+                yield bytes(view[start:start + CHUNK_SIZE])
+
+        try:
+            r = await client.put("/v1/publish", params=params, content=body())
+        except httpx.HTTPError as exc:
+            raise TransportError(f"HTTPS publish to {topic!r} failed: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        if r.status_code != 200:
+            raise _error(r, f"publish to {topic!r}")
+
+    async def subscribe(self, topic: str, *, group: str | None = None) -> Subscription:
+        httpx = require("httpx", "https")
+        client = await self._ready()
+        try:
+            r = await client.post("/v1/subscriptions", json={"topic": topic, "group": group})
+        except httpx.HTTPError as exc:
+            raise TransportError(f"HTTPS subscribe to {topic!r} failed: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        if r.status_code != 200:
+            raise _error(r, f"subscribe to {topic!r}")
+        assert self._info is not None
+        sub = _HttpsSubscription(self, r.json()["id"], topic, group,
+                                 renew_every=float(self._info["lease_s"]) / 3)
+        self._subs.add(sub)
+        return sub
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for sub in list(self._subs):
+            await sub.close()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        if self.serve is not None:
+            await _hosted.release(self.url)
