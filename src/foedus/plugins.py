@@ -12,6 +12,10 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "foedus.aggregate",
     "foedus.models",
     "foedus.transport",
+    "foedus.transport.grpc",
+    "foedus.transport.https",
+    "foedus.compress",
+    "foedus.privacy.dp",
 )
 
 _loaded = False

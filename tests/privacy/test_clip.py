@@ -135,17 +135,32 @@ class Sink(Pod):
         self.seen.append(msg)
 
 
-async def test_clip_filter_in_a_client_graph_taps_the_model_wire_by_itself() -> None:
+async def test_clip_filter_reads_the_global_model_from_its_model_wire() -> None:
     client, clip, sink = FakeClient("client"), ClipFilter(1.0), Sink()
     graph = Graph("c").add(client, clip, sink)
     graph.connect("client.update", f"{clip.name}.in").connect(f"{clip.name}.out", "sink.in")
-    graph.expose("client.model")
+    graph.expose("client.model").expose(f"{clip.name}.model")
     g = base()
     async with Runtime(graph) as rt:
+        await rt.inject(clip.name, "model", model_msg(1, g))
         await rt.inject("client", "model", model_msg(1, g))
         await rt.drain()
     assert len(sink.seen) == 1
     assert delta_norm(sink.seen[0], g) == pytest.approx(1.0)
+
+
+def test_the_client_topology_connects_the_clip_filters_model_wire() -> None:
+    from foedus.data.datasets import load_dataset
+    from foedus.models.base import build_model
+    from foedus.roles.client import ClientPod
+    from foedus.topology.centralized import client_graph
+    from foedus.transport.local import LocalTransport
+
+    train, _, spec = load_dataset("iris")
+    pod = ClientPod(client_id="c1", model=build_model("sklearn-sgd", spec), data=train)
+    clip = ClipFilter(1.0)
+    graph = client_graph(pod, LocalTransport(), "job", filters=[clip])
+    assert ("model_in.out", f"{clip.name}.model") in {(str(s), str(d)) for s, d in graph.edges}
 
 
 def test_adaptive_norm_converges_to_the_target_quantile_of_update_norms() -> None:

@@ -154,7 +154,7 @@ def test_adaptive_central_stage_moves_the_norm_clients_and_server_agree_on() -> 
     for i in range(4):  # every update is far smaller than the norm: it must shrink
         client = stage.client()
         m = model(1)
-        client.observe_model(m)  # type: ignore[attr-defined]
+        client.handler("model")(m)  # the model wire, as a topology would feed it
         sent = client(m.reply(Kind.UPDATE, f"c{i}", params={"w": np.full(SIZE, 1e-6)},
                               num_examples=1))
         assert sent is not None and isinstance(sent.meta["dp.unclipped"], bool)

@@ -38,7 +38,8 @@ async def test_local_dp_job_learns_above_chance() -> None:
     assert result.final_metrics["accuracy"] > 3 * CHANCE
 
 
-async def test_central_dp_budget_refuses_every_update_past_the_budget() -> None:
+async def test_central_dp_budget_stops_training_cleanly_before_the_round_that_would_exceed_it(
+) -> None:
     z = 1.0
     sampling = SamplingSpec(CLIENTS, CLIENTS)
     budget = (epsilon_after(2, noise_multiplier=z, delta=1e-5, sampling=sampling)
@@ -47,6 +48,7 @@ async def test_central_dp_budget_refuses_every_update_past_the_budget() -> None:
         "clients_per_round": CLIENTS, "clip_norm": 1.0, "noise_multiplier": z,
         "budget": budget, "seed": 0}}], rounds=3, timeout=0.5))
     statuses = [(r.accepted, r.status) for r in result.history]
-    # rounds 1-2 fit the budget; every update of round 3 is dropped by the server half
-    assert statuses == [(CLIENTS, "ok"), (CLIENTS, "ok"), (0, "no_quorum")]
-    assert result.history[2].metrics == pytest.approx(result.history[1].metrics)
+    # rounds 1-2 fit the budget; the server stops before round 3 and says why
+    assert statuses == [(CLIENTS, "ok"), (CLIENTS, "ok")]
+    assert "privacy budget exhausted" in result.extra["stop_reason"]
+    assert result.history[1].metrics["dp_epsilon"] <= budget

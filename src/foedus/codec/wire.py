@@ -63,7 +63,8 @@ def encode(msg: Message) -> bytes:
             array = array.astype(array.dtype.newbyteorder("<"))
             if array.dtype.str not in _ALLOWED_DTYPES:
                 raise CodecError(f"parameter {name!r} has unsupported dtype {value.dtype}")
-        array = np.ascontiguousarray(array)
+        if not array.flags.c_contiguous:  # (ascontiguousarray would turn 0-d into 1-d)
+            array = array.copy(order="C")
         table.append([name, array.dtype.str, list(array.shape), offset, array.nbytes])
         buffers.append(memoryview(array).cast("B") if array.nbytes else memoryview(b""))  # type: ignore[arg-type]
         offset += array.nbytes + _pad(array.nbytes)

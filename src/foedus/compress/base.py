@@ -14,9 +14,8 @@ server records that client as failed at once instead of waiting for it until the
 *Delta mode.* Lossy codecs work far better on the change a client made this round than on its
 full weights. Both halves then need the round's global model: encoders and decoders with
 ``delta=True`` get an extra input wire ``model`` and remember the global model seen on it
-(:class:`ReferenceModel`). Until the topology connects that wire itself, the filter connects it
-when its graph starts (:meth:`Codec.start`), to the wire that feeds the client pod's ``model``
-input (client side) or to the server pod's ``model`` output (server side).
+(:class:`ReferenceModel`). Every topology connects that wire to the global model stream (see
+:mod:`foedus.core.filter`): on a client the downlink, on the server the server's ``model`` output.
 """
 
 from __future__ import annotations
@@ -252,28 +251,6 @@ class Codec(Filter):
 
     def on_model(self, msg: Message) -> None:
         self.reference.record(msg)
-
-    async def start(self) -> None:
-        """Stopgap until the topology wires ``model`` itself: connect it to the global model."""
-        runtime = self._runtime
-        if not self.delta or runtime is None:
-            return
-        graph = runtime.graph
-        if any(d.pod == self.name and d.wire == "model" for _, d in graph.edges):
-            return
-        # client graph: whatever feeds a pod's `model` input; server graph: a pod's `model` output
-        sources = [str(s) for s, d in graph.edges if d.wire == "model" and d.pod != self.name]
-        if not sources:
-            sources = [
-                f"{p.name}.model" for p in graph.pods.values()
-                if p is not self and "model" in p.output_wires
-            ]
-        if not sources:
-            raise ConfigError(
-                f"{self.name}: delta mode needs the global model, but graph {graph.name!r} has no "
-                "'model' wire to listen to"
-            )
-        graph.connect(sources[0], f"{self.name}.model")
 
     @staticmethod
     def passes_through(msg: Message) -> bool:

@@ -90,10 +90,21 @@ class JobParts:
 
     def client_filters(self) -> list[Filter]:
         """A fresh set of client-side filters (they may keep per-client state)."""
-        return [f for s in self.pipeline if (f := s.client())]
+        return _unique_names([f for s in self.pipeline if (f := s.client())])
 
     def server_filters(self) -> list[Filter]:
-        return [f for s in reversed(self.pipeline) if (f := s.server())]
+        return _unique_names([f for s in reversed(self.pipeline) if (f := s.server())])
+
+
+def _unique_names(filters: list[Filter]) -> list[Filter]:
+    """Two stages of one type in a pipeline would give two pods one name: number repeats."""
+    seen: dict[str, int] = {}
+    for f in filters:
+        count = seen.get(f.name, 0)
+        seen[f.name] = count + 1
+        if count:
+            f.name = f"{f.name}-{count + 1}"
+    return filters
 
 
 def make_model(spec: JobSpec, data_spec: DataSpec) -> ModelAdapter:
@@ -138,6 +149,10 @@ def build_parts(spec: JobSpec, on_round: RoundListener | None = None) -> JobPart
         participants=[client_id(i) for i in range(spec.clients.count)],
         clients_per_round=spec.clients.per_round, seed=spec.seed,
     )
+    for stage in pipeline:  # stages' round hooks first, so listeners see e.g. epsilon
+        server.round_guards.append(stage.before_round)
+        server.round_listeners.append(stage.after_round)
+        server.broadcast_meta.append(stage.model_meta)
     if on_round is not None:
         server.round_listeners.append(on_round)
     return JobParts(spec, data_spec, shares, test, pipeline, server)
@@ -149,12 +164,14 @@ async def run_job(spec: JobSpec, *, on_round: RoundListener | None = None) -> Jo
     parts = build_parts(spec, on_round)
     opened: list[Transport] = []
 
-    def actor_transport() -> Transport:
+    def actor_transport(actor: str) -> Transport:
         """Networked transports get one connection per actor, as separate processes would;
-        the in-process transport is one shared instance."""
+        the in-process transport is one shared instance. ``{actor}`` in any string parameter
+        becomes the actor's id, so each participant can use its own certificate."""
         if opened and opened[0].shared:
             return opened[0]
-        transport: Transport = _create(transports, spec.transport, "transport")
+        plugin = Plugin(spec.transport.type, _fill_actor(spec.transport.params, actor))
+        transport: Transport = _create(transports, plugin, "transport")
         opened.append(transport)
         return transport
 
@@ -163,13 +180,14 @@ async def run_job(spec: JobSpec, *, on_round: RoundListener | None = None) -> Jo
             (
                 ClientPod(client_id=client_id(i), model=parts.make_model(), data=share,
                           epochs=spec.clients.epochs),
-                actor_transport(),
+                actor_transport(client_id(i)),
                 parts.client_filters(),
             )
             for i, share in enumerate(parts.shares)
         ]
         history = await run_centralized(
-            parts.server, actor_transport(), clients, server_filters=parts.server_filters()
+            parts.server, actor_transport(parts.server.name), clients,
+            server_filters=parts.server_filters(),
         )
     finally:
         for t in opened:
@@ -177,7 +195,18 @@ async def run_job(spec: JobSpec, *, on_round: RoundListener | None = None) -> Jo
     return JobResult(
         job_id=spec.job_id, clients=spec.clients.count, history=history,
         params=parts.server.params, duration_s=time.perf_counter() - began,
+        extra={"stop_reason": parts.server.stop_reason},
     )
+
+
+def _fill_actor(value: Any, actor: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{actor}", actor)
+    if isinstance(value, dict):
+        return {k: _fill_actor(v, actor) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill_actor(v, actor) for v in value]
+    return value
 
 
 def run_job_sync(spec: JobSpec, *, on_round: RoundListener | None = None) -> JobResult:

@@ -4,15 +4,28 @@ Clipping, noise, compression and quantisation are filters. They chain with ``|``
 :class:`Chain`, itself a filter, so ``Clip(1.0) | GaussianNoise(...) | Zstd()`` is one pod in a
 graph. Each filter appends its ``tag`` to the message's trail, which lets the receiver check that
 encoders were applied in the right order and decode them in reverse.
+
+A filter that needs the round's global model (clipping a delta, encoding a difference) declares
+an optional input wire named ``model`` (:data:`MODEL_WIRE`). Topologies connect it to the global
+model stream: on a client, the downlink that feeds the client pod; on the server, the server's
+``model`` output (a feedback edge); the simulation engine feeds it directly.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from foedus.core.message import Message
 from foedus.core.pod import Pod, Wire
 from foedus.core.registry import Registry
+
+
+MODEL_WIRE = "model"
+
+
+def wants_model(pod: Pod) -> bool:
+    """Whether ``pod`` declares the optional ``model`` input that tracks the global model."""
+    return MODEL_WIRE in pod.input_wires
 
 
 class Filter(Pod):
@@ -43,6 +56,13 @@ class Chain(Filter):
             flat.extend(f.filters if isinstance(f, Chain) else [f])
         self.filters: tuple[Filter, ...] = tuple(flat)
         super().__init__(name or "|".join(f.name for f in self.filters))
+        if any(wants_model(f) for f in self.filters):
+            self.add_input(MODEL_WIRE, self._fan_out_model, required=False)
+
+    def _fan_out_model(self, msg: Message) -> None:
+        for f in self.filters:
+            if wants_model(f):
+                f.handler(MODEL_WIRE)(msg)
 
     @property
     def blocking(self) -> bool:  # type: ignore[override]
@@ -78,6 +98,17 @@ class Stage:
 
     def server(self) -> Filter | None:
         return None
+
+    # Server-side round hooks; the runner registers them with the ServerPod.
+    def before_round(self, round: int) -> None:
+        """Called before round ``round`` starts; raise BudgetExhausted to end the job cleanly."""
+
+    def after_round(self, record: Any) -> None:
+        """Called with each finished RoundRecord (e.g. to add epsilon to its metrics)."""
+
+    def model_meta(self, round: int) -> dict[str, Any]:
+        """Extra metadata broadcast with round ``round``'s global model (e.g. a clip norm)."""
+        return {}
 
 
 #: registered pipeline stages, by the name a job file uses (``type: zstd``)

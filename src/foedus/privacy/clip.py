@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from foedus.core.errors import ConfigError, PrivacyError
-from foedus.core.filter import Filter
+from foedus.core.filter import MODEL_WIRE, Filter
 from foedus.core.message import Kind, Message
 from foedus.core.params import ParamSpec, flatten, unflatten
 from foedus.privacy.tap import ModelTap
@@ -137,12 +137,11 @@ class ClipFilter(Filter):
         self.tap = tap or ModelTap()
         self.keep_metrics = keep_metrics
         self.report_bit = report_bit
-
-    async def start(self) -> None:
-        self.tap.attach(self)
+        # the topology connects this to the global model stream (see foedus.core.filter)
+        self.add_input(MODEL_WIRE, self.observe_model, required=False)
 
     def observe_model(self, msg: Message) -> None:
-        """Kernel hook target: show this filter the model message a round starts from."""
+        """Show this filter the model message a round starts from."""
         self.tap.observe(msg)
 
     def process(self, msg: Message) -> Message:

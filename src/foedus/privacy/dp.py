@@ -155,20 +155,6 @@ class CentralNoise(Filter):
         return add_gaussian(msg.replace(meta=strip_meta(msg.meta)), std, self._rng)
 
 
-class _PrivacyChain(Chain):
-    """A chain that lets its clipping filter find the client's model messages when it starts."""
-
-    async def start(self) -> None:
-        for f in self.filters:
-            if isinstance(f, ClipFilter):
-                f.tap.attach(self)
-
-    def observe_model(self, msg: Message) -> None:
-        for f in self.filters:
-            if isinstance(f, ClipFilter):
-                f.observe_model(msg)
-
-
 # ---- pipeline stages ------------------------------------------------------------------------
 def _noise_multiplier(
     noise_multiplier: float | None, target_epsilon: float | None, rounds: int | None,
@@ -218,7 +204,7 @@ class ClipStage(Stage):
         self.keep_metrics = bool(keep_metrics)
 
     def client(self) -> Filter:
-        return _PrivacyChain(ClipFilter(self.clip_norm, keep_metrics=self.keep_metrics),
+        return Chain(ClipFilter(self.clip_norm, keep_metrics=self.keep_metrics),
                              name="dp_clip")
 
     def server(self) -> Filter:
@@ -256,7 +242,7 @@ class LocalDPStage(_DPStage):
     def client(self) -> Filter:
         seed = None if self.seed is None else self.seed + self._clients
         self._clients += 1
-        return _PrivacyChain(
+        return Chain(
             ClipFilter(self.clip_norm),
             GaussianNoise(self.noise_multiplier, accountant=self._new_accountant(), seed=seed),
             name="dp_local",
@@ -341,7 +327,7 @@ class CentralDPStage(_DPStage):
         return {META_CLIP_NORM: self.norm(round)}
 
     def client(self) -> Filter:
-        return _PrivacyChain(
+        return Chain(
             ClipFilter(self.norm, report_bit=self.estimator is not None), name="dp_central"
         )
 

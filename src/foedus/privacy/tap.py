@@ -19,16 +19,13 @@ How the tap is fed, in order of preference:
 
 from __future__ import annotations
 
-import inspect
 import threading
-from collections.abc import Awaitable, Callable
 
 import numpy as np
 
 from foedus.core.errors import PrivacyError
 from foedus.core.message import Kind, Message
 from foedus.core.params import Params
-from foedus.core.pod import Pod
 
 
 class ModelTap:
@@ -66,61 +63,3 @@ class ModelTap:
         """Metadata of the model message of ``round`` (empty if that round was not seen)."""
         with self._lock:
             return dict(self._meta) if self._round == round else {}
-
-    def attach(self, pod: Pod) -> bool:
-        """Feed this tap from the client pod upstream of ``pod`` in its running graph.
-
-        Returns whether a client pod was found. Idempotent per client pod.
-        """
-        runtime = pod._runtime
-        if runtime is None:
-            return False
-        graph = runtime.graph
-        client = _upstream_model_consumer(graph.pods, graph.edges, pod.name)
-        if client is None:
-            return False
-        if id(client) in self._attached_to:
-            return True
-        self._attached_to.add(id(client))
-        observers = getattr(client, "model_observers", None)
-        if isinstance(observers, list):
-            observers.append(self.observe)
-            return True
-        client.set_handler("model", _tapped(client.handler("model"), self.observe))
-        return True
-
-
-def _upstream_model_consumer(pods: dict[str, Pod], edges: list, start: str) -> Pod | None:  # type: ignore[type-arg]
-    """Walk wires backwards from ``start`` to the first pod that has a ``model`` input."""
-    seen = {start}
-    frontier = [start]
-    while frontier:
-        name = frontier.pop()
-        for src, dst in edges:
-            if dst.pod != name or src.pod in seen:
-                continue
-            pod = pods[src.pod]
-            if "model" in pod.input_wires:
-                return pod
-            seen.add(src.pod)
-            frontier.append(src.pod)
-    return None
-
-
-def _tapped(
-    handler: Callable[[Message], Awaitable[None] | None], observe: Callable[[Message], None]
-) -> Callable[[Message], Awaitable[None] | None]:
-    """A handler that shows each message to ``observe`` before the original handler runs."""
-    if inspect.iscoroutinefunction(handler):
-
-        async def tapped_async(msg: Message) -> None:
-            observe(msg)
-            await handler(msg)  # type: ignore[misc]
-
-        return tapped_async
-
-    def tapped(msg: Message) -> None:
-        observe(msg)
-        handler(msg)
-
-    return tapped

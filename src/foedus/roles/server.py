@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from foedus.aggregate.base import Aggregator
-from foedus.core.errors import ConfigError, RejectedUpdate
+from foedus.core.errors import BudgetExhausted, ConfigError, RejectedUpdate
 from foedus.core.message import Kind, Message
 from foedus.core.params import Params
 from foedus.core.pod import Pod, Wire
@@ -104,6 +104,11 @@ class ServerPod(Pod):
         self.history: list[RoundRecord] = []
         self.rejections: Counter[str] = Counter()  # over the whole job, for metrics exporters
         self.round_listeners: list[Callable[[RoundRecord], None]] = []
+        #: called before each round; raising BudgetExhausted ends the job cleanly
+        self.round_guards: list[Callable[[int], None]] = []
+        #: extra metadata for each round's model broadcast
+        self.broadcast_meta: list[Callable[[int], dict[str, Any]]] = []
+        self.stop_reason: str | None = None
         self.current_round = 0
         self._record: RoundRecord | None = None
         self._senders: set[str] = set()
@@ -116,6 +121,13 @@ class ServerPod(Pod):
     async def run(self) -> None:
         start = self._resume()
         for rnd in range(start, self.rounds + 1):
+            try:
+                for guard in self.round_guards:
+                    guard(rnd)
+            except BudgetExhausted as exc:
+                self.stop_reason = str(exc)
+                log.warning("job %s stops before round %d: %s", self.job_id, rnd, exc)
+                break
             await self._run_round(rnd)
         await self.send("model", self._control("stop"))
 
@@ -132,9 +144,12 @@ class ServerPod(Pod):
         selected = self.select(rnd)
         self._selected = None if selected is None else set(selected)
         expected = self.expected_clients if selected is None else len(selected)
+        meta: dict[str, Any] = {k: v for extra in self.broadcast_meta for k, v in extra(rnd).items()}
+        if selected is not None:
+            meta["selected"] = selected
         await self.send("model", Message.create(
             Kind.MODEL, job_id=self.job_id, round=rnd, sender=self.name, params=self.params,
-            meta={} if selected is None else {"selected": selected},
+            meta=meta,
         ))
         await self._collect(expected)
         async with self._lock:
@@ -153,13 +168,13 @@ class ServerPod(Pod):
             record.metrics = await asyncio.to_thread(self.evaluate, self.params)
         record.duration_s = time.perf_counter() - began
         self.history.append(record)
+        for listener in self.round_listeners:  # before saving: listeners may add metrics
+            listener(record)
         if self.checkpointer is not None:
             await asyncio.to_thread(
                 self.checkpointer.save, rnd, self.params, self.aggregator.snapshot(),
                 [r.to_dict() for r in self.history],
             )
-        for listener in self.round_listeners:
-            listener(record)
         await self.send("events", Message.create(
             Kind.METRICS, job_id=self.job_id, round=rnd, sender=self.name,
             metrics=record.metrics, meta=record.to_dict(),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from foedus.codec import DEFAULT_MAX_SIZE
 from foedus.core.errors import ConfigError
-from foedus.core.filter import Filter
+from foedus.core.filter import MODEL_WIRE, Filter, wants_model
 from foedus.core.graph import Graph
 from foedus.core.message import Message
 from foedus.core.runtime import Runtime, run_graphs
@@ -61,6 +61,9 @@ def server_graph(
     graph = Graph(f"{server.job_id}/server").add(downlink, server, uplink)
     _chain(graph, "updates_in.out", filters, f"{server.name}.update")
     graph.connect(f"{server.name}.model", "model_out.in")
+    for f in filters:
+        if wants_model(f):  # decoders of deltas see each global model the server broadcasts
+            graph.connect(f"{server.name}.model", f"{f.name}.{MODEL_WIRE}", feedback=True)
     return graph
 
 
@@ -78,6 +81,9 @@ def client_graph(
     graph = Graph(f"{job_id}/{client.client_id}").add(downlink, client, uplink)
     graph.connect("model_in.out", f"{client.name}.model")
     _chain(graph, f"{client.name}.update", filters, "update_out.in")
+    for f in filters:
+        if wants_model(f):  # encoders of deltas see the model the client trains from
+            graph.connect("model_in.out", f"{f.name}.{MODEL_WIRE}")
     return graph
 
 

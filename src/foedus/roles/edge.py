@@ -1,0 +1,239 @@
+"""The edge aggregator of hierarchical FL: a server for its children, a client of its parent.
+
+An edge sits between a parent (the root server or another edge) and its children (clients or
+further edges). On each model from its parent it runs one round of its own: re-broadcast the
+model to its children (with the edge's own round number, so its children's checks are local),
+collect their updates until all answered or its deadline passed with at least ``min_children``,
+aggregate them, and send *one* update to the parent whose ``num_examples`` is the sum of the
+children's. With FedAvg this makes a tree of edges compute exactly the flat weighted mean: a
+weighted mean of weighted means, each weighted by its total, is the mean over all leaves.
+
+Errors travel as values, as everywhere: an edge without quorum answers its parent with an
+``ERROR`` message (the parent skips it for the round, exactly as it skips a failed client), and
+an edge that dies simply stops answering, which its parent's deadline absorbs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from foedus.aggregate.base import Aggregator
+from foedus.core.errors import ConfigError, RejectedUpdate
+from foedus.core.message import Kind, Message
+from foedus.core.pod import Pod, Wire
+
+log = logging.getLogger("foedus.edge")
+
+
+@dataclass
+class EdgeRecord:
+    """One edge round: which parent round it served and what its children did."""
+
+    round: int
+    parent_round: int
+    accepted: int = 0
+    num_examples: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    failed_children: list[str] = field(default_factory=list)
+    missing_children: int = 0
+    duration_s: float = 0.0
+    status: str = "ok"  # "ok" or "no_quorum"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class EdgePod(Pod):
+    """Wires: ``model`` in from the parent, ``model`` out to the children (named ``down`` here,
+    since a pod cannot have an input and an output of one name), ``update`` in from the
+    children, ``up`` out to the parent."""
+
+    inputs: ClassVar[tuple[Wire, ...]] = (Wire("model"), Wire("update"))
+    outputs: ClassVar[tuple[Wire, ...]] = (
+        Wire("down"), Wire("up"), Wire("events", required=False),
+    )
+
+    def __init__(
+        self, *, job_id: str, edge_id: str, aggregator: Aggregator, expected_children: int,
+        min_children: int | None = None, round_timeout: float = 30.0, name: str = "edge",
+    ) -> None:
+        super().__init__(name)
+        if expected_children < 1:
+            raise ConfigError(f"edge {edge_id!r}: expected_children must be at least 1, "
+                              f"got {expected_children}")
+        min_children = expected_children if min_children is None else min_children
+        if not 1 <= min_children <= expected_children:
+            raise ConfigError(
+                f"edge {edge_id!r}: min_children must be between 1 and "
+                f"expected_children={expected_children}, got {min_children}"
+            )
+        if round_timeout <= 0:
+            raise ConfigError(f"edge {edge_id!r}: round_timeout must be positive, "
+                              f"got {round_timeout}")
+        self.job_id = job_id
+        self.edge_id = edge_id
+        self.aggregator = aggregator
+        self.expected_children = expected_children
+        self.min_children = min_children
+        self.round_timeout = round_timeout
+        self.history: list[EdgeRecord] = []
+        self.current_round = 0  # the edge's own round; 0 between rounds
+        self.finished = asyncio.Event()
+        self._rounds_run = 0
+        self._record: EdgeRecord | None = None
+        self._senders: set[str] = set()
+        self._metrics: list[tuple[int, Mapping[str, float]]] = []
+        self._parent_models: asyncio.Queue[Message] = asyncio.Queue()
+        self._arrivals: asyncio.Queue[None] = asyncio.Queue()
+        self._lock = asyncio.Lock()
+
+    # ---- from the parent ------------------------------------------------------------------
+    def on_model(self, msg: Message) -> None:
+        """Queue the parent's model; the round itself runs in :meth:`run`, so this handler
+        returns at once and children's updates keep flowing in while the edge collects."""
+        if msg.header.job_id != self.job_id:
+            log.warning("edge %s: ignored a model for job %r", self.edge_id, msg.header.job_id)
+            return
+        if msg.kind is Kind.MODEL:
+            selected = msg.meta.get("selected")
+            if selected is not None and self.edge_id not in selected:
+                return  # the parent sampled other children this round
+        elif not (msg.kind is Kind.CONTROL and msg.meta.get("action") == "stop"):
+            return
+        self._parent_models.put_nowait(msg)
+
+    async def run(self) -> None:
+        while True:
+            parent = await self._parent_models.get()
+            while not self._parent_models.empty():  # behind? serve only the newest model
+                newer = self._parent_models.get_nowait()
+                if parent.kind is not Kind.CONTROL:
+                    parent = newer
+            if parent.kind is Kind.CONTROL:
+                await self.send("down", Message.create(
+                    Kind.CONTROL, job_id=self.job_id, round=self._rounds_run,
+                    sender=self.edge_id, meta={"action": "stop"},
+                ))
+                self.finished.set()
+                return
+            await self._run_round(parent)
+
+    async def _run_round(self, parent: Message) -> None:
+        began = time.perf_counter()
+        self._rounds_run += 1
+        rnd = self._rounds_run
+        async with self._lock:
+            self.current_round = rnd
+            self._record = EdgeRecord(rnd, parent.round)
+            self._senders.clear()
+            self._metrics.clear()
+            self.aggregator.reset(parent.params)
+            while not self._arrivals.empty():
+                self._arrivals.get_nowait()
+        meta = {k: v for k, v in parent.meta.items() if k != "selected"}
+        await self.send("down", Message.create(
+            Kind.MODEL, job_id=self.job_id, round=rnd, sender=self.edge_id,
+            params=parent.params, meta=meta,
+        ))
+        await self._collect()
+        async with self._lock:
+            record = self._record
+            self.current_round = 0
+            self._record = None
+        record.missing_children = max(0, self.expected_children - len(self._senders))
+        if record.accepted >= self.min_children:
+            params = await asyncio.to_thread(self.aggregator.result)
+            reply = parent.reply(
+                Kind.UPDATE, self.edge_id, params=params, num_examples=record.num_examples,
+                metrics=_weighted_mean(self._metrics),
+                meta={"edge_accepted": record.accepted},
+            )
+        else:
+            record.status = "no_quorum"
+            reply = parent.reply(
+                Kind.ERROR, self.edge_id,
+                error=f"edge {self.edge_id}: {record.accepted} of {self.min_children} required "
+                      "child updates arrived",
+            )
+            log.warning("edge %s round %d: no quorum (%d of %d)", self.edge_id, rnd,
+                        record.accepted, self.min_children)
+        record.duration_s = time.perf_counter() - began
+        self.history.append(record)
+        await self.send("up", reply)
+        await self.send("events", Message.create(
+            Kind.METRICS, job_id=self.job_id, round=rnd, sender=self.edge_id,
+            meta=record.to_dict(),
+        ))
+
+    async def _collect(self) -> None:
+        deadline = time.monotonic() + self.round_timeout
+        while len(self._senders) < self.expected_children:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._arrivals.get(), timeout=remaining)
+            except TimeoutError:
+                return
+
+    # ---- from the children ----------------------------------------------------------------
+    async def on_update(self, msg: Message) -> None:
+        async with self._lock:
+            try:
+                self._check(msg)
+            except RejectedUpdate as exc:
+                self._reject(msg, exc)
+                return
+            record = self._record
+            assert record is not None
+            self._senders.add(msg.sender)
+            if msg.kind is Kind.ERROR or msg.error is not None:
+                record.failed_children.append(msg.sender)
+            else:
+                try:
+                    await asyncio.to_thread(self.aggregator.accept, msg)
+                except RejectedUpdate as exc:
+                    self._reject(msg, exc)
+                else:
+                    record.accepted += 1
+                    record.num_examples += msg.num_examples
+                    self._metrics.append((msg.num_examples, msg.metrics))
+        self._arrivals.put_nowait(None)
+
+    def _check(self, msg: Message) -> None:
+        if msg.header.job_id != self.job_id:
+            raise RejectedUpdate("wrong_job", f"message is for job {msg.header.job_id!r}")
+        if msg.kind not in (Kind.UPDATE, Kind.ERROR):
+            raise RejectedUpdate("wrong_kind", f"expected an update, got {msg.kind.value}")
+        if self._record is None or msg.round != self.current_round:
+            raise RejectedUpdate(
+                "stale_round", f"update for round {msg.round}, current is {self.current_round}"
+            )
+        if msg.sender in self._senders:
+            raise RejectedUpdate("duplicate", f"{msg.sender} already answered this round")
+        if msg.trail:
+            raise RejectedUpdate(
+                "undecoded", f"filters {list(msg.trail)} were not undone before aggregation"
+            )
+
+    def _reject(self, msg: Message, exc: RejectedUpdate) -> None:
+        if self._record is not None:
+            self._record.rejected[exc.reason] = self._record.rejected.get(exc.reason, 0) + 1
+        log.warning("edge %s rejected update from %s (round %d): %s", self.edge_id, msg.sender,
+                    msg.round, exc)
+
+
+def _weighted_mean(items: list[tuple[int, Mapping[str, float]]]) -> dict[str, float]:
+    """Children's metrics weighted by their examples, so the parent sees one honest figure."""
+    totals: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for n, metrics in items:
+        for key, value in metrics.items():
+            totals[key] = totals.get(key, 0.0) + n * value
+            weights[key] = weights.get(key, 0.0) + n
+    return {k: totals[k] / weights[k] for k in totals if weights[k] > 0}
