@@ -14,10 +14,12 @@ if [ "$mode" = "core" ]; then
 fi
 if [ "$mode" != "full" ]; then echo "usage: scripts/setup.sh core|full" >&2; exit 2; fi
 
-# System packages: Mosquitto (MQTT broker) and stunnel (TLS in front of the Kafka broker).
+# System packages the integration tests start: Mosquitto (MQTT broker), stunnel (TLS in front of
+# the Kafka broker) and Prometheus (scrapes foedus's /metrics).
 need_apt=()
 command -v mosquitto >/dev/null || need_apt+=(mosquitto)
 command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || need_apt+=(stunnel4)
+command -v prometheus >/dev/null || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

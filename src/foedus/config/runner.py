@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foedus.aggregate.base import aggregators
 from foedus.config.spec import JobSpec, Plugin
@@ -29,6 +29,9 @@ from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord, ServerPod
 from foedus.topology.centralized import run_centralized
 from foedus.transport.base import Transport, transports
+
+if TYPE_CHECKING:
+    from foedus.mlops.session import MlopsSession
 
 RoundListener = Callable[[RoundRecord], None]
 
@@ -84,6 +87,14 @@ class JobParts:
     test: Dataset
     pipeline: list[Stage]
     server: ServerPod
+    mlops: MlopsSession | None = None
+
+    def finish(self, failed: bool = False) -> dict[str, Any]:
+        """Close the MLOps integrations; returns what the job result should report of them."""
+        if self.mlops is None:
+            return {}
+        registered = self.mlops.finish(None if failed else self.server.params, failed=failed)
+        return {"mlflow_model_version": registered.version} if registered else {}
 
     def make_model(self) -> ModelAdapter:
         return make_model(self.spec, self.data_spec)
@@ -132,6 +143,14 @@ def build_parts(spec: JobSpec, on_round: RoundListener | None = None) -> JobPart
         _create(stages, p, f"pipeline[{i}]") for i, p in enumerate(spec.pipeline)
     ]
     evaluator_model = make_model(spec, data_spec)
+    mlops = None
+    if spec.mlops:
+        from foedus.mlops.session import MlopsSession
+
+        mlops = MlopsSession(spec.mlops, job_id=spec.job_id, job_params=spec)
+    checkpointer = (mlops.checkpointer() if mlops else None) or (
+        Checkpointer(spec.checkpoint_dir, spec.job_id) if spec.checkpoint_dir else None
+    )
 
     def evaluate(params: Params) -> dict[str, float]:
         evaluator_model.set_params(params)
@@ -143,9 +162,7 @@ def build_parts(spec: JobSpec, on_round: RoundListener | None = None) -> JobPart
         rounds=spec.rounds, expected_clients=spec.clients.count,
         min_clients=spec.clients.min_clients, round_timeout=spec.round_timeout,
         evaluate=evaluate,
-        checkpointer=(
-            Checkpointer(spec.checkpoint_dir, spec.job_id) if spec.checkpoint_dir else None
-        ),
+        checkpointer=checkpointer,
         participants=[client_id(i) for i in range(spec.clients.count)],
         clients_per_round=spec.clients.per_round, seed=spec.seed,
     )
@@ -153,9 +170,11 @@ def build_parts(spec: JobSpec, on_round: RoundListener | None = None) -> JobPart
         server.round_guards.append(stage.before_round)
         server.round_listeners.append(stage.after_round)
         server.broadcast_meta.append(stage.model_meta)
+    if mlops is not None:
+        mlops.attach(server)
     if on_round is not None:
         server.round_listeners.append(on_round)
-    return JobParts(spec, data_spec, shares, test, pipeline, server)
+    return JobParts(spec, data_spec, shares, test, pipeline, server, mlops)
 
 
 async def run_job(spec: JobSpec, *, on_round: RoundListener | None = None) -> JobResult:
@@ -189,13 +208,16 @@ async def run_job(spec: JobSpec, *, on_round: RoundListener | None = None) -> Jo
             parts.server, actor_transport(parts.server.name), clients,
             server_filters=parts.server_filters(),
         )
+    except BaseException:
+        parts.finish(failed=True)
+        raise
     finally:
         for t in opened:
             await t.close()
     return JobResult(
         job_id=spec.job_id, clients=spec.clients.count, history=history,
         params=parts.server.params, duration_s=time.perf_counter() - began,
-        extra={"stop_reason": parts.server.stop_reason},
+        extra={"stop_reason": parts.server.stop_reason, **parts.finish()},
     )
 
 

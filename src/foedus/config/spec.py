@@ -55,6 +55,7 @@ class JobSpec:
     transport: Plugin = field(default_factory=lambda: Plugin("local"))
     pipeline: tuple[Plugin, ...] = ()
     checkpoint_dir: str | None = None
+    mlops: dict[str, Any] = field(default_factory=dict)  # checked by foedus.mlops.session
 
     @classmethod
     def from_dict(cls, raw: Any) -> JobSpec:
@@ -96,7 +97,8 @@ class JobSpec:
                 _plugin({"pipeline": item}, "pipeline", "", index=i)
                 for i, item in enumerate(_list(raw, "pipeline"))
             ),
-            checkpoint_dir=raw.get("checkpoint_dir"),
+            checkpoint_dir=_optional_str(raw, "checkpoint_dir"),
+            mlops=_section(raw, "mlops"),
         )
         if spec.data.test_fraction >= 1:
             raise ConfigError(f"data.test_fraction: expected a number in (0, 1), got "
@@ -139,6 +141,16 @@ def _known_keys(raw: dict[str, Any], section: type, prefix: str) -> None:
     for key in raw:
         if key not in allowed:
             raise ConfigError(f"{prefix}{key}: unknown key; allowed: {', '.join(allowed)}")
+
+
+def _optional_str(raw: dict[str, Any], key: str) -> str | None:
+    return _str(raw, key, "") if raw.get(key) is not None else None
+
+
+def _section(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key) or {}
+    _mapping(value, key)
+    return dict(value)
 
 
 def _str(raw: dict[str, Any], key: str, default: str, prefix: str = "") -> str:

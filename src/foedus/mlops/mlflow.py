@@ -109,7 +109,7 @@ class MlflowTracker(Pod):
 
     ``model_source`` returns the current global model for the model artifacts; when the server's
     events carry parameters they are used instead. ``links`` are pods whose byte counters to log
-    (by default, the links of the graph the tracker runs in).
+    (by default, the links of the graph the tracker runs in, found when it starts).
     """
 
     inputs: ClassVar[tuple[Wire, ...]] = (Wire("events"),)
@@ -180,7 +180,8 @@ class MlflowTracker(Pod):
     def log_round(self, record: RoundRecord, params: Params | None = None) -> None:
         """Log one round's metrics (step = round) and, at checkpoint rounds, the model."""
         if self._executor is not None:  # listener mode: never block the caller's event loop
-            snapshot = _copy(params) if params is not None else None
+            wanted = params is not None and self._checkpoint_round(record.round)
+            snapshot = _copy(params) if wanted and params is not None else None
             self._submit(lambda: self._log_round(record, snapshot))
         else:
             self._log_round(record, params)
@@ -280,6 +281,8 @@ class MlflowTracker(Pod):
 
     # ---- pod mode -------------------------------------------------------------------------
     async def start(self) -> None:
+        if self.links is None:
+            self.links = graph_links(self)  # the server graph's uplinks and downlinks
         await asyncio.to_thread(self.open)
 
     def on_events(self, msg: Message) -> None:
@@ -292,18 +295,19 @@ class MlflowTracker(Pod):
         run_id = self.open()
         entities = require("mlflow.entities", "mlflow")
         values = round_metrics(record)
-        links = self.links if self.links is not None else graph_links(self)
-        if links:
-            wb = wire_bytes(links)
+        if self.links:
+            wb = wire_bytes(self.links)
             values.update(bytes_in=float(wb.bytes_in), bytes_out=float(wb.bytes_out))
         stamp = int(1000 * time.time())
         self.client.log_batch(run_id, metrics=[
             entities.Metric(k, v, stamp, record.round) for k, v in values.items()
         ])
         self.rounds_logged = max(self.rounds_logged, record.round)
-        every = self.checkpoint_every
-        if params is not None and every and record.round % every == 0:
+        if params is not None and self._checkpoint_round(record.round):
             self.log_model(params, round=record.round)
+
+    def _checkpoint_round(self, round: int) -> bool:
+        return bool(self.checkpoint_every) and round % self.checkpoint_every == 0
 
 
 def load_model_version(tracking_uri: str, name: str, version: str) -> dict[str, np.ndarray]:

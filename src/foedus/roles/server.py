@@ -175,8 +175,8 @@ class ServerPod(Pod):
                 self.checkpointer.save, rnd, self.params, self.aggregator.snapshot(),
                 [r.to_dict() for r in self.history],
             )
-        await self.send("events", Message.create(
-            Kind.METRICS, job_id=self.job_id, round=rnd, sender=self.name,
+        await self.send("events", Message.create(  # carries the model: MLOps pods log it
+            Kind.METRICS, job_id=self.job_id, round=rnd, sender=self.name, params=self.params,
             metrics=record.metrics, meta=record.to_dict(),
         ))
 

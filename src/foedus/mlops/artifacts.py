@@ -1,0 +1,196 @@
+"""Checkpoints and global models in an S3-compatible bucket (AWS S3, MinIO, Ceph, moto...).
+
+Plain S3 through boto3 with an ``endpoint_url``, path-style addressing, so the same code runs
+against MinIO in production and against a local test server. :class:`S3Checkpointer` has the
+interface of :class:`~foedus.roles.checkpoint.Checkpointer` (``save`` / ``load``), so a
+:class:`ServerPod` given one resumes from the newest checkpoint in the bucket after a restart,
+on any machine.
+
+Layout under ``s3://BUCKET/PREFIX/JOB_ID/``::
+
+    checkpoints/round-00000012.ckpt   one object per saved round (newest ``keep`` kept)
+    models/round-00000012.foedus      global models published with publish_model()
+
+An object PUT is atomic in S3: a crash while saving leaves the previous checkpoint readable, and
+a checkpoint that cannot be decoded is skipped in favour of the one before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from foedus.core.errors import CodecError, ConfigError, TransportError, require
+from foedus.core.params import Params
+from foedus.mlops.modelfile import decode_model, encode_model
+from foedus.roles.checkpoint import Checkpoint, Checkpointer
+
+log = logging.getLogger("foedus.mlops.artifacts")
+
+_ROUND_KEY = re.compile(r"round-(\d{8})\.(ckpt|foedus)$")
+
+
+class S3Store:
+    """A bucket and key prefix, spoken to with boto3 (extra ``s3``)."""
+
+    def __init__(
+        self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
+        region: str = "us-east-1", access_key: str | None = None,
+        secret_key: str | None = None, create_bucket: bool = False, client: Any = None,
+    ) -> None:
+        if not bucket:
+            raise ConfigError("s3 bucket: expected a bucket name")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url
+        if client is None:
+            boto3 = require("boto3", "s3")
+            config = require("botocore.config", "s3").Config(s3={"addressing_style": "path"})
+            client = boto3.client(
+                "s3", endpoint_url=endpoint_url, region_name=region, config=config,
+                aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+            )
+        self.client = client
+        if create_bucket:
+            self.ensure_bucket()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> S3Store:
+        """``s3://bucket/some/prefix`` -> a store; ``options`` as for the constructor."""
+        parsed = urlparse(url)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ConfigError(f"expected an s3://BUCKET/PREFIX url, got {url!r}")
+        return cls(parsed.netloc, prefix=parsed.path, **options)
+
+    def key(self, *parts: str) -> str:
+        return "/".join(p.strip("/") for p in (self.prefix, *parts) if p.strip("/"))
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist yet."""
+        errors = require("botocore.exceptions", "s3")
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except errors.ClientError:
+            self.client.create_bucket(Bucket=self.bucket)
+
+    def put(self, key: str, data: bytes) -> None:
+        self._call("put", key, lambda: self.client.put_object(
+            Bucket=self.bucket, Key=key, Body=data,
+        ))
+
+    def get(self, key: str) -> bytes | None:
+        """The object's bytes, or ``None`` if there is no such key."""
+        errors = require("botocore.exceptions", "s3")
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        except errors.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise TransportError(f"s3://{self.bucket}/{key}: get failed: {exc}") from exc
+        data: bytes = response["Body"].read()
+        return data
+
+    def list(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (all pages)."""
+        keys: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in self._call("list", prefix, lambda: list(paginator.paginate(
+            Bucket=self.bucket, Prefix=prefix.rstrip("/") + "/",
+        ))):
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        return keys
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
+
+    def _call(self, what: str, key: str, fn: Any) -> Any:
+        errors = require("botocore.exceptions", "s3")
+        try:
+            return fn()
+        except (errors.ClientError, errors.BotoCoreError) as exc:
+            raise TransportError(f"s3://{self.bucket}/{key}: {what} failed: {exc}") from exc
+
+
+def _rounds(keys: list[str]) -> list[tuple[int, str]]:
+    """(round, key) pairs of round-numbered objects, newest first."""
+    found = [(int(m.group(1)), k) for k in keys if (m := _ROUND_KEY.search(k))]
+    return sorted(found, reverse=True)
+
+
+class S3Checkpointer(Checkpointer):
+    """A :class:`Checkpointer` whose checkpoints live in a bucket.
+
+    Each checkpoint is written in the ordinary checkpoint format to a private staging file, then
+    uploaded as its own object; the newest ``keep`` are kept. ``load`` returns the newest one
+    that decodes, so a server resumes where the job stopped, wherever it restarts.
+    """
+
+    def __init__(self, store: S3Store, job_id: str, *, keep: int = 3) -> None:
+        if keep < 1:
+            raise ConfigError(f"keep: expected at least 1 checkpoint to keep, got {keep}")
+        self._staging = tempfile.TemporaryDirectory(prefix="foedus-s3ckpt-")
+        super().__init__(self._staging.name, job_id)
+        self.store = store
+        self.keep = keep
+
+    @property
+    def checkpoint_prefix(self) -> str:
+        return self.store.key(self.job_id, "checkpoints")
+
+    @property
+    def model_prefix(self) -> str:
+        return self.store.key(self.job_id, "models")
+
+    def save(
+        self, round: int, params: Params, aggregator_state: dict[str, Any],
+        history: list[dict[str, Any]],
+    ) -> None:
+        super().save(round, params, aggregator_state, history)
+        self.store.put(f"{self.checkpoint_prefix}/round-{round:08d}.ckpt", self.path.read_bytes())
+        for _, old in _rounds(self.store.list(self.checkpoint_prefix))[self.keep:]:
+            self.store.delete(old)
+
+    def load(self) -> Checkpoint | None:
+        for round, key in _rounds(self.store.list(self.checkpoint_prefix)):
+            data = self.store.get(key)
+            if data is None:
+                continue
+            self.path.write_bytes(data)
+            try:
+                ckpt = super().load()
+            except (CodecError, KeyError) as exc:
+                log.warning("skipping unreadable checkpoint %s: %s", key, exc)
+                continue
+            if ckpt is not None:
+                log.info("loaded checkpoint of round %d from s3://%s/%s",
+                         round, self.store.bucket, key)
+                return ckpt
+        return None
+
+    # ---- global models ----------------------------------------------------------------------
+    def publish_model(self, params: Params, round: int) -> str:
+        """Store a global model (foedus wire format); returns its ``s3://`` URL."""
+        key = f"{self.model_prefix}/round-{round:08d}.foedus"
+        self.store.put(key, encode_model(params, job_id=self.job_id, round=round))
+        return f"s3://{self.store.bucket}/{key}"
+
+    def latest_model(self) -> tuple[int, dict[str, np.ndarray]] | None:
+        """The newest published global model and its round, or ``None``."""
+        for round, key in _rounds(self.store.list(self.model_prefix)):
+            data = self.store.get(key)
+            if data is not None:
+                return round, decode_model(data)
+        return None
+
+
+def s3_checkpointer(url: str, job_id: str, **options: Any) -> S3Checkpointer:
+    """``s3_checkpointer("s3://bucket/prefix", job)``; the endpoint and credentials come from
+    ``options`` (``endpoint_url=...``) or boto3's usual environment (``AWS_ENDPOINT_URL``...)."""
+    keep = int(options.pop("keep", 3))
+    return S3Checkpointer(S3Store.from_url(url, **options), job_id, keep=keep)
+

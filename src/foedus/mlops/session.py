@@ -1,0 +1,100 @@
+"""The ``mlops:`` section of a job file, turned into integrations attached to a server.
+
+::
+
+    mlops:
+      mlflow: {tracking_uri: http://mlflow:5000, experiment: digits,
+               registered_model: digits-fedavg, checkpoint_every: 5}
+      s3: {url: s3://foedus/checkpoints, endpoint_url: http://minio:9000, keep: 3}
+      prometheus: {port: 9400, host: 0.0.0.0}
+
+:class:`MlopsSession` is what a runner needs: ``checkpointer()`` before building the server,
+``attach(server)`` once it exists (listener mode: nothing to wire), and ``finish(params)`` after
+the job. Every key is checked up front, and each integration's extra is imported only if its
+section is present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from foedus.core.errors import ConfigError
+from foedus.core.params import Params
+from foedus.mlops.artifacts import S3Checkpointer, s3_checkpointer
+from foedus.mlops.metrics import ServerMonitor
+from foedus.mlops.mlflow import MlflowTracker, RegisteredModel
+from foedus.roles.server import ServerPod
+
+_KEYS: dict[str, tuple[str, ...]] = {
+    "mlflow": ("tracking_uri", "experiment", "registered_model", "checkpoint_every", "run_name"),
+    "s3": ("url", "endpoint_url", "region", "keep", "access_key", "secret_key",
+           "create_bucket"),
+    "prometheus": ("port", "host"),
+}
+
+
+def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    value = raw.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"mlops.{name}: expected a mapping, got {value!r}")
+    unknown = sorted(set(value) - set(_KEYS[name]))
+    if unknown:
+        raise ConfigError(f"mlops.{name}.{unknown[0]}: unknown key; allowed: "
+                          f"{', '.join(_KEYS[name])}")
+    return dict(value)
+
+
+class MlopsSession:
+    """The integrations one job asked for, built from its ``mlops:`` section."""
+
+    def __init__(self, config: Mapping[str, Any] | None, *, job_id: str,
+                 job_params: Any = None) -> None:
+        raw = dict(config or {})
+        unknown = sorted(set(raw) - set(_KEYS))
+        if unknown:
+            raise ConfigError(f"mlops.{unknown[0]}: unknown section; allowed: "
+                              f"{', '.join(_KEYS)}")
+        self.job_id = job_id
+        self.tracker: MlflowTracker | None = None
+        self.monitor: ServerMonitor | None = None
+        self._s3 = _section(raw, "s3")
+        self._checkpointer: S3Checkpointer | None = None
+        self._prometheus = _section(raw, "prometheus")
+        mlflow = _section(raw, "mlflow")
+        if mlflow is not None:
+            if "tracking_uri" not in mlflow:
+                raise ConfigError("mlops.mlflow.tracking_uri: required")
+            self.tracker = MlflowTracker(job_id=job_id, params=job_params, **mlflow)
+        if self._s3 is not None and "url" not in self._s3:
+            raise ConfigError("mlops.s3.url: required (s3://BUCKET/PREFIX)")
+
+    def checkpointer(self) -> S3Checkpointer | None:
+        """The S3 checkpointer, if the job stores checkpoints in a bucket."""
+        if self._s3 is not None and self._checkpointer is None:
+            options = {k: v for k, v in self._s3.items() if k != "url"}
+            self._checkpointer = s3_checkpointer(self._s3["url"], self.job_id, **options)
+        return self._checkpointer
+
+    def attach(self, server: ServerPod) -> None:
+        """Start the integrations on ``server`` as round listeners."""
+        if self.tracker is not None:
+            self.tracker.attach(server)
+        if self._prometheus is not None:
+            self.monitor = ServerMonitor(job_id=self.job_id)
+            self.monitor.attach(server)
+            self.monitor.serve(int(self._prometheus.get("port", 9400)),
+                               str(self._prometheus.get("host", "127.0.0.1")))
+
+    def finish(self, params: Params | None = None, *, failed: bool = False,
+               ) -> RegisteredModel | None:
+        """End the MLflow run (registering the final model) and stop the endpoint."""
+        try:
+            if self.tracker is not None:
+                return self.tracker.finish(params, status="FAILED" if failed else "FINISHED")
+            return None
+        finally:
+            if self.monitor is not None:
+                self.monitor.close()
