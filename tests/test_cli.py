@@ -61,7 +61,7 @@ def test_every_example_job_runs(example: Path) -> None:
     ("aggregator: fedmagic\n", "aggregator: unknown aggregator 'fedmagic'; allowed: "),
     ("model: {type: sklearn-sgd, params: {depth: 3}}\n", "unexpected keyword argument 'depth'"),
     ("transport: carrier-pigeon\n", "transport: unknown transport 'carrier-pigeon'"),
-    ("data: {dataset: imagenet}\n", "data.dataset: unknown dataset 'imagenet'; allowed: "),
+    ("data: {dataset: imagenet}\n", "data: unknown dataset 'imagenet'; allowed: "),
 ])
 def test_a_malformed_job_file_gets_one_line_naming_the_key(
     tmp_path: Path, content: str, message: str

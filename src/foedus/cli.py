@@ -1,4 +1,4 @@
-"""The ``foedus`` command: ``foedus demo`` and ``foedus run JOB.yaml``.
+"""The ``foedus`` command: ``demo``, ``run JOB.yaml``, ``sim JOB.yaml`` and ``certs``.
 
 Errors a user can fix (a bad job file, a missing extra) print one line and exit with status 2;
 only bugs produce tracebacks.
@@ -64,6 +64,11 @@ def _print_summary(result: JobResult) -> None:
     failed = sum(len(r.failed_clients) for r in result.history)
     print(f"  updates accepted {sum(r.accepted for r in result.history)}, "
           f"rejected {rejected}, failed clients {failed}")
+    if "bytes_up" in s:
+        print(f"  simulated on {s['workers']} {s['backend']} worker(s), start-up {s['startup_s']}s, "
+              f"moved {s['bytes_down'] / 1e6:.1f} MB down and {s['bytes_up'] / 1e6:.1f} MB up")
+    if s.get("stop_reason"):
+        print(f"  stopped early: {s['stop_reason']}")
 
 
 def demo_spec(args: argparse.Namespace) -> JobSpec:
@@ -78,8 +83,28 @@ def demo_spec(args: argparse.Namespace) -> JobSpec:
     )
 
 
+def _simulate(spec: JobSpec, args: argparse.Namespace) -> int:
+    from foedus.sim import run_simulation_sync
+
+    clients = {"count": args.clients or spec.clients.count, "epochs": spec.clients.epochs}
+    if args.per_round or spec.clients.per_round:
+        clients["per_round"] = args.per_round or spec.clients.per_round
+    checked = JobSpec.from_dict({"clients": clients}).clients  # same validation as a job file
+    spec = replace(spec, clients=replace(checked, min_clients=spec.clients.min_clients))
+    options: dict[str, object] = {"backend": args.backend, "workers": args.workers}
+    if args.ray_address:
+        options["address"] = args.ray_address
+    result = run_simulation_sync(
+        spec, on_round=None if args.json else Progress(spec.rounds), **options
+    )
+    return _report(result, args.json)
+
+
 def _run(spec: JobSpec, as_json: bool) -> int:
-    result = run_job_sync(spec, on_round=None if as_json else Progress(spec.rounds))
+    return _report(run_job_sync(spec, on_round=None if as_json else Progress(spec.rounds)), as_json)
+
+
+def _report(result: JobResult, as_json: bool) -> int:
     if as_json:
         print(json.dumps(result.summary(), indent=2))
     else:
@@ -106,7 +131,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--rounds", type=int, help="override the job's rounds")
     run.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
-    args = parser.parse_args(argv)
+    sim = sub.add_parser("sim", help="simulate a job file with virtual clients on a pool")
+    sim.add_argument("job", help="path to a YAML job file (its transport is not used)")
+    sim.add_argument("--rounds", type=int, help="override the job's rounds")
+    sim.add_argument("--clients", type=int, help="override clients.count")
+    sim.add_argument("--per-round", type=int, help="override clients.per_round (sampling)")
+    sim.add_argument("--backend", default="thread", choices=["thread", "process", "ray"])
+    sim.add_argument("--workers", type=int, help="pool size (default: 1 thread, or all cores)")
+    sim.add_argument("--ray-address", help="an existing Ray cluster (default: start one here)")
+    sim.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
+    sub.add_parser(
+        "certs", add_help=False,
+        help="create a deployment's TLS certificates (CA, server, one per client)",
+    )
+
+    arg_list = list(sys.argv[1:] if argv is None else argv)
+    if arg_list[:1] == ["certs"]:
+        from foedus.certs import main_certs
+
+        return main_certs(arg_list[1:])
+    args = parser.parse_args(arg_list)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.ERROR,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -121,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = load_job(args.job)
         if args.rounds is not None:
             spec = replace(spec, rounds=JobSpec.from_dict({"rounds": args.rounds}).rounds)
+        if args.command == "sim":
+            return _simulate(spec, args)
         return _run(spec, args.json)
     except FoedusError as exc:
         print(f"foedus: error: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "foedus.transport",
     "foedus.transport.grpc",
     "foedus.transport.https",
+    "foedus.transport.mqtt",
     "foedus.compress",
     "foedus.privacy.dp",
 )

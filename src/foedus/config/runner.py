@@ -131,10 +131,11 @@ def build_parts(spec: JobSpec, on_round: RoundListener | None = None) -> JobPart
     load_plugins()
     try:
         train, test, data_spec = load_dataset(
-            spec.data.dataset, test_fraction=spec.data.test_fraction, seed=spec.seed
+            spec.data.dataset, test_fraction=spec.data.test_fraction, seed=spec.seed,
+            **spec.data.options,
         )
     except ConfigError as exc:
-        raise ConfigError(f"data.dataset: {exc}") from exc
+        raise ConfigError(f"data: {exc}") from exc
     shares = partition(
         train, spec.clients.count, scheme=spec.data.partition, alpha=spec.data.alpha,
         seed=spec.seed,
@@ -198,7 +199,7 @@ async def run_job(spec: JobSpec, *, on_round: RoundListener | None = None) -> Jo
         clients = [
             (
                 ClientPod(client_id=client_id(i), model=parts.make_model(), data=share,
-                          epochs=spec.clients.epochs),
+                          epochs=spec.clients.epochs, seed=spec.seed),
                 actor_transport(client_id(i)),
                 parts.client_filters(),
             )

@@ -30,6 +30,7 @@ class DataSection:
     partition: str = "dirichlet"
     alpha: float = 0.5
     test_fraction: float = 0.2
+    options: dict[str, Any] = field(default_factory=dict)  # passed to the dataset's loader
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class JobSpec:
                 partition=_choice(data, "partition", "dirichlet", ("dirichlet", "iid"), "data."),
                 alpha=_float(data, "alpha", 0.5, positive=True, prefix="data."),
                 test_fraction=_float(data, "test_fraction", 0.2, positive=True, prefix="data."),
+                options=_section(data, "options"),
             ),
             clients=ClientSection(
                 count=_int(clients, "count", 10, minimum=1, prefix="clients."),

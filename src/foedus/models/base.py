@@ -8,6 +8,7 @@ are imported only when an adapter for them is built.
 from __future__ import annotations
 
 import abc
+import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -36,6 +37,21 @@ class ModelAdapter(abc.ABC):
     def evaluate(self, data: Dataset) -> dict[str, float]:
         """Metrics on ``data``: ``loss`` and, for classifiers, ``accuracy``."""
 
+    def begin_round(self, seed: int) -> None:
+        """Start one local round: forget local optimiser state and reseed local randomness.
+
+        Clients call it before each ``fit`` with :func:`task_seed`, so a round's result depends
+        only on (job seed, client, round) and the global model: not on what this adapter trained
+        before. That makes runs reproducible and lets a simulation reuse one adapter for many
+        virtual clients. Adapters without local state or randomness need not override it.
+        """
+
+
+def task_seed(job_seed: int, client_id: str, round: int) -> int:
+    """The seed of one client's local round, the same in real runs and simulations."""
+    entropy = [job_seed, zlib.crc32(client_id.encode()), round]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
 
 ModelFactory = Callable[..., ModelAdapter]
 #: factories take ``spec: DataSpec`` and ``seed: int`` first, then their own parameters
@@ -45,3 +61,32 @@ models: Registry[ModelAdapter] = Registry("model")
 def build_model(name: str, spec: DataSpec, seed: int = 0, **params: object) -> ModelAdapter:
     """Build a registered model for data described by ``spec``."""
     return models.create(name, spec=spec, seed=seed, **params)
+
+
+def classification_metrics(
+    proba: np.ndarray, y: np.ndarray, classes: np.ndarray
+) -> dict[str, float]:
+    """Cross-entropy and accuracy of class probabilities ``proba`` (columns in ``classes`` order).
+
+    Labels outside ``classes`` count as wrong with the largest possible clipped loss, rather than
+    raising, so one odd row in a client's data cannot abort a round.
+    """
+    if len(y) == 0:
+        return {"loss": float("nan"), "accuracy": float("nan")}
+    idx = np.searchsorted(classes, y)
+    idx = np.clip(idx, 0, len(classes) - 1)
+    known = classes[idx] == y
+    p = np.clip(proba[np.arange(len(y)), idx], 1e-15, 1.0)
+    p[~known] = 1e-15
+    predicted = classes[np.argmax(proba, axis=1)]
+    return {"loss": float(-np.mean(np.log(p))), "accuracy": float(np.mean(predicted == y))}
+
+
+def regression_metrics(prediction: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Mean squared error (as ``loss``) and the coefficient of determination ``r2``."""
+    prediction = np.asarray(prediction, dtype=np.float64).reshape(-1)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    mse = float(np.mean((prediction - y) ** 2)) if len(y) else float("nan")
+    var = float(np.var(y)) if len(y) else 0.0
+    r2 = 1.0 - mse / var if var > 0 else float("nan")
+    return {"loss": mse, "r2": r2}

@@ -3,6 +3,12 @@
 Buffers matter: BatchNorm's running mean and variance are part of the model, and frameworks that
 average only ``parameters()`` ship models whose normalisation statistics are wrong. This adapter
 exchanges the whole ``state_dict``.
+
+FedProx (Li et al., 2020) is an option: with ``mu > 0`` local training minimises
+``loss + mu/2 * ||w - w_global||^2`` over the trainable parameters, where ``w_global`` is what the
+last :meth:`TorchAdapter.set_params` loaded (the model the server broadcast). The term keeps
+clients with skewed data from drifting far from the global model. It needs no change to the
+client pod: the client always loads the global model before it trains.
 """
 
 from __future__ import annotations
@@ -27,11 +33,15 @@ class TorchAdapter(ModelAdapter):
     def __init__(
         self, module: torch_t.nn.Module, *, loss_fn: Callable[..., Any] | None = None,
         optimizer: Callable[[Any], torch_t.optim.Optimizer] | None = None, lr: float = 0.05,
-        batch_size: int = 32, seed: int = 0,
+        batch_size: int = 32, seed: int = 0, mu: float = 0.0,
     ) -> None:
         torch = require("torch", "torch")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        if mu < 0:
+            raise ConfigError(f"the FedProx mu must be non-negative, got {mu}")
+        self.mu = mu
+        self._anchor: list[tuple[Any, Any]] = []  # (parameter, its global value) for FedProx
         self.torch: Any = torch
         self.module = module
         self.loss_fn = loss_fn or torch.nn.CrossEntropyLoss()
@@ -39,6 +49,10 @@ class TorchAdapter(ModelAdapter):
         self.optimizer = make_opt(module.parameters())
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed)
+
+    def begin_round(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+        self.optimizer.state.clear()  # momentum from another round or client must not leak
 
     def get_params(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy().copy() for k, v in self.module.state_dict().items()}
@@ -54,6 +68,16 @@ class TorchAdapter(ModelAdapter):
             for k, v in params.items()
         }
         self.module.load_state_dict(new_state)
+        if self.mu > 0:
+            self._anchor = [
+                (p, p.detach().clone()) for p in self.module.parameters() if p.requires_grad
+            ]
+
+    def proximal_term(self) -> Any:
+        """``mu/2 * ||w - w_global||^2`` (zero before any global model was loaded)."""
+        if not self._anchor:
+            return 0.0
+        return 0.5 * self.mu * sum(((p - g) ** 2).sum() for p, g in self._anchor)
 
     def fit(self, data: Dataset, *, epochs: int = 1) -> dict[str, float]:
         torch = self.torch
@@ -66,9 +90,11 @@ class TorchAdapter(ModelAdapter):
                 batch = order[start : start + self.batch_size]
                 self.optimizer.zero_grad()
                 loss = self.loss_fn(self.module(x[batch]), y[batch])
+                total += loss.item() * len(batch)  # report the data loss, not the penalty
+                if self._anchor:
+                    loss = loss + self.proximal_term()
                 loss.backward()
                 self.optimizer.step()
-                total += loss.item() * len(batch)
                 count += len(batch)
         return {"loss": total / max(count, 1)}
 
@@ -86,9 +112,9 @@ class TorchAdapter(ModelAdapter):
 @models.register("torch-mlp")
 def torch_mlp(
     spec: DataSpec, seed: int = 0, hidden: tuple[int, ...] | list[int] = (64, 32),
-    lr: float = 0.05, batch_size: int = 32, batch_norm: bool = False,
+    lr: float = 0.05, batch_size: int = 32, batch_norm: bool = False, mu: float = 0.0,
 ) -> TorchAdapter:
-    """A multi-layer perceptron for tabular or flattened image data."""
+    """A multi-layer perceptron for tabular or flattened image data (``mu > 0``: FedProx)."""
     torch: Any = require("torch", "torch")
     torch.manual_seed(seed)
     layers: list[Any] = []
@@ -100,4 +126,8 @@ def torch_mlp(
         layers.append(torch.nn.ReLU())
         width = int(h)
     layers.append(torch.nn.Linear(width, len(spec.classes)))
-    return TorchAdapter(torch.nn.Sequential(*layers), lr=lr, batch_size=batch_size, seed=seed)
+    if spec.task != "classification":
+        raise ConfigError(f"torch-mlp is a classifier; the dataset's task is {spec.task!r}")
+    return TorchAdapter(
+        torch.nn.Sequential(*layers), lr=lr, batch_size=batch_size, seed=seed, mu=mu
+    )

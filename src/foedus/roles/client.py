@@ -17,7 +17,7 @@ from foedus.core.errors import ConfigError
 from foedus.core.message import Kind, Message
 from foedus.core.pod import Pod, Wire
 from foedus.data.datasets import Dataset
-from foedus.models.base import ModelAdapter
+from foedus.models.base import ModelAdapter, task_seed
 
 log = logging.getLogger("foedus.client")
 
@@ -30,7 +30,7 @@ class ClientPod(Pod):
 
     def __init__(
         self, *, client_id: str, model: ModelAdapter, data: Dataset, epochs: int = 1,
-        eval_data: Dataset | None = None, name: str = "client",
+        eval_data: Dataset | None = None, seed: int = 0, name: str = "client",
     ) -> None:
         super().__init__(name)
         if epochs < 1:
@@ -42,6 +42,7 @@ class ClientPod(Pod):
         self.data = data
         self.eval_data = eval_data
         self.epochs = epochs
+        self.seed = seed
         self.rounds_trained = 0
         self.finished = asyncio.Event()
 
@@ -65,6 +66,7 @@ class ClientPod(Pod):
     def train(self, model_msg: Message) -> Message:
         """One local round: load, fit, evaluate; returns the update message."""
         self.model.set_params(model_msg.params)
+        self.model.begin_round(task_seed(self.seed, self.client_id, model_msg.round))
         train_metrics = self.model.fit(self.data, epochs=self.epochs)
         metrics = {f"train_{k}": v for k, v in train_metrics.items()}
         if self.eval_data is not None and len(self.eval_data):

@@ -1,0 +1,297 @@
+"""Where simulated clients train: a thread pool, a process pool, or a Ray cluster.
+
+A backend receives the round's global model and a list of client indices and returns updates as
+they complete. The thread backend hands messages over in memory (set ``codec=True`` to push
+every message through the wire format anyway); process and Ray workers necessarily serialise, and
+every backend counts the bytes a real deployment would move. Models are *materialized in the workers only*: each worker
+builds one model adapter and reuses it for every client it trains, so memory grows with the
+number of workers, never with the number of clients. Each client's training is reseeded from
+(job seed, client, round), so results do not depend on which worker trained whom.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import concurrent.futures as cf
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from foedus.codec import decode, encode
+from foedus.config.spec import JobSpec
+from foedus.core.errors import ConfigError, require
+from foedus.core.filter import MODEL_WIRE, Filter, wants_model
+from foedus.core.message import Kind, Message
+from foedus.core.params import nbytes
+from foedus.data.datasets import Dataset
+from foedus.models.base import ModelAdapter, task_seed
+
+
+@dataclass
+class ClientWork:
+    """What a worker needs to train one virtual client: built once per worker."""
+
+    shares: Sequence[Dataset]
+    ids: Sequence[str]
+    epochs: int
+    seed: int
+    make_model: Callable[[], ModelAdapter]
+    make_filters: Callable[[], list[Filter]]
+
+
+def train_client(
+    work: ClientWork, model: ModelAdapter, filters: list[Filter], model_msg: Message, index: int,
+) -> Message | None:
+    """One client's local round, as a ClientPod would do it. Returns the filtered update, or
+    an error message (errors travel as values), or None if a filter dropped it on purpose."""
+    client = work.ids[index]
+    try:
+        for f in filters:
+            if wants_model(f):  # as the topology's model wire would
+                f.handler(MODEL_WIRE)(model_msg)
+        model.set_params(model_msg.params)
+        model.begin_round(task_seed(work.seed, client, model_msg.round))
+        train_metrics = model.fit(work.shares[index], epochs=work.epochs)
+        update: Message | None = model_msg.reply(
+            Kind.UPDATE, client, params=model.get_params(), num_examples=len(work.shares[index]),
+            metrics={f"train_{k}": v for k, v in train_metrics.items()},
+        )
+        for f in filters:
+            if update is None:
+                return None
+            update = f.process(update)
+        return update
+    except Exception as exc:
+        return model_msg.reply(Kind.ERROR, client, error=f"{type(exc).__name__}: {exc}")
+
+
+class Backend(abc.ABC):
+    """Trains batches of virtual clients."""
+
+    name: str = "backend"
+
+    @abc.abstractmethod
+    def start(self, work: ClientWork, spec: JobSpec) -> None: ...
+
+    bytes_down = 0
+    bytes_up = 0
+
+    @abc.abstractmethod
+    def train(self, model_msg: Message, indices: Sequence[int]) -> AsyncIterator[list[Message]]:
+        """Updates, in batches, as they complete."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        pass
+
+
+def _batches(indices: Sequence[int], workers: int) -> list[list[int]]:
+    """Split the round's clients into a few batches per worker: few hand-offs, good balance."""
+    count = max(1, min(len(indices), workers * 4))
+    size = -(-len(indices) // count)
+    return [list(indices[i : i + size]) for i in range(0, len(indices), size)]
+
+
+class ThreadBackend(Backend):
+    """A thread pool; each thread keeps one model. Right for torch and scikit-learn, whose
+    numeric kernels release the GIL."""
+
+    name = "thread"
+
+    def __init__(self, workers: int | None = None, codec: bool = False) -> None:
+        self.workers = workers or 1
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        self.codec = codec
+        self._local = threading.local()
+        self._filters: dict[int, list[Filter]] = {}
+        self._pool: cf.ThreadPoolExecutor | None = None
+        self._work: ClientWork | None = None
+
+    def start(self, work: ClientWork, spec: JobSpec) -> None:
+        self._work = work
+        self._pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="foedus-sim")
+
+    def _run_batch(self, model_msg: Message, batch: list[int]) -> list[Message]:
+        assert self._work is not None
+        model = getattr(self._local, "model", None)
+        if model is None:
+            model = self._local.model = self._work.make_model()
+        out = []
+        for index in batch:
+            filters = self._filters.get(index)
+            if filters is None:  # per-client filter state (e.g. error feedback) lives here
+                filters = self._filters[index] = self._work.make_filters()
+            update = train_client(self._work, model, filters, model_msg, index)
+            if update is None:
+                continue
+            if self.codec:
+                payload = encode(update)
+                self.bytes_up += len(payload)
+                update = decode(payload)
+            else:
+                self.bytes_up += nbytes(update.params)
+            out.append(update)
+        return out
+
+    async def train(self, model_msg: Message, indices: Sequence[int]) -> AsyncIterator[list[Message]]:
+        assert self._pool is not None
+        if self.codec:
+            payload = encode(model_msg)
+            self.bytes_down += len(payload) * len(indices)
+            model_msg = decode(payload)
+        else:
+            self.bytes_down += nbytes(model_msg.params) * len(indices)
+        loop = asyncio.get_running_loop()
+        futures = [
+            loop.run_in_executor(self._pool, self._run_batch, model_msg, batch)
+            for batch in _batches(indices, self.workers)
+        ]
+        for next_done in asyncio.as_completed(futures):
+            yield await next_done
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+# ---- processes --------------------------------------------------------------------------------
+_PROCESS_STATE: dict[str, Any] = {}
+
+
+def _process_init(spec: JobSpec) -> None:
+    """Runs once in each worker process: rebuild the job's data and one model from the spec."""
+    from foedus.sim.engine import client_work
+
+    _PROCESS_STATE["work"] = client_work(spec)
+    _PROCESS_STATE["model"] = None
+
+
+def _warm(_: int) -> None:
+    work: ClientWork = _PROCESS_STATE["work"]
+    if _PROCESS_STATE["model"] is None:
+        _PROCESS_STATE["model"] = work.make_model()
+
+
+def _process_batch(model_payload: bytes, batch: list[int]) -> list[bytes]:
+    work: ClientWork = _PROCESS_STATE["work"]
+    if _PROCESS_STATE["model"] is None:
+        _PROCESS_STATE["model"] = work.make_model()
+    model_msg = decode(model_payload)
+    out = []
+    for index in batch:
+        update = train_client(work, _PROCESS_STATE["model"], work.make_filters(), model_msg, index)
+        if update is not None:
+            out.append(encode(update))
+    return out
+
+
+class ProcessBackend(Backend):
+    """A process pool: true parallelism for Python-heavy training. Client filters are rebuilt
+    per batch, so stateful client filters (error feedback) need the thread or Ray backend."""
+
+    name = "process"
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    def start(self, work: ClientWork, spec: JobSpec) -> None:
+        import multiprocessing
+
+        self._pool = cf.ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_process_init, initargs=(spec,),
+        )
+        # start every worker now (imports, data, model) so the first round is not the slow one
+        list(self._pool.map(_warm, range(self.workers)))
+
+    async def train(self, model_msg: Message, indices: Sequence[int]) -> AsyncIterator[list[Message]]:
+        assert self._pool is not None
+        payload = encode(model_msg)
+        loop = asyncio.get_running_loop()
+        batches = _batches(indices, self.workers)
+        self.bytes_down += len(payload) * len(indices)
+        futures = [
+            loop.run_in_executor(self._pool, _process_batch, payload, batch) for batch in batches
+        ]
+        for next_done in asyncio.as_completed(futures):
+            encoded = await next_done
+            self.bytes_up += sum(len(u) for u in encoded)
+            yield [decode(u) for u in encoded]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---- Ray --------------------------------------------------------------------------------------
+class _RayWorker:
+    """A Ray actor: one model, data rebuilt from the job spec, like a process worker."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        _process_init(spec)
+
+    def run(self, model_payload: bytes, batch: list[int]) -> list[bytes]:
+        return _process_batch(model_payload, batch)
+
+
+class RayBackend(Backend):
+    """Ray actors, one model each, on an existing cluster (``address``) or a local instance.
+
+    Same job, same seed, same results as the local pools: data and models are rebuilt from the
+    job spec inside each actor, and each client's training is reseeded per round.
+    """
+
+    name = "ray"
+
+    def __init__(self, workers: int | None = None, address: str | None = None) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self.address = address
+        self._actors: list[Any] = []
+        self._ray: Any = None
+        self._started_ray = False
+
+    def start(self, work: ClientWork, spec: JobSpec) -> None:
+        ray = self._ray = require("ray", "ray")
+        if not ray.is_initialized():
+            ray.init(address=self.address, num_cpus=None if self.address else self.workers,
+                     include_dashboard=False, log_to_driver=False)
+            self._started_ray = True
+
+        worker: Any = ray.remote(num_cpus=1)(_RayWorker)
+        self._actors = [worker.remote(spec) for _ in range(self.workers)]
+
+    async def train(self, model_msg: Message, indices: Sequence[int]) -> AsyncIterator[list[Message]]:
+        ray = self._ray
+        payload = encode(model_msg)
+        self.bytes_down += len(payload) * len(indices)
+        payload_ref = ray.put(payload)
+        refs = [
+            self._actors[i % len(self._actors)].run.remote(payload_ref, batch)
+            for i, batch in enumerate(_batches(indices, self.workers))
+        ]
+        for ref in refs:
+            encoded = await ref
+            self.bytes_up += sum(len(u) for u in encoded)
+            yield [decode(u) for u in encoded]
+
+    def close(self) -> None:
+        if self._ray is not None:
+            for actor in self._actors:
+                self._ray.kill(actor)
+            if self._started_ray:
+                self._ray.shutdown()
+
+
+def make_backend(name: str, workers: int | None = None, **options: Any) -> Backend:
+    backends: dict[str, Callable[..., Backend]] = {
+        "thread": ThreadBackend, "process": ProcessBackend, "ray": RayBackend,
+    }
+    if name not in backends:
+        raise ConfigError(f"unknown simulation backend {name!r}; allowed: {', '.join(backends)}")
+    return backends[name](workers, **options)
