@@ -112,7 +112,7 @@ class TorchAdapter(ModelAdapter):
 @models.register("torch-mlp")
 def torch_mlp(
     spec: DataSpec, seed: int = 0, hidden: tuple[int, ...] | list[int] = (64, 32),
-    lr: float = 0.05, batch_size: int = 32, batch_norm: bool = False, mu: float = 0.0,
+    lr: float = 0.1, batch_size: int = 32, batch_norm: bool = False, mu: float = 0.0,
 ) -> TorchAdapter:
     """A multi-layer perceptron for tabular or flattened image data (``mu > 0``: FedProx)."""
     torch: Any = require("torch", "torch")
