@@ -1,4 +1,4 @@
-"""The ``foedus`` command: ``demo``, ``run JOB.yaml``, ``sim JOB.yaml`` and ``certs``.
+"""The ``foedus`` command: ``demo``, ``run``, ``server``, ``client``, ``sim`` and ``certs``.
 
 Errors a user can fix (a bad job file, a missing extra) print one line and exit with status 2;
 only bugs produce tracebacks.
@@ -7,6 +7,7 @@ only bugs produce tracebacks.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TextIO
 
-from foedus.config.runner import JobResult, run_job_sync
+from foedus.config.runner import JobResult, run_client, run_job_sync, run_server
 from foedus.config.spec import ClientSection, DataSection, JobSpec, Plugin, load_job
 from foedus.core.errors import FoedusError
 from foedus.roles.server import RoundRecord
@@ -131,6 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--rounds", type=int, help="override the job's rounds")
     run.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
+    server = sub.add_parser("server", help="run only the server of a job (clients elsewhere)")
+    server.add_argument("job", help="path to a YAML job file")
+    server.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
+    client = sub.add_parser("client", help="run one client of a job until the server stops")
+    client.add_argument("job", help="path to a YAML job file")
+    client.add_argument("--index", type=int, required=True, help="which client (0-based)")
+
     sim = sub.add_parser("sim", help="simulate a job file with virtual clients on a pool")
     sim.add_argument("job", help="path to a YAML job file (its transport is not used)")
     sim.add_argument("--rounds", type=int, help="override the job's rounds")
@@ -164,10 +173,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             )  # validates the numbers the same way a job file would
             return _run(replace(demo_spec(args), rounds=spec.rounds), args.json)
         spec = load_job(args.job)
-        if args.rounds is not None:
+        if getattr(args, "rounds", None) is not None:
             spec = replace(spec, rounds=JobSpec.from_dict({"rounds": args.rounds}).rounds)
         if args.command == "sim":
             return _simulate(spec, args)
+        if args.command == "server":
+            on_round = None if args.json else Progress(spec.rounds)
+            return _report(asyncio.run(run_server(spec, on_round=on_round)), args.json)
+        if args.command == "client":
+            pod = asyncio.run(run_client(spec, args.index))
+            print(f"foedus: client {pod.client_id} finished after {pod.rounds_trained} rounds",
+                  file=sys.stderr)
+            return 0
         return _run(spec, args.json)
     except FoedusError as exc:
         print(f"foedus: error: {exc}", file=sys.stderr)

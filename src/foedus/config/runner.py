@@ -20,6 +20,7 @@ from foedus.core.errors import ConfigError
 from foedus.core.filter import Filter, Stage, stages
 from foedus.core.params import Params
 from foedus.core.registry import Registry
+from foedus.core.runtime import Runtime, run_graphs
 from foedus.data.datasets import Dataset, DataSpec, load_dataset
 from foedus.data.partition import partition
 from foedus.models.base import ModelAdapter, build_model
@@ -27,7 +28,7 @@ from foedus.plugins import load_plugins
 from foedus.roles.checkpoint import Checkpointer
 from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord, ServerPod
-from foedus.topology.centralized import run_centralized
+from foedus.topology.centralized import client_graph, run_centralized, server_graph
 from foedus.transport.base import Transport, transports
 
 if TYPE_CHECKING:
@@ -178,48 +179,108 @@ def build_parts(spec: JobSpec, on_round: RoundListener | None = None) -> JobPart
     return JobParts(spec, data_spec, shares, test, pipeline, server, mlops)
 
 
+class _Transports:
+    """Opens the job's transport once per actor, as separate processes would; the in-process
+    transport is one shared instance. ``{actor}`` in any string parameter becomes the actor's
+    id, so each participant can use its own certificate."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+        self.opened: list[Transport] = []
+
+    def open(self, actor: str) -> Transport:
+        if self.opened and self.opened[0].shared:
+            return self.opened[0]
+        plugin = Plugin(self.spec.transport.type, _fill_actor(self.spec.transport.params, actor))
+        transport: Transport = _create(transports, plugin, "transport")
+        self.opened.append(transport)
+        return transport
+
+    async def close(self) -> None:
+        for t in self.opened:
+            await t.close()
+
+
+def _client_pod(parts: JobParts, index: int) -> ClientPod:
+    return ClientPod(
+        client_id=client_id(index), model=parts.make_model(), data=parts.shares[index],
+        epochs=parts.spec.clients.epochs, seed=parts.spec.seed,
+    )
+
+
+def _result(parts: JobParts, began: float) -> JobResult:
+    return JobResult(
+        job_id=parts.spec.job_id, clients=parts.spec.clients.count, history=parts.server.history,
+        params=parts.server.params, duration_s=time.perf_counter() - began,
+        extra={"stop_reason": parts.server.stop_reason, **parts.finish()},
+    )
+
+
 async def run_job(spec: JobSpec, *, on_round: RoundListener | None = None) -> JobResult:
     """Run ``spec`` in this process: every actor its own graph on the configured transport."""
     began = time.perf_counter()
     parts = build_parts(spec, on_round)
-    opened: list[Transport] = []
-
-    def actor_transport(actor: str) -> Transport:
-        """Networked transports get one connection per actor, as separate processes would;
-        the in-process transport is one shared instance. ``{actor}`` in any string parameter
-        becomes the actor's id, so each participant can use its own certificate."""
-        if opened and opened[0].shared:
-            return opened[0]
-        plugin = Plugin(spec.transport.type, _fill_actor(spec.transport.params, actor))
-        transport: Transport = _create(transports, plugin, "transport")
-        opened.append(transport)
-        return transport
-
+    links = _Transports(spec)
     try:
         clients = [
-            (
-                ClientPod(client_id=client_id(i), model=parts.make_model(), data=share,
-                          epochs=spec.clients.epochs, seed=spec.seed),
-                actor_transport(client_id(i)),
-                parts.client_filters(),
-            )
-            for i, share in enumerate(parts.shares)
+            (_client_pod(parts, i), links.open(client_id(i)), parts.client_filters())
+            for i in range(len(parts.shares))
         ]
-        history = await run_centralized(
-            parts.server, actor_transport(parts.server.name), clients,
+        await run_centralized(
+            parts.server, links.open(parts.server.name), clients,
             server_filters=parts.server_filters(),
         )
     except BaseException:
         parts.finish(failed=True)
         raise
     finally:
-        for t in opened:
-            await t.close()
-    return JobResult(
-        job_id=spec.job_id, clients=spec.clients.count, history=history,
-        params=parts.server.params, duration_s=time.perf_counter() - began,
-        extra={"stop_reason": parts.server.stop_reason, **parts.finish()},
-    )
+        await links.close()
+    return _result(parts, began)
+
+
+async def run_server(spec: JobSpec, *, on_round: RoundListener | None = None) -> JobResult:
+    """Run only the server of ``spec`` (``foedus server``); clients run elsewhere."""
+    began = time.perf_counter()
+    parts = build_parts(spec, on_round)
+    links = _Transports(spec)
+    runtime = Runtime(server_graph(
+        parts.server, links.open(parts.server.name), filters=parts.server_filters()
+    ))
+    try:
+        await run_graphs(runtime)
+    except BaseException:
+        parts.finish(failed=True)
+        raise
+    finally:
+        await links.close()
+    return _result(parts, began)
+
+
+async def run_client(spec: JobSpec, index: int) -> ClientPod:
+    """Run only client ``index`` of ``spec`` (``foedus client``) until the server says stop.
+
+    The client trains on share ``index`` of the job's dataset: in a real deployment each
+    organisation's share is its own data, and a custom client builds its ClientPod from it.
+    """
+    if not 0 <= index < spec.clients.count:
+        raise ConfigError(f"client index must be between 0 and {spec.clients.count - 1}, "
+                          f"got {index}")
+    parts = build_parts(spec)
+    links = _Transports(spec)
+    client = _client_pod(parts, index)
+    runtime = Runtime(client_graph(
+        client, links.open(client.client_id), spec.job_id, filters=parts.client_filters()
+    ))
+    try:
+        await run_graphs(runtime)
+    finally:
+        await links.close()
+    return client
+
+
+def run_job_sync(spec: JobSpec, *, on_round: RoundListener | None = None) -> JobResult:
+    """:func:`run_job` for code that is not already inside an event loop."""
+    return asyncio.run(run_job(spec, on_round=on_round))
 
 
 def _fill_actor(value: Any, actor: str) -> Any:
@@ -230,8 +291,3 @@ def _fill_actor(value: Any, actor: str) -> Any:
     if isinstance(value, list):
         return [_fill_actor(v, actor) for v in value]
     return value
-
-
-def run_job_sync(spec: JobSpec, *, on_round: RoundListener | None = None) -> JobResult:
-    """:func:`run_job` for code that is not already inside an event loop."""
-    return asyncio.run(run_job(spec, on_round=on_round))
