@@ -66,8 +66,9 @@ def _print_summary(result: JobResult) -> None:
     print(f"  updates accepted {sum(r.accepted for r in result.history)}, "
           f"rejected {rejected}, failed clients {failed}")
     if "bytes_up" in s:
-        print(f"  simulated on {s['workers']} {s['backend']} worker(s), start-up {s['startup_s']}s, "
-              f"moved {s['bytes_down'] / 1e6:.1f} MB down and {s['bytes_up'] / 1e6:.1f} MB up")
+        print(f"  simulated on {s['workers']} {s['backend']} worker(s), "
+              f"start-up {s['startup_s']}s, moved {s['bytes_down'] / 1e6:.1f} MB down and "
+              f"{s['bytes_up'] / 1e6:.1f} MB up")
     if s.get("stop_reason"):
         print(f"  stopped early: {s['stop_reason']}")
 
