@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import logging
 import sys
 from collections.abc import Sequence
@@ -115,6 +116,9 @@ def _report(result: JobResult, as_json: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Many clients share this process: one math thread each beats oversubscribing the cores
+    # (measured 4x faster for Keras on torch). Must be set before torch is imported.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     parser = argparse.ArgumentParser(prog="foedus", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -15,6 +15,9 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "foedus.transport.grpc",
     "foedus.transport.https",
     "foedus.transport.mqtt",
+    "foedus.models.keras",
+    "foedus.models.trees",
+    "foedus.aggregate.trees",
     "foedus.compress",
     "foedus.privacy.dp",
 )
