@@ -30,6 +30,8 @@ from foedus.roles.checkpoint import Checkpointer
 log = logging.getLogger("foedus.server")
 
 Evaluator = Callable[[Params], dict[str, float]]
+#: models with at least this many values are aggregated in a worker thread
+_OFFLOAD_VALUES = 1 << 18
 
 
 @dataclass
@@ -113,6 +115,7 @@ class ServerPod(Pod):
         self._record: RoundRecord | None = None
         self._senders: set[str] = set()
         self._selected: set[str] | None = None
+        self._offload = False  # aggregate in a worker thread (large models)
         self._client_metrics: list[tuple[int, dict[str, float]]] = []
         self._arrivals: asyncio.Queue[None] = asyncio.Queue()
         self._lock = asyncio.Lock()
@@ -139,6 +142,7 @@ class ServerPod(Pod):
             self._senders.clear()
             self._client_metrics.clear()
             self.aggregator.reset(self.params)
+            self._offload = sum(a.size for a in self.params.values()) >= _OFFLOAD_VALUES
             while not self._arrivals.empty():
                 self._arrivals.get_nowait()
         selected = self.select(rnd)
@@ -220,7 +224,10 @@ class ServerPod(Pod):
                 log.warning("round %d: client %s failed: %s", msg.round, msg.sender, msg.error)
             else:
                 try:
-                    await asyncio.to_thread(self.aggregator.accept, msg)
+                    if self._offload:
+                        await asyncio.to_thread(self.aggregator.accept, msg)
+                    else:  # a thread hop costs more than folding in a small model
+                        self.aggregator.accept(msg)
                 except RejectedUpdate as exc:
                     self._reject(msg, exc)
                 else:
