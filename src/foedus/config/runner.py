@@ -47,16 +47,20 @@ class JobResult:
     params: dict[str, Any]
     duration_s: float
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the final model's metrics when the topology keeps no server round history (swarm, async)
+    metrics: dict[str, float] | None = None
 
     @property
     def final_metrics(self) -> dict[str, float]:
+        if self.metrics is not None:
+            return self.metrics
         return self.history[-1].metrics if self.history else {}
 
     def summary(self) -> dict[str, Any]:
         """The machine-readable summary printed by ``--json``."""
         return {
             "job_id": self.job_id,
-            "rounds": len(self.history),
+            "rounds": len(self.history) if self.history else None,
             "clients": self.clients,
             "final_accuracy": self.final_metrics.get("accuracy"),
             "final_loss": self.final_metrics.get("loss"),
@@ -191,7 +195,7 @@ class _Transports:
     def open(self, actor: str) -> Transport:
         if self.opened and self.opened[0].shared:
             return self.opened[0]
-        plugin = Plugin(self.spec.transport.type, _fill_actor(self.spec.transport.params, actor))
+        plugin = Plugin(self.spec.transport.type, fill_actor(self.spec.transport.params, actor))
         transport: Transport = _create(transports, plugin, "transport")
         self.opened.append(transport)
         return transport
@@ -218,6 +222,15 @@ def _result(parts: JobParts, began: float) -> JobResult:
 
 async def run_job(spec: JobSpec, *, on_round: RoundListener | None = None) -> JobResult:
     """Run ``spec`` in this process: every actor its own graph on the configured transport."""
+    if spec.topology.type != "centralized":
+        from foedus.config.topologies import run_topology_job
+
+        outcome = await run_topology_job(spec)
+        return JobResult(
+            job_id=spec.job_id, clients=spec.clients.count, history=[], params=outcome.params,
+            duration_s=outcome.duration_s, metrics=outcome.metrics,
+            extra={"topology": outcome.topology, "records": outcome.records},
+        )
     began = time.perf_counter()
     parts = build_parts(spec, on_round)
     links = _Transports(spec)
@@ -283,11 +296,12 @@ def run_job_sync(spec: JobSpec, *, on_round: RoundListener | None = None) -> Job
     return asyncio.run(run_job(spec, on_round=on_round))
 
 
-def _fill_actor(value: Any, actor: str) -> Any:
+def fill_actor(value: Any, actor: str) -> Any:
+    """Replace ``{actor}`` in every string of a transport's parameters with the actor's id."""
     if isinstance(value, str):
         return value.replace("{actor}", actor)
     if isinstance(value, dict):
-        return {k: _fill_actor(v, actor) for k, v in value.items()}
+        return {k: fill_actor(v, actor) for k, v in value.items()}
     if isinstance(value, list):
-        return [_fill_actor(v, actor) for v in value]
+        return [fill_actor(v, actor) for v in value]
     return value

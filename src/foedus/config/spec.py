@@ -54,6 +54,7 @@ class JobSpec:
     model: Plugin = field(default_factory=lambda: Plugin("sklearn-sgd"))
     aggregator: Plugin = field(default_factory=lambda: Plugin("fedavg"))
     transport: Plugin = field(default_factory=lambda: Plugin("local"))
+    topology: Plugin = field(default_factory=lambda: Plugin("centralized"))  # config/topologies.py
     pipeline: tuple[Plugin, ...] = ()
     checkpoint_dir: str | None = None
     mlops: dict[str, Any] = field(default_factory=dict)  # checked by foedus.mlops.session
@@ -95,6 +96,7 @@ class JobSpec:
             model=_plugin(raw, "model", "sklearn-sgd"),
             aggregator=_plugin(raw, "aggregator", "fedavg"),
             transport=_plugin(raw, "transport", "local"),
+            topology=_plugin(raw, "topology", "centralized"),
             pipeline=tuple(
                 _plugin({"pipeline": item}, "pipeline", "", index=i)
                 for i, item in enumerate(_list(raw, "pipeline"))
@@ -116,6 +118,9 @@ class JobSpec:
                 f"clients.min_clients: expected at most the clients per round ({per_round}), "
                 f"got {spec.clients.min_clients}"
             )
+        from foedus.config.topologies import TopologySpec
+
+        TopologySpec.of(spec.topology)  # names and parameters checked now, not mid-run
         return spec
 
 

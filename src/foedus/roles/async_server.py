@@ -1,0 +1,224 @@
+"""The asynchronous server: FedBuff (Nguyen et al., 2022, "Federated Learning with Buffered
+Asynchronous Aggregation").
+
+There are no rounds for clients to wait on. The server publishes a model *version*; a client
+trains on whatever version it has and sends its parameters back, tagged with that version (the
+message's ``round``). The server turns each update into a delta against the version it was
+trained from, scales it by a staleness weight, and adds it to a buffer. Once ``buffer_size`` (K)
+updates are in, it applies their mean to the global model, publishes the next version, and
+starts a new buffer::
+
+    staleness  s_i = current_version - version_i
+    weight     w_i = 1 / sqrt(1 + s_i)            (the paper's polynomial staleness weighting)
+    new model  x  <- x + server_lr * (1/K) * sum_i w_i * (y_i - x_{version_i})
+
+Clients send parameters, not deltas (so plain :class:`~foedus.roles.client.ClientPod` training
+works unchanged); the server therefore keeps the last ``max_staleness + 1`` versions to subtract
+from, which costs ``max_staleness + 1`` model copies of memory. Updates staler than
+``max_staleness``, for a version not yet published, with the wrong shape, NaN or Inf are rejected
+with a reason and counted, as in the synchronous server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from foedus.aggregate.base import check_finite_blocked, positive_number, whole_number
+from foedus.core.errors import ConfigError, RejectedUpdate
+from foedus.core.message import Kind, Message
+from foedus.core.params import Params, ParamSpec, flatten, unflatten
+from foedus.core.pod import Pod, Wire
+
+log = logging.getLogger("foedus.async_server")
+
+Evaluator = Callable[[Params], dict[str, float]]
+Weighting = Callable[[int], float]
+
+
+def polynomial_staleness(staleness: int, exponent: float = 0.5) -> float:
+    """``1 / (1 + s) ** exponent``; exponent 0.5 is FedBuff's ``1 / sqrt(1 + s)``."""
+    return 1.0 / math.pow(1.0 + staleness, exponent)
+
+
+class StalenessBuffer:
+    """FedBuff's arithmetic, apart from any messaging: versions, the buffer, the update rule.
+
+    Pure and synchronous, so it can be checked by hand and reused by other drivers.
+    """
+
+    def __init__(
+        self, initial_params: Params, *, buffer_size: int, server_lr: float = 1.0,
+        max_staleness: int = 10, weighting: Weighting = polynomial_staleness,
+    ) -> None:
+        self.buffer_size = whole_number("buffer_size", buffer_size, minimum=1)
+        self.server_lr = positive_number("server_lr", server_lr)
+        self.max_staleness = whole_number("max_staleness", max_staleness, minimum=0)
+        self.weighting = weighting
+        self.spec = ParamSpec.of(initial_params)
+        self.version = 0
+        self._versions: dict[int, np.ndarray] = {0: flatten(initial_params)}
+        self._sum = np.zeros(self.spec.size)
+        self.buffered: list[tuple[str, int, float]] = []  # (sender, staleness, weight)
+
+    @property
+    def vector(self) -> np.ndarray:
+        return self._versions[self.version]
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        return unflatten(self.vector, self.spec)
+
+    def accept(self, update: Message) -> bool:
+        """Fold one update in; True when the buffer is full (call :meth:`apply`)."""
+        self.spec.check(update.params)
+        check_finite_blocked(update.params)
+        base = update.round
+        if base > self.version or base < 0:
+            raise RejectedUpdate("unknown_version",
+                                 f"trained from version {base}, newest is {self.version}")
+        staleness = self.version - base
+        if staleness > self.max_staleness or base not in self._versions:
+            raise RejectedUpdate(
+                "too_stale", f"staleness {staleness} exceeds max_staleness={self.max_staleness}"
+            )
+        weight = float(self.weighting(staleness))
+        delta = flatten(update.params) - self._versions[base]
+        self._sum += weight * delta
+        self.buffered.append((update.sender, staleness, weight))
+        return len(self.buffered) >= self.buffer_size
+
+    def apply(self) -> dict[str, np.ndarray]:
+        """Apply the buffer's mean weighted delta; publishes a new version and empties it."""
+        if not self.buffered:
+            raise RejectedUpdate("no_updates", "the buffer is empty")
+        new = self.vector + self.server_lr * self._sum / len(self.buffered)
+        self.version += 1
+        self._versions[self.version] = new
+        for old in [v for v in self._versions if v < self.version - self.max_staleness]:
+            del self._versions[old]
+        self._sum = np.zeros(self.spec.size)
+        self.buffered = []
+        return self.params
+
+
+@dataclass
+class VersionRecord:
+    """One applied buffer: the version it made, what went in, and the model's metrics."""
+
+    version: int
+    updates: int
+    senders: list[str] = field(default_factory=list)
+    staleness: list[int] = field(default_factory=list)
+    elapsed_s: float = 0.0  # since the job started: time-to-accuracy reads straight off this
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class AsyncServerPod(Pod):
+    """Wire ``update`` from the clients' uplink, ``model`` to their downlink (as the
+    synchronous :class:`~foedus.roles.server.ServerPod`), so the same client graphs serve both.
+
+    The job ends after ``versions`` buffers were applied, or ``timeout`` seconds, with a
+    ``stop`` control message.
+    """
+
+    inputs: ClassVar[tuple[Wire, ...]] = (Wire("update"),)
+    outputs: ClassVar[tuple[Wire, ...]] = (Wire("model"), Wire("events", required=False))
+
+    def __init__(
+        self, *, job_id: str, initial_params: Params, versions: int, buffer_size: int,
+        server_lr: float = 1.0, max_staleness: int = 10,
+        weighting: Weighting = polynomial_staleness, evaluate: Evaluator | None = None,
+        timeout: float = 600.0, name: str = "server",
+    ) -> None:
+        super().__init__(name)
+        if versions < 1:
+            raise ConfigError(f"versions must be at least 1, got {versions}")
+        if timeout <= 0:
+            raise ConfigError(f"timeout must be positive, got {timeout}")
+        self.job_id = job_id
+        self.buffer = StalenessBuffer(
+            initial_params, buffer_size=buffer_size, server_lr=server_lr,
+            max_staleness=max_staleness, weighting=weighting,
+        )
+        self.versions = versions
+        self.evaluate = evaluate
+        self.timeout = timeout
+        self.history: list[VersionRecord] = []
+        self.rejections: Counter[str] = Counter()
+        self.round_listeners: list[Callable[[VersionRecord], None]] = []
+        self._done = asyncio.Event()
+        self._began = 0.0
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        return self.buffer.params
+
+    async def run(self) -> None:
+        self._began = time.perf_counter()
+        await self.send("model", self._model())
+        try:
+            await asyncio.wait_for(self._done.wait(), self.timeout)
+        except TimeoutError:
+            log.warning("job %s: timeout after %d of %d versions", self.job_id,
+                        self.buffer.version, self.versions)
+        await self.send("model", Message.create(
+            Kind.CONTROL, job_id=self.job_id, round=self.buffer.version, sender=self.name,
+            meta={"action": "stop"},
+        ))
+
+    async def on_update(self, msg: Message) -> None:
+        if self._done.is_set():
+            return
+        try:
+            if msg.header.job_id != self.job_id:
+                raise RejectedUpdate("wrong_job", f"message is for job {msg.header.job_id!r}")
+            if msg.kind is Kind.ERROR or msg.error is not None:
+                raise RejectedUpdate("client_failed", msg.error or "error message")
+            if msg.kind is not Kind.UPDATE:
+                raise RejectedUpdate("wrong_kind", f"expected an update, got {msg.kind.value}")
+            if msg.trail:
+                raise RejectedUpdate("undecoded", f"filters {list(msg.trail)} were not undone")
+            full = await asyncio.to_thread(self.buffer.accept, msg)
+        except RejectedUpdate as exc:
+            self.rejections[exc.reason] += 1
+            log.warning("rejected update from %s (version %d): %s", msg.sender, msg.round, exc)
+            return
+        if not full:
+            return
+        buffered = self.buffer.buffered
+        params = await asyncio.to_thread(self.buffer.apply)
+        record = VersionRecord(
+            self.buffer.version, len(buffered), [b[0] for b in buffered], [b[1] for b in buffered],
+        )
+        if self.evaluate is not None:
+            record.metrics = await asyncio.to_thread(self.evaluate, params)
+        record.elapsed_s = time.perf_counter() - self._began
+        self.history.append(record)
+        for listener in self.round_listeners:
+            listener(record)
+        if self.buffer.version >= self.versions:
+            self._done.set()
+            return
+        await self.send("model", self._model())
+        await self.send("events", Message.create(
+            Kind.METRICS, job_id=self.job_id, round=record.version, sender=self.name,
+            metrics=record.metrics, meta=record.to_dict(),
+        ))
+
+    def _model(self) -> Message:
+        return Message.create(
+            Kind.MODEL, job_id=self.job_id, round=self.buffer.version, sender=self.name,
+            params=self.buffer.params,
+        )

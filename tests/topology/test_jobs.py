@@ -1,0 +1,74 @@
+"""Job files with a topology section: each topology runs from YAML and learns the digits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from foedus.config.runner import run_job
+from foedus.config.spec import JobSpec, load_job
+from foedus.core.errors import ConfigError
+from tests.topology.helpers import widen_executor
+
+BASE = """
+job_id: topo
+seed: 0
+rounds: 4
+round_timeout: 20
+data: {dataset: digits, partition: iid}
+clients: {count: 6}
+model: {type: sklearn-sgd}
+"""
+
+TOPOLOGIES = {
+    "hierarchical": """
+topology:
+  type: hierarchical
+  params:
+    tree:
+      - {edge: north, children: [client-000, client-001, client-002]}
+      - edge: south
+        min_children: 2
+        children: [client-003, {edge: deep, children: [client-004, client-005]}]
+""",
+    "swarm": """
+topology: {type: swarm, params: {neighbors: 3, mixing_rounds: 1}}
+""",
+    "async": """
+topology: {type: async, params: {buffer_size: 3, versions: 12}}
+""",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TOPOLOGIES))
+async def test_each_topology_runs_from_a_job_file_and_learns(kind: str, tmp_path: Path) -> None:
+    widen_executor()
+    path = tmp_path / "job.yaml"
+    path.write_text(BASE + TOPOLOGIES[kind])
+    result = await run_job(load_job(path))
+    assert result.extra["topology"] == kind
+    assert result.extra["records"]
+    assert result.final_metrics["accuracy"] > 0.85
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"type": "mesh"}, "topology.type: got 'mesh'"),
+    ({"type": "hierarchical"}, "needs its tree"),
+    ({"type": "swarm", "params": {"fanout": 2}}, "topology.params.fanout: unknown for swarm"),
+    ({"type": "swarm", "params": {"mode": "raft"}}, "topology.params.mode"),
+    ({"type": "async", "extra": 1}, "topology.extra: unknown key"),
+])
+def test_bad_topology_sections_are_config_errors(section: dict, message: str) -> None:
+    raw = yaml.safe_load(BASE) | {"topology": section}
+    with pytest.raises(ConfigError) as info:
+        JobSpec.from_dict(raw)
+    assert message in str(info.value)
+
+
+async def test_a_tree_that_misses_a_client_is_refused_before_anything_runs() -> None:
+    raw = yaml.safe_load(BASE) | {"topology": {"type": "hierarchical", "params": {
+        "tree": [{"edge": "a", "children": ["client-000", "client-001"]}]}}}
+    with pytest.raises(ConfigError, match="missing from the tree"):
+        await run_job(JobSpec.from_dict(raw))

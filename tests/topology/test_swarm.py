@@ -1,0 +1,177 @@
+"""Swarm FL: peers without a server reach a consensus model, survive a dead peer, let a new peer
+catch up, and refuse bad models."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import numpy as np
+
+from foedus.codec import encode
+from foedus.core.message import Kind, Message
+from foedus.core.runtime import Runtime
+from foedus.roles.peer import PeerPod, PeerRecord
+from foedus.topology.swarm import run_swarm, swarm_graph, swarm_topic
+from foedus.transport.local import LocalTransport
+from tests.topology.helpers import Digits, digits, distance
+
+JOB = "swarm"
+
+
+class SlowPeer(PeerPod):
+    """A peer whose local training takes ``delay`` seconds more (a slower machine)."""
+
+    delay = 0.0
+
+    def _train(self) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        time.sleep(self.delay)
+        return super()._train()
+
+
+def make_peers(data: Digits, rounds: int, **kw: object) -> list[PeerPod]:
+    options: dict = {"round_timeout": 5.0, "expected_peers": len(data.shares)} | kw
+    return [
+        SlowPeer(job_id=JOB, peer_id=f"peer-{i}", model=data.model(), data=share,
+                 rounds=rounds, name="peer", seed=7, **options)
+        for i, share in enumerate(data.shares)
+    ]
+
+
+def spread(params: list[dict[str, np.ndarray]]) -> float:
+    """The largest distance between any two peers' models."""
+    return max(distance(a, b) for a, b in itertools.combinations(params, 2))
+
+
+def watch(peers: list[PeerPod]) -> dict[int, dict[str, dict[str, np.ndarray]]]:
+    """Record every peer's model after every round: round -> peer -> params."""
+    seen: dict[int, dict[str, dict[str, np.ndarray]]] = {}
+
+    def listener(peer: PeerPod, record: PeerRecord) -> None:
+        seen.setdefault(record.round, {})[peer.peer_id] = {
+            k: v.copy() for k, v in peer.params.items()
+        }
+
+    for p in peers:
+        p.round_listeners.append(listener)
+    return seen
+
+
+async def test_gossip_with_two_neighbours_converges_to_a_consensus_model() -> None:
+    data = digits(6, scheme="dirichlet")
+    # ten rounds of training, then four of averaging only: local training re-injects
+    # differences each round, the mixing rounds then shrink the spread geometrically
+    peers = make_peers(data, rounds=14, neighbors=2, mixing_rounds=4)
+    seen = watch(peers)
+    transport = LocalTransport()
+    histories = await run_swarm(peers, transport, timeout=60)
+    await transport.close()
+    assert all(len(h) == 14 for h in histories.values())
+    assert all(r.combined == 3 for h in histories.values() for r in h)  # itself + 2 neighbours
+    first = spread(list(seen[1].values()))
+    last = spread([p.params for p in peers])
+    norm = np.mean([distance(p.params, {k: 0 * v for k, v in p.params.items()}) for p in peers])
+    assert spread(list(seen[10].values())) < 0.5 * first  # gossip pulls peers together
+    assert last < 0.05 * first
+    assert last < 0.02 * norm
+    accuracies = [data.accuracy(p.params) for p in peers]
+    assert min(accuracies) > 0.8  # ten classes: chance is 0.1
+
+
+async def test_full_gossip_gives_every_peer_the_same_model_each_round() -> None:
+    data = digits(4)
+    peers = make_peers(data, rounds=3)
+    transport = LocalTransport()
+    await run_swarm(peers, transport, timeout=60)
+    await transport.close()
+    assert spread([p.params for p in peers]) < 1e-9
+    assert data.accuracy(peers[0].params) > 0.8
+
+
+async def test_a_peer_killed_mid_run_does_not_stop_the_swarm() -> None:
+    data = digits(4)
+    peers = make_peers(data, rounds=6, round_timeout=1.0)
+    victim = peers[3]
+    transport = LocalTransport()
+    runtimes = [Runtime(swarm_graph(p, transport)) for p in peers]
+    for rt in runtimes:
+        await rt.start()
+    while len(victim.history) < 2:
+        await asyncio.sleep(0.005)
+    await runtimes[3].stop()  # killed: no leave notice, it just goes silent
+    await asyncio.wait_for(asyncio.gather(*(rt.wait() for rt in runtimes[:3])), 30)
+    for rt in runtimes[:3]:
+        await rt.stop()
+    await transport.close()
+    survivors = peers[:3]
+    assert all(len(p.history) == 6 for p in survivors)
+    assert all(victim.peer_id not in p.history[-1].alive for p in survivors)
+    assert all(p.history[-1].received == 2 for p in survivors)
+    assert spread([p.params for p in survivors]) < 1e-9
+    assert data.accuracy(survivors[0].params) > 0.8
+
+
+async def test_a_new_peer_catches_up_from_the_retained_model() -> None:
+    data = digits(4)
+    peers = make_peers(data, rounds=12, expected_peers=3)
+    for p in peers:
+        p.delay = 0.03
+    founders, newcomer = peers[:3], peers[3]
+    newcomer.join = True
+    transport = LocalTransport()
+    runtimes = [Runtime(swarm_graph(p, transport)) for p in founders]
+    for rt in runtimes:
+        await rt.start()
+    while len(founders[0].history) < 4:
+        await asyncio.sleep(0.005)
+    late = Runtime(swarm_graph(newcomer, transport))
+    await late.start()
+    await asyncio.wait_for(asyncio.gather(*(rt.wait() for rt in [*runtimes, late])), 30)
+    for rt in [*runtimes, late]:
+        await rt.stop()
+    await transport.close()
+    assert newcomer.joined_from is not None and newcomer.joined_from.round >= 4
+    assert data.accuracy(newcomer.joined_from.params) > 0.7  # it started from a trained model
+    assert newcomer.history[0].round > 4 and newcomer.history[-1].round == 12
+    assert newcomer.peer_id in founders[0].history[-1].alive  # the swarm now waits for it
+    assert data.accuracy(newcomer.params) > 0.8
+    assert spread([p.params for p in peers]) < 1e-9
+
+
+async def test_rotating_leader_is_elected_without_messages_and_adopted_by_all() -> None:
+    data = digits(4)
+    peers = make_peers(data, rounds=4, mode="leader")
+    transport = LocalTransport()
+    histories = await run_swarm(peers, transport, timeout=60)
+    await transport.close()
+    leaders = [histories["peer-0"][r].leader for r in range(4)]
+    assert len(set(leaders)) == 4  # every peer leads once in four rounds
+    for peer_id, h in histories.items():
+        assert [r.leader for r in h] == leaders  # every peer elected the same leaders
+        assert [r.adopted_leader for r in h] == [r.leader != peer_id for r in h]
+    assert spread([p.params for p in peers]) < 1e-9
+    assert data.accuracy(peers[0].params) > 0.8
+
+
+async def test_a_model_that_does_not_fit_is_refused_and_counted() -> None:
+    data = digits(2)
+    peers = make_peers(data, rounds=2, expected_peers=2)
+    transport = LocalTransport()
+    bad = Message.create(Kind.MODEL, job_id=JOB, round=1, sender="mallory",
+                         params={"coef": np.ones(3)}, num_examples=5)
+    nan = Message.create(Kind.MODEL, job_id=JOB, round=1, sender="mallory",
+                         params={k: np.full_like(v, np.nan) for k, v in peers[0].params.items()},
+                         num_examples=5)
+
+    async def attack() -> None:
+        await asyncio.sleep(0.01)
+        for msg in (bad, nan):
+            await transport.publish(swarm_topic(JOB), encode(msg))
+
+    await asyncio.gather(attack(), run_swarm(peers, transport, timeout=30))
+    await transport.close()
+    for p in peers:
+        assert p.rejected == {"wrong_names": 1, "not_finite": 1}
+        assert all("mallory" not in r.alive for r in p.history)
+    assert data.accuracy(peers[0].params) > 0.7
