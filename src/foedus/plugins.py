@@ -15,6 +15,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "foedus.transport.grpc",
     "foedus.transport.https",
     "foedus.transport.mqtt",
+    "foedus.transport.kafka",
     "foedus.models.keras",
     "foedus.models.trees",
     "foedus.aggregate.trees",

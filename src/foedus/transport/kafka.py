@@ -1,0 +1,961 @@
+"""The Kafka transport (``transport: {type: kafka}``), on aiokafka.
+
+How the Transport contract maps onto Kafka (details and operator notes in
+``docs/transports-kafka.md``):
+
+* **Topics.** A foedus topic is a Kafka topic of the same name (``foedus.<job>.model``,
+  ``foedus.<job>.updates``). A retained topic also has a small compacted *pointer topic*
+  ``<topic>__retained``. Missing topics are created with the configs they need
+  (:meth:`KafkaTransport.topic_configs`); with ``create_topics=False`` a missing topic is an error
+  that names the exact topic and configs to create.
+* **Large payloads.** Kafka brokers refuse records above ``max.message.bytes`` (1 MB by default),
+  while model updates are often hundreds of MB. Every payload is cut into chunks of at most
+  ``chunk_size`` bytes (default 1,000,000: fits the default limit with room for headers). Each
+  chunk is one record whose Kafka header ``foedus-chunk`` carries the payload's id, the chunk's
+  index, the chunk count, the total length and the SHA-256 of the whole payload. All chunks of a
+  payload share one record key (the sender, else the payload id), so they land in one partition,
+  in order. The subscriber reassembles them, checks length and digest before handing the payload
+  out, ignores duplicated chunks and payloads it has already delivered (message ids), drops
+  partial payloads whose sender went silent for ``partial_timeout`` seconds, and bounds the bytes
+  it holds in partial and undelivered payloads by ``max_buffer`` (beyond it, it stops fetching
+  until the consumer catches up: backpressure).
+* **retain=True.** After the payload's chunks are acknowledged, a pointer (partition, offset of the
+  first chunk, payload id) is written to the pointer topic. A new subscriber reads the pointer
+  topic's last record and replays just that payload from the data topic before live payloads, so
+  a client that was offline receives the current global model first.
+* **Groups.** A subscription with ``group`` uses Kafka's committed offsets for that consumer group
+  (partitions are assigned manually: no join or rebalance delay). On first use the group's
+  position is committed at the end of the log, so payloads published while it is away are kept
+  for it. Offsets are committed when the iterator advances past a payload and on a clean close; the
+  committed offset never passes the first chunk of a payload that is still being reassembled or
+  not yet consumed, so a crash re-delivers at most what was not yet consumed (at least once).
+* **Records without a ``foedus-chunk`` header** (written by a plain Kafka producer) are delivered
+  as single-record payloads, so foedus interoperates with existing producers.
+* **Security.** TLS and mutual TLS through :class:`foedus.transport.tls.TLSConfig` (or ``tls:
+  true`` for the system trust store); SASL PLAIN / SCRAM-SHA-256 / SCRAM-SHA-512 credentials.
+  Settings may come as a URL: ``kafka://host:9092,host2:9092?sasl_mechanism=PLAIN&...`` or
+  ``kafkas://...`` (TLS).
+* **Reconnects.** aiokafka reconnects with ``retry_backoff_ms`` backoff; a subscription keeps its
+  position across broker restarts (with durable broker storage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import ssl
+import struct
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from foedus.core.errors import ConfigError, TransportClosed, TransportError, require
+from foedus.transport.base import Subscription, Transport, transports
+from foedus.transport.tls import TLSConfig
+
+log = logging.getLogger(__name__)
+
+#: the Kafka record header that marks a foedus chunk
+CHUNK_HEADER = "foedus-chunk"
+#: version, flags, payload id, chunk index, chunk count, total length, SHA-256 of the payload
+HEADER = struct.Struct("!BB16sIIQ32s")
+VERSION = 1
+FLAG_RETAINED = 1
+#: the pointer topic's record: version, partition, offset of the first chunk, payload id
+POINTER = struct.Struct("!BIQ16s")
+POINTER_SUFFIX = "__retained"
+#: Apache Kafka's default ``message.max.bytes`` / ``max.message.bytes`` (a whole record batch)
+KAFKA_DEFAULT_MAX_MESSAGE = 1_048_588
+#: data bytes per chunk by default: a chunk record plus its headers stays below the default limit
+DEFAULT_CHUNK_SIZE = 1_000_000
+#: room for a record's key, headers and the batch framing on top of the chunk's data
+RECORD_OVERHEAD = 16 * 1024
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]+$")
+_MAX_TOPIC = 249
+_SASL = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_URL_KEYS = ("ca", "cert", "key", "sasl_mechanism", "sasl_username", "sasl_password",
+             "client_id")
+_ERR_TOPIC_EXISTS = 36
+
+
+def payload_digest(payload: bytes | bytearray | memoryview) -> bytes:
+    """SHA-256 of a whole payload (hashlib releases the GIL, so large ones go to a thread)."""
+    return hashlib.sha256(payload).digest()
+
+
+async def _digest(payload: bytes | bytearray | memoryview) -> bytes:
+    if len(payload) < 1 << 20:
+        return payload_digest(payload)
+    return await asyncio.to_thread(payload_digest, payload)
+
+
+@dataclass(frozen=True)
+class ChunkHeader:
+    """The ``foedus-chunk`` header of one record."""
+
+    msg_id: bytes
+    index: int
+    count: int
+    total: int
+    digest: bytes
+    flags: int = 0
+
+    def pack(self) -> bytes:
+        return HEADER.pack(VERSION, self.flags, self.msg_id, self.index, self.count, self.total,
+                           self.digest)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> ChunkHeader:
+        """Parse and sanity-check a header; raises ValueError naming the problem."""
+        if len(data) != HEADER.size:
+            raise ValueError(f"chunk header of {len(data)} bytes, expected {HEADER.size}")
+        version, flags, msg_id, index, count, total, dig = HEADER.unpack(data)
+        if version != VERSION:
+            raise ValueError(f"unsupported chunk format version {version}")
+        if count < 1 or index >= count:
+            raise ValueError(f"chunk index {index} out of range for {count} chunks")
+        if count > max(total, 1):
+            raise ValueError(f"{count} chunks for {total} bytes")
+        return cls(msg_id, index, count, total, dig, flags)
+
+
+def chunk_records(
+    payload: bytes | bytearray | memoryview, chunk_size: int, digest: bytes, *,
+    msg_id: bytes | None = None, retained: bool = False,
+) -> list[tuple[ChunkHeader, memoryview]]:
+    """Cut a payload into (header, data view) pairs of at most ``chunk_size`` data bytes each;
+    views, not copies, so a 200 MB payload is not duplicated before the producer sees it."""
+    view = memoryview(payload).cast("B")
+    total = len(view)
+    count = max(1, -(-total // chunk_size))
+    mid = msg_id or uuid.uuid4().bytes
+    flags = FLAG_RETAINED if retained else 0
+    return [
+        (ChunkHeader(mid, i, count, total, digest, flags),
+         view[i * chunk_size:(i + 1) * chunk_size])
+        for i in range(count)
+    ]
+
+
+def check_topic(topic: str) -> str:
+    """Kafka topic names: 1-249 of ``[A-Za-z0-9._-]`` (the pointer suffix must still fit)."""
+    if not isinstance(topic, str) or not topic:
+        raise TransportError(f"topic must be a non-empty string, got {topic!r}")
+    if not _TOPIC.match(topic) or topic in (".", ".."):
+        raise TransportError(
+            f"topic {topic!r} is not a valid Kafka topic name (letters, digits, '.', '_', '-')"
+        )
+    if len(topic) + len(POINTER_SUFFIX) > _MAX_TOPIC:
+        raise TransportError(
+            f"topic {topic!r} is too long: at most {_MAX_TOPIC - len(POINTER_SUFFIX)} characters"
+        )
+    return topic
+
+
+def parse_url(url: str) -> tuple[list[str], bool, dict[str, str]]:
+    """``kafka[s]://host:port[,host:port]?key=value`` -> (servers, tls, settings)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("kafka", "kafkas"):
+        raise ConfigError(f"bootstrap URL {url!r}: scheme must be kafka:// or kafkas:// (TLS)")
+    servers = [s for s in parts.netloc.split(",") if s]
+    if not servers:
+        raise ConfigError(f"bootstrap URL {url!r} names no host:port")
+    settings: dict[str, str] = {}
+    for k, values in parse_qs(parts.query, keep_blank_values=True, strict_parsing=False).items():
+        if k not in _URL_KEYS:
+            raise ConfigError(
+                f"bootstrap URL: unknown setting {k!r}; valid settings: {', '.join(_URL_KEYS)}"
+            )
+        settings[k] = unquote(values[-1])
+    return servers, parts.scheme == "kafkas", settings
+
+
+# --------------------------------------------------------------------------------------------
+# receiving
+
+
+@dataclass
+class _Partial:
+    header: ChunkHeader
+    partition: int
+    start: int  # offset of the first chunk
+    replay: bool  # the retained payload replayed for a new subscriber (before its live start)
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+    touched: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _Ready:
+    payload: bytes
+    partition: int
+    msg_id: bytes  # a foreign (non-foedus) record gets one made of its position
+
+
+class _KafkaSubscription(Subscription):
+    """One consumer, manually assigned to every partition of a topic."""
+
+    def __init__(self, owner: KafkaTransport, topic: str, group: str | None,
+                 consumer: Any) -> None:
+        self.owner = owner
+        self.topic = topic
+        self.group = group
+        self.consumer = consumer
+        self.tps: list[Any] = []
+        self.live_from: dict[int, int] = {}  # partition -> first offset delivered live
+        self.read_upto: dict[int, int] = {}  # partition -> next offset after the last processed
+        self.pending: dict[int, dict[bytes, int]] = {}  # partition -> {payload id: start offset}
+        self.committed: dict[int, int] = {}
+        self.replay_id: bytes | None = None
+        self.rejected: dict[str, int] = {}
+        self.duplicates = 0
+        self.buffered = 0  # bytes in partial and undelivered payloads
+        self.peak_buffered = 0
+        self._partials: OrderedDict[bytes, _Partial] = OrderedDict()
+        self._done: OrderedDict[bytes, None] = OrderedDict()
+        self._queue: deque[_Ready] = deque()
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._handed: _Ready | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        self._skip_rest: set[int] = set()  # partitions re-positioned mid-batch
+        self.foreign = 0
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Assign partitions, settle the start position, arrange the retained replay, and start
+        fetching. Returns once every payload published from now on will be delivered."""
+        tp_cls = require("aiokafka", "kafka").TopicPartition
+        partitions = await self.owner._partitions(self.topic)
+        self.tps = [tp_cls(self.topic, p) for p in sorted(partitions)]
+        self.consumer.assign(self.tps)
+        ends = await self.consumer.end_offsets(self.tps)
+        fresh: dict[Any, int] = {}
+        for tp in self.tps:
+            start = None if self.group is None else await self.consumer.committed(tp)
+            if start is None:
+                start = fresh[tp] = ends[tp]
+            self.consumer.seek(tp, start)
+            self.live_from[tp.partition] = start
+            self.read_upto[tp.partition] = start
+            self.pending[tp.partition] = {}
+        if self.group is not None and fresh:
+            # make the group's position durable now: what is published from here on is kept
+            await self.consumer.commit(fresh)
+            self.committed.update({tp.partition: o for tp, o in fresh.items()})
+        if len(fresh) == len(self.tps):  # not resuming: start with the current value
+            await self._arrange_replay()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _arrange_replay(self) -> None:
+        pointer = await self.owner._latest_pointer(self.topic)
+        if pointer is None:
+            return
+        partition, offset, msg_id = pointer
+        live = self.live_from.get(partition)
+        if live is None or offset >= live:
+            return  # published after our start: it arrives live
+        tp = next(tp for tp in self.tps if tp.partition == partition)
+        first = (await self.consumer.beginning_offsets([tp]))[tp]
+        if offset < first:
+            log.warning("Kafka topic %r: the retained payload at offset %d was deleted "
+                        "(log starts at %d); a new subscriber gets no current value",
+                        self.topic, offset, first)
+            return
+        self.replay_id = msg_id
+        self.consumer.seek(tp, offset)
+
+    # -- the fetch loop ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        errors = require("aiokafka.errors", "kafka")
+        try:
+            while True:
+                batches = await self.consumer.getmany(
+                    timeout_ms=self.owner.poll_ms, max_records=64
+                )
+                self._skip_rest.clear()
+                for tp, records in batches.items():
+                    for record in records:
+                        await self._wait_room()
+                        await self._on_record(tp.partition, record)
+                        if tp.partition in self._skip_rest:
+                            break  # re-positioned: the rest of this batch is fetched again
+                self._sweep()
+        except asyncio.CancelledError:
+            raise
+        except errors.KafkaError as exc:
+            self._error = TransportError(f"Kafka topic {self.topic!r}: consumer failed: {exc}")
+            log.error("%s", self._error)
+            self._ready.set()
+        except Exception as exc:  # a bug must surface to the reader, not vanish in a task
+            self._error = exc
+            self._ready.set()
+
+    async def _wait_room(self) -> None:
+        """Backpressure: hold fetching while over budget and there is something to consume."""
+        while self.buffered > self.owner.max_buffer:
+            if not self._queue:
+                self._relieve()
+                return
+            self._room.clear()
+            await self._room.wait()
+
+    def _relieve(self) -> None:
+        """Over budget with nothing consumable: drop the oldest partial rather than deadlock."""
+        if self._partials:
+            msg_id = next(iter(self._partials))
+            self._drop(msg_id, "buffer-full",
+                       f"max_buffer={self.owner.max_buffer} reached with nothing consumable")
+
+    def _reject(self, reason: str, detail: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        log.warning("Kafka topic %r: dropped a record (%s): %s", self.topic, reason, detail)
+
+    def _drop(self, msg_id: bytes, reason: str, detail: str) -> None:
+        part = self._partials.pop(msg_id)
+        self.buffered -= part.size
+        self.pending[part.partition].pop(msg_id, None)
+        self._remember(msg_id)
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        log.warning("Kafka topic %r: dropped a partial payload of %d bytes (%d/%d chunks; %s): %s",
+                    self.topic, part.header.total, len(part.chunks), part.header.count, reason,
+                    detail)
+
+    def _remember(self, msg_id: bytes) -> None:
+        self._done[msg_id] = None
+        while len(self._done) > self.owner.remember_ids:
+            self._done.popitem(last=False)
+
+    async def _on_record(self, partition: int, record: Any) -> None:
+        offset: int = record.offset
+        live = offset >= self.live_from[partition]
+        if live:
+            self.read_upto[partition] = max(self.read_upto[partition], offset + 1)
+        raw = next((v for k, v in record.headers or () if k == CHUNK_HEADER), None)
+        if raw is None:
+            if live:  # a plain producer's record: one payload as it is
+                self.foreign += 1
+                fid = b"foreign:%d:%d" % (partition, offset)
+                self.pending[partition][fid] = offset
+                raw_value: bytes = record.value or b""
+                self.buffered += len(raw_value)
+                self._deliver(_Ready(raw_value, partition, fid))
+            return
+        try:
+            h = ChunkHeader.unpack(bytes(raw))
+        except ValueError as exc:
+            if live:
+                self._reject("malformed", str(exc))
+            return
+        if not live and h.msg_id != self.replay_id:
+            return  # replaying the retained payload: skip everything else before our start
+        if h.msg_id in self._done:
+            self.duplicates += 1
+            return
+        value: bytes = record.value or b""
+        part = self._partials.get(h.msg_id)
+        if part is None:
+            if h.index != 0:
+                return  # the rest of a payload that began before our start: not ours
+            if h.total > self.owner.max_payload:
+                self._reject("oversized", f"{h.total} bytes > max_payload="
+                             f"{self.owner.max_payload}")
+                self._remember(h.msg_id)
+                return
+            part = _Partial(h, partition, offset, replay=not live)
+            self._partials[h.msg_id] = part
+            if live:
+                self.pending[partition][h.msg_id] = offset
+        elif (part.header.count, part.header.total, part.header.digest) != (
+            h.count, h.total, h.digest
+        ):
+            self._reject("inconsistent", "a chunk disagrees with its payload's first chunk")
+            return
+        if h.index < len(part.chunks):
+            self.duplicates += 1  # a re-sent chunk (producer retry): already have it
+            return
+        if h.index > len(part.chunks):
+            self._drop(h.msg_id, "gap", f"chunk {h.index} follows chunk {len(part.chunks) - 1}")
+            return
+        if part.size + len(value) > h.total:
+            self._drop(h.msg_id, "overrun", f"chunks exceed the declared {h.total} bytes")
+            return
+        part.chunks.append(value)
+        part.size += len(value)
+        part.touched = time.monotonic()
+        self.buffered += len(value)
+        self.peak_buffered = max(self.peak_buffered, self.buffered)
+        if len(part.chunks) < h.count:
+            return
+        await self._complete(part)
+
+    async def _complete(self, part: _Partial) -> None:
+        h = part.header
+        del self._partials[h.msg_id]
+        self._remember(h.msg_id)
+        if part.size != h.total:
+            self.buffered -= part.size
+            self.pending[part.partition].pop(h.msg_id, None)
+            self._reject("length", f"{part.size} bytes received, {h.total} declared")
+            return
+        chunks = part.chunks
+        if len(chunks) == 1:
+            payload = chunks[0]
+        elif h.total < 1 << 20:
+            payload = b"".join(chunks)
+        else:
+            payload = await asyncio.to_thread(b"".join, chunks)
+        part.chunks = []
+        if await _digest(payload) != h.digest:
+            self.buffered -= part.size
+            self.pending[part.partition].pop(h.msg_id, None)
+            self._reject("corrupt", f"SHA-256 mismatch on a {h.total}-byte payload")
+            return
+        if part.replay:
+            self.replay_id = None
+            self._skip_to_live(part.partition)
+        self._deliver(_Ready(payload, part.partition, h.msg_id))
+
+    def _skip_to_live(self, partition: int) -> None:
+        """After the retained payload, jump over older records straight to the live start."""
+        tp = next(tp for tp in self.tps if tp.partition == partition)
+        self.consumer.seek(tp, self.live_from[partition])
+        self._skip_rest.add(partition)
+
+    def _deliver(self, ready: _Ready) -> None:
+        self._queue.append(ready)
+        self._ready.set()
+
+    def _sweep(self) -> None:
+        """Drop partial payloads whose sender has been silent for ``partial_timeout``."""
+        if not self._partials:
+            return
+        now = time.monotonic()
+        timeout = self.owner.partial_timeout
+        for msg_id, part in list(self._partials.items()):
+            if now - part.touched > timeout:
+                self._drop(msg_id, "incomplete", f"no chunk for {timeout}s (sender gone?)")
+
+    # -- committing ----------------------------------------------------------------------------
+
+    def _consumed(self, ready: _Ready) -> None:
+        self.pending[ready.partition].pop(ready.msg_id, None)
+
+    def positions(self) -> dict[int, int]:
+        """Per partition: the offset a group may commit (nothing before it is still needed)."""
+        return {p: min(self.pending[p].values(), default=self.read_upto[p])
+                for p in self.read_upto}
+
+    async def _commit(self) -> None:
+        if self.group is None or not self.tps:
+            return
+        errors = require("aiokafka.errors", "kafka")
+        positions = self.positions()
+        offsets = {tp: positions[tp.partition] for tp in self.tps
+                   if positions[tp.partition] > self.committed.get(tp.partition, -1)}
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except errors.KafkaError as exc:
+            # not fatal: the next commit carries the position; a crash meanwhile re-delivers
+            log.warning("Kafka topic %r: commit for group %r failed (%s); will retry",
+                        self.topic, self.group, exc)
+            return
+        self.committed.update({tp.partition: o for tp, o in offsets.items()})
+
+    # -- the Subscription API ------------------------------------------------------------------
+
+    async def __anext__(self) -> bytes:
+        if self._handed is not None:
+            self._consumed(self._handed)
+            self._handed = None
+            if not self._closed:
+                await self._commit()
+        while not self._queue:
+            if self._error is not None:
+                raise self._error
+            if self._closed:
+                raise StopAsyncIteration
+            self._ready.clear()
+            await self._ready.wait()
+        ready = self._queue.popleft()
+        self.buffered -= len(ready.payload)
+        self._room.set()
+        self._handed = ready
+        return ready.payload
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._handed is not None:
+            self._consumed(self._handed)
+            self._handed = None
+        await self._commit()
+        self._queue.clear()
+        self._partials.clear()
+        self.buffered = 0
+        self._ready.set()
+        self._room.set()
+        await self.owner._stop_client(self.consumer)
+        self.owner._subs.discard(self)
+
+
+# --------------------------------------------------------------------------------------------
+# the transport
+
+
+@transports.register("kafka")
+class KafkaTransport(Transport):
+    """Topics on a Kafka cluster (Apache Kafka, Redpanda, Confluent Cloud, Tansu).
+
+    ``bootstrap`` is ``"host:port[,host:port]"``, a list of them, or a URL
+    ``kafka[s]://host:port,...?ca=...&sasl_mechanism=...`` (see :func:`parse_url`). See the
+    module docstring for how topics, chunks, retained payloads and groups map onto Kafka.
+    """
+
+    name = "kafka"
+
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str] = "127.0.0.1:9092",
+        *,
+        tls: TLSConfig | Mapping[str, Any] | bool | None = None,
+        sasl_mechanism: str | None = None,
+        sasl_username: str | None = None,
+        sasl_password: str | None = None,
+        client_id: str | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        max_payload: int = 1024**3,
+        max_buffer: int = 2 * 1024**3,
+        partial_timeout: float = 120.0,
+        create_topics: bool = True,
+        partitions: int = 1,
+        replication_factor: int = 1,
+        retention_ms: int | None = None,
+        topic_configs: Mapping[str, str] | None = None,
+        publish_window: int = 32,
+        request_timeout: float = 30.0,
+        retry_backoff_ms: int = 200,
+        poll_ms: int = 200,
+        remember_ids: int = 4096,
+    ) -> None:
+        require("aiokafka", "kafka")
+        servers, url_tls, settings = self._servers(bootstrap)
+        tls, sasl_mechanism, sasl_username, sasl_password, client_id = self._merge_url(
+            settings, url_tls, tls, sasl_mechanism, sasl_username, sasl_password, client_id
+        )
+        for label, value, low in [
+            ("chunk_size", chunk_size, 1024), ("max_payload", max_payload, 1),
+            ("partitions", partitions, 1), ("replication_factor", replication_factor, 1),
+            ("publish_window", publish_window, 1), ("retry_backoff_ms", retry_backoff_ms, 1),
+            ("poll_ms", poll_ms, 1), ("remember_ids", remember_ids, 16),
+        ]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{label} must be an integer >= {low}, got {value!r}")
+        if max_buffer < max_payload:
+            raise ConfigError(
+                f"max_buffer ({max_buffer}) must be at least max_payload ({max_payload}),"
+                " or a payload of the maximum size could never be reassembled"
+            )
+        for label, fvalue in [("partial_timeout", partial_timeout),
+                              ("request_timeout", request_timeout)]:
+            if not isinstance(fvalue, int | float) or fvalue <= 0:
+                raise ConfigError(f"{label} must be a positive number, got {fvalue!r}")
+        if retention_ms is not None and (not isinstance(retention_ms, int) or retention_ms < -1):
+            raise ConfigError(f"retention_ms must be an integer >= -1, got {retention_ms!r}")
+        self.servers = servers
+        self.tls = tls
+        if isinstance(tls, TLSConfig):
+            tls.check_files()  # a missing certificate is a config error, now
+        if sasl_mechanism is not None:
+            if sasl_mechanism not in _SASL:
+                raise ConfigError(
+                    f"sasl_mechanism {sasl_mechanism!r} is not supported; use one of {_SASL}"
+                )
+            if not sasl_username or sasl_password is None:
+                raise ConfigError(f"sasl_mechanism {sasl_mechanism} needs sasl_username and "
+                                  "sasl_password")
+        self.sasl_mechanism = sasl_mechanism
+        self.sasl_username = sasl_username
+        self.sasl_password = sasl_password
+        self.client_id = client_id or "foedus"
+        self.chunk_size = chunk_size
+        self.max_payload = max_payload
+        self.max_buffer = max_buffer
+        self.partial_timeout = float(partial_timeout)
+        self.create_topics = bool(create_topics)
+        self.partitions = partitions
+        self.replication_factor = replication_factor
+        self.retention_ms = retention_ms
+        self.extra_topic_configs = {str(k): str(v) for k, v in (topic_configs or {}).items()}
+        self.publish_window = publish_window
+        self.request_timeout = float(request_timeout)
+        self.retry_backoff_ms = retry_backoff_ms
+        self.poll_ms = poll_ms
+        self.remember_ids = remember_ids
+        self._producer: Any = None
+        self._admin: Any = None
+        self._lookup: Any = None
+        self._lock: asyncio.Lock | None = None
+        self._lookup_lock: asyncio.Lock | None = None
+        self._known_topics: set[str] = set()
+        self._subs: set[_KafkaSubscription] = set()
+        self._closed = False
+
+    # -- configuration -------------------------------------------------------------------------
+
+    @staticmethod
+    def _servers(bootstrap: str | Sequence[str]) -> tuple[list[str], bool, dict[str, str]]:
+        if isinstance(bootstrap, str) and "://" in bootstrap:
+            return parse_url(bootstrap)
+        items = bootstrap.split(",") if isinstance(bootstrap, str) else list(bootstrap)
+        servers = [s.strip() for s in items if isinstance(s, str) and s.strip()]
+        if not servers:
+            raise ConfigError(f"bootstrap must name at least one host:port, got {bootstrap!r}")
+        for s in servers:
+            host, _, port = s.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"bootstrap server {s!r} is not host:port")
+        return servers, False, {}
+
+    @staticmethod
+    def _merge_url(
+        settings: dict[str, str], url_tls: bool, tls: Any, mechanism: str | None,
+        username: str | None, password: str | None, client_id: str | None,
+    ) -> tuple[TLSConfig | bool | None, str | None, str | None, str | None, str | None]:
+        """URL settings fill in what was not given explicitly; both at once is an error."""
+        explicit = {"sasl_mechanism": mechanism, "sasl_username": username,
+                    "sasl_password": password, "client_id": client_id}
+        for k, v in explicit.items():
+            if v is not None and k in settings:
+                raise ConfigError(f"{k} is given both in the bootstrap URL and as a parameter")
+        tls_keys = {k: settings[k] for k in ("ca", "cert", "key") if k in settings}
+        if tls_keys:
+            if tls is not None:
+                raise ConfigError("TLS is given both in the bootstrap URL and as a parameter")
+            if "ca" not in tls_keys:
+                raise ConfigError("bootstrap URL: cert/key need ca (the CA of the brokers)")
+            tls = TLSConfig(tls_keys["ca"], tls_keys.get("cert"), tls_keys.get("key"))
+        elif url_tls and tls is None:
+            tls = True
+        if tls_keys and not url_tls:
+            raise ConfigError("bootstrap URL: certificate settings need the kafkas:// scheme")
+        tls_cfg = TLSConfig.from_mapping(tls) if isinstance(tls, Mapping) else tls
+        if tls_cfg is not None and not isinstance(tls_cfg, TLSConfig | bool):
+            raise ConfigError(f"tls must be a mapping, true or false, got {type(tls).__name__}")
+        return (
+            tls_cfg or None,
+            mechanism or settings.get("sasl_mechanism"),
+            username or settings.get("sasl_username"),
+            password if password is not None else settings.get("sasl_password"),
+            client_id or settings.get("client_id"),
+        )
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls is None or self.tls is False:
+            return None
+        if self.tls is True:
+            ctx = ssl.create_default_context()
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            return ctx
+        assert isinstance(self.tls, TLSConfig)
+        return self.tls.client_context()
+
+    def client_options(self) -> dict[str, Any]:
+        """Connection settings shared by the producer, consumers and admin client."""
+        ctx = self._ssl_context()
+        protocol = {(False, False): "PLAINTEXT", (True, False): "SSL",
+                    (False, True): "SASL_PLAINTEXT", (True, True): "SASL_SSL"}[
+            (ctx is not None, self.sasl_mechanism is not None)]
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.servers, "client_id": self.client_id,
+            "security_protocol": protocol, "request_timeout_ms": int(self.request_timeout * 1000),
+            "retry_backoff_ms": self.retry_backoff_ms,
+        }
+        if ctx is not None:
+            options["ssl_context"] = ctx
+        if self.sasl_mechanism is not None:
+            options.update(sasl_mechanism=self.sasl_mechanism,
+                           sasl_plain_username=self.sasl_username,
+                           sasl_plain_password=self.sasl_password)
+        return options
+
+    def topic_configs(self, *, pointer: bool = False) -> dict[str, str]:
+        """The configs a missing topic is created with (also what the docs tell operators)."""
+        if pointer:
+            return {"cleanup.policy": "compact"}
+        configs = {"max.message.bytes": str(max(KAFKA_DEFAULT_MAX_MESSAGE,
+                                                self.chunk_size + RECORD_OVERHEAD))}
+        if self.retention_ms is not None:
+            configs["retention.ms"] = str(self.retention_ms)
+        configs.update(self.extra_topic_configs)
+        return configs
+
+    def __repr__(self) -> str:
+        return (f"KafkaTransport({','.join(self.servers)}, tls={self.tls is not None}, "
+                f"sasl={self.sasl_mechanism})")
+
+    # -- clients -------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportClosed("the Kafka transport is closed")
+
+    def _locks(self) -> tuple[asyncio.Lock, asyncio.Lock]:
+        if self._lock is None or self._lookup_lock is None:
+            self._lock, self._lookup_lock = asyncio.Lock(), asyncio.Lock()
+        return self._lock, self._lookup_lock
+
+    async def _start_client(self, client: Any, what: str) -> Any:
+        errors = require("aiokafka.errors", "kafka")
+        try:
+            await client.start()
+        except (errors.KafkaError, OSError, ssl.SSLError) as exc:
+            await self._stop_client(client)
+            raise TransportError(
+                f"cannot connect the Kafka {what} to {','.join(self.servers)}"
+                f"{' (TLS)' if self.tls else ''}: {exc}"
+            ) from exc
+        return client
+
+    @staticmethod
+    async def _stop_client(client: Any) -> None:
+        try:
+            if hasattr(client, "stop"):
+                await client.stop()
+            else:
+                await client.close()
+        except Exception as exc:  # closing is best effort; the connection may already be gone
+            log.debug("closing a Kafka client failed: %s", exc)
+
+    async def _get_producer(self) -> Any:
+        lock, _ = self._locks()
+        async with lock:
+            self._check_open()
+            if self._producer is None:
+                aiokafka = require("aiokafka", "kafka")
+                self._producer = await self._start_client(aiokafka.AIOKafkaProducer(
+                    **self.client_options(), acks="all", linger_ms=0,
+                    max_request_size=self.chunk_size + RECORD_OVERHEAD,
+                ), "producer")
+            return self._producer
+
+    async def _get_admin(self) -> Any:
+        if self._admin is None:
+            admin_mod = require("aiokafka.admin", "kafka")
+            self._admin = await self._start_client(
+                admin_mod.AIOKafkaAdminClient(**self.client_options()), "admin client"
+            )
+        return self._admin
+
+    def _new_consumer(self, group: str | None) -> Any:
+        aiokafka = require("aiokafka", "kafka")
+        fetch = max(8 * 1024 * 1024, 4 * (self.chunk_size + RECORD_OVERHEAD))
+        return aiokafka.AIOKafkaConsumer(
+            **self.client_options(), group_id=group, enable_auto_commit=False,
+            auto_offset_reset="earliest", fetch_max_wait_ms=100,
+            max_partition_fetch_bytes=fetch, fetch_max_bytes=max(64 * 1024 * 1024, fetch),
+        )
+
+    # -- topics --------------------------------------------------------------------------------
+
+    async def ensure_topic(self, topic: str, *, pointer: bool = False) -> None:
+        """Create ``topic`` with :meth:`topic_configs` unless it exists (cached per topic)."""
+        if topic in self._known_topics:
+            return
+        lock, _ = self._locks()
+        async with lock:
+            if topic in self._known_topics:
+                return
+            admin = await self._get_admin()
+            errors = require("aiokafka.errors", "kafka")
+            configs = self.topic_configs(pointer=pointer)
+            parts = 1 if pointer else self.partitions
+            if not self.create_topics:
+                if topic not in set(await admin.list_topics()):
+                    raise TransportError(self._missing_topic(topic, parts, configs))
+                self._known_topics.add(topic)
+                return
+            admin_mod = require("aiokafka.admin", "kafka")
+            new = admin_mod.NewTopic(topic, parts, self.replication_factor,
+                                     topic_configs=configs)
+            try:
+                response = await admin.create_topics([new])
+            except errors.KafkaError as exc:
+                raise TransportError(f"cannot create Kafka topic {topic!r}: {exc}. "
+                                     + self._missing_topic(topic, parts, configs)) from exc
+            for _name, code, *rest in response.topic_errors:
+                if code not in (0, _ERR_TOPIC_EXISTS):
+                    detail = rest[0] if rest else ""
+                    raise TransportError(
+                        f"cannot create Kafka topic {topic!r} (error {code}: {detail}). "
+                        + self._missing_topic(topic, parts, configs)
+                    )
+            self._known_topics.add(topic)
+
+    def _missing_topic(self, topic: str, partitions: int, configs: Mapping[str, str]) -> str:
+        flags = " ".join(f"--config {k}={v}" for k, v in configs.items())
+        return (f"Create it, e.g.: kafka-topics.sh --create --topic {topic} --partitions "
+                f"{partitions} --replication-factor {self.replication_factor} {flags}")
+
+    async def delete_topics(self, *topics: str) -> None:
+        """Delete topics and their retained pointers (a finished job's data). Brokers that keep
+        logs in memory (Tansu's memory storage) need this: they do not enforce retention."""
+        self._check_open()
+        names = [check_topic(t) for t in topics]
+        admin = await self._get_admin()
+        existing = set(await admin.list_topics())
+        doomed = [n for t in names for n in (t, t + POINTER_SUFFIX) if n in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
+        self._known_topics.difference_update(doomed)
+
+    async def _partitions(self, topic: str) -> set[int]:
+        """The topic's partition ids (creating the topic if needed); a freshly created topic
+        may take a moment to appear in every broker's metadata."""
+        await self.ensure_topic(topic)
+        admin = await self._get_admin()
+        deadline = time.monotonic() + self.request_timeout
+        while True:
+            described = await admin.describe_topics([topic])
+            parts = {p["partition"] for t in described if t.get("topic") == topic
+                     and t.get("error_code", 0) == 0 for p in t.get("partitions", ())}
+            if parts:
+                return parts
+            if time.monotonic() > deadline:
+                raise TransportError(f"Kafka topic {topic!r} has no partitions in the metadata "
+                                     f"after {self.request_timeout}s")
+            await asyncio.sleep(0.1)
+
+    async def _latest_pointer(self, topic: str) -> tuple[int, int, bytes] | None:
+        """The retained payload of ``topic``: (partition, first offset, payload id) or None."""
+        aiokafka = require("aiokafka", "kafka")
+        ptr_topic = topic + POINTER_SUFFIX
+        _, lookup_lock = self._locks()
+        async with lookup_lock:
+            if self._lookup is None:
+                self._lookup = await self._start_client(self._new_consumer(None), "consumer")
+            c = self._lookup
+            if ptr_topic not in self._known_topics:
+                if ptr_topic not in await c.topics():
+                    return None
+                self._known_topics.add(ptr_topic)
+            tp = aiokafka.TopicPartition(ptr_topic, 0)
+            c.assign([tp])
+            end = (await c.end_offsets([tp]))[tp]
+            if end == 0:
+                return None
+            c.seek(tp, end - 1)
+            deadline = time.monotonic() + self.request_timeout
+            while time.monotonic() < deadline:
+                batch = await c.getmany(tp, timeout_ms=self.poll_ms)
+                for record in batch.get(tp, ()):
+                    if record.offset == end - 1:
+                        return self._parse_pointer(topic, record.value)
+            raise TransportError(f"could not read the retained pointer of {topic!r}")
+
+    @staticmethod
+    def _parse_pointer(topic: str, value: bytes | None) -> tuple[int, int, bytes] | None:
+        if not value or len(value) != POINTER.size:
+            log.warning("Kafka topic %r: ignoring a malformed retained pointer", topic)
+            return None
+        version, partition, offset, msg_id = POINTER.unpack(value)
+        if version != VERSION:
+            log.warning("Kafka topic %r: retained pointer version %d unknown", topic, version)
+            return None
+        return partition, offset, msg_id
+
+    # -- the Transport API ---------------------------------------------------------------------
+
+    async def publish(
+        self, topic: str, payload: bytes, *, key: str | None = None, retain: bool = False
+    ) -> None:
+        self._check_open()
+        check_topic(topic)
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise TransportError(f"payload must be bytes, got {type(payload).__name__}")
+        size = memoryview(payload).nbytes
+        if size > self.max_payload:
+            raise TransportError(
+                f"payload of {size} bytes exceeds max_payload={self.max_payload}"
+            )
+        producer = await self._get_producer()
+        await self.ensure_topic(topic)
+        errors = require("aiokafka.errors", "kafka")
+        chunks = chunk_records(payload, self.chunk_size, await _digest(payload), retained=retain)
+        msg_id = chunks[0][0].msg_id
+        record_key = key.encode() if key is not None else msg_id
+        window: deque[asyncio.Future[Any]] = deque()
+        first: asyncio.Future[Any] | None = None
+        try:
+            for header, data in chunks:
+                fut = await producer.send(topic, data, key=record_key,
+                                          headers=[(CHUNK_HEADER, header.pack())])
+                first = first or fut
+                window.append(fut)
+                if len(window) >= self.publish_window:
+                    await window.popleft()  # bounds what the producer holds for this payload
+            await asyncio.gather(*window)
+            if retain:
+                assert first is not None
+                meta = first.result()
+                ptr_topic = topic + POINTER_SUFFIX
+                await self.ensure_topic(ptr_topic, pointer=True)
+                await (await producer.send(
+                    ptr_topic, POINTER.pack(VERSION, meta.partition, meta.offset, msg_id),
+                    key=b"retained",
+                ))
+        except errors.KafkaError as exc:
+            for fut in window:
+                fut.cancel()
+            raise TransportError(f"publish to Kafka topic {topic!r} failed: {exc}") from exc
+
+    async def subscribe(self, topic: str, *, group: str | None = None) -> Subscription:
+        self._check_open()
+        check_topic(topic)
+        if group is not None and (not isinstance(group, str) or not group):
+            raise TransportError(f"group must be a non-empty string, got {group!r}")
+        consumer = await self._start_client(self._new_consumer(group), "consumer")
+        sub = _KafkaSubscription(self, topic, group, consumer)
+        errors = require("aiokafka.errors", "kafka")
+        try:
+            await sub.start()
+        except errors.KafkaError as exc:
+            await self._stop_client(consumer)
+            raise TransportError(f"cannot subscribe to Kafka topic {topic!r}: {exc}") from exc
+        except BaseException:
+            await self._stop_client(consumer)
+            raise
+        if self._closed:  # closed while we were connecting
+            await sub.close()
+            raise TransportClosed("the Kafka transport is closed")
+        self._subs.add(sub)
+        return sub
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for sub in list(self._subs):
+            await sub.close()
+        for client in (self._producer, self._lookup, self._admin):
+            if client is not None:
+                await self._stop_client(client)
+        self._producer = self._lookup = self._admin = None

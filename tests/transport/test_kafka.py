@@ -1,0 +1,555 @@
+# ruff: noqa: F811  (pytest fixtures imported from kafka_fixtures are parameters here)
+"""The Kafka transport against a real broker (Tansu): the contract, chunking, retained values,
+committed offsets, TLS / mutual TLS through stunnel, and a federated job over Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from foedus.certs import DeploymentCerts
+from foedus.config.runner import run_job
+from foedus.config.spec import ClientSection, DataSection, JobSpec, Plugin
+from foedus.core.errors import ConfigError, TransportError
+from foedus.roles.checkpoint import Checkpointer
+from foedus.transport.base import transports
+from foedus.transport.kafka import (
+    CHUNK_HEADER,
+    DEFAULT_CHUNK_SIZE,
+    KAFKA_DEFAULT_MAX_MESSAGE,
+    POINTER_SUFFIX,
+    KafkaTransport,
+    chunk_records,
+    parse_url,
+    payload_digest,
+)
+from tests.transport.contract import MakeTransport, TransportContract, take, topic
+from tests.transport.kafka_fixtures import (  # noqa: F401  (fixtures)
+    Tansu,
+    kafka_certs,
+    tansu,
+    tansu_mtls,
+    tansu_tls,
+)
+
+pytestmark = pytest.mark.integration
+MiB = 1024 * 1024
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pattern(n: int, seed: int = 0) -> bytes:
+    """``n`` bytes that differ at every position mod 251, so a misplaced chunk is caught."""
+    block = bytes((i * 7 + seed) % 251 for i in range(251))
+    return (block * (n // 251 + 1))[:n]
+
+
+class TestKafkaTransport(TransportContract):
+    """The contract on a plaintext broker; the largest payloads are chunked (1 MB chunks)."""
+
+    payload_sizes: tuple[int, ...] = (0, 1, 1000, DEFAULT_CHUNK_SIZE, DEFAULT_CHUNK_SIZE + 1,
+                                      3 * MiB, 5 * MiB + 7)
+
+    def options(self) -> dict[str, Any]:
+        return {}
+
+    @pytest.fixture
+    def broker(self, tansu: Tansu) -> Tansu:
+        return tansu
+
+    @pytest.fixture
+    async def make_transport(self, broker: Tansu) -> AsyncIterator[MakeTransport]:
+        opened: list[KafkaTransport] = []
+
+        async def make() -> KafkaTransport:
+            t = KafkaTransport(broker.bootstrap, **self.options())
+            opened.append(t)
+            return t
+
+        yield make
+        for t in opened:
+            await t.close()
+
+
+class TestKafkaTransportOverTLS(TestKafkaTransport):
+    """The same contract through stunnel: the client verifies the broker's certificate."""
+
+    payload_sizes = (0, 1000, 3 * MiB)
+
+    @pytest.fixture(autouse=True)
+    def _certs(self, kafka_certs: DeploymentCerts) -> None:
+        self.certs = kafka_certs
+
+    def options(self) -> dict[str, Any]:
+        return {"tls": self.certs.client_tls()}
+
+    @pytest.fixture
+    def broker(self, tansu_tls: Tansu) -> Tansu:
+        return tansu_tls
+
+
+class TestKafkaTransportOverMutualTLS(TestKafkaTransportOverTLS):
+    """The same contract where the broker requires a client certificate signed by the CA."""
+
+    def options(self) -> dict[str, Any]:
+        return {"tls": self.certs.client_tls("client-000")}
+
+    @pytest.fixture
+    def broker(self, tansu_mtls: Tansu) -> Tansu:
+        return tansu_mtls
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+@pytest.fixture
+async def kafka(tansu: Tansu) -> AsyncIterator[Any]:
+    """A factory of transports on the shared broker, all closed afterwards."""
+    opened: list[KafkaTransport] = []
+
+    def make(**options: Any) -> KafkaTransport:
+        t = KafkaTransport(tansu.bootstrap, **options)
+        opened.append(t)
+        return t
+
+    yield make
+    for t in opened:
+        await t.close()
+
+
+async def raw_producer(bootstrap: str) -> Any:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=64 * MiB)
+    await producer.start()
+    return producer
+
+
+async def raw_records(bootstrap: str, name: str) -> list[Any]:
+    """Every record of partition 0 of a topic, read with a bare aiokafka consumer."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, max_partition_fetch_bytes=64 * MiB,
+                                fetch_max_bytes=64 * MiB)
+    await consumer.start()
+    try:
+        tp = TopicPartition(name, 0)
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        await consumer.seek_to_beginning(tp)
+        out: list[Any] = []
+        while len(out) < end:
+            batch = await consumer.getmany(tp, timeout_ms=1000)
+            out.extend(batch.get(tp, []))
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def send_chunks(producer: Any, name: str, records: list[tuple[Any, Any]],
+                      order: list[int]) -> None:
+    for i in order:
+        header, data = records[i]
+        await (await producer.send(name, bytes(data), key=b"k",
+                                   headers=[(CHUNK_HEADER, header.pack())]))
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+
+
+def test_is_registered_as_kafka() -> None:
+    assert transports.get("kafka") is KafkaTransport
+
+
+def test_url_carries_servers_and_security_settings(kafka_certs: DeploymentCerts) -> None:
+    servers, tls, settings = parse_url(
+        "kafkas://b1:9093,b2:9093?sasl_mechanism=SCRAM-SHA-512&sasl_username=fl&sasl_password=p%40ss"
+    )
+    assert servers == ["b1:9093", "b2:9093"]
+    assert tls is True
+    assert settings == {"sasl_mechanism": "SCRAM-SHA-512", "sasl_username": "fl",
+                        "sasl_password": "p@ss"}
+    t = KafkaTransport(f"kafkas://127.0.0.1:9093?ca={kafka_certs.ca}&sasl_mechanism=PLAIN"
+                       "&sasl_username=u&sasl_password=pw")
+    options = t.client_options()
+    assert options["security_protocol"] == "SASL_SSL"
+    assert options["sasl_plain_username"] == "u"
+    assert options["ssl_context"] is not None
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"bootstrap": ""}, "at least one host:port"),
+    ({"bootstrap": "nohost"}, "not host:port"),
+    ({"bootstrap": "http://x:1"}, "scheme"),
+    ({"bootstrap": "kafka://x:1?colour=red"}, "unknown setting 'colour'"),
+    ({"chunk_size": 10}, "chunk_size"),
+    ({"max_payload": 10, "max_buffer": 5}, "max_buffer"),
+    ({"sasl_mechanism": "GSSAPI", "sasl_username": "u", "sasl_password": "p"}, "GSSAPI"),
+    ({"sasl_mechanism": "PLAIN"}, "sasl_username"),
+    ({"tls": {"ca": "/does/not/exist.pem"}}, "does not exist"),
+])
+def test_bad_settings_raise_a_config_error_naming_them(kwargs: dict[str, Any],
+                                                       message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        KafkaTransport(**kwargs)
+
+
+async def test_invalid_topic_names_are_refused(kafka: Any) -> None:
+    t = kafka()
+    with pytest.raises(TransportError, match="not a valid Kafka topic"):
+        await t.publish("a/b", b"x")
+
+
+# --------------------------------------------------------------------------------------------
+# chunking
+
+
+async def test_every_record_fits_the_default_broker_limit(kafka: Any, tansu: Tansu) -> None:
+    """Tansu does not enforce max.message.bytes, so check what a default broker would see."""
+    t = kafka()
+    name = topic()
+    payload = pattern(3 * MiB + 5)
+    await t.publish(name, payload, key="client-1")
+    records = await raw_records(tansu.bootstrap, name)
+    assert len(records) == 4
+    for r in records:
+        size = len(r.value) + len(r.key) + sum(len(k) + len(v) for k, v in r.headers)
+        assert size + 200 < KAFKA_DEFAULT_MAX_MESSAGE
+    assert b"".join(r.value for r in records) == payload
+
+
+async def test_duplicate_chunks_and_payloads_are_delivered_once(kafka: Any,
+                                                                tansu: Tansu) -> None:
+    sub_t = kafka(chunk_size=1024)
+    name = topic()
+    sub = await sub_t.subscribe(name)
+    payload = pattern(3000)
+    records = chunk_records(payload, 1024, payload_digest(payload))
+    producer = await raw_producer(tansu.bootstrap)
+    try:
+        await send_chunks(producer, name, records, [0, 0, 1, 1, 2, 2, 0, 1, 2])
+        await (await producer.send(name, b"after"))
+    finally:
+        await producer.stop()
+    assert await take(sub, 2) == [payload, b"after"]
+    assert sub.duplicates >= 5  # type: ignore[attr-defined]
+
+
+async def test_corrupted_payload_is_rejected_and_the_stream_goes_on(kafka: Any,
+                                                                    tansu: Tansu) -> None:
+    t = kafka()
+    name = topic()
+    sub = await t.subscribe(name)
+    payload = pattern(3000)
+    records = chunk_records(payload, 1024, payload_digest(b"something else"))
+    producer = await raw_producer(tansu.bootstrap)
+    try:
+        await send_chunks(producer, name, records, [0, 1, 2])
+        await (await producer.send(name, b"fine"))
+    finally:
+        await producer.stop()
+    assert await take(sub, 1) == [b"fine"]
+    assert sub.rejected == {"corrupt": 1}  # type: ignore[attr-defined]
+
+
+async def test_partial_payload_of_a_dead_sender_is_dropped_after_the_timeout(
+    kafka: Any, tansu: Tansu
+) -> None:
+    t = kafka(partial_timeout=0.5)
+    name = topic()
+    sub = await t.subscribe(name)
+    payload = pattern(5000)
+    records = chunk_records(payload, 1024, payload_digest(payload))
+    producer = await raw_producer(tansu.bootstrap)
+    try:
+        await send_chunks(producer, name, records, [0, 1])  # the sender dies after 2 of 5
+        await asyncio.sleep(1.2)
+        await (await producer.send(name, b"next"))
+    finally:
+        await producer.stop()
+    assert await take(sub, 1) == [b"next"]
+    assert sub.rejected == {"incomplete": 1}  # type: ignore[attr-defined]
+    assert sub.buffered == 0  # type: ignore[attr-defined]
+
+
+async def test_receiving_memory_is_bounded_by_max_buffer(kafka: Any) -> None:
+    pub, sub_t = kafka(), kafka(max_payload=3 * MiB, max_buffer=4 * MiB)
+    name = topic()
+    sub = await sub_t.subscribe(name)
+    payloads = [pattern(3 * MiB, seed=i) for i in range(5)]
+    for p in payloads:
+        await pub.publish(name, p)
+    got = []
+    for _ in payloads:
+        got.extend(await take(sub, 1))
+        await asyncio.sleep(0.3)  # a slow consumer: the fetcher must wait, not hoard
+    assert got == payloads
+    # the budget plus at most one chunk that arrived while checking it
+    assert sub.peak_buffered <= 4 * MiB + DEFAULT_CHUNK_SIZE  # type: ignore[attr-defined]
+
+
+async def test_oversized_payloads_are_refused_on_both_sides(kafka: Any, tansu: Tansu) -> None:
+    small = kafka(max_payload=1000, max_buffer=1000)
+    with pytest.raises(TransportError, match="exceeds max_payload"):
+        await small.publish(topic(), b"x" * 1001)
+    name = topic()
+    sub = await small.subscribe(name)
+    await kafka().publish(name, b"y" * 5000)
+    await kafka().publish(name, b"ok")
+    assert await take(sub, 1) == [b"ok"]
+    assert sub.rejected == {"oversized": 1}  # type: ignore[attr-defined]
+
+
+async def test_plain_kafka_records_are_delivered_as_payloads(kafka: Any, tansu: Tansu) -> None:
+    t = kafka()
+    name = topic()
+    sub = await t.subscribe(name)
+    producer = await raw_producer(tansu.bootstrap)
+    try:
+        await (await producer.send(name, b"from a plain producer"))
+    finally:
+        await producer.stop()
+    assert await take(sub, 1) == [b"from a plain producer"]
+
+
+async def test_200_mb_payload_passes_through_1_mb_chunks(kafka: Any) -> None:
+    pub, sub_t = kafka(), kafka()
+    name = topic()
+    sub = await sub_t.subscribe(name)
+    payload = os.urandom(200 * 1000 * 1000)
+    await pub.publish(name, payload, key="client-1")
+    [got] = await take(sub, 1, timeout=120)
+    assert len(got) == len(payload)
+    assert got == payload
+    del got, payload
+    await pub.delete_topics(name)  # memory storage keeps everything: give the RAM back
+
+
+# --------------------------------------------------------------------------------------------
+# retained values and groups
+
+
+async def test_offline_client_gets_the_current_model_when_it_returns(kafka: Any) -> None:
+    server = kafka()
+    name = topic()
+    for r in range(3):
+        await server.publish(name, pattern(2 * MiB + r, seed=r), key="server", retain=True)
+    await server.publish(name, b"not retained", key="server")
+    client = kafka()  # comes back after everything was published
+    sub = await client.subscribe(name)
+    assert await take(sub, 1) == [pattern(2 * MiB + 2, seed=2)]
+    await server.publish(name, b"round 4 model", key="server", retain=True)
+    assert await take(sub, 1) == [b"round 4 model"]
+
+
+async def test_retained_pointer_lives_in_a_compacted_side_topic(kafka: Any, tansu: Tansu) -> None:
+    t = kafka()
+    name = topic()
+    await t.publish(name, b"m", retain=True)
+    assert t.topic_configs(pointer=True) == {"cleanup.policy": "compact"}
+    assert len(await raw_records(tansu.bootstrap, name + POINTER_SUFFIX)) == 1
+
+
+async def test_missing_topic_with_creation_off_names_what_to_create(kafka: Any) -> None:
+    t = kafka(create_topics=False)
+    name = topic()
+    with pytest.raises(TransportError, match=f"--topic {name} --partitions 1"):
+        await t.publish(name, b"x")
+
+
+async def test_group_resumes_after_a_crash_without_losing_updates(
+    kafka: Any, tansu: Tansu
+) -> None:
+    """A server process killed mid-stream: its group resumes at the last committed offset, so
+    the update it had not finished with comes again and nothing published meanwhile is lost."""
+    name, group = topic(), f"server-{uuid.uuid4().hex[:6]}"
+    script = textwrap.dedent(f"""
+        import asyncio, sys
+        from foedus.transport.kafka import KafkaTransport
+        async def main():
+            t = KafkaTransport({tansu.bootstrap!r})
+            sub = await t.subscribe({name!r}, group={group!r})
+            print("ready", flush=True)
+            async for payload in sub:
+                print(payload.decode(), flush=True)
+                if payload == b"u2":
+                    await asyncio.sleep(3600)  # still handling u2 when the process is killed
+        asyncio.run(main())
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"ready"
+        pub = kafka()
+        for i in (1, 2):
+            await pub.publish(name, f"u{i}".encode(), key=f"c{i}")
+        assert [proc.stdout.readline().strip() for _ in range(2)] == [b"u1", b"u2"]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    await pub.publish(name, b"u3", key="c3")  # arrives while the server is down
+    sub = await kafka().subscribe(name, group=group)
+    # u1 was consumed (the iterator moved past it); u2 was still being handled: at least once
+    assert await take(sub, 2) == [b"u2", b"u3"]
+
+
+async def test_commit_never_passes_a_payload_still_being_reassembled(
+    kafka: Any, tansu: Tansu
+) -> None:
+    name, group = topic(), f"g-{uuid.uuid4().hex[:6]}"
+    first = kafka(chunk_size=1024)
+    sub = await first.subscribe(name, group=group)
+    big = pattern(3000)
+    records = chunk_records(big, 1024, payload_digest(big))
+    producer = await raw_producer(tansu.bootstrap)
+    try:
+        await send_chunks(producer, name, records, [0])  # a big update starts...
+        await (await producer.send(name, b"small", key=b"other"))  # ...a small one overtakes
+        assert await take(sub, 1) == [b"small"]
+        await sub.close()  # clean close while the big one is half-way
+        await first.close()
+        await send_chunks(producer, name, records, [1, 2])  # the big one completes later
+    finally:
+        await producer.stop()
+    resumed = await kafka(chunk_size=1024).subscribe(name, group=group)
+    # the committed offset stayed at the big update's first chunk: it is complete now, and the
+    # small one that overtook it comes again (at least once; receivers de-duplicate)
+    assert await take(resumed, 2) == [b"small", big]
+
+
+# --------------------------------------------------------------------------------------------
+# a federated job over Kafka
+
+
+async def test_federated_job_over_kafka_learns_digits(tansu: Tansu) -> None:
+    spec = JobSpec(
+        job_id=f"kafka-{uuid.uuid4().hex[:6]}", rounds=5, round_timeout=60.0,
+        data=DataSection(dataset="digits", partition="iid"),
+        clients=ClientSection(count=3, epochs=2),
+        transport=Plugin("kafka", {"bootstrap": tansu.bootstrap}),
+    )
+    result = await asyncio.wait_for(run_job(spec), 120)
+    assert len(result.history) == 5
+    assert result.final_metrics["accuracy"] > 0.85
+
+
+# --------------------------------------------------------------------------------------------
+# separate processes: 1 server and 3 clients coordinated only through the broker
+
+
+def job_file(tansu: Tansu, **overrides: Any) -> dict[str, Any]:
+    return {
+        "job_id": f"mp-{uuid.uuid4().hex[:6]}", "seed": 0, "rounds": 5, "round_timeout": 60,
+        "data": {"dataset": "digits", "partition": "iid"},
+        "clients": {"count": 3, "epochs": 2},
+        "transport": {"type": "kafka", "params": {"bootstrap": tansu.bootstrap}},
+        **overrides,
+    }
+
+
+def spawn(job: dict[str, Any], role: str, index: int = 0) -> subprocess.Popen[str]:
+    import json
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.transport.kafka_actor", json.dumps(job), role, str(index)],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if line != "ready":
+        proc.kill()
+        raise AssertionError(f"{role} {index} did not start: {line!r}")
+    return proc
+
+
+def rounds_of(server: subprocess.Popen[str], until: int | None = None) -> list[dict[str, Any]]:
+    """The server's round records as it prints them, up to round ``until`` or the end."""
+    import json
+
+    assert server.stdout is not None
+    records = []
+    for line in server.stdout:
+        if line.strip() == "done":
+            break
+        records.append(json.loads(line))
+        if until is not None and records[-1]["round"] == until:
+            break
+    return records
+
+
+def reap(*procs: subprocess.Popen[str]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+async def test_separate_processes_train_as_well_as_in_process(tansu: Tansu) -> None:
+    job = job_file(tansu)
+    in_process = await run_job(JobSpec.from_dict({**job, "transport": "local"}))
+    procs = [spawn(job, "client", i) for i in range(3)]
+    try:
+        server = spawn(job, "server")
+        procs.append(server)
+        history = await asyncio.to_thread(rounds_of, server)
+        assert await asyncio.to_thread(server.wait, 60) == 0
+        for client in procs[:3]:
+            assert await asyncio.to_thread(client.wait, 30) == 0  # the stop message reached it
+    finally:
+        reap(*procs)
+    assert [r["round"] for r in history] == [1, 2, 3, 4, 5]
+    assert all(r["accepted"] == 3 for r in history)
+    final = history[-1]["metrics"]["accuracy"]
+    assert final == pytest.approx(in_process.final_metrics["accuracy"], abs=0.02)
+    assert final > 0.85
+
+
+async def test_a_client_killed_mid_job_does_not_stall_it(tansu: Tansu) -> None:
+    job = job_file(tansu, rounds=4, round_timeout=2,
+                   clients={"count": 3, "epochs": 1, "min_clients": 2})
+    clients = [spawn(job, "client", i) for i in range(3)]
+    server = spawn(job, "server")
+    try:
+        first = await asyncio.to_thread(rounds_of, server, 1)
+        reap(clients[2])  # dies after round 1
+        rest = await asyncio.to_thread(rounds_of, server)
+    finally:
+        reap(server, *clients)
+    history = first + rest
+    assert [r["round"] for r in history] == [1, 2, 3, 4]
+    assert history[0]["accepted"] == 3
+    assert all(r["accepted"] == 2 and r["status"] != "no_quorum" for r in history[2:])
+
+
+async def test_a_restarted_server_resumes_from_its_checkpoint(
+    tansu: Tansu, tmp_path: Path
+) -> None:
+    job = job_file(tansu, checkpoint_dir=str(tmp_path))
+    clients = [spawn(job, "client", i) for i in range(3)]
+    try:
+        server = spawn(job, "server")
+        before = await asyncio.to_thread(rounds_of, server, 2)
+        checkpoint = Checkpointer(tmp_path, job["job_id"])
+        while (saved := checkpoint.load()) is None or saved.round < 2:
+            await asyncio.sleep(0.05)
+        reap(server)  # SIGKILL once round 2 is checkpointed
+        server = spawn(job, "server")
+        after = await asyncio.to_thread(rounds_of, server)
+        assert await asyncio.to_thread(server.wait, 60) == 0
+    finally:
+        reap(server, *clients)
+    assert [r["round"] for r in before] == [1, 2]
+    assert [r["round"] for r in after] == [3, 4, 5]
+    assert all(r["accepted"] == 3 for r in after)
+    assert after[-1]["metrics"]["accuracy"] > 0.85
