@@ -45,7 +45,10 @@ def test_demo_prints_progress_and_a_summary(capsys: pytest.CaptureFixture[str]) 
     assert "finished: 3 rounds, 4 clients" in captured.out
 
 
-@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_job_runs(example: Path) -> None:
     if "torch" in example.name:
         pytest.importorskip("torch")

@@ -51,7 +51,7 @@ def test_unknown_wire_error_lists_the_wires() -> None:
 
 def test_endpoint_must_name_pod_and_wire() -> None:
     g = Graph("g").add(Source("a"), Sink("b"))
-    with pytest.raises(GraphError, match="'pod.wire'"):
+    with pytest.raises(GraphError, match=r"'pod\.wire'"):
         g.connect("a", "b.in")
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 import foedus.privacy.dp  # noqa: F401  (registers the stages until plugins.py lists it)
 from foedus.config.runner import run_job
 from foedus.config.spec import JobSpec

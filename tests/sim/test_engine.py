@@ -36,7 +36,9 @@ def test_thread_and_process_pools_give_the_same_model_for_the_same_seed() -> Non
     threads = run_simulation_sync(job, backend="thread", workers=2)
     processes = run_simulation_sync(job, backend="process", workers=2)
     for name in threads.params:
-        np.testing.assert_allclose(threads.params[name], processes.params[name], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            threads.params[name], processes.params[name], rtol=1e-5, atol=1e-7
+        )
     assert threads.extra["bytes_up"] > 0 and processes.extra["bytes_up"] > 0
 
 
@@ -118,7 +120,9 @@ def test_ray_backend_on_a_local_instance_matches_the_thread_pool() -> None:
     threads = run_simulation_sync(job, backend="thread", workers=2)
     on_ray = run_simulation_sync(job, backend="ray", workers=2)  # starts and stops a local Ray
     for name in threads.params:
-        np.testing.assert_allclose(threads.params[name], on_ray.params[name], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            threads.params[name], on_ray.params[name], rtol=1e-5, atol=1e-7
+        )
 
 
 def test_foedus_sim_command_runs_a_job_file() -> None:

@@ -5,6 +5,10 @@
 parameters. ``snapshot()``/``restore()`` carry the state a restarted server needs (e.g. server
 optimiser moments). Streaming aggregators hold O(model) memory however many clients report;
 the others (median, Krum, ...) must see all updates at once and say so with ``streaming = False``.
+
+Subclasses fold an update in through one of two hooks: :meth:`Aggregator._accept_params` sees
+the named arrays (so it can write each one straight into its own buffer, with no flattened
+copy), and its default flattens them and calls :meth:`Aggregator._accept_vector`.
 """
 
 from __future__ import annotations
@@ -16,17 +20,24 @@ import numpy as np
 
 from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Message
-from foedus.core.params import Params, ParamSpec, check_finite, flatten, unflatten
+from foedus.core.params import Params, ParamSpec, flatten, unflatten
 from foedus.core.registry import Registry
+
+# Elements per block when a pass over a vector is cut into cache-sized pieces (256 KiB of
+# float32): small enough that temporaries stay in L2, large enough that the per-call overhead
+# of numpy is negligible next to the memory traffic.
+BLOCK = 1 << 16
 
 
 class Aggregator(abc.ABC):
-    """Base class; subclasses implement :meth:`_accept_vector` and :meth:`_result_vector`."""
+    """Base class; subclasses implement :meth:`_accept_vector` (or :meth:`_accept_params`) and
+    :meth:`_result_vector`."""
 
     streaming: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._spec: ParamSpec | None = None
+        self._global_params: Params | None = None
         self._global: np.ndarray | None = None
         self.accepted = 0
 
@@ -38,34 +49,77 @@ class Aggregator(abc.ABC):
 
     @property
     def global_vector(self) -> np.ndarray:
+        """The round's global model as one float64 vector (built on first use: FedAvg never
+        needs it, and for a large model the copy is a noticeable share of a round)."""
         if self._global is None:
-            raise ConfigError(f"{type(self).__name__}: call reset(global_params) first")
+            if self._global_params is None:
+                raise ConfigError(f"{type(self).__name__}: call reset(global_params) first")
+            self._global = flatten(self._global_params)
         return self._global
+
+    @property
+    def work_dtype(self) -> np.dtype:  # type: ignore[type-arg]
+        """The floating dtype buffers are kept in: the model's widest, at least float32.
+
+        A float32 model is aggregated in float32 (half the memory traffic of float64, which is
+        what bounds aggregation speed); a float64 model keeps float64.
+        """
+        dtype = np.result_type(np.float32, *self.spec.dtypes)
+        return dtype if dtype.kind == "f" else np.dtype(np.float64)
+
+    def min_updates(self) -> int:
+        """How many accepted updates :meth:`result` needs (Krum and Bulyan need more than 1).
+
+        A server can use it as a lower bound for its quorum.
+        """
+        return 1
 
     def reset(self, global_params: Params) -> None:
         """Start a round from the current global model."""
         self._spec = ParamSpec.of(global_params)
-        self._global = flatten(global_params)
+        self._global_params = global_params
+        self._global = None
         self.accepted = 0
         self._reset()
 
     def accept(self, update: Message) -> None:
-        """Validate one update and fold it in; raises :class:`RejectedUpdate` with a reason."""
+        """Validate one update and fold it in; raises :class:`RejectedUpdate` with a reason.
+
+        Nothing of a rejected update reaches the aggregate: every check runs before the fold.
+        """
         self.spec.check(update.params)
-        check_finite(update.params)
+        check_finite_blocked(update.params)
         if update.num_examples <= 0:
             raise RejectedUpdate("no_examples", f"{update.sender} reported {update.num_examples}")
-        self._accept_vector(flatten(update.params), update.num_examples)
+        self._accept_params(update.params, update.num_examples)
         self.accepted += 1
 
     def result(self) -> dict[str, np.ndarray]:
-        """The new global parameters. Raises RejectedUpdate('no_updates') for an empty round."""
+        """The new global parameters.
+
+        Raises RejectedUpdate('no_updates') for an empty round and
+        RejectedUpdate('too_few_updates') when fewer than :meth:`min_updates` arrived.
+        """
         if self.accepted == 0:
             raise RejectedUpdate("no_updates", "no update was accepted this round")
+        needed = self.min_updates()
+        if self.accepted < needed:
+            raise RejectedUpdate(
+                "too_few_updates",
+                f"{self.describe()} needs at least {needed} updates, got {self.accepted}",
+            )
         return unflatten(self._result_vector(), self.spec)
 
+    def describe(self) -> str:
+        """A short human-readable name with the settings, for error messages."""
+        return type(self).__name__
+
     def snapshot(self) -> dict[str, Any]:
-        """State that must survive a server restart (empty for stateless aggregators)."""
+        """State that must survive a server restart (empty for stateless aggregators).
+
+        Values are numpy arrays or plain JSON-like values (the checkpointer stores arrays as
+        raw buffers and the rest as metadata).
+        """
         return {}
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -74,11 +128,60 @@ class Aggregator(abc.ABC):
     def _reset(self) -> None:
         """Hook: clear per-round accumulators."""
 
-    @abc.abstractmethod
-    def _accept_vector(self, vector: np.ndarray, weight: int) -> None: ...
+    def _accept_params(self, params: Params, weight: int) -> None:
+        """Hook: fold in one validated update. Default: flatten it, then :meth:`_accept_vector`."""
+        self._accept_vector(flatten(params), weight)
+
+    def _accept_vector(self, vector: np.ndarray, weight: int) -> None:
+        """Hook: fold in one validated update as a float64 vector (the caller's own copy)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement _accept_vector or _accept_params"
+        )
 
     @abc.abstractmethod
     def _result_vector(self) -> np.ndarray: ...
+
+
+def check_finite_blocked(params: Params) -> None:
+    """Raise :class:`RejectedUpdate` if any floating-point value is NaN or infinite.
+
+    Same verdict as :func:`foedus.core.params.check_finite`, but checks cache-sized blocks so
+    the boolean temporary never leaves L2 (about twice as fast on large models) and stops at
+    the first bad block.
+    """
+    for name, array in params.items():
+        if array.dtype.kind not in "fc":
+            continue
+        flat = array.reshape(-1)
+        for start in range(0, flat.size, BLOCK):
+            if not np.isfinite(flat[start : start + BLOCK]).all():
+                raise RejectedUpdate("not_finite", f"{name!r} contains NaN or Inf")
+
+
+def positive_number(name: str, value: Any) -> float:
+    """Validate a strictly positive real parameter."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{name}: expected a positive number, got {value!r}")
+    return float(value)
+
+
+def fraction(name: str, value: Any, *, low: float, high: float, high_open: bool = True) -> float:
+    """Validate a real parameter in ``[low, high)`` (or ``[low, high]``)."""
+    ok = (
+        not isinstance(value, bool) and isinstance(value, int | float)
+        and low <= value and (value < high if high_open else value <= high)
+    )
+    if not ok:
+        bracket = ")" if high_open else "]"
+        raise ConfigError(f"{name}: expected a number in [{low}, {high}{bracket}, got {value!r}")
+    return float(value)
+
+
+def whole_number(name: str, value: Any, *, minimum: int) -> int:
+    """Validate an integer parameter ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return value
 
 
 aggregators: Registry[Aggregator] = Registry("aggregator")

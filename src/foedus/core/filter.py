@@ -19,7 +19,6 @@ from foedus.core.message import Message
 from foedus.core.pod import Pod, Wire
 from foedus.core.registry import Registry
 
-
 MODEL_WIRE = "model"
 
 

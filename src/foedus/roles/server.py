@@ -148,7 +148,9 @@ class ServerPod(Pod):
         selected = self.select(rnd)
         self._selected = None if selected is None else set(selected)
         expected = self.expected_clients if selected is None else len(selected)
-        meta: dict[str, Any] = {k: v for extra in self.broadcast_meta for k, v in extra(rnd).items()}
+        meta: dict[str, Any] = {}
+        for extra in self.broadcast_meta:
+            meta.update(extra(rnd))
         if selected is not None:
             meta["selected"] = selected
         await self.send("model", Message.create(

@@ -3,8 +3,8 @@
 A backend receives the round's global model and a list of client indices and returns updates as
 they complete. The thread backend hands messages over in memory (set ``codec=True`` to push
 every message through the wire format anyway); process and Ray workers necessarily serialise, and
-every backend counts the bytes a real deployment would move. Models are *materialized in the workers only*: each worker
-builds one model adapter and reuses it for every client it trains, so memory grows with the
+every backend counts the bytes a real deployment would move. Models are *materialized in the
+workers only*: each worker builds one model adapter and reuses it for every client it trains, so memory grows with the
 number of workers, never with the number of clients. Each client's training is reseeded from
 (job seed, client, round), so results do not depend on which worker trained whom.
 """
@@ -83,7 +83,7 @@ class Backend(abc.ABC):
     def train(self, model_msg: Message, indices: Sequence[int]) -> AsyncIterator[list[Message]]:
         """Updates, in batches, as they complete."""
 
-    def close(self) -> None:  # noqa: B027 - optional
+    def close(self) -> None:
         pass
 
 
@@ -136,7 +136,9 @@ class ThreadBackend(Backend):
             out.append(update)
         return out
 
-    async def train(self, model_msg: Message, indices: Sequence[int]) -> AsyncIterator[list[Message]]:
+    async def train(
+        self, model_msg: Message, indices: Sequence[int]
+    ) -> AsyncIterator[list[Message]]:
         assert self._pool is not None
         if self.codec:
             payload = encode(model_msg)
@@ -210,7 +212,9 @@ class ProcessBackend(Backend):
         # start every worker now (imports, data, model) so the first round is not the slow one
         list(self._pool.map(_warm, range(self.workers)))
 
-    async def train(self, model_msg: Message, indices: Sequence[int]) -> AsyncIterator[list[Message]]:
+    async def train(
+        self, model_msg: Message, indices: Sequence[int]
+    ) -> AsyncIterator[list[Message]]:
         assert self._pool is not None
         payload = encode(model_msg)
         loop = asyncio.get_running_loop()
@@ -266,7 +270,9 @@ class RayBackend(Backend):
         worker: Any = ray.remote(num_cpus=1)(_RayWorker)
         self._actors = [worker.remote(spec) for _ in range(self.workers)]
 
-    async def train(self, model_msg: Message, indices: Sequence[int]) -> AsyncIterator[list[Message]]:
+    async def train(
+        self, model_msg: Message, indices: Sequence[int]
+    ) -> AsyncIterator[list[Message]]:
         ray = self._ray
         payload = encode(model_msg)
         self.bytes_down += len(payload) * len(indices)

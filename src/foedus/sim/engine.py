@@ -3,7 +3,8 @@
 Instead of one graph per client, a simulation wires the server to a single
 :class:`VirtualClients` pod::
 
-    server.model ──(feedback)──→ clients.model      clients.update ──→ [server filters] ──→ server.update
+    server.model ──(feedback)──→ clients.model
+    clients.update ──→ [server filters] ──→ server.update
 
 Virtual clients are cheap: an id and a data partition (plus the state of their own filters,
 e.g. error-feedback residuals). Models exist only inside the backend's workers. The server
@@ -102,8 +103,11 @@ async def run_simulation(
     return JobResult(
         job_id=spec.job_id, clients=spec.clients.count, history=server.history,
         params=server.params, duration_s=time.perf_counter() - began,
-        extra={**parts.finish(), "stop_reason": server.stop_reason, "backend": backend, "workers": pool_workers(pool), "startup_s": round(startup, 3),
-               "bytes_down": pool.bytes_down, "bytes_up": pool.bytes_up},
+        extra={
+            **parts.finish(), "stop_reason": server.stop_reason, "backend": backend,
+            "workers": pool_workers(pool), "startup_s": round(startup, 3),
+            "bytes_down": pool.bytes_down, "bytes_up": pool.bytes_up,
+        },
     )
 
 

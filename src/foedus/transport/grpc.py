@@ -42,7 +42,9 @@ from foedus.transport.hub import (
     DEFAULT_MAX_TOPIC_BYTES,
     Authorizer,
     HostedHubs,
+    Hosting,
     Hub,
+    HubSubscription,
     PayloadTooLarge,
     Publication,
     Refused,
@@ -77,6 +79,10 @@ def client_options(keepalive_s: float) -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # a client started before the hub, or after a hub restart, connects within ~1 s
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 1000),
     ]
 
 
@@ -151,8 +157,11 @@ class GrpcHub:
                  "plaintext" if self.tls is None else "TLS")
         return self
 
-    async def stop(self, grace: float = 1.0) -> None:
+    async def stop(self, grace: float = 1.0, drain: float = 5.0) -> None:
+        """Stop serving. Connected subscribers first get up to ``drain`` seconds to receive
+        what was published (a server's last "stop" message must reach its clients)."""
         if self._server is not None:
+            await self.hub.drain(drain)
             self.hub.close()
             await self._server.stop(grace)
             self._server = None
@@ -258,8 +267,14 @@ class GrpcHub:
 
 _hosted = HostedHubs()
 
+#: gRPC status codes after which a subscription re-opens (the hub went away or is restarting)
+_RETRY_CODES = frozenset({"UNAVAILABLE", "CANCELLED", "UNKNOWN", "INTERNAL", "ABORTED"})
+
 
 class _GrpcSubscription(Subscription):
+    """A Subscribe stream that re-opens itself, with backoff, when the stream breaks (the hub
+    restarted or the connection dropped), for up to the transport's ``reconnect_timeout``."""
+
     def __init__(self, owner: GrpcTransport, call: Any, topic: str, group: str | None) -> None:
         self._owner = owner
         self._call = call
@@ -267,37 +282,72 @@ class _GrpcSubscription(Subscription):
         self.group = group
         self._unacked: int | None = None
         self._closed = False
+        self.reconnects = 0
 
     async def __anext__(self) -> bytes:
         grpc = require("grpc", "grpc")
-        if self._closed:
-            raise StopAsyncIteration
-        try:
-            if self._unacked is not None and self.group is not None:
-                await self._call.write(_ACK.pack(self._unacked))
-                self._unacked = None
-            parts: list[memoryview] = []
-            while True:
-                frame = await self._call.read()
-                if frame is grpc.aio.EOF:
-                    self._closed = True
-                    raise StopAsyncIteration
-                flags, offset, total = _FRAME.unpack_from(frame)
-                parts.append(memoryview(frame)[_FRAME.size:])
-                if flags & _LAST:
-                    payload = b"".join(parts)
-                    if len(payload) != total:
-                        raise TransportError(
-                            f"gRPC hub sent {len(payload)} bytes for a {total}-byte payload"
-                        )
-                    self._unacked = offset
-                    return payload
-        except (grpc.aio.AioRpcError, asyncio.CancelledError, grpc.aio.UsageError) as exc:
+        while True:
             if self._closed:
-                raise StopAsyncIteration from None
-            if isinstance(exc, asyncio.CancelledError):
+                raise StopAsyncIteration
+            try:
+                return await self._read()
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, _StreamEnded) as exc:
+                if self._closed:
+                    raise StopAsyncIteration from None
+                code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "EOF"
+                if code != "EOF" and code not in _RETRY_CODES:
+                    raise _error(exc, f"subscription to {self.topic!r}") from exc
+                await self._reopen(code)
+            except asyncio.CancelledError:
+                if self._closed:
+                    raise StopAsyncIteration from None
                 raise
-            raise _error(exc, f"subscription to {self.topic!r}") from exc
+
+    async def _read(self) -> bytes:
+        grpc = require("grpc", "grpc")
+        if self._unacked is not None and self.group is not None:
+            await self._call.write(_ACK.pack(self._unacked))
+            self._unacked = None
+        parts: list[memoryview] = []
+        while True:
+            frame = await self._call.read()
+            if frame is grpc.aio.EOF:
+                raise _StreamEnded
+            flags, offset, total = _FRAME.unpack_from(frame)
+            parts.append(memoryview(frame)[_FRAME.size:])
+            if flags & _LAST:
+                payload = b"".join(parts)
+                if len(payload) != total:
+                    raise TransportError(
+                        f"gRPC hub sent {len(payload)} bytes for a {total}-byte payload"
+                    )
+                self._unacked = offset
+                return payload
+
+    async def _reopen(self, why: str) -> None:
+        """Subscribe again; the hub's offsets (and, after a restart, group positions) start
+        over, so the unacknowledged payload is simply delivered again if the hub still has it."""
+        self._call.cancel()
+        self._unacked = None
+        log.warning("gRPC subscription to %r broke (%s); re-subscribing", self.topic, why)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._owner.reconnect_timeout
+        delay = 0.1
+        while not self._closed:
+            try:
+                self._call = await self._owner._open_stream(self.topic, self.group)
+                self.reconnects += 1
+                log.info("gRPC subscription to %r re-established", self.topic)
+                return
+            except TransportError as exc:
+                if loop.time() + delay > deadline:
+                    raise TransportError(
+                        f"gRPC subscription to {self.topic!r} broke ({why}) and could not be "
+                        f"re-established within {self._owner.reconnect_timeout}s: {exc}"
+                    ) from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        raise StopAsyncIteration
 
     async def close(self) -> None:
         if self._closed:
@@ -316,6 +366,10 @@ class _GrpcSubscription(Subscription):
             self._call.cancel()
 
 
+class _StreamEnded(Exception):
+    """The hub ended a Subscribe stream without an error (it is shutting down)."""
+
+
 def _error(exc: Any, what: str) -> TransportError:
     code = exc.code()
     name = getattr(code, "name", str(code))
@@ -327,10 +381,13 @@ class GrpcTransport(Transport):
     """A client of a :class:`GrpcHub` at ``address`` (``HOST:PORT``).
 
     ``tls``: the client's TLSConfig or a job-file mapping (``ca``, plus ``cert``/``key`` for
-    mutual TLS). ``serve``: a TLS mapping for the *hub*; when given, this process hosts the hub at
-    ``address`` (started on first use, shared by every transport of the process with the same
-    address, stopped when the last closes) - what a single-process job needs.
-    ``connect_timeout`` bounds the wait for a reachable, TLS-accepting hub.
+    mutual TLS). ``serve``: a TLS mapping for the *hub*, making this process host it at
+    ``address``; with ``serve_as: server`` and ``actor: "{actor}"`` only the server actor hosts
+    and the others connect (see :class:`foedus.transport.hub.Hosting`). ``verify_sender`` and
+    ``sender_aliases`` set the hosted hub's identity check.
+    ``connect_timeout`` bounds the wait for a reachable, TLS-accepting hub (a client started
+    before the server waits for it); ``reconnect_timeout`` how long a broken subscription or a
+    publish to an unreachable hub keeps retrying.
     """
 
     name = "grpc"
@@ -338,35 +395,53 @@ class GrpcTransport(Transport):
     def __init__(
         self, address: str = "127.0.0.1:50051", *,
         tls: TLSConfig | Mapping[str, Any] | None = None, insecure: bool = False,
-        serve: TLSConfig | Mapping[str, Any] | None = None, connect_timeout: float = 30.0,
-        keepalive_s: float = 30.0,
+        serve: TLSConfig | Mapping[str, Any] | None = None, serve_as: str | None = None,
+        actor: str | None = None, verify_sender: bool = False,
+        sender_aliases: Mapping[str, str] | None = None, connect_timeout: float = 30.0,
+        reconnect_timeout: float = 60.0, keepalive_s: float = 30.0,
     ) -> None:
         require("grpc", "grpc")
         self.address = address
         self._host, self._port = _split_address(address)
+        self.hosting = Hosting.from_params(serve, serve_as, actor, verify_sender, sender_aliases)
         self.tls = TLSConfig.from_mapping(tls)
-        if self.tls is None and not insecure:
+        if self.tls is None and not insecure and not self.hosting.in_process:
             raise ConfigError("grpc transport needs tls: {ca: ...} (or insecure: true)")
+        for label, value in [("connect_timeout", connect_timeout),
+                             ("reconnect_timeout", reconnect_timeout),
+                             ("keepalive_s", keepalive_s)]:
+            if not value > 0:
+                raise ConfigError(f"{label} must be positive, got {value!r}")
         self.insecure = insecure
-        self.serve = TLSConfig.from_mapping(serve)
+        self.serve = self.hosting.serve
         self.connect_timeout = connect_timeout
+        self.reconnect_timeout = reconnect_timeout
         self.keepalive_s = keepalive_s
         self._channel: Any = None
         self._max_payload: int | None = None
-        self._subs: set[_GrpcSubscription] = set()
+        self._hub: Hub | None = None  # set when this transport is the hosting actor
+        self._subs: set[Subscription] = set()
         self._closed = False
-        if self.serve is not None:
-            _hosted.acquire(self.address)
+        _hosted.acquire(self.address, self._starter() if self.hosting.may_host else None)
+
+    def _starter(self) -> Any:
+        serve, authorize = self.serve, self.hosting.authorizer()
+
+        async def start() -> GrpcHub:
+            return await GrpcHub(self._host, self._port, serve, authorize=authorize).start()
+
+        return start
 
     async def _ready(self) -> Any:
+        """The channel to the hub (None for the hosting actor, which uses the hub directly)."""
         if self._closed:
             raise TransportClosed("the grpc transport is closed")
         grpc = require("grpc", "grpc")
-        if self.serve is not None:
-            serve = self.serve
-            await _hosted.ensure(
-                self.address, lambda: GrpcHub(self._host, self._port, serve).start()
-            )
+        server = await _hosted.ensure(self.address)
+        if self.hosting.in_process:
+            assert server is not None
+            self._hub = server.hub
+            return None
         if self._channel is None:
             options = client_options(self.keepalive_s)
             if self.tls is None:
@@ -393,13 +468,19 @@ class GrpcTransport(Transport):
             self._max_payload = int(_ACK.unpack(reply)[0])
         return self._channel
 
+    def _local_publish(self, topic: str, payload: bytes, key: str | None, retain: bool) -> None:
+        assert self._hub is not None
+        self._hub.publish(Publication(topic, bytes(payload), key, retain, self.hosting.actor))
+
     async def publish(
         self, topic: str, payload: bytes, *, key: str | None = None, retain: bool = False
     ) -> None:
-        grpc = require("grpc", "grpc")
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise TransportError(f"payload must be bytes, got {type(payload).__name__}")
         channel = await self._ready()
+        if channel is None:
+            self._local_publish(topic, payload, key, retain)
+            return
         view = memoryview(payload).cast("B")
         assert self._max_payload is not None
         if view.nbytes > self._max_payload:
@@ -409,7 +490,28 @@ class GrpcTransport(Transport):
                     ("foedus-retain", "1" if retain else "0")]
         if key is not None:
             metadata.append(("foedus-key-bin", key.encode()))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect_timeout
+        delay = 0.1
+        while True:
+            try:
+                await self._publish_once(channel, view, metadata, topic)
+                return
+            except _Unavailable as exc:  # the hub is (re)starting: retry, at least once
+                if loop.time() + delay > deadline:
+                    raise TransportError(
+                        f"gRPC publish to {topic!r}: hub unavailable for "
+                        f"{self.reconnect_timeout}s: {exc}"
+                    ) from exc
+                log.warning("gRPC publish to %r: hub unavailable, retrying", topic)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                channel = await self._ready()
 
+    async def _publish_once(
+        self, channel: Any, view: memoryview, metadata: list[tuple[str, Any]], topic: str
+    ) -> None:
+        grpc = require("grpc", "grpc")
         call = channel.stream_unary(_PUBLISH)(metadata=metadata)
         try:
             try:
@@ -420,9 +522,12 @@ class GrpcTransport(Transport):
                 pass  # the hub ended the call early (a refusal): its status says why, below
             await call
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                raise _Unavailable(exc.details()) from exc
             raise _error(exc, f"publish to {topic!r}") from exc
 
-    async def subscribe(self, topic: str, *, group: str | None = None) -> Subscription:
+    async def _open_stream(self, topic: str, group: str | None) -> Any:
+        """Open a Subscribe stream and wait for the hub's READY frame."""
         grpc = require("grpc", "grpc")
         channel = await self._ready()
         metadata = [("foedus-topic-bin", topic.encode())]
@@ -436,7 +541,14 @@ class GrpcTransport(Transport):
         if frame is grpc.aio.EOF or not _FRAME.unpack_from(frame)[0] & _READY:
             call.cancel()
             raise TransportError(f"gRPC hub did not confirm the subscription to {topic!r}")
-        sub = _GrpcSubscription(self, call, topic, group)
+        return call
+
+    async def subscribe(self, topic: str, *, group: str | None = None) -> Subscription:
+        if await self._ready() is None:
+            assert self._hub is not None
+            sub: Subscription = HubSubscription(self._hub.open(topic, group))
+        else:
+            sub = _GrpcSubscription(self, await self._open_stream(topic, group), topic, group)
         self._subs.add(sub)
         return sub
 
@@ -446,8 +558,12 @@ class GrpcTransport(Transport):
         self._closed = True
         for sub in list(self._subs):
             await sub.close()
+        self._subs.clear()
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
-        if self.serve is not None:
-            await _hosted.release(self.address)
+        await _hosted.release(self.address)
+
+
+class _Unavailable(Exception):
+    """The hub could not be reached for one publish attempt."""

@@ -48,7 +48,9 @@ from foedus.transport.hub import (
     Authorizer,
     Cursor,
     HostedHubs,
+    Hosting,
     Hub,
+    HubSubscription,
     PayloadTooLarge,
     Publication,
     Refused,
@@ -127,10 +129,13 @@ class HttpsHub:
         log.info("HTTPS hub listening on %s", self.url)
         return self
 
-    async def stop(self) -> None:
+    async def stop(self, drain: float = 5.0) -> None:
+        """Stop serving. Connected subscribers first get up to ``drain`` seconds to receive
+        what was published (a server's last "stop" message must reach its clients)."""
         if self._runner is not None:
             if self._reaper is not None:
                 self._reaper.cancel()
+            await self.hub.drain(drain)
             self.hub.close()  # ends pending long polls at once
             self._leases.clear()
             await self._runner.cleanup()
@@ -235,8 +240,9 @@ class HttpsHub:
         lease.polling = True
         try:
             item = await lease.cursor.next(timeout=max(wait, 0.0))
-        except TransportClosed:
-            return self._fail(410, "subscription closed")
+        except TransportClosed:  # closed by the hub (stopping, lease expired): re-subscribe
+            self._leases.pop(request.match_info["sid"], None)
+            return self._fail(404, "subscription closed by the hub")
         except TransportError as exc:
             return self._fail(410, str(exc))
         finally:
@@ -279,7 +285,24 @@ class HttpsHub:
 _hosted = HostedHubs()
 
 
+def _refused_connection(exc: BaseException) -> bool:
+    """True when nothing listens at the hub's address yet (or any more): worth retrying, unlike
+    a TLS refusal, which fails at once with its own error."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError | ConnectionResetError):
+            return True
+        if "connection refused" in str(seen).lower() or "errno 111" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class _HttpsSubscription(Subscription):
+    """A long-polling subscription that re-opens itself, with backoff, when the hub forgets it
+    (restart, lease expiry) or stops answering, for up to the transport's
+    ``reconnect_timeout``."""
+
     def __init__(self, owner: HttpsTransport, sid: str, topic: str, group: str | None,
                  renew_every: float) -> None:
         self._owner = owner
@@ -288,6 +311,7 @@ class _HttpsSubscription(Subscription):
         self.group = group
         self._unacked: int | None = None
         self._closed = False
+        self.reconnects = 0
         self._renewer = asyncio.create_task(self._renew(renew_every))
 
     async def _renew(self, every: float) -> None:
@@ -314,8 +338,11 @@ class _HttpsSubscription(Subscription):
             except httpx.HTTPError as exc:
                 if self._closed:
                     raise StopAsyncIteration from None
-                raise TransportError(f"HTTPS subscription to {self.topic!r} failed: "
-                                     f"{type(exc).__name__}: {exc}") from exc
+                if not isinstance(exc, httpx.TransportError):
+                    raise TransportError(f"HTTPS subscription to {self.topic!r} failed: "
+                                         f"{type(exc).__name__}: {exc}") from exc
+                await self._reopen(f"{type(exc).__name__}: {exc}")
+                continue
             if r.status_code == 204:
                 self._unacked = None  # the acknowledgement went through
                 continue
@@ -325,7 +352,34 @@ class _HttpsSubscription(Subscription):
                 return content
             if self._closed:
                 raise StopAsyncIteration
+            if r.status_code in (404, 503):  # the hub forgot us (restart, lease) or is stopping
+                await self._reopen(f"{r.status_code}")
+                continue
             raise _error(r, f"subscription to {self.topic!r}")
+
+    async def _reopen(self, why: str) -> None:
+        """Open a new subscription on the hub; after a hub restart offsets and group positions
+        start over, so the unacknowledged payload is dropped from our books."""
+        self._unacked = None
+        log.warning("HTTPS subscription to %r broke (%s); re-subscribing", self.topic, why)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._owner.reconnect_timeout
+        delay = 0.1
+        while not self._closed:
+            try:
+                self.sid = await self._owner._open(self.topic, self.group)
+                self.reconnects += 1
+                log.info("HTTPS subscription to %r re-established", self.topic)
+                return
+            except TransportError as exc:
+                if loop.time() + delay > deadline:
+                    raise TransportError(
+                        f"HTTPS subscription to {self.topic!r} broke ({why}) and could not be "
+                        f"re-established within {self._owner.reconnect_timeout}s: {exc}"
+                    ) from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        raise StopAsyncIteration
 
     async def close(self) -> None:
         if self._closed:
@@ -351,9 +405,13 @@ class HttpsTransport(Transport):
     """A client of an :class:`HttpsHub` at ``url`` (``https://HOST:PORT``).
 
     ``tls``: the client's TLSConfig or a job-file mapping (``ca``, plus ``cert``/``key`` for
-    mutual TLS). ``serve``: a TLS mapping for the *hub*; when given, this process hosts the hub at
-    the url's host and port (started on first use, shared by every transport of the process with
-    the same url, stopped when the last closes). ``poll_s`` is the long-poll wait.
+    mutual TLS). ``serve``: a TLS mapping for the *hub*, making this process host it at the url's
+    host and port; with ``serve_as: server`` and ``actor: "{actor}"`` only the server actor
+    hosts and the others connect (see :class:`foedus.transport.hub.Hosting`). ``verify_sender``
+    and ``sender_aliases`` set the hosted hub's identity check. ``poll_s`` is the long-poll
+    wait; ``connect_timeout`` bounds the wait for the hub to come up (a client started before
+    the server waits for it); ``reconnect_timeout`` how long a broken subscription or a publish
+    to an unreachable hub keeps retrying.
     """
 
     name = "https"
@@ -361,39 +419,58 @@ class HttpsTransport(Transport):
     def __init__(
         self, url: str = "https://127.0.0.1:8443", *,
         tls: TLSConfig | Mapping[str, Any] | None = None, insecure: bool = False,
-        serve: TLSConfig | Mapping[str, Any] | None = None, connect_timeout: float = 30.0,
-        poll_s: float = 20.0,
+        serve: TLSConfig | Mapping[str, Any] | None = None, serve_as: str | None = None,
+        actor: str | None = None, verify_sender: bool = False,
+        sender_aliases: Mapping[str, str] | None = None, connect_timeout: float = 30.0,
+        reconnect_timeout: float = 60.0, poll_s: float = 20.0,
     ) -> None:
         require("httpx", "https")
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname or not parts.port:
             raise ConfigError(f"https url must look like https://HOST:PORT, got {url!r}")
+        self.hosting = Hosting.from_params(serve, serve_as, actor, verify_sender, sender_aliases)
         self.tls = TLSConfig.from_mapping(tls)
-        if parts.scheme == "https" and self.tls is None:
+        if parts.scheme == "https" and self.tls is None and not self.hosting.in_process:
             raise ConfigError("https transport needs tls: {ca: ...}")
         if parts.scheme == "http" and not insecure:
             raise ConfigError("plain http:// needs insecure: true")
         if not 0 < poll_s <= _MAX_WAIT:
             raise ConfigError(f"poll_s must be in (0, {_MAX_WAIT}], got {poll_s}")
+        for label, value in [("connect_timeout", connect_timeout),
+                             ("reconnect_timeout", reconnect_timeout)]:
+            if not value > 0:
+                raise ConfigError(f"{label} must be positive, got {value!r}")
         self.url = url.rstrip("/")
         self._host, self._port = parts.hostname, parts.port
-        self.serve = TLSConfig.from_mapping(serve)
+        self.serve = self.hosting.serve
         self.connect_timeout = connect_timeout
+        self.reconnect_timeout = reconnect_timeout
         self.poll_s = poll_s
         self._client: Any = None
         self._info: dict[str, Any] | None = None
-        self._subs: set[_HttpsSubscription] = set()
+        self._hub: Hub | None = None  # set when this transport is the hosting actor
+        self._subs: set[Subscription] = set()
         self._closed = False
-        if self.serve is not None:
-            _hosted.acquire(self.url)
+        _hosted.acquire(self.url, self._starter() if self.hosting.may_host else None)
+
+    def _starter(self) -> Any:
+        serve, authorize = self.serve, self.hosting.authorizer()
+
+        async def start() -> HttpsHub:
+            return await HttpsHub(self._host, self._port, serve, authorize=authorize).start()
+
+        return start
 
     async def _ready(self) -> Any:
+        """The HTTP client (None for the hosting actor, which uses the hub directly)."""
         if self._closed:
             raise TransportClosed("the https transport is closed")
         httpx = require("httpx", "https")
-        if self.serve is not None:
-            serve = self.serve
-            await _hosted.ensure(self.url, lambda: HttpsHub(self._host, self._port, serve).start())
+        server = await _hosted.ensure(self.url)
+        if self.hosting.in_process:
+            assert server is not None
+            self._hub = server.hub
+            return None
         if self._client is None:
             self._client = httpx.AsyncClient(
                 base_url=self.url,
@@ -402,17 +479,32 @@ class HttpsTransport(Transport):
                 trust_env=False,
             )
         if self._info is None:
+            self._info = await self._handshake()
+        return self._client
+
+    async def _handshake(self) -> dict[str, Any]:
+        """Read ``/v1/info``, waiting up to ``connect_timeout`` for a hub that is not up yet."""
+        httpx = require("httpx", "https")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout
+        delay = 0.1
+        while True:
             try:
                 r = await self._client.get("/v1/info")
+                break
             except httpx.HTTPError as exc:
-                raise TransportError(
-                    f"cannot reach the HTTPS hub at {self.url}: {type(exc).__name__}: {exc} "
-                    "(hub down, or TLS refused: wrong CA or missing/invalid client certificate)"
-                ) from exc
-            if r.status_code != 200:
-                raise _error(r, "handshake")
-            self._info = r.json()
-        return self._client
+                if not _refused_connection(exc) or loop.time() + delay > deadline:
+                    raise TransportError(
+                        f"cannot reach the HTTPS hub at {self.url}: {type(exc).__name__}: {exc}"
+                        " (hub down, or TLS refused: wrong CA or missing/invalid client"
+                        " certificate)"
+                    ) from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        if r.status_code != 200:
+            raise _error(r, "handshake")
+        info: dict[str, Any] = r.json()
+        return info
 
     async def publish(
         self, topic: str, payload: bytes, *, key: str | None = None, retain: bool = False
@@ -421,6 +513,11 @@ class HttpsTransport(Transport):
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise TransportError(f"payload must be bytes, got {type(payload).__name__}")
         client = await self._ready()
+        if client is None:
+            assert self._hub is not None
+            self._hub.publish(Publication(topic, bytes(payload), key, retain,
+                                          self.hosting.actor))
+            return
         view = memoryview(payload).cast("B")
         assert self._info is not None
         if view.nbytes > self._info["max_payload"]:
@@ -438,15 +535,25 @@ class HttpsTransport(Transport):
             for start in range(0, view.nbytes, CHUNK_SIZE):
                 yield bytes(view[start:start + CHUNK_SIZE])
 
-        try:
-            r = await client.put("/v1/publish", params=params, content=body())
-        except httpx.HTTPError as exc:
-            raise TransportError(f"HTTPS publish to {topic!r} failed: "
-                                 f"{type(exc).__name__}: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect_timeout
+        delay = 0.1
+        while True:
+            try:
+                r = await client.put("/v1/publish", params=params, content=body())
+                break
+            except httpx.HTTPError as exc:
+                if not _refused_connection(exc) or loop.time() + delay > deadline:
+                    raise TransportError(f"HTTPS publish to {topic!r} failed: "
+                                         f"{type(exc).__name__}: {exc}") from exc
+                log.warning("HTTPS publish to %r: hub unreachable, retrying", topic)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
         if r.status_code != 200:
             raise _error(r, f"publish to {topic!r}")
 
-    async def subscribe(self, topic: str, *, group: str | None = None) -> Subscription:
+    async def _open(self, topic: str, group: str | None) -> str:
+        """Open a subscription on the hub; returns its id."""
         httpx = require("httpx", "https")
         client = await self._ready()
         try:
@@ -456,9 +563,17 @@ class HttpsTransport(Transport):
                                  f"{type(exc).__name__}: {exc}") from exc
         if r.status_code != 200:
             raise _error(r, f"subscribe to {topic!r}")
-        assert self._info is not None
-        sub = _HttpsSubscription(self, r.json()["id"], topic, group,
-                                 renew_every=float(self._info["lease_s"]) / 3)
+        sid: str = r.json()["id"]
+        return sid
+
+    async def subscribe(self, topic: str, *, group: str | None = None) -> Subscription:
+        if await self._ready() is None:
+            assert self._hub is not None
+            sub: Subscription = HubSubscription(self._hub.open(topic, group))
+        else:
+            assert self._info is not None
+            sub = _HttpsSubscription(self, await self._open(topic, group), topic, group,
+                                     renew_every=float(self._info["lease_s"]) / 3)
         self._subs.add(sub)
         return sub
 
@@ -468,8 +583,8 @@ class HttpsTransport(Transport):
         self._closed = True
         for sub in list(self._subs):
             await sub.close()
+        self._subs.clear()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-        if self.serve is not None:
-            await _hosted.release(self.url)
+        await _hosted.release(self.url)

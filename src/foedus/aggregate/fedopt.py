@@ -1,0 +1,196 @@
+"""Server optimisers: FedAvgM, FedAdagrad, FedAdam and FedYogi.
+
+The round's weighted mean of client models is streamed exactly as in FedAvg (O(model) memory);
+what changes is the step the server takes with it. The mean's offset from the current global
+model, ``delta = mean - global``, is a pseudo-gradient (a descent direction), and the server
+feeds it to an optimiser whose state lives across rounds:
+
+* FedAvgM (Hsu et al., 2019): ``v = momentum * v + delta``; ``x += server_lr * v``.
+* FedAdagrad, FedAdam, FedYogi (Reddi et al., "Adaptive Federated Optimization", ICLR 2021,
+  Algorithm 2): ``m = beta1 * m + (1 - beta1) * delta`` and
+
+  - Adagrad: ``v = v + delta**2``
+  - Adam:    ``v = beta2 * v + (1 - beta2) * delta**2``
+  - Yogi:    ``v = v - (1 - beta2) * delta**2 * sign(v - delta**2)``
+
+  then ``x += server_lr * m / (sqrt(v) + tau)``. As in the paper there is no bias
+  correction and ``v`` starts at ``tau**2``.
+
+The optimiser state (``m``, ``v``, the step count) is part of :meth:`snapshot`, so a server
+checkpoint carries it and a restarted server continues the same trajectory. State is kept in
+float64 whatever the model's dtype: it is one vector or two per job, and the squared deltas
+of a converging model underflow float32's useful range quickly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from foedus.aggregate.base import aggregators, fraction, positive_number
+from foedus.aggregate.fedavg import FedAvg
+from foedus.core.errors import ConfigError
+
+
+class ServerOptimizer(FedAvg):
+    """FedAvg's streamed mean followed by an optimiser step on ``mean - global``."""
+
+    streaming = True
+    _state_keys: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = 0
+        self._state: dict[str, np.ndarray] = {}
+
+    def _reset(self) -> None:
+        super()._reset()
+        _ = self.global_vector  # take the float64 copy now, whatever the caller does later
+        for key, array in self._state.items():
+            if array.shape != (self.spec.size,):
+                raise ConfigError(
+                    f"{self.describe()}: optimiser state {key!r} has {array.size} values but the "
+                    f"model has {self.spec.size}; the checkpoint belongs to another model"
+                )
+
+    def _result_vector(self) -> np.ndarray:
+        delta = self.mean_vector().astype(np.float64)
+        delta -= self.global_vector
+        step = self._step(delta)
+        self.steps += 1
+        step += self.global_vector
+        return step
+
+    def _step(self, delta: np.ndarray) -> np.ndarray:
+        """Update the optimiser state with ``delta`` and return the step to add (may reuse
+        ``delta``'s buffer)."""
+        raise NotImplementedError
+
+    def _buffer(self, key: str, fill: float) -> np.ndarray:
+        if key not in self._state:
+            self._state[key] = np.full(self.spec.size, fill, dtype=np.float64)
+        return self._state[key]
+
+    def snapshot(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"steps": self.steps}
+        state.update({key: array.copy() for key, array in self._state.items()})
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        unknown = sorted(set(state) - {"steps", *self._state_keys})
+        if unknown:
+            raise ConfigError(
+                f"{self.describe()}: checkpoint state has unexpected keys {unknown}; "
+                f"it was written by another aggregator"
+            )
+        self.steps = int(state.get("steps", 0))
+        self._state = {
+            key: np.array(state[key], dtype=np.float64).reshape(-1)
+            for key in self._state_keys if key in state
+        }
+
+
+@aggregators.register("fedavgm")
+class FedAvgM(ServerOptimizer):
+    """FedAvg with server momentum (Hsu et al., 2019).
+
+    ``server_lr=1, momentum=0`` is exactly FedAvg. The effective step is about
+    ``server_lr / (1 - momentum)`` times the mean's offset, so lower ``server_lr`` when raising
+    ``momentum``.
+    """
+
+    _state_keys = ("momentum",)
+
+    def __init__(self, server_lr: float = 1.0, momentum: float = 0.9) -> None:
+        super().__init__()
+        self.server_lr = positive_number("server_lr", server_lr)
+        self.momentum = fraction("momentum", momentum, low=0.0, high=1.0)
+
+    def describe(self) -> str:
+        return f"FedAvgM(server_lr={self.server_lr}, momentum={self.momentum})"
+
+    def _step(self, delta: np.ndarray) -> np.ndarray:
+        velocity = self._buffer("momentum", 0.0)
+        velocity *= self.momentum
+        velocity += delta
+        np.multiply(velocity, self.server_lr, out=delta)
+        return delta
+
+
+class _Adaptive(ServerOptimizer):
+    """The shared shape of Reddi et al.'s adaptive server optimisers."""
+
+    _state_keys = ("m", "v")
+
+    def __init__(self, server_lr: float, beta1: float, beta2: float, tau: float) -> None:
+        super().__init__()
+        self.server_lr = positive_number("server_lr", server_lr)
+        self.beta1 = fraction("beta1", beta1, low=0.0, high=1.0)
+        self.beta2 = fraction("beta2", beta2, low=0.0, high=1.0)
+        self.tau = positive_number("tau", tau)
+
+    def describe(self) -> str:
+        return (f"{type(self).__name__}(server_lr={self.server_lr}, beta1={self.beta1}, "
+                f"beta2={self.beta2}, tau={self.tau})")
+
+    def _step(self, delta: np.ndarray) -> np.ndarray:
+        m = self._buffer("m", 0.0)
+        v = self._buffer("v", self.tau**2)
+        m *= self.beta1
+        m += (1.0 - self.beta1) * delta
+        np.square(delta, out=delta)  # delta is no longer needed as such: reuse it for delta**2
+        self._second_moment(v, delta)
+        np.sqrt(v, out=delta)
+        delta += self.tau
+        np.divide(m, delta, out=delta)
+        delta *= self.server_lr
+        return delta
+
+    def _second_moment(self, v: np.ndarray, squared: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+@aggregators.register("fedadagrad")
+class FedAdagrad(_Adaptive):
+    """Adagrad on the server: ``v`` sums every round's squared pseudo-gradient."""
+
+    def __init__(self, server_lr: float = 0.1, beta1: float = 0.0, tau: float = 1e-3) -> None:
+        super().__init__(server_lr, beta1, 0.0, tau)
+
+    def describe(self) -> str:
+        return f"FedAdagrad(server_lr={self.server_lr}, beta1={self.beta1}, tau={self.tau})"
+
+    def _second_moment(self, v: np.ndarray, squared: np.ndarray) -> None:
+        v += squared
+
+
+@aggregators.register("fedadam")
+class FedAdam(_Adaptive):
+    """Adam on the server: exponential moving averages of the pseudo-gradient and its square."""
+
+    def __init__(
+        self, server_lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
+    ) -> None:
+        super().__init__(server_lr, beta1, beta2, tau)
+
+    def _second_moment(self, v: np.ndarray, squared: np.ndarray) -> None:
+        v *= self.beta2
+        v += (1.0 - self.beta2) * squared
+
+
+@aggregators.register("fedyogi")
+class FedYogi(_Adaptive):
+    """Yogi on the server: ``v`` moves additively towards ``delta**2``, so it can grow or shrink
+    by at most ``(1 - beta2) * delta**2`` a round (no sudden drop of the effective rate)."""
+
+    def __init__(
+        self, server_lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
+    ) -> None:
+        super().__init__(server_lr, beta1, beta2, tau)
+
+    def _second_moment(self, v: np.ndarray, squared: np.ndarray) -> None:
+        sign = np.sign(v - squared)
+        sign *= squared
+        sign *= 1.0 - self.beta2
+        v -= sign

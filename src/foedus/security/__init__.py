@@ -1,0 +1,1 @@
+"""Security features that are not tied to one transport: signed messages (``signing``)."""
