@@ -4,9 +4,10 @@ A backend receives the round's global model and a list of client indices and ret
 they complete. The thread backend hands messages over in memory (set ``codec=True`` to push
 every message through the wire format anyway); process and Ray workers necessarily serialise, and
 every backend counts the bytes a real deployment would move. Models are *materialized in the
-workers only*: each worker builds one model adapter and reuses it for every client it trains, so memory grows with the
-number of workers, never with the number of clients. Each client's training is reseeded from
-(job seed, client, round), so results do not depend on which worker trained whom.
+workers only*: each worker builds one model adapter and reuses it for every client it trains, so
+memory grows with the number of workers, never with the number of clients. Each client's local
+round is reseeded from (job seed, client, round) through ``ModelAdapter.begin_round``, so results
+do not depend on which worker trained whom.
 """
 
 from __future__ import annotations
