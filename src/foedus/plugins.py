@@ -21,6 +21,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "foedus.aggregate.trees",
     "foedus.compress",
     "foedus.privacy.dp",
+    "foedus.security.signing",
 )
 
 _loaded = False

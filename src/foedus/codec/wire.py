@@ -187,7 +187,7 @@ def _array_entry(entry: Any) -> tuple[str, str, tuple[int, ...], int, int]:
     name, dtype_str, shape, offset, nbytes = entry
     if not isinstance(name, str):
         raise CodecError("array name must be a string")
-    if dtype_str not in _ALLOWED_DTYPES:
+    if not isinstance(dtype_str, str) or dtype_str not in _ALLOWED_DTYPES:
         raise CodecError(f"array {name!r}: dtype {dtype_str!r} is not allowed")
     if (
         not isinstance(shape, list) or len(shape) > _MAX_NDIM

@@ -52,6 +52,9 @@ class ParamSpec:
                 raise RejectedUpdate(
                     "wrong_shape", f"{name!r} has shape {tuple(array.shape)}, expected {shape}"
                 )
+        for name, dtype, array in zip(self.names, self.dtypes, params.values(), strict=True):
+            if not np.can_cast(array.dtype, dtype, "same_kind"):  # e.g. complex into float
+                raise RejectedUpdate("wrong_dtype", f"{name!r} is {array.dtype}, expected {dtype}")
 
 
 def check_finite(params: Params) -> None:

@@ -134,7 +134,7 @@ class S3Checkpointer(Checkpointer):
         if keep < 1:
             raise ConfigError(f"keep: expected at least 1 checkpoint to keep, got {keep}")
         self._staging = tempfile.TemporaryDirectory(prefix="foedus-s3ckpt-")
-        super().__init__(self._staging.name, job_id)
+        super().__init__(self._staging.name, job_id, backups=0)  # the bucket keeps history
         self.store = store
         self.keep = keep
 

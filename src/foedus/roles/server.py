@@ -101,6 +101,7 @@ class ServerPod(Pod):
         self.evaluate = evaluate
         self.checkpointer = checkpointer
         self.participants = sorted(participants) if participants is not None else None
+        self._known = set(self.participants or ())
         self.clients_per_round = clients_per_round
         self.seed = seed
         self.history: list[RoundRecord] = []
@@ -116,6 +117,7 @@ class ServerPod(Pod):
         self._senders: set[str] = set()
         self._selected: set[str] | None = None
         self._offload = False  # aggregate in a worker thread (large models)
+        self._seen_ids: dict[int, set[str]] = {}  # message ids of this and the previous round
         self._client_metrics: list[tuple[int, dict[str, float]]] = []
         self._arrivals: asyncio.Queue[None] = asyncio.Queue()
         self._lock = asyncio.Lock()
@@ -143,6 +145,7 @@ class ServerPod(Pod):
             self._client_metrics.clear()
             self.aggregator.reset(self.params)
             self._offload = sum(a.size for a in self.params.values()) >= _OFFLOAD_VALUES
+            self._seen_ids = {r: ids for r, ids in self._seen_ids.items() if r >= rnd - 1}
             while not self._arrivals.empty():
                 self._arrivals.get_nowait()
         selected = self.select(rnd)
@@ -162,8 +165,13 @@ class ServerPod(Pod):
             record = self._record
             self.current_round = 0  # late updates for this round are now stale
             self._record = None
-        if record.accepted >= self.min_clients:
-            self.params = await asyncio.to_thread(self.aggregator.result)
+        if record.accepted >= max(self.min_clients, self.aggregator.min_updates()):
+            try:
+                self.params = await asyncio.to_thread(self.aggregator.result)
+            except RejectedUpdate as exc:  # e.g. a robust rule that needs more updates
+                record.status = "aggregation_failed"
+                record.rejected[exc.reason] = record.rejected.get(exc.reason, 0) + 1
+                log.warning("round %d: aggregation failed (%s); global model kept", rnd, exc)
         else:
             record.status = "no_quorum"
             log.warning("round %d: %d of %d required updates arrived; global model kept",
@@ -244,6 +252,9 @@ class ServerPod(Pod):
         log.warning("rejected update from %s (round %d): %s", msg.sender, msg.round, exc)
 
     def _check(self, msg: Message) -> None:
+        message_id = msg.header.message_id
+        if any(message_id in ids for ids in self._seen_ids.values()):
+            raise RejectedUpdate("replayed", f"message {message_id} was already received")
         if msg.header.job_id != self.job_id:
             raise RejectedUpdate("wrong_job", f"message is for job {msg.header.job_id!r}")
         if msg.kind not in (Kind.UPDATE, Kind.ERROR):
@@ -260,6 +271,9 @@ class ServerPod(Pod):
             raise RejectedUpdate(
                 "undecoded", f"filters {list(msg.trail)} were not undone before aggregation"
             )
+        if self.participants is not None and msg.sender not in self._known:
+            raise RejectedUpdate("unknown_sender", f"{msg.sender!r} is not a participant")
+        self._seen_ids.setdefault(self.current_round, set()).add(message_id)
 
     # ---- helpers --------------------------------------------------------------------------
     def _control(self, action: str) -> Message:

@@ -64,6 +64,7 @@ class LocalTransport(Transport):
         self._logs: dict[str, list[bytes]] = defaultdict(list)  # only kept for grouped topics
         self._cursors: dict[tuple[str, str], int] = {}
         self._grouped_topics: set[str] = set()
+        self._freed: dict[str, int] = {}  # per topic: log entries below this were released
         self._closed = False
 
     async def publish(
@@ -118,6 +119,12 @@ class LocalTransport(Transport):
 
     def _commit(self, topic: str, group: str, position: int) -> None:
         self._cursors[(topic, group)] = max(position, self._cursors.get((topic, group), 0))
+        # release payloads every group has consumed; only their index slot remains
+        low = min(p for (t, _), p in self._cursors.items() if t == topic)
+        log = self._logs[topic]
+        for i in range(self._freed.get(topic, 0), min(low, len(log))):
+            log[i] = b""
+        self._freed[topic] = max(self._freed.get(topic, 0), low)
 
     def _detach(self, sub: _LocalSubscription) -> None:
         if sub in self._subs[sub.topic]:
