@@ -18,8 +18,10 @@ def upd(sender: str, n: int, **params: np.ndarray) -> Message:
 def test_matches_a_hand_computed_weighted_mean() -> None:
     agg = FedAvg()
     agg.reset({"w": np.zeros((2, 2), np.float32), "b": np.zeros(2, np.float32)})
-    agg.accept(upd("a", 1, w=np.array([[1, 2], [3, 4]], np.float32), b=np.array([0, 1], np.float32)))
-    agg.accept(upd("b", 3, w=np.array([[5, 6], [7, 8]], np.float32), b=np.array([4, 1], np.float32)))
+    agg.accept(upd("a", 1, w=np.array([[1, 2], [3, 4]], np.float32),
+                   b=np.array([0, 1], np.float32)))
+    agg.accept(upd("b", 3, w=np.array([[5, 6], [7, 8]], np.float32),
+                   b=np.array([4, 1], np.float32)))
     out = agg.result()
     # (1*1 + 3*5)/4 = 4, (2 + 18)/4 = 5, (3 + 21)/4 = 6, (4 + 24)/4 = 7; b: (0+12)/4 = 3, 1
     np.testing.assert_allclose(out["w"], [[4, 5], [6, 7]])

@@ -1,0 +1,295 @@
+"""Aggregation speed: every foedus aggregator against the memory-bandwidth limit and Flower.
+
+For K clients in {10, 100} and P in {1e6, 1e7} float32 parameters, one round of each
+aggregator is timed as the server runs it: ``reset``, K x ``accept`` (validation included:
+shape and NaN/Inf checks), ``result``. Inputs are K random float32 updates around a random
+global model, built once per (K, P) from a fixed seed; messages are read-only views of them.
+
+Columns: round seconds (best of ``--repeat``), seconds in ``result()``, and effective GB/s =
+K*P*4 bytes / round seconds, next to two machine references measured in the same run on the
+same K*P*4 bytes:
+
+* read: read every update once (the best of ``np.sum`` and ``np.dot``; the lower bound of any
+  aggregator, which must at least look at every value);
+* add: ``acc += update`` for every update (``np.add`` with ``out=``; what a streaming mean does
+  at least: read the update, read and write the accumulator).
+
+With ``--flower-python PATH`` the same inputs (regenerated from the same seed) go through
+Flower's own aggregation functions (``flwr.server.strategy.aggregate``: ``aggregate``,
+``aggregate_median``, ``aggregate_trimmed_avg``, ``aggregate_krum``, ``aggregate_bulyan``)
+in a subprocess run by that interpreter; Flower is never imported by foedus itself.
+
+Run:  .venv/bin/python bench/aggregation.py [--quick] [--repeat 3]
+          [--flower-python bench/vs_flower/.venv-flower/bin/python]
+          [--out docs/benchmarks-aggregation.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+SEED = 1234
+# the O(K^2 P) rules are timed with fewer clients at the largest size (see COSTLY)
+COSTLY = {"krum", "multi-krum", "geomedian", "bulyan"}
+
+
+def byzantine_f(k: int) -> int:
+    """Tolerated attackers for the Krum family and Bulyan: 10% of the clients."""
+    return max(1, k // 10)
+
+
+def settings(name: str, k: int) -> dict[str, Any]:
+    table: dict[str, dict[str, Any]] = {
+        "krum": {"f": byzantine_f(k)}, "multi-krum": {"f": byzantine_f(k)},
+        "bulyan": {"f": byzantine_f(k)}, "trimmed-mean": {"beta": 0.1},
+    }
+    return table.get(name, {})
+
+
+def make_inputs(k: int, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """K updates (rows) around a global model, float32, from a fixed seed."""
+    rng = np.random.default_rng([SEED, k, p])
+    global_model = rng.standard_normal(p, dtype=np.float32)
+    updates = rng.standard_normal((k, p), dtype=np.float32)
+    updates *= np.float32(0.01)
+    updates += global_model
+    return global_model, updates
+
+
+def best_of(repeat: int, fn: Callable[[], Any]) -> float:
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return min(times)
+
+
+# ---- machine references ---------------------------------------------------------------------
+def reference_times(updates: np.ndarray, repeat: int) -> dict[str, float]:
+    def read_sum() -> None:
+        for row in updates:
+            row.sum()
+
+    def read_dot() -> None:
+        for row in updates:
+            np.dot(row, row)
+
+    acc = np.zeros(updates.shape[1], np.float32)
+
+    def add() -> None:
+        for row in updates:
+            np.add(acc, row, out=acc)
+
+    add()  # touch the accumulator's pages
+    return {"read": min(best_of(repeat, read_sum), best_of(repeat, read_dot)),
+            "add": best_of(repeat, add)}
+
+
+# ---- foedus ---------------------------------------------------------------------------------
+def time_foedus(name: str, global_model: np.ndarray, updates: np.ndarray,
+                repeat: int) -> tuple[float, float]:
+    import foedus.aggregate  # noqa: F401 - registers every aggregator
+    from foedus.aggregate.base import aggregators
+    from foedus.core.message import Kind, Message
+
+    k = updates.shape[0]
+    messages = [
+        Message.create(Kind.UPDATE, job_id="bench", round=1, sender=f"c{i}",
+                       params={"w": updates[i]}, num_examples=100 + i)
+        for i in range(k)
+    ]
+    agg = aggregators.create(name, **settings(name, k))
+    params = {"w": global_model}
+    best_round, best_result = float("inf"), float("inf")
+    for _ in range(repeat):
+        gc.collect()
+        began = time.perf_counter()
+        agg.reset(params)
+        for msg in messages:
+            agg.accept(msg)
+        mid = time.perf_counter()
+        agg.result()
+        end = time.perf_counter()
+        best_round = min(best_round, end - began)
+        best_result = min(best_result, end - mid)
+    agg.reset(params)  # drop the stacked updates before the next case
+    return best_round, best_result
+
+
+# ---- Flower (runs inside the Flower interpreter) ----------------------------------------------
+def flower_cases(k: int) -> dict[str, Callable[[list[tuple[list[np.ndarray], int]]], Any]]:
+    from flwr.server.strategy import aggregate as fl
+
+    f = byzantine_f(k)
+    return {
+        "fedavg": fl.aggregate,
+        "median": fl.aggregate_median,
+        "trimmed-mean": lambda r: fl.aggregate_trimmed_avg(r, 0.1),
+        "krum": lambda r: fl.aggregate_krum(r, f, 0),
+        "multi-krum": lambda r: fl.aggregate_krum(r, f, k - f),
+        # Flower's Bulyan pops from the list it is given: hand it a fresh one each time
+        "bulyan": lambda r: fl.aggregate_bulyan(list(r), f, fl.aggregate_krum, to_keep=0),
+    }
+
+
+def flower_main(spec: str) -> None:
+    """Subprocess entry: time Flower's functions on the cases in ``spec`` (JSON)."""
+    import flwr
+
+    cases = json.loads(spec)
+    out: dict[str, Any] = {"version": flwr.__version__, "times": []}
+    for k, p, names, repeat in cases:
+        _, updates = make_inputs(k, p)
+        results = [([updates[i]], 100 + i) for i in range(k)]
+        funcs = flower_cases(k)
+        for name in names:
+            if name in funcs:
+                out["times"].append([name, k, p, _time_call(repeat, funcs[name], results)])
+        del updates
+        gc.collect()
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def _time_call(repeat: int, fn: Callable[[Any], Any], arg: Any) -> float:
+    return best_of(repeat, lambda: fn(arg))
+
+
+def run_flower(python: str, cases: list[tuple[int, int, list[str], int]]) -> dict[str, Any]:
+    proc = subprocess.run(
+        [python, __file__, "--flower-worker", json.dumps(cases)],
+        capture_output=True, text=True, check=False,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return dict(json.loads(line[7:]))
+    raise RuntimeError(f"Flower run failed:\n{proc.stderr[-3000:]}")
+
+
+# ---- the table ------------------------------------------------------------------------------
+NAMES = ["fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "median", "trimmed-mean",
+         "krum", "multi-krum", "geomedian", "bulyan"]
+
+
+def plan(quick: bool) -> list[tuple[int, int]]:
+    if quick:
+        return [(10, 1_000_000)]
+    return [(10, 1_000_000), (100, 1_000_000), (10, 10_000_000), (100, 10_000_000)]
+
+
+def names_for(k: int, p: int) -> list[str]:
+    if k * p > 100 * 1_000_000 * 5:  # the largest case: 4 GB of updates
+        return [n for n in NAMES if n not in COSTLY] + ["krum", "geomedian"]
+    return NAMES
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="only K=10, P=1e6")
+    parser.add_argument("--flower-python", help="interpreter with flwr installed")
+    parser.add_argument("--out", help="write the Markdown table here")
+    parser.add_argument("--flower-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.flower_worker:
+        flower_main(args.flower_worker)
+        return
+
+    rows: list[dict[str, Any]] = []
+    refs: dict[tuple[int, int], dict[str, float]] = {}
+    for k, p in plan(args.quick):
+        global_model, updates = make_inputs(k, p)
+        refs[(k, p)] = reference_times(updates, args.repeat)
+        for name in names_for(k, p):
+            # the largest case once: a cold first round (growing the matrix, faulting in
+            # 4 GB of fresh pages); later rounds reuse the matrix and are faster
+            repeat = 1 if (k >= 100 and p >= 10_000_000) else args.repeat
+            seconds, in_result = time_foedus(name, global_model, updates, repeat)
+            rows.append({"name": name, "k": k, "p": p, "s": seconds, "result_s": in_result})
+            print(f"{name:13s} K={k:4d} P={p:>9,d}  {seconds:8.4f} s  "
+                  f"(result {in_result:.4f} s)  {k * p * 4 / seconds / 1e9:6.2f} GB/s",
+                  flush=True)
+        del global_model, updates
+        gc.collect()
+
+    flower: dict[tuple[str, int, int], float] = {}
+    flower_version = None
+    if args.flower_python:
+        cases = [(k, p, [n for n in names_for(k, p) if n in flower_cases_names()],
+                  1 if k * p >= 1_000_000_000 else args.repeat) for k, p in plan(args.quick)]
+        # Flower's Krum and Bulyan loop over client pairs in Python (Bulyan runs Krum n - 2f
+        # times): with 100 clients that alone takes far longer than the rest of this run
+        cases = [(k, p, [n for n in ns if not (n in COSTLY and k >= 100)], r)
+                 for k, p, ns, r in cases]
+        got = run_flower(args.flower_python, cases)
+        flower_version = got["version"]
+        flower = {(n, k, p): s for n, k, p, s in got["times"]}
+        for (n, k, p), s in flower.items():
+            print(f"flower {n:13s} K={k:4d} P={p:>9,d}  {s:8.4f} s", flush=True)
+
+    table = render(rows, refs, flower, flower_version)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(table)
+
+
+def flower_cases_names() -> set[str]:
+    return {"fedavg", "median", "trimmed-mean", "krum", "multi-krum", "bulyan"}
+
+
+def render(rows: list[dict[str, Any]], refs: dict[tuple[int, int], dict[str, float]],
+           flower: dict[tuple[str, int, int], float], flower_version: str | None) -> str:
+    lines = [
+        "# Aggregation benchmark",
+        "",
+        f"Generated by `bench/aggregation.py` on {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, numpy {np.__version__}"
+        + (f", Flower {flower_version}" if flower_version else "")
+        + f"; load average at the end {os.getloadavg()[0]:.1f} (other work on the machine "
+        "skews the figures: compare rows of one run, not runs).",
+        "One round = reset + K accepts (with validation) + result, best of the repeats; "
+        "GB/s = K*P*4 bytes / round time. References on the same bytes: **read** (read every "
+        "update once) and **add** (`acc += update` for every update).",
+        "",
+        "| K | P | read s (GB/s) | add s (GB/s) |",
+        "|---:|---:|---:|---:|",
+    ]
+    for (k, p), ref in refs.items():
+        size = k * p * 4 / 1e9
+        lines.append(f"| {k} | {p:,} | {ref['read']:.4f} ({size / ref['read']:.1f}) | "
+                     f"{ref['add']:.4f} ({size / ref['add']:.1f}) |")
+    lines += [
+        "",
+        "| aggregator | K | P | round s | in result() s | GB/s | % of read | % of add | "
+        "Flower s | speed-up vs Flower |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        k, p = r["k"], r["p"]
+        size = k * p * 4 / 1e9
+        ref = refs[(k, p)]
+        fl = flower.get((r["name"], k, p))
+        fl_cells = f"{fl:.4f} | {fl / r['s']:.1f}x" if fl is not None else "- | -"
+        lines.append(
+            f"| {r['name']} | {k} | {p:,} | {r['s']:.4f} | {r['result_s']:.4f} | "
+            f"{size / r['s']:.2f} | {100 * ref['read'] / r['s']:.0f}% | "
+            f"{100 * ref['add'] / r['s']:.0f}% | {fl_cells} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
