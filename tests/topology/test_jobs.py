@@ -19,7 +19,7 @@ rounds: 4
 round_timeout: 20
 data: {dataset: digits, partition: iid}
 clients: {count: 6}
-model: {type: sklearn-sgd}
+model: {type: sklearn-sgd, params: {learning_rate: constant, eta0: 0.02}}
 """
 
 TOPOLOGIES = {
@@ -37,7 +37,7 @@ topology:
 topology: {type: swarm, params: {neighbors: 3, mixing_rounds: 1}}
 """,
     "async": """
-topology: {type: async, params: {buffer_size: 3, versions: 12}}
+topology: {type: async, params: {buffer_size: 3, versions: 24}}
 """,
 }
 
