@@ -104,12 +104,10 @@ def client_id(index: int) -> str:
 def client_seed(seed: int, index: int, rnd: int) -> int:
     """The seed of one client's local round: foedus's ``task_seed`` (foedus.models.base),
     restated here because Flower's venv has no foedus; :func:`write_data` checks they agree."""
-    import zlib
+    import hashlib
 
-    import numpy as np
-
-    entropy = [seed, zlib.crc32(client_id(index).encode()), rnd]
-    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+    digest = hashlib.blake2b(f"{seed}/{client_id(index)}/{rnd}".encode(), digest_size=4)
+    return int.from_bytes(digest.digest(), "little")
 
 
 def sample_round(seed: int, rnd: int, clients: int, per_round: int | None) -> list[int]:

@@ -63,11 +63,14 @@ class TorchAdapter(ModelAdapter):
         missing = sorted(set(state) - set(params))
         if unknown or missing:
             raise ConfigError(f"state dict mismatch: missing {missing}, unexpected {unknown}")
-        new_state = {
-            k: self.torch.from_numpy(np.array(v, copy=True)).to(state[k].dtype)
-            for k, v in params.items()
-        }
-        self.module.load_state_dict(new_state)
+        for name, target in state.items():
+            value = np.asarray(params[name])
+            if tuple(value.shape) != tuple(target.shape):
+                raise ConfigError(
+                    f"{name!r} has shape {value.shape}, the model expects {tuple(target.shape)}"
+                )
+            # one copy, straight into the parameter's or buffer's own storage
+            np.copyto(target.detach().cpu().numpy(), value, casting="same_kind")
         if self.mu > 0:
             self._anchor = [
                 (p, p.detach().clone()) for p in self.module.parameters() if p.requires_grad
