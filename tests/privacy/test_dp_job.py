@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import foedus.privacy.dp  # noqa: F401  (registers the stages until plugins.py lists it)
 from foedus.config.runner import run_job
 from foedus.config.spec import JobSpec
@@ -50,3 +53,18 @@ async def test_central_dp_budget_stops_training_cleanly_before_the_round_that_wo
     assert statuses == [(CLIENTS, "ok"), (CLIENTS, "ok")]
     assert "privacy budget exhausted" in result.extra["stop_reason"]
     assert result.history[1].metrics["dp_epsilon"] <= budget
+
+
+async def test_a_resumed_server_keeps_counting_the_budget_it_already_spent(
+    tmp_path: Path,
+) -> None:
+    stage = [{"type": "central-dp", "params": {
+        "clients_per_round": CLIENTS, "clip_norm": 1.0, "noise_multiplier": 1.0, "seed": 0}}]
+    first = replace(spec(stage, rounds=2), checkpoint_dir=str(tmp_path))
+    before = await run_job(first)
+    resumed = await run_job(replace(first, rounds=3))  # same checkpoint directory
+    assert [r.round for r in resumed.history] == [1, 2, 3]
+    three_rounds = epsilon_after(3, noise_multiplier=1.0, delta=1e-5,
+                                 sampling=SamplingSpec(CLIENTS, CLIENTS))
+    assert resumed.history[-1].metrics["dp_epsilon"] == three_rounds
+    assert before.history[-1].metrics["dp_epsilon"] < three_rounds

@@ -172,10 +172,13 @@ def build_parts(spec: JobSpec, on_round: RoundListener | None = None) -> JobPart
         participants=[client_id(i) for i in range(spec.clients.count)],
         clients_per_round=spec.clients.per_round, seed=spec.seed,
     )
-    for stage in pipeline:  # stages' round hooks first, so listeners see e.g. epsilon
+    for i, stage in enumerate(pipeline):  # stages' hooks first, so listeners see e.g. epsilon
         server.round_guards.append(stage.before_round)
         server.round_listeners.append(stage.after_round)
         server.broadcast_meta.append(stage.model_meta)
+        server.state_hooks[f"pipeline[{i}]:{spec.pipeline[i].type}"] = (
+            stage.state, stage.restore
+        )
     if mlops is not None:
         mlops.attach(server)
     if on_round is not None:

@@ -109,6 +109,14 @@ class Stage:
         """Extra metadata broadcast with round ``round``'s global model (e.g. a clip norm)."""
         return {}
 
+    def state(self) -> dict[str, Any]:
+        """Server-side state a restarted server must get back (e.g. privacy budget spent);
+        small and msgpack-able. Saved in every checkpoint."""
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load what :meth:`state` returned, when the server resumes from a checkpoint."""
+
 
 #: registered pipeline stages, by the name a job file uses (``type: zstd``)
 stages: Registry[Stage] = Registry("pipeline stage")

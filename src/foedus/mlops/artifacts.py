@@ -148,9 +148,9 @@ class S3Checkpointer(Checkpointer):
 
     def save(
         self, round: int, params: Params, aggregator_state: dict[str, Any],
-        history: list[dict[str, Any]],
+        history: list[dict[str, Any]], extra_state: dict[str, Any] | None = None,
     ) -> None:
-        super().save(round, params, aggregator_state, history)
+        super().save(round, params, aggregator_state, history, extra_state)
         self.store.put(f"{self.checkpoint_prefix}/round-{round:08d}.ckpt", self.path.read_bytes())
         for _, old in _rounds(self.store.list(self.checkpoint_prefix))[self.keep:]:
             self.store.delete(old)

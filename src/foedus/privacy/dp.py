@@ -194,6 +194,19 @@ class _DPStage(Stage):
         self.sync_rounds()
         return self.accountant.epsilon()
 
+    def state(self) -> dict[str, Any]:
+        """The rounds already paid for: a resumed server must not report a fresh budget."""
+        self.sync_rounds()
+        return {"rounds": self.accountant.rounds, "rounds_paid": sorted(self.rounds_paid())}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.accountant.rounds = int(state.get("rounds", 0))
+        self.rounds_paid().update(int(r) for r in state.get("rounds_paid", []))
+
+    def rounds_paid(self) -> set[int]:
+        """The server half's record of rounds that spent budget."""
+        return set()
+
 
 @stages.register("clip")
 class ClipStage(Stage):
@@ -254,6 +267,9 @@ class LocalDPStage(_DPStage):
     def sync_rounds(self) -> None:
         # the epsilon of a client that took part in every round the server saw
         self.accountant.rounds = len(self._rounds_seen)
+
+    def rounds_paid(self) -> set[int]:
+        return self._rounds_seen
 
 
 @stages.register("central-dp")
@@ -344,6 +360,9 @@ class CentralDPStage(_DPStage):
         if self._receiver is not None and round in self._receiver.rounds_spent:
             return
         self.accountant.check_round(round)
+
+    def rounds_paid(self) -> set[int]:
+        return self.server().rounds_spent  # type: ignore[attr-defined,no-any-return]
 
 
 __all__ = [

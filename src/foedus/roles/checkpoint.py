@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ class Checkpoint:
     params: dict[str, np.ndarray]
     aggregator_state: dict[str, Any]
     history: list[dict[str, Any]]
+    #: small msgpack-able state of other server parts, by name (e.g. the privacy accountant)
+    extra_state: dict[str, Any] = field(default_factory=dict)
 
 
 class Checkpointer:
@@ -56,7 +58,7 @@ class Checkpointer:
 
     def save(
         self, round: int, params: Params, aggregator_state: dict[str, Any],
-        history: list[dict[str, Any]],
+        history: list[dict[str, Any]], extra_state: dict[str, Any] | None = None,
     ) -> None:
         # aggregator state may hold arrays (optimiser moments): store them as parameters
         arrays = {f"param/{k}": np.asarray(v) for k, v in params.items()}
@@ -68,7 +70,8 @@ class Checkpointer:
                 plain_state[key] = value
         msg = Message.create(
             Kind.CONTROL, job_id=self.job_id, round=round, sender="checkpoint", params=arrays,
-            meta={"aggregator_state": plain_state, "history": history},
+            meta={"aggregator_state": plain_state, "history": history,
+                  "extra_state": extra_state or {}},
         )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
@@ -122,7 +125,10 @@ class Checkpointer:
         history = list(msg.meta["history"])
         if not all(isinstance(r, dict) for r in history):
             raise ConfigError(f"{path}: history entries must be mappings")
-        return Checkpoint(msg.round, params, state, history)
+        extra = msg.meta.get("extra_state", {})
+        if not isinstance(extra, dict):
+            raise ConfigError(f"{path}: extra_state must be a mapping")
+        return Checkpoint(msg.round, params, state, history, dict(extra))
 
 
 def _sync_dir(directory: Path) -> None:

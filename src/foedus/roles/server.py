@@ -112,6 +112,9 @@ class ServerPod(Pod):
         #: extra metadata for each round's model broadcast
         self.broadcast_meta: list[Callable[[int], dict[str, Any]]] = []
         self.stop_reason: str | None = None
+        #: name -> (get, restore) of extra state saved with each checkpoint (pipeline stages)
+        self.state_hooks: dict[str, tuple[Callable[[], dict[str, Any]],
+                                          Callable[[dict[str, Any]], None]]] = {}
         self.current_round = 0
         self._record: RoundRecord | None = None
         self._senders: set[str] = set()
@@ -188,6 +191,7 @@ class ServerPod(Pod):
             await asyncio.to_thread(
                 self.checkpointer.save, rnd, self.params, self.aggregator.snapshot(),
                 [r.to_dict() for r in self.history],
+                {name: get() for name, (get, _) in self.state_hooks.items()},
             )
         await self.send("events", Message.create(  # carries the model: MLOps pods log it
             Kind.METRICS, job_id=self.job_id, round=rnd, sender=self.name, params=self.params,
@@ -290,6 +294,9 @@ class ServerPod(Pod):
             return 1
         self.params = ckpt.params
         self.aggregator.restore(ckpt.aggregator_state)
+        for name, (_, restore) in self.state_hooks.items():
+            if name in ckpt.extra_state:
+                restore(ckpt.extra_state[name])
         self.history = [RoundRecord(**r) for r in ckpt.history]
         log.info("resumed job %s after round %d", self.job_id, ckpt.round)
         return ckpt.round + 1
