@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import foedus.privacy.dp  # noqa: F401  (registers the stages until plugins.py lists it)
 from foedus.config.runner import run_job
 from foedus.config.spec import JobSpec
 from foedus.privacy.accountant import SamplingSpec, epsilon_after
