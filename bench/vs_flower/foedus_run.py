@@ -29,8 +29,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("workload")
     parser.add_argument("--backend", default="thread")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: default")
     args = parser.parse_args()
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     raw = json.loads(args.workload)
     work = Workload(**{**raw, "hidden": tuple(raw["hidden"])})
 

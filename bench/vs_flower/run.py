@@ -56,25 +56,32 @@ round. Models: MLP 64-32-10 (2,410 parameters) and MLP 64-3130-3130-10 (10,034,7
 registered clients (digits' training split repeated 100 times, ~14 rows each), 100 sampled per
 round.
 
-How each runs: foedus `run_simulation_sync(spec, backend="thread", workers=2)`; Flower 1.42
+How each runs: foedus `run_simulation_sync(spec, backend="thread", workers=W)` (W from
+`--workers`, default 1; the run's setting is noted below the table); Flower 1.42
 `flwr.simulation.run_simulation` with the message-based `FedAvg`, one CPU per Ray actor (two
 actors on two cores), federated evaluation off, central `evaluate_fn`; the bare loop is one
 sequential Python loop (one core) with `torch.set_num_threads(1)` for the small MLP (its tiny
 ops ran 5-40x slower with two intra-op threads on this loaded machine) and torch's default
-threads for the 10M model; foedus uses two workers, Flower two actors. `bare+ser` adds numpy
+threads for the 10M model; foedus gets the same torch thread setting as the bare loop; Flower
+uses two actors. `bare+ser` adds numpy
 `tobytes`/`frombuffer` of the model and every update (the issue's reference for the 10M model).
 """
 
 
+def torch_threads(work: workloads.Workload) -> str:
+    """The same torch intra-op threads for foedus and the bare loop: one for the small MLP
+    (its tiny ops only lose from more), torch's default (0) for the 10M model."""
+    return "0" if max(work.hidden) > 1000 else "1"
+
+
 def foedus_cmd(work: workloads.Workload, backend: str, workers: int) -> list[str]:
     return [str(FOEDUS_PY), str(HERE / "foedus_run.py"), work.to_json(),
-            "--backend", backend, "--workers", str(workers)]
+            "--backend", backend, "--workers", str(workers), "--threads", torch_threads(work)]
 
 
 def bare_cmd(work: workloads.Workload, data: Path, serialize: bool) -> list[str]:
-    threads = "0" if max(work.hidden) > 1000 else "1"  # 0: torch's default
     return [str(FOEDUS_PY), str(HERE / "bare.py"), work.to_json(), str(data),
-            "--threads", threads, *(["--serialize"] if serialize else [])]
+            "--threads", torch_threads(work), *(["--serialize"] if serialize else [])]
 
 
 def flower_cmd(work: workloads.Workload, data: Path) -> list[str]:
@@ -87,7 +94,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated workload names")
     parser.add_argument("--skip", default="", help="comma-separated frameworks to skip")
     parser.add_argument("--backend", default="thread", help="foedus simulation backend")
-    parser.add_argument("--workers", type=int, default=2, help="foedus simulation workers")
+    parser.add_argument("--workers", type=int, default=1, help="foedus simulation workers")
     parser.add_argument("--timeout", type=float, default=1800.0, help="per run, seconds")
     parser.add_argument("--out", type=Path, default=DOC)
     parser.add_argument("--note", action="append", default=[], help="extra note for the doc")

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from foedus.roles.checkpoint import Checkpointer
 log = logging.getLogger("foedus.server")
 
 Evaluator = Callable[[Params], dict[str, float]]
+T = TypeVar("T")
 #: models with at least this many values are aggregated in a worker thread
 _OFFLOAD_VALUES = 1 << 18
 
@@ -170,7 +171,7 @@ class ServerPod(Pod):
             self._record = None
         if record.accepted >= max(self.min_clients, self.aggregator.min_updates()):
             try:
-                self.params = await asyncio.to_thread(self.aggregator.result)
+                self.params = await self._blocking(self.aggregator.result)
             except RejectedUpdate as exc:  # e.g. a robust rule that needs more updates
                 record.status = "aggregation_failed"
                 record.rejected[exc.reason] = record.rejected.get(exc.reason, 0) + 1
@@ -182,7 +183,7 @@ class ServerPod(Pod):
         record.missing_clients = max(0, expected - len(self._senders))
         record.client_metrics = _weighted_mean(self._client_metrics)
         if self.evaluate is not None:
-            record.metrics = await asyncio.to_thread(self.evaluate, self.params)
+            record.metrics = await self._blocking(self.evaluate, self.params)
         record.duration_s = time.perf_counter() - began
         self.history.append(record)
         for listener in self.round_listeners:  # before saving: listeners may add metrics
@@ -238,16 +239,20 @@ class ServerPod(Pod):
                 log.warning("round %d: client %s failed: %s", msg.round, msg.sender, msg.error)
             else:
                 try:
-                    if self._offload:
-                        await asyncio.to_thread(self.aggregator.accept, msg)
-                    else:  # a thread hop costs more than folding in a small model
-                        self.aggregator.accept(msg)
+                    await self._blocking(self.aggregator.accept, msg)
                 except RejectedUpdate as exc:
                     self._reject(msg, exc)
                 else:
                     record.accepted += 1
                     self._client_metrics.append((msg.num_examples, dict(msg.metrics)))
         self._arrivals.put_nowait(None)
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run model-sized work in a worker thread for large models, inline for small ones:
+        a thread hop costs more than folding in or evaluating a small model."""
+        if self._offload:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
 
     def _reject(self, msg: Message, exc: RejectedUpdate) -> None:
         self.rejections[exc.reason] += 1

@@ -147,6 +147,13 @@ class ThreadBackend(Backend):
             model_msg = decode(payload)
         else:
             self.bytes_down += nbytes(model_msg.params) * len(indices)
+        if self.workers == 1:
+            # one worker: train right here, in order; a hop to a single thread buys nothing
+            # (the server only waits) and costs a context switch per batch
+            for batch in _batches(indices, 1):
+                yield self._run_batch(model_msg, batch)
+                await asyncio.sleep(0)  # let the server fold in this batch's updates
+            return
         loop = asyncio.get_running_loop()
         futures = [
             loop.run_in_executor(self._pool, self._run_batch, model_msg, batch)
