@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import yaml
 
 from foedus.config.runner import run_job
 from foedus.config.spec import JobSpec, load_job
+from foedus.config.topologies import run_topology_actors, topology_actors
 from foedus.core.errors import ConfigError
 from tests.topology.helpers import widen_executor
 
@@ -71,4 +73,46 @@ async def test_a_tree_that_misses_a_client_is_refused_before_anything_runs() -> 
     raw = yaml.safe_load(BASE) | {"topology": {"type": "hierarchical", "params": {
         "tree": [{"edge": "a", "children": ["client-000", "client-001"]}]}}}
     with pytest.raises(ConfigError, match="missing from the tree"):
+        await run_job(JobSpec.from_dict(raw))
+
+
+def test_topology_actors_lists_every_actor_of_a_job_server_first() -> None:
+    def spec(kind: str) -> JobSpec:
+        return JobSpec.from_dict(yaml.safe_load(BASE + TOPOLOGIES[kind]))
+
+    clients = [f"client-00{i}" for i in range(6)]
+    assert topology_actors(spec("hierarchical")) == [
+        "server", "north", "client-000", "client-001", "client-002",
+        "south", "client-003", "deep", "client-004", "client-005",
+    ]
+    assert topology_actors(spec("async")) == ["server", *clients]
+    assert topology_actors(spec("swarm")) == clients
+
+
+@pytest.mark.parametrize(("actors", "message"), [
+    (["server", "west"], "unknown actors ['west']"),
+    (["north", "north"], "actors named twice: ['north']"),
+    (["server"], "'local' exists only inside one process"),
+    ([], "at least one actor"),
+])
+async def test_running_actors_that_the_job_does_not_have_is_refused(
+    actors: list[str], message: str
+) -> None:
+    spec = JobSpec.from_dict(yaml.safe_load(BASE + TOPOLOGIES["hierarchical"]))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        await run_topology_actors(spec, actors)
+
+
+async def test_a_root_quorum_larger_than_the_roots_children_is_refused() -> None:
+    raw = yaml.safe_load(BASE + TOPOLOGIES["hierarchical"])
+    raw["topology"]["params"]["min_children"] = 3
+    with pytest.raises(ConfigError, match="the root has only 2 children"):
+        await run_job(JobSpec.from_dict(raw))
+
+
+async def test_an_edge_named_like_a_client_is_refused() -> None:
+    raw = yaml.safe_load(BASE) | {"topology": {"type": "hierarchical", "params": {"tree": [
+        {"edge": "client-000", "children": ["client-000", "client-001"]}]}}}
+    with pytest.raises(ConfigError, match=re.escape("used twice (edges, clients, server): "
+                                                     "['client-000']")):
         await run_job(JobSpec.from_dict(raw))

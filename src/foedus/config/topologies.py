@@ -11,15 +11,22 @@ to :func:`run_topology_job`::
           - {edge: north, children: [client-000, client-001, client-002]}
           - {edge: south, min_children: 2, children: [client-003, client-004, client-005]}
 
-``swarm`` takes ``neighbors``, ``mode`` (gossip | leader), ``mixing_rounds``; ``async`` takes
-``buffer_size``, ``max_staleness``, ``server_lr`` and ``versions`` (default: ``rounds``). Each
-topology runs every actor in this process on the job's transport (one connection per actor for a
-networked transport).
+``hierarchical`` also takes ``min_children`` (the root's quorum among its children; default:
+all). ``swarm`` takes ``neighbors``, ``mode`` (gossip | leader), ``mixing_rounds``; ``async``
+takes ``buffer_size``, ``max_staleness``, ``server_lr`` and ``versions`` (default: ``rounds``).
+
+:func:`run_topology_job` runs every actor in this process on the job's transport (one connection
+per actor for a networked transport). :func:`run_topology_actors` runs only some of them, so a
+deployment starts each actor (or each site's group of actors) as its own process from the same
+job file; :func:`topology_actors` lists the actor ids a job has.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,21 +35,24 @@ from foedus.config.runner import JobParts, build_parts, client_id, fill_actor, m
 from foedus.config.spec import JobSpec, Plugin
 from foedus.core.errors import ConfigError
 from foedus.core.params import Params
+from foedus.core.runtime import Runtime
 from foedus.roles.async_client import AsyncClientPod
 from foedus.roles.async_server import AsyncServerPod
 from foedus.roles.client import ClientPod
 from foedus.roles.peer import MODES, PeerPod
 from foedus.roles.server import ServerPod
-from foedus.topology.asynchronous import run_asynchronous
-from foedus.topology.centralized import run_centralized
-from foedus.topology.hierarchical import check_tree, parse_tree, run_hierarchical
-from foedus.topology.swarm import run_swarm
+from foedus.topology.asynchronous import async_server_graph
+from foedus.topology.centralized import client_graph, run_centralized
+from foedus.topology.hierarchical import EdgeNode, Node, parse_tree, tree_actors, walk
+from foedus.topology.swarm import swarm_graph
 from foedus.transport.base import Transport, transports
+
+log = logging.getLogger("foedus.topologies")
 
 TOPOLOGIES = ("centralized", "hierarchical", "swarm", "async")
 _PARAMS = {
     "centralized": (),
-    "hierarchical": ("tree",),
+    "hierarchical": ("tree", "min_children"),
     "swarm": ("neighbors", "mode", "mixing_rounds"),
     "async": ("buffer_size", "max_staleness", "server_lr", "versions"),
 }
@@ -81,6 +91,11 @@ class TopologySpec:
             raise ConfigError(f"topology.params.{bad[0]}: unknown for {kind}; allowed: {allowed}")
         if kind == "hierarchical" and "tree" not in params:
             raise ConfigError("topology.params.tree: a hierarchical job needs its tree")
+        root_quorum = params.get("min_children")
+        if root_quorum is not None and (isinstance(root_quorum, bool)
+                                        or not isinstance(root_quorum, int) or root_quorum < 1):
+            raise ConfigError("topology.params.min_children: expected an integer >= 1, "
+                              f"got {root_quorum!r}")
         if kind == "swarm" and params.get("mode", "gossip") not in MODES:
             raise ConfigError(f"topology.params.mode: allowed: {', '.join(MODES)}")
         return cls(kind, dict(params))
@@ -98,9 +113,191 @@ class TopologyResult:
     duration_s: float
 
 
+@dataclass
+class ActorsResult:
+    """What some actors of a topology job did in this process.
+
+    ``records`` holds, per actor, its per-step records: root server rounds, edge rounds, FedBuff
+    versions or peer rounds (clients keep none). ``params`` is the job's model as seen here: the
+    (root or FedBuff) server's if it ran here, else the first peer's for a swarm, else ``None``;
+    ``metrics`` are its test metrics (``{}`` without a model).
+    """
+
+    job_id: str
+    topology: str
+    actors: list[str]
+    records: dict[str, list[dict[str, Any]]]
+    params: dict[str, Any] | None
+    metrics: dict[str, float]
+    duration_s: float
+
+
+#: ``on_record(actor, record)``: a server's round, a FedBuff version or a peer's round, as it ends
+RecordListener = Callable[[str, dict[str, Any]], None]
+TransportFor = Callable[[str], Transport]
+
+
+@dataclass
+class _Built:
+    """A topology job built for some of its actors: their runtimes and how to read results."""
+
+    runtimes: dict[str, Runtime]
+    leader: str | None  # the actor whose end is the job's end, when it runs here
+    records: Callable[[], dict[str, list[dict[str, Any]]]]
+    params: Callable[[], Params | None]
+
+
+Builder = Callable[
+    [JobParts, dict[str, Any], TransportFor, Collection[str], RecordListener | None], _Built
+]
+
+
+def topology_actors(spec: JobSpec) -> list[str]:
+    """The actor ids of a hierarchical, swarm or async job, the server first: ``server``, edge
+    names and client ids top down (hierarchical); ``server`` and client ids (async); client ids
+    acting as peers (swarm). These are the names :func:`run_topology_actors` accepts."""
+    topology = TopologySpec.of(spec.topology)
+    clients = [client_id(i) for i in range(spec.clients.count)]
+    if topology.type == "hierarchical":
+        tree = parse_tree(topology.params["tree"])
+        ids = ["server"] + [n.name if isinstance(n, EdgeNode) else n for n, _ in walk(tree)]
+        clashes = sorted({i for i in ids if ids.count(i) > 1})
+        if clashes:  # an actor id names one process and one connection: it must be unique
+            raise ConfigError(f"topology.params.tree: actor ids used twice (edges, clients, "
+                              f"server): {clashes}")
+        return ids
+    if topology.type == "async":
+        return ["server", *clients]
+    if topology.type == "swarm":
+        return clients
+    raise ConfigError(f"topology.type: {topology.type} jobs run their actors with "
+                      "foedus.config.runner.run_server / run_client")
+
+
 async def run_topology_job(spec: JobSpec) -> TopologyResult:
     """Run a job whose ``topology`` is hierarchical, swarm or async, every actor in-process."""
     topology = TopologySpec.of(spec.topology)
+    if topology.type == "centralized":
+        return await _run_centralized(spec)
+    result = await run_topology_actors(spec, topology_actors(spec))
+    records = [
+        r | ({"peer": actor} if topology.type == "swarm" else {})
+        for actor, recs in result.records.items()
+        if topology.type == "swarm" or actor == "server"
+        for r in recs
+    ]
+    return TopologyResult(spec.job_id, topology.type, result.params or {}, result.metrics,
+                          records, result.duration_s)
+
+
+async def run_topology_actors(
+    spec: JobSpec, actors: Sequence[str], *, on_ready: Callable[[], None] | None = None,
+    on_record: RecordListener | None = None, timeout: float | None = None, grace: float = 10.0,
+) -> ActorsResult:
+    """Run only ``actors`` of a hierarchical, swarm or async job in this process.
+
+    Every process of a deployment loads the same job file (same seed, so the same data split and
+    initial model) and names its own actors; they meet on the job's networked transport, each
+    actor with its own connection. An edge and its clients can share a process (one site), or
+    each can have its own. The call returns when the actors here are done: with the server here,
+    when it finished its job (the others get ``grace`` seconds to see the stop message);
+    without it, when every actor here saw the stop (or its peers' last round). ``on_ready`` is
+    called once every actor here is subscribed, which is when a supervisor may start the
+    server. ``timeout`` bounds the wait (``None``: none), for actors whose server may vanish.
+    """
+    topology = TopologySpec.of(spec.topology)
+    known = topology_actors(spec)
+    if not actors:
+        raise ConfigError("name at least one actor to run")
+    unknown = sorted(set(actors) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown actors {unknown}; this job has {known}")
+    if len(set(actors)) != len(actors):
+        twice = sorted({a for a in actors if list(actors).count(a) > 1})
+        raise ConfigError(f"actors named twice: {twice}")
+    parts = build_parts(spec)  # loads the plugins, so the transport's class is known below
+    factory = transports.get(spec.transport.type)
+    if getattr(factory, "shared", False) and set(actors) != set(known):
+        raise ConfigError(
+            f"transport: {spec.transport.type!r} exists only inside one process, so the actors "
+            "run elsewhere could never be reached; use a networked transport (kafka, mqtt, "
+            "grpc) to split a job across processes"
+        )
+    began = time.perf_counter()
+    opened: list[Transport] = []
+
+    def transport_for(actor: str) -> Transport:
+        if opened and opened[0].shared:
+            return opened[0]
+        made: Transport = transports.create(
+            spec.transport.type, **fill_actor(spec.transport.params, actor)
+        )
+        opened.append(made)
+        return made
+
+    try:
+        built = _BUILDERS[topology.type](parts, topology.params, transport_for, set(actors),
+                                         on_record)
+        await asyncio.wait_for(_run(built, on_ready, grace), timeout)
+    finally:
+        for t in opened:
+            await t.close()
+    params = built.params()
+    metrics: dict[str, float] = {}
+    if params is not None:
+        evaluator = make_model(spec, parts.data_spec)
+        evaluator.set_params(params)
+        metrics = evaluator.evaluate(parts.test)
+    return ActorsResult(
+        spec.job_id, topology.type, list(actors), built.records(),
+        None if params is None else dict(params), metrics, time.perf_counter() - began,
+    )
+
+
+async def _run(built: _Built, on_ready: Callable[[], None] | None, grace: float) -> None:
+    """Start the followers, then the leader; as :func:`foedus.core.runtime.run_graphs`, with a
+    ready hook and no leader required (a process of edges or peers has none)."""
+    leader = built.runtimes.get(built.leader) if built.leader else None
+    followers = [rt for actor, rt in built.runtimes.items() if actor != built.leader]
+    started: list[Runtime] = []
+    try:
+        for rt in followers + ([leader] if leader is not None else []):
+            await rt.start()
+            started.append(rt)
+        if on_ready is not None:
+            on_ready()
+        if leader is None:
+            await asyncio.gather(*(rt.wait() for rt in followers))
+        else:
+            await leader.wait()
+            if followers:
+                try:
+                    await asyncio.wait_for(
+                        asyncio.gather(*(rt.wait() for rt in followers)), timeout=grace)
+                except TimeoutError:
+                    log.warning("%d actors still running %.1fs after the server ended; "
+                                "stopping them", len(followers), grace)
+    finally:
+        for rt in reversed(started):
+            await rt.stop()
+    for rt in built.runtimes.values():
+        for failure in rt.stats.failures:
+            if failure.wire == "run":
+                raise failure
+
+
+def _clients(parts: JobParts, cls: type[ClientPod] = ClientPod,
+             only: Collection[str] | None = None) -> list[ClientPod]:
+    return [
+        cls(client_id=client_id(i), model=parts.make_model(), data=share,
+            epochs=parts.spec.clients.epochs, seed=parts.spec.seed)
+        for i, share in enumerate(parts.shares)
+        if only is None or client_id(i) in only
+    ]
+
+
+async def _run_centralized(spec: JobSpec) -> TopologyResult:
+    """A ``topology: centralized`` job through this module (``run_job`` normally runs those)."""
     began = time.perf_counter()
     parts = build_parts(spec)
     opened: list[Transport] = []
@@ -115,58 +312,63 @@ async def run_topology_job(spec: JobSpec) -> TopologyResult:
         return made
 
     try:
-        params, records = await _RUNNERS[topology.type](parts, topology.params, transport_for)
+        clients = [(c, transport_for(c.client_id), parts.client_filters())
+                   for c in _clients(parts)]
+        history = await run_centralized(parts.server, transport_for(parts.server.name), clients,
+                                        server_filters=parts.server_filters())
     finally:
         for t in opened:
             await t.close()
     evaluator = make_model(spec, parts.data_spec)
-    evaluator.set_params(params)
+    evaluator.set_params(parts.server.params)
     return TopologyResult(
-        spec.job_id, topology.type, dict(params), evaluator.evaluate(parts.test), records,
-        time.perf_counter() - began,
+        spec.job_id, "centralized", dict(parts.server.params), evaluator.evaluate(parts.test),
+        [r.to_dict() for r in history], time.perf_counter() - began,
     )
 
 
-Runner = Any
-
-
-def _clients(parts: JobParts, cls: type[ClientPod] = ClientPod) -> list[ClientPod]:
-    return [
-        cls(client_id=client_id(i), model=parts.make_model(), data=share,
-            epochs=parts.spec.clients.epochs, seed=parts.spec.seed)
-        for i, share in enumerate(parts.shares)
-    ]
-
-
-async def _centralized(parts: JobParts, _: dict[str, Any], transport_for: Any) -> Any:
-    clients = [(c, transport_for(c.client_id), parts.client_filters()) for c in _clients(parts)]
-    history = await run_centralized(parts.server, transport_for(parts.server.name), clients,
-                                    server_filters=parts.server_filters())
-    return parts.server.params, [r.to_dict() for r in history]
-
-
-async def _hierarchical(parts: JobParts, params: dict[str, Any], transport_for: Any) -> Any:
+def _hierarchical(parts: JobParts, params: dict[str, Any], transport_for: TransportFor,
+                  actors: Collection[str], on_record: RecordListener | None) -> _Built:
     spec = parts.spec
-    tree = parse_tree(params["tree"])
-    clients = {c.client_id: (c, parts.client_filters()) for c in _clients(parts)}
-    check_tree(tree, list(clients))
+    tree: tuple[Node, ...] = parse_tree(params["tree"])
     if parts.server_filters():
         raise ConfigError("pipeline: hierarchical jobs do not support server-side filters yet "
                           "(edges would have to decode them)")
+    min_children = params.get("min_children")
+    if min_children is not None and min_children > len(tree):
+        raise ConfigError(f"topology.params.min_children: the root has only {len(tree)} "
+                          f"children, got {min_children}")
     server = ServerPod(
         job_id=spec.job_id, initial_params=parts.server.params,
         aggregator=aggregators.create(spec.aggregator.type, **spec.aggregator.params),
-        rounds=spec.rounds, expected_clients=len(tree), round_timeout=spec.round_timeout,
-        evaluate=parts.server.evaluate,
+        rounds=spec.rounds, expected_clients=len(tree), min_clients=min_children,
+        round_timeout=spec.round_timeout, evaluate=parts.server.evaluate,
     )
-    history = await run_hierarchical(
-        server, tree, clients, transport_for,  # type: ignore[arg-type]
+    if on_record is not None:
+        listener = on_record
+        server.round_listeners.append(lambda r: listener(server.name, r.to_dict()))
+    # every client id must be known to check the tree; only those run here get real models
+    clients = {c.client_id: (c, parts.client_filters()) for c in _clients(parts)}
+    built = tree_actors(
+        server, tree, clients, transport_for, actors=actors,
         aggregator=lambda: aggregators.create(spec.aggregator.type, **spec.aggregator.params),
     )
-    return server.params, [r.to_dict() for r in history]
+
+    def records() -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {a: [] for a in built.runtimes}
+        if server.name in out:
+            out[server.name] = [r.to_dict() for r in server.history]
+        for name, edge in built.edges.items():
+            out[name] = [r.to_dict() for r in edge.history]
+        return out
+
+    here = server.name in built.runtimes
+    return _Built(built.runtimes, server.name if here else None, records,
+                  lambda: server.params if here else None)
 
 
-async def _swarm(parts: JobParts, params: dict[str, Any], transport_for: Any) -> Any:
+def _swarm(parts: JobParts, params: dict[str, Any], transport_for: TransportFor,
+           actors: Collection[str], on_record: RecordListener | None) -> _Built:
     spec = parts.spec
     peers = [
         PeerPod(job_id=spec.job_id, peer_id=client_id(i), model=parts.make_model(), data=share,
@@ -175,13 +377,20 @@ async def _swarm(parts: JobParts, params: dict[str, Any], transport_for: Any) ->
                 mode=params.get("mode", "gossip"), neighbors=params.get("neighbors"),
                 mixing_rounds=params.get("mixing_rounds", 0), seed=spec.seed)
         for i, share in enumerate(parts.shares)
+        if client_id(i) in actors
     ]
-    histories = await run_swarm(peers, transport_for)
-    final: Params = peers[0].params
-    return final, [r.to_dict() | {"peer": p} for p, h in histories.items() for r in h]
+    if on_record is not None:
+        listener = on_record
+        for p in peers:
+            p.round_listeners.append(lambda peer, r: listener(peer.peer_id, r.to_dict()))
+    runtimes = {p.peer_id: Runtime(swarm_graph(p, transport_for(p.peer_id))) for p in peers}
+    return _Built(runtimes, None,
+                  lambda: {p.peer_id: [r.to_dict() for r in p.history] for p in peers},
+                  lambda: peers[0].params)
 
 
-async def _async(parts: JobParts, params: dict[str, Any], transport_for: Any) -> Any:
+def _async(parts: JobParts, params: dict[str, Any], transport_for: TransportFor,
+           actors: Collection[str], on_record: RecordListener | None) -> _Built:
     spec = parts.spec
     if parts.server_filters():
         raise ConfigError("pipeline: async jobs do not support server-side filters yet")
@@ -193,13 +402,24 @@ async def _async(parts: JobParts, params: dict[str, Any], transport_for: Any) ->
         server_lr=params.get("server_lr", 1.0), evaluate=parts.server.evaluate,
         timeout=spec.round_timeout * spec.rounds,
     )
-    clients = [(c, transport_for(c.client_id), parts.client_filters())
-               for c in _clients(parts, AsyncClientPod)]
-    history = await run_asynchronous(server, transport_for(server.name), clients)
-    return server.params, [r.to_dict() for r in history]
+    if on_record is not None:
+        listener = on_record
+        server.round_listeners.append(lambda r: listener(server.name, r.to_dict()))
+    runtimes: dict[str, Runtime] = {}
+    if server.name in actors:
+        runtimes[server.name] = Runtime(async_server_graph(server, transport_for(server.name)))
+    for c in _clients(parts, AsyncClientPod, only=actors):
+        runtimes[c.client_id] = Runtime(client_graph(
+            c, transport_for(c.client_id), spec.job_id, filters=parts.client_filters()))
+    here = server.name in runtimes
+    return _Built(
+        runtimes, server.name if here else None,
+        lambda: {a: [r.to_dict() for r in server.history] if a == server.name else []
+                 for a in runtimes},
+        lambda: server.params if here else None,
+    )
 
 
-_RUNNERS: dict[str, Runner] = {
-    "centralized": _centralized, "hierarchical": _hierarchical, "swarm": _swarm,
-    "async": _async,
+_BUILDERS: dict[str, Builder] = {
+    "hierarchical": _hierarchical, "swarm": _swarm, "async": _async,
 }

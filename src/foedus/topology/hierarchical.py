@@ -21,7 +21,7 @@ file (see ``docs/topologies.md``).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -236,24 +236,72 @@ def build_hierarchy(
     actor's own transport (networked: one connection per actor, as separate processes have).
     Each edge gets a fresh aggregator from ``aggregator``.
     """
+    built = tree_actors(server, tree, clients, transport, aggregator=aggregator,
+                        queue_size=queue_size)
+    root = built.runtimes.pop(server.name)
+    return Hierarchy(server, root, built.edges, built.runtimes)
+
+
+@dataclass
+class TreeActors:
+    """The runtimes of some actors of a tree, by actor id (the root's is ``server.name``), and
+    the edge pods among them."""
+
+    runtimes: dict[str, Runtime] = field(default_factory=dict)
+    edges: dict[str, EdgePod] = field(default_factory=dict)
+
+
+def actor_ids(server: ServerPod, tree: Sequence[Node]) -> list[str]:
+    """Every actor of the tree: the root (``server.name``), then edges and clients top down.
+
+    Raises :class:`ConfigError` if two actors share an id (an edge named like a client or like
+    the server), since each actor id names one process and one transport connection.
+    """
+    ids = [server.name] + [n.name if isinstance(n, EdgeNode) else n for n, _ in walk(tree)]
+    clashes = sorted({i for i in ids if ids.count(i) > 1})
+    if clashes:
+        raise ConfigError(f"actor ids used twice in the tree (edges, clients, server): {clashes}")
+    return ids
+
+
+def tree_actors(
+    server: ServerPod, tree: Sequence[Node], clients: Mapping[str, Leaf],
+    transport: Transport | TransportFor, *, actors: Collection[str] | None = None,
+    aggregator: Callable[[], Aggregator] = FedAvg, queue_size: int = 16,
+) -> TreeActors:
+    """Runtimes for the actors named in ``actors`` (default: all of them), nothing started.
+
+    This is how a deployment runs one part of a tree per process: every process builds the same
+    tree and starts only its own actors, which meet the others on the transport's topics. Only
+    selected actors open a transport (``transport_for`` is called for them alone).
+    """
     check_tree(tree, list(clients))
     if server.expected_clients != len(tree):
         raise ConfigError(
             f"the server expects {server.expected_clients} children but the tree gives the root "
             f"{len(tree)}; build the server with expected_clients={len(tree)}"
         )
+    known = actor_ids(server, tree)
+    wanted = set(known if actors is None else actors)
+    unknown = sorted(wanted - set(known))
+    if unknown:
+        raise ConfigError(f"unknown actors {unknown}; this tree has {known}")
     transport_for = _per_actor(transport)
     job_id = server.job_id
-    result = Hierarchy(
-        server, Runtime(server_graph(server, transport_for(server.name)), queue_size=queue_size)
-    )
+    result = TreeActors()
+    if server.name in wanted:
+        result.runtimes[server.name] = Runtime(
+            server_graph(server, transport_for(server.name)), queue_size=queue_size
+        )
     timeouts: dict[str | None, float] = {None: server.round_timeout}
     for node, parent in walk(tree):
         parent_topics = topics(job_id) if parent is None else edge_topics(job_id, parent.name)
         parent_timeout = timeouts[None if parent is None else parent.name]
         if isinstance(node, EdgeNode):
             timeout = node.round_timeout or parent_timeout * TIMEOUT_SHRINK
-            timeouts[node.name] = timeout
+            timeouts[node.name] = timeout  # needed below it even when this edge runs elsewhere
+            if node.name not in wanted:
+                continue
             edge = EdgePod(
                 job_id=job_id, edge_id=node.name, aggregator=aggregator(),
                 expected_children=len(node.children), min_children=node.min_children,
@@ -265,7 +313,7 @@ def build_hierarchy(
                            edge_topics(job_id, node.name)),
                 queue_size=queue_size,
             )
-        else:
+        elif node in wanted:
             leaf = clients[node]
             client, filters = leaf if isinstance(leaf, tuple) else (leaf, ())
             if client.client_id != node:
