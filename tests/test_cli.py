@@ -77,3 +77,21 @@ def test_a_malformed_job_file_gets_one_line_naming_the_key(
     assert len(lines) == 1, result.stderr
     assert message in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_actor_lists_a_topology_jobs_actors_and_refuses_splitting_a_local_job(
+    tmp_path: Path,
+) -> None:
+    job = tmp_path / "tree.yaml"
+    job.write_text(
+        "job_id: tree\nrounds: 2\nclients: {count: 4}\ntopology: {type: hierarchical, params: "
+        "{tree: [{edge: a, children: [client-000, client-001]}, "
+        "{edge: b, children: [client-002, client-003]}]}}\n"
+    )
+    listed = run_cli("actor", str(job))
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == ["server", "a", "client-000", "client-001", "b",
+                                     "client-002", "client-003"]
+    split = run_cli("actor", str(job), "server,a")
+    assert split.returncode == 2
+    assert "use a networked transport" in split.stderr

@@ -1,4 +1,4 @@
-"""The ``foedus`` command: ``demo``, ``run``, ``server``, ``client``, ``sim`` and ``certs``.
+"""The ``foedus`` command: ``demo``, ``run``, ``server``, ``client``, ``actor``, ``sim``, ``certs``.
 
 Errors a user can fix (a bad job file, a missing extra) print one line and exit with status 2;
 only bugs produce tracebacks.
@@ -103,6 +103,18 @@ def _simulate(spec: JobSpec, args: argparse.Namespace) -> int:
     return _report(result, args.json)
 
 
+def _actors(spec: JobSpec, actors: str | None) -> int:
+    from foedus.config.topologies import run_topology_actors, topology_actors
+
+    if not actors:
+        print("\n".join(topology_actors(spec)))
+        return 0
+    result = asyncio.run(run_topology_actors(spec, actors.split(",")))
+    print(json.dumps({"job_id": result.job_id, "topology": result.topology,
+                      "actors": result.actors, "metrics": result.metrics}, indent=2))
+    return 0
+
+
 def _run(spec: JobSpec, as_json: bool) -> int:
     return _report(run_job_sync(spec, on_round=None if as_json else Progress(spec.rounds)), as_json)
 
@@ -145,6 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     client.add_argument("job", help="path to a YAML job file")
     client.add_argument("--index", type=int, required=True, help="which client (0-based)")
 
+    actor = sub.add_parser(
+        "actor", help="run some actors of a hierarchical, swarm or async job in this process"
+    )
+    actor.add_argument("job", help="path to a YAML job file with a topology: section")
+    actor.add_argument("actors", nargs="?", help="comma-separated actor ids (omit to list them)")
+
     sim = sub.add_parser("sim", help="simulate a job file with virtual clients on a pool")
     sim.add_argument("job", help="path to a YAML job file (its transport is not used)")
     sim.add_argument("--rounds", type=int, help="override the job's rounds")
@@ -185,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "server":
             on_round = None if args.json else Progress(spec.rounds)
             return _report(asyncio.run(run_server(spec, on_round=on_round)), args.json)
+        if args.command == "actor":
+            return _actors(spec, args.actors)
         if args.command == "client":
             pod = asyncio.run(run_client(spec, args.index))
             print(f"foedus: client {pod.client_id} finished after {pod.rounds_trained} rounds",
