@@ -9,9 +9,11 @@ afterwards, even when a test fails. Certificates come from :mod:`foedus.certs`.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -73,6 +75,9 @@ class Tansu:
     plain_port: int = field(default_factory=free_port)  # Tansu's own port behind stunnel
     broker: subprocess.Popen[bytes] | None = None
     stunnel: subprocess.Popen[bytes] | None = None
+    #: ``--storage-engine`` (None: memory) and extra environment (S3 endpoint and credentials)
+    storage: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def bootstrap(self) -> str:
@@ -82,10 +87,11 @@ class Tansu:
         self.workdir.mkdir(parents=True, exist_ok=True)
         listen = self.plain_port if self.tls else self.port
         log = self.workdir / "tansu.log"
+        storage = ["--storage-engine", self.storage] if self.storage else []
         self.broker = subprocess.Popen(
             [tansu_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{listen}",
-             "--advertised-listener-url", f"tcp://127.0.0.1:{self.port}"],
-            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+             "--advertised-listener-url", f"tcp://127.0.0.1:{self.port}", *storage],
+            stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, **self.env},
         )
         _wait_listening(listen, self.broker, log, "tansu")
         if self.tls:
@@ -113,6 +119,47 @@ class Tansu:
         _kill(self.broker)
         self.stunnel = self.broker = None
 
+    def kill_broker(self) -> None:
+        """SIGKILL the broker process only (an outage; :meth:`start` brings it back)."""
+        _kill(self.broker)
+        self.broker = None
+
+
+@dataclass
+class Moto:
+    """moto's S3 server (in memory) on a free loopback port, with one bucket for Tansu."""
+
+    workdir: Path
+    bucket: str = "tansu"
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What Tansu's S3 storage (object_store ``from_env``) needs to reach this server."""
+        return {"AWS_ENDPOINT": f"http://127.0.0.1:{self.port}", "AWS_ALLOW_HTTP": "true",
+                "AWS_ACCESS_KEY_ID": "foedus", "AWS_SECRET_ACCESS_KEY": "foedus",
+                "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def start(self) -> None:
+        binary = Path(sys.executable).parent / "moto_server"
+        if not binary.exists():
+            pytest.skip("moto_server is not installed (pip install 'moto[server]')")
+        boto3 = pytest.importorskip("boto3")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = self.workdir / "moto.log"
+        self.proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        _wait_listening(self.port, self.proc, log, "moto_server")
+        env = self.env
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT"], region_name="us-east-1",
+                     aws_access_key_id="foedus", aws_secret_access_key="foedus",
+                     ).create_bucket(Bucket=self.bucket)
+
+    def stop(self) -> None:
+        _kill(self.proc)
+        self.proc = None
+
 
 def _run(broker: Tansu) -> Iterator[Tansu]:
     try:
@@ -120,6 +167,18 @@ def _run(broker: Tansu) -> Iterator[Tansu]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def tansu_s3(tmp_path: Path) -> Iterator[Tansu]:
+    """A broker that keeps its logs and committed offsets in S3 (moto), so it can be killed and
+    started again on the same port without losing anything: for broker-restart tests."""
+    moto = Moto(tmp_path / "moto")
+    try:
+        moto.start()
+        yield from _run(Tansu(tmp_path / "tansu", storage=f"s3://{moto.bucket}/", env=moto.env))
+    finally:
+        moto.stop()
 
 
 @pytest.fixture(scope="session")

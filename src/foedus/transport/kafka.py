@@ -12,7 +12,9 @@ How the Transport contract maps onto Kafka (details and operator notes in
   while model updates are often hundreds of MB. Every payload is cut into chunks of at most
   ``chunk_size`` bytes (default 1,000,000: fits the default limit with room for headers). Each
   chunk is one record whose Kafka header ``foedus-chunk`` carries the payload's id, the chunk's
-  index, the chunk count, the total length and the SHA-256 of the whole payload. All chunks of a
+  index, the chunk count and the total length; the last chunk's header also carries the SHA-256
+  of the whole payload, which both sides compute chunk by chunk while the transfer goes on
+  (no extra pass over a 200 MB payload before sending or after receiving). All chunks of a
   payload share one record key (the sender, else the payload id), so they land in one partition,
   in order. The subscriber reassembles them, checks length and digest before handing the payload
   out, ignores duplicated chunks and payloads it has already delivered (message ids), drops
@@ -35,8 +37,11 @@ How the Transport contract maps onto Kafka (details and operator notes in
   true`` for the system trust store); SASL PLAIN / SCRAM-SHA-256 / SCRAM-SHA-512 credentials.
   Settings may come as a URL: ``kafka://host:9092,host2:9092?sasl_mechanism=PLAIN&...`` or
   ``kafkas://...`` (TLS).
-* **Reconnects.** aiokafka reconnects with ``retry_backoff_ms`` backoff; a subscription keeps its
-  position across broker restarts (with durable broker storage).
+* **Reconnects.** aiokafka reconnects with ``retry_backoff_ms`` backoff. On top of it, a publish
+  that fails with a retriable error (broker down, request timed out, leader moving) is re-sent
+  whole under the same payload id (receivers drop what they already have) with exponential
+  backoff until ``reconnect_timeout``; the fetch loop retries the same way and keeps its
+  position. So a job survives a broker restart (with durable broker storage).
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -85,15 +90,46 @@ _URL_KEYS = ("ca", "cert", "key", "sasl_mechanism", "sasl_username", "sasl_passw
 _ERR_TOPIC_EXISTS = 36
 
 
+def _outage(exc: BaseException, errors: Any) -> bool:
+    """True for errors a broker outage or failover causes (worth retrying after a backoff)."""
+    return bool(getattr(exc, "retriable", False)) or isinstance(
+        exc, errors.KafkaTimeoutError | errors.KafkaConnectionError)
+
+
+class _Backoff:
+    """Exponential backoff (``first`` doubling up to 5 s) within an overall time budget."""
+
+    def __init__(self, first_ms: int, budget: float) -> None:
+        self.delay = first_ms / 1000
+        self.deadline = time.monotonic() + budget
+
+    async def wait(self) -> bool:
+        """Sleep before the next attempt; False when the budget is spent (give up)."""
+        if time.monotonic() + self.delay > self.deadline:
+            return False
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, 5.0)
+        return True
+
+
 def payload_digest(payload: bytes | bytearray | memoryview) -> bytes:
     """SHA-256 of a whole payload (hashlib releases the GIL, so large ones go to a thread)."""
     return hashlib.sha256(payload).digest()
 
 
-async def _digest(payload: bytes | bytearray | memoryview) -> bytes:
-    if len(payload) < 1 << 20:
-        return payload_digest(payload)
-    return await asyncio.to_thread(payload_digest, payload)
+#: chunks at least this large are hashed in a worker thread (hashlib releases the GIL), so the
+#: event loop keeps moving bytes to and from the broker meanwhile
+_THREAD_HASH = 256 * 1024
+NO_DIGEST = bytes(32)
+
+
+async def _hash_chunk(hasher: Any, data: bytes | memoryview) -> None:
+    """Feed one chunk to a running SHA-256: payloads are hashed chunk by chunk while the
+    previous chunks travel, instead of in one pass over the whole payload before or after."""
+    if len(data) < _THREAD_HASH:
+        hasher.update(data)
+    else:
+        await asyncio.to_thread(hasher.update, data)
 
 
 @dataclass(frozen=True)
@@ -127,11 +163,14 @@ class ChunkHeader:
 
 
 def chunk_records(
-    payload: bytes | bytearray | memoryview, chunk_size: int, digest: bytes, *,
+    payload: bytes | bytearray | memoryview, chunk_size: int, digest: bytes = NO_DIGEST, *,
     msg_id: bytes | None = None, retained: bool = False,
 ) -> list[tuple[ChunkHeader, memoryview]]:
     """Cut a payload into (header, data view) pairs of at most ``chunk_size`` data bytes each;
-    views, not copies, so a 200 MB payload is not duplicated before the producer sees it."""
+    views, not copies, so a 200 MB payload is not duplicated before the producer sees it.
+
+    The payload's SHA-256 is checked against the *last* chunk's header; earlier chunks may carry
+    it too or :data:`NO_DIGEST` (publish hashes while sending, so only the last one has it)."""
     view = memoryview(payload).cast("B")
     total = len(view)
     count = max(1, -(-total // chunk_size))
@@ -189,6 +228,7 @@ class _Partial:
     replay: bool  # the retained payload replayed for a new subscriber (before its live start)
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
+    hasher: Any = field(default_factory=hashlib.sha256)
     touched: float = field(default_factory=time.monotonic)
 
 
@@ -279,11 +319,24 @@ class _KafkaSubscription(Subscription):
 
     async def _run(self) -> None:
         errors = require("aiokafka.errors", "kafka")
+        backoff: _Backoff | None = None
         try:
             while True:
-                batches = await self.consumer.getmany(
-                    timeout_ms=self.owner.poll_ms, max_records=64
-                )
+                try:
+                    batches = await self.consumer.getmany(
+                        timeout_ms=self.owner.poll_ms, max_records=64
+                    )
+                except errors.KafkaError as exc:
+                    if not _outage(exc, errors):
+                        raise
+                    # the broker is away (restart, failover): keep the position and retry
+                    backoff = backoff or _Backoff(self.owner.retry_backoff_ms,
+                                                  self.owner.reconnect_timeout)
+                    log.warning("Kafka topic %r: fetch failed (%s); retrying", self.topic, exc)
+                    if not await backoff.wait():
+                        raise
+                    continue
+                backoff = None
                 self._skip_rest.clear()
                 for tp, records in batches.items():
                     for record in records:
@@ -377,8 +430,8 @@ class _KafkaSubscription(Subscription):
             self._partials[h.msg_id] = part
             if live:
                 self.pending[partition][h.msg_id] = offset
-        elif (part.header.count, part.header.total, part.header.digest) != (
-            h.count, h.total, h.digest
+        elif (part.header.count, part.header.total) != (h.count, h.total) or (
+            NO_DIGEST not in (h.digest, part.header.digest) and h.digest != part.header.digest
         ):
             self._reject("inconsistent", "a chunk disagrees with its payload's first chunk")
             return
@@ -393,14 +446,16 @@ class _KafkaSubscription(Subscription):
             return
         part.chunks.append(value)
         part.size += len(value)
-        part.touched = time.monotonic()
         self.buffered += len(value)
         self.peak_buffered = max(self.peak_buffered, self.buffered)
+        await _hash_chunk(part.hasher, value)
+        part.touched = time.monotonic()
         if len(part.chunks) < h.count:
             return
-        await self._complete(part)
+        await self._complete(part, h.digest)
 
-    async def _complete(self, part: _Partial) -> None:
+    async def _complete(self, part: _Partial, digest: bytes) -> None:
+        """All chunks are in: check length and the last chunk's digest, join, deliver."""
         h = part.header
         del self._partials[h.msg_id]
         self._remember(h.msg_id)
@@ -409,19 +464,20 @@ class _KafkaSubscription(Subscription):
             self.pending[part.partition].pop(h.msg_id, None)
             self._reject("length", f"{part.size} bytes received, {h.total} declared")
             return
+        if part.hasher.digest() != digest:
+            self.buffered -= part.size
+            self.pending[part.partition].pop(h.msg_id, None)
+            part.chunks = []
+            self._reject("corrupt", f"SHA-256 mismatch on a {h.total}-byte payload")
+            return
         chunks = part.chunks
         if len(chunks) == 1:
             payload = chunks[0]
         elif h.total < 1 << 20:
             payload = b"".join(chunks)
-        else:
+        else:  # one copy, off the event loop
             payload = await asyncio.to_thread(b"".join, chunks)
         part.chunks = []
-        if await _digest(payload) != h.digest:
-            self.buffered -= part.size
-            self.pending[part.partition].pop(h.msg_id, None)
-            self._reject("corrupt", f"SHA-256 mismatch on a {h.total}-byte payload")
-            return
         if part.replay:
             self.replay_id = None
             self._skip_to_live(part.partition)
@@ -552,6 +608,7 @@ class KafkaTransport(Transport):
         topic_configs: Mapping[str, str] | None = None,
         publish_window: int = 32,
         request_timeout: float = 30.0,
+        reconnect_timeout: float = 300.0,
         retry_backoff_ms: int = 200,
         poll_ms: int = 200,
         remember_ids: int = 4096,
@@ -575,7 +632,8 @@ class KafkaTransport(Transport):
                 " or a payload of the maximum size could never be reassembled"
             )
         for label, fvalue in [("partial_timeout", partial_timeout),
-                              ("request_timeout", request_timeout)]:
+                              ("request_timeout", request_timeout),
+                              ("reconnect_timeout", reconnect_timeout)]:
             if not isinstance(fvalue, int | float) or fvalue <= 0:
                 raise ConfigError(f"{label} must be a positive number, got {fvalue!r}")
         if retention_ms is not None and (not isinstance(retention_ms, int) or retention_ms < -1):
@@ -607,6 +665,7 @@ class KafkaTransport(Transport):
         self.extra_topic_configs = {str(k): str(v) for k, v in (topic_configs or {}).items()}
         self.publish_window = publish_window
         self.request_timeout = float(request_timeout)
+        self.reconnect_timeout = float(reconnect_timeout)
         self.retry_backoff_ms = retry_backoff_ms
         self.poll_ms = poll_ms
         self.remember_ids = remember_ids
@@ -897,15 +956,37 @@ class KafkaTransport(Transport):
                 f"payload of {size} bytes exceeds max_payload={self.max_payload}"
             )
         producer = await self._get_producer()
-        await self.ensure_topic(topic)
         errors = require("aiokafka.errors", "kafka")
-        chunks = chunk_records(payload, self.chunk_size, await _digest(payload), retained=retain)
-        msg_id = chunks[0][0].msg_id
-        record_key = key.encode() if key is not None else msg_id
+        chunks = chunk_records(payload, self.chunk_size, retained=retain)
+        record_key = key.encode() if key is not None else chunks[0][0].msg_id
+        backoff = _Backoff(self.retry_backoff_ms, self.reconnect_timeout)
+        while True:
+            try:
+                await self.ensure_topic(topic)
+                await self._send_payload(producer, topic, chunks, record_key, retain)
+                return
+            except errors.KafkaError as exc:
+                # an outage: send the whole payload again under the same id; the receivers
+                # ignore the chunks (or the payload) they already have
+                if _outage(exc, errors) and not self._closed and await backoff.wait():
+                    log.warning("publish to Kafka topic %r failed (%s); retrying", topic, exc)
+                    continue
+                raise TransportError(f"publish to Kafka topic {topic!r} failed: {exc}") from exc
+
+    async def _send_payload(self, producer: Any, topic: str,
+                            chunks: list[tuple[ChunkHeader, memoryview]], record_key: bytes,
+                            retain: bool) -> None:
+        """Send every chunk, keeping up to ``publish_window`` unacknowledged (the producer
+        batches and pipelines them, in order), then the retained pointer."""
         window: deque[asyncio.Future[Any]] = deque()
         first: asyncio.Future[Any] | None = None
+        hasher = hashlib.sha256()
+        last = len(chunks) - 1
         try:
             for header, data in chunks:
+                await _hash_chunk(hasher, data)  # overlaps with the chunks already in flight
+                if header.index == last:
+                    header = replace(header, digest=hasher.digest())
                 fut = await producer.send(topic, data, key=record_key,
                                           headers=[(CHUNK_HEADER, header.pack())])
                 first = first or fut
@@ -913,19 +994,19 @@ class KafkaTransport(Transport):
                 if len(window) >= self.publish_window:
                     await window.popleft()  # bounds what the producer holds for this payload
             await asyncio.gather(*window)
-            if retain:
-                assert first is not None
-                meta = first.result()
-                ptr_topic = topic + POINTER_SUFFIX
-                await self.ensure_topic(ptr_topic, pointer=True)
-                await (await producer.send(
-                    ptr_topic, POINTER.pack(VERSION, meta.partition, meta.offset, msg_id),
-                    key=b"retained",
-                ))
-        except errors.KafkaError as exc:
+        except BaseException:
             for fut in window:
                 fut.cancel()
-            raise TransportError(f"publish to Kafka topic {topic!r} failed: {exc}") from exc
+            raise
+        if retain:
+            assert first is not None
+            meta = first.result()
+            ptr_topic = topic + POINTER_SUFFIX
+            await self.ensure_topic(ptr_topic, pointer=True)
+            await (await producer.send(
+                ptr_topic, POINTER.pack(VERSION, meta.partition, meta.offset, chunks[0][0].msg_id),
+                key=b"retained",
+            ))
 
     async def subscribe(self, topic: str, *, group: str | None = None) -> Subscription:
         self._check_open()
