@@ -32,23 +32,23 @@ import asyncio
 import logging
 import struct
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, Self
 
 from foedus.core.errors import ConfigError, TransportClosed, TransportError, require
-from foedus.transport.base import Subscription, Transport, transports
+from foedus.transport.base import Subscription, transports
 from foedus.transport.hub import (
     CHUNK_SIZE,
-    DEFAULT_MAX_PAYLOAD,
-    DEFAULT_MAX_TOPIC_BYTES,
-    Authorizer,
     HostedHubs,
     Hosting,
-    Hub,
-    HubSubscription,
+    HubAdapter,
+    HubClient,
     PayloadTooLarge,
     Publication,
+    ReconnectingSubscription,
     Refused,
+    check_positive,
 )
+from foedus.transport.retry import retry_with_backoff
 from foedus.transport.tls import TLSConfig
 
 log = logging.getLogger("foedus.grpc")
@@ -100,7 +100,7 @@ def _split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class GrpcHub:
+class GrpcHub(HubAdapter):
     """A :class:`~foedus.transport.hub.Hub` served over gRPC; start it in the server process.
 
     ``port=0`` picks a free port (read :attr:`port` after :meth:`start`). ``tls`` is the
@@ -108,26 +108,13 @@ class GrpcHub:
     plaintext needs ``insecure=True`` explicitly.
     """
 
-    def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, tls: TLSConfig | None = None, *,
-        hub: Hub | None = None, authorize: Authorizer | None = None, insecure: bool = False,
-        max_payload: int = DEFAULT_MAX_PAYLOAD, max_topic_bytes: int = DEFAULT_MAX_TOPIC_BYTES,
-    ) -> None:
-        if tls is None and not insecure:
-            raise ConfigError("GrpcHub needs tls=TLSConfig(...) (or insecure=True for plaintext)")
-        self.host = host
-        self.port = port
-        self.tls = tls
-        self.hub = hub or Hub(
-            max_payload=max_payload, max_topic_bytes=max_topic_bytes, authorize=authorize
-        )
-        self._server: Any = None
+    _server: Any = None
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    async def start(self) -> GrpcHub:
+    async def start(self) -> Self:
         grpc = require("grpc", "grpc")
         server = grpc.aio.server(options=list(SERVER_OPTIONS))
         handler = grpc.method_handlers_generic_handler(_SERVICE, {
@@ -165,12 +152,6 @@ class GrpcHub:
             self.hub.close()
             await self._server.stop(grace)
             self._server = None
-
-    async def __aenter__(self) -> GrpcHub:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # ---- handlers -----------------------------------------------------------------------------
     @staticmethod
@@ -265,24 +246,17 @@ class GrpcHub:
             cursor.close()
 
 
-_hosted = HostedHubs()
-
 #: gRPC status codes after which a subscription re-opens (the hub went away or is restarting)
 _RETRY_CODES = frozenset({"UNAVAILABLE", "CANCELLED", "UNKNOWN", "INTERNAL", "ABORTED"})
 
 
-class _GrpcSubscription(Subscription):
-    """A Subscribe stream that re-opens itself, with backoff, when the stream breaks (the hub
-    restarted or the connection dropped), for up to the transport's ``reconnect_timeout``."""
+class _GrpcSubscription(ReconnectingSubscription):
+    """A Subscribe stream that re-opens itself when the stream breaks (see the base class)."""
 
     def __init__(self, owner: GrpcTransport, call: Any, topic: str, group: str | None) -> None:
-        self._owner = owner
+        super().__init__(owner, topic, group)
+        self._grpc_owner = owner
         self._call = call
-        self.topic = topic
-        self.group = group
-        self._unacked: int | None = None
-        self._closed = False
-        self.reconnects = 0
 
     async def __anext__(self) -> bytes:
         grpc = require("grpc", "grpc")
@@ -325,35 +299,13 @@ class _GrpcSubscription(Subscription):
                 return payload
 
     async def _reopen(self, why: str) -> None:
-        """Subscribe again; the hub's offsets (and, after a restart, group positions) start
-        over, so the unacknowledged payload is simply delivered again if the hub still has it."""
         self._call.cancel()
-        self._unacked = None
-        log.warning("gRPC subscription to %r broke (%s); re-subscribing", self.topic, why)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._owner.reconnect_timeout
-        delay = 0.1
-        while not self._closed:
-            try:
-                self._call = await self._owner._open_stream(self.topic, self.group)
-                self.reconnects += 1
-                log.info("gRPC subscription to %r re-established", self.topic)
-                return
-            except TransportError as exc:
-                if loop.time() + delay > deadline:
-                    raise TransportError(
-                        f"gRPC subscription to {self.topic!r} broke ({why}) and could not be "
-                        f"re-established within {self._owner.reconnect_timeout}s: {exc}"
-                    ) from exc
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-        raise StopAsyncIteration
+        await super()._reopen(why)
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._owner._subs.discard(self)
+    async def _resubscribe(self) -> None:
+        self._call = await self._grpc_owner._open_stream(self.topic, self.group)
+
+    async def _end(self) -> None:
         try:
             if self._unacked is not None and self.group is not None:
                 await self._call.write(_ACK.pack(self._unacked))
@@ -377,7 +329,7 @@ def _error(exc: Any, what: str) -> TransportError:
 
 
 @transports.register("grpc")
-class GrpcTransport(Transport):
+class GrpcTransport(HubClient):
     """A client of a :class:`GrpcHub` at ``address`` (``HOST:PORT``).
 
     ``tls``: the client's TLSConfig or a job-file mapping (``ca``, plus ``cert``/``key`` for
@@ -391,6 +343,10 @@ class GrpcTransport(Transport):
     """
 
     name = "grpc"
+    label = "gRPC"
+    hosted = HostedHubs()  # one per protocol: the hubs its transports host in this process
+    hub_class = GrpcHub
+    log = log
 
     def __init__(
         self, address: str = "127.0.0.1:50051", *,
@@ -401,47 +357,23 @@ class GrpcTransport(Transport):
         reconnect_timeout: float = 60.0, keepalive_s: float = 30.0,
     ) -> None:
         require("grpc", "grpc")
-        self.address = address
-        self._host, self._port = _split_address(address)
-        self.hosting = Hosting.from_params(serve, serve_as, actor, verify_sender, sender_aliases)
+        host, port = _split_address(address)
+        hosting = Hosting.from_params(serve, serve_as, actor, verify_sender, sender_aliases)
         self.tls = TLSConfig.from_mapping(tls)
-        if self.tls is None and not insecure and not self.hosting.in_process:
+        if self.tls is None and not insecure and not hosting.in_process:
             raise ConfigError("grpc transport needs tls: {ca: ...} (or insecure: true)")
-        for label, value in [("connect_timeout", connect_timeout),
-                             ("reconnect_timeout", reconnect_timeout),
-                             ("keepalive_s", keepalive_s)]:
-            if not value > 0:
-                raise ConfigError(f"{label} must be positive, got {value!r}")
+        check_positive(connect_timeout=connect_timeout, reconnect_timeout=reconnect_timeout,
+                       keepalive_s=keepalive_s)
+        self.address = address
         self.insecure = insecure
-        self.serve = self.hosting.serve
-        self.connect_timeout = connect_timeout
-        self.reconnect_timeout = reconnect_timeout
         self.keepalive_s = keepalive_s
         self._channel: Any = None
-        self._max_payload: int | None = None
-        self._hub: Hub | None = None  # set when this transport is the hosting actor
-        self._subs: set[Subscription] = set()
-        self._closed = False
-        _hosted.acquire(self.address, self._starter() if self.hosting.may_host else None)
+        self._hub_max_payload: int | None = None
+        super().__init__(address, host, port, hosting, connect_timeout=connect_timeout,
+                         reconnect_timeout=reconnect_timeout)
 
-    def _starter(self) -> Any:
-        serve, authorize = self.serve, self.hosting.authorizer()
-
-        async def start() -> GrpcHub:
-            return await GrpcHub(self._host, self._port, serve, authorize=authorize).start()
-
-        return start
-
-    async def _ready(self) -> Any:
-        """The channel to the hub (None for the hosting actor, which uses the hub directly)."""
-        if self._closed:
-            raise TransportClosed("the grpc transport is closed")
+    async def _connect(self) -> Any:
         grpc = require("grpc", "grpc")
-        server = await _hosted.ensure(self.address)
-        if self.hosting.in_process:
-            assert server is not None
-            self._hub = server.hub
-            return None
         if self._channel is None:
             options = client_options(self.keepalive_s)
             if self.tls is None:
@@ -460,53 +392,43 @@ class GrpcTransport(Transport):
                     f"cannot reach the gRPC hub at {self.address} within {self.connect_timeout}s"
                     " (hub down, or TLS refused: wrong CA or missing/invalid client certificate)"
                 ) from None
-        if self._max_payload is None:
+        if self._hub_max_payload is None:
             try:
                 reply = await self._channel.unary_unary(_INFO)(b"")
             except grpc.aio.AioRpcError as exc:
                 raise _error(exc, "handshake") from exc
-            self._max_payload = int(_ACK.unpack(reply)[0])
+            self._hub_max_payload = int(_ACK.unpack(reply)[0])
         return self._channel
 
-    def _local_publish(self, topic: str, payload: bytes, key: str | None, retain: bool) -> None:
-        assert self._hub is not None
-        self._hub.publish(Publication(topic, bytes(payload), key, retain, self.hosting.actor))
+    def _max_payload(self) -> int:
+        assert self._hub_max_payload is not None
+        return self._hub_max_payload
 
-    async def publish(
-        self, topic: str, payload: bytes, *, key: str | None = None, retain: bool = False
+    async def _publish_remote(
+        self, conn: Any, topic: str, view: memoryview, key: str | None, retain: bool
     ) -> None:
-        if not isinstance(payload, bytes | bytearray | memoryview):
-            raise TransportError(f"payload must be bytes, got {type(payload).__name__}")
-        channel = await self._ready()
-        if channel is None:
-            self._local_publish(topic, payload, key, retain)
-            return
-        view = memoryview(payload).cast("B")
-        assert self._max_payload is not None
-        if view.nbytes > self._max_payload:
-            raise TransportError(f"payload of {view.nbytes} bytes exceeds the gRPC hub's "
-                                 f"max_payload={self._max_payload}")
         metadata = [("foedus-topic-bin", topic.encode()), ("foedus-size", str(view.nbytes)),
                     ("foedus-retain", "1" if retain else "0")]
         if key is not None:
             metadata.append(("foedus-key-bin", key.encode()))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.reconnect_timeout
-        delay = 0.1
-        while True:
-            try:
-                await self._publish_once(channel, view, metadata, topic)
-                return
-            except _Unavailable as exc:  # the hub is (re)starting: retry, at least once
-                if loop.time() + delay > deadline:
-                    raise TransportError(
-                        f"gRPC publish to {topic!r}: hub unavailable for "
-                        f"{self.reconnect_timeout}s: {exc}"
-                    ) from exc
-                log.warning("gRPC publish to %r: hub unavailable, retrying", topic)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                channel = await self._ready()
+        attempts = 0
+
+        async def attempt() -> None:  # after a failure, wait for the channel to be ready again
+            nonlocal attempts
+            attempts += 1
+            channel = conn if attempts == 1 else await self._ready()
+            await self._publish_once(channel, view, metadata, topic)
+
+        def give_up(exc: BaseException) -> TransportError:
+            return TransportError(f"gRPC publish to {topic!r}: hub unavailable for "
+                                  f"{self.reconnect_timeout}s: {exc}")
+
+        def on_retry(exc: BaseException) -> None:
+            log.warning("gRPC publish to %r: hub unavailable, retrying", topic)
+
+        # the hub is (re)starting: retry, at least once
+        await retry_with_backoff(attempt, retry_on=_Unavailable, timeout=self.reconnect_timeout,
+                                 give_up=give_up, on_retry=on_retry)
 
     async def _publish_once(
         self, channel: Any, view: memoryview, metadata: list[tuple[str, Any]], topic: str
@@ -543,26 +465,13 @@ class GrpcTransport(Transport):
             raise TransportError(f"gRPC hub did not confirm the subscription to {topic!r}")
         return call
 
-    async def subscribe(self, topic: str, *, group: str | None = None) -> Subscription:
-        if await self._ready() is None:
-            assert self._hub is not None
-            sub: Subscription = HubSubscription(self._hub.open(topic, group))
-        else:
-            sub = _GrpcSubscription(self, await self._open_stream(topic, group), topic, group)
-        self._subs.add(sub)
-        return sub
+    async def _subscribe_remote(self, topic: str, group: str | None) -> Subscription:
+        return _GrpcSubscription(self, await self._open_stream(topic, group), topic, group)
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for sub in list(self._subs):
-            await sub.close()
-        self._subs.clear()
+    async def _disconnect(self) -> None:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
-        await _hosted.release(self.address)
 
 
 class _Unavailable(Exception):

@@ -36,25 +36,25 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 from foedus.core.errors import ConfigError, TransportClosed, TransportError, require
-from foedus.transport.base import Subscription, Transport, transports
+from foedus.transport.base import Subscription, transports
 from foedus.transport.hub import (
     CHUNK_SIZE,
-    DEFAULT_MAX_PAYLOAD,
-    DEFAULT_MAX_TOPIC_BYTES,
-    Authorizer,
     Cursor,
     HostedHubs,
     Hosting,
-    Hub,
-    HubSubscription,
+    HubAdapter,
+    HubClient,
     PayloadTooLarge,
     Publication,
+    ReconnectingSubscription,
     Refused,
+    check_positive,
 )
+from foedus.transport.retry import retry_with_backoff
 from foedus.transport.tls import TLSConfig, peer_identity
 
 log = logging.getLogger("foedus.https")
@@ -71,30 +71,23 @@ class _Lease:
     polling: bool = False
 
 
-class HttpsHub:
+class HttpsHub(HubAdapter):
     """A :class:`~foedus.transport.hub.Hub` served over HTTPS; start it in the server process.
 
     ``port=0`` picks a free port (read :attr:`port` / :attr:`url` after :meth:`start`).
-    ``tls`` is the server's TLSConfig; plaintext HTTP needs ``insecure=True`` explicitly.
+    ``tls`` is the server's TLSConfig; plaintext HTTP needs ``insecure=True`` explicitly. The
+    other keywords are :class:`~foedus.transport.hub.HubAdapter`'s; ``lease_s`` is how long a
+    subscription nobody polls or renews survives.
     """
 
-    def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, tls: TLSConfig | None = None, *,
-        hub: Hub | None = None, authorize: Authorizer | None = None, insecure: bool = False,
-        max_payload: int = DEFAULT_MAX_PAYLOAD, max_topic_bytes: int = DEFAULT_MAX_TOPIC_BYTES,
-        lease_s: float = 60.0,
-    ) -> None:
-        if tls is None and not insecure:
-            raise ConfigError("HttpsHub needs tls=TLSConfig(...) (or insecure=True for plain HTTP)")
+    plaintext = "plain HTTP"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, tls: TLSConfig | None = None,
+                 *, lease_s: float = 60.0, **kw: Any) -> None:
+        super().__init__(host, port, tls, **kw)
         if lease_s <= 0:
             raise ConfigError(f"lease_s must be positive, got {lease_s}")
-        self.host = host
-        self.port = port
-        self.tls = tls
         self.lease_s = lease_s
-        self.hub = hub or Hub(
-            max_payload=max_payload, max_topic_bytes=max_topic_bytes, authorize=authorize
-        )
         self._leases: dict[str, _Lease] = {}
         self._runner: Any = None
         self._reaper: asyncio.Task[None] | None = None
@@ -104,7 +97,7 @@ class HttpsHub:
         scheme = "http" if self.tls is None else "https"
         return f"{scheme}://{self.host}:{self.port}"
 
-    async def start(self) -> HttpsHub:
+    async def start(self) -> Self:
         web = require("aiohttp.web", "https")
         app = web.Application()
         app.router.add_get("/v1/info", self._info)
@@ -140,12 +133,6 @@ class HttpsHub:
             self._leases.clear()
             await self._runner.cleanup()
             self._runner = None
-
-    async def __aenter__(self) -> HttpsHub:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # ---- handlers -----------------------------------------------------------------------------
     @staticmethod
@@ -282,8 +269,6 @@ class HttpsHub:
                     del self._leases[sid]
 
 
-_hosted = HostedHubs()
-
 
 def _refused_connection(exc: BaseException) -> bool:
     """True when nothing listens at the hub's address yet (or any more): worth retrying, unlike
@@ -298,20 +283,15 @@ def _refused_connection(exc: BaseException) -> bool:
     return False
 
 
-class _HttpsSubscription(Subscription):
-    """A long-polling subscription that re-opens itself, with backoff, when the hub forgets it
-    (restart, lease expiry) or stops answering, for up to the transport's
-    ``reconnect_timeout``."""
+class _HttpsSubscription(ReconnectingSubscription):
+    """A long-polling subscription that re-opens itself when the hub forgets it (restart, lease
+    expiry) or stops answering (see the base class)."""
 
     def __init__(self, owner: HttpsTransport, sid: str, topic: str, group: str | None,
                  renew_every: float) -> None:
-        self._owner = owner
+        super().__init__(owner, topic, group)
+        self._https_owner = owner
         self.sid = sid
-        self.topic = topic
-        self.group = group
-        self._unacked: int | None = None
-        self._closed = False
-        self.reconnects = 0
         self._renewer = asyncio.create_task(self._renew(renew_every))
 
     async def _renew(self, every: float) -> None:
@@ -319,7 +299,7 @@ class _HttpsSubscription(Subscription):
         while True:
             await asyncio.sleep(every)
             try:
-                await self._owner._client.post(f"/v1/subscriptions/{self.sid}/keepalive")
+                await self._https_owner._client.post(f"/v1/subscriptions/{self.sid}/keepalive")
             except httpx.HTTPError as exc:  # the next poll reports a lasting problem
                 log.warning("HTTPS subscription %r: lease renewal failed: %s", self.topic, exc)
 
@@ -328,11 +308,11 @@ class _HttpsSubscription(Subscription):
         while True:
             if self._closed:
                 raise StopAsyncIteration
-            params: dict[str, Any] = {"wait": self._owner.poll_s}
+            params: dict[str, Any] = {"wait": self._https_owner.poll_s}
             if self._unacked is not None:
                 params["ack"] = self._unacked
             try:
-                r = await self._owner._client.get(
+                r = await self._https_owner._client.get(
                     f"/v1/subscriptions/{self.sid}/next", params=params
                 )
             except httpx.HTTPError as exc:
@@ -357,39 +337,15 @@ class _HttpsSubscription(Subscription):
                 continue
             raise _error(r, f"subscription to {self.topic!r}")
 
-    async def _reopen(self, why: str) -> None:
-        """Open a new subscription on the hub; after a hub restart offsets and group positions
-        start over, so the unacknowledged payload is dropped from our books."""
-        self._unacked = None
-        log.warning("HTTPS subscription to %r broke (%s); re-subscribing", self.topic, why)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._owner.reconnect_timeout
-        delay = 0.1
-        while not self._closed:
-            try:
-                self.sid = await self._owner._open(self.topic, self.group)
-                self.reconnects += 1
-                log.info("HTTPS subscription to %r re-established", self.topic)
-                return
-            except TransportError as exc:
-                if loop.time() + delay > deadline:
-                    raise TransportError(
-                        f"HTTPS subscription to {self.topic!r} broke ({why}) and could not be "
-                        f"re-established within {self._owner.reconnect_timeout}s: {exc}"
-                    ) from exc
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-        raise StopAsyncIteration
+    async def _resubscribe(self) -> None:
+        self.sid = await self._https_owner._open(self.topic, self.group)
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    async def _end(self) -> None:
         self._renewer.cancel()
-        self._owner._subs.discard(self)
         params = {} if self._unacked is None else {"ack": self._unacked}
         with contextlib.suppress(Exception):  # best effort; the hub's lease expires otherwise
-            await self._owner._client.delete(f"/v1/subscriptions/{self.sid}", params=params)
+            await self._https_owner._client.delete(f"/v1/subscriptions/{self.sid}",
+                                                   params=params)
 
 
 def _error(response: Any, what: str) -> TransportError:
@@ -401,7 +357,7 @@ def _error(response: Any, what: str) -> TransportError:
 
 
 @transports.register("https")
-class HttpsTransport(Transport):
+class HttpsTransport(HubClient):
     """A client of an :class:`HttpsHub` at ``url`` (``https://HOST:PORT``).
 
     ``tls``: the client's TLSConfig or a job-file mapping (``ca``, plus ``cert``/``key`` for
@@ -415,6 +371,10 @@ class HttpsTransport(Transport):
     """
 
     name = "https"
+    label = "HTTPS"
+    hosted = HostedHubs()  # one per protocol: the hubs its transports host in this process
+    hub_class = HttpsHub
+    log = log
 
     def __init__(
         self, url: str = "https://127.0.0.1:8443", *,
@@ -428,49 +388,24 @@ class HttpsTransport(Transport):
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname or not parts.port:
             raise ConfigError(f"https url must look like https://HOST:PORT, got {url!r}")
-        self.hosting = Hosting.from_params(serve, serve_as, actor, verify_sender, sender_aliases)
+        hosting = Hosting.from_params(serve, serve_as, actor, verify_sender, sender_aliases)
         self.tls = TLSConfig.from_mapping(tls)
-        if parts.scheme == "https" and self.tls is None and not self.hosting.in_process:
+        if parts.scheme == "https" and self.tls is None and not hosting.in_process:
             raise ConfigError("https transport needs tls: {ca: ...}")
         if parts.scheme == "http" and not insecure:
             raise ConfigError("plain http:// needs insecure: true")
         if not 0 < poll_s <= _MAX_WAIT:
             raise ConfigError(f"poll_s must be in (0, {_MAX_WAIT}], got {poll_s}")
-        for label, value in [("connect_timeout", connect_timeout),
-                             ("reconnect_timeout", reconnect_timeout)]:
-            if not value > 0:
-                raise ConfigError(f"{label} must be positive, got {value!r}")
+        check_positive(connect_timeout=connect_timeout, reconnect_timeout=reconnect_timeout)
         self.url = url.rstrip("/")
-        self._host, self._port = parts.hostname, parts.port
-        self.serve = self.hosting.serve
-        self.connect_timeout = connect_timeout
-        self.reconnect_timeout = reconnect_timeout
         self.poll_s = poll_s
         self._client: Any = None
         self._info: dict[str, Any] | None = None
-        self._hub: Hub | None = None  # set when this transport is the hosting actor
-        self._subs: set[Subscription] = set()
-        self._closed = False
-        _hosted.acquire(self.url, self._starter() if self.hosting.may_host else None)
+        super().__init__(self.url, parts.hostname, parts.port, hosting,
+                         connect_timeout=connect_timeout, reconnect_timeout=reconnect_timeout)
 
-    def _starter(self) -> Any:
-        serve, authorize = self.serve, self.hosting.authorizer()
-
-        async def start() -> HttpsHub:
-            return await HttpsHub(self._host, self._port, serve, authorize=authorize).start()
-
-        return start
-
-    async def _ready(self) -> Any:
-        """The HTTP client (None for the hosting actor, which uses the hub directly)."""
-        if self._closed:
-            raise TransportClosed("the https transport is closed")
+    async def _connect(self) -> Any:
         httpx = require("httpx", "https")
-        server = await _hosted.ensure(self.url)
-        if self.hosting.in_process:
-            assert server is not None
-            self._hub = server.hub
-            return None
         if self._client is None:
             self._client = httpx.AsyncClient(
                 base_url=self.url,
@@ -482,49 +417,32 @@ class HttpsTransport(Transport):
             self._info = await self._handshake()
         return self._client
 
+    def _max_payload(self) -> int:
+        assert self._info is not None
+        return int(self._info["max_payload"])
+
     async def _handshake(self) -> dict[str, Any]:
         """Read ``/v1/info``, waiting up to ``connect_timeout`` for a hub that is not up yet."""
         httpx = require("httpx", "https")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.connect_timeout
-        delay = 0.1
-        while True:
-            try:
-                r = await self._client.get("/v1/info")
-                break
-            except httpx.HTTPError as exc:
-                if not _refused_connection(exc) or loop.time() + delay > deadline:
-                    raise TransportError(
-                        f"cannot reach the HTTPS hub at {self.url}: {type(exc).__name__}: {exc}"
-                        " (hub down, or TLS refused: wrong CA or missing/invalid client"
-                        " certificate)"
-                    ) from exc
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+
+        def give_up(exc: BaseException) -> TransportError:
+            return TransportError(
+                f"cannot reach the HTTPS hub at {self.url}: {type(exc).__name__}: {exc}"
+                " (hub down, or TLS refused: wrong CA or missing/invalid client certificate)"
+            )
+
+        r = await retry_with_backoff(lambda: self._client.get("/v1/info"),
+                                     retry_on=httpx.HTTPError, should_retry=_refused_connection,
+                                     timeout=self.connect_timeout, give_up=give_up, max_delay=1.0)
         if r.status_code != 200:
             raise _error(r, "handshake")
         info: dict[str, Any] = r.json()
         return info
 
-    async def publish(
-        self, topic: str, payload: bytes, *, key: str | None = None, retain: bool = False
+    async def _publish_remote(
+        self, conn: Any, topic: str, view: memoryview, key: str | None, retain: bool
     ) -> None:
         httpx = require("httpx", "https")
-        if not isinstance(payload, bytes | bytearray | memoryview):
-            raise TransportError(f"payload must be bytes, got {type(payload).__name__}")
-        client = await self._ready()
-        if client is None:
-            assert self._hub is not None
-            self._hub.publish(Publication(topic, bytes(payload), key, retain,
-                                          self.hosting.actor))
-            return
-        view = memoryview(payload).cast("B")
-        assert self._info is not None
-        if view.nbytes > self._info["max_payload"]:
-            raise TransportError(
-                f"payload of {view.nbytes} bytes exceeds the HTTPS hub's "
-                f"max_payload={self._info['max_payload']}"
-            )
         params: dict[str, Any] = {"topic": topic}
         if key is not None:
             params["key"] = key
@@ -535,20 +453,18 @@ class HttpsTransport(Transport):
             for start in range(0, view.nbytes, CHUNK_SIZE):
                 yield bytes(view[start:start + CHUNK_SIZE])
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.reconnect_timeout
-        delay = 0.1
-        while True:
-            try:
-                r = await client.put("/v1/publish", params=params, content=body())
-                break
-            except httpx.HTTPError as exc:
-                if not _refused_connection(exc) or loop.time() + delay > deadline:
-                    raise TransportError(f"HTTPS publish to {topic!r} failed: "
-                                         f"{type(exc).__name__}: {exc}") from exc
-                log.warning("HTTPS publish to %r: hub unreachable, retrying", topic)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        def give_up(exc: BaseException) -> TransportError:
+            return TransportError(f"HTTPS publish to {topic!r} failed: "
+                                  f"{type(exc).__name__}: {exc}")
+
+        def on_retry(exc: BaseException) -> None:
+            log.warning("HTTPS publish to %r: hub unreachable, retrying", topic)
+
+        r = await retry_with_backoff(
+            lambda: conn.put("/v1/publish", params=params, content=body()),
+            retry_on=httpx.HTTPError, should_retry=_refused_connection,
+            timeout=self.reconnect_timeout, give_up=give_up, on_retry=on_retry,
+        )
         if r.status_code != 200:
             raise _error(r, f"publish to {topic!r}")
 
@@ -566,25 +482,12 @@ class HttpsTransport(Transport):
         sid: str = r.json()["id"]
         return sid
 
-    async def subscribe(self, topic: str, *, group: str | None = None) -> Subscription:
-        if await self._ready() is None:
-            assert self._hub is not None
-            sub: Subscription = HubSubscription(self._hub.open(topic, group))
-        else:
-            assert self._info is not None
-            sub = _HttpsSubscription(self, await self._open(topic, group), topic, group,
-                                     renew_every=float(self._info["lease_s"]) / 3)
-        self._subs.add(sub)
-        return sub
+    async def _subscribe_remote(self, topic: str, group: str | None) -> Subscription:
+        assert self._info is not None
+        return _HttpsSubscription(self, await self._open(topic, group), topic, group,
+                                  renew_every=float(self._info["lease_s"]) / 3)
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for sub in list(self._subs):
-            await sub.close()
-        self._subs.clear()
+    async def _disconnect(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-        await _hosted.release(self.url)
