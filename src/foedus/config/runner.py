@@ -25,6 +25,7 @@ from foedus.data.datasets import Dataset, DataSpec, load_dataset
 from foedus.data.partition import partition
 from foedus.models.base import ModelAdapter, build_model
 from foedus.plugins import load_plugins
+from foedus.privacy.order import check_pipeline
 from foedus.roles.checkpoint import Checkpointer
 from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord, ServerPod
@@ -148,6 +149,7 @@ def build_parts(spec: JobSpec, on_round: RoundListener | None = None) -> JobPart
     pipeline: list[Stage] = [
         _create(stages, p, f"pipeline[{i}]") for i, p in enumerate(spec.pipeline)
     ]
+    check_pipeline(pipeline)  # e.g. noise before clipping is refused before anything runs
     evaluator_model = make_model(spec, data_spec)
     mlops = None
     if spec.mlops:

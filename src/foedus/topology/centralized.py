@@ -23,6 +23,7 @@ from foedus.core.filter import MODEL_WIRE, Filter, wants_model
 from foedus.core.graph import Graph
 from foedus.core.message import Message
 from foedus.core.runtime import Runtime, run_graphs
+from foedus.privacy.order import check_filters
 from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord, ServerPod
 from foedus.transport.base import Transport
@@ -105,6 +106,8 @@ async def run_centralized(
 
     Clients start first, so each is subscribed before the server broadcasts round 1.
     """
+    for _, _, client_filters in clients:  # decoders must undo the encoders in reverse order
+        check_filters(client_filters, server_filters)
     client_runtimes = [
         Runtime(client_graph(c, t, server.job_id, filters=f), queue_size=queue_size)
         for c, t, f in clients

@@ -1,0 +1,621 @@
+"""Secure aggregation over pods and transports: the :mod:`foedus.privacy.secagg` protocol as
+messages, so it runs over every transport, store-and-forward ones (Kafka) included.
+
+One secure sum runs *inside* one FL round, as extra message exchanges::
+
+    client:  model_in -> client -> [filters] -> secagg_client -> update_out ~> updates topic
+                                   secagg_in (secagg.down topic) -> secagg_client
+    server:  updates_in -> [filters] -> secagg_server -> server -> model_out ~> model topic
+                                        secagg_server.down -> secagg_out ~> secagg.down topic
+
+Client -> server protocol messages travel on the job's ordinary updates topic (the server-side
+pod consumes them before the :class:`ServerPod` sees anything); server -> client messages on a
+dedicated, non-retained topic ``foedus.<job>.secagg.down``. Every message is a ``CONTROL``
+message whose ``meta["secagg"]`` names the step; keys and encrypted shares travel in ``meta`` as
+bytes (dict keys are client numbers as strings, which msgpack maps require), the masked vector as
+the ``masked`` array. Steps advance when every expected party answered or ``step_timeout``
+passed with at least ``threshold`` answers; fewer ends the round's sum with an ``ERROR`` (never a
+wrong sum, never an unmasked update).
+
+**Why the server emits a mean.** Each client secure-sums ``[w * flat(params), w]`` with ``w`` its
+example count (``weighting="examples"``) or 1 (``"uniform"``), so the example counts stay
+hidden too. The server-side pod unmasks ``sum(w_i p_i)`` and ``W = sum(w_i)``, and emits ONE
+update with ``params = sum / W`` (FedAvg's weighted mean) and ``num_examples = W``; any
+aggregator that returns the mean of one update (FedAvg, server-momentum rules) is then exact.
+:class:`SecureServerPod` counts that update as one answer per survivor (and each dropout as a
+failed client), so quorum and round completion behave as without secure aggregation.
+Robust rules (median, Krum) need individual updates and cannot work on a sum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from foedus.core.errors import ConfigError, RejectedUpdate
+from foedus.core.filter import MODEL_WIRE, Filter, Stage, wants_model
+from foedus.core.graph import Graph
+from foedus.core.message import Kind, Message
+from foedus.core.params import Params
+from foedus.core.pod import Pod, Wire
+from foedus.core.runtime import Runtime, run_graphs
+from foedus.privacy.secagg import (
+    AdvertiseKeys,
+    MaskedInput,
+    Roster,
+    SecAggClient,
+    SecAggConfig,
+    SecAggError,
+    SecAggServer,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from foedus.roles.client import ClientPod
+from foedus.roles.server import RoundRecord, ServerPod
+from foedus.topology.centralized import topics
+from foedus.transport.base import Transport
+from foedus.transport.link import Downlink, Uplink
+
+log = logging.getLogger("foedus.privacy.secagg")
+
+STEP = "secagg"  # meta key naming the protocol step
+SUMMARY = "secagg_sum"  # meta key of the summed update: survivors and dropouts
+MASKED = "masked"  # array name of the masked vector
+
+
+@dataclass(frozen=True)
+class SecureSumSettings:
+    """What the client and server pods of one job must agree on (besides the participants).
+
+    ``value_range`` bounds ``|w * parameter|`` (with ``w`` the client's weight), checked on the
+    client before anything is sent; the 64-bit ring with 20 fraction bits leaves room for
+    ``value_range`` up to about ``2^42 / num_clients``.
+    """
+
+    max_dropouts: int
+    value_range: float = 1.0e6
+    scale_bits: int = 20
+    ring_bits: int = 64
+    weighting: str = "examples"  # or "uniform"
+    step_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.weighting not in ("examples", "uniform"):
+            raise ConfigError(f"weighting must be 'examples' or 'uniform', got {self.weighting!r}")
+        if self.max_dropouts < 0:
+            raise ConfigError(f"max_dropouts must be >= 0, got {self.max_dropouts}")
+        if self.step_timeout <= 0:
+            raise ConfigError(f"step_timeout must be positive, got {self.step_timeout}")
+
+    def config(self, num_clients: int, vector_size: int, job_id: str, rnd: int) -> SecAggConfig:
+        """The session config of one round; the session string binds keys and masks to it."""
+        return SecAggConfig.tolerating(
+            num_clients, self.max_dropouts, vector_size, value_range=self.value_range,
+            scale_bits=self.scale_bits, ring_bits=self.ring_bits,
+            session=f"foedus-secagg/{job_id}/round-{rnd}".encode(),
+        )
+
+
+def secagg_topic(job_id: str) -> str:
+    """The server -> clients protocol topic (not retained: messages belong to one round)."""
+    return f"foedus.{job_id}.secagg.down"
+
+
+def numbering(participants: Sequence[str]) -> dict[str, int]:
+    """Client id -> protocol number 1..n (Shamir x-coordinates), the same on every party."""
+    ordered = sorted(participants)
+    if len(set(ordered)) != len(ordered):
+        raise ConfigError("participants must be distinct")
+    return {c: i + 1 for i, c in enumerate(ordered)}
+
+
+def flatten(params: Params) -> np.ndarray:
+    """Parameters in sorted-name order as one float64 vector (both sides use this order)."""
+    return np.concatenate([np.asarray(params[k], np.float64).ravel() for k in sorted(params)]) \
+        if params else np.zeros(0)
+
+
+def unflatten(vector: np.ndarray, template: Params) -> dict[str, np.ndarray]:
+    """The inverse of :func:`flatten`, keeping ``template``'s names, order, shapes and dtypes."""
+    pieces: dict[str, np.ndarray] = {}
+    at = 0
+    for k in sorted(template):
+        ref = np.asarray(template[k])
+        pieces[k] = vector[at:at + ref.size].reshape(ref.shape).astype(ref.dtype)
+        at += ref.size
+    if at != vector.size:
+        raise SecAggError(f"the summed vector has {vector.size} values, the model {at}")
+    return {k: pieces[k] for k in template}
+
+
+def _bytes_map(value: Any, what: str) -> dict[int, bytes]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and k.isdigit() and isinstance(v, bytes) for k, v in value.items()
+    ):
+        raise SecAggError(f"malformed {what}: expected a map of client numbers to bytes")
+    return {int(k): v for k, v in value.items()}
+
+
+def _str_keys(table: Mapping[int, Any]) -> dict[str, Any]:
+    return {str(k): v for k, v in table.items()}
+
+
+# ---- the client side --------------------------------------------------------------------------
+class SecAggClientPod(Pod):
+    """Performs a client's protocol steps for each update it receives on ``in``.
+
+    The update itself never leaves this pod: only public keys, encrypted shares, the masked
+    vector and unmasking shares do. Any failure (a value out of range, a bad server message)
+    abandons the round's session without revealing anything; the server sees a dropout.
+    """
+
+    inputs: ClassVar[tuple[Wire, ...]] = (Wire("in"), Wire("down"))
+    outputs: ClassVar[tuple[Wire, ...]] = (Wire("out"),)
+
+    def __init__(self, *, client_id: str, participants: Sequence[str],
+                 settings: SecureSumSettings, name: str = "secagg_client") -> None:
+        super().__init__(name)
+        numbers = numbering(participants)
+        if client_id not in numbers:
+            raise ConfigError(f"client {client_id!r} is not among the participants")
+        self.client_id = client_id
+        self.number = numbers[client_id]
+        self.num_clients = len(numbers)
+        self.settings = settings
+        self._round = 0
+        self._job = ""
+        self._session: SecAggClient | None = None
+        self._vector: np.ndarray | None = None
+
+    async def on_in(self, msg: Message) -> None:
+        if msg.kind is not Kind.UPDATE or msg.error is not None:
+            await self.send("out", msg)  # failures travel as values; the server skips us
+            return
+        if msg.trail:
+            await self.send("out", self._error(msg, f"filters {list(msg.trail)} ran before "
+                                               "secure masking and cannot be undone after it"))
+            return
+        try:
+            vector, session = await asyncio.to_thread(self._prepare, msg)
+        except (SecAggError, ConfigError) as exc:
+            await self.send("out", self._error(msg, str(exc)))
+            return
+        self._round, self._job, self._session, self._vector = (
+            msg.round, msg.header.job_id, session, vector)
+        advert = session.advertise()
+        await self.send("out", self._control("advertise", {
+            "id": self.number, "c": advert.c_public, "s": advert.s_public}))
+
+    def _prepare(self, msg: Message) -> tuple[np.ndarray, SecAggClient]:
+        """The weighted vector and a session, range-checked before any key leaves (in a worker
+        thread: flattening and checking a large model would stall the event loop)."""
+        weight = float(msg.num_examples) if self.settings.weighting == "examples" else 1.0
+        vector = np.append(flatten(msg.params) * weight, weight)
+        cfg = self.settings.config(self.num_clients, vector.size, msg.header.job_id, msg.round)
+        cfg.encode(vector)
+        return vector, SecAggClient(cfg, self.number)
+
+    async def on_down(self, msg: Message) -> None:
+        if msg.round != self._round or self._session is None or msg.kind is not Kind.CONTROL:
+            return  # another round's protocol message, or no session
+        if msg.header.recipient not in (None, self.client_id):
+            return
+        step = msg.meta.get(STEP)
+        try:
+            if step == "roster":
+                await self.on_roster(msg)
+            elif step == "shares":
+                await self.on_shares(msg)
+            elif step == "unmask":
+                await self.on_unmask(msg)
+            elif step == "abort":
+                log.warning("client %s: secure sum of round %d aborted: %s", self.client_id,
+                            msg.round, msg.meta.get("reason"))
+                self._session = self._vector = None
+        except (SecAggError, ConfigError) as exc:  # abandon; nothing further is revealed
+            log.warning("client %s: leaving secure sum of round %d: %s", self.client_id,
+                        msg.round, exc)
+            self._session = self._vector = None
+
+    async def on_roster(self, msg: Message) -> None:
+        assert self._session is not None
+        raw = msg.meta.get("keys")
+        if not isinstance(raw, Mapping):
+            raise SecAggError("malformed roster")
+        keys = {int(k): (bytes(v[0]), bytes(v[1])) for k, v in raw.items()}
+        shares = self._session.share_keys(Roster(keys))
+        await self.send("out", self._control("shares", {
+            "id": self.number, "ct": _str_keys(shares.ciphertexts)}))
+
+    async def on_shares(self, msg: Message) -> None:
+        """Step 2: mask the vector with the delivered shares (override to simulate a dropout)."""
+        session, vector = self._session, self._vector
+        assert session is not None and vector is not None
+        delivered = _bytes_map(msg.meta.get("ct"), "share delivery")
+        masked = await asyncio.to_thread(session.masked_input, vector, delivered)
+        self._vector = None  # the plain update is no longer needed
+        await self.send("out", self._control(
+            "masked", {"id": self.number}, params={MASKED: masked.masked}))
+
+    async def on_unmask(self, msg: Message) -> None:
+        assert self._session is not None
+        request = UnmaskRequest(tuple(msg.meta.get("survivors", ())),
+                                tuple(msg.meta.get("dropped", ())))
+        answer = self._session.unmask(request)
+        self._session = None
+        await self.send("out", self._control("unmask", {
+            "id": self.number, "s": _str_keys(answer.s_shares), "b": _str_keys(answer.b_shares)}))
+
+    def _control(self, step: str, meta: dict[str, Any], params: Params | None = None) -> Message:
+        return Message.create(Kind.CONTROL, job_id=self._job, round=self._round,
+                              sender=self.client_id, meta={STEP: step, **meta}, params=params)
+
+    def _error(self, msg: Message, reason: str) -> Message:
+        log.warning("client %s: not taking part in round %d's secure sum: %s", self.client_id,
+                    msg.round, reason)
+        return Message.create(Kind.ERROR, job_id=msg.header.job_id, round=msg.round,
+                              sender=self.client_id, error=f"secure sum: {reason}")
+
+
+# ---- the server side --------------------------------------------------------------------------
+@dataclass
+class _Session:
+    """The server's state of one round's secure sum."""
+
+    round: int
+    server: SecAggServer
+    step: str = "advertise"
+    adverts: dict[int, AdvertiseKeys] = field(default_factory=dict)
+    shares: dict[int, ShareKeys] = field(default_factory=dict)
+    masked: dict[int, MaskedInput] = field(default_factory=dict)
+    answers: dict[int, UnmaskResponse] = field(default_factory=dict)
+    failed: set[int] = field(default_factory=set)  # clients that sent an ERROR instead
+    timer: asyncio.Task[None] | None = None
+
+
+class SecAggServerPod(Pod):
+    """Runs the server's protocol steps and emits one summed update per round on ``out``.
+
+    Placed between the updates downlink and the :class:`SecureServerPod`. Individual updates
+    never reach ``out``: only the unmasked mean of the survivors, and clients' ``ERROR``
+    messages (a client that failed before the protocol is skipped like any failed client).
+    """
+
+    inputs: ClassVar[tuple[Wire, ...]] = (Wire("in"),)
+    outputs: ClassVar[tuple[Wire, ...]] = (Wire("out"), Wire("down"))
+
+    def __init__(self, *, job_id: str, template: Params, participants: Sequence[str],
+                 settings: SecureSumSettings, name: str = "secagg_server") -> None:
+        super().__init__(name)
+        self.job_id = job_id
+        self.template = {k: np.asarray(v) for k, v in template.items()}
+        self.numbers = numbering(participants)
+        self.names = {n: c for c, n in self.numbers.items()}
+        self.settings = settings
+        self.vector_size = int(sum(a.size for a in self.template.values())) + 1
+        self.cfg_check = settings.config(len(self.numbers), self.vector_size, job_id, 0)
+        self._session: _Session | None = None
+        self._lock = asyncio.Lock()
+        #: protocol seconds spent by the server per round (unmasking), for benchmarks
+        self.server_seconds: dict[int, float] = {}
+
+    async def on_in(self, msg: Message) -> None:
+        async with self._lock:
+            await self._handle(msg)
+
+    async def _handle(self, msg: Message) -> None:
+        if msg.header.job_id != self.job_id:
+            return
+        number = self.numbers.get(msg.sender)
+        if number is None:
+            log.warning("secure sum: ignoring a message from unknown sender %r", msg.sender)
+            return
+        session = self._session_for(msg.round)
+        if session is None:
+            return  # an older round's message
+        if msg.kind is Kind.ERROR or msg.error is not None:
+            session.failed.add(number)
+            await self.send("out", msg)
+            await self._maybe_advance(session)
+            return
+        step = msg.meta.get(STEP)
+        if msg.kind is not Kind.CONTROL or step != session.step \
+                or msg.meta.get("id") != number:
+            log.warning("secure sum round %d: unexpected %s message %r from %s (step %s)",
+                        msg.round, msg.kind.value, step, msg.sender, session.step)
+            return
+        try:
+            if step == "advertise":
+                c, s = msg.meta.get("c"), msg.meta.get("s")
+                if not isinstance(c, bytes) or not isinstance(s, bytes):
+                    raise SecAggError("malformed key advertisement")
+                session.adverts[number] = AdvertiseKeys(number, c, s)
+            elif step == "shares":
+                session.shares[number] = ShareKeys(number, _bytes_map(msg.meta.get("ct"),
+                                                                      "shares"))
+            elif step == "masked":
+                session.masked[number] = MaskedInput(number, np.asarray(msg.params.get(MASKED)))
+            elif step == "unmask":
+                session.answers[number] = UnmaskResponse(
+                    number, _bytes_map(msg.meta.get("s"), "s shares"),
+                    _bytes_map(msg.meta.get("b"), "b shares"))
+        except SecAggError as exc:
+            log.warning("secure sum round %d: dropping %s's message: %s", msg.round,
+                        msg.sender, exc)
+            return
+        await self._maybe_advance(session)
+
+    def _session_for(self, rnd: int) -> _Session | None:
+        current = self._session
+        if current is not None and rnd < current.round:
+            return None
+        if current is None or rnd > current.round:
+            if current is not None and current.timer is not None:
+                current.timer.cancel()
+            cfg = self.settings.config(len(self.numbers), self.vector_size, self.job_id, rnd)
+            self._session = current = _Session(rnd, SecAggServer(cfg))
+            self._arm(current)
+        return current
+
+    def _expected(self, session: _Session) -> set[int]:
+        everyone = set(self.numbers.values()) - session.failed
+        if session.step == "advertise":
+            return everyone
+        if session.step == "shares":
+            return set(session.server.roster)
+        if session.step == "masked":
+            return set(session.server.u2)
+        if session.step == "unmask":
+            assert session.server.request is not None
+            return set(session.server.request.survivors)
+        return set()
+
+    def _received(self, session: _Session) -> set[int]:
+        tables: dict[str, Mapping[int, Any]] = {
+            "advertise": session.adverts, "shares": session.shares, "masked": session.masked,
+            "unmask": session.answers}
+        return set(tables.get(session.step, {}))
+
+    def _arm(self, session: _Session) -> None:
+        if session.timer is not None:
+            session.timer.cancel()
+        step = session.step
+        session.timer = asyncio.get_running_loop().create_task(self._deadline(session, step))
+
+    async def _deadline(self, session: _Session, step: str) -> None:
+        await asyncio.sleep(self.settings.step_timeout)
+        async with self._lock:
+            if self._session is session and session.step == step:
+                log.warning("secure sum round %d: step %s timed out with %d answers",
+                            session.round, step, len(self._received(session)))
+                session.timer = None
+                await self._advance(session)
+
+    async def _maybe_advance(self, session: _Session) -> None:
+        if session.step != "done" and self._expected(session) <= self._received(session):
+            await self._advance(session)
+
+    async def _advance(self, session: _Session) -> None:
+        """Close the current step with what arrived and start the next one."""
+        srv, down = session.server, self._down(session.round)
+        try:
+            if session.step == "advertise":
+                roster = srv.collect_keys(list(session.adverts.values()))
+                session.step = "shares"
+                await self.send("down", down("roster", {
+                    "keys": {str(k): [c, s] for k, (c, s) in roster.keys.items()}}))
+            elif session.step == "shares":
+                routed = srv.route_shares(list(session.shares.values()))
+                session.step = "masked"
+                for number, delivered in routed.items():
+                    await self.send("down", down("shares", {"ct": _str_keys(delivered)},
+                                                 recipient=self.names[number]))
+            elif session.step == "masked":
+                request = srv.collect_masked(list(session.masked.values()))
+                session.step = "unmask"
+                await self.send("down", down("unmask", {
+                    "survivors": list(request.survivors), "dropped": list(request.dropped)}))
+            elif session.step == "unmask":
+                session.step = "done"
+                if session.timer is not None and session.timer is not asyncio.current_task():
+                    session.timer.cancel()
+                await self._finish(session)
+                return
+        except SecAggError as exc:
+            await self._abort(session, str(exc))
+            return
+        self._arm(session)
+        await self._maybe_advance(session)  # e.g. every client already failed
+
+    async def _finish(self, session: _Session) -> None:
+        srv = session.server
+        began = time.perf_counter()
+        try:
+            total = await asyncio.to_thread(srv.finish, list(session.answers.values()))
+        except SecAggError as exc:
+            await self._abort(session, str(exc))
+            return
+        self.server_seconds[session.round] = time.perf_counter() - began
+        assert srv.request is not None
+        weight = float(total[-1])
+        if not weight > 0:
+            await self._abort(session, f"the summed weight is {weight}, not positive")
+            return
+        mean = unflatten(total[:-1] / weight, self.template)
+        await self.send("out", Message.create(
+            Kind.UPDATE, job_id=self.job_id, round=session.round, sender=self.name,
+            params=mean, num_examples=max(1, round(weight)),
+            meta={SUMMARY: self._summary(srv.request.survivors, srv.request.dropped)},
+        ))
+
+    async def _abort(self, session: _Session, reason: str) -> None:
+        log.warning("secure sum round %d failed: %s", session.round, reason)
+        session.step = "done"
+        if session.timer is not None and session.timer is not asyncio.current_task():
+            session.timer.cancel()
+        await self.send("down", self._down(session.round)("abort", {"reason": reason}))
+        members = [n for n in self.numbers.values() if n not in session.failed]
+        await self.send("out", Message.create(
+            Kind.ERROR, job_id=self.job_id, round=session.round, sender=self.name,
+            error=f"secure sum failed: {reason}", meta={SUMMARY: self._summary((), members)},
+        ))
+
+    def _summary(self, survivors: Sequence[int], dropped: Sequence[int]) -> dict[str, Any]:
+        return {"survivors": [self.names[n] for n in survivors],
+                "dropped": [self.names[n] for n in dropped]}
+
+    def _down(self, rnd: int) -> Any:
+        def make(step: str, meta: dict[str, Any], recipient: str | None = None) -> Message:
+            return Message.create(Kind.CONTROL, job_id=self.job_id, round=rnd, sender=self.name,
+                                  meta={STEP: step, **meta}, recipient=recipient)
+        return make
+
+    async def stop(self) -> None:
+        if self._session is not None and self._session.timer is not None:
+            self._session.timer.cancel()
+
+
+class SecureServerPod(ServerPod):
+    """A :class:`ServerPod` that accepts the secure-sum pod's one update per round as one answer
+    per survivor, and counts dropouts (or every member, if the sum failed) as failed clients.
+
+    Kernel hook this stands in for: ``ServerPod.on_update`` treating ``meta["secagg_sum"]``
+    (``survivors``, ``dropped``) from a trusted in-graph sender exactly as below.
+    """
+
+    def __init__(self, *, secagg_sender: str = "secagg_server", **options: Any) -> None:
+        super().__init__(**options)
+        self.secagg_sender = secagg_sender
+
+    async def on_update(self, msg: Message) -> None:
+        summary = msg.meta.get(SUMMARY)
+        if msg.sender != self.secagg_sender or not isinstance(summary, Mapping):
+            await super().on_update(msg)
+            return
+        async with self._lock:
+            record = self._record
+            if record is None or msg.round != self.current_round \
+                    or msg.header.job_id != self.job_id:
+                self._reject(msg, RejectedUpdate("stale_round", "secure sum for another round"))
+                return
+            survivors = [str(s) for s in summary.get("survivors", ())]
+            dropped = [str(s) for s in summary.get("dropped", ())]
+            self._senders.update(survivors, dropped)
+            record.failed_clients.extend(dropped)
+            if msg.kind is Kind.ERROR or msg.error is not None:
+                log.warning("round %d: %s", msg.round, msg.error)
+            else:
+                try:
+                    self.aggregator.accept(msg.replace(meta={}))
+                except RejectedUpdate as exc:
+                    self._reject(msg, exc)
+                else:
+                    record.accepted += len(survivors)
+        self._arrivals.put_nowait(None)
+
+
+# ---- graphs and a recipe ----------------------------------------------------------------------
+def secure_server_graph(server: ServerPod, secagg: SecAggServerPod, transport: Transport, *,
+                        filters: Sequence[Filter] = ()) -> Graph:
+    """The server's graph with the secure-sum pod in front of the server pod."""
+    t = topics(server.job_id)
+    downlink = Downlink(transport, t.updates, job_id=server.job_id,
+                        group=f"{server.job_id}.server", name="updates_in")
+    uplink = Uplink(transport, t.model, retain=True, name="model_out")
+    secagg_out = Uplink(transport, secagg_topic(server.job_id), name="secagg_out")
+    graph = Graph(f"{server.job_id}/server").add(downlink, secagg, server, uplink, secagg_out)
+    current = "updates_in.out"
+    for f in filters:  # lossless decoders only; check_filters refuses the rest
+        graph.add(f)
+        graph.connect(current, f"{f.name}.in")
+        current = f"{f.name}.out"
+    graph.connect(current, f"{secagg.name}.in")
+    graph.connect(f"{secagg.name}.out", f"{server.name}.update")
+    graph.connect(f"{secagg.name}.down", "secagg_out.in")
+    graph.connect(f"{server.name}.model", "model_out.in")
+    return graph
+
+
+def secure_client_graph(client: ClientPod, secagg: SecAggClientPod, transport: Transport,
+                        job_id: str, *, filters: Sequence[Filter] = ()) -> Graph:
+    """A client's graph: ``filters`` (e.g. clipping) run before masking."""
+    t = topics(job_id)
+
+    def for_me(msg: Message) -> bool:
+        return msg.header.recipient in (None, client.client_id)
+
+    model_in = Downlink(transport, t.model, job_id=job_id, accept=for_me, name="model_in")
+    secagg_in = Downlink(transport, secagg_topic(job_id), job_id=job_id, accept=for_me,
+                         name="secagg_in")
+    uplink = Uplink(transport, t.updates, name="update_out")
+    graph = Graph(f"{job_id}/{client.client_id}").add(model_in, secagg_in, client, secagg,
+                                                      uplink)
+    graph.connect("model_in.out", f"{client.name}.model")
+    current = f"{client.name}.update"
+    for f in filters:
+        graph.add(f)
+        graph.connect(current, f"{f.name}.in")
+        current = f"{f.name}.out"
+        if wants_model(f):
+            graph.connect("model_in.out", f"{f.name}.{MODEL_WIRE}")
+    graph.connect(current, f"{secagg.name}.in")
+    graph.connect("secagg_in.out", f"{secagg.name}.down")
+    graph.connect(f"{secagg.name}.out", "update_out.in")
+    return graph
+
+
+async def run_secure_aggregation_job(
+    server: SecureServerPod, server_transport: Transport,
+    clients: Sequence[tuple[ClientPod, Transport] | tuple[ClientPod, Transport, SecAggClientPod]],
+    settings: SecureSumSettings, *, client_stages: Sequence[Stage] = (), queue_size: int = 16,
+) -> list[RoundRecord]:
+    """Run a centralized job whose updates are secure-summed; every actor its own runtime.
+
+    ``server.participants`` must list every client (no client sampling). ``client_stages``
+    (e.g. ``ClipStage``) are checked with :func:`foedus.privacy.order.check_pipeline` and their
+    client halves run before masking; a stage with a server half is refused (it could only see
+    the sum). A client tuple may carry its own :class:`SecAggClientPod` (tests use this).
+    """
+    from foedus.privacy.order import check_pipeline
+
+    if server.participants is None or server.clients_per_round is not None:
+        raise ConfigError("secure aggregation needs the server's full participant list and no "
+                          "client sampling (clients_per_round)")
+    check_pipeline([*client_stages, SecureSumStage(settings)])
+    for stage in client_stages:
+        if stage.server() is not None:
+            raise ConfigError(f"stage {type(stage).__name__} has a server half, which would "
+                              "only see the secure sum; it cannot run with secure aggregation")
+    participants = server.participants
+    secagg = SecAggServerPod(job_id=server.job_id, template=server.params,
+                             participants=participants, settings=settings,
+                             name=server.secagg_sender)
+    runtimes = []
+    for entry in clients:
+        client, transport = entry[0], entry[1]
+        pod = entry[2] if len(entry) == 3 else SecAggClientPod(  # type: ignore[misc]
+            client_id=client.client_id, participants=participants, settings=settings)
+        filters = [f for s in client_stages if (f := s.client()) is not None]
+        runtimes.append(Runtime(secure_client_graph(client, pod, transport, server.job_id,
+                                                    filters=filters), queue_size=queue_size))
+    server_runtime = Runtime(secure_server_graph(server, secagg, server_transport),
+                             queue_size=queue_size)
+    await run_graphs(server_runtime, *runtimes)
+    return server.history
+
+
+class SecureSumStage(Stage):
+    """The secure sum as a pipeline step, for order checks and recipes: it has no filters (the
+    protocol needs its own pods and topic, built by :func:`run_secure_aggregation_job`)."""
+
+    tag: ClassVar[str] = "secagg"
+
+    def __init__(self, settings: SecureSumSettings) -> None:
+        self.settings = settings
