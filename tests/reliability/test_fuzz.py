@@ -28,12 +28,12 @@ from foedus.codec import decode, encode
 from foedus.core.errors import CodecError, RejectedUpdate
 from foedus.core.message import Kind, Message
 from foedus.core.runtime import Runtime
+from foedus.roles.server import ServerPod
 from foedus.security.signing import SignFilter, VerifyFilter
 from foedus.topology.centralized import server_graph, topics
 from foedus.transport import kafka, mqtt
 from foedus.transport.hub import Publication, Refused, require_sender_identity
 from foedus.transport.local import LocalTransport
-from tests.reliability.hardened import HardenedServer
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -211,10 +211,10 @@ hostile_payloads = st.one_of(
 def test_live_server_fed_fuzzed_payloads_completes_its_round_with_the_honest_updates(
     payloads: list[bytes],
 ) -> None:
-    async def scenario() -> HardenedServer:
+    async def scenario() -> ServerPod:
         job = "fuzz"
         initial = {"w": np.zeros(3)}
-        server = HardenedServer(job_id=job, initial_params=initial, aggregator=FedAvg(),
+        server = ServerPod(job_id=job, initial_params=initial, aggregator=FedAvg(),
                                 rounds=1, expected_clients=2, round_timeout=5,
                                 participants=["client-000", "client-001"])
         transport = LocalTransport()
@@ -256,34 +256,14 @@ def _list_dtype_payload() -> bytes:
     return frame(header, bytes(24))
 
 
-def _codec_crashes_on_list_dtype() -> bool:
-    try:
-        decode(_list_dtype_payload())
-    except CodecError:
-        return False
-    except TypeError:
-        return True
-    return False
-
-
-KNOWN_CODEC_BUG = pytest.mark.xfail(
-    _codec_crashes_on_list_dtype(), strict=True, raises=(TypeError, AssertionError),
-    reason="kernel bug found by atheris: codec/wire.py _array_entry tests `dtype_str in "
-           "_ALLOWED_DTYPES` before checking it is a string, so a list raises TypeError "
-           "(fix proposed in docs/reliability.md); this mark lifts itself once fixed",
-)
-
-
-@KNOWN_CODEC_BUG
 def test_an_unhashable_dtype_in_the_array_table_is_a_codec_error() -> None:
     with pytest.raises(CodecError):
         decode(_list_dtype_payload())
 
 
-@KNOWN_CODEC_BUG
 def test_one_unhashable_dtype_payload_does_not_stop_the_server_hearing_its_clients() -> None:
-    async def scenario() -> HardenedServer:
-        server = HardenedServer(job_id="fuzz", initial_params={"w": np.zeros(3)},
+    async def scenario() -> ServerPod:
+        server = ServerPod(job_id="fuzz", initial_params={"w": np.zeros(3)},
                                 aggregator=FedAvg(), rounds=1, expected_clients=2,
                                 round_timeout=2, participants=["client-000", "client-001"])
         transport = LocalTransport()
@@ -309,7 +289,6 @@ def test_one_unhashable_dtype_payload_does_not_stop_the_server_hearing_its_clien
     assert server.history[0].accepted == 2  # today: 0, the link died on the first payload
 
 
-@KNOWN_CODEC_BUG
 @pytest.mark.integration
 def test_coverage_guided_fuzzing_of_the_decoder_finds_nothing(tmp_path: Path) -> None:
     pytest.importorskip("atheris")

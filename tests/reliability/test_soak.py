@@ -47,33 +47,7 @@ async def test_resident_memory_stays_flat_over_sixty_demo_rounds() -> None:
     assert objects[1] - objects[0] < 200 * (ROUNDS - WARMUP), objects
 
 
-def _local_transport_keeps_consumed_payloads() -> bool:
-    """Probe for the leak the soak benchmark found (see docs/reliability.md)."""
-    import asyncio
-
-    from foedus.transport.local import LocalTransport
-
-    async def probe() -> bool:
-        transport = LocalTransport()
-        sub = await transport.subscribe("t", group="g")
-        await transport.publish("t", b"payload")
-        await transport.publish("t", b"payload")
-        await anext(aiter(sub))
-        await anext(aiter(sub))  # advancing past the first commits it
-        kept = bool(transport._logs["t"][0])
-        await transport.close()
-        return kept
-
-    return asyncio.run(probe())
-
-
 @pytest.mark.integration
-@pytest.mark.xfail(
-    _local_transport_keeps_consumed_payloads(), strict=True,
-    reason="kernel leak found by bench/soak.py: LocalTransport keeps every payload of a grouped "
-           "topic (the server's updates) for the whole job; fix proposed in docs/reliability.md; "
-           "this mark lifts itself once fixed",
-)
 async def test_a_megabyte_model_over_thirty_rounds_does_not_accumulate_updates() -> None:
     import asyncio
 

@@ -499,15 +499,16 @@ class SecureServerPod(ServerPod):
         if msg.sender != self.secagg_sender or not isinstance(summary, Mapping):
             await super().on_update(msg)
             return
-        async with self._lock:
-            record = self._record
+        collector = self.collector
+        async with collector.lock:
+            record = collector.tally
             if record is None or msg.round != self.current_round \
                     or msg.header.job_id != self.job_id:
-                self._reject(msg, RejectedUpdate("stale_round", "secure sum for another round"))
+                collector.reject(msg, RejectedUpdate("stale_round", "secure sum for another round"))
                 return
             survivors = [str(s) for s in summary.get("survivors", ())]
             dropped = [str(s) for s in summary.get("dropped", ())]
-            self._senders.update(survivors, dropped)
+            record.senders.update(survivors, dropped)
             record.failed_clients.extend(dropped)
             if msg.kind is Kind.ERROR or msg.error is not None:
                 log.warning("round %d: %s", msg.round, msg.error)
@@ -515,10 +516,10 @@ class SecureServerPod(ServerPod):
                 try:
                     self.aggregator.accept(msg.replace(meta={}))
                 except RejectedUpdate as exc:
-                    self._reject(msg, exc)
+                    collector.reject(msg, exc)
                 else:
                     record.accepted += len(survivors)
-        self._arrivals.put_nowait(None)
+        collector.notify()
 
 
 # ---- graphs and a recipe ----------------------------------------------------------------------

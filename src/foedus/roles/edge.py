@@ -18,14 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from foedus.aggregate.base import Aggregator
-from foedus.core.errors import ConfigError, RejectedUpdate
+from foedus.core.errors import ConfigError
 from foedus.core.message import Kind, Message
 from foedus.core.pod import Pod, Wire
+from foedus.roles.collect import RoundCollector
 
 log = logging.getLogger("foedus.edge")
 
@@ -82,15 +83,22 @@ class EdgePod(Pod):
         self.min_children = min_children
         self.round_timeout = round_timeout
         self.history: list[EdgeRecord] = []
-        self.current_round = 0  # the edge's own round; 0 between rounds
         self.finished = asyncio.Event()
+        self.collector = RoundCollector(
+            job_id=job_id, aggregator=aggregator, logger=log, label=f"edge {edge_id} ",
+        )
         self._rounds_run = 0
-        self._record: EdgeRecord | None = None
-        self._senders: set[str] = set()
-        self._metrics: list[tuple[int, Mapping[str, float]]] = []
         self._parent_models: asyncio.Queue[Message] = asyncio.Queue()
-        self._arrivals: asyncio.Queue[None] = asyncio.Queue()
-        self._lock = asyncio.Lock()
+
+    @property
+    def current_round(self) -> int:
+        """The edge's own round; 0 between rounds."""
+        return self.collector.current_round
+
+    @property
+    def rejections(self) -> Counter[str]:
+        """Children's refused updates by reason over the whole job."""
+        return self.collector.rejections
 
     # ---- from the parent ------------------------------------------------------------------
     def on_model(self, msg: Message) -> None:
@@ -127,30 +135,24 @@ class EdgePod(Pod):
         began = time.perf_counter()
         self._rounds_run += 1
         rnd = self._rounds_run
-        async with self._lock:
-            self.current_round = rnd
-            self._record = EdgeRecord(rnd, parent.round)
-            self._senders.clear()
-            self._metrics.clear()
-            self.aggregator.reset(parent.params)
-            while not self._arrivals.empty():
-                self._arrivals.get_nowait()
+        await self.collector.open(rnd, parent.params)
         meta = {k: v for k, v in parent.meta.items() if k != "selected"}
         await self.send("down", Message.create(
             Kind.MODEL, job_id=self.job_id, round=rnd, sender=self.edge_id,
             params=parent.params, meta=meta,
         ))
-        await self._collect()
-        async with self._lock:
-            record = self._record
-            self.current_round = 0
-            self._record = None
-        record.missing_children = max(0, self.expected_children - len(self._senders))
+        await self.collector.wait(self.expected_children, self.round_timeout)
+        tally = await self.collector.close()
+        record = EdgeRecord(
+            rnd, parent.round, accepted=tally.accepted, num_examples=tally.num_examples,
+            rejected=tally.rejected, failed_children=tally.failed_clients,
+            missing_children=tally.missing(self.expected_children),
+        )
         if record.accepted >= self.min_children:
-            params = await asyncio.to_thread(self.aggregator.result)
+            params = await self.collector.blocking(self.aggregator.result)
             reply = parent.reply(
                 Kind.UPDATE, self.edge_id, params=params, num_examples=record.num_examples,
-                metrics=_weighted_mean(self._metrics),
+                metrics=tally.client_metrics(),
                 meta={"edge_accepted": record.accepted},
             )
         else:
@@ -170,70 +172,6 @@ class EdgePod(Pod):
             meta=record.to_dict(),
         ))
 
-    async def _collect(self) -> None:
-        deadline = time.monotonic() + self.round_timeout
-        while len(self._senders) < self.expected_children:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            try:
-                await asyncio.wait_for(self._arrivals.get(), timeout=remaining)
-            except TimeoutError:
-                return
-
     # ---- from the children ----------------------------------------------------------------
     async def on_update(self, msg: Message) -> None:
-        async with self._lock:
-            try:
-                self._check(msg)
-            except RejectedUpdate as exc:
-                self._reject(msg, exc)
-                return
-            record = self._record
-            assert record is not None
-            self._senders.add(msg.sender)
-            if msg.kind is Kind.ERROR or msg.error is not None:
-                record.failed_children.append(msg.sender)
-            else:
-                try:
-                    await asyncio.to_thread(self.aggregator.accept, msg)
-                except RejectedUpdate as exc:
-                    self._reject(msg, exc)
-                else:
-                    record.accepted += 1
-                    record.num_examples += msg.num_examples
-                    self._metrics.append((msg.num_examples, msg.metrics))
-        self._arrivals.put_nowait(None)
-
-    def _check(self, msg: Message) -> None:
-        if msg.header.job_id != self.job_id:
-            raise RejectedUpdate("wrong_job", f"message is for job {msg.header.job_id!r}")
-        if msg.kind not in (Kind.UPDATE, Kind.ERROR):
-            raise RejectedUpdate("wrong_kind", f"expected an update, got {msg.kind.value}")
-        if self._record is None or msg.round != self.current_round:
-            raise RejectedUpdate(
-                "stale_round", f"update for round {msg.round}, current is {self.current_round}"
-            )
-        if msg.sender in self._senders:
-            raise RejectedUpdate("duplicate", f"{msg.sender} already answered this round")
-        if msg.trail:
-            raise RejectedUpdate(
-                "undecoded", f"filters {list(msg.trail)} were not undone before aggregation"
-            )
-
-    def _reject(self, msg: Message, exc: RejectedUpdate) -> None:
-        if self._record is not None:
-            self._record.rejected[exc.reason] = self._record.rejected.get(exc.reason, 0) + 1
-        log.warning("edge %s rejected update from %s (round %d): %s", self.edge_id, msg.sender,
-                    msg.round, exc)
-
-
-def _weighted_mean(items: list[tuple[int, Mapping[str, float]]]) -> dict[str, float]:
-    """Children's metrics weighted by their examples, so the parent sees one honest figure."""
-    totals: dict[str, float] = {}
-    weights: dict[str, float] = {}
-    for n, metrics in items:
-        for key, value in metrics.items():
-            totals[key] = totals.get(key, 0.0) + n * value
-            weights[key] = weights.get(key, 0.0) + n
-    return {k: totals[k] / weights[k] for k in totals if weights[k] > 0}
+        await self.collector.offer(msg)

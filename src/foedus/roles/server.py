@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -26,13 +26,11 @@ from foedus.core.message import Kind, Message
 from foedus.core.params import Params
 from foedus.core.pod import Pod, Wire
 from foedus.roles.checkpoint import Checkpointer
+from foedus.roles.collect import RoundCollector
 
 log = logging.getLogger("foedus.server")
 
 Evaluator = Callable[[Params], dict[str, float]]
-T = TypeVar("T")
-#: models with at least this many values are aggregated in a worker thread
-_OFFLOAD_VALUES = 1 << 18
 
 
 @dataclass
@@ -102,11 +100,9 @@ class ServerPod(Pod):
         self.evaluate = evaluate
         self.checkpointer = checkpointer
         self.participants = sorted(participants) if participants is not None else None
-        self._known = set(self.participants or ())
         self.clients_per_round = clients_per_round
         self.seed = seed
         self.history: list[RoundRecord] = []
-        self.rejections: Counter[str] = Counter()  # over the whole job, for metrics exporters
         self.round_listeners: list[Callable[[RoundRecord], None]] = []
         #: called before each round; raising BudgetExhausted ends the job cleanly
         self.round_guards: list[Callable[[int], None]] = []
@@ -116,15 +112,19 @@ class ServerPod(Pod):
         #: name -> (get, restore) of extra state saved with each checkpoint (pipeline stages)
         self.state_hooks: dict[str, tuple[Callable[[], dict[str, Any]],
                                           Callable[[dict[str, Any]], None]]] = {}
-        self.current_round = 0
-        self._record: RoundRecord | None = None
-        self._senders: set[str] = set()
-        self._selected: set[str] | None = None
-        self._offload = False  # aggregate in a worker thread (large models)
-        self._seen_ids: dict[int, set[str]] = {}  # message ids of this and the previous round
-        self._client_metrics: list[tuple[int, dict[str, float]]] = []
-        self._arrivals: asyncio.Queue[None] = asyncio.Queue()
-        self._lock = asyncio.Lock()
+        self.collector = RoundCollector(
+            job_id=job_id, aggregator=aggregator, participants=self.participants, logger=log,
+        )
+
+    @property
+    def rejections(self) -> Counter[str]:
+        """Refused updates by reason over the whole job, for metrics exporters."""
+        return self.collector.rejections
+
+    @property
+    def current_round(self) -> int:
+        """The round being collected; 0 between rounds."""
+        return self.collector.current_round
 
     # ---- the round loop -------------------------------------------------------------------
     async def run(self) -> None:
@@ -142,18 +142,8 @@ class ServerPod(Pod):
 
     async def _run_round(self, rnd: int) -> None:
         began = time.perf_counter()
-        async with self._lock:
-            self.current_round = rnd
-            self._record = RoundRecord(rnd)
-            self._senders.clear()
-            self._client_metrics.clear()
-            self.aggregator.reset(self.params)
-            self._offload = sum(a.size for a in self.params.values()) >= _OFFLOAD_VALUES
-            self._seen_ids = {r: ids for r, ids in self._seen_ids.items() if r >= rnd - 1}
-            while not self._arrivals.empty():
-                self._arrivals.get_nowait()
         selected = self.select(rnd)
-        self._selected = None if selected is None else set(selected)
+        await self.collector.open(rnd, self.params, selected)
         expected = self.expected_clients if selected is None else len(selected)
         meta: dict[str, Any] = {}
         for extra in self.broadcast_meta:
@@ -164,14 +154,16 @@ class ServerPod(Pod):
             Kind.MODEL, job_id=self.job_id, round=rnd, sender=self.name, params=self.params,
             meta=meta,
         ))
-        await self._collect(expected)
-        async with self._lock:
-            record = self._record
-            self.current_round = 0  # late updates for this round are now stale
-            self._record = None
+        await self.collector.wait(expected, self.round_timeout)
+        tally = await self.collector.close()  # late updates for this round are now stale
+        record = RoundRecord(
+            rnd, accepted=tally.accepted, rejected=tally.rejected,
+            failed_clients=tally.failed_clients, missing_clients=tally.missing(expected),
+            client_metrics=tally.client_metrics(),
+        )
         if record.accepted >= max(self.min_clients, self.aggregator.min_updates()):
             try:
-                self.params = await self._blocking(self.aggregator.result)
+                self.params = await self.collector.blocking(self.aggregator.result)
             except RejectedUpdate as exc:  # e.g. a robust rule that needs more updates
                 record.status = "aggregation_failed"
                 record.rejected[exc.reason] = record.rejected.get(exc.reason, 0) + 1
@@ -180,10 +172,8 @@ class ServerPod(Pod):
             record.status = "no_quorum"
             log.warning("round %d: %d of %d required updates arrived; global model kept",
                         rnd, record.accepted, self.min_clients)
-        record.missing_clients = max(0, expected - len(self._senders))
-        record.client_metrics = _weighted_mean(self._client_metrics)
         if self.evaluate is not None:
-            record.metrics = await self._blocking(self.evaluate, self.params)
+            record.metrics = await self.collector.blocking(self.evaluate, self.params)
         record.duration_s = time.perf_counter() - began
         self.history.append(record)
         for listener in self.round_listeners:  # before saving: listeners may add metrics
@@ -208,81 +198,9 @@ class ServerPod(Pod):
         chosen = rng.choice(len(self.participants), self.clients_per_round, replace=False)
         return [self.participants[i] for i in sorted(chosen)]
 
-    async def _collect(self, expected: int) -> None:
-        """Wait until every expected client answered (an update, a failure or an invalid
-        update each count once per sender), or the deadline passes."""
-        deadline = time.monotonic() + self.round_timeout
-        while True:
-            if len(self._senders) >= expected:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            try:
-                await asyncio.wait_for(self._arrivals.get(), timeout=remaining)
-            except TimeoutError:
-                return
-
     # ---- inputs ---------------------------------------------------------------------------
     async def on_update(self, msg: Message) -> None:
-        async with self._lock:
-            try:
-                self._check(msg)
-            except RejectedUpdate as exc:
-                self._reject(msg, exc)  # not an answer: the sender may still send a valid one
-                return
-            record = self._record
-            assert record is not None
-            self._senders.add(msg.sender)
-            if msg.kind is Kind.ERROR or msg.error is not None:
-                record.failed_clients.append(msg.sender)
-                log.warning("round %d: client %s failed: %s", msg.round, msg.sender, msg.error)
-            else:
-                try:
-                    await self._blocking(self.aggregator.accept, msg)
-                except RejectedUpdate as exc:
-                    self._reject(msg, exc)
-                else:
-                    record.accepted += 1
-                    self._client_metrics.append((msg.num_examples, dict(msg.metrics)))
-        self._arrivals.put_nowait(None)
-
-    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run model-sized work in a worker thread for large models, inline for small ones:
-        a thread hop costs more than folding in or evaluating a small model."""
-        if self._offload:
-            return await asyncio.to_thread(fn, *args)
-        return fn(*args)
-
-    def _reject(self, msg: Message, exc: RejectedUpdate) -> None:
-        self.rejections[exc.reason] += 1
-        if self._record is not None:  # counted in the round during which it arrived
-            self._record.rejected[exc.reason] = self._record.rejected.get(exc.reason, 0) + 1
-        log.warning("rejected update from %s (round %d): %s", msg.sender, msg.round, exc)
-
-    def _check(self, msg: Message) -> None:
-        message_id = msg.header.message_id
-        if any(message_id in ids for ids in self._seen_ids.values()):
-            raise RejectedUpdate("replayed", f"message {message_id} was already received")
-        if msg.header.job_id != self.job_id:
-            raise RejectedUpdate("wrong_job", f"message is for job {msg.header.job_id!r}")
-        if msg.kind not in (Kind.UPDATE, Kind.ERROR):
-            raise RejectedUpdate("wrong_kind", f"expected an update, got {msg.kind.value}")
-        if self._record is None or msg.round != self.current_round:
-            raise RejectedUpdate(
-                "stale_round", f"update for round {msg.round}, current is {self.current_round}"
-            )
-        if self._selected is not None and msg.sender not in self._selected:
-            raise RejectedUpdate("not_selected", f"{msg.sender} was not sampled this round")
-        if msg.sender in self._senders:
-            raise RejectedUpdate("duplicate", f"{msg.sender} already answered this round")
-        if msg.trail:
-            raise RejectedUpdate(
-                "undecoded", f"filters {list(msg.trail)} were not undone before aggregation"
-            )
-        if self.participants is not None and msg.sender not in self._known:
-            raise RejectedUpdate("unknown_sender", f"{msg.sender!r} is not a participant")
-        self._seen_ids.setdefault(self.current_round, set()).add(message_id)
+        await self.collector.offer(msg)
 
     # ---- helpers --------------------------------------------------------------------------
     def _control(self, action: str) -> Message:
@@ -306,12 +224,3 @@ class ServerPod(Pod):
         log.info("resumed job %s after round %d", self.job_id, ckpt.round)
         return ckpt.round + 1
 
-
-def _weighted_mean(items: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
-    totals: dict[str, float] = {}
-    weights: dict[str, float] = {}
-    for n, metrics in items:
-        for key, value in metrics.items():
-            totals[key] = totals.get(key, 0.0) + n * value
-            weights[key] = weights.get(key, 0.0) + n
-    return {k: totals[k] / weights[k] for k in totals if weights[k] > 0}
