@@ -34,6 +34,9 @@ class Aggregator(abc.ABC):
     :meth:`_result_vector`."""
 
     streaming: ClassVar[bool] = True
+    # True when _accept_params itself rejects NaN/Inf (fused with its pass over the update, so
+    # the update is read once); it must then leave no trace of a rejected update.
+    checks_finite: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._spec: ParamSpec | None = None
@@ -88,7 +91,8 @@ class Aggregator(abc.ABC):
         Nothing of a rejected update reaches the aggregate: every check runs before the fold.
         """
         self.spec.check(update.params)
-        check_finite_blocked(update.params)
+        if not self.checks_finite:
+            check_finite_blocked(update.params)
         if update.num_examples <= 0:
             raise RejectedUpdate("no_examples", f"{update.sender} reported {update.num_examples}")
         self._accept_params(update.params, update.num_examples)

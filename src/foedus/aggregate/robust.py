@@ -14,7 +14,8 @@ Vectorisation:
 * GeoMedian runs Weiszfeld's iterations in the n-dimensional space of coefficients ``c``
   (``z = X^T c``), with distances ``|x_i - z|^2 = (e_i - c)^T G (e_i - c)``, so the ``(n, d)``
   matrix is read twice (Gram and final combination) however many iterations run;
-* Median and Trimmed-Mean partition along the client axis with ``np.partition``;
+* Median and Trimmed-Mean sort cache-sized column blocks, transposed so each coordinate's
+  values are contiguous (numpy's SIMD sort; see :func:`sorted_columns`);
 * Bulyan's coordinate-wise phase walks the columns in cache-sized blocks to bound its
   temporaries (arg-partition indices are 8 bytes a value).
 
@@ -25,6 +26,7 @@ them), except GeoMedian, which follows RFA and weights by example count unless
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -198,17 +200,40 @@ class Median(StackedAggregator):
 
 
 def coordinate_median(x: np.ndarray) -> np.ndarray:
-    """Median of each column, by partitioning ``x`` in place along the client axis."""
+    """Median of each column of ``x`` (the mean of the middle two for an even count)."""
     n = x.shape[0]
     mid = n // 2
-    kth = [mid - 1, mid] if n % 2 == 0 else [mid]
-    x.partition(kth, axis=0)
     if n % 2:
-        return np.asarray(x[mid], dtype=np.float64)
-    out = np.asarray(x[mid - 1], dtype=np.float64)
-    out = out + x[mid]
-    out *= 0.5
-    return np.asarray(out)
+        return sorted_columns(x, lambda s: s[:, mid])
+    return sorted_columns(x, lambda s: (s[:, mid - 1] + s[:, mid].astype(np.float64)) * 0.5)
+
+
+# Bytes of one column block in sorted_columns: it, transposed, stays in the L2 cache.
+_SORT_BLOCK_BYTES = 1 << 19
+
+
+def sorted_columns(x: np.ndarray, reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``reduce`` applied to every column of ``x`` sorted, as a float64 vector.
+
+    Why not ``np.partition``/``np.median`` along the client axis: numpy selects in each column
+    separately, a small strided sort per coordinate, so the per-column overhead dominates
+    (that is what Flower does). Here columns are taken in cache-sized blocks, transposed into
+    one contiguous ``(block, n)`` buffer in the matrix's own dtype, and sorted along its rows,
+    where numpy uses its SIMD sorting networks: several times faster for the client counts
+    federated learning sees. ``reduce`` gets the sorted ``(block, n)`` buffer and returns one
+    value per row.
+    """
+    n, d = x.shape
+    width = max(64, _SORT_BLOCK_BYTES // max(1, n * x.itemsize))
+    buf = np.empty((min(width, d), n), dtype=x.dtype)
+    out = np.empty(d, dtype=np.float64)
+    for start in range(0, d, width):
+        stop = min(start + width, d)
+        block = buf[: stop - start]
+        block[...] = x[:, start:stop].T
+        block.sort(axis=1)
+        out[start:stop] = reduce(block)
+    return out
 
 
 @aggregators.register("trimmed-mean")
@@ -228,9 +253,8 @@ class TrimmedMean(StackedAggregator):
         k = int(np.floor(self.beta * n))
         if k == 0:
             return np.asarray(offsets.mean(axis=0, dtype=np.float64))
-        offsets.partition([k, n - k - 1], axis=0)
-        kept = offsets[k : n - k]
-        return np.asarray(kept.sum(axis=0, dtype=np.float64) / (n - 2 * k))
+        return sorted_columns(
+            offsets, lambda s: s[:, k : n - k].sum(axis=1, dtype=np.float64) / (n - 2 * k))
 
 
 @aggregators.register("geomedian")
@@ -291,6 +315,14 @@ def weiszfeld(
         objective = new_objective
         if converged:
             break
+    # Near a data point, smoothed Weiszfeld creeps (its step shrinks with the distance), so a
+    # capped run can stop short of a minimiser that is one of the updates. Those n candidates
+    # cost nothing to score from the Gram matrix: keep the best of them if it beats the run.
+    point_objectives = np.sqrt(_distances_from_gram(gram)).clip(min=nu) @ alpha
+    best = int(np.argmin(point_objectives))
+    if point_objectives[best] < objective:
+        c = np.zeros_like(c)
+        c[best] = 1.0
     return c, iterations
 
 

@@ -66,11 +66,16 @@ def _load(params: Params, names: dict[str, tuple[int, ...]]) -> dict[str, np.nda
 
 
 class SklearnSGDClassifier(ModelAdapter):
-    """``sklearn.linear_model.SGDClassifier`` (logistic loss by default) as named arrays."""
+    """``sklearn.linear_model.SGDClassifier`` (logistic loss by default) as named arrays.
+
+    The default step is constant (0.05): scikit-learn's "optimal" schedule restarts with large
+    steps every round once ``begin_round`` resets the step counter, which made federated runs
+    noisy (digits demo, 3 seeds: 0.89-0.91 with "optimal", 0.94-0.96 with constant 0.05).
+    """
 
     def __init__(
         self, spec: DataSpec, *, seed: int = 0, loss: str = "log_loss", alpha: float = 1e-4,
-        learning_rate: str = "optimal", eta0: float = 0.01, **options: Any,
+        learning_rate: str = "constant", eta0: float = 0.05, **options: Any,
     ) -> None:
         from sklearn.linear_model import SGDClassifier
 
