@@ -41,8 +41,7 @@ from foedus.roles.async_server import AsyncServerPod
 from foedus.roles.client import ClientPod
 from foedus.roles.peer import MODES, PeerPod
 from foedus.roles.server import ServerPod
-from foedus.topology.asynchronous import async_server_graph
-from foedus.topology.centralized import client_graph, run_centralized
+from foedus.topology.centralized import client_graph, run_centralized, server_graph
 from foedus.topology.hierarchical import EdgeNode, Node, parse_tree, tree_actors, walk
 from foedus.topology.swarm import swarm_graph
 from foedus.transport.base import Transport, transports
@@ -407,7 +406,7 @@ def _async(parts: JobParts, params: dict[str, Any], transport_for: TransportFor,
         server.round_listeners.append(lambda r: listener(server.name, r.to_dict()))
     runtimes: dict[str, Runtime] = {}
     if server.name in actors:
-        runtimes[server.name] = Runtime(async_server_graph(server, transport_for(server.name)))
+        runtimes[server.name] = Runtime(server_graph(server, transport_for(server.name)))
     for c in _clients(parts, AsyncClientPod, only=actors):
         runtimes[c.client_id] = Runtime(client_graph(
             c, transport_for(c.client_id), spec.job_id, filters=parts.client_filters()))

@@ -16,39 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from foedus.codec import DEFAULT_MAX_SIZE
-from foedus.core.filter import MODEL_WIRE, Filter, wants_model
-from foedus.core.graph import Graph
+from foedus.core.filter import Filter
 from foedus.core.runtime import Runtime, run_graphs
 from foedus.roles.async_server import AsyncServerPod, VersionRecord
 from foedus.roles.client import ClientPod
-from foedus.topology.centralized import client_graph, topics
+from foedus.topology.centralized import client_graph, server_graph
 from foedus.transport.base import Transport
-from foedus.transport.link import Downlink, Uplink
-
-
-def async_server_graph(
-    server: AsyncServerPod, transport: Transport, *, filters: Sequence[Filter] = (),
-    max_message_size: int | None = None,
-) -> Graph:
-    """The FedBuff server's graph; ``filters`` undo the clients' encoders, in order."""
-    t = topics(server.job_id)
-    downlink = Downlink(
-        transport, t.updates, job_id=server.job_id, group=f"{server.job_id}.server",
-        name="updates_in", max_size=max_message_size or DEFAULT_MAX_SIZE,
-    )
-    uplink = Uplink(transport, t.model, retain=True, name="model_out")
-    graph = Graph(f"{server.job_id}/async-server").add(downlink, server, uplink)
-    current = "updates_in.out"
-    for f in filters:
-        graph.add(f)
-        graph.connect(current, f"{f.name}.in")
-        current = f"{f.name}.out"
-        if wants_model(f):
-            graph.connect(f"{server.name}.model", f"{f.name}.{MODEL_WIRE}", feedback=True)
-    graph.connect(current, f"{server.name}.update")
-    graph.connect(f"{server.name}.model", "model_out.in")
-    return graph
 
 
 async def run_asynchronous(
@@ -63,7 +36,7 @@ async def run_asynchronous(
         for c, t, f in clients
     ]
     server_runtime = Runtime(
-        async_server_graph(server, server_transport, filters=server_filters),
+        server_graph(server, server_transport, filters=server_filters),
         queue_size=queue_size,
     )
     await run_graphs(server_runtime, *client_runtimes)

@@ -24,6 +24,7 @@ from foedus.core.graph import Graph
 from foedus.core.message import Message
 from foedus.core.runtime import Runtime, run_graphs
 from foedus.privacy.order import check_filters
+from foedus.roles.async_server import AsyncServerPod
 from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord, ServerPod
 from foedus.transport.base import Transport
@@ -49,10 +50,11 @@ def topics(job_id: str) -> Topics:
 
 
 def server_graph(
-    server: ServerPod, transport: Transport, *, filters: Sequence[Filter] = (),
-    max_message_size: int | None = None,
+    server: ServerPod | AsyncServerPod, transport: Transport, *,
+    filters: Sequence[Filter] = (), max_message_size: int | None = None,
 ) -> Graph:
-    """The server's graph; ``filters`` undo the clients' encoders, in the order given."""
+    """The server's graph (synchronous or FedBuff: the same wires); ``filters`` undo the
+    clients' encoders, in the order given."""
     t = topics(server.job_id)
     downlink = Downlink(
         transport, t.updates, job_id=server.job_id, group=f"{server.job_id}.server",
