@@ -309,6 +309,17 @@ class Decoder(Codec):
         meta = {k: v for k, v in msg.meta.items() if k != self.tag}
         return msg.pop_trail(self.tag).replace(params=params, meta=meta)
 
+    def float_table(
+        self, entry: Mapping[str, Any], action: str
+    ) -> tuple[list[tuple[str, np.dtype[Any], tuple[int, ...]]], int]:
+        """The entry's array table, checked to hold only floats within the size limit, and
+        the number of values it describes."""
+        table = read_table(entry.get("table"), self.name)
+        if any(dtype.kind != "f" for _, dtype, _ in table):
+            raise CodecError(f"{self.name}: only floating-point arrays can be {action}")
+        self.check_size(table_nbytes(table))
+        return table, sum(math.prod(shape) for _, _, shape in table)
+
     def check_size(self, nbytes: int) -> None:
         if nbytes > self.max_decoded_size:
             raise CodecError(

@@ -20,7 +20,6 @@ Quantisation error on full weights is large relative to what a round changes, so
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -35,10 +34,8 @@ from foedus.compress.base import (
     get_array,
     get_int,
     make_table,
-    read_table,
     reorder,
     split_float,
-    table_nbytes,
     unflat,
 )
 from foedus.core.errors import CodecError, ConfigError
@@ -138,16 +135,12 @@ class QSGDDecoder(Decoder):
 
     def decode(self, msg: Message, entry: Mapping[str, Any]) -> dict[str, np.ndarray]:
         where = self.name
-        table = read_table(entry.get("table"), where)
-        if any(dtype.kind != "f" for _, dtype, _ in table):
-            raise CodecError(f"{where}: only floating-point arrays can be quantised")
-        self.check_size(table_nbytes(table))
+        table, n = self.float_table(entry, "quantised")
         bits = get_int(entry, "bits", where, minimum=2)
         bucket = get_int(entry, "bucket", where, minimum=1)
         if bits > 8:
             raise CodecError(f"{where}: bits must be 2-8, got {bits}")
         levels = levels_for(bits)
-        n = sum(math.prod(shape) for _, _, shape in table)
         norms = get_array(msg.params, NORMS, np.float32, where)
         if len(norms) != -(-n // bucket):
             raise CodecError(f"{where}: {len(norms)} bucket norms for {n} values in buckets "

@@ -25,10 +25,8 @@ from foedus.compress.base import (
     flat_float32,
     get_array,
     make_table,
-    read_table,
     reorder,
     split_float,
-    table_nbytes,
     unflat,
 )
 from foedus.core.errors import CodecError, ConfigError
@@ -82,11 +80,7 @@ class TopKDecoder(Decoder):
 
     def decode(self, msg: Message, entry: Mapping[str, Any]) -> dict[str, np.ndarray]:
         where = self.name
-        table = read_table(entry.get("table"), where)
-        if any(dtype.kind != "f" for _, dtype, _ in table):
-            raise CodecError(f"{where}: only floating-point arrays can be sparsified")
-        self.check_size(table_nbytes(table))
-        n = sum(math.prod(shape) for _, _, shape in table)
+        table, n = self.float_table(entry, "sparsified")
         index = get_array(msg.params, INDICES, np.uint32, where)
         values = get_array(msg.params, VALUES, np.float32, where)
         if len(index) != len(values) or len(index) > n:
