@@ -188,7 +188,7 @@ def build_parts(spec: JobSpec, on_round: RoundListener | None = None) -> JobPart
     return JobParts(spec, data_spec, shares, test, pipeline, server, mlops)
 
 
-class _Transports:
+class ActorTransports:
     """Opens the job's transport once per actor, as separate processes would; the in-process
     transport is one shared instance. ``{actor}`` in any string parameter becomes the actor's
     id, so each participant can use its own certificate."""
@@ -238,7 +238,7 @@ async def run_job(spec: JobSpec, *, on_round: RoundListener | None = None) -> Jo
         )
     began = time.perf_counter()
     parts = build_parts(spec, on_round)
-    links = _Transports(spec)
+    links = ActorTransports(spec)
     try:
         clients = [
             (_client_pod(parts, i), links.open(client_id(i)), parts.client_filters())
@@ -260,7 +260,7 @@ async def run_server(spec: JobSpec, *, on_round: RoundListener | None = None) ->
     """Run only the server of ``spec`` (``foedus server``); clients run elsewhere."""
     began = time.perf_counter()
     parts = build_parts(spec, on_round)
-    links = _Transports(spec)
+    links = ActorTransports(spec)
     runtime = Runtime(server_graph(
         parts.server, links.open(parts.server.name), filters=parts.server_filters()
     ))
@@ -284,7 +284,7 @@ async def run_client(spec: JobSpec, index: int) -> ClientPod:
         raise ConfigError(f"client index must be between 0 and {spec.clients.count - 1}, "
                           f"got {index}")
     parts = build_parts(spec)
-    links = _Transports(spec)
+    links = ActorTransports(spec)
     client = _client_pod(parts, index)
     runtime = Runtime(client_graph(
         client, links.open(client.client_id), spec.job_id, filters=parts.client_filters()

@@ -31,7 +31,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from foedus.aggregate.base import aggregators
-from foedus.config.runner import JobParts, build_parts, client_id, fill_actor, make_model
+from foedus.config.runner import (
+    ActorTransports,
+    JobParts,
+    build_parts,
+    client_id,
+    make_model,
+    run_job,
+)
 from foedus.config.spec import JobSpec, Plugin
 from foedus.core.errors import ConfigError
 from foedus.core.params import Params
@@ -41,7 +48,7 @@ from foedus.roles.async_server import AsyncServerPod
 from foedus.roles.client import ClientPod
 from foedus.roles.peer import MODES, PeerPod
 from foedus.roles.server import ServerPod
-from foedus.topology.centralized import client_graph, run_centralized, server_graph
+from foedus.topology.centralized import client_graph, server_graph
 from foedus.topology.hierarchical import EdgeNode, Node, parse_tree, tree_actors, walk
 from foedus.topology.swarm import swarm_graph
 from foedus.transport.base import Transport, transports
@@ -176,8 +183,12 @@ def topology_actors(spec: JobSpec) -> list[str]:
 async def run_topology_job(spec: JobSpec) -> TopologyResult:
     """Run a job whose ``topology`` is hierarchical, swarm or async, every actor in-process."""
     topology = TopologySpec.of(spec.topology)
-    if topology.type == "centralized":
-        return await _run_centralized(spec)
+    if topology.type == "centralized":  # the ordinary runner; its rounds as the records
+        job = await run_job(spec)
+        return TopologyResult(
+            spec.job_id, "centralized", dict(job.params), job.final_metrics,
+            [r.to_dict() for r in job.history], job.duration_s,
+        )
     result = await run_topology_actors(spec, topology_actors(spec))
     records = [
         r | ({"peer": actor} if topology.type == "swarm" else {})
@@ -223,24 +234,13 @@ async def run_topology_actors(
             "grpc) to split a job across processes"
         )
     began = time.perf_counter()
-    opened: list[Transport] = []
-
-    def transport_for(actor: str) -> Transport:
-        if opened and opened[0].shared:
-            return opened[0]
-        made: Transport = transports.create(
-            spec.transport.type, **fill_actor(spec.transport.params, actor)
-        )
-        opened.append(made)
-        return made
-
+    links = ActorTransports(spec)
     try:
-        built = _BUILDERS[topology.type](parts, topology.params, transport_for, set(actors),
+        built = _BUILDERS[topology.type](parts, topology.params, links.open, set(actors),
                                          on_record)
         await asyncio.wait_for(_run(built, on_ready, grace), timeout)
     finally:
-        for t in opened:
-            await t.close()
+        await links.close()
     params = built.params()
     metrics: dict[str, float] = {}
     if params is not None:
@@ -293,37 +293,6 @@ def _clients(parts: JobParts, cls: type[ClientPod] = ClientPod,
         for i, share in enumerate(parts.shares)
         if only is None or client_id(i) in only
     ]
-
-
-async def _run_centralized(spec: JobSpec) -> TopologyResult:
-    """A ``topology: centralized`` job through this module (``run_job`` normally runs those)."""
-    began = time.perf_counter()
-    parts = build_parts(spec)
-    opened: list[Transport] = []
-
-    def transport_for(actor: str) -> Transport:
-        if opened and opened[0].shared:
-            return opened[0]
-        made: Transport = transports.create(
-            spec.transport.type, **fill_actor(spec.transport.params, actor)
-        )
-        opened.append(made)
-        return made
-
-    try:
-        clients = [(c, transport_for(c.client_id), parts.client_filters())
-                   for c in _clients(parts)]
-        history = await run_centralized(parts.server, transport_for(parts.server.name), clients,
-                                        server_filters=parts.server_filters())
-    finally:
-        for t in opened:
-            await t.close()
-    evaluator = make_model(spec, parts.data_spec)
-    evaluator.set_params(parts.server.params)
-    return TopologyResult(
-        spec.job_id, "centralized", dict(parts.server.params), evaluator.evaluate(parts.test),
-        [r.to_dict() for r in history], time.perf_counter() - began,
-    )
 
 
 def _hierarchical(parts: JobParts, params: dict[str, Any], transport_for: TransportFor,
