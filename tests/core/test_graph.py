@@ -131,3 +131,18 @@ def test_feedback_edges_close_a_loop_on_purpose() -> None:
     g = Graph("g").add(f1, f2).connect("f1.out", "f2.in")
     g.connect("f2.out", "f1.in", feedback=True)
     g.validate()
+
+
+def test_pipe_chains_filters_and_feeds_their_model_wire() -> None:
+    class NeedsModel(Identity):
+        def __init__(self, name: str) -> None:
+            super().__init__(name)
+            self.add_input("model", lambda m: None, required=False)
+
+    g = Graph("g").add(Source("a"), Sink("b"), Source("m"))
+    g.pipe("a.out", [Identity("f1"), NeedsModel("f2")], "b.in", model="m.out")
+    edges = {(str(s), str(d)) for s, d in g.edges}
+    assert {("a.out", "f1.in"), ("f1.out", "f2.in"), ("f2.out", "b.in"),
+            ("m.out", "f2.model")} <= edges
+    with pytest.raises(GraphError, match="no model source was given"):
+        Graph("h").add(Source("a"), Sink("b")).pipe("a.out", [NeedsModel("f")], "b.in")

@@ -136,3 +136,10 @@ def test_foedus_sim_command_runs_a_job_file() -> None:
     assert summary["clients"] == 200 and summary["rounds"] == 4
     assert [r["accepted"] for r in summary["history"]] == [50] * 4
     assert summary["bytes_up"] > 0
+
+
+def test_server_side_delta_decoders_see_the_global_model_in_a_simulation() -> None:
+    job = spec(pipeline=(Plugin("qsgd", {"bits": 8}),))
+    result = run_simulation_sync(job)
+    assert [r.accepted for r in result.history] == [20, 20, 20]
+    assert result.final_metrics["accuracy"] > 0.5

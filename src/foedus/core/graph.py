@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from foedus.core.errors import GraphError
+from foedus.core.filter import MODEL_WIRE, Filter, wants_model
 from foedus.core.pod import Pod, Wire
 
 
@@ -88,6 +90,27 @@ class Graph:
         for a, b in itertools.pairwise(pods):
             self.connect(f"{a.name}.{source}", f"{b.name}.{target}")
         return self
+
+    def pipe(
+        self, source: str, filters: Sequence[Filter], target: str, *,
+        model: str | None = None, model_feedback: bool = False,
+    ) -> Graph:
+        """Add ``filters`` and connect ``source -> each filter -> target``. A filter that
+        declares the ``model`` input is connected to ``model`` (the global model stream; a
+        feedback edge when ``model_feedback``, as on a server whose output feeds its decoders)."""
+        current = source
+        for f in filters:
+            self.add(f)
+            self.connect(current, f"{f.name}.in")
+            current = f"{f.name}.out"
+            if wants_model(f):
+                if model is None:
+                    raise GraphError(
+                        f"filter {f.name!r} needs the global model on its {MODEL_WIRE!r} wire, "
+                        "but no model source was given"
+                    )
+                self.connect(model, f"{f.name}.{MODEL_WIRE}", feedback=model_feedback)
+        return self.connect(current, target)
 
     def targets(self, pod: str, wire: str) -> list[Endpoint]:
         """Where messages emitted on ``pod.wire`` go."""

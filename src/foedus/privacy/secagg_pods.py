@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from foedus.core.errors import ConfigError, RejectedUpdate
-from foedus.core.filter import MODEL_WIRE, Filter, Stage, wants_model
+from foedus.core.filter import Filter, Stage
 from foedus.core.graph import Graph
 from foedus.core.message import Kind, Message
 from foedus.core.params import Params
@@ -532,12 +532,8 @@ def secure_server_graph(server: ServerPod, secagg: SecAggServerPod, transport: T
     uplink = Uplink(transport, t.model, retain=True, name="model_out")
     secagg_out = Uplink(transport, secagg_topic(server.job_id), name="secagg_out")
     graph = Graph(f"{server.job_id}/server").add(downlink, secagg, server, uplink, secagg_out)
-    current = "updates_in.out"
-    for f in filters:  # lossless decoders only; check_filters refuses the rest
-        graph.add(f)
-        graph.connect(current, f"{f.name}.in")
-        current = f"{f.name}.out"
-    graph.connect(current, f"{secagg.name}.in")
+    # lossless decoders only; check_filters refuses the rest
+    graph.pipe("updates_in.out", filters, f"{secagg.name}.in")
     graph.connect(f"{secagg.name}.out", f"{server.name}.update")
     graph.connect(f"{secagg.name}.down", "secagg_out.in")
     graph.connect(f"{server.name}.model", "model_out.in")
@@ -559,14 +555,7 @@ def secure_client_graph(client: ClientPod, secagg: SecAggClientPod, transport: T
     graph = Graph(f"{job_id}/{client.client_id}").add(model_in, secagg_in, client, secagg,
                                                       uplink)
     graph.connect("model_in.out", f"{client.name}.model")
-    current = f"{client.name}.update"
-    for f in filters:
-        graph.add(f)
-        graph.connect(current, f"{f.name}.in")
-        current = f"{f.name}.out"
-        if wants_model(f):
-            graph.connect("model_in.out", f"{f.name}.{MODEL_WIRE}")
-    graph.connect(current, f"{secagg.name}.in")
+    graph.pipe(f"{client.name}.update", filters, f"{secagg.name}.in", model="model_in.out")
     graph.connect("secagg_in.out", f"{secagg.name}.down")
     graph.connect(f"{secagg.name}.out", "update_out.in")
     return graph

@@ -81,12 +81,8 @@ async def run_simulation(
     clients = VirtualClients(pool, work.ids)
     server = parts.server
     graph = Graph(f"{spec.job_id}/simulation").add(server, clients)
-    current = f"{clients.name}.update"
-    for f in parts.server_filters():
-        graph.add(f)
-        graph.connect(current, f"{f.name}.in")
-        current = f"{f.name}.out"
-    graph.connect(current, f"{server.name}.update")
+    graph.pipe(f"{clients.name}.update", parts.server_filters(), f"{server.name}.update",
+               model=f"{server.name}.model", model_feedback=True)
     graph.connect(f"{server.name}.model", f"{clients.name}.model", feedback=True)
     runtime = Runtime(graph)
     startup = time.perf_counter() - began

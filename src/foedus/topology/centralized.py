@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from foedus.codec import DEFAULT_MAX_SIZE
 from foedus.core.errors import ConfigError
-from foedus.core.filter import MODEL_WIRE, Filter, wants_model
+from foedus.core.filter import Filter
 from foedus.core.graph import Graph
 from foedus.core.message import Message
 from foedus.core.runtime import Runtime, run_graphs
@@ -62,11 +62,10 @@ def server_graph(
     )
     uplink = Uplink(transport, t.model, retain=True, name="model_out")
     graph = Graph(f"{server.job_id}/server").add(downlink, server, uplink)
-    _chain(graph, "updates_in.out", filters, f"{server.name}.update")
+    # decoders of deltas see each global model the server broadcasts (a feedback edge)
+    graph.pipe("updates_in.out", filters, f"{server.name}.update",
+               model=f"{server.name}.model", model_feedback=True)
     graph.connect(f"{server.name}.model", "model_out.in")
-    for f in filters:
-        if wants_model(f):  # decoders of deltas see each global model the server broadcasts
-            graph.connect(f"{server.name}.model", f"{f.name}.{MODEL_WIRE}", feedback=True)
     return graph
 
 
@@ -83,20 +82,9 @@ def client_graph(
     uplink = Uplink(transport, t.updates, name="update_out")
     graph = Graph(f"{job_id}/{client.client_id}").add(downlink, client, uplink)
     graph.connect("model_in.out", f"{client.name}.model")
-    _chain(graph, f"{client.name}.update", filters, "update_out.in")
-    for f in filters:
-        if wants_model(f):  # encoders of deltas see the model the client trains from
-            graph.connect("model_in.out", f"{f.name}.{MODEL_WIRE}")
+    # encoders of deltas see the model the client trains from
+    graph.pipe(f"{client.name}.update", filters, "update_out.in", model="model_in.out")
     return graph
-
-
-def _chain(graph: Graph, source: str, filters: Sequence[Filter], target: str) -> None:
-    current = source
-    for f in filters:
-        graph.add(f)
-        graph.connect(current, f"{f.name}.in")
-        current = f"{f.name}.out"
-    graph.connect(current, target)
 
 
 async def run_centralized(

@@ -29,7 +29,7 @@ from foedus.aggregate.base import Aggregator
 from foedus.aggregate.fedavg import FedAvg
 from foedus.codec import DEFAULT_MAX_SIZE
 from foedus.core.errors import ConfigError
-from foedus.core.filter import MODEL_WIRE, Filter, wants_model
+from foedus.core.filter import Filter
 from foedus.core.graph import Graph
 from foedus.core.message import Message
 from foedus.core.runtime import Runtime, run_graphs
@@ -200,14 +200,7 @@ def leaf_graph(
     uplink = Uplink(transport, parent.updates, name="update_out")
     graph = Graph(f"{job_id}/{client.client_id}").add(downlink, client, uplink)
     graph.connect("model_in.out", f"{client.name}.model")
-    current = f"{client.name}.update"
-    for f in filters:
-        graph.add(f)
-        graph.connect(current, f"{f.name}.in")
-        current = f"{f.name}.out"
-        if wants_model(f):
-            graph.connect("model_in.out", f"{f.name}.{MODEL_WIRE}")
-    graph.connect(current, "update_out.in")
+    graph.pipe(f"{client.name}.update", filters, "update_out.in", model="model_in.out")
     return graph
 
 
