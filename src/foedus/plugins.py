@@ -22,6 +22,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "foedus.compress",
     "foedus.privacy.dp",
     "foedus.security.signing",
+    "foedus.sim.attacks",
 )
 
 _loaded = False
