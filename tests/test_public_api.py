@@ -11,7 +11,7 @@ PINNED = [
     "ModelAdapter", "Pod", "PodError", "PrivacyError", "RejectedUpdate", "RoundRecord", "Runtime",
     "ServerPod", "Stage", "Subscription", "Transport", "TransportClosed", "TransportError",
     "Uplink", "Wire", "aggregators", "build_model", "decode", "encode", "load_dataset",
-    "load_job", "models", "partition", "run_job", "run_job_sync", "stages", "transports",
+    "load_job", "model_adapters", "partition", "run_job", "run_job_sync", "stages", "transports",
 ]
 
 
@@ -40,3 +40,14 @@ def test_missing_extra_names_the_extra_to_install() -> None:
         assert "pip install 'foedus[kafka]'" in str(exc)
     else:
         raise AssertionError("require() did not raise")
+
+
+def test_every_subpackage_imports_by_its_dotted_name_in_a_fresh_interpreter() -> None:
+    # a public name equal to a subpackage's (e.g. a registry called ``models``) would shadow
+    # it, and ``import foedus.models.sklearn as m`` would then fail
+    import subprocess
+    import sys
+
+    code = ("import foedus.models.sklearn as a, foedus.aggregate.fedavg as b, "
+            "foedus.transport.local as c, foedus.data.partition as d, foedus.roles.server as e")
+    subprocess.run([sys.executable, "-c", code], check=True)

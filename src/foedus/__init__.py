@@ -31,7 +31,8 @@ from foedus.core.pod import Pod, Wire
 from foedus.core.runtime import Runtime
 from foedus.data.datasets import Dataset, DataSpec, load_dataset
 from foedus.data.partition import partition
-from foedus.models.base import ModelAdapter, build_model, models
+from foedus.models.base import ModelAdapter, build_model
+from foedus.models.base import models as model_adapters
 from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord, ServerPod
 from foedus.transport.base import Subscription, Transport, transports
@@ -83,7 +84,7 @@ __all__ = [
     "encode",
     "load_dataset",
     "load_job",
-    "models",
+    "model_adapters",
     "partition",
     "run_job",
     "run_job_sync",

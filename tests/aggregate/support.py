@@ -8,6 +8,7 @@ import numpy as np
 
 import foedus.aggregate  # noqa: F401 - registers every aggregator
 from foedus.aggregate.base import Aggregator, aggregators
+from foedus.core.errors import RejectedUpdate
 from foedus.core.message import Kind, Message
 
 #: every registered aggregator, with settings that accept the 7+ updates the tests send
@@ -34,6 +35,18 @@ def make(name: str, **overrides: object) -> Aggregator:
 def upd(sender: str, n: int, **params: np.ndarray) -> Message:
     return Message.create(Kind.UPDATE, job_id="j", round=1, sender=sender, params=params,
                           num_examples=n)
+
+
+def refusal(agg: Aggregator, update: Message) -> RejectedUpdate:
+    """The reason ``agg`` refuses ``update``: raised by ``accept``, or returned by ``settle``
+    when the rule folds updates in late (FedAvg's groups). Fails the test if it is taken."""
+    try:
+        agg.accept(update)
+    except RejectedUpdate as exc:
+        return exc
+    late = agg.settle()
+    assert [msg for msg, _ in late] == [update], "the update was not refused"
+    return late[0][1]
 
 
 def run_round(

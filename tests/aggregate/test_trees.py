@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -127,3 +128,53 @@ def test_a_model_that_is_not_a_forest_is_a_configuration_error() -> None:
 def test_bad_options_fail_at_construction(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         TreeBagging(**kwargs)  # type: ignore[arg-type]
+
+
+def _boosters(scores: list[float]) -> Any:
+    """One tiny XGBoost booster per score (2 features, 2 classes), trained on distinct data."""
+    xgboost = pytest.importorskip("xgboost")
+    from foedus.models import boosters
+
+    rng = np.random.default_rng(0)
+    blobs = []
+    for i, _ in enumerate(scores):
+        x = rng.normal(size=(40, 2)) + i
+        booster = xgboost.train({"objective": "multi:softprob", "num_class": 2, "nthread": 1,
+                                 "max_depth": 2}, xgboost.DMatrix(x, x[:, 0] > i), 2)
+        blobs.append(bytes(booster.save_raw("json")))
+    return boosters.from_models(2, 2, "classification", blobs, score=np.array(scores))
+
+
+def test_xgboost_boosters_are_bagged_capped_and_selected_like_trees() -> None:
+    from foedus.models import boosters
+
+    first, second = _boosters([.2, .9]), _boosters([.5])
+    agg = TreeBagging(max_trees=2, select="score")
+    agg.reset(boosters.empty(2, 2, "classification").to_params())
+    agg.accept(update_params(first.to_params(), 10))
+    agg.accept(update_params(second.to_params(), 10))
+    out = boosters.unpack(agg.result())
+    assert out.n_trees == 2
+    np.testing.assert_allclose(sorted(out.score), [.5, .9])
+    np.testing.assert_allclose(out.weight, [.5, .5])
+    assert out.booster_bytes(0) == first.booster_bytes(1)  # the merged order keeps arrival order
+
+
+def test_an_update_of_the_other_ensemble_kind_is_refused() -> None:
+    from foedus.models import boosters
+
+    agg = TreeBagging()
+    agg.reset(boosters.empty(2, 2, "classification").to_params())
+    with pytest.raises(RejectedUpdate) as info:
+        agg.accept(update(stumps([.5]), 10))
+    assert info.value.reason == "wrong_names"
+    garbled = _boosters([.5]).to_params()
+    garbled["boosters/model"] = garbled["boosters/model"][::-1].copy()
+    with pytest.raises(RejectedUpdate) as info:
+        agg.accept(update_params(garbled, 10))
+    assert info.value.reason == "bad_booster"
+
+
+def update_params(params: dict[str, np.ndarray], examples: int) -> Message:
+    return Message.create(Kind.UPDATE, job_id="j", round=1, sender="c", params=params,
+                          num_examples=examples)

@@ -6,6 +6,11 @@ parameters. ``snapshot()``/``restore()`` carry the state a restarted server need
 optimiser moments). Streaming aggregators hold O(model) memory however many clients report;
 the others (median, Krum, ...) must see all updates at once and say so with ``streaming = False``.
 
+An aggregator may hold accepted updates back and fold them in later (FedAvg folds them in
+groups, which is faster); an update it then finds invalid is refused late: :meth:`settle`
+returns those refusals, and the round collector calls it when the round closes to move them
+from accepted to rejected in the round's record.
+
 Subclasses fold an update in through one of two hooks: :meth:`Aggregator._accept_params` sees
 the named arrays (so it can write each one straight into its own buffer, with no flattened
 copy), and its default flattens them and calls :meth:`Aggregator._accept_vector`.
@@ -14,6 +19,7 @@ copy), and its default flattens them and calls :meth:`Aggregator._accept_vector`
 from __future__ import annotations
 
 import abc
+import logging
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,6 +28,10 @@ from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Message
 from foedus.core.params import Params, ParamSpec, flatten, unflatten
 from foedus.core.registry import Registry
+
+log = logging.getLogger("foedus.aggregate")
+#: an update refused after :meth:`Aggregator.accept` took it, with the reason
+LateRejection = tuple[Message, RejectedUpdate]
 
 # Elements per block when a pass over a vector is cut into cache-sized pieces (256 KiB of
 # float32): small enough that temporaries stay in L2, large enough that the per-call overhead
@@ -34,15 +44,13 @@ class Aggregator(abc.ABC):
     :meth:`_result_vector`."""
 
     streaming: ClassVar[bool] = True
-    # True when _accept_params itself rejects NaN/Inf (fused with its pass over the update, so
-    # the update is read once); it must then leave no trace of a rejected update.
-    checks_finite: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._spec: ParamSpec | None = None
         self._global_params: Params | None = None
         self._global: np.ndarray | None = None
         self.accepted = 0
+        self._late: list[LateRejection] = []
 
     @property
     def spec(self) -> ParamSpec:
@@ -83,6 +91,7 @@ class Aggregator(abc.ABC):
         self._global_params = global_params
         self._global = None
         self.accepted = 0
+        self._late = []
         self._reset()
 
     def accept(self, update: Message) -> None:
@@ -90,13 +99,26 @@ class Aggregator(abc.ABC):
 
         Nothing of a rejected update reaches the aggregate: every check runs before the fold.
         """
-        self.spec.check(update.params)
-        if not self.checks_finite:
-            check_finite_blocked(update.params)
-        if update.num_examples <= 0:
-            raise RejectedUpdate("no_examples", f"{update.sender} reported {update.num_examples}")
+        self.validate(update)
         self._accept_params(update.params, update.num_examples)
         self.accepted += 1
+
+    def validate(self, update: Message, *, finite: bool = True) -> None:
+        """Raise :class:`RejectedUpdate` unless ``update`` has the model's names, shapes and
+        dtypes, a positive example count and (with ``finite``) no NaN/Inf."""
+        self.spec.check(update.params)
+        if update.num_examples <= 0:
+            raise RejectedUpdate("no_examples", f"{update.sender} reported {update.num_examples}")
+        if finite:
+            check_finite_blocked(update.params)
+
+    def settle(self) -> list[LateRejection]:
+        """Fold in every update still held back and return the updates refused after
+        :meth:`accept` had taken them (each with its reason; they are no longer counted in
+        :attr:`accepted`). Rules that fold each update in at once never refuse late."""
+        self._flush()
+        late, self._late = self._late, []
+        return late
 
     def result(self) -> dict[str, np.ndarray]:
         """The new global parameters.
@@ -104,6 +126,10 @@ class Aggregator(abc.ABC):
         Raises RejectedUpdate('no_updates') for an empty round and
         RejectedUpdate('too_few_updates') when fewer than :meth:`min_updates` arrived.
         """
+        self._flush()
+        if self._late:
+            log.warning("%s refused %d update(s) after accepting them; call settle() to "
+                        "record them", self.describe(), len(self._late))
         if self.accepted == 0:
             raise RejectedUpdate("no_updates", "no update was accepted this round")
         needed = self.min_updates()
@@ -131,6 +157,9 @@ class Aggregator(abc.ABC):
 
     def _reset(self) -> None:
         """Hook: clear per-round accumulators."""
+
+    def _flush(self) -> None:
+        """Hook: fold in updates held back, appending any refused to ``self._late``."""
 
     def _accept_params(self, params: Params, weight: int) -> None:
         """Hook: fold in one validated update. Default: flatten it, then :meth:`_accept_vector`."""

@@ -1,19 +1,27 @@
 """FedAvg (McMahan et al., 2017): the sample-weighted mean of client models.
 
-Streaming: a running weighted sum in one vector of the model's own floating dtype, so memory is
-O(model) however many clients report. Each update is folded in tensor by tensor straight into
-its slice of the sum with one BLAS ``axpy`` (``sum += w * x``): one read of the update and one
-read-modify-write of the sum, no flattened copy and no temporary.
+Streaming: a running weighted sum in the model's own floating dtype, so memory is O(model)
+however many clients report (two model-sized buffers, plus at most ``group`` updates held).
 
-NaN/Inf check: a rejected update must leave no trace, and a floating-point addition cannot be
-undone exactly, so every tensor of an update is checked before any is added. The check is one
-BLAS dot product of the tensor with itself (``x . x``), which reads the tensor at the machine's
-full read bandwidth with no temporary: a NaN or Inf anywhere makes it non-finite. Only when it
-is non-finite (a bad value, or finite values large enough to overflow the square) does the
-exact element-wise test decide. The update is thus read twice (check, then add); the second
-read often comes from cache. A fused single pass was tried: checking each cache-sized chunk just
-before adding it cannot take back the chunks already added when a later one holds a NaN, and
-writing into a second buffer (so the old sum survives) costs as much traffic as the second read.
+Speed: what bounds FedAvg is memory traffic. Folding updates in one at a time reads each update
+and then reads and writes the whole sum again for every update (three passes over memory per
+update, four with a separate NaN/Inf check). FedAvg instead holds up to ``group`` accepted
+updates (default 8; they are already in memory, as received) and folds them in together: one
+pass over cache-sized blocks sums the group's block in a cache-resident scratch buffer, checks
+that small sum for NaN/Inf while it is still in cache, and writes ``sum + scratch`` to the
+second buffer. Each update is read from memory once and the sum once per group; the blocks are
+shared out over the cores (``threads``), and the last fold of a round writes the mean itself.
+The NaN/Inf check rides along for free: a NaN or Inf in any update makes its block's sum
+non-finite.
+
+Verdicts: shape and example-count checks are immediate (``accept`` raises). The NaN/Inf
+verdict of an update arrives when its group is folded: inside the ``accept`` that fills the
+group (raised there if that very update is bad), or in :meth:`Aggregator.settle`, which the
+round collector calls when the round closes and which moves each refused update from accepted
+to rejected in the round's record. A refused update leaves no trace: the fold writes into the
+second buffer, so on a non-finite block the old sum is intact, the culprits (the updates with a
+non-finite value in that block) are set aside and the group is folded again without them.
+``group=1`` gives the immediate verdict for every update at the cost of those passes.
 
 Precision: a float32 model is summed in float32. The rounding error of the sum of K updates is
 about sqrt(K) * 2**-24 relative (K * 2**-24 at worst), below float32's own resolution of the
@@ -25,105 +33,214 @@ side, in the model adapters' training loop, so there is no separate server aggre
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import math
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from foedus.aggregate.base import BLOCK, Aggregator, aggregators, check_finite_blocked
-from foedus.core.params import Params
+from foedus.aggregate.base import BLOCK, Aggregator, aggregators, whole_number
+from foedus.core.errors import ConfigError, RejectedUpdate
+from foedus.core.message import Message
+
+#: models with fewer values are folded on the calling thread: a thread hop costs more
+PARALLEL_VALUES = 1 << 20
+# one tensor's slice [start, stop) and where that tensor starts in the flat sum
+Block = tuple[int, int, int, int]  # (tensor index, start, stop, offset of the tensor)
 
 
 @aggregators.register("fedavg")
 class FedAvg(Aggregator):
-    """Weighted mean of client parameters, weights = number of local training examples."""
+    """Weighted mean of client parameters, weights = number of local training examples.
+
+    ``group``: accepted updates folded in together (see the module docstring);
+    ``threads``: cores the fold uses for large models (default: all, at most 8).
+    """
 
     streaming = True
-    checks_finite = True
+
+    def __init__(self, group: int = 8, threads: int | None = None) -> None:
+        super().__init__()
+        self.group = whole_number("group", group, minimum=1)
+        cores = min(os.cpu_count() or 1, 8)
+        self.threads = cores if threads is None else whole_number("threads", threads, minimum=1)
+        self._pending: list[Message] = []
+        self._sum: np.ndarray | None = None
+        self._mean: np.ndarray | None = None
+        self._spares: list[np.ndarray] = []
+
+    def describe(self) -> str:
+        return f"FedAvg(group={self.group})"
 
     def _reset(self) -> None:
-        old: np.ndarray | None = getattr(self, "_sum", None)
-        if old is not None and old.shape == (self.spec.size,) and old.dtype == self.work_dtype:
-            old.fill(0)  # reuse last round's buffer: no fresh pages to fault in
-        else:
-            self._sum = np.zeros(self.spec.size, dtype=self.work_dtype)
+        size, dtype = self.spec.size, self.work_dtype
+        kept = [*self._spares, self._sum]
+        self._spares = [b for b in kept
+                        if b is not None and b.shape == (size,) and b.dtype == dtype]
+        self._sum = None  # nothing folded in yet: a zero sum, never written as zeros
+        self._mean = None  # the round's result, once computed
         self._weight = 0.0
-        self._axpy = _blas_axpy(self._sum.dtype)
+        self._pending = []
 
-    def _accept_params(self, params: Params, weight: int) -> None:
-        for name, array in params.items():  # all of them before any is added
-            check_finite_fast(name, array)
+    def accept(self, update: Message) -> None:
+        if self._mean is not None:
+            raise ConfigError(f"{self.describe()}: this round was already aggregated; "
+                              "call reset() to start the next one")
+        self.validate(update, finite=False)
+        self._pending.append(update)
+        self.accepted += 1
+        if len(self._pending) >= self.group:
+            self._flush()
+            for i, (msg, exc) in enumerate(self._late):
+                if msg is update:  # this very update: refuse it now
+                    del self._late[i]
+                    raise exc
+
+    def _flush(self, *, final: bool = False) -> None:
+        """Fold in the pending updates, setting aside (into ``_late``) any with NaN/Inf.
+
+        ``final``: the round is over; fold straight into the mean (one pass fewer).
+        """
+        group, self._pending = self._pending, []
+        while group:
+            weight = self._weight + sum(float(m.num_examples) for m in group)
+            # a fresh array for the mean: the caller keeps it as the next global model
+            target = np.empty(self.spec.size, self.work_dtype) if final else self._spare()
+            culprits = self._fold(group, target, 1.0 / weight if final else None)
+            if not culprits:
+                if final:
+                    self._mean = target
+                else:
+                    if self._sum is not None:
+                        self._spares.append(self._sum)
+                    self._sum, self._weight = target, weight
+                return
+            if not final:
+                self._spares.append(target)
+            for i in sorted(culprits):
+                msg = group[i]
+                self.accepted -= 1
+                self._late.append((msg, RejectedUpdate(
+                    "not_finite", f"update from {msg.sender} contains NaN or Inf")))
+            group = [m for i, m in enumerate(group) if i not in culprits]
+
+    def _spare(self) -> np.ndarray:
+        """A model-sized buffer not holding the sum (kept across rounds: its pages are
+        already mapped, which a fresh allocation would fault in again)."""
+        if self._spares:
+            return self._spares.pop()
+        return np.empty(self.spec.size, dtype=self.work_dtype)
+
+    def _fold(self, group: Sequence[Message], target: np.ndarray,
+              scale: float | None) -> set[int]:
+        """Write ``(sum + weighted sum of group) * scale`` (no scaling for ``None``) into
+        ``target``; return the indices of updates with a NaN/Inf (``target`` is then garbage,
+        but the sum was never written to)."""
+        names = self.spec.names
+        flats = [[msg.params[name].reshape(-1) for name in names] for msg in group]
+        weights = [float(msg.num_examples) for msg in group]
+        base = self._sum
+        blocks: list[Block] = []
         offset = 0
-        for array in params.values():
-            n = array.size
-            add_scaled(self._sum[offset : offset + n], array.reshape(-1), float(weight),
-                       self._axpy)
-            offset += n
-        self._weight += weight
+        for index, shape in enumerate(self.spec.shapes):
+            size = math.prod(shape)
+            blocks += [(index, s, min(s + BLOCK, size), offset) for s in range(0, size, BLOCK)]
+            offset += size
+        culprits: set[int] = set()
+        failed = threading.Event()
 
-    def _accept_vector(self, vector: np.ndarray, weight: int) -> None:
-        check_finite_fast("update", vector)
-        add_scaled(self._sum, vector, float(weight), self._axpy)
-        self._weight += weight
+        def fold_part(part: Sequence[Block]) -> None:
+            with np.errstate(over="ignore", invalid="ignore"):  # judged below, per block
+                fold_blocks(part)
+
+        def fold_blocks(part: Sequence[Block]) -> None:
+            scratch = np.empty(BLOCK, dtype=target.dtype)
+            spill = np.empty(BLOCK, dtype=target.dtype)
+            for index, start, stop, at in part:
+                if failed.is_set():
+                    return
+                lo, hi = at + start, at + stop
+                # with no sum yet and no scaling, the group sums straight into the target
+                direct = base is None and scale is None
+                block = target[lo:hi] if direct else scratch[: stop - start]
+                tmp = spill[: stop - start]
+                for j, flat in enumerate(flats):
+                    x = flat[index][start:stop]
+                    if j == 0:
+                        np.multiply(x, weights[j], out=block, casting="unsafe")
+                    else:
+                        np.multiply(x, weights[j], out=tmp, casting="unsafe")
+                        np.add(block, tmp, out=block)
+                if not math.isfinite(float(np.add.reduce(block))):  # NaN, Inf or overflow
+                    bad = {j for j, flat in enumerate(flats)
+                           if not _all_finite(flat[index][start:stop])}
+                    if bad:  # else finite updates overflowed: a legitimate infinite sum
+                        culprits.update(bad)
+                        failed.set()
+                        return
+                if scale is None:
+                    if base is not None:
+                        np.add(base[lo:hi], block, out=target[lo:hi])
+                else:
+                    if base is not None:
+                        np.add(base[lo:hi], block, out=block)
+                    np.multiply(block, scale, out=target[lo:hi])
+
+        parts = _split(blocks, self.threads if self.spec.size >= PARALLEL_VALUES else 1)
+        if len(parts) == 1:
+            fold_part(parts[0])
+        else:
+            for future in [_pool(self.threads).submit(fold_part, p) for p in parts]:
+                future.result()
+        return culprits
 
     def _result_vector(self) -> np.ndarray:
         return self.mean_vector()
 
     def mean_vector(self) -> np.ndarray:
-        """The weighted mean of the updates accepted so far (in :attr:`work_dtype`)."""
-        return np.asarray(self._sum / self._sum.dtype.type(self._weight))
+        """The weighted mean of the round's updates (in :attr:`work_dtype`); the round takes
+        no more updates after this."""
+        if self._mean is None:
+            if self._pending:
+                self._flush(final=True)
+            if self._mean is None:  # everything was folded before: only the scaling is left
+                if self._sum is None:
+                    self._mean = np.zeros(self.spec.size, dtype=self.work_dtype)
+                else:
+                    self._mean = np.multiply(self._sum, 1.0 / self._weight,
+                                             dtype=self.work_dtype)
+        return self._mean
 
 
-Axpy = Callable[..., Any]
+def _split(blocks: list[Block], parts: int) -> list[list[Block]]:
+    """``blocks`` cut into at most ``parts`` contiguous runs of about equal element counts."""
+    if parts <= 1 or len(blocks) <= 1:
+        return [blocks]
+    total = sum(stop - start for _, start, stop, _ in blocks)
+    runs: list[list[Block]] = [[]]
+    done = 0
+    for block in blocks:
+        if done >= total * len(runs) / parts and len(runs) < parts:
+            runs.append([])
+        runs[-1].append(block)
+        done += block[2] - block[1]
+    return [run for run in runs if run]
 
 
-def check_finite_fast(name: str, array: np.ndarray) -> None:
-    """Raise :class:`RejectedUpdate` if ``array`` holds a NaN or Inf.
-
-    ``x . x`` (BLAS, multithreaded, no temporary) is finite for every finite ``x`` unless the
-    squares overflow; only a non-finite dot product pays for the exact element-wise check.
-    """
-    if array.dtype.kind not in "fc":
-        return
-    flat = array.reshape(-1)
-    if flat.dtype in (np.float32, np.float64) and flat.flags.c_contiguous:
-        with np.errstate(over="ignore", invalid="ignore"):
-            if np.isfinite(np.dot(flat, flat)):
-                return
-    check_finite_blocked({name: flat})
+def _all_finite(x: np.ndarray) -> bool:
+    return x.dtype.kind not in "fc" or bool(np.isfinite(x).all())
 
 
-def _blas_axpy(dtype: np.dtype) -> Axpy | None:  # type: ignore[type-arg]
-    """BLAS ``?axpy`` for ``dtype`` from SciPy (always present: scikit-learn needs it), or
-    ``None`` to fall back to numpy."""
-    try:
-        from scipy.linalg import blas
-    except ImportError:  # pragma: no cover - scipy ships with scikit-learn
-        return None
-    if dtype == np.float32:
-        return blas.saxpy  # type: ignore[no-any-return]
-    if dtype == np.float64:
-        return blas.daxpy  # type: ignore[no-any-return]
-    return None
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
 
 
-def add_scaled(out: np.ndarray, x: np.ndarray, weight: float, axpy: Axpy | None) -> None:
-    """``out += weight * x`` in place, in one pass and without a model-sized temporary.
-
-    ``out`` is a contiguous 1-D slice of an accumulator. BLAS axpy does it when the dtypes
-    agree; otherwise numpy works through cache-sized blocks, so the ``weight * x`` temporary
-    stays in cache.
-    """
-    if x.size == 0:
-        return
-    if axpy is not None and x.dtype == out.dtype and x.flags.c_contiguous:
-        result = axpy(x, out, a=weight)
-        if result is not out and not np.shares_memory(result, out):  # pragma: no cover
-            out[...] = result
-        return
-    scratch = np.empty(min(BLOCK, x.size), dtype=out.dtype)
-    for start in range(0, x.size, BLOCK):
-        stop = min(start + BLOCK, x.size)
-        tmp = scratch[: stop - start]
-        np.multiply(x[start:stop], weight, out=tmp, casting="unsafe")
-        out[start:stop] += tmp
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """One long-lived pool per thread count: starting threads every fold would cost more than
+    the fold of a mid-sized model."""
+    with _POOLS_LOCK:
+        if threads not in _POOLS:
+            _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="foedus-fedavg")
+        return _POOLS[threads]

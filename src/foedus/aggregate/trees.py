@@ -2,8 +2,10 @@
 
 Trees have no fixed shape, so this aggregator replaces the base class's flatten-and-average path
 (``reset``/``accept``/``result`` are overridden whole). Updates are packed forests (see
-:mod:`foedus.models.forest`); each is validated against the global forest's schema (feature
-count, value width, task) and its tree structure, then kept. ``result`` picks and weighs trees:
+:mod:`foedus.models.forest`) or packed XGBoost boosters (:mod:`foedus.models.boosters`; the
+global model's format decides, and one booster counts as one tree below). Each update is
+validated against the global model's schema (feature count, value width, task) and its tree
+structure, then kept. ``result`` picks and weighs trees:
 
 - ``max_trees`` caps the merged ensemble (``None``: keep every tree).
 - ``select`` decides which trees survive the cap: ``samples`` (each client keeps a share of the
@@ -23,7 +25,7 @@ memory is the size of the submitted trees (bounded per update by ``max_nodes``).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
 
@@ -31,8 +33,10 @@ from foedus.aggregate.base import Aggregator, aggregators
 from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Message
 from foedus.core.params import Params
+from foedus.models import boosters
 from foedus.models import forest as packed
 
+Ensemble: TypeAlias = packed.PackedForest | boosters.PackedBoosters
 _SELECT = ("samples", "score", "random")
 _WEIGHT = ("uniform", "samples", "score")
 
@@ -46,7 +50,8 @@ class TreeBagging(Aggregator):
     def __init__(
         self, max_trees: int | None = None, select: str = "samples", weight: str = "uniform",
         min_score: float | None = None, keep_previous: bool = False,
-        max_nodes: int = packed.DEFAULT_MAX_NODES, seed: int = 0,
+        max_nodes: int = packed.DEFAULT_MAX_NODES,
+        max_bytes: int = boosters.DEFAULT_MAX_BYTES, seed: int = 0,
     ) -> None:
         super().__init__()
         if max_trees is not None and max_trees < 1:
@@ -57,25 +62,28 @@ class TreeBagging(Aggregator):
             raise ConfigError(f"weight must be one of {', '.join(_WEIGHT)}, got {weight!r}")
         if max_nodes < 1:
             raise ConfigError(f"max_nodes must be at least 1, got {max_nodes}")
+        if max_bytes < 1:
+            raise ConfigError(f"max_bytes must be at least 1, got {max_bytes}")
         self.max_trees = max_trees
         self.select = select
         self.weight = weight
         self.min_score = min_score
         self.keep_previous = keep_previous
         self.max_nodes = max_nodes
+        self.max_bytes = max_bytes
         self.seed = seed
-        self._previous: packed.PackedForest | None = None
-        self._updates: list[tuple[packed.PackedForest, int]] = []
+        self._previous: Ensemble | None = None
+        self._updates: list[tuple[Ensemble, int]] = []
         self._round = 0
 
     def reset(self, global_params: Params) -> None:
-        """Open a round; the global forest fixes the schema every update must match."""
+        """Open a round; the global ensemble fixes the format and schema updates must match."""
         try:
-            previous = packed.unpack(global_params, max_nodes=self.max_nodes)
+            previous = self._unpack(global_params)
         except RejectedUpdate as exc:
             raise ConfigError(
-                f"tree-bagging needs a tree-ensemble model (e.g. sklearn-random-forest); the "
-                f"global parameters are not a packed forest: {exc}"
+                f"tree-bagging needs a tree-ensemble model (e.g. sklearn-random-forest, "
+                f"xgboost-bagging); the global parameters are not one: {exc}"
             ) from exc
         super().reset(global_params)  # base bookkeeping: spec (used for sizing), counters
         self._previous = previous
@@ -86,12 +94,12 @@ class TreeBagging(Aggregator):
         previous = self._require_open()
         if update.num_examples <= 0:
             raise RejectedUpdate("no_examples", f"{update.sender} reported {update.num_examples}")
-        forest = packed.unpack(
-            update.params, n_features=previous.n_features, n_values=previous.n_values,
-            task=previous.task, max_nodes=self.max_nodes,
-        )
+        if isinstance(previous, boosters.PackedBoosters) != boosters.is_boosters(update.params):
+            raise RejectedUpdate("wrong_names", f"{update.sender} sent a different kind of "
+                                                "ensemble than the global model")
+        forest = self._unpack(update.params, previous)
         if forest.n_trees == 0:
-            raise RejectedUpdate("no_trees", f"{update.sender} sent an empty forest")
+            raise RejectedUpdate("no_trees", f"{update.sender} sent an empty ensemble")
         self._updates.append((forest, update.num_examples))
         self.accepted += 1
 
@@ -99,7 +107,7 @@ class TreeBagging(Aggregator):
         previous = self._require_open()
         if not self._updates:
             raise RejectedUpdate("no_updates", "no update was accepted this round")
-        merged = packed.concat([f for f, _ in self._updates])
+        merged = _concat([f for f, _ in self._updates])
         counts = np.concatenate([np.full(f.n_trees, n, dtype=np.float64)
                                  for f, n in self._updates])
         client = np.concatenate([np.full(f.n_trees, i) for i, (f, _) in enumerate(self._updates)])
@@ -120,7 +128,7 @@ class TreeBagging(Aggregator):
                 # old trees keep their relative votes, scaled to an equal per-tree footing
                 kept = previous.select(np.asarray(old))
                 old_w = kept.weight / max(kept.weight.mean(), 1e-300) * new.weight.mean()
-                new = packed.concat([replace(kept, weight=old_w), new])
+                new = _concat([replace(kept, weight=old_w), new])
         total = new.weight.sum()
         if total <= 0:
             raise RejectedUpdate("no_updates", "every selected tree has zero weight")
@@ -178,7 +186,21 @@ class TreeBagging(Aggregator):
     def _result_vector(self) -> np.ndarray:
         raise ConfigError("tree bagging merges trees; it has no parameter vector to average")
 
-    def _require_open(self) -> packed.PackedForest:
+    def _unpack(self, params: Params, schema: Ensemble | None = None) -> Ensemble:
+        shape: dict[str, Any] = {} if schema is None else {
+            "n_features": schema.n_features, "n_values": schema.n_values, "task": schema.task}
+        if boosters.is_boosters(params):
+            return boosters.unpack(params, max_bytes=self.max_bytes, **shape)
+        return packed.unpack(params, max_nodes=self.max_nodes, **shape)
+
+    def _require_open(self) -> Ensemble:
         if self._previous is None:
             raise ConfigError("TreeBagging: call reset(global_params) first")
         return self._previous
+
+
+def _concat(parts: list[Ensemble]) -> Ensemble:
+    """Concatenate ensembles of one format (accept has already checked the format)."""
+    if isinstance(parts[0], boosters.PackedBoosters):
+        return boosters.concat([p for p in parts if isinstance(p, boosters.PackedBoosters)])
+    return packed.concat([p for p in parts if isinstance(p, packed.PackedForest)])

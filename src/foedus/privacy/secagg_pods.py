@@ -515,6 +515,8 @@ class SecureServerPod(ServerPod):
             else:
                 try:
                     self.aggregator.accept(msg.replace(meta={}))
+                    for _, exc in self.aggregator.settle():  # the verdict now, not at close
+                        raise exc
                 except RejectedUpdate as exc:
                     collector.reject(msg, exc)
                 else:

@@ -40,7 +40,7 @@ class Tally:
     rejected: dict[str, int] = field(default_factory=dict)
     failed_clients: list[str] = field(default_factory=list)
     senders: set[str] = field(default_factory=set)
-    metrics: list[tuple[int, Mapping[str, float]]] = field(default_factory=list)
+    metrics: dict[str, tuple[int, Mapping[str, float]]] = field(default_factory=dict)
 
     def missing(self, expected: int) -> int:
         """How many of ``expected`` senders never answered."""
@@ -48,7 +48,19 @@ class Tally:
 
     def client_metrics(self) -> dict[str, float]:
         """The accepted senders' metrics weighted by their examples: one honest figure."""
-        return weighted_mean(self.metrics)
+        return weighted_mean(list(self.metrics.values()))
+
+    def admit(self, msg: Message) -> None:
+        """Count ``msg`` as accepted."""
+        self.accepted += 1
+        self.num_examples += msg.num_examples
+        self.metrics[msg.sender] = (msg.num_examples, dict(msg.metrics))
+
+    def withdraw(self, msg: Message) -> None:
+        """Undo :meth:`admit` for an update the aggregator refused late."""
+        self.accepted -= 1
+        self.num_examples -= msg.num_examples
+        self.metrics.pop(msg.sender, None)
 
 
 class RoundCollector:
@@ -98,9 +110,15 @@ class RoundCollector:
                 self.arrivals.get_nowait()
 
     async def close(self) -> Tally:
-        """End the round: later updates for it are refused as stale."""
+        """End the round: later updates for it are refused as stale. Updates the aggregator
+        refuses only now (it may fold them in late, see :meth:`Aggregator.settle`) move from
+        accepted to rejected."""
         async with self.lock:
             tally = self._last
+            if self.tally is not None:
+                for msg, exc in await self.blocking(self.aggregator.settle):
+                    tally.withdraw(msg)
+                    self.reject(msg, exc)
             self.current_round = 0
             self.tally = None
         return tally
@@ -143,9 +161,7 @@ class RoundCollector:
                 except RejectedUpdate as exc:
                     self.reject(msg, exc)
                 else:
-                    tally.accepted += 1
-                    tally.num_examples += msg.num_examples
-                    tally.metrics.append((msg.num_examples, dict(msg.metrics)))
+                    tally.admit(msg)
         self.notify()
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:

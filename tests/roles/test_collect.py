@@ -1,0 +1,45 @@
+"""The round collector: what it admits, refuses and records for one round."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from foedus.aggregate.fedavg import FedAvg
+from foedus.core.message import Kind, Message
+from foedus.roles.collect import RoundCollector
+
+
+def update(sender: str, value: float, n: int, accuracy: float) -> Message:
+    return Message.create(Kind.UPDATE, job_id="j", round=1, sender=sender,
+                          params={"w": np.full(4, value)}, num_examples=n,
+                          metrics={"accuracy": accuracy})
+
+
+async def test_an_update_refused_late_moves_from_accepted_to_rejected_when_the_round_closes(
+) -> None:
+    collector = RoundCollector(job_id="j", aggregator=FedAvg(group=8))
+    await collector.open(1, {"w": np.zeros(4)})
+    await collector.offer(update("a", 1.0, 10, 0.9))
+    await collector.offer(update("nan", np.nan, 1000, 0.1))  # held back in FedAvg's group
+    await collector.offer(update("b", 3.0, 30, 0.7))
+    assert collector.tally is not None and collector.tally.accepted == 3  # no verdict yet
+
+    tally = await collector.close()
+
+    assert tally.accepted == 2
+    assert tally.num_examples == 40
+    assert tally.rejected == {"not_finite": 1}
+    assert collector.rejections["not_finite"] == 1
+    # the refused sender's metrics no longer weigh in
+    assert abs(tally.client_metrics()["accuracy"] - (10 * 0.9 + 30 * 0.7) / 40) < 1e-12
+    np.testing.assert_allclose(collector.aggregator.result()["w"], 2.5)
+
+
+async def test_closing_twice_does_not_settle_twice() -> None:
+    collector = RoundCollector(job_id="j", aggregator=FedAvg(group=8))
+    await collector.open(1, {"w": np.zeros(4)})
+    await collector.offer(update("nan", np.nan, 5, 0.1))
+    first = await collector.close()
+    second = await collector.close()
+    assert first is second
+    assert second.rejected == {"not_finite": 1}
