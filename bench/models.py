@@ -14,8 +14,14 @@ at 67 against 97; at 30, 94.4 against 97.8). The linear models converge in 10 ro
 diabetes MLP regressor stays at 10 x 2: centralised it overfits the 353 training rows with more
 epochs (R^2 falls to ~1 at 50), which would flatter the federated side. Tree forests are cheap, so
 their rows are the mean over ``SEEDS`` seeds (each seed changes the split and partition too).
+The central forest keeps scikit-learn's defaults (``CENTRAL_DEFAULTS``); the federated forests use
+the adapter's defaults, chosen from the ``--tree-variants`` table. XGBoost rows (if ``xgboost``
+is installed): 10 boosters of ``BOOST_ROUNDS`` rounds, one per client, averaged by
+``tree-bagging``, against one booster of ``BOOST_ROUNDS`` rounds on the union of the data.
 
-Run: ``.venv/bin/python bench/models.py [--write docs/benchmarks-models.md]``
+Run: ``.venv/bin/python bench/models.py [--trees-only | --tree-variants]
+[--write docs/benchmarks-models.md]`` (``--trees-only`` re-runs the tree and booster rows and
+keeps the other rows of the file; ``--tree-variants`` writes its own section of the file).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")  # before anything imports keras
 
 import argparse
 import asyncio
+import importlib.util
 import time
 import warnings
 from pathlib import Path
@@ -43,7 +50,7 @@ from foedus.config.spec import JobSpec
 
 CLIENTS = 10
 TREES = 10  # per client; the central forest grows CLIENTS * TREES
-SEEDS = 5  # tree rows: mean over this many seeds (split, partition and trees all change)
+SEEDS = 10  # tree rows: mean over this many seeds (split, partition and trees all change)
 MAX_GAP = 2.0  # the issue's criterion: federated within 2 points of centralized
 # (label, model, params, dataset, rounds, epochs)
 CASES: list[tuple[str, str, dict[str, Any], str, int, int]] = [
@@ -59,15 +66,44 @@ CASES: list[tuple[str, str, dict[str, Any], str, int, int]] = [
     ("keras MLP", "keras-mlp", {}, "digits", 50, 1),
     ("keras MLP + BatchNorm", "keras-mlp", {"batch_norm": True}, "digits", 50, 1),
 ]
-TREE_CASES = [
-    ("random forest", "sklearn-random-forest", "digits"),
-    ("extra trees", "sklearn-extra-trees", "digits"),
-    ("random forest regressor", "sklearn-random-forest", "diabetes"),
+# tree rows: (label, model, dataset, federated params); the central forest is the same adapter
+# with one client, CLIENTS * TREES trees and scikit-learn's own defaults (CENTRAL_DEFAULTS undoes
+# the adapter's federated defaults), so it is exactly ``RandomForestClassifier(n_estimators=100)``
+TREE_CASES: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("random forest", "sklearn-random-forest", "digits", {}),
+    ("extra trees", "sklearn-extra-trees", "digits", {}),
+    ("random forest", "sklearn-random-forest", "breast_cancer", {}),
+    ("extra trees", "sklearn-extra-trees", "breast_cancer", {}),
+    ("random forest regressor", "sklearn-random-forest", "diabetes", {}),
 ]
+CENTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sklearn-random-forest": {"bootstrap": True}, "sklearn-extra-trees": {},
+}
+# the settings measured for the adapter's defaults (``--tree-variants``), digits only
+TREE_VARIANTS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
+    ("random forest, bootstrap (scikit-learn default)", "sklearn-random-forest",
+     {"bootstrap": True}, {}),
+    ("random forest, no bootstrap (adapter default)", "sklearn-random-forest", {}, {}),
+    ("random forest, max_samples 0.9", "sklearn-random-forest",
+     {"bootstrap": True, "max_samples": 0.9}, {}),
+    ("random forest, no bootstrap, weight by samples", "sklearn-random-forest", {},
+     {"weight": "samples"}),
+    ("random forest, 30/client, hold-out 0.2, best 100 by score", "sklearn-random-forest",
+     {"n_estimators": 30, "validation_fraction": 0.2}, {"max_trees": 100, "select": "score"}),
+    ("random forest, hold-out 0.2, weight by score", "sklearn-random-forest",
+     {"validation_fraction": 0.2}, {"weight": "score"}),
+    ("extra trees (adapter default = scikit-learn's)", "sklearn-extra-trees", {}, {}),
+    ("extra trees, 30/client, hold-out 0.2, best 100 by score", "sklearn-extra-trees",
+     {"n_estimators": 30, "validation_fraction": 0.2}, {"max_trees": 100, "select": "score"}),
+]
+# XGBoost booster bagging: each client boosts BOOST_ROUNDS rounds, the server averages the
+# boosters; centrally, one booster of BOOST_ROUNDS rounds on the union of the data
+BOOST_ROUNDS = 20
+BOOSTER_CASES = ["breast_cancer", "wine", "digits"]
 
 
 def job(model: str, params: dict[str, Any], dataset: str, rounds: int, epochs: int,
-        clients: int, aggregator: str = "fedavg", seed: int = 0) -> JobSpec:
+        clients: int, aggregator: Any = "fedavg", seed: int = 0) -> JobSpec:
     return JobSpec.from_dict({
         "job_id": f"bench-{model}-{clients}", "rounds": rounds, "seed": seed,
         "data": {"dataset": dataset, "partition": "iid"},
@@ -86,6 +122,11 @@ def score(spec: JobSpec) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", type=Path, help="also write the table to this Markdown file")
+    parser.add_argument("--trees-only", action="store_true",
+                        help="only the tree and booster rows; with --write, replace only those "
+                             "rows of an existing table")
+    parser.add_argument("--tree-variants", action="store_true",
+                        help="print the federated tree settings compared for the defaults")
     args = parser.parse_args()
     import torch
 
@@ -101,37 +142,100 @@ def main() -> None:
                     f"{ok} | {seconds:.1f} |")
         print(rows[-1], flush=True)
 
-    for label, model, params, dataset, rounds, epochs in CASES:
-        central, _ = score(job(model, params, dataset, rounds, epochs, 1))
-        fed, seconds = score(job(model, params, dataset, rounds, epochs, CLIENTS))
-        row(label, dataset, f"{rounds} x {epochs}", central, fed, f"{fed - central:+.1f}",
-            seconds)
-    for label, model, dataset in TREE_CASES:
-        params = {"validation_fraction": 0.0}
+    def seeds(model: str, dataset: str, central_params: dict[str, Any],
+              fed_params: dict[str, Any], aggregator: Any) -> tuple[float, float, float,
+                                                                  np.ndarray]:
         results = []
         for seed in range(SEEDS):
-            central, _ = score(job(model, {**params, "n_estimators": CLIENTS * TREES}, dataset,
-                                   1, 1, 1, "tree-bagging", seed))
-            fed, seconds = score(job(model, {**params, "n_estimators": TREES}, dataset, 1, 1,
-                                     CLIENTS, "tree-bagging", seed))
+            central, _ = score(job(model, central_params, dataset, 1, 1, 1, "tree-bagging",
+                                   seed))
+            fed, seconds = score(job(model, fed_params, dataset, 1, 1, CLIENTS, aggregator,
+                                     seed))
             results.append((central, fed, seconds))
         c, f, t = (float(v) for v in np.mean(results, axis=0))
-        gaps = np.array([r[1] - r[0] for r in results])
-        row(f"{label} ({CLIENTS * TREES} trees, {SEEDS} seeds)", dataset, "bagging, 1 round",
-            c, f, f"{gaps.mean():+.1f} (min {gaps.min():+.1f}, max {gaps.max():+.1f})", t)
-    table = "\n".join(rows)
-    print(table)
-    if args.write:
-        args.write.write_text(
-            "# Model adapters: centralized vs federated\n\n"
-            "Produced by `bench/models.py` (scores: test accuracy, or R^2 for diabetes, x100; "
-            "seed 0 unless stated; 2-core machine, torch threads = 1). Budgets and the reasons "
-            "for them: see the docstring of `bench/models.py` and `docs/models.md`, which also "
-            "explains the rows marked **no** (federated more than 2 points below centralized)."
-            "\n\n"
-            + table + "\n"
-        )
+        return c, f, t, np.array([r[1] - r[0] for r in results])
 
+    def spread(values: np.ndarray) -> str:
+        return f"{values.mean():+.1f} ± {values.std():.1f}"
+
+    if not (args.trees_only or args.tree_variants):
+        for label, model, params, dataset, rounds, epochs in CASES:
+            central, _ = score(job(model, params, dataset, rounds, epochs, 1))
+            fed, seconds = score(job(model, params, dataset, rounds, epochs, CLIENTS))
+            row(label, dataset, f"{rounds} x {epochs}", central, fed, f"{fed - central:+.1f}",
+                seconds)
+    if args.tree_variants:
+        for label, model, fed_params, agg_params in TREE_VARIANTS:
+            central_params = {"n_estimators": CLIENTS * TREES, **CENTRAL_DEFAULTS[model]}
+            c, f, t, gaps = seeds(model, "digits", central_params,
+                                  {"n_estimators": TREES, **fed_params},
+                                  {"type": "tree-bagging", "params": agg_params})
+            row(f"{label} ({SEEDS} seeds)", "digits", "bagging, 1 round", c, f, spread(gaps), t)
+    else:
+        for label, model, dataset, fed_params in TREE_CASES:
+            central_params = {"n_estimators": CLIENTS * TREES, **CENTRAL_DEFAULTS[model]}
+            c, f, t, gaps = seeds(model, dataset, central_params,
+                                  {"n_estimators": TREES, **fed_params}, "tree-bagging")
+            row(f"{label} ({CLIENTS * TREES} trees, {SEEDS} seeds)", dataset,
+                "bagging, 1 round", c, f, spread(gaps), t)
+        if importlib.util.find_spec("xgboost") is not None:
+            import foedus.models.boosters  # noqa: F401  (registers xgboost-bagging)
+
+            for dataset in BOOSTER_CASES:
+                # central: XGBoost's own defaults; federated: the adapter's defaults
+                xgb_defaults = {"min_child_weight": 1.0, "colsample_bynode": 1.0}
+                central_params = {"num_boost_round": BOOST_ROUNDS, "params": xgb_defaults}
+                c, f, t, gaps = seeds("xgboost-bagging", dataset, central_params,
+                                      {"num_boost_round": BOOST_ROUNDS}, "tree-bagging")
+                row(f"xgboost-bagging ({CLIENTS} boosters vs 1, {SEEDS} seeds)", dataset,
+                    f"{BOOST_ROUNDS} boosting rounds", c, f, spread(gaps), t)
+    print("\n".join(rows))
+    if args.write:
+        write(args.write, rows[2:], variants=args.tree_variants, trees_only=args.trees_only)
+
+
+HEADER = (
+    "# Model adapters: centralized vs federated\n\n"
+    "Produced by `bench/models.py` (scores: test accuracy, or R^2 for diabetes, x100; "
+    "seed 0 unless stated; tree and booster rows: mean over seeds, gap as mean ± std of the "
+    "per-seed gaps; 2-core machine, torch threads = 1). Budgets and the reasons for them: see "
+    "the docstring of `bench/models.py` and `docs/models.md`, which also explains the rows "
+    "marked **no** (federated more than 2 points below centralized).\n\n"
+    "| model | dataset | rounds x epochs | centralized | federated (10 IID) | gap | "
+    "within 2 | time fed. (s) |\n|---|---|---|---|---|---|---|---|\n"
+)
+VARIANTS = (
+    "\n## Tree bagging settings (digits, `--tree-variants`)\n\n"
+    "Central: scikit-learn's defaults, 100 trees, one client. Federated: 10 IID clients x 10 "
+    "trees (unless stated), merged by `tree-bagging` with the options named.\n\n"
+    "| federated setting | dataset | rounds | centralized | federated (10 IID) | gap | "
+    "within 2 | time fed. (s) |\n|---|---|---|---|---|---|---|---|\n"
+)
+
+
+def _is_tree_row(line: str) -> bool:
+    return "bagging, 1 round" in line or "boosting rounds" in line
+
+
+def write(path: Path, new: list[str], *, variants: bool, trees_only: bool) -> None:
+    """Write the main table and the variants section, keeping whichever part was not re-run."""
+    old = path.read_text() if path.exists() else ""
+    main_part, _, variant_part = old.partition(VARIANTS.split("\n\n")[0].strip("\n"))
+    old_main = [ln for ln in main_part.splitlines() if ln.startswith("| ") and "---" not in ln
+                and not ln.startswith("| model |")]
+    old_variants = [ln for ln in variant_part.splitlines() if ln.startswith("| ")
+                    and "---" not in ln and not ln.startswith("| federated setting")]
+    if variants:
+        main_rows, variant_rows = old_main, new
+    elif trees_only:
+        main_rows = [ln for ln in old_main if not _is_tree_row(ln)] + new
+        variant_rows = old_variants
+    else:
+        main_rows, variant_rows = new, old_variants
+    text = HEADER + "\n".join(main_rows) + "\n"
+    if variant_rows:
+        text += VARIANTS + "\n".join(variant_rows) + "\n"
+    path.write_text(text)
 
 if __name__ == "__main__":
     main()

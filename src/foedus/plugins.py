@@ -18,6 +18,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "foedus.transport.kafka",
     "foedus.models.keras",
     "foedus.models.trees",
+    "foedus.models.boosters",
     "foedus.aggregate.trees",
     "foedus.compress",
     "foedus.privacy.dp",

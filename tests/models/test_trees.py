@@ -102,3 +102,11 @@ async def test_bagged_forests_of_four_clients_classify_digits_far_above_chance(
 async def test_a_bagged_regression_forest_explains_diabetes_progression() -> None:
     result = await run_job(_job("sklearn-random-forest", "diabetes", min_samples_leaf=5))
     assert result.final_metrics["r2"] > 0.25  # predicting the mean gives 0
+
+
+def test_random_forests_default_to_no_bootstrap_unless_the_job_asks(digits: Loaded) -> None:
+    spec = digits[2]
+    assert TreeEnsembleAdapter(spec)._estimator().bootstrap is False
+    assert TreeEnsembleAdapter(spec, bootstrap=True)._estimator().bootstrap is True
+    assert TreeEnsembleAdapter(spec, kind="extra-trees")._estimator().bootstrap is False
+    assert TreeEnsembleAdapter(spec).validation_fraction == 0.0
