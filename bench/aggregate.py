@@ -12,10 +12,13 @@ Columns: round seconds (best of ``--repeat``), seconds in ``result()``, and effe
 K*P*4 bytes / round seconds, next to two machine references measured in the same run on the
 same K*P*4 bytes:
 
-* read: read every update once (the best of ``np.sum`` and ``np.dot``; the lower bound of any
-  aggregator, which must at least look at every value);
-* add: ``acc += update`` for every update (``np.add`` with ``out=``; what a streaming mean does
-  at least: read the update, read and write the accumulator).
+* read: read every update once with ``np.dot`` on all cores, each reading a slice of every
+  update, or on one core if that is faster: the machine's read bandwidth, the lower bound of
+  any aggregator, which must at least look at every value; read1, the same on one core (the
+  best of ``np.sum`` and ``np.dot``);
+* add: ``acc += update`` for every update (``np.add`` with ``out=``, on one core and on all
+  cores; what a streaming mean does if it folds updates in one by one: read the update, read
+  and write the accumulator).
 
 With ``--flower-python PATH`` the same inputs (regenerated from the same seed) go through
 Flower's own aggregation functions (``flwr.server.strategy.aggregate``: ``aggregate``,
@@ -36,7 +39,9 @@ import os
 import platform
 import subprocess
 import time
+import tracemalloc
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -82,28 +87,46 @@ def best_of(repeat: int, fn: Callable[[], Any]) -> float:
 
 # ---- machine references ---------------------------------------------------------------------
 def reference_times(updates: np.ndarray, repeat: int) -> dict[str, float]:
-    def read_sum() -> None:
+    """Best times to read the updates on one core (``read1``) and at the machine's read
+    bandwidth (``read``: the faster of one core and all cores, each core reading a contiguous
+    slice of every update), and to sum them into one accumulator (``add``, likewise)."""
+    cores = os.cpu_count() or 1
+    pool = ThreadPoolExecutor(cores)
+    width = updates.shape[1]
+    cuts = [(i * width // cores, (i + 1) * width // cores) for i in range(cores)]
+    acc = np.zeros(width, np.float32)
+
+    def on_all_cores(task: Callable[[int, int], None]) -> None:
+        for future in [pool.submit(task, lo, hi) for lo, hi in cuts]:
+            future.result()
+
+    def read_slice(lo: int, hi: int) -> None:
         for row in updates:
-            row.sum()
+            np.dot(row[lo:hi], row[lo:hi])
 
-    def read_dot() -> None:
+    def add_slice(lo: int, hi: int) -> None:
         for row in updates:
-            np.dot(row, row)
+            np.add(acc[lo:hi], row[lo:hi], out=acc[lo:hi])
 
-    acc = np.zeros(updates.shape[1], np.float32)
-
-    def add() -> None:
-        for row in updates:
-            np.add(acc, row, out=acc)
-
-    add()  # touch the accumulator's pages
-    return {"read": min(best_of(repeat, read_sum), best_of(repeat, read_dot)),
-            "add": best_of(repeat, add)}
+    add_slice(0, width)  # touch the accumulator's pages
+    try:
+        read1 = min(best_of(repeat, lambda: [row.sum() for row in updates]),
+                    best_of(repeat, lambda: read_slice(0, width)))
+        return {
+            "read1": read1,
+            "read": min(read1, best_of(repeat, lambda: on_all_cores(read_slice))),
+            "add": min(best_of(repeat, lambda: add_slice(0, width)),
+                       best_of(repeat, lambda: on_all_cores(add_slice))),
+        }
+    finally:
+        pool.shutdown()
 
 
 # ---- foedus ---------------------------------------------------------------------------------
 def time_foedus(name: str, global_model: np.ndarray, updates: np.ndarray,
-                repeat: int) -> tuple[float, float]:
+                repeat: int) -> tuple[float, float, int]:
+    """Best round time, time in ``result()``, and the peak bytes a fresh aggregator allocates
+    in its first round (its buffers, beyond the updates themselves)."""
     import foedus.aggregate  # noqa: F401 - registers every aggregator
     from foedus.aggregate.base import aggregators
     from foedus.core.message import Kind, Message
@@ -133,7 +156,20 @@ def time_foedus(name: str, global_model: np.ndarray, updates: np.ndarray,
         best_round = min(best_round, end - began)
         best_result = min(best_result, end - mid)
     agg.reset(params)  # drop the stacked updates before the next case
-    return best_round, best_result
+    del agg
+    # memory: a fresh aggregator's first round under tracemalloc (numpy reports its buffers
+    # to it), untimed: everything it allocates, buffers kept for later rounds included
+    gc.collect()
+    tracemalloc.start()
+    fresh = aggregators.create(name, **settings(name, k))
+    fresh.reset(params)
+    for msg in messages:
+        fresh.accept(msg)
+    fresh.result()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    del fresh
+    return best_round, best_result, peak
 
 
 # ---- Flower (runs inside the Flower interpreter) ----------------------------------------------
@@ -224,11 +260,12 @@ def main() -> None:
         for name in names_for(k, p):
             # the largest case: one steady-state round after the warm-up (4 GB of updates)
             repeat = 1 if (k >= 100 and p >= 10_000_000) else args.repeat
-            seconds, in_result = time_foedus(name, global_model, updates, repeat)
-            rows.append({"name": name, "k": k, "p": p, "s": seconds, "result_s": in_result})
+            seconds, in_result, peak = time_foedus(name, global_model, updates, repeat)
+            rows.append({"name": name, "k": k, "p": p, "s": seconds, "result_s": in_result,
+                         "peak": peak})
             print(f"{name:13s} K={k:4d} P={p:>9,d}  {seconds:8.4f} s  "
-                  f"(result {in_result:.4f} s)  {k * p * 4 / seconds / 1e9:6.2f} GB/s",
-                  flush=True)
+                  f"(result {in_result:.4f} s)  {k * p * 4 / seconds / 1e9:6.2f} GB/s  "
+                  f"peak {peak / 1e6:8.1f} MB", flush=True)
         del global_model, updates
         gc.collect()
 
@@ -274,20 +311,25 @@ def render(rows: list[dict[str, Any]], refs: dict[tuple[int, int], dict[str, flo
         "One round = reset + K accepts (with validation) + result; steady state: one untimed "
         "warm-up round first (Flower: one untimed warm-up call), then the best of the repeats; "
         "GB/s = K*P*4 bytes / round time. References on the same bytes: **read** (read every "
-        "update once) and **add** (`acc += update` for every update).",
+        "update once on all cores: the machine's read bandwidth), **read1** (the same on one "
+        "core) and **add** (`acc += update` for every update, the faster of one and all "
+        "cores). Peak MB: what the aggregator allocates during a "
+        "steady-state round (tracemalloc), beyond the updates it is handed; in brackets as a "
+        "multiple of the model's size.",
         "",
-        "| K | P | read s (GB/s) | add s (GB/s) |",
-        "|---:|---:|---:|---:|",
+        "| K | P | read, all cores: s (GB/s) | read, one core: s (GB/s) | add s (GB/s) |",
+        "|---:|---:|---:|---:|---:|",
     ]
     for (k, p), ref in refs.items():
         size = k * p * 4 / 1e9
         lines.append(f"| {k} | {p:,} | {ref['read']:.4f} ({size / ref['read']:.1f}) | "
+                     f"{ref['read1']:.4f} ({size / ref['read1']:.1f}) | "
                      f"{ref['add']:.4f} ({size / ref['add']:.1f}) |")
     lines += [
         "",
-        "| aggregator | K | P | round s | in result() s | GB/s | % of read | % of add | "
-        "Flower s | speed-up vs Flower |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| aggregator | K | P | round s | in result() s | GB/s | % of read | % of read1 | "
+        "% of add | peak MB (x model) | Flower s | speed-up vs Flower |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         k, p = r["k"], r["p"]
@@ -298,7 +340,8 @@ def render(rows: list[dict[str, Any]], refs: dict[tuple[int, int], dict[str, flo
         lines.append(
             f"| {r['name']} | {k} | {p:,} | {r['s']:.4f} | {r['result_s']:.4f} | "
             f"{size / r['s']:.2f} | {100 * ref['read'] / r['s']:.0f}% | "
-            f"{100 * ref['add'] / r['s']:.0f}% | {fl_cells} |"
+            f"{100 * ref['read1'] / r['s']:.0f}% | {100 * ref['add'] / r['s']:.0f}% | "
+            f"{r['peak'] / 1e6:.0f} ({r['peak'] / (p * 4):.1f}) | {fl_cells} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -136,6 +136,24 @@ def test_a_large_model_is_folded_the_same_on_one_thread_and_on_several() -> None
     np.testing.assert_array_equal(results[0], results[1])
 
 
+def test_a_large_model_is_folded_in_smaller_groups_so_held_updates_stay_bounded() -> None:
+    agg = FedAvg(group=8, max_held_mb=10)
+    agg.reset({"w": np.zeros(1 << 20, np.float32)})  # 4 MiB updates: at most 2 held
+    for i in range(2):
+        agg.accept(upd(f"c{i}", 1, w=np.ones(1 << 20, np.float32)))
+    agg.accept(upd("x", 1, w=np.full(1 << 20, np.nan, np.float32)))
+    agg.accept(upd("c2", 1, w=np.ones(1 << 20, np.float32)))
+    assert agg.accepted == 3  # the group of two (x, c2) was folded: x is already refused
+    assert [msg.sender for msg, _ in agg.settle()] == ["x"]
+
+
+def test_with_no_room_to_hold_updates_every_verdict_is_immediate() -> None:
+    agg = FedAvg(max_held_mb=0)
+    agg.reset({"w": np.zeros(3)})
+    with pytest.raises(RejectedUpdate, match="not_finite"):
+        agg.accept(upd("x", 1, w=np.array([np.nan, 0, 0])))
+
+
 def test_reports_its_settings_in_errors() -> None:
     assert FedAvg(group=3).describe() == "FedAvg(group=3)"
 

@@ -41,12 +41,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from foedus.aggregate.base import BLOCK, Aggregator, aggregators, whole_number
+from foedus.aggregate.base import Aggregator, aggregators, whole_number
 from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Message
 
 #: models with fewer values are folded on the calling thread: a thread hop costs more
-PARALLEL_VALUES = 1 << 20
+PARALLEL_VALUES = 1 << 19
+# Elements per block of the fold (512 KiB of float32): the block and its scratch stay in L2,
+# and each numpy call works on enough data that the interpreter overhead between calls (when
+# the GIL is held and the other threads wait) stays small next to the memory traffic.
+FOLD_BLOCK = 1 << 17
 # one tensor's slice [start, stop) and where that tensor starts in the flat sum
 Block = tuple[int, int, int, int]  # (tensor index, start, stop, offset of the tensor)
 
@@ -55,15 +59,21 @@ Block = tuple[int, int, int, int]  # (tensor index, start, stop, offset of the t
 class FedAvg(Aggregator):
     """Weighted mean of client parameters, weights = number of local training examples.
 
-    ``group``: accepted updates folded in together (see the module docstring);
-    ``threads``: cores the fold uses for large models (default: all, at most 8).
+    ``group``: accepted updates folded in together (see the module docstring), fewer when
+    that many would hold more than ``max_held_mb`` megabytes of updates (a large model is then
+    folded in with fewer, down to one at a time: holding updates must not multiply the
+    server's memory); ``threads``: cores the fold uses for large models (default: all, at
+    most 8).
     """
 
     streaming = True
 
-    def __init__(self, group: int = 8, threads: int | None = None) -> None:
+    def __init__(self, group: int = 8, threads: int | None = None,
+                 max_held_mb: int = 512) -> None:
         super().__init__()
         self.group = whole_number("group", group, minimum=1)
+        self.max_held_mb = whole_number("max_held_mb", max_held_mb, minimum=0)
+        self._group_now = self.group
         cores = min(os.cpu_count() or 1, 8)
         self.threads = cores if threads is None else whole_number("threads", threads, minimum=1)
         self._pending: list[Message] = []
@@ -83,6 +93,10 @@ class FedAvg(Aggregator):
         self._mean = None  # the round's result, once computed
         self._weight = 0.0
         self._pending = []
+        update_bytes = max(1, sum(math.prod(shape) * dtype.itemsize
+                                  for shape, dtype in zip(self.spec.shapes, self.spec.dtypes,
+                                                          strict=True)))
+        self._group_now = max(1, min(self.group, self.max_held_mb * 2**20 // update_bytes))
 
     def accept(self, update: Message) -> None:
         if self._mean is not None:
@@ -91,7 +105,7 @@ class FedAvg(Aggregator):
         self.validate(update, finite=False)
         self._pending.append(update)
         self.accepted += 1
-        if len(self._pending) >= self.group:
+        if len(self._pending) >= self._group_now:
             self._flush()
             for i, (msg, exc) in enumerate(self._late):
                 if msg is update:  # this very update: refuse it now
@@ -146,7 +160,8 @@ class FedAvg(Aggregator):
         offset = 0
         for index, shape in enumerate(self.spec.shapes):
             size = math.prod(shape)
-            blocks += [(index, s, min(s + BLOCK, size), offset) for s in range(0, size, BLOCK)]
+            blocks += [(index, s, min(s + FOLD_BLOCK, size), offset)
+                       for s in range(0, size, FOLD_BLOCK)]
             offset += size
         culprits: set[int] = set()
         failed = threading.Event()
@@ -156,8 +171,8 @@ class FedAvg(Aggregator):
                 fold_blocks(part)
 
         def fold_blocks(part: Sequence[Block]) -> None:
-            scratch = np.empty(BLOCK, dtype=target.dtype)
-            spill = np.empty(BLOCK, dtype=target.dtype)
+            scratch = np.empty(FOLD_BLOCK, dtype=target.dtype)
+            spill = np.empty(FOLD_BLOCK, dtype=target.dtype)
             for index, start, stop, at in part:
                 if failed.is_set():
                     return
