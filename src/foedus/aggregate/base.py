@@ -112,11 +112,14 @@ class Aggregator(abc.ABC):
         if finite:
             check_finite_blocked(update.params)
 
-    def settle(self) -> list[LateRejection]:
+    def settle(self, *, final: bool = False) -> list[LateRejection]:
         """Fold in every update still held back and return the updates refused after
         :meth:`accept` had taken them (each with its reason; they are no longer counted in
-        :attr:`accepted`). Rules that fold each update in at once never refuse late."""
-        self._flush()
+        :attr:`accepted`). Rules that fold each update in at once never refuse late.
+
+        ``final``: the round takes no more updates (the collector closed it), so the rule may
+        fold the last ones straight into its result."""
+        self._flush(final=final)
         late, self._late = self._late, []
         return late
 
@@ -126,7 +129,7 @@ class Aggregator(abc.ABC):
         Raises RejectedUpdate('no_updates') for an empty round and
         RejectedUpdate('too_few_updates') when fewer than :meth:`min_updates` arrived.
         """
-        self._flush()
+        self._flush(final=True)
         if self._late:
             log.warning("%s refused %d update(s) after accepting them; call settle() to "
                         "record them", self.describe(), len(self._late))
@@ -158,8 +161,9 @@ class Aggregator(abc.ABC):
     def _reset(self) -> None:
         """Hook: clear per-round accumulators."""
 
-    def _flush(self) -> None:
-        """Hook: fold in updates held back, appending any refused to ``self._late``."""
+    def _flush(self, *, final: bool = False) -> None:
+        """Hook: fold in updates held back, appending any refused to ``self._late``
+        (``final``: no more updates will come this round)."""
 
     def _accept_params(self, params: Params, weight: int) -> None:
         """Hook: fold in one validated update. Default: flatten it, then :meth:`_accept_vector`."""

@@ -117,6 +117,8 @@ class FedAvg(Aggregator):
 
         ``final``: the round is over; fold straight into the mean (one pass fewer).
         """
+        if final and self._mean is not None:
+            return  # already folded into the mean
         group, self._pending = self._pending, []
         while group:
             weight = self._weight + sum(float(m.num_examples) for m in group)
@@ -218,8 +220,7 @@ class FedAvg(Aggregator):
         """The weighted mean of the round's updates (in :attr:`work_dtype`); the round takes
         no more updates after this."""
         if self._mean is None:
-            if self._pending:
-                self._flush(final=True)
+            self._flush(final=True)
             if self._mean is None:  # everything was folded before: only the scaling is left
                 if self._sum is None:
                     self._mean = np.zeros(self.spec.size, dtype=self.work_dtype)

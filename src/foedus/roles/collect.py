@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from foedus.aggregate.base import Aggregator
@@ -116,7 +117,8 @@ class RoundCollector:
         async with self.lock:
             tally = self._last
             if self.tally is not None:
-                for msg, exc in await self.blocking(self.aggregator.settle):
+                late = await self.blocking(partial(self.aggregator.settle, final=True))
+                for msg, exc in late:
                     tally.withdraw(msg)
                     self.reject(msg, exc)
             self.current_round = 0
