@@ -44,9 +44,8 @@ from foedus.models.base import (
     models,
     regression_metrics,
 )
+from foedus.models.forest import FORMAT_VERSION, TASKS, check_meta
 
-FORMAT_VERSION = 1
-TASKS = ("classification", "regression")
 #: one hostile update must not exhaust memory; a 100-round, 10-class depth-6 booster is ~10 MB
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 NAMES = tuple(f"boosters/{n}" for n in ("meta", "offsets", "model", "weight", "score"))
@@ -157,25 +156,11 @@ def unpack(
     task: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> PackedBoosters:
     """Validate untrusted arrays, including every booster's model; raises RejectedUpdate."""
-    if tuple(sorted(params)) != tuple(sorted(NAMES)):
-        missing = sorted(set(NAMES) - set(params))
-        extra = sorted(set(params) - set(NAMES))
-        raise RejectedUpdate("wrong_names", f"not packed boosters: missing {missing}, "
-                                            f"unexpected {extra}")
-    meta = _array(params, "meta", "iu", 1).astype(np.int64)
-    if meta.shape != (4,) or meta[0] != FORMAT_VERSION:
-        raise RejectedUpdate("bad_booster", f"boosters/meta must be [version={FORMAT_VERSION}, "
-                                            f"n_features, n_values, task], got {meta.tolist()}")
-    got_features, got_values, task_code = (int(v) for v in meta[1:])
-    if got_features < 1 or got_values < 1 or task_code not in (0, 1):
-        raise RejectedUpdate("bad_booster", f"invalid boosters/meta {meta.tolist()}")
-    got_task = TASKS[task_code]
-    for label, want, got in (("n_features", n_features, got_features),
-                             ("n_values", n_values, got_values), ("task", task, got_task)):
-        if want is not None and want != got:
-            raise RejectedUpdate("wrong_shape", f"boosters {label} is {got!r}, expected {want!r}")
-    if (got_task == "regression") != (got_values == 1):
-        raise RejectedUpdate("bad_booster", "regression has one value, classification >= 2")
+    got_features, got_values, got_task = check_meta(
+        params, NAMES, "boosters", "bad_booster", n_features=n_features, n_values=n_values,
+        task=task)
+    if got_task == "classification" and got_values < 2:
+        raise RejectedUpdate("bad_booster", "classification needs at least 2 values")
     offsets = _array(params, "offsets", "iu", 1).astype(np.int64)
     model = _array(params, "model", "u", 1)
     if model.dtype != np.uint8:

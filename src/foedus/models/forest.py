@@ -157,25 +157,9 @@ def unpack(
 
     ``n_features``, ``n_values`` and ``task``, when given, must match the forest's own meta.
     """
-    if tuple(sorted(params)) != tuple(sorted(NAMES)):
-        missing = sorted(set(NAMES) - set(params))
-        extra = sorted(set(params) - set(NAMES))
-        raise RejectedUpdate("wrong_names", f"not a packed forest: missing {missing}, "
-                                            f"unexpected {extra}")
-    meta = _ints(params, "meta", 1)
-    if meta.shape != (4,) or meta[0] != FORMAT_VERSION:
-        raise RejectedUpdate("bad_forest", f"forest/meta must be [version={FORMAT_VERSION}, "
-                                           f"n_features, n_values, task], got {meta.tolist()}")
-    got_features, got_values, task_code = (int(v) for v in meta[1:])
-    if got_features < 1 or got_values < 1 or task_code not in (0, 1):
-        raise RejectedUpdate("bad_forest", f"invalid forest/meta {meta.tolist()}")
-    got_task = TASKS[task_code]
-    for label, want, got in (("n_features", n_features, got_features),
-                             ("n_values", n_values, got_values), ("task", task, got_task)):
-        if want is not None and want != got:
-            raise RejectedUpdate("wrong_shape", f"forest {label} is {got!r}, expected {want!r}")
-    if got_task == "regression" and got_values != 1:
-        raise RejectedUpdate("bad_forest", "a regression forest has one value per node")
+    got_features, got_values, got_task = check_meta(
+        params, NAMES, "forest", "bad_forest", n_features=n_features, n_values=n_values,
+        task=task)
 
     offsets = _ints(params, "offsets", 1)
     if len(offsets) < 1 or offsets[0] != 0 or (np.diff(offsets) < 1).any():
@@ -216,6 +200,36 @@ def unpack(
         got_features, got_values, got_task, offsets, left, right, feature, threshold,
         missing_left.copy(), value, weight, score,
     )
+
+
+def check_meta(params: Params, names: tuple[str, ...], prefix: str, reason: str, *,
+               n_features: int | None, n_values: int | None,
+               task: str | None) -> tuple[int, int, str]:
+    """Check the names and the ``<prefix>/meta`` header ``[version, n_features, n_values,
+    task]`` that packed forests and packed boosters share; return the last three. ``reason``
+    names a malformed header (e.g. ``bad_forest``); a header that disagrees with the expected
+    ``n_features``/``n_values``/``task`` is ``wrong_shape``."""
+    if tuple(sorted(params)) != tuple(sorted(names)):
+        missing = sorted(set(names) - set(params))
+        extra = sorted(set(params) - set(names))
+        raise RejectedUpdate("wrong_names", f"not a packed {prefix}: missing {missing}, "
+                                            f"unexpected {extra}")
+    meta = np.asarray(params[f"{prefix}/meta"])
+    if meta.dtype.kind not in "iu" or meta.shape != (4,) or meta[0] != FORMAT_VERSION:
+        raise RejectedUpdate(reason, f"{prefix}/meta must be 4 integers [version="
+                                     f"{FORMAT_VERSION}, n_features, n_values, task], got "
+                                     f"{meta.tolist()}")
+    got_features, got_values, task_code = (int(v) for v in meta[1:])
+    if got_features < 1 or got_values < 1 or task_code not in (0, 1):
+        raise RejectedUpdate(reason, f"invalid {prefix}/meta {meta.tolist()}")
+    got_task = TASKS[task_code]
+    for label, want, got in (("n_features", n_features, got_features),
+                             ("n_values", n_values, got_values), ("task", task, got_task)):
+        if want is not None and want != got:
+            raise RejectedUpdate("wrong_shape", f"{prefix} {label} is {got!r}, expected {want!r}")
+    if got_task == "regression" and got_values != 1:
+        raise RejectedUpdate(reason, "regression has one value per prediction")
+    return got_features, got_values, got_task
 
 
 def _check_structure(
