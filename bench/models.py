@@ -19,9 +19,16 @@ the adapter's defaults, chosen from the ``--tree-variants`` table. XGBoost rows 
 is installed): 10 boosters of ``BOOST_ROUNDS`` rounds, one per client, averaged by
 ``tree-bagging``, against one booster of ``BOOST_ROUNDS`` rounds on the union of the data.
 
-Run: ``.venv/bin/python bench/models.py [--trees-only | --tree-variants]
-[--write docs/benchmarks-models.md]`` (``--trees-only`` re-runs the tree and booster rows and
-keeps the other rows of the file; ``--tree-variants`` writes its own section of the file).
+Federated forest rows (``federated-forest`` + ``forest-histograms``): one forest of 100 trees grown
+by the 10 clients together on summed histograms, over ``HF_ROUNDS`` rounds, against the same
+central forest (scikit-learn's RandomForestClassifier, 100 trees), mean over ``HF_SEEDS`` seeds.
+The rounds it needed and the bytes per client per round are measured by replaying the protocol
+in-process (adapter and aggregator, no transport): array payload bytes, not wire bytes.
+
+Run: ``.venv/bin/python bench/models.py [--trees-only | --tree-variants | --histforest-only]
+[--write docs/benchmarks-models.md]`` (``--trees-only`` re-runs the tree, booster and federated
+forest rows and keeps the other rows of the file; ``--histforest-only`` only the federated forest
+rows; ``--tree-variants`` writes its own section of the file).
 """
 
 from __future__ import annotations
@@ -41,12 +48,17 @@ from typing import Any
 import numpy as np
 
 # imported for their side effect: registering tree-bagging and the model adapters
+import foedus.aggregate.histforest
 import foedus.aggregate.trees
 import foedus.models.keras
 import foedus.models.sklearn
-import foedus.models.trees  # noqa: F401
+import foedus.models.trees
 from foedus.config.runner import run_job
 from foedus.config.spec import JobSpec
+from foedus.core.message import Kind, Message
+from foedus.data.datasets import load_dataset
+from foedus.data.partition import partition
+from foedus.models.histforest import FederatedForestAdapter
 
 CLIENTS = 10
 TREES = 10  # per client; the central forest grows CLIENTS * TREES
@@ -100,6 +112,11 @@ TREE_VARIANTS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
 # boosters; centrally, one booster of BOOST_ROUNDS rounds on the union of the data
 BOOST_ROUNDS = 20
 BOOSTER_CASES = ["breast_cancer", "wine", "digits"]
+# federated forest (one forest grown on summed histograms): datasets, seeds, rounds per job
+HF_CASES = ["digits", "breast_cancer"]
+HF_SEEDS = 5
+HF_ROUNDS = 30  # enough for the deepest tree seen (digits: complete after <= 20 rounds)
+HF_MARK = "summed histograms"
 
 
 def job(model: str, params: dict[str, Any], dataset: str, rounds: int, epochs: int,
@@ -125,6 +142,8 @@ def main() -> None:
     parser.add_argument("--trees-only", action="store_true",
                         help="only the tree and booster rows; with --write, replace only those "
                              "rows of an existing table")
+    parser.add_argument("--histforest-only", action="store_true",
+                        help="only the federated forest rows; with --write, replace only those")
     parser.add_argument("--tree-variants", action="store_true",
                         help="print the federated tree settings compared for the defaults")
     args = parser.parse_args()
@@ -158,7 +177,26 @@ def main() -> None:
     def spread(values: np.ndarray) -> str:
         return f"{values.mean():+.1f} ± {values.std():.1f}"
 
-    if not (args.trees_only or args.tree_variants):
+    def histforest(dataset: str) -> None:
+        results = []
+        for seed in range(HF_SEEDS):
+            central, _ = score(job("sklearn-random-forest", {
+                "n_estimators": CLIENTS * TREES, **CENTRAL_DEFAULTS["sklearn-random-forest"]},
+                dataset, 1, 1, 1, "tree-bagging", seed))
+            fed, seconds = score(job("federated-forest", {"n_estimators": CLIENTS * TREES},
+                                     dataset, HF_ROUNDS, 1, CLIENTS, "forest-histograms", seed))
+            results.append((central, fed, seconds))
+        c, f, t = (float(v) for v in np.mean(results, axis=0))
+        gaps = np.array([r[1] - r[0] for r in results])
+        done, peak, total = histforest_traffic(dataset, CLIENTS * TREES)
+        row(f"federated forest ({CLIENTS * TREES} trees, {HF_SEEDS} seeds)", dataset,
+            f"{HF_MARK}, {HF_ROUNDS} rounds (complete after {done}); up/client: peak "
+            f"{peak / 1e6:.1f} MB/round, {total / 1e6:.1f} MB/job", c, f, spread(gaps), t)
+
+    if args.histforest_only:
+        for dataset in HF_CASES:
+            histforest(dataset)
+    if not (args.trees_only or args.tree_variants or args.histforest_only):
         for label, model, params, dataset, rounds, epochs in CASES:
             central, _ = score(job(model, params, dataset, rounds, epochs, 1))
             fed, seconds = score(job(model, params, dataset, rounds, epochs, CLIENTS))
@@ -171,7 +209,7 @@ def main() -> None:
                                   {"n_estimators": TREES, **fed_params},
                                   {"type": "tree-bagging", "params": agg_params})
             row(f"{label} ({SEEDS} seeds)", "digits", "bagging, 1 round", c, f, spread(gaps), t)
-    else:
+    elif not args.histforest_only:
         for label, model, dataset, fed_params in TREE_CASES:
             central_params = {"n_estimators": CLIENTS * TREES, **CENTRAL_DEFAULTS[model]}
             c, f, t, gaps = seeds(model, dataset, central_params,
@@ -189,9 +227,40 @@ def main() -> None:
                                       {"num_boost_round": BOOST_ROUNDS}, "tree-bagging")
                 row(f"xgboost-bagging ({CLIENTS} boosters vs 1, {SEEDS} seeds)", dataset,
                     f"{BOOST_ROUNDS} boosting rounds", c, f, spread(gaps), t)
+        for dataset in HF_CASES:
+            histforest(dataset)
     print("\n".join(rows))
     if args.write:
-        write(args.write, rows[2:], variants=args.tree_variants, trees_only=args.trees_only)
+        write(args.write, rows[2:], variants=args.tree_variants, trees_only=args.trees_only,
+              histforest_only=args.histforest_only)
+
+
+def histforest_traffic(dataset: str, trees: int, seed: int = 0) -> tuple[int, int, int]:
+    """Replay the federated forest's rounds in-process (seed 0): the round after which no node
+    is open, and one client's update size (array payload bytes) at its peak and over the rounds
+    up to completion. An update has the broadcast's arrays, so downlink bytes are the same."""
+    train, _, spec = load_dataset(dataset, seed=seed)
+    shares = partition(train, CLIENTS, scheme="iid", seed=seed)
+    server = FederatedForestAdapter(spec, seed=seed, n_estimators=trees)
+    aggregator = foedus.aggregate.histforest.ForestHistograms()
+    params = server.get_params()
+    sizes = []
+    for rnd in range(1, HF_ROUNDS + 1):
+        aggregator.reset(params)
+        for i, share in enumerate(shares):
+            client = FederatedForestAdapter(spec, seed=seed, n_estimators=trees)
+            client.set_params(params)
+            client.fit(share)
+            update = client.get_params()
+            if i == 0:
+                sizes.append(sum(a.nbytes for a in update.values()))
+            aggregator.accept(Message.create(Kind.UPDATE, job_id="traffic", round=rnd,
+                                             sender=f"c{i}", params=update,
+                                             num_examples=len(share)))
+        params = aggregator.result()
+        if rnd > 1 and not len(params["frontier"]):
+            return rnd, max(sizes), sum(sizes)
+    return HF_ROUNDS, max(sizes), sum(sizes)
 
 
 HEADER = (
@@ -214,10 +283,11 @@ VARIANTS = (
 
 
 def _is_tree_row(line: str) -> bool:
-    return "bagging, 1 round" in line or "boosting rounds" in line
+    return "bagging, 1 round" in line or "boosting rounds" in line or HF_MARK in line
 
 
-def write(path: Path, new: list[str], *, variants: bool, trees_only: bool) -> None:
+def write(path: Path, new: list[str], *, variants: bool, trees_only: bool,
+          histforest_only: bool = False) -> None:
     """Write the main table and the variants section, keeping whichever part was not re-run."""
     old = path.read_text() if path.exists() else ""
     main_part, _, variant_part = old.partition(VARIANTS.split("\n\n")[0].strip("\n"))
@@ -227,8 +297,9 @@ def write(path: Path, new: list[str], *, variants: bool, trees_only: bool) -> No
                     and "---" not in ln and not ln.startswith("| federated setting")]
     if variants:
         main_rows, variant_rows = old_main, new
-    elif trees_only:
-        main_rows = [ln for ln in old_main if not _is_tree_row(ln)] + new
+    elif trees_only or histforest_only:
+        mine = (lambda ln: HF_MARK in ln) if histforest_only else _is_tree_row
+        main_rows = [ln for ln in old_main if not mine(ln)] + new
         variant_rows = old_variants
     else:
         main_rows, variant_rows = new, old_variants

@@ -20,6 +20,8 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "foedus.models.trees",
     "foedus.models.boosters",
     "foedus.aggregate.trees",
+    "foedus.models.histforest",
+    "foedus.aggregate.histforest",
     "foedus.compress",
     "foedus.privacy.dp",
     "foedus.security.signing",
