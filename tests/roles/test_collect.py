@@ -43,3 +43,20 @@ async def test_closing_twice_does_not_settle_twice() -> None:
     second = await collector.close()
     assert first is second
     assert second.rejected == {"not_finite": 1}
+
+
+class Broken(FedAvg):
+    def accept(self, update: Message) -> None:
+        raise KeyError("a bug in a custom aggregator")
+
+
+async def test_an_aggregator_that_crashes_refuses_the_update_with_a_reason_and_the_round_goes_on(
+) -> None:
+    collector = RoundCollector(job_id="j", aggregator=Broken())
+    await collector.open(1, {"w": np.zeros(4)})
+    await collector.offer(update("a", 1.0, 10, 0.9))
+    await collector.wait(expected=1, timeout=5)  # answered: no waiting out the deadline
+    tally = await collector.close()
+    assert tally.accepted == 0
+    assert tally.rejected == {"aggregator_error": 1}
+    assert tally.senders == {"a"}

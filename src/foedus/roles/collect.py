@@ -162,6 +162,11 @@ class RoundCollector:
                     await self.blocking(self.aggregator.accept, msg)
                 except RejectedUpdate as exc:
                     self.reject(msg, exc)
+                except Exception as exc:  # a bug in the aggregator: the round must go on
+                    self._log.exception("%saggregator %s failed on the update from %s",
+                                        self._label, self.aggregator.describe(), msg.sender)
+                    self.reject(msg, RejectedUpdate(
+                        "aggregator_error", f"{type(exc).__name__}: {exc}"))
                 else:
                     tally.admit(msg)
         self.notify()
