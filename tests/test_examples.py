@@ -1,0 +1,37 @@
+"""Every job file under examples/ runs as shipped and learns."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "torch")  # must precede the first import of keras
+
+from foedus.config.runner import run_job  # noqa: E402
+from foedus.config.spec import load_job  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+#: the least final accuracy each example must reach (chance: 0.1 on digits, about 0.4-0.6
+#: on wine and breast_cancer); set a little below what the job reaches on this machine
+FLOOR = {
+    "digits-sklearn.yaml": 0.90,
+    "digits-torch.yaml": 0.90,
+    "digits-keras.yaml": 0.90,
+    "digits-federated-forest.yaml": 0.93,
+    "wine-iid.yaml": 0.85,
+    "breast-cancer-tree-bagging.yaml": 0.90,
+    "breast-cancer-xgboost.yaml": 0.90,
+}
+
+
+def test_every_example_has_a_floor() -> None:
+    assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == sorted(FLOOR)
+
+
+@pytest.mark.parametrize("name", sorted(FLOOR))
+async def test_the_example_job_runs_as_shipped_and_learns(name: str) -> None:
+    result = await run_job(load_job(EXAMPLES / name))
+    assert all(record.status == "ok" for record in result.history)
+    assert result.final_metrics["accuracy"] >= FLOOR[name]
