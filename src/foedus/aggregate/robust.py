@@ -58,14 +58,19 @@ class StackedAggregator(Aggregator):
 
     def _row(self) -> np.ndarray:
         """The next free row, growing the matrix by doubling. Rows never written are never
-        touched, so the operating system does not back the spare capacity with memory."""
+        touched, so the operating system does not back the spare capacity with memory.
+
+        Growth reallocates in place (``ndarray.resize``: the C library moves a large block's
+        pages instead of copying them), so the old and the new matrix never coexist: a copy
+        into a fresh matrix would peak at 1.5x the new size. No view of the matrix outlives a
+        call (rows are written and dropped within :meth:`_accept_params`; the rules' results
+        are new arrays), which is what makes the unchecked resize safe.
+        """
         n, d = len(self._weights), self.spec.size
         if self._matrix is None:
             self._matrix = np.empty((_INITIAL_ROWS, d), dtype=self.work_dtype)
         elif n == self._matrix.shape[0]:
-            grown = np.empty((2 * n, d), dtype=self.work_dtype)
-            grown[:n] = self._matrix
-            self._matrix = grown
+            self._matrix.resize((2 * n, d), refcheck=False)
         row: np.ndarray = self._matrix[n]
         return row
 
