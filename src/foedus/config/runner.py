@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,8 +21,8 @@ from foedus.core.filter import Filter, Stage, stages
 from foedus.core.params import Params
 from foedus.core.registry import Registry
 from foedus.core.runtime import Runtime, run_graphs
-from foedus.data.datasets import Dataset, DataSpec, load_dataset
-from foedus.data.partition import partition
+from foedus.data.datasets import Dataset, DataSpec
+from foedus.data.shares import load_job_data
 from foedus.models.base import ModelAdapter, build_model
 from foedus.plugins import load_plugins
 from foedus.privacy.order import check_pipeline
@@ -89,8 +89,8 @@ class JobParts:
 
     spec: JobSpec
     data_spec: DataSpec
-    shares: list[Dataset]
-    test: Dataset
+    shares: Sequence[Dataset]
+    test: Dataset  # empty, and the server does not evaluate, with files and no server_options
     pipeline: list[Stage]
     server: ServerPod
     mlops: MlopsSession | None = None
@@ -132,20 +132,27 @@ def make_model(spec: JobSpec, data_spec: DataSpec) -> ModelAdapter:
         raise ConfigError(f"model: {exc}") from exc
 
 
-def build_parts(spec: JobSpec, on_round: RoundListener | None = None) -> JobParts:
-    """Load data, partition it, and build the server with its aggregator and evaluator."""
+def build_parts(
+    spec: JobSpec, on_round: RoundListener | None = None, *,
+    clients: Collection[int] | None = None, server_data: bool = True,
+) -> JobParts:
+    """Load data, partition it, and build the server with its aggregator and evaluator.
+
+    ``clients`` (default all) and ``server_data`` say whose data this process needs up front;
+    with per-client files (``partition: files``) a client process reads only its own file and
+    a server process none of the clients'.
+    """
     load_plugins()
-    try:
-        train, test, data_spec = load_dataset(
-            spec.data.dataset, test_fraction=spec.data.test_fraction, seed=spec.seed,
-            **spec.data.options,
-        )
-    except ConfigError as exc:
-        raise ConfigError(f"data: {exc}") from exc
-    shares = partition(
-        train, spec.clients.count, scheme=spec.data.partition, alpha=spec.data.alpha,
-        seed=spec.seed,
+    data = load_job_data(
+        spec.data, [client_id(i) for i in range(spec.clients.count)], spec.seed,
+        clients=clients, server_data=server_data,
     )
+    if not data.server_evaluates and spec.topology.type != "centralized":
+        raise ConfigError(
+            f"data.server_options: required with partition: files for topology "
+            f"{spec.topology.type!r}, which evaluates the final model on the server's data"
+        )
+    shares, test, data_spec = data.shares, data.test, data.spec
     pipeline: list[Stage] = [
         _create(stages, p, f"pipeline[{i}]") for i, p in enumerate(spec.pipeline)
     ]
@@ -169,7 +176,7 @@ def build_parts(spec: JobSpec, on_round: RoundListener | None = None) -> JobPart
         aggregator=_create(aggregators, spec.aggregator, "aggregator"),
         rounds=spec.rounds, expected_clients=spec.clients.count,
         min_clients=spec.clients.min_clients, round_timeout=spec.round_timeout,
-        evaluate=evaluate,
+        evaluate=evaluate if data.server_evaluates else None,
         checkpointer=checkpointer,
         participants=[client_id(i) for i in range(spec.clients.count)],
         clients_per_round=spec.clients.per_round, seed=spec.seed,
@@ -259,7 +266,7 @@ async def run_job(spec: JobSpec, *, on_round: RoundListener | None = None) -> Jo
 async def run_server(spec: JobSpec, *, on_round: RoundListener | None = None) -> JobResult:
     """Run only the server of ``spec`` (``foedus server``); clients run elsewhere."""
     began = time.perf_counter()
-    parts = build_parts(spec, on_round)
+    parts = build_parts(spec, on_round, clients=())
     links = ActorTransports(spec)
     runtime = Runtime(server_graph(
         parts.server, links.open(parts.server.name), filters=parts.server_filters()
@@ -277,13 +284,13 @@ async def run_server(spec: JobSpec, *, on_round: RoundListener | None = None) ->
 async def run_client(spec: JobSpec, index: int) -> ClientPod:
     """Run only client ``index`` of ``spec`` (``foedus client``) until the server says stop.
 
-    The client trains on share ``index`` of the job's dataset: in a real deployment each
-    organisation's share is its own data, and a custom client builds its ClientPod from it.
+    The client trains on share ``index`` of the job's dataset, or with ``partition: files`` on
+    its own file (``{client}`` in the data options becomes its id); it reads no other data.
     """
     if not 0 <= index < spec.clients.count:
         raise ConfigError(f"client index must be between 0 and {spec.clients.count - 1}, "
                           f"got {index}")
-    parts = build_parts(spec)
+    parts = build_parts(spec, clients=(index,), server_data=False)
     links = ActorTransports(spec)
     client = _client_pod(parts, index)
     runtime = Runtime(client_graph(

@@ -24,13 +24,22 @@ class Plugin:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+PARTITIONS = ("column", "dirichlet", "files", "iid", "quantity")  # see foedus.data.partition
+
+
 @dataclass(frozen=True)
 class DataSection:
+    """Where clients' data comes from; docs/data.md explains every key."""
+
     dataset: str = "digits"
     partition: str = "dirichlet"
-    alpha: float = 0.5
+    alpha: float = 0.5  # dirichlet (label skew) and quantity (size skew)
     test_fraction: float = 0.2
     options: dict[str, Any] = field(default_factory=dict)  # passed to the dataset's loader
+    min_size: int = 2  # dirichlet and quantity: rows every client gets at least
+    column: int | str | None = None  # partition: column: the feature (index or name) to split by
+    keep_column: bool = False  # partition: column: keep that feature for training
+    server_options: dict[str, Any] = field(default_factory=dict)  # files: the server's test data
 
 
 @dataclass(frozen=True)
@@ -74,13 +83,7 @@ class JobSpec:
             seed=_int(raw, "seed", 0, minimum=0),
             rounds=_int(raw, "rounds", cls.rounds, minimum=1),
             round_timeout=_float(raw, "round_timeout", cls.round_timeout, positive=True),
-            data=DataSection(
-                dataset=_str(data, "dataset", "digits", prefix="data."),
-                partition=_choice(data, "partition", "dirichlet", ("dirichlet", "iid"), "data."),
-                alpha=_float(data, "alpha", 0.5, positive=True, prefix="data."),
-                test_fraction=_float(data, "test_fraction", 0.2, positive=True, prefix="data."),
-                options=_section(data, "options"),
-            ),
+            data=_data_section(data),
             clients=ClientSection(
                 count=_int(clients, "count", 10, minimum=1, prefix="clients."),
                 epochs=_int(clients, "epochs", 1, minimum=1, prefix="clients."),
@@ -122,6 +125,38 @@ class JobSpec:
 
         TopologySpec.of(spec.topology)  # names and parameters checked now, not mid-run
         return spec
+
+
+def _data_section(data: dict[str, Any]) -> DataSection:
+    scheme = _choice(data, "partition", "dirichlet", PARTITIONS, "data.")
+    only = {"column": "column", "keep_column": "column", "server_options": "files"}
+    for key, needs in only.items():
+        if key in data and scheme != needs:
+            raise ConfigError(f"data.{key}: only used with partition: {needs}, "
+                              f"not {scheme}")
+    column = data.get("column")
+    if scheme == "column" and (
+        isinstance(column, bool) or not isinstance(column, int | str) or column == ""
+        or (isinstance(column, int) and column < 0)
+    ):
+        raise ConfigError("data.column: partition: column needs a feature index (>= 0) or "
+                          f"column name, got {_show(column)}")
+    keep = data.get("keep_column", False)
+    if not isinstance(keep, bool):
+        raise ConfigError(f"data.keep_column: expected true or false, got {_show(keep)}")
+    server = data.get("server_options") or {}
+    _mapping(server, "data.server_options")
+    return DataSection(
+        dataset=_str(data, "dataset", "digits", prefix="data."),
+        partition=scheme,
+        alpha=_float(data, "alpha", 0.5, positive=True, prefix="data."),
+        test_fraction=_float(data, "test_fraction", 0.2, positive=True, prefix="data."),
+        options=_section(data, "options"),
+        min_size=_int(data, "min_size", 2, minimum=1, prefix="data."),
+        column=column,
+        keep_column=keep,
+        server_options=dict(server),
+    )
 
 
 def load_job(path: str | Path) -> JobSpec:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from foedus.core.errors import ConfigError
 from foedus.core.registry import Registry
 
 
@@ -39,6 +40,10 @@ class DataSpec:
     n_features: int
     classes: tuple[int, ...]
     task: str = "classification"  # or "regression": classes is empty; metrics are loss=MSE, r2
+    #: column names, when the data came with them (files); lets ``partition: column`` use a name
+    feature_names: tuple[str, ...] = ()
+    #: the original label of class ``i`` (e.g. ``"malignant"``) when labels were mapped to 0..K-1
+    class_names: tuple[str, ...] = ()
 
 
 Loader = Callable[..., tuple[Dataset, Dataset, DataSpec]]
@@ -127,6 +132,31 @@ def synthetic(
         n_classes=n_classes, random_state=seed,
     )
     return _split(x, y, test_fraction, seed, scale="standard")
+
+
+def split_dataset(
+    data: Dataset, test_fraction: float, seed: int, *, stratify: bool
+) -> tuple[Dataset, Dataset]:
+    """Hold out ``test_fraction`` of ``data`` (seeded); ``0`` keeps every row for training.
+
+    Stratified when asked and possible (every class has two rows or more), so small classes
+    appear on both sides.
+    """
+    if test_fraction == 0:
+        return data, data.subset(np.arange(0))
+    from sklearn.model_selection import train_test_split
+
+    rows = np.arange(len(data))
+    _, counts = np.unique(data.y, return_counts=True)
+    groups = data.y if stratify and counts.min() >= 2 else None
+    try:
+        train, test = train_test_split(
+            rows, test_size=test_fraction, random_state=seed, stratify=groups
+        )
+    except ValueError as exc:  # e.g. too few rows for the fraction
+        raise ConfigError(f"cannot hold out test_fraction={test_fraction} of {len(data)} rows: "
+                          f"{exc}") from exc
+    return data.subset(np.sort(train)), data.subset(np.sort(test))
 
 
 def load_dataset(name: str, **params: object) -> tuple[Dataset, Dataset, DataSpec]:

@@ -1,0 +1,62 @@
+"""Per-client files across real processes: each `foedus client` runs in a directory holding only
+its own CSV, the `foedus server` in one holding only its held-out CSV, and the job still learns."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.data.test_shares import _digits_files
+from tests.transport.mqtt_fixtures import Mosquitto, mosquitto, mqtt_certs
+
+__all__ = ["mosquitto", "mqtt_certs"]  # fixtures used by name
+
+
+@pytest.mark.integration
+def test_client_processes_each_read_only_their_own_file(
+    mosquitto: Mosquitto, tmp_path: Path,
+) -> None:
+    _digits_files(tmp_path, 3)
+    homes = {}
+    for name in ("client-000", "client-001", "client-002", "server"):
+        home = tmp_path / name
+        home.mkdir()
+        source = "holdout" if name == "server" else name
+        (tmp_path / f"{source}.csv").rename(home / f"{source}.csv")
+        homes[name] = home
+    pixels = ", ".join(f"p{i}" for i in range(64))
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "job_id: own-files\nrounds: 4\nround_timeout: 60\nclients: {count: 3, epochs: 2}\n"
+        "data:\n  dataset: csv\n  partition: files\n"
+        f"  options: {{path: '{{client}}.csv', label: digit, features: [{pixels}],\n"
+        "            classes: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}\n"
+        "  server_options: {path: holdout.csv}\n"
+        f"transport: {{type: mqtt, params: {{host: 127.0.0.1, port: {mosquitto.plain_port}}}}}\n"
+    )
+    command = [sys.executable, "-m", "foedus.cli"]
+    clients = [
+        subprocess.Popen([*command, "client", str(job), "--index", str(i)],
+                         cwd=homes[f"client-{i:03d}"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for i in range(3)
+    ]
+    try:
+        server = subprocess.run([*command, "server", str(job), "--json"], cwd=homes["server"],
+                                capture_output=True, text=True, timeout=240)
+        assert server.returncode == 0, server.stderr
+        summary = json.loads(server.stdout)
+        assert all(r["accepted"] == 3 for r in summary["history"])
+        assert summary["final_accuracy"] >= 0.9
+        for c in clients:
+            _, err = c.communicate(timeout=60)
+            assert c.returncode == 0, err
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                c.kill()
+                c.wait()
