@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("KERAS_BACKEND", "torch")  # must precede the first import of keras
-
-from foedus.config.runner import run_job  # noqa: E402
-from foedus.config.spec import load_job  # noqa: E402
+from foedus.config.runner import run_job
+from foedus.config.spec import load_job
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 #: the least final accuracy each example must reach (chance: 0.1 on digits, about 0.4-0.6

@@ -86,6 +86,15 @@ def classification_metrics(
     return {"loss": float(-np.mean(np.log(p))), "accuracy": float(np.mean(predicted == y))}
 
 
+def ensemble_metrics(prediction: np.ndarray, y: np.ndarray, task: str,
+                     classes: np.ndarray) -> dict[str, float]:
+    """Metrics of an ensemble's ``(n, k)`` output: class probabilities for classification
+    (columns in ``classes`` order), one prediction per row (``k = 1``) for regression."""
+    if task == "classification":
+        return classification_metrics(prediction, np.asarray(y), classes)
+    return regression_metrics(prediction[:, 0], y)
+
+
 def regression_metrics(prediction: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Mean squared error (as ``loss``) and the coefficient of determination ``r2``."""
     prediction = np.asarray(prediction, dtype=np.float64).reshape(-1)

@@ -38,12 +38,7 @@ import numpy as np
 from foedus.core.errors import ConfigError, RejectedUpdate, require
 from foedus.core.params import Params
 from foedus.data.datasets import Dataset, DataSpec
-from foedus.models.base import (
-    ModelAdapter,
-    classification_metrics,
-    models,
-    regression_metrics,
-)
+from foedus.models.base import ModelAdapter, ensemble_metrics, models, regression_metrics
 from foedus.models.forest import FORMAT_VERSION, TASKS, check_meta
 
 #: one hostile update must not exhaust memory; a 100-round, 10-class depth-6 booster is ~10 MB
@@ -395,10 +390,8 @@ class XGBoostBaggingAdapter(ModelAdapter):
         return metrics
 
     def evaluate(self, data: Dataset) -> dict[str, float]:
-        prediction = self.predict_values(np.asarray(data.x))
-        if self.spec.task == "classification":
-            return classification_metrics(prediction, np.asarray(data.y), self.classes)
-        return regression_metrics(prediction[:, 0], data.y)
+        return ensemble_metrics(self.predict_values(np.asarray(data.x)), data.y,
+                                self.spec.task, self.classes)
 
     def predict_values(self, x: np.ndarray) -> np.ndarray:
         """Weighted mean of the boosters' class probabilities, or ``(n, 1)`` predictions."""

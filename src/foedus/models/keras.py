@@ -20,6 +20,7 @@ across rounds (checked by a 20-round test).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,11 @@ def _import_keras() -> Any:
 
     if importlib.util.find_spec("keras") is None:
         return require("keras", "keras")  # raises MissingExtra naming the extra
+    if "KERAS_BACKEND" not in os.environ and importlib.util.find_spec("tensorflow") is None \
+            and importlib.util.find_spec("torch") is not None:
+        # Keras 3's default backend is TensorFlow; foedus installs torch, so use that unless
+        # the user chose otherwise (read once, when keras is first imported)
+        os.environ["KERAS_BACKEND"] = "torch"
     try:
         import keras
     except ImportError as exc:

@@ -28,12 +28,7 @@ from foedus.core.errors import ConfigError, RejectedUpdate, require
 from foedus.core.params import Params
 from foedus.data.datasets import Dataset, DataSpec
 from foedus.models import forest as packed
-from foedus.models.base import (
-    ModelAdapter,
-    classification_metrics,
-    models,
-    regression_metrics,
-)
+from foedus.models.base import ModelAdapter, ensemble_metrics, models, regression_metrics
 
 _KINDS = ("random-forest", "extra-trees")
 
@@ -112,10 +107,8 @@ class TreeEnsembleAdapter(ModelAdapter):
         return metrics
 
     def evaluate(self, data: Dataset) -> dict[str, float]:
-        prediction = self.predict_values(np.asarray(data.x))
-        if self.spec.task == "classification":
-            return classification_metrics(prediction, np.asarray(data.y), self.classes)
-        return regression_metrics(prediction[:, 0], data.y)
+        return ensemble_metrics(self.predict_values(np.asarray(data.x)), data.y,
+                                self.spec.task, self.classes)
 
     # ---- prediction ----------------------------------------------------------------------
     def predict_values(self, x: np.ndarray) -> np.ndarray:
