@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.data.test_shares import _digits_files
+from tests.data.support import digits_files
 from tests.transport.mqtt_fixtures import Mosquitto, mosquitto, mqtt_certs
 
 __all__ = ["mosquitto", "mqtt_certs"]  # fixtures used by name
@@ -20,7 +20,7 @@ __all__ = ["mosquitto", "mqtt_certs"]  # fixtures used by name
 def test_client_processes_each_read_only_their_own_file(
     mosquitto: Mosquitto, tmp_path: Path,
 ) -> None:
-    _digits_files(tmp_path, 3)
+    digits_files(tmp_path, 3)
     homes = {}
     for name in ("client-000", "client-001", "client-002", "server"):
         home = tmp_path / name

@@ -14,25 +14,8 @@ import yaml
 from foedus.config.runner import build_parts, client_id, run_job_sync
 from foedus.config.spec import JobSpec, load_job
 from foedus.core.errors import ConfigError
-from foedus.data.datasets import load_dataset
-from foedus.data.partition import iid_partition
 from foedus.sim import run_simulation_sync
-
-PIXELS = [f"p{i}" for i in range(64)]
-
-
-def _digits_files(tmp_path: Path, clients: int) -> tuple[str, str]:
-    """Digits split IID into one CSV per client plus a held-out CSV for the server."""
-    train, test, _ = load_dataset("digits", seed=0)
-
-    def write(x: np.ndarray, y: np.ndarray, name: str) -> None:
-        frame = pd.DataFrame(x, columns=PIXELS).assign(digit=y)
-        frame.to_csv(tmp_path / f"{name}.csv", index=False)
-
-    for i, rows in enumerate(iid_partition(train.y, clients, seed=0)):
-        write(train.x[rows], train.y[rows], client_id(i))
-    write(test.x, test.y, "holdout")
-    return str(tmp_path / "{client}.csv"), str(tmp_path / "holdout.csv")
+from tests.data.support import PIXELS, digits_files
 
 
 def _files_job(template: str, holdout: str | None, clients: int = 5, **data: Any) -> JobSpec:
@@ -47,7 +30,7 @@ def _files_job(template: str, holdout: str | None, clients: int = 5, **data: Any
 
 
 def test_a_federation_of_per_client_csv_files_learns_digits(tmp_path: Path) -> None:
-    template, holdout = _digits_files(tmp_path, 5)
+    template, holdout = digits_files(tmp_path, 5)
     result = run_job_sync(_files_job(template, holdout))
     accuracies = [r.metrics["accuracy"] for r in result.history]
     assert accuracies[-1] >= 0.9 and accuracies[-1] > accuracies[0] - 0.02
@@ -55,7 +38,7 @@ def test_a_federation_of_per_client_csv_files_learns_digits(tmp_path: Path) -> N
 
 
 def test_each_client_trains_on_exactly_its_own_file(tmp_path: Path) -> None:
-    template, holdout = _digits_files(tmp_path, 3)
+    template, holdout = digits_files(tmp_path, 3)
     parts = build_parts(_files_job(template, holdout, clients=3))
     for i, share in enumerate(parts.shares):
         own = pd.read_csv(template.format(client=client_id(i)))
@@ -66,7 +49,7 @@ def test_each_client_trains_on_exactly_its_own_file(tmp_path: Path) -> None:
 
 
 def test_a_client_process_reads_only_its_own_file(tmp_path: Path) -> None:
-    template, holdout = _digits_files(tmp_path, 3)
+    template, holdout = digits_files(tmp_path, 3)
     for other in (0, 2):
         Path(template.format(client=client_id(other))).unlink()
     Path(holdout).unlink()
@@ -80,7 +63,7 @@ def test_a_client_process_reads_only_its_own_file(tmp_path: Path) -> None:
 def test_without_server_data_the_server_does_not_evaluate_but_clients_report(
     tmp_path: Path
 ) -> None:
-    template, _ = _digits_files(tmp_path, 3)
+    template, _ = digits_files(tmp_path, 3)
     spec = JobSpec.from_dict({**_as_dict(_files_job(template, None, clients=3)), "rounds": 2})
     result = run_job_sync(spec)
     assert [r.metrics for r in result.history] == [{}, {}]
@@ -95,7 +78,7 @@ def _as_dict(spec: JobSpec) -> dict[str, Any]:
 
 
 def test_per_client_files_run_in_the_simulator_too(tmp_path: Path) -> None:
-    template, holdout = _digits_files(tmp_path, 4)
+    template, holdout = digits_files(tmp_path, 4)
     result = run_simulation_sync(_files_job(template, holdout, clients=4))
     assert result.final_metrics["accuracy"] >= 0.85
 
@@ -133,7 +116,7 @@ def test_a_yaml_job_file_with_per_client_parquet_files(tmp_path: Path) -> None:
 def test_per_client_file_mistakes_are_named(
     tmp_path: Path, options: dict[str, Any], extra: dict[str, Any], message: str
 ) -> None:
-    template, _ = _digits_files(tmp_path, 2)
+    template, _ = digits_files(tmp_path, 2)
     job = _as_dict(_files_job(template, None, clients=2))
     job["data"]["options"] = {k: v for k, v in {**job["data"]["options"], **options}.items()
                               if v is not None}

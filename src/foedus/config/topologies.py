@@ -287,10 +287,12 @@ async def _run(built: _Built, on_ready: Callable[[], None] | None, grace: float)
 
 def _clients(parts: JobParts, cls: type[ClientPod] = ClientPod,
              only: Collection[str] | None = None) -> list[ClientPod]:
+    # index the shares only for the clients built here: with per-client files, a share is
+    # read from its file on first access, and an actor must not read other clients' files
     return [
-        cls(client_id=client_id(i), model=parts.make_model(), data=share,
+        cls(client_id=client_id(i), model=parts.make_model(), data=parts.shares[i],
             epochs=parts.spec.clients.epochs, seed=parts.spec.seed)
-        for i, share in enumerate(parts.shares)
+        for i in range(len(parts.shares))
         if only is None or client_id(i) in only
     ]
 
@@ -339,13 +341,14 @@ def _swarm(parts: JobParts, params: dict[str, Any], transport_for: TransportFor,
            actors: Collection[str], on_record: RecordListener | None) -> _Built:
     spec = parts.spec
     peers = [
-        PeerPod(job_id=spec.job_id, peer_id=client_id(i), model=parts.make_model(), data=share,
+        PeerPod(job_id=spec.job_id, peer_id=client_id(i), model=parts.make_model(),
+                data=parts.shares[i],
                 rounds=spec.rounds, expected_peers=len(parts.shares),
                 epochs=spec.clients.epochs, round_timeout=spec.round_timeout,
                 mode=params.get("mode", "gossip"), neighbors=params.get("neighbors"),
                 mixing_rounds=params.get("mixing_rounds", 0), seed=spec.seed)
-        for i, share in enumerate(parts.shares)
-        if client_id(i) in actors
+        for i in range(len(parts.shares))
+        if client_id(i) in actors  # the others' shares are never read (see _clients)
     ]
     if on_record is not None:
         listener = on_record
