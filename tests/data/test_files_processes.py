@@ -60,3 +60,42 @@ def test_client_processes_each_read_only_their_own_file(
             if c.poll() is None:
                 c.kill()
                 c.wait()
+
+
+@pytest.mark.integration
+def test_swarm_peers_in_separate_processes_each_read_only_their_own_file(
+    mosquitto: Mosquitto, tmp_path: Path,
+) -> None:
+    digits_files(tmp_path, 3)
+    homes = []
+    for i in range(3):
+        home = tmp_path / f"client-{i:03d}"
+        home.mkdir()
+        (tmp_path / f"client-{i:03d}.csv").rename(home / f"client-{i:03d}.csv")
+        (home / "holdout.csv").write_bytes((tmp_path / "holdout.csv").read_bytes())
+        homes.append(home)
+    pixels = ", ".join(f"p{i}" for i in range(64))
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "job_id: own-files-swarm\nrounds: 3\nround_timeout: 60\nclients: {count: 3, epochs: 2}\n"
+        "data:\n  dataset: csv\n  partition: files\n"
+        f"  options: {{path: '{{client}}.csv', label: digit, features: [{pixels}],\n"
+        "            classes: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}\n"
+        "  server_options: {path: holdout.csv}\n"
+        "topology: {type: swarm, params: {neighbors: 2}}\n"
+        f"transport: {{type: mqtt, params: {{host: 127.0.0.1, port: {mosquitto.plain_port}}}}}\n"
+    )
+    peers = [
+        subprocess.Popen([sys.executable, "-m", "foedus.cli", "actor", str(job), f"client-{i:03d}"],
+                         cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i, home in enumerate(homes)
+    ]
+    try:
+        for p in peers:
+            _, err = p.communicate(timeout=180)
+            assert p.returncode == 0, err  # a peer reading another's file would fail to start
+    finally:
+        for p in peers:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -225,7 +225,10 @@ async def run_topology_actors(
     if len(set(actors)) != len(actors):
         twice = sorted({a for a in actors if list(actors).count(a) > 1})
         raise ConfigError(f"actors named twice: {twice}")
-    parts = build_parts(spec)  # loads the plugins, so the transport's class is known below
+    # loads the plugins, so the transport's class is known below; reads up front only the data
+    # of the clients run here (with per-client files, others' files are not on this machine)
+    here = [i for i in range(spec.clients.count) if client_id(i) in actors]
+    parts = build_parts(spec, clients=here)
     factory = transports.get(spec.transport.type)
     if getattr(factory, "shared", False) and set(actors) != set(known):
         raise ConfigError(
