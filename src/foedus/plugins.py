@@ -36,6 +36,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "foedus.aggregate.histforest",
     "foedus.compress",
     "foedus.privacy.dp",
+    "foedus.privacy.secagg_pods",
     "foedus.security.signing",
     "foedus.sim.attacks",
 )

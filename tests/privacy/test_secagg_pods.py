@@ -13,7 +13,7 @@ from foedus.core.message import Kind, Message
 from foedus.core.params import Params
 from foedus.data.datasets import Dataset
 from foedus.models.base import ModelAdapter
-from foedus.privacy.dp import ClipStage, LocalDPStage
+from foedus.privacy.dp import CentralDPStage, ClipStage, LocalDPStage
 from foedus.privacy.secagg_pods import (
     SecAggClientPod,
     SecureServerPod,
@@ -148,9 +148,10 @@ async def test_a_client_whose_update_exceeds_the_value_range_drops_out_without_s
 async def test_secure_aggregation_job_refuses_stages_with_a_server_half_or_bad_order() -> None:
     ids = ["a", "b", "c"]
     settings = SecureSumSettings(max_dropouts=1)
-    with pytest.raises(ConfigError, match="server half"):
-        await run_secure_aggregation_job(server(ids, 1), LocalTransport(), [], settings,
-                                         client_stages=[ClipStage(1.0)])
+    with pytest.raises(ConfigError, match="server half"):  # central noise needs each update
+        await run_secure_aggregation_job(
+            server(ids, 1), LocalTransport(), [], settings,
+            client_stages=[CentralDPStage(clients_per_round=3, noise_multiplier=1.0)])
     with pytest.raises(ConfigError, match="clips after"):
         await run_secure_aggregation_job(
             server(ids, 1), LocalTransport(), [], settings,

@@ -18,6 +18,7 @@ from foedus.aggregate.base import aggregators
 from foedus.config.spec import JobSpec, Plugin
 from foedus.core.errors import ConfigError
 from foedus.core.filter import Filter, Stage, stages
+from foedus.core.graph import Graph
 from foedus.core.params import Params
 from foedus.core.registry import Registry
 from foedus.core.runtime import Runtime, run_graphs
@@ -26,6 +27,7 @@ from foedus.data.shares import load_job_data
 from foedus.models.base import ModelAdapter, build_model
 from foedus.plugins import load_plugins
 from foedus.privacy.order import check_pipeline
+from foedus.privacy.secagg_pods import SecureJob, SecureServerPod
 from foedus.roles.checkpoint import Checkpointer
 from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord, ServerPod
@@ -94,6 +96,8 @@ class JobParts:
     pipeline: list[Stage]
     server: ServerPod
     mlops: MlopsSession | None = None
+    #: set when the pipeline holds ``secure-sum``: the graphs to build instead of the plain ones
+    secure: SecureJob | None = None
 
     def finish(self, failed: bool = False) -> dict[str, Any]:
         """Close the MLOps integrations; returns what the job result should report of them."""
@@ -157,6 +161,10 @@ def build_parts(
         _create(stages, p, f"pipeline[{i}]") for i, p in enumerate(spec.pipeline)
     ]
     check_pipeline(pipeline)  # e.g. noise before clipping is refused before anything runs
+    participants = [client_id(i) for i in range(spec.clients.count)]
+    secure = SecureJob.of(pipeline, participants=participants,
+                          clients_per_round=spec.clients.per_round, topology=spec.topology.type,
+                          aggregator=spec.aggregator.type)
     evaluator_model = make_model(spec, data_spec)
     mlops = None
     if spec.mlops:
@@ -171,14 +179,14 @@ def build_parts(
         evaluator_model.set_params(params)
         return evaluator_model.evaluate(test)
 
-    server = ServerPod(
+    server = (ServerPod if secure is None else SecureServerPod)(
         job_id=spec.job_id, initial_params=evaluator_model.get_params(),
         aggregator=_create(aggregators, spec.aggregator, "aggregator"),
         rounds=spec.rounds, expected_clients=spec.clients.count,
         min_clients=spec.clients.min_clients, round_timeout=spec.round_timeout,
         evaluate=evaluate if data.server_evaluates else None,
         checkpointer=checkpointer,
-        participants=[client_id(i) for i in range(spec.clients.count)],
+        participants=participants,
         clients_per_round=spec.clients.per_round, seed=spec.seed,
     )
     for i, stage in enumerate(pipeline):  # stages' hooks first, so listeners see e.g. epsilon
@@ -192,7 +200,7 @@ def build_parts(
         mlops.attach(server)
     if on_round is not None:
         server.round_listeners.append(on_round)
-    return JobParts(spec, data_spec, shares, test, pipeline, server, mlops)
+    return JobParts(spec, data_spec, shares, test, pipeline, server, mlops, secure)
 
 
 class ActorTransports:
@@ -224,6 +232,19 @@ def _client_pod(parts: JobParts, index: int) -> ClientPod:
     )
 
 
+def _server_graph(parts: JobParts, transport: Transport) -> Graph:
+    """The server's graph: the secure-sum one when the pipeline asks for it."""
+    if parts.secure is not None:
+        return parts.secure.server_graph(parts.server, transport)
+    return server_graph(parts.server, transport, filters=parts.server_filters())
+
+
+def _client_graph(parts: JobParts, client: ClientPod, transport: Transport) -> Graph:
+    if parts.secure is not None:
+        return parts.secure.client_graph(client, transport, parts.spec.job_id)
+    return client_graph(client, transport, parts.spec.job_id, filters=parts.client_filters())
+
+
 def _result(parts: JobParts, began: float) -> JobResult:
     return JobResult(
         job_id=parts.spec.job_id, clients=parts.spec.clients.count, history=parts.server.history,
@@ -247,14 +268,21 @@ async def run_job(spec: JobSpec, *, on_round: RoundListener | None = None) -> Jo
     parts = build_parts(spec, on_round)
     links = ActorTransports(spec)
     try:
-        clients = [
-            (_client_pod(parts, i), links.open(client_id(i)), parts.client_filters())
-            for i in range(len(parts.shares))
-        ]
-        await run_centralized(
-            parts.server, links.open(parts.server.name), clients,
-            server_filters=parts.server_filters(),
-        )
+        if parts.secure is not None:  # clients first: subscribed before round 1
+            followers = [Runtime(_client_graph(parts, _client_pod(parts, i),
+                                               links.open(client_id(i))))
+                         for i in range(len(parts.shares))]
+            leader = Runtime(_server_graph(parts, links.open(parts.server.name)))
+            await run_graphs(leader, *followers)
+        else:
+            clients = [
+                (_client_pod(parts, i), links.open(client_id(i)), parts.client_filters())
+                for i in range(len(parts.shares))
+            ]
+            await run_centralized(
+                parts.server, links.open(parts.server.name), clients,
+                server_filters=parts.server_filters(),
+            )
     except BaseException:
         parts.finish(failed=True)
         raise
@@ -268,9 +296,7 @@ async def run_server(spec: JobSpec, *, on_round: RoundListener | None = None) ->
     began = time.perf_counter()
     parts = build_parts(spec, on_round, clients=())
     links = ActorTransports(spec)
-    runtime = Runtime(server_graph(
-        parts.server, links.open(parts.server.name), filters=parts.server_filters()
-    ))
+    runtime = Runtime(_server_graph(parts, links.open(parts.server.name)))
     try:
         await run_graphs(runtime)
     except BaseException:
@@ -293,9 +319,7 @@ async def run_client(spec: JobSpec, index: int) -> ClientPod:
     parts = build_parts(spec, clients=(index,), server_data=False)
     links = ActorTransports(spec)
     client = _client_pod(parts, index)
-    runtime = Runtime(client_graph(
-        client, links.open(client.client_id), spec.job_id, filters=parts.client_filters()
-    ))
+    runtime = Runtime(_client_graph(parts, client, links.open(client.client_id)))
     try:
         await run_graphs(runtime)
     finally:

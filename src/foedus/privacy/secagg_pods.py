@@ -33,13 +33,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
 
+from foedus.aggregate.base import aggregators
+from foedus.aggregate.fedavg import FedAvg
 from foedus.core.errors import ConfigError, RejectedUpdate
-from foedus.core.filter import Filter, Stage
+from foedus.core.filter import Filter, Stage, stages
 from foedus.core.graph import Graph
 from foedus.core.message import Kind, Message
 from foedus.core.params import Params
@@ -488,11 +490,22 @@ class SecureServerPod(ServerPod):
 
     Kernel hook this stands in for: ``ServerPod.on_update`` treating ``meta["secagg_sum"]``
     (``survivors``, ``dropped``) from a trusted in-graph sender exactly as below.
+
+    Each round's record gets ``secure_sum_survivors`` and ``secure_sum_dropped`` in its
+    ``metrics`` (counts), so a job's history shows that, and over how many clients, the sum ran.
     """
 
     def __init__(self, *, secagg_sender: str = "secagg_server", **options: Any) -> None:
         super().__init__(**options)
         self.secagg_sender = secagg_sender
+        #: round -> (survivors, dropped) of that round's secure sum
+        self.secure_sums: dict[int, tuple[list[str], list[str]]] = {}
+        self.round_listeners.append(self._record_secure_sum)
+
+    def _record_secure_sum(self, record: RoundRecord) -> None:
+        survivors, dropped = self.secure_sums.get(record.round, ([], []))
+        record.metrics["secure_sum_survivors"] = float(len(survivors))
+        record.metrics["secure_sum_dropped"] = float(len(dropped))
 
     async def on_update(self, msg: Message) -> None:
         summary = msg.meta.get(SUMMARY)
@@ -510,6 +523,7 @@ class SecureServerPod(ServerPod):
             dropped = [str(s) for s in summary.get("dropped", ())]
             record.senders.update(survivors, dropped)
             record.failed_clients.extend(dropped)
+            self.secure_sums[msg.round] = (survivors, dropped)
             if msg.kind is Kind.ERROR or msg.error is not None:
                 log.warning("round %d: %s", msg.round, msg.error)
             else:
@@ -571,9 +585,10 @@ async def run_secure_aggregation_job(
     """Run a centralized job whose updates are secure-summed; every actor its own runtime.
 
     ``server.participants`` must list every client (no client sampling). ``client_stages``
-    (e.g. ``ClipStage``) are checked with :func:`foedus.privacy.order.check_pipeline` and their
-    client halves run before masking; a stage with a server half is refused (it could only see
-    the sum). A client tuple may carry its own :class:`SecAggClientPod` (tests use this).
+    (e.g. ``ClipStage``) are checked with :func:`foedus.privacy.order.check_pipeline` and run
+    before masking as :func:`masking_filters` builds them (a stage whose server half does more
+    than verify is refused: it could only see the sum). A client tuple may carry its own
+    :class:`SecAggClientPod` (tests use this).
     """
     from foedus.privacy.order import check_pipeline
 
@@ -581,10 +596,7 @@ async def run_secure_aggregation_job(
         raise ConfigError("secure aggregation needs the server's full participant list and no "
                           "client sampling (clients_per_round)")
     check_pipeline([*client_stages, SecureSumStage(settings)])
-    for stage in client_stages:
-        if stage.server() is not None:
-            raise ConfigError(f"stage {type(stage).__name__} has a server half, which would "
-                              "only see the secure sum; it cannot run with secure aggregation")
+    masking_filters(client_stages)  # refuses a server half other than clip's check
     participants = server.participants
     secagg = SecAggServerPod(job_id=server.job_id, template=server.params,
                              participants=participants, settings=settings,
@@ -594,7 +606,7 @@ async def run_secure_aggregation_job(
         client, transport = entry[0], entry[1]
         pod = entry[2] if len(entry) == 3 else SecAggClientPod(  # type: ignore[misc]
             client_id=client.client_id, participants=participants, settings=settings)
-        filters = [f for s in client_stages if (f := s.client()) is not None]
+        filters = masking_filters(client_stages)
         runtimes.append(Runtime(secure_client_graph(client, pod, transport, server.job_id,
                                                     filters=filters), queue_size=queue_size))
     server_runtime = Runtime(secure_server_graph(server, secagg, server_transport),
@@ -604,10 +616,169 @@ async def run_secure_aggregation_job(
 
 
 class SecureSumStage(Stage):
-    """The secure sum as a pipeline step, for order checks and recipes: it has no filters (the
-    protocol needs its own pods and topic, built by :func:`run_secure_aggregation_job`)."""
+    """The secure sum as a pipeline step (job files: ``type: secure-sum``).
+
+    It has no client filter: the protocol needs its own pods and topic, which
+    :class:`SecureJob` (the job runner) and :func:`run_secure_aggregation_job` build. Its server
+    half refuses every update, so a runner that does not build those graphs (e.g. the
+    simulator) fails closed instead of silently aggregating unmasked updates.
+
+    ``threshold`` (the fewest clients whose inputs the sum needs) may replace
+    ``settings.max_dropouts``; it is resolved against the client count by :meth:`for_clients`.
+    """
 
     tag: ClassVar[str] = "secagg"
 
-    def __init__(self, settings: SecureSumSettings) -> None:
+    def __init__(self, settings: SecureSumSettings, *, threshold: int | None = None) -> None:
         self.settings = settings
+        self.threshold = threshold
+
+    def server(self) -> Filter:
+        return _NoSecureGraphs()
+
+    def for_clients(self, num_clients: int) -> SecureSumSettings:
+        """The settings for a job of ``num_clients`` participants, checked as a whole."""
+        settings = self.settings
+        if self.threshold is not None:
+            if self.threshold > num_clients:
+                raise ConfigError(f"threshold={self.threshold} is above the job's "
+                                  f"{num_clients} clients (clients.count)")
+            settings = replace(settings, max_dropouts=num_clients - self.threshold)
+        elif settings.max_dropouts >= num_clients:
+            raise ConfigError(f"max_dropouts={settings.max_dropouts} leaves no client of the "
+                              f"job's {num_clients} to sum")
+        settings.config(num_clients, 2, "check", 0)  # threshold > n/2, ring overflow, ...
+        return settings
+
+
+class _NoSecureGraphs(Filter):
+    """The server half of :class:`SecureSumStage` in a runner without the secure graphs."""
+
+    def __init__(self) -> None:
+        super().__init__("secure_sum_missing")
+
+    def process(self, msg: Message) -> Message | None:
+        if msg.kind is not Kind.UPDATE:
+            return msg
+        raise ConfigError("secure-sum: this runner does not build the secure-sum graphs "
+                          "(use foedus run / server / client); refusing an unmasked update")
+
+
+@stages.register("secure-sum")
+def secure_sum_stage(
+    threshold: int | None = None, max_dropouts: int | None = None, value_range: float = 1.0e6,
+    scale_bits: int = 20, ring_bits: int = 64, weighting: str = "examples",
+    step_timeout: float = 30.0,
+) -> SecureSumStage:
+    """``type: secure-sum`` in a job file: exactly one of ``threshold`` (clients whose inputs
+    the sum needs) or ``max_dropouts`` (clients it survives losing); the client count is checked
+    when the job is built."""
+    if (threshold is None) == (max_dropouts is None):
+        raise ConfigError("give exactly one of threshold (clients the sum needs) or "
+                          "max_dropouts (clients it may lose)")
+    for name, value in (("threshold", threshold), ("max_dropouts", max_dropouts),
+                        ("scale_bits", scale_bits), ("ring_bits", ring_bits)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+    for name, number in (("value_range", value_range), ("step_timeout", step_timeout)):
+        if not isinstance(number, int | float) or isinstance(number, bool):
+            raise ConfigError(f"{name} must be a number, got {number!r}")
+    if threshold is not None and threshold < 2:
+        raise ConfigError(f"threshold must be at least 2, got {threshold}")
+    settings = SecureSumSettings(
+        max_dropouts=0 if max_dropouts is None else max_dropouts, value_range=float(value_range),
+        scale_bits=scale_bits, ring_bits=ring_bits, weighting=weighting,
+        step_timeout=float(step_timeout))
+    SecAggConfig(3, 2, 1, value_range=settings.value_range, scale_bits=scale_bits,
+                 ring_bits=ring_bits)  # ring_bits, scale_bits, value_range now; overflow per job
+    return SecureSumStage(settings, threshold=threshold)
+
+
+# ---- job files ----------------------------------------------------------------------------------
+def masking_filters(stages_before: Sequence[Stage]) -> list[Filter]:
+    """The client filters that run before masking, for the stages ahead of the secure sum.
+
+    The server sees only the sum, so no server half can run there. A stage whose server half
+    only *verifies* its client half (``clip``: the trail tag and the clip norm) has that check
+    run on the client, right after its own filters; any other server half (central noise,
+    decoders) needs individual updates and is refused.
+    """
+    from foedus.privacy.dp import ClipStage
+
+    client: list[Filter] = []
+    checks: list[Filter] = []
+    for i, stage in enumerate(stages_before):
+        check = stage.server()
+        if check is not None and not isinstance(stage, ClipStage):
+            raise ConfigError(
+                f"pipeline[{i}] ({type(stage).__name__}) has a server half, which would only "
+                "see the secure sum; it cannot run before secure-sum (clip can)")
+        if (f := stage.client()) is not None:
+            client.append(f)
+        if check is not None:
+            checks.append(check)
+    filters = [*client, *reversed(checks)]
+    seen: dict[str, int] = {}
+    for f in filters:  # two clip stages would give two pods one name
+        seen[f.name] = seen.get(f.name, 0) + 1
+        if seen[f.name] > 1:
+            f.name = f"{f.name}-{seen[f.name]}"
+    return filters
+
+
+@dataclass
+class SecureJob:
+    """How the job runner builds a job whose pipeline holds ``secure-sum``: the graphs of
+    :func:`secure_server_graph` and :func:`secure_client_graph` instead of the plain ones."""
+
+    settings: SecureSumSettings
+    participants: list[str]
+    before: list[Stage]  # the pipeline stages ahead of the secure sum
+
+    @classmethod
+    def of(cls, pipeline: Sequence[Stage], *, participants: Sequence[str],
+           clients_per_round: int | None, topology: str,
+           aggregator: str = "fedavg") -> SecureJob | None:
+        """The plan for ``pipeline``, or ``None`` without a secure sum; refuses what cannot
+        work (call after :func:`foedus.privacy.order.check_pipeline`)."""
+        at = [i for i, s in enumerate(pipeline) if isinstance(s, SecureSumStage)]
+        if not at:
+            return None
+        i = at[0]
+        label = f"pipeline[{i}] (secure-sum)"
+        rule = aggregators.get(aggregator)
+        if not (isinstance(rule, type) and issubclass(rule, FedAvg)):
+            # the server sees one summed update: only a rule built on the mean stays exact
+            raise ConfigError(f"{label}: the server sees only the sum, so the aggregator must "
+                              f"be FedAvg or a server optimiser built on it, not {aggregator!r}")
+        if topology != "centralized":
+            raise ConfigError(f"{label}: secure sum needs topology centralized, not {topology!r}")
+        if clients_per_round is not None:
+            raise ConfigError(f"{label}: secure sum needs every client each round; remove "
+                              "clients.per_round")
+        if len(pipeline) > i + 1:
+            raise ConfigError(f"{label}: stages after secure-sum are not supported in a job "
+                              f"file (pipeline[{i + 1}] follows it); remove them")
+        stage = pipeline[i]
+        assert isinstance(stage, SecureSumStage)
+        try:
+            settings = stage.for_clients(len(participants))
+        except ConfigError as exc:
+            raise ConfigError(f"{label}: {exc}") from exc
+        before = list(pipeline[:i])
+        masking_filters(before)  # refuse a server half now, before anything runs
+        return cls(settings, list(participants), before)
+
+    def server_graph(self, server: ServerPod, transport: Transport) -> Graph:
+        if not isinstance(server, SecureServerPod):
+            raise ConfigError("secure sum needs a SecureServerPod")
+        secagg = SecAggServerPod(job_id=server.job_id, template=server.params,
+                                 participants=self.participants, settings=self.settings,
+                                 name=server.secagg_sender)
+        return secure_server_graph(server, secagg, transport)
+
+    def client_graph(self, client: ClientPod, transport: Transport, job_id: str) -> Graph:
+        secagg = SecAggClientPod(client_id=client.client_id, participants=self.participants,
+                                 settings=self.settings)
+        return secure_client_graph(client, secagg, transport, job_id,
+                                   filters=masking_filters(self.before))

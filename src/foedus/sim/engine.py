@@ -22,6 +22,7 @@ from typing import ClassVar
 
 from foedus.config.runner import JobParts, JobResult, RoundListener, build_parts, client_id
 from foedus.config.spec import JobSpec
+from foedus.core.errors import ConfigError
 from foedus.core.graph import Graph
 from foedus.core.message import Kind, Message
 from foedus.core.pod import Pod, Wire
@@ -75,6 +76,9 @@ async def run_simulation(
     """Run ``spec`` as a simulation; the job's transport setting is not used."""
     began = time.perf_counter()
     parts = build_parts(spec, on_round)
+    if parts.secure is not None:
+        raise ConfigError("pipeline: secure-sum needs its own pods and topic, which the "
+                          "simulator does not build; run the job with foedus run")
     work = client_work(spec, parts)
     pool = make_backend(backend, workers, **backend_options)
     pool.start(work, spec)
