@@ -86,6 +86,19 @@ def classification_metrics(
     return {"loss": float(-np.mean(np.log(p))), "accuracy": float(np.mean(predicted == y))}
 
 
+def hold_out(data: Dataset, fraction: float,
+             rng: np.random.Generator) -> tuple[Dataset, Dataset]:
+    """``(train, validation)``: a random ``fraction`` of the rows held out for validation.
+    When that would leave fewer than two training rows, or no validation rows, the
+    validation set is the training set (scores are then optimistic training scores)."""
+    order = rng.permutation(len(data))
+    n_val = int(len(data) * fraction)
+    if n_val and len(data) - n_val < 2:
+        n_val = 0
+    train, val = data.subset(order[n_val:]), data.subset(order[:n_val])
+    return train, (val if len(val) else train)
+
+
 def ensemble_metrics(prediction: np.ndarray, y: np.ndarray, task: str,
                      classes: np.ndarray) -> dict[str, float]:
     """Metrics of an ensemble's ``(n, k)`` output: class probabilities for classification

@@ -38,7 +38,13 @@ import numpy as np
 from foedus.core.errors import ConfigError, RejectedUpdate, require
 from foedus.core.params import Params
 from foedus.data.datasets import Dataset, DataSpec
-from foedus.models.base import ModelAdapter, ensemble_metrics, models, regression_metrics
+from foedus.models.base import (
+    ModelAdapter,
+    ensemble_metrics,
+    hold_out,
+    models,
+    regression_metrics,
+)
 from foedus.models.forest import FORMAT_VERSION, TASKS, check_meta
 
 #: one hostile update must not exhaust memory; a 100-round, 10-class depth-6 booster is ~10 MB
@@ -368,13 +374,7 @@ class XGBoostBaggingAdapter(ModelAdapter):
         if self.ensemble.n_trees:  # how every client evaluates the merged model
             metrics.update({f"global_{k}": v for k, v in self.evaluate(data).items()})
         rng = np.random.default_rng(self._round_seed)
-        order = rng.permutation(len(data))
-        n_val = int(len(data) * self.validation_fraction)
-        if n_val and len(data) - n_val < 2:
-            n_val = 0
-        train, val = data.subset(order[n_val:]), data.subset(order[:n_val])
-        if not len(val):
-            val = train
+        train, val = hold_out(data, self.validation_fraction, rng)
         options = {**self.options, "seed": int(rng.integers(2**31 - 1))}
         booster = xgboost.train(options, xgboost.DMatrix(np.asarray(train.x, dtype=np.float32),
                                                          label=self._labels(train.y)),

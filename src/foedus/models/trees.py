@@ -28,7 +28,13 @@ from foedus.core.errors import ConfigError, RejectedUpdate, require
 from foedus.core.params import Params
 from foedus.data.datasets import Dataset, DataSpec
 from foedus.models import forest as packed
-from foedus.models.base import ModelAdapter, ensemble_metrics, models, regression_metrics
+from foedus.models.base import (
+    ModelAdapter,
+    ensemble_metrics,
+    hold_out,
+    models,
+    regression_metrics,
+)
 
 _KINDS = ("random-forest", "extra-trees")
 
@@ -87,13 +93,7 @@ class TreeEnsembleAdapter(ModelAdapter):
         if self.forest.n_trees:
             metrics.update({f"global_{k}": v for k, v in self.evaluate(data).items()})
         rng = np.random.default_rng(self._round_seed)
-        order = rng.permutation(len(data))
-        n_val = int(len(data) * self.validation_fraction)
-        if n_val and len(data) - n_val < 2:
-            n_val = 0
-        train, val = data.subset(order[n_val:]), data.subset(order[:n_val])
-        if not len(val):
-            val = train  # no room to hold rows out: scores are optimistic training scores
+        train, val = hold_out(data, self.validation_fraction, rng)
         estimator = self._estimator(random_state=int(rng.integers(2**31 - 1)))
         estimator.fit(np.asarray(train.x, dtype=np.float32), train.y)
         local = self._export(estimator)
