@@ -9,6 +9,9 @@ import pytest
 from foedus.config.runner import run_job
 from foedus.config.spec import load_job
 
+# Keras's torch backend calls np.array on tensors the numpy 2 way it deprecates (not ours)
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:keras")
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 #: the least final accuracy each example must reach (chance: 0.1 on digits, about 0.4-0.6
 #: on wine and breast_cancer); set a little below what the job reaches on this machine
