@@ -29,7 +29,7 @@ from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
 
-from foedus.aggregate.base import Aggregator, aggregators
+from foedus.aggregate.base import Aggregator, aggregators, whole_number
 from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Message
 from foedus.core.params import Params
@@ -54,16 +54,14 @@ class TreeBagging(Aggregator):
         max_bytes: int = boosters.DEFAULT_MAX_BYTES, seed: int = 0,
     ) -> None:
         super().__init__()
-        if max_trees is not None and max_trees < 1:
-            raise ConfigError(f"max_trees must be at least 1, got {max_trees}")
+        if max_trees is not None:
+            whole_number("max_trees", max_trees, minimum=1)
         if select not in _SELECT:
             raise ConfigError(f"select must be one of {', '.join(_SELECT)}, got {select!r}")
         if weight not in _WEIGHT:
             raise ConfigError(f"weight must be one of {', '.join(_WEIGHT)}, got {weight!r}")
-        if max_nodes < 1:
-            raise ConfigError(f"max_nodes must be at least 1, got {max_nodes}")
-        if max_bytes < 1:
-            raise ConfigError(f"max_bytes must be at least 1, got {max_bytes}")
+        whole_number("max_nodes", max_nodes, minimum=1)
+        whole_number("max_bytes", max_bytes, minimum=1)
         self.max_trees = max_trees
         self.select = select
         self.weight = weight

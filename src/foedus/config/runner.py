@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,12 +27,12 @@ from foedus.data.datasets import Dataset, DataSpec
 from foedus.data.shares import load_job_data
 from foedus.models.base import ModelAdapter, build_model
 from foedus.plugins import load_plugins
-from foedus.privacy.order import check_pipeline
+from foedus.privacy.order import check_filters, check_pipeline
 from foedus.privacy.secagg_pods import SecureJob, SecureServerPod
 from foedus.roles.checkpoint import Checkpointer
 from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord, ServerPod
-from foedus.topology.centralized import client_graph, run_centralized, server_graph
+from foedus.topology.centralized import client_graph, server_graph
 from foedus.transport.base import Transport, transports
 
 if TYPE_CHECKING:
@@ -245,6 +246,19 @@ def _client_graph(parts: JobParts, client: ClientPod, transport: Transport) -> G
     return client_graph(client, transport, parts.spec.job_id, filters=parts.client_filters())
 
 
+@asynccontextmanager
+async def _running(parts: JobParts, links: ActorTransports) -> AsyncIterator[None]:
+    """Around running a job's actors: the transports are closed whatever happens, and a
+    failure closes the MLOps integrations as failed before it propagates."""
+    try:
+        yield
+    except BaseException:
+        parts.finish(failed=True)
+        raise
+    finally:
+        await links.close()
+
+
 def _result(parts: JobParts, began: float) -> JobResult:
     return JobResult(
         job_id=parts.spec.job_id, clients=parts.spec.clients.count, history=parts.server.history,
@@ -267,27 +281,16 @@ async def run_job(spec: JobSpec, *, on_round: RoundListener | None = None) -> Jo
     began = time.perf_counter()
     parts = build_parts(spec, on_round)
     links = ActorTransports(spec)
-    try:
-        if parts.secure is not None:  # clients first: subscribed before round 1
-            followers = [Runtime(_client_graph(parts, _client_pod(parts, i),
-                                               links.open(client_id(i))))
-                         for i in range(len(parts.shares))]
-            leader = Runtime(_server_graph(parts, links.open(parts.server.name)))
-            await run_graphs(leader, *followers)
-        else:
-            clients = [
-                (_client_pod(parts, i), links.open(client_id(i)), parts.client_filters())
-                for i in range(len(parts.shares))
-            ]
-            await run_centralized(
-                parts.server, links.open(parts.server.name), clients,
-                server_filters=parts.server_filters(),
-            )
-    except BaseException:
-        parts.finish(failed=True)
-        raise
-    finally:
-        await links.close()
+    async with _running(parts, links):
+        if parts.secure is None:  # decoders must undo the encoders in reverse order
+            check_filters(parts.client_filters(), parts.server_filters())
+        # clients first: each is subscribed before the server broadcasts round 1
+        followers = [
+            Runtime(_client_graph(parts, _client_pod(parts, i), links.open(client_id(i))))
+            for i in range(len(parts.shares))
+        ]
+        leader = Runtime(_server_graph(parts, links.open(parts.server.name)))
+        await run_graphs(leader, *followers)
     return _result(parts, began)
 
 
@@ -296,14 +299,8 @@ async def run_server(spec: JobSpec, *, on_round: RoundListener | None = None) ->
     began = time.perf_counter()
     parts = build_parts(spec, on_round, clients=())
     links = ActorTransports(spec)
-    runtime = Runtime(_server_graph(parts, links.open(parts.server.name)))
-    try:
-        await run_graphs(runtime)
-    except BaseException:
-        parts.finish(failed=True)
-        raise
-    finally:
-        await links.close()
+    async with _running(parts, links):
+        await run_graphs(Runtime(_server_graph(parts, links.open(parts.server.name))))
     return _result(parts, began)
 
 
