@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from functools import partial
+
 import numpy as np
 import pytest
 
 from foedus.aggregate.fedavg import FedAvg
-from foedus.core.errors import RejectedUpdate
+from foedus.aggregate.fold_kernel import fold_kernel
+from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Kind, Message
+
+Make = Callable[..., FedAvg]
+
+
+@pytest.fixture(params=["numpy", "numba"])
+def make(request: pytest.FixtureRequest) -> Callable[..., FedAvg]:
+    """FedAvg with each fold: numpy's, and the compiled kernel (extra ``fast``)."""
+    return partial(FedAvg, kernel=request.param)
 
 
 def upd(sender: str, n: int, **params: np.ndarray) -> Message:
@@ -15,8 +28,8 @@ def upd(sender: str, n: int, **params: np.ndarray) -> Message:
                           num_examples=n)
 
 
-def test_matches_a_hand_computed_weighted_mean() -> None:
-    agg = FedAvg()
+def test_matches_a_hand_computed_weighted_mean(make: Make) -> None:
+    agg = make()
     agg.reset({"w": np.zeros((2, 2), np.float32), "b": np.zeros(2, np.float32)})
     agg.accept(upd("a", 1, w=np.array([[1, 2], [3, 4]], np.float32),
                    b=np.array([0, 1], np.float32)))
@@ -29,8 +42,8 @@ def test_matches_a_hand_computed_weighted_mean() -> None:
     assert out["w"].dtype == np.float32
 
 
-def test_does_not_modify_the_callers_arrays() -> None:
-    agg = FedAvg()
+def test_does_not_modify_the_callers_arrays(make: Make) -> None:
+    agg = make()
     agg.reset({"w": np.zeros(3)})
     w = np.ones(3)
     agg.accept(upd("a", 5, w=w))
@@ -42,9 +55,10 @@ def test_does_not_modify_the_callers_arrays() -> None:
     (upd("a", 1, v=np.ones(3)), "wrong_names"),
     (upd("a", 0, w=np.ones(3)), "no_examples"),
 ])
-def test_malformed_updates_are_refused_at_once_with_a_reason(message: Message,
-                                                             reason: str) -> None:
-    agg = FedAvg()
+def test_malformed_updates_are_refused_at_once_with_a_reason(
+    make: Make, message: Message, reason: str
+) -> None:
+    agg = make()
     agg.reset({"w": np.zeros(3)})
     with pytest.raises(RejectedUpdate) as err:
         agg.accept(message)
@@ -52,8 +66,8 @@ def test_malformed_updates_are_refused_at_once_with_a_reason(message: Message,
     assert agg.accepted == 0
 
 
-def test_a_nan_is_refused_when_its_group_is_folded_in() -> None:
-    agg = FedAvg(group=4)
+def test_a_nan_is_refused_when_its_group_is_folded_in(make: Make) -> None:
+    agg = make(group=4)
     agg.reset({"w": np.zeros(3)})
     bad = upd("x", 1, w=np.array([1.0, np.nan, 0]))
     agg.accept(bad)  # held back with the group: no verdict yet
@@ -64,8 +78,8 @@ def test_a_nan_is_refused_when_its_group_is_folded_in() -> None:
     np.testing.assert_array_equal(agg.result()["w"], np.ones(3))
 
 
-def test_the_update_that_fills_a_group_is_refused_by_its_own_accept() -> None:
-    agg = FedAvg(group=2)
+def test_the_update_that_fills_a_group_is_refused_by_its_own_accept(make: Make) -> None:
+    agg = make(group=2)
     agg.reset({"w": np.zeros(3)})
     agg.accept(upd("a", 1, w=np.ones(3)))
     with pytest.raises(RejectedUpdate, match="not_finite"):
@@ -74,21 +88,21 @@ def test_the_update_that_fills_a_group_is_refused_by_its_own_accept() -> None:
     assert agg.accepted == 1
 
 
-def test_group_of_one_gives_every_verdict_at_accept() -> None:
-    agg = FedAvg(group=1)
+def test_group_of_one_gives_every_verdict_at_accept(make: Make) -> None:
+    agg = make(group=1)
     agg.reset({"w": np.zeros(3)})
     with pytest.raises(RejectedUpdate, match="not_finite"):
         agg.accept(upd("x", 1, w=np.array([np.nan, 0, 0])))
 
 
-def test_every_culprit_of_a_group_is_refused_and_the_rest_folded_in() -> None:
+def test_every_culprit_of_a_group_is_refused_and_the_rest_folded_in(make: Make) -> None:
     rng = np.random.default_rng(5)
     size = 5 * (1 << 16) + 3  # several blocks: the bad values sit in different ones
     rows = rng.standard_normal((6, size)).astype(np.float32)
     poisoned = rows.copy()
     poisoned[1, 7] = np.nan
     poisoned[4, size - 1] = -np.inf
-    agg = FedAvg(group=6)
+    agg = make(group=6)
     agg.reset({"w": np.zeros(size, np.float32)})
     for i, row in enumerate(poisoned):
         try:
@@ -98,22 +112,24 @@ def test_every_culprit_of_a_group_is_refused_and_the_rest_folded_in() -> None:
     refused = sorted(msg.sender for msg, _ in agg.settle())
     assert refused == ["c1", "c4"]
     keep = [0, 2, 3, 5]
-    clean = FedAvg(group=6)
+    clean = make(group=6)
     clean.reset({"w": np.zeros(size, np.float32)})
     for i in keep:
         clean.accept(upd(f"c{i}", i + 1, w=rows[i]))
     np.testing.assert_array_equal(agg.result()["w"], clean.result()["w"])  # bit for bit
 
 
-@pytest.mark.parametrize("group", [1, 3, 8])
+@pytest.mark.parametrize("group", [1, 3, 8, 16])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_grouping_and_threads_give_the_weighted_mean(group: int, threads: int) -> None:
+def test_grouping_and_threads_give_the_weighted_mean(
+    make: Make, group: int, threads: int
+) -> None:
     rng = np.random.default_rng(group * 10 + threads)
     size = (1 << 20) + 12_345  # above the size the fold is shared out over threads at
     rows = rng.standard_normal((11, size)).astype(np.float32)
     weights = rng.integers(1, 50, 11)
     model = {"w": np.zeros((size - 45, ), np.float32), "b": np.zeros((5, 9), np.float32)}
-    agg = FedAvg(group=group, threads=threads)
+    agg = make(group=group, threads=threads)
     agg.reset(model)
     for i, row in enumerate(rows):
         agg.accept(upd(f"c{i}", int(weights[i]), w=row[:-45], b=row[-45:].reshape(5, 9)))
@@ -123,12 +139,14 @@ def test_grouping_and_threads_give_the_weighted_mean(group: int, threads: int) -
     np.testing.assert_allclose(out["b"], expect[-45:].reshape(5, 9), rtol=1e-5, atol=1e-6)
 
 
-def test_a_large_model_is_folded_the_same_on_one_thread_and_on_several() -> None:
+def test_a_large_model_is_folded_the_same_on_one_thread_and_on_several(
+    make: Make,
+) -> None:
     rng = np.random.default_rng(9)
     rows = rng.standard_normal((9, (1 << 20) + 1)).astype(np.float32)
     results = []
     for threads in (1, 2):
-        agg = FedAvg(threads=threads)
+        agg = make(threads=threads)
         agg.reset({"w": np.zeros(rows.shape[1], np.float32)})
         for i, row in enumerate(rows):
             agg.accept(upd(f"c{i}", i + 1, w=row))
@@ -136,8 +154,10 @@ def test_a_large_model_is_folded_the_same_on_one_thread_and_on_several() -> None
     np.testing.assert_array_equal(results[0], results[1])
 
 
-def test_a_large_model_is_folded_in_smaller_groups_so_held_updates_stay_bounded() -> None:
-    agg = FedAvg(group=8, max_held_mb=10)
+def test_a_large_model_is_folded_in_smaller_groups_so_held_updates_stay_bounded(
+    make: Make,
+) -> None:
+    agg = make(group=8, max_held_mb=10)
     agg.reset({"w": np.zeros(1 << 20, np.float32)})  # 4 MiB updates: at most 2 held
     for i in range(2):
         agg.accept(upd(f"c{i}", 1, w=np.ones(1 << 20, np.float32)))
@@ -147,8 +167,8 @@ def test_a_large_model_is_folded_in_smaller_groups_so_held_updates_stay_bounded(
     assert [msg.sender for msg, _ in agg.settle()] == ["x"]
 
 
-def test_with_no_room_to_hold_updates_every_verdict_is_immediate() -> None:
-    agg = FedAvg(max_held_mb=0)
+def test_with_no_room_to_hold_updates_every_verdict_is_immediate(make: Make) -> None:
+    agg = make(max_held_mb=0)
     agg.reset({"w": np.zeros(3)})
     with pytest.raises(RejectedUpdate, match="not_finite"):
         agg.accept(upd("x", 1, w=np.array([np.nan, 0, 0])))
@@ -158,8 +178,8 @@ def test_reports_its_settings_in_errors() -> None:
     assert FedAvg(group=3).describe() == "FedAvg(group=3)"
 
 
-def test_an_empty_round_has_no_result() -> None:
-    agg = FedAvg()
+def test_an_empty_round_has_no_result(make: Make) -> None:
+    agg = make()
     agg.reset({"w": np.zeros(3)})
     with pytest.raises(RejectedUpdate, match="no_updates"):
         agg.result()
@@ -168,7 +188,7 @@ def test_an_empty_round_has_no_result() -> None:
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("where", ["first chunk", "last chunk", "second tensor"])
 def test_a_rejected_update_leaves_no_trace_wherever_the_bad_value_sits(
-    bad: float, where: str
+    make: Make, bad: float, where: str
 ) -> None:
     # Large enough to span many cache-sized blocks; the bad value may sit in the last one,
     # or in a later tensor than one that is fine.
@@ -184,7 +204,7 @@ def test_a_rejected_update_leaves_no_trace_wherever_the_bad_value_sits(
     else:
         poisoned["w"][0 if where == "first chunk" else size - 1] = bad
 
-    clean, attacked = FedAvg(), FedAvg()
+    clean, attacked = make(), make()
     for agg in (clean, attacked):
         agg.reset(model)
     clean.accept(upd("a", 2, **good[0]))
@@ -197,8 +217,10 @@ def test_a_rejected_update_leaves_no_trace_wherever_the_bad_value_sits(
         np.testing.assert_array_equal(attacked.result()[name], value)  # bit for bit
 
 
-def test_finite_values_whose_weighted_sum_overflows_are_not_mistaken_for_nan() -> None:
-    agg = FedAvg()
+def test_finite_values_whose_weighted_sum_overflows_are_not_mistaken_for_nan(
+    make: Make,
+) -> None:
+    agg = make()
     agg.reset({"w": np.zeros(4, np.float32)})
     huge = np.full(4, 3e38, np.float32)  # finite; the chunk's sum overflows float32
     agg.accept(upd("a", 1, w=huge))
@@ -206,3 +228,43 @@ def test_finite_values_whose_weighted_sum_overflows_are_not_mistaken_for_nan() -
     assert agg.settle() == []
     assert agg.accepted == 2
     assert np.isinf(agg.result()["w"]).all()  # the sum overflowed; nobody is to blame
+
+
+def test_the_compiled_and_numpy_folds_agree_to_rounding() -> None:
+    rng = np.random.default_rng(11)
+    rows = rng.standard_normal((10, (1 << 19) + 7)).astype(np.float32)
+    results = {}
+    for kernel in ("numpy", "numba"):
+        agg = FedAvg(kernel=kernel)
+        agg.reset({"w": np.zeros(rows.shape[1], np.float32)})
+        for i, row in enumerate(rows):
+            agg.accept(upd(f"c{i}", i + 1, w=row))
+        results[kernel] = agg.result()["w"]
+    np.testing.assert_allclose(results["numba"], results["numpy"], rtol=1e-5, atol=1e-6)
+
+
+def test_an_integer_buffer_is_averaged_beside_compiled_float_tensors() -> None:
+    agg = FedAvg(kernel="numba")
+    agg.reset({"w": np.zeros(4, np.float32), "steps": np.zeros((), np.int64)})
+    agg.accept(upd("a", 1, w=np.ones(4, np.float32), steps=np.array(10)))
+    agg.accept(upd("b", 3, w=np.full(4, 5, np.float32), steps=np.array(30)))
+    out = agg.result()
+    np.testing.assert_allclose(out["w"], 4.0)
+    assert float(out["steps"]) == 25.0
+
+
+def test_an_unknown_kernel_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="kernel must be one of auto, numba, numpy"):
+        FedAvg(kernel="cuda")
+
+
+def test_asking_for_the_compiled_fold_without_numba_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "numba", None)  # as if it were not installed
+    fold_kernel.cache_clear()
+    try:
+        with pytest.raises(ImportError, match=r"foedus\[fast\]"):
+            FedAvg(kernel="numba")
+    finally:
+        fold_kernel.cache_clear()
