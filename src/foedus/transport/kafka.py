@@ -40,7 +40,9 @@ How the Transport contract maps onto Kafka (details and operator notes in
 * **Reconnects.** aiokafka reconnects with ``retry_backoff_ms`` backoff. On top of it, a publish
   that fails with a retriable error (broker down, request timed out, leader moving) is re-sent
   whole under the same payload id (receivers drop what they already have) with exponential
-  backoff until ``reconnect_timeout``; the fetch loop retries the same way and keeps its
+  backoff until ``reconnect_timeout``; so is one the broker failed with an unnamed server error
+  (``UNKNOWN_SERVER_ERROR``, e.g. Tansu on S3 when two producers race for one offset), at most
+  :data:`SERVER_ERROR_RETRIES` times; the fetch loop retries the same way and keeps its
   position. So a job survives a broker restart (with durable broker storage).
 """
 
@@ -88,12 +90,24 @@ _SASL = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _URL_KEYS = ("ca", "cert", "key", "sasl_mechanism", "sasl_username", "sasl_password",
              "client_id")
 _ERR_TOPIC_EXISTS = 36
+#: how many times one publish re-sends after the broker answered UNKNOWN_SERVER_ERROR (-1)
+SERVER_ERROR_RETRIES = 5
 
 
 def _outage(exc: BaseException, errors: Any) -> bool:
     """True for errors a broker outage or failover causes (worth retrying after a backoff)."""
     return bool(getattr(exc, "retriable", False)) or isinstance(
         exc, errors.KafkaTimeoutError | errors.KafkaConnectionError)
+
+
+def _server_error(exc: BaseException, errors: Any) -> bool:
+    """True for Kafka's UNKNOWN_SERVER_ERROR: the broker failed this request without naming a
+    reason. aiokafka does not retry it, but it is often transient: Tansu on S3 storage answers
+    it to the loser when two producers race for one offset (its conditional PUT of the batch
+    fails), and the loser's record is *not* stored. Since a re-sent payload keeps its id and
+    receivers drop what they already have, re-sending is safe; a few times, so a broker that
+    fails every produce still fails the publish quickly."""
+    return isinstance(exc, errors.UnknownError)
 
 
 class _Backoff:
@@ -379,7 +393,10 @@ class _KafkaSubscription(Subscription):
         part = self._partials.pop(msg_id)
         self.buffered -= part.size
         self.pending[part.partition].pop(msg_id, None)
-        self._remember(msg_id)
+        # Not remembered as done: the sender may re-send the whole payload under the same id
+        # (a publish retried after a failed chunk whose successors were stored: a gap here),
+        # and that copy must still be accepted. Stray later chunks of the dropped copy start
+        # nothing (only chunk 0 opens a payload).
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         log.warning("Kafka topic %r: dropped a partial payload of %d bytes (%d/%d chunks; %s): %s",
                     self.topic, part.header.total, len(part.chunks), part.header.count, reason,
@@ -960,15 +977,20 @@ class KafkaTransport(Transport):
         chunks = chunk_records(payload, self.chunk_size, retained=retain)
         record_key = key.encode() if key is not None else chunks[0][0].msg_id
         backoff = _Backoff(self.retry_backoff_ms, self.reconnect_timeout)
+        server_errors = 0
         while True:
             try:
                 await self.ensure_topic(topic)
                 await self._send_payload(producer, topic, chunks, record_key, retain)
                 return
             except errors.KafkaError as exc:
-                # an outage: send the whole payload again under the same id; the receivers
-                # ignore the chunks (or the payload) they already have
-                if _outage(exc, errors) and not self._closed and await backoff.wait():
+                # an outage or a transient broker failure: send the whole payload again under
+                # the same id; the receivers ignore the chunks (or the payload) they already have
+                retry = _outage(exc, errors)
+                if not retry and _server_error(exc, errors):
+                    server_errors += 1
+                    retry = server_errors <= SERVER_ERROR_RETRIES
+                if retry and not self._closed and await backoff.wait():
                     log.warning("publish to Kafka topic %r failed (%s); retrying", topic, exc)
                     continue
                 raise TransportError(f"publish to Kafka topic {topic!r} failed: {exc}") from exc
