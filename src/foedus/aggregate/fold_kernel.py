@@ -39,10 +39,14 @@ def available() -> bool:
     return True
 
 
-def _fold_onto(out: Any, base: Any, coefs: Any, updates: Any, scale: Any,
-               lo: int, hi: int) -> bool:
+# The loops run from 0 to the length of ``out``: with an index that may be negative (a loop from
+# ``lo`` to ``hi``), numba wraps negative indices around, and that keeps LLVM from vectorising
+# the loop (measured 2-4x slower), so the caller passes views of the block instead.
+
+
+def _fold_onto(out: Any, base: Any, coefs: Any, updates: Any, scale: Any) -> bool:
     broken = 0
-    for i in range(lo, hi):
+    for i in range(out.shape[0]):
         value = base[i]
         for j in range(len(updates)):
             value += coefs[j] * updates[j][i]
@@ -52,9 +56,23 @@ def _fold_onto(out: Any, base: Any, coefs: Any, updates: Any, scale: Any,
     return broken == 0
 
 
-def _fold_fresh(out: Any, coefs: Any, updates: Any, scale: Any, lo: int, hi: int) -> bool:
+def _fold_into(out: Any, coefs: Any, updates: Any, scale: Any) -> bool:
+    # _fold_onto with base = out, written separately: passing one array as both would make
+    # LLVM's runtime overlap check fail and run the loop unvectorised
     broken = 0
-    for i in range(lo, hi):
+    for i in range(out.shape[0]):
+        value = out[i]
+        for j in range(len(updates)):
+            value += coefs[j] * updates[j][i]
+        value *= scale
+        out[i] = value
+        broken |= (value - value) != 0
+    return broken == 0
+
+
+def _fold_fresh(out: Any, coefs: Any, updates: Any, scale: Any) -> bool:
+    broken = 0
+    for i in range(out.shape[0]):
         value = coefs[0] * updates[0][i]
         for j in range(1, len(updates)):
             value += coefs[j] * updates[j][i]
@@ -69,13 +87,17 @@ def fold_kernel() -> FoldKernel:
     """The compiled fold (compiled once per process and argument types)."""
     numba = require("numba", "fast")
     jit = numba.njit(nogil=True, cache=True)  # strict IEEE: no fast-math
-    fold_onto, fold_fresh = jit(_fold_onto), jit(_fold_fresh)
+    fold_onto, fold_into, fold_fresh = jit(_fold_onto), jit(_fold_into), jit(_fold_fresh)
 
     def fold(out: Any, base: Any, coefs: Any, updates: tuple[Any, ...], scale: float,
              lo: int, hi: int) -> bool:
         factor = out.dtype.type(scale)  # float32 arithmetic stays float32
+        block = out[lo:hi]
+        xs = tuple(x[lo:hi] for x in updates)
         if base is None:
-            return bool(fold_fresh(out, coefs, updates, factor, lo, hi))
-        return bool(fold_onto(out, base, coefs, updates, factor, lo, hi))
+            return bool(fold_fresh(block, coefs, xs, factor))
+        if base is out:
+            return bool(fold_into(block, coefs, xs, factor))
+        return bool(fold_onto(block, base[lo:hi], coefs, xs, factor))
 
     return fold
