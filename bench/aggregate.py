@@ -57,12 +57,24 @@ def byzantine_f(k: int) -> int:
     return max(1, k // 10)
 
 
+# rows that run a registered aggregator with other settings: FedAvg's fold without numba
+VARIANTS = {"fedavg-numpy": ("fedavg", {"kernel": "numpy"})}
+
+
 def settings(name: str, k: int) -> dict[str, Any]:
     table: dict[str, dict[str, Any]] = {
         "krum": {"f": byzantine_f(k)}, "multi-krum": {"f": byzantine_f(k)},
         "bulyan": {"f": byzantine_f(k)}, "trimmed-mean": {"beta": 0.1},
     }
     return table.get(name, {})
+
+
+def create(name: str, k: int) -> Any:
+    """The aggregator a row of the table times (a registered name or a :data:`VARIANTS` row)."""
+    from foedus.aggregate.base import aggregators
+
+    registered, extra = VARIANTS.get(name, (name, {}))
+    return aggregators.create(registered, **settings(registered, k), **extra)
 
 
 def make_inputs(k: int, p: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +140,6 @@ def time_foedus(name: str, global_model: np.ndarray, updates: np.ndarray,
     """Best round time, time in ``result()``, and the peak bytes a fresh aggregator allocates
     in its first round (its buffers, beyond the updates themselves)."""
     import foedus.aggregate  # noqa: F401 - registers every aggregator
-    from foedus.aggregate.base import aggregators
     from foedus.core.message import Kind, Message
 
     k = updates.shape[0]
@@ -137,7 +148,7 @@ def time_foedus(name: str, global_model: np.ndarray, updates: np.ndarray,
                        params={"w": updates[i]}, num_examples=100 + i)
         for i in range(k)
     ]
-    agg = aggregators.create(name, **settings(name, k))
+    agg = create(name, k)
     params = {"w": global_model}
     agg.reset(params)  # untimed warm-up round: buffers allocated, pages faulted in
     for msg in messages:
@@ -161,7 +172,7 @@ def time_foedus(name: str, global_model: np.ndarray, updates: np.ndarray,
     # to it), untimed: everything it allocates, buffers kept for later rounds included
     gc.collect()
     tracemalloc.start()
-    fresh = aggregators.create(name, **settings(name, k))
+    fresh = create(name, k)
     fresh.reset(params)
     for msg in messages:
         fresh.accept(msg)
@@ -224,8 +235,8 @@ def run_flower(python: str, cases: list[tuple[int, int, list[str], int]]) -> dic
 
 
 # ---- the table ------------------------------------------------------------------------------
-NAMES = ["fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "median", "trimmed-mean",
-         "krum", "multi-krum", "geomedian", "bulyan"]
+NAMES = ["fedavg", "fedavg-numpy", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "median",
+         "trimmed-mean", "krum", "multi-krum", "geomedian", "bulyan"]
 
 
 def plan(quick: bool) -> list[tuple[int, int]]:
@@ -308,6 +319,7 @@ def render(rows: list[dict[str, Any]], refs: dict[tuple[int, int], dict[str, flo
         + f"; 1-minute load average {LOAD_AT_START:.1f} at the start and "
         f"{os.getloadavg()[0]:.1f} at the end (other work on the machine skews the figures: "
         "compare rows of one run, not runs).",
+        "`fedavg` uses the compiled fold (numba installed), `fedavg-numpy` the numpy fold. "
         "One round = reset + K accepts (with validation) + result; steady state: one untimed "
         "warm-up round first (Flower: one untimed warm-up call), then the best of the repeats; "
         "GB/s = K*P*4 bytes / round time. References on the same bytes: **read** (read every "
@@ -335,7 +347,7 @@ def render(rows: list[dict[str, Any]], refs: dict[tuple[int, int], dict[str, flo
         k, p = r["k"], r["p"]
         size = k * p * 4 / 1e9
         ref = refs[(k, p)]
-        fl = flower.get((r["name"], k, p))
+        fl = flower.get((VARIANTS.get(r["name"], (r["name"],))[0], k, p))
         fl_cells = f"{fl:.4f} | {fl / r['s']:.1f}x" if fl is not None else "- | -"
         lines.append(
             f"| {r['name']} | {k} | {p:,} | {r['s']:.4f} | {r['result_s']:.4f} | "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Callable
 from functools import partial
 
@@ -268,3 +269,34 @@ def test_asking_for_the_compiled_fold_without_numba_names_the_extra(
             FedAvg(kernel="numba")
     finally:
         fold_kernel.cache_clear()
+
+
+def _round(agg: FedAvg, model: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    agg.reset(model)
+    for i in range(3):
+        agg.accept(upd(f"c{i}", i + 1, w=rng.standard_normal(1000).astype(np.float32)))
+    return agg.result()
+
+
+def test_a_mean_the_caller_still_holds_is_never_overwritten(make: Make) -> None:
+    agg = make()
+    model = {"w": np.zeros(1000, np.float32)}
+    kept = [_round(agg, model, seed) for seed in range(4)]  # every result still referenced
+    views = [_round(agg, model, seed)["w"][:10] for seed in range(4, 8)]  # only a view kept
+    for seed, result in enumerate(kept):
+        np.testing.assert_array_equal(result["w"], _round(make(), model, seed)["w"])
+    for seed, view in enumerate(views, start=4):
+        np.testing.assert_array_equal(view, _round(make(), model, seed)["w"][:10])
+
+
+def test_a_mean_nobody_holds_any_more_is_written_over_instead_of_new_memory() -> None:
+    agg = FedAvg()
+    model = {"w": np.zeros(1000, np.float32)}
+    first = _round(agg, model, 0)
+    buffer = weakref.ref(first["w"].base)
+    del first  # the caller let go of round 1's model
+    _round(agg, model, 1)  # this round's mean is still referenced while it is returned
+    third = _round(agg, model, 2)
+    assert buffer() is not None and third["w"].base is buffer()
+    np.testing.assert_array_equal(third["w"], _round(FedAvg(), model, 2)["w"])

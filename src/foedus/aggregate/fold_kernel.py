@@ -86,8 +86,12 @@ def _fold_fresh(out: Any, coefs: Any, updates: Any, scale: Any) -> bool:
 def fold_kernel() -> FoldKernel:
     """The compiled fold (compiled once per process and argument types)."""
     numba = require("numba", "fast")
-    jit = numba.njit(nogil=True, cache=True)  # strict IEEE: no fast-math
-    fold_onto, fold_into, fold_fresh = jit(_fold_onto), jit(_fold_into), jit(_fold_fresh)
+    try:  # strict IEEE: no fast-math
+        compiled = [numba.njit(nogil=True, cache=True)(f)
+                    for f in (_fold_onto, _fold_into, _fold_fresh)]
+    except RuntimeError:  # numba found no writable cache directory: compile in memory only
+        compiled = [numba.njit(nogil=True)(f) for f in (_fold_onto, _fold_into, _fold_fresh)]
+    fold_onto, fold_into, fold_fresh = compiled
 
     def fold(out: Any, base: Any, coefs: Any, updates: tuple[Any, ...], scale: float,
              lo: int, hi: int) -> bool:
