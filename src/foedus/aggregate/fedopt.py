@@ -32,6 +32,10 @@ from foedus.aggregate.base import aggregators, fraction, positive_number
 from foedus.aggregate.fedavg import FedAvg
 from foedus.core.errors import ConfigError
 
+#: float64 values per block of the optimiser step: the block, its scratch and the state's
+#: blocks stay in L2
+STEP_BLOCK = 1 << 14
+
 
 class ServerOptimizer(FedAvg):
     """FedAvg's streamed mean followed by an optimiser step on ``mean - global``."""
@@ -55,16 +59,26 @@ class ServerOptimizer(FedAvg):
                 )
 
     def _result_vector(self) -> np.ndarray:
-        delta = self.mean_vector().astype(np.float64)
-        delta -= self.global_vector
-        step = self._step(delta)
+        """``global + step(mean - global)``, computed block by block: each of the step's
+        several numpy passes then runs over a cache-resident block instead of the whole
+        model in memory (measured 2-3x faster at 1M values and up)."""
+        mean, start = self.mean_vector(), self.global_vector
+        result = np.empty(self.spec.size, dtype=np.float64)
+        delta_buffer = np.empty(min(STEP_BLOCK, self.spec.size), dtype=np.float64)
+        scratch_buffer = np.empty_like(delta_buffer)
+        for lo in range(0, self.spec.size, STEP_BLOCK):
+            hi = min(lo + STEP_BLOCK, self.spec.size)
+            delta, scratch = delta_buffer[: hi - lo], scratch_buffer[: hi - lo]
+            np.subtract(mean[lo:hi], start[lo:hi], out=delta, dtype=np.float64)
+            step = self._step(delta, scratch, slice(lo, hi))
+            np.add(start[lo:hi], step, out=result[lo:hi])
         self.steps += 1
-        step += self.global_vector
-        return step
+        return result
 
-    def _step(self, delta: np.ndarray) -> np.ndarray:
-        """Update the optimiser state with ``delta`` and return the step to add (may reuse
-        ``delta``'s buffer)."""
+    def _step(self, delta: np.ndarray, scratch: np.ndarray, part: slice) -> np.ndarray:
+        """Update the optimiser state's ``part`` with ``delta`` (that part of the
+        pseudo-gradient) and return the step to add; ``delta`` and ``scratch`` (same size) may
+        be overwritten."""
         raise NotImplementedError
 
     def _buffer(self, key: str, fill: float) -> np.ndarray:
@@ -110,8 +124,8 @@ class FedAvgM(ServerOptimizer):
     def describe(self) -> str:
         return f"FedAvgM(server_lr={self.server_lr}, momentum={self.momentum})"
 
-    def _step(self, delta: np.ndarray) -> np.ndarray:
-        velocity = self._buffer("momentum", 0.0)
+    def _step(self, delta: np.ndarray, scratch: np.ndarray, part: slice) -> np.ndarray:
+        velocity = self._buffer("momentum", 0.0)[part]
         velocity *= self.momentum
         velocity += delta
         np.multiply(velocity, self.server_lr, out=delta)
@@ -134,20 +148,23 @@ class _Adaptive(ServerOptimizer):
         return (f"{type(self).__name__}(server_lr={self.server_lr}, beta1={self.beta1}, "
                 f"beta2={self.beta2}, tau={self.tau})")
 
-    def _step(self, delta: np.ndarray) -> np.ndarray:
-        m = self._buffer("m", 0.0)
-        v = self._buffer("v", self.tau**2)
+    def _step(self, delta: np.ndarray, scratch: np.ndarray, part: slice) -> np.ndarray:
+        m = self._buffer("m", 0.0)[part]
+        v = self._buffer("v", self.tau**2)[part]
         m *= self.beta1
-        m += (1.0 - self.beta1) * delta
+        np.multiply(delta, 1.0 - self.beta1, out=scratch)
+        m += scratch
         np.square(delta, out=delta)  # delta is no longer needed as such: reuse it for delta**2
-        self._second_moment(v, delta)
+        self._second_moment(v, delta, scratch)
         np.sqrt(v, out=delta)
         delta += self.tau
         np.divide(m, delta, out=delta)
         delta *= self.server_lr
         return delta
 
-    def _second_moment(self, v: np.ndarray, squared: np.ndarray) -> None:
+    def _second_moment(self, v: np.ndarray, squared: np.ndarray, scratch: np.ndarray) -> None:
+        """Update ``v`` in place from ``squared`` (may overwrite ``scratch``, not
+        ``squared``)."""
         raise NotImplementedError
 
 
@@ -161,7 +178,7 @@ class FedAdagrad(_Adaptive):
     def describe(self) -> str:
         return f"FedAdagrad(server_lr={self.server_lr}, beta1={self.beta1}, tau={self.tau})"
 
-    def _second_moment(self, v: np.ndarray, squared: np.ndarray) -> None:
+    def _second_moment(self, v: np.ndarray, squared: np.ndarray, scratch: np.ndarray) -> None:
         v += squared
 
 
@@ -174,9 +191,10 @@ class FedAdam(_Adaptive):
     ) -> None:
         super().__init__(server_lr, beta1, beta2, tau)
 
-    def _second_moment(self, v: np.ndarray, squared: np.ndarray) -> None:
+    def _second_moment(self, v: np.ndarray, squared: np.ndarray, scratch: np.ndarray) -> None:
         v *= self.beta2
-        v += (1.0 - self.beta2) * squared
+        np.multiply(squared, 1.0 - self.beta2, out=scratch)
+        v += scratch
 
 
 @aggregators.register("fedyogi")
@@ -189,8 +207,9 @@ class FedYogi(_Adaptive):
     ) -> None:
         super().__init__(server_lr, beta1, beta2, tau)
 
-    def _second_moment(self, v: np.ndarray, squared: np.ndarray) -> None:
-        sign = np.sign(v - squared)
-        sign *= squared
-        sign *= 1.0 - self.beta2
-        v -= sign
+    def _second_moment(self, v: np.ndarray, squared: np.ndarray, scratch: np.ndarray) -> None:
+        np.subtract(v, squared, out=scratch)
+        np.sign(scratch, out=scratch)
+        scratch *= squared
+        scratch *= 1.0 - self.beta2
+        v -= scratch
