@@ -1,7 +1,8 @@
 """FedAvg (McMahan et al., 2017): the sample-weighted mean of client models.
 
 Streaming: a running weighted sum in the model's own floating dtype, so memory is O(model)
-however many clients report (two model-sized buffers, plus at most ``group`` updates held).
+however many clients report (two model-sized buffers for the sum, the mean and up to two past
+means kept for reuse, plus at most ``group`` updates held).
 
 Speed: what bounds FedAvg is memory traffic. Folding updates in one at a time reads each update
 and then reads and writes the whole sum again for every update (three passes over memory per
