@@ -210,9 +210,9 @@ class FedAvg(Aggregator):
         compiled = self._compiled_passes(flats, weights, target, base, scale)
 
         def judge(index: int, start: int, stop: int) -> bool:
-            """The block's sum has a NaN or Inf: set aside the updates with a NaN/Inf in it and
-            stop the fold; if there are none, finite values overflowed into a legitimate
-            infinite sum, and the fold goes on."""
+            """The block came out with a NaN or Inf: set aside the updates with a NaN/Inf in
+            it and stop the fold (True); if there are none, finite values overflowed into a
+            legitimate infinite sum, and the fold goes on (False)."""
             bad = {j for j, flat in enumerate(flats)
                    if not _all_finite(flat[index][start:stop])}
             culprits.update(bad)
