@@ -13,7 +13,7 @@ from foedus.core.message import Kind, Message
 
 #: every registered aggregator, with settings that accept the 7+ updates the tests send
 SETTINGS: dict[str, dict[str, object]] = {
-    "fedavg": {},
+    "fedavg": {"kernel": "numba"},  # the numpy fold: test_fedavg and the optimisers below
     "fedavgm": {"server_lr": 1.0, "momentum": 0.0},
     "fedadagrad": {},
     "fedadam": {},
