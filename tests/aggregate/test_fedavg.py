@@ -300,3 +300,15 @@ def test_a_mean_nobody_holds_any_more_is_written_over_instead_of_new_memory() ->
     third = _round(agg, model, 2)
     assert buffer() is not None and third["w"].base is buffer()
     np.testing.assert_array_equal(third["w"], _round(FedAvg(), model, 2)["w"])
+
+
+def test_an_update_unaligned_in_its_buffer_is_averaged_beside_aligned_ones() -> None:
+    values = np.arange(1, 6, dtype=np.float32)
+    raw = b"\0" + values.tobytes()  # a float32 array starting one byte into its buffer
+    unaligned = np.frombuffer(raw, dtype=np.float32, offset=1)
+    assert not unaligned.flags.aligned
+    agg = FedAvg(kernel="numba")
+    agg.reset({"w": np.zeros(5, np.float32)})
+    agg.accept(upd("a", 1, w=unaligned))
+    agg.accept(upd("b", 1, w=values * 3))
+    np.testing.assert_allclose(agg.result()["w"], values * 2)
