@@ -61,6 +61,15 @@ def test_a_federated_job_learns_with_each_server_optimiser(
     assert accuracy(result) > 0.5  # ten classes: chance is 0.1
 
 
+def test_fedavgs_compiled_fold_trains_a_job_as_well_as_its_numpy_fold(
+    clean_fedavg: dict[int, float],
+) -> None:
+    # the yardstick job folds with numpy (a small model); this one forces the kernel
+    result = job("fedavg", {"kernel": "numba"})
+    assert all(r.status == "ok" and r.accepted == 10 for r in result.history)
+    assert accuracy(result) == pytest.approx(clean_fedavg[10], abs=0.02)
+
+
 def test_plain_fedavg_is_wrecked_by_two_byzantine_clients(clean_fedavg: dict[int, float]) -> None:
     assert accuracy(job("fedavg", attacked=True)) < clean_fedavg[10] - 0.3
 
