@@ -312,3 +312,23 @@ def test_an_update_unaligned_in_its_buffer_is_averaged_beside_aligned_ones() -> 
     agg.accept(upd("a", 1, w=unaligned))
     agg.accept(upd("b", 1, w=values * 3))
     np.testing.assert_allclose(agg.result()["w"], values * 2)
+
+
+def test_without_numba_a_large_model_is_folded_with_numpy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import foedus.aggregate.fedavg as fedavg_module
+
+    monkeypatch.setattr(fedavg_module, "kernel_available", lambda: False)
+    monkeypatch.setattr(fedavg_module, "fold_kernel", _no_numba)
+    rows = np.random.default_rng(2).standard_normal((3, 1 << 20)).astype(np.float32)
+    agg = FedAvg()  # kernel="auto"
+    agg.reset({"w": np.zeros(1 << 20, np.float32)})
+    for i, row in enumerate(rows):
+        agg.accept(upd(f"c{i}", i + 1, w=row))
+    expect = np.average(rows.astype(np.float64), axis=0, weights=[1, 2, 3])
+    np.testing.assert_allclose(agg.result()["w"], expect, rtol=1e-5, atol=1e-6)
+
+
+def _no_numba() -> None:
+    raise AssertionError("FedAvg asked for the compiled fold although numba is missing")
