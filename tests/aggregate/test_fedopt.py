@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,14 +17,20 @@ from foedus.roles.checkpoint import Checkpointer
 from tests.aggregate.support import run_round
 
 
+@pytest.fixture(params=["numpy", "numba"])
+def kernel(request: pytest.FixtureRequest) -> str:
+    """Each way to compute the step: numpy's passes, or the compiled kernel (extra fast)."""
+    return str(request.param)
+
+
 def one_round(agg: FedAvg, start: float, values: list[float], weights: list[int]) -> float:
     out = run_round(agg, {"w": np.array([start])}, [{"w": np.array([v])} for v in values],
                     weights)
     return float(out["w"][0])
 
 
-def test_fedavgm_accumulates_momentum_across_rounds() -> None:
-    agg = FedAvgM(server_lr=1.0, momentum=0.5)
+def test_fedavgm_accumulates_momentum_across_rounds(kernel: str) -> None:
+    agg = FedAvgM(server_lr=1.0, momentum=0.5, kernel=kernel)
     # round 1 from 0: mean of 0 (w=1) and 2 (w=3) is 1.5 -> v = 1.5, x = 1.5
     assert one_round(agg, 0.0, [0.0, 2.0], [1, 3]) == pytest.approx(1.5)
     # round 2 from 1.5: mean 3.5 -> delta 2 -> v = 0.5 * 1.5 + 2 = 2.75, x = 1.5 + 2.75
@@ -40,8 +47,8 @@ def test_fedavgm_with_unit_rate_and_no_momentum_is_fedavg() -> None:
         run_round(FedAvg(), start, updates, weights)["w"], rtol=1e-6)
 
 
-def test_fedadam_takes_the_step_of_reddi_algorithm_2() -> None:
-    agg = FedAdam(server_lr=0.1, beta1=0.9, beta2=0.99, tau=0.5)
+def test_fedadam_takes_the_step_of_reddi_algorithm_2(kernel: str) -> None:
+    agg = FedAdam(server_lr=0.1, beta1=0.9, beta2=0.99, tau=0.5, kernel=kernel)
     # delta = 2; m = 0.1 * 2 = 0.2; v = 0.99 * 0.25 + 0.01 * 4 = 0.2875
     x1 = 0.1 * 0.2 / (math.sqrt(0.2875) + 0.5)
     assert one_round(agg, 0.0, [2.0], [1]) == pytest.approx(x1)
@@ -51,8 +58,8 @@ def test_fedadam_takes_the_step_of_reddi_algorithm_2() -> None:
     assert one_round(agg, x1, [x1 + 1.0], [1]) == pytest.approx(x2)
 
 
-def test_fedyogi_moves_its_second_moment_additively() -> None:
-    agg = FedYogi(server_lr=0.1, beta1=0.9, beta2=0.99, tau=0.5)
+def test_fedyogi_moves_its_second_moment_additively(kernel: str) -> None:
+    agg = FedYogi(server_lr=0.1, beta1=0.9, beta2=0.99, tau=0.5, kernel=kernel)
     # delta = 2: v = 0.25 - 0.01 * 4 * sign(0.25 - 4) = 0.29
     x1 = 0.1 * 0.2 / (math.sqrt(0.29) + 0.5)
     assert one_round(agg, 0.0, [2.0], [1]) == pytest.approx(x1)
@@ -61,8 +68,8 @@ def test_fedyogi_moves_its_second_moment_additively() -> None:
     assert one_round(agg, x1, [x1 + 0.1], [1]) == pytest.approx(x2)
 
 
-def test_fedadagrad_sums_squared_pseudo_gradients() -> None:
-    agg = FedAdagrad(server_lr=0.1, beta1=0.0, tau=0.5)
+def test_fedadagrad_sums_squared_pseudo_gradients(kernel: str) -> None:
+    agg = FedAdagrad(server_lr=0.1, beta1=0.0, tau=0.5, kernel=kernel)
     # delta = 2: m = 2, v = 0.25 + 4
     x1 = 0.1 * 2 / (math.sqrt(4.25) + 0.5)
     assert one_round(agg, 0.0, [2.0], [1]) == pytest.approx(x1)
@@ -166,3 +173,29 @@ def test_fedadagrad_has_no_beta2() -> None:
 
     with pytest.raises(ConfigError, match="has no parameter 'beta2'"):
         aggregators.create("fedadagrad", beta2=0.9)
+
+
+@pytest.mark.parametrize("make", [
+    lambda kernel: FedAvgM(server_lr=0.5, momentum=0.9, kernel=kernel),
+    lambda kernel: FedAdagrad(server_lr=0.1, tau=1e-3, kernel=kernel),
+    lambda kernel: FedAdam(server_lr=0.1, tau=1e-3, kernel=kernel),
+    lambda kernel: FedYogi(server_lr=0.1, tau=1e-3, kernel=kernel),
+], ids=["fedavgm", "fedadagrad", "fedadam", "fedyogi"])
+def test_the_compiled_step_gives_the_numpy_steps_bits_round_after_round(make: Any) -> None:
+    rng = np.random.default_rng(4)
+    model = {"w": rng.normal(size=(300, 7)).astype(np.float32),
+             "b": rng.normal(size=7).astype(np.float32)}
+    optimisers = {kernel: make(kernel) for kernel in ("numpy", "numba")}
+    starts = dict.fromkeys(optimisers, model)
+    for _ in range(4):
+        offsets = [{k: (rng.normal(size=v.shape) * 0.1).astype(np.float32)
+                    for k, v in model.items()} for _ in range(3)]
+        for kernel, agg in optimisers.items():
+            updates = [{k: starts[kernel][k] + off[k] for k in model} for off in offsets]
+            starts[kernel] = run_round(agg, starts[kernel], updates, [2, 5, 3])
+        for name in model:
+            np.testing.assert_array_equal(starts["numba"][name], starts["numpy"][name])
+    snapshots = [agg.snapshot() for agg in optimisers.values()]
+    assert snapshots[0].keys() == snapshots[1].keys()
+    for key in snapshots[0]:
+        np.testing.assert_array_equal(snapshots[0][key], snapshots[1][key])

@@ -265,7 +265,7 @@ class FedAvg(Aggregator):
         if len(parts) == 1:
             fold_part(parts[0])
         else:
-            for future in [_pool(self.threads).submit(fold_part, p) for p in parts]:
+            for future in [worker_pool(self.threads).submit(fold_part, p) for p in parts]:
                 future.result()
         return culprits
 
@@ -350,7 +350,7 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def _pool(threads: int) -> ThreadPoolExecutor:
+def worker_pool(threads: int) -> ThreadPoolExecutor:
     """One long-lived pool per thread count: starting threads every fold would cost more than
     the fold of a mid-sized model."""
     with _POOLS_LOCK:

@@ -64,11 +64,22 @@ def check_finite(params: Params) -> None:
             raise RejectedUpdate("not_finite", f"{name!r} contains NaN or Inf")
 
 
-def flatten(params: Params, dtype: np.dtype | type = np.float64) -> np.ndarray:  # type: ignore[type-arg]
-    """Concatenate all parameters into one contiguous 1-D vector (one copy)."""
-    if not params:
-        return np.zeros(0, dtype=dtype)
-    return np.concatenate([np.asarray(a, dtype=dtype).ravel() for a in params.values()])
+def flatten(params: Params, dtype: np.dtype | type = np.float64,  # type: ignore[type-arg]
+            out: np.ndarray | None = None) -> np.ndarray:
+    """Concatenate all parameters into one contiguous 1-D vector of ``dtype``: one copy,
+    cast on the way, into ``out`` when it is given (a vector of that size and dtype)."""
+    arrays = [np.asarray(a) for a in params.values()]
+    size = sum(a.size for a in arrays)
+    if out is None:
+        out = np.empty(size, dtype=dtype)
+    elif out.shape != (size,) or out.dtype != np.dtype(dtype):
+        raise ValueError(f"flatten: out has shape {out.shape} and dtype {out.dtype}, "
+                         f"expected ({size},) and {np.dtype(dtype)}")
+    offset = 0
+    for a in arrays:
+        out[offset:offset + a.size] = a.reshape(-1)
+        offset += a.size
+    return out
 
 
 def unflatten(vector: np.ndarray, spec: ParamSpec) -> dict[str, np.ndarray]:
