@@ -4,12 +4,13 @@ Why a compiled kernel: numpy folds a group of updates into a block with two call
 (``tmp = w * x`` then ``block += tmp``), so besides reading each update from memory once it
 makes four passes over the cache-resident block per update, and on a server whose cores share
 one memory system those passes are what keeps FedAvg from the memory's speed. The kernel below
-reads every update of the group and the running sum once, element by element, and writes each
-result once: the fewest memory passes a streaming weighted mean can make. It also reports whether
+reads several updates (FedAvg passes up to ``KERNEL_STREAMS``) and the running sum once, element
+by element, and writes each result once: the fewest memory passes a streaming weighted mean can
+make. It also reports whether
 everything it wrote is finite, which is how FedAvg notices a NaN or Inf without another pass.
 
 The kernel is compiled on first use for each group size (cached on disk by numba, so a later
-process loads it in milliseconds) and releases the GIL, so FedAvg's threads run it in
+process loads it instead of compiling) and releases the GIL, so FedAvg's threads run it in
 parallel. Without numba, FedAvg folds with numpy (same results up to float rounding).
 """
 
