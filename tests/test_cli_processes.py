@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.processes import run_server_and_clients
 from tests.transport.mqtt_fixtures import Mosquitto, mosquitto, mqtt_certs
 
 __all__ = ["mosquitto", "mqtt_certs"]  # fixtures used by name
@@ -26,26 +24,10 @@ def test_server_and_three_client_processes_reach_the_demo_accuracy_over_mqtt(
         "data: {partition: iid}\n"
         f"transport: {{type: mqtt, params: {{host: 127.0.0.1, port: {mosquitto.plain_port}}}}}\n"
     )
-    command = [sys.executable, "-m", "foedus.cli"]
-    clients = [
-        subprocess.Popen([*command, "client", str(job), "--index", str(i)], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(3)
-    ]
-    try:
-        server = subprocess.run([*command, "server", str(job), "--json"], cwd=ROOT,
-                                capture_output=True, text=True, timeout=240)
-        assert server.returncode == 0, server.stderr
-        summary = json.loads(server.stdout)
-        assert summary["rounds"] == 10
-        assert all(r["accepted"] == 3 for r in summary["history"])
-        assert summary["final_accuracy"] >= 0.90
-        for c in clients:
-            _, err = c.communicate(timeout=60)
-            assert c.returncode == 0, err
-            assert "finished after 10 rounds" in err
-    finally:
-        for c in clients:
-            if c.poll() is None:
-                c.kill()
-                c.wait()
+    run = run_server_and_clients(job, server_cwd=ROOT, client_cwds=[ROOT] * 3, timeout=240)
+    summary = run.summary
+    assert summary["rounds"] == 10
+    assert all(r["accepted"] == 3 for r in summary["history"])
+    assert summary["final_accuracy"] >= 0.90
+    for err in run.client_logs:
+        assert "finished after 10 rounds" in err

@@ -3,14 +3,13 @@ its own CSV, the `foedus server` in one holding only its held-out CSV, and the j
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.data.support import digits_files
+from tests.processes import COMMAND, reap, run_server_and_clients
 from tests.transport.mqtt_fixtures import Mosquitto, mosquitto, mqtt_certs
 
 __all__ = ["mosquitto", "mqtt_certs"]  # fixtures used by name
@@ -38,28 +37,11 @@ def test_client_processes_each_read_only_their_own_file(
         "  server_options: {path: holdout.csv}\n"
         f"transport: {{type: mqtt, params: {{host: 127.0.0.1, port: {mosquitto.plain_port}}}}}\n"
     )
-    command = [sys.executable, "-m", "foedus.cli"]
-    clients = [
-        subprocess.Popen([*command, "client", str(job), "--index", str(i)],
-                         cwd=homes[f"client-{i:03d}"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-        for i in range(3)
-    ]
-    try:
-        server = subprocess.run([*command, "server", str(job), "--json"], cwd=homes["server"],
-                                capture_output=True, text=True, timeout=240)
-        assert server.returncode == 0, server.stderr
-        summary = json.loads(server.stdout)
-        assert all(r["accepted"] == 3 for r in summary["history"])
-        assert summary["final_accuracy"] >= 0.9
-        for c in clients:
-            _, err = c.communicate(timeout=60)
-            assert c.returncode == 0, err
-    finally:
-        for c in clients:
-            if c.poll() is None:
-                c.kill()
-                c.wait()
+    run = run_server_and_clients(
+        job, server_cwd=homes["server"],
+        client_cwds=[homes[f"client-{i:03d}"] for i in range(3)], timeout=240)
+    assert all(r["accepted"] == 3 for r in run.summary["history"])
+    assert run.summary["final_accuracy"] >= 0.9
 
 
 @pytest.mark.integration
@@ -86,7 +68,7 @@ def test_swarm_peers_in_separate_processes_each_read_only_their_own_file(
         f"transport: {{type: mqtt, params: {{host: 127.0.0.1, port: {mosquitto.plain_port}}}}}\n"
     )
     peers = [
-        subprocess.Popen([sys.executable, "-m", "foedus.cli", "actor", str(job), f"client-{i:03d}"],
+        subprocess.Popen([*COMMAND, "actor", str(job), f"client-{i:03d}"],
                          cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i, home in enumerate(homes)
     ]
@@ -95,7 +77,4 @@ def test_swarm_peers_in_separate_processes_each_read_only_their_own_file(
             _, err = p.communicate(timeout=180)
             assert p.returncode == 0, err  # a peer reading another's file would fail to start
     finally:
-        for p in peers:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        reap(peers)

@@ -3,9 +3,6 @@ secure graphs, in one process and as separate ``foedus server`` / ``foedus clien
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +12,7 @@ from foedus.config.runner import build_parts, run_job_sync
 from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError
 from foedus.privacy.secagg_pods import SecureServerPod
+from tests.processes import run_server_and_clients
 from tests.transport.mqtt_fixtures import Mosquitto, mosquitto, mqtt_certs
 
 __all__ = ["mosquitto", "mqtt_certs"]  # fixtures used by name
@@ -102,24 +100,8 @@ def test_server_and_three_client_processes_secure_sum_over_mqtt(
         "  - {type: secure-sum, params: {threshold: 2, step_timeout: 20}}\n"
         f"transport: {{type: mqtt, params: {{host: 127.0.0.1, port: {mosquitto.plain_port}}}}}\n"
     )
-    command = [sys.executable, "-m", "foedus.cli"]
-    clients = [
-        subprocess.Popen([*command, "client", str(job), "--index", str(i)], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(3)
-    ]
-    try:
-        server = subprocess.run([*command, "server", str(job), "--json"], cwd=tmp_path,
-                                capture_output=True, text=True, timeout=120)
-        assert server.returncode == 0, server.stderr
-        history = json.loads(server.stdout)["history"]
-        assert [(r["accepted"], r["status"]) for r in history] == [(3, "ok"), (3, "ok")]
-        assert all(r["metrics"]["secure_sum_survivors"] == 3 for r in history)
-        for c in clients:
-            _, err = c.communicate(timeout=60)
-            assert c.returncode == 0, err
-    finally:
-        for c in clients:
-            if c.poll() is None:
-                c.kill()
-                c.wait()
+    run = run_server_and_clients(job, server_cwd=tmp_path, client_cwds=[tmp_path] * 3,
+                                 timeout=120)
+    history = run.summary["history"]
+    assert [(r["accepted"], r["status"]) for r in history] == [(3, "ok"), (3, "ok")]
+    assert all(r["metrics"]["secure_sum_survivors"] == 3 for r in history)
