@@ -49,6 +49,7 @@ class Aggregator(abc.ABC):
         self._spec: ParamSpec | None = None
         self._global_params: Params | None = None
         self._global: np.ndarray | None = None
+        self._last_global: np.ndarray | None = None  # last round's copy, reused when it fits
         self.accepted = 0
         self._late: list[LateRejection] = []
 
@@ -61,11 +62,15 @@ class Aggregator(abc.ABC):
     @property
     def global_vector(self) -> np.ndarray:
         """The round's global model as one float64 vector (built on first use: FedAvg never
-        needs it, and for a large model the copy is a noticeable share of a round)."""
+        needs it, and for a large model the copy is a noticeable share of a round). It goes
+        into last round's copy when the model kept its size: those pages are mapped already,
+        and the copy never leaves the aggregator."""
         if self._global is None:
             if self._global_params is None:
                 raise ConfigError(f"{type(self).__name__}: call reset(global_params) first")
-            self._global = flatten(self._global_params)
+            last, self._last_global = self._last_global, None
+            fits = last is not None and last.shape == (self.spec.size,)
+            self._global = flatten(self._global_params, out=last if fits else None)
         return self._global
 
     @property
@@ -89,7 +94,8 @@ class Aggregator(abc.ABC):
         """Start a round from the current global model."""
         self._spec = ParamSpec.of(global_params)
         self._global_params = global_params
-        self._global = None
+        if self._global is not None:
+            self._last_global, self._global = self._global, None
         self.accepted = 0
         self._late = []
         self._reset()

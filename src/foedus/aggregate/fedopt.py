@@ -32,7 +32,6 @@ from foedus.aggregate.base import aggregators, fraction, positive_number
 from foedus.aggregate.fedavg import PARALLEL_VALUES, FedAvg, worker_pool
 from foedus.aggregate.step_kernels import ADAGRAD, ADAM, YOGI, compiled_steps
 from foedus.core.errors import ConfigError
-from foedus.core.params import flatten
 
 #: float64 values per block of the optimiser step: the block, its scratch and the state's
 #: blocks stay in L2
@@ -49,16 +48,10 @@ class ServerOptimizer(FedAvg):
         super().__init__(kernel=kernel)
         self.steps = 0
         self._state: dict[str, np.ndarray] = {}
-        self._start: np.ndarray | None = None  # the round's global model, float64
 
     def _reset(self) -> None:
-        previous, self._start = self._start, None
         super()._reset()
-        # take the float64 copy now, whatever the caller does later; into last round's copy
-        # when the model kept its size (its pages are mapped; nothing outside holds it)
-        reuse = previous is not None and previous.shape == (self.spec.size,)
-        self._global = self._start = flatten(self._global_params or {},
-                                             out=previous if reuse else None)
+        _ = self.global_vector  # take the float64 copy now, whatever the caller does later
         for key, array in self._state.items():
             if array.shape != (self.spec.size,):
                 raise ConfigError(
