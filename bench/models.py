@@ -21,7 +21,8 @@ is installed): 10 boosters of ``BOOST_ROUNDS`` rounds, one per client, averaged 
 
 Federated forest rows (``federated-forest`` + ``forest-histograms``): one forest of 100 trees grown
 by the 10 clients together on summed histograms, over ``HF_ROUNDS`` rounds, against the same
-central forest (scikit-learn's RandomForestClassifier, 100 trees), mean over ``HF_SEEDS`` seeds.
+central forest (scikit-learn's RandomForestClassifier, or RandomForestRegressor on diabetes, 100
+trees), mean over ``HF_SEEDS`` seeds.
 The rounds it needed and the bytes per client per round are measured by replaying the protocol
 in-process (adapter and aggregator, no transport): array payload bytes, not wire bytes.
 
@@ -113,7 +114,7 @@ TREE_VARIANTS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
 BOOST_ROUNDS = 20
 BOOSTER_CASES = ["breast_cancer", "wine", "digits"]
 # federated forest (one forest grown on summed histograms): datasets, seeds, rounds per job
-HF_CASES = ["digits", "breast_cancer"]
+HF_CASES = ["digits", "breast_cancer", "diabetes"]
 HF_SEEDS = 5
 HF_ROUNDS = 30  # enough for the deepest tree seen (digits: complete after <= 20 rounds)
 HF_MARK = "summed histograms"

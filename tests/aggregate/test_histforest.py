@@ -8,6 +8,7 @@ training rows and the job's own test split.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -21,9 +22,17 @@ from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Kind, Message
 from foedus.data.datasets import Dataset, DataSpec, load_dataset
 from foedus.data.partition import partition
-from foedus.models.histforest import FederatedForestAdapter
+from foedus.models.histforest import FederatedForestAdapter, Settings
 
 Params = dict[str, np.ndarray]
+
+
+def settings(**changes: int) -> Settings:
+    """Forest settings for split tests: a classifier on 3 features unless told otherwise."""
+    base = {"n_features": 3, "n_classes": 2, "n_trees": 1, "max_depth": -1,
+            "min_samples_leaf": 1, "max_features": 3, "n_candidates": 3, "max_bins": 4,
+            "bootstrap": 0, "seed": 0, "regression": 0}
+    return Settings(**{**base, **changes})
 
 
 def update(params: Params, sender: str = "c0", examples: int = 10) -> Message:
@@ -183,11 +192,51 @@ def test_splits_respect_min_samples_leaf_and_skip_constant_candidates() -> None:
     hist[0, 1] = [[1, 0], [0, 4], [4, 1], [0, 0]]  # the best cut would leave 1 row on the left
     hist[0, 2] = [[3, 0], [2, 1], [0, 4], [0, 0]]
     total = hist[:, 0].sum(axis=1)
-    j, b, children = best_splits(hist, total, max_features=2, min_samples_leaf=2)
+    j, b, children = best_splits(hist, total, settings(max_features=2, min_samples_leaf=2))
     assert (j[0], b[0]) == (2, 1)
     np.testing.assert_array_equal(children[0], [[5, 1], [0, 4]])
-    j, _, _ = best_splits(hist, total, max_features=1, min_samples_leaf=6)
+    j, _, _ = best_splits(hist, total, settings(max_features=1, min_samples_leaf=6))
     assert j[0] == -1  # no cut leaves 6 rows on both sides: the node becomes a leaf
+
+
+def test_regression_splits_minimise_the_squared_error_and_respect_min_samples_leaf() -> None:
+    def moments(*targets: float) -> list[float]:
+        y = np.array(targets)
+        return [len(y), y.sum(), (y**2).sum()]
+
+    hist = np.array([[
+        [moments(1, 1), moments(1, 5), moments(5, 5), moments()],  # mixed in bin 1: no pure cut
+        [moments(1, 1), moments(1), moments(5, 5, 5), moments()],  # after bin 1: both sides pure
+    ]])
+    total = hist[:, 0].sum(axis=1)
+    regression = settings(n_classes=0, regression=1, n_features=2, max_features=2,
+                          n_candidates=2)
+    j, b, children = best_splits(hist, total, regression)
+    assert (j[0], b[0]) == (1, 1)
+    np.testing.assert_array_equal(children[0], [moments(1, 1, 1), moments(5, 5, 5)])
+    j, _, _ = best_splits(hist, total, replace(regression, min_samples_leaf=4))
+    assert j[0] == -1  # six rows cannot make two leaves of four
+
+
+def test_a_regression_update_may_hold_negative_target_sums_but_no_negative_weights() -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 2)), rng.normal(-5.0, 1.0, 60)  # every target is negative
+    spec = DataSpec(2, (), task="regression")
+    shares = [Dataset(x[:30], y[:30]), Dataset(x[30:], y[30:])]
+    start = FederatedForestAdapter(spec, n_estimators=2).get_params()
+    params = one_round(start, client_updates(spec, shares, start, n_estimators=2))
+    updates = client_updates(spec, shares, params, n_estimators=2)
+    assert (updates[0].params["hist"][..., 1] < 0).any()
+    grown = one_round(params, updates)  # accepted: a target sum may be negative
+    assert len(grown["left"]) > len(params["left"])
+    broken = dict(updates[0].params)
+    broken["hist"] = broken["hist"].copy()
+    broken["hist"][..., 0] *= -1
+    aggregator = ForestHistograms()
+    aggregator.reset(params)
+    with pytest.raises(RejectedUpdate) as caught:
+        aggregator.accept(update(broken))
+    assert caught.value.reason == "negative_counts"
 
 
 def test_a_finished_forest_is_kept_as_is_and_max_depth_holds(digits_shares: Any) -> None:
@@ -218,3 +267,22 @@ def test_a_federated_job_scores_within_two_points_of_a_central_random_forest() -
     train, test, _ = load_dataset("digits", seed=0)  # the job's own split
     central = RandomForestClassifier(n_estimators=trees, random_state=0).fit(train.x, train.y)
     assert result.final_metrics["accuracy"] >= central.score(test.x, test.y) - 0.02
+
+
+def test_a_federated_regression_job_scores_like_a_central_random_forest_regressor() -> None:
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.metrics import r2_score
+
+    trees = 30
+    spec = JobSpec.from_dict({
+        "job_id": "federated-forest-regression", "seed": 0, "rounds": 30, "round_timeout": 60,
+        "data": {"dataset": "diabetes", "partition": "iid"}, "clients": {"count": 10},
+        "model": {"type": "federated-forest", "params": {"n_estimators": trees}},
+        "aggregator": "forest-histograms",
+    })
+    result = run_job_sync(spec)
+    assert all(r.status == "ok" and r.accepted == 10 for r in result.history)
+    assert not len(result.params["frontier"])  # the forest finished growing
+    train, test, _ = load_dataset("diabetes", seed=0)  # the job's own split
+    central = RandomForestRegressor(n_estimators=trees, random_state=0).fit(train.x, train.y)
+    assert result.final_metrics["r2"] >= r2_score(test.y, central.predict(test.x)) - 0.03

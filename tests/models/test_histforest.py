@@ -23,6 +23,7 @@ from foedus.models.histforest import (
     FederatedForestAdapter,
     bootstrap_weights,
     predict_proba,
+    predict_value,
     unpack,
 )
 
@@ -65,6 +66,22 @@ def gini_best_split(x: np.ndarray, y: np.ndarray, thresholds: list[np.ndarray]) 
     return best[0], best[1]
 
 
+def squared_error_best_split(x: np.ndarray, y: np.ndarray,
+                             thresholds: list[np.ndarray]) -> tuple[int, float]:
+    """Brute force on pooled rows: the (feature, threshold) with the lowest summed squared error
+    of the two sides around their means."""
+    best = (-1, 0.0, np.inf)
+    for f, cuts in enumerate(thresholds):
+        for t in cuts:
+            sides = (x[:, f] < t, x[:, f] >= t)
+            if not all(side.any() for side in sides):
+                continue
+            error = sum(float(((y[side] - y[side].mean()) ** 2).sum()) for side in sides)
+            if error < best[2] - 1e-9:
+                best = (f, float(t), error)
+    return best[0], best[1]
+
+
 @pytest.fixture(scope="module")
 def digits() -> tuple[Dataset, Dataset, DataSpec]:
     return load_dataset("digits")
@@ -87,6 +104,43 @@ def test_the_root_split_on_summed_histograms_is_the_central_gini_best_split() ->
     children = params["value"][params["left"][0]: params["left"][0] + 2]
     np.testing.assert_array_equal(children[0], np.bincount(y[x[:, feature] < threshold],
                                                            minlength=3))
+
+
+def test_the_root_split_of_a_regression_forest_is_the_central_squared_error_best_split() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 6, size=(60, 3)).astype(float)
+    y = 3.0 * (x[:, 2] >= 2) + 0.5 * x[:, 0] + rng.normal(0.0, 0.3, 60) - 10.0
+    spec = DataSpec(3, (), task="regression")
+    shares = [Dataset(x[i::3], y[i::3]) for i in range(3)]
+    params = grow(spec, shares, rounds=2, n_estimators=1, bootstrap=False, max_features=None,
+                  candidate_factor=1)
+    cuts = [(v[:-1] + v[1:]) / 2 for v in (np.unique(x[:, f]) for f in range(3))]
+    feature, threshold = squared_error_best_split(x, y, cuts)
+    assert params["feature"][0] == feature
+    assert params["threshold"][0] == pytest.approx(threshold)
+    left = y[x[:, feature] < threshold]
+    child = params["value"][params["left"][0]]
+    np.testing.assert_allclose(child, [len(left), left.sum(), (left**2).sum()])
+
+
+def test_a_regression_leaf_predicts_the_mean_target_of_its_rows() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(90, 2))
+    y = np.where(x[:, 0] > 0.3, 5.0, -2.0) + rng.normal(0.0, 1.0, 90)
+    spec = DataSpec(2, (), task="regression")
+    options: dict[str, Any] = {"n_estimators": 1, "bootstrap": False, "max_depth": 1,
+                               "max_features": None}
+    params = grow(spec, [Dataset(x[:45], y[:45]), Dataset(x[45:], y[45:])], **options)
+    state = unpack(params)
+    assert not len(state.frontier) and state.depth.max() == 1
+    goes_right = x[:, state.feature[0]] >= state.threshold[0]
+    predicted = predict_value(x, state)
+    np.testing.assert_allclose(predicted[goes_right], y[goes_right].mean())
+    np.testing.assert_allclose(predicted[~goes_right], y[~goes_right].mean())
+    model = FederatedForestAdapter(spec, **options)
+    model.set_params(params)
+    np.testing.assert_allclose(model.predict(x), predicted)
+    assert set(model.evaluate(Dataset(x, y))) == {"loss", "r2"}
 
 
 def test_the_forest_does_not_depend_on_how_the_rows_are_split_among_clients(digits: Any) -> None:
@@ -142,8 +196,11 @@ def test_a_client_fills_in_only_what_the_round_asks_for(digits: Any) -> None:
 def test_the_model_is_registered_and_refuses_what_it_cannot_do() -> None:
     spec = DataSpec(4, (0, 1))
     assert isinstance(build_model("federated-forest", spec, 0), FederatedForestAdapter)
-    with pytest.raises(ConfigError, match="classification"):
-        FederatedForestAdapter(DataSpec(4, (), task="regression"))
+    with pytest.raises(ConfigError, match="classification and regression"):
+        FederatedForestAdapter(DataSpec(4, (), task="ranking"))
+    with pytest.raises(ConfigError, match="finite target"):
+        FederatedForestAdapter(DataSpec(4, (), task="regression")).fit(
+            Dataset(np.zeros((2, 4)), np.array([1.0, np.nan])))
     with pytest.raises(ConfigError, match="max_features"):
         FederatedForestAdapter(spec, max_features="most")
     with pytest.raises(ConfigError, match="max_bins"):

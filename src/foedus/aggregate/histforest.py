@@ -8,10 +8,12 @@ turns the sums into the next global model:
   distinct values of, and whose union is at most ``max_bins`` values, gets exact bins (edges
   halfway between consecutive values, scikit-learn's own thresholds); any other feature gets
   the example-weighted mean of the clients' quantiles. The trees' roots open.
-- later rounds: each open node is split on the best (Gini impurity decrease) candidate
-  feature and bin boundary. Candidates come in the server's random order; like scikit-learn,
-  the first ``max_features`` that are not constant in the node compete. A node that is pure,
-  too small for two ``min_samples_leaf`` children, at ``max_depth``, or without a valid split
+- later rounds: each open node is split on the best candidate feature and bin boundary: the
+  largest Gini impurity decrease for classification, squared-error decrease for regression
+  (both scikit-learn's defaults). Candidates come in the server's random order; like
+  scikit-learn, the first ``max_features`` that are not constant in the node compete. A node
+  that is pure (one class, or one target value), too small for two ``min_samples_leaf``
+  children, at ``max_depth``, or without a valid split
   becomes a leaf. Children open when they could still split; their candidates are drawn from
   a seed derived from (job seed, node count), so a re-run or a restarted server grows the same
   forest. A feature found constant in a node is constant in all its descendants: like
@@ -33,9 +35,17 @@ from foedus.aggregate.base import Aggregator, aggregators
 from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Message
 from foedus.core.params import Params
-from foedus.models.histforest import REPORTED, ForestState, Settings, unpack
+from foedus.models.histforest import (
+    REPORTED,
+    ForestState,
+    Settings,
+    impure,
+    negative_statistics,
+    unpack,
+    weight_of,
+)
 
-#: open nodes split per numpy pass; bounds the temporaries (chunk x candidates x bins x classes)
+#: open nodes split per numpy pass; bounds the temporaries (chunk x candidates x bins x stats)
 CHUNK = 128
 
 
@@ -69,8 +79,9 @@ class ForestHistograms(Aggregator):
         self._distinct = []
 
     def accept(self, update: Message) -> None:
-        """Check the update (same arrays, forest untouched, counts finite and non-negative, one
-        total per node whichever feature binned it), then add it to the sums."""
+        """Check the update (same arrays, forest untouched, statistics finite, counts, weights and
+        squares non-negative, the same totals per node whichever feature binned it), then add it
+        to the sums."""
         state = self._open()
         self.spec.check(update.params)
         if update.num_examples <= 0:
@@ -86,12 +97,13 @@ class ForestHistograms(Aggregator):
             if not np.isfinite(array).all():
                 raise RejectedUpdate("not_finite", f"{name!r} contains NaN or Inf")
         hist = arrays["hist"]
-        if (hist < 0).any():
+        if negative_statistics(hist, state.settings):
             raise RejectedUpdate("negative_counts", f"{update.sender} sent negative counts")
         if hist.size:
-            per_feature = hist.sum(axis=(2, 3))  # (F, M): every candidate bins the same rows
+            per_feature = hist.sum(axis=2)  # (F, M, S): every candidate bins the same rows
             spread = per_feature.max(axis=1) - per_feature.min(axis=1)
-            if (spread > 1e-6 * np.maximum(per_feature.max(axis=1), 1.0)).any():
+            scale = np.abs(per_feature).max(axis=1)
+            if (spread > 1e-6 * np.maximum(scale, 1.0)).any():
                 raise RejectedUpdate("inconsistent_histogram", f"{update.sender}'s histograms "
                                      "of one node hold different totals")
         if state.sketching:
@@ -139,7 +151,7 @@ class ForestHistograms(Aggregator):
         t = s.n_trees
         grown = ForestState(
             s, edges, n_edges, np.full(t, -1, dtype=np.int32), np.full(t, -1, dtype=np.int32),
-            np.zeros(t), np.zeros((t, s.n_classes), dtype=np.float32),
+            np.zeros(t), np.zeros((t, s.n_stats), dtype=s.stats_dtype),
             np.zeros(t, dtype=np.int32), np.arange(t, dtype=np.int32),
             _draw_candidates(s.seed, 0, np.zeros((t, s.n_features), dtype=np.uint8),
                              s.n_candidates),
@@ -164,11 +176,11 @@ class ForestHistograms(Aggregator):
             nodes = state.frontier[start : start + CHUNK]
             hist = self._hist[start : start + CHUNK]
             cands = state.candidates[start : start + CHUNK]
-            total = hist[:, 0].sum(axis=1)  # (k, C): any candidate bins every row once
+            total = hist[:, 0].sum(axis=1)  # (k, S): any candidate bins every row once
             value[nodes] = total
-            j, b, children = best_splits(hist, total, s.max_features, s.min_samples_leaf)
+            j, b, children = best_splits(hist, total, s)
             known = state.constant[start : start + CHUNK].copy()
-            flat = (hist.sum(axis=3) > 0).sum(axis=2) <= 1  # (k, M) constant candidates
+            flat = (weight_of(hist, s) > 0).sum(axis=2) <= 1  # (k, M) constant candidates
             rows, cols = np.nonzero(flat)
             known[rows, cands[rows, cols]] = 1
             splittable = _can_split(total, state.depth[nodes], s)
@@ -184,7 +196,7 @@ class ForestHistograms(Aggregator):
         first = len(state.left)
         added = n - first
         child_value = (np.concatenate(new_values) if new_values
-                       else np.zeros((0, s.n_classes))).astype(np.float32)
+                       else np.zeros((0, s.n_stats))).astype(s.stats_dtype)
         child_depth = (np.concatenate(new_depths) if new_depths
                        else np.zeros(0)).astype(np.int32)
         child_constant = (np.concatenate(new_constant) if new_constant
@@ -221,24 +233,31 @@ class ForestHistograms(Aggregator):
 
 
 def best_splits(
-    hist: np.ndarray, total: np.ndarray, max_features: int, min_samples_leaf: int
+    hist: np.ndarray, total: np.ndarray, s: Settings
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The Gini-best split of each node from its summed histograms ``(k, M, bins, C)``.
+    """The best split of each node from its summed histograms ``(k, M, bins, S)``.
 
     Returns the candidate column ``j`` (-1: no valid split), the bin ``b`` (rows in bins
-    ``<= b`` go left) and the children's class counts ``(k, 2, C)``. Minimising the children's
-    weighted Gini impurity is maximising ``sum(L^2)/|L| + sum(R^2)/|R|``.
+    ``<= b`` go left) and the children's statistics ``(k, 2, S)``. Minimising the children's
+    weighted Gini impurity is maximising ``sum(L^2)/|L| + sum(R^2)/|R|`` over the class counts;
+    minimising their squared error is maximising ``Ly^2/Lw + Ry^2/Rw`` (``Lw``: the left
+    child's weight, ``Ly``: its weighted target sum; the sum of squares is the same for every
+    split).
     """
     k, _, n_bins, c = hist.shape
-    occupied = (hist.sum(axis=3) > 0).sum(axis=2)  # non-empty bins per candidate
+    occupied = (weight_of(hist, s) > 0).sum(axis=2)  # non-empty bins per candidate
     varies = occupied > 1
-    competes = varies & (np.cumsum(varies, axis=1) <= max_features)
-    lefts = np.cumsum(hist, axis=2)[:, :, :-1, :]  # (k, M, bins - 1, C)
+    competes = varies & (np.cumsum(varies, axis=1) <= s.max_features)
+    lefts = np.cumsum(hist, axis=2)[:, :, :-1, :]  # (k, M, bins - 1, S)
     rights = total[:, None, None, :] - lefts
-    n_left, n_right = lefts.sum(axis=3), rights.sum(axis=3)
-    valid = (n_left >= min_samples_leaf) & (n_right >= min_samples_leaf) & competes[:, :, None]
+    n_left, n_right = weight_of(lefts, s), weight_of(rights, s)
+    valid = ((n_left >= s.min_samples_leaf) & (n_right >= s.min_samples_leaf)
+             & competes[:, :, None])
     with np.errstate(divide="ignore", invalid="ignore"):
-        score = (lefts**2).sum(axis=3) / n_left + (rights**2).sum(axis=3) / n_right
+        if s.regression:
+            score = lefts[..., 1]**2 / n_left + rights[..., 1]**2 / n_right
+        else:
+            score = (lefts**2).sum(axis=3) / n_left + (rights**2).sum(axis=3) / n_right
     children = np.zeros((k, 2, c))
     if n_bins < 2:  # every feature is constant everywhere: nothing can split
         return np.full(k, -1), np.zeros(k, dtype=np.int64), children
@@ -254,10 +273,9 @@ def best_splits(
 
 def _can_split(counts: np.ndarray, depth: np.ndarray, s: Settings) -> np.ndarray:
     """Nodes worth a histogram: impure, room for two leaves, above ``max_depth``."""
-    size = counts.sum(axis=-1)
-    impure = (counts > 0).sum(axis=-1) > 1
     deep_ok = depth < s.max_depth if s.max_depth >= 0 else np.ones(len(depth), dtype=bool)
-    return np.asarray(impure & (size >= 2 * s.min_samples_leaf) & deep_ok)
+    roomy = weight_of(counts, s) >= 2 * s.min_samples_leaf
+    return np.asarray(impure(counts, s) & roomy & deep_ok)
 
 
 def _draw_candidates(seed: int, first_node: int, constant: np.ndarray, m: int) -> np.ndarray:

@@ -2,8 +2,14 @@
 
 Tree bagging (:mod:`foedus.models.trees`) lets every client grow whole trees on its own rows, so
 each split sees a tenth of the data and the merged forest falls short of a central one. Here the
-forest is grown level by level, and every split is chosen on class-count histograms summed over
-all clients, as federated gradient-boosting systems do: each split sees every client's rows.
+forest is grown level by level, and every split is chosen on histograms summed over all clients,
+as federated gradient-boosting systems do: each split sees every client's rows.
+
+What a histogram bin holds (its *statistics*, the last axis of ``hist`` and ``value``):
+classification: the bootstrap-weighted count of each class (Gini splits, class frequencies at
+the leaves); regression: the weight, the weighted sum of the targets and of their squares,
+``(w, w*y, w*y^2)`` (squared-error splits, the weighted mean at the leaves), in float64 so
+that a node's variance is not lost to rounding.
 
 The global model is a set of named arrays (the format is :func:`pack`/:func:`unpack`):
 
@@ -12,11 +18,11 @@ The global model is a set of named arrays (the format is :func:`pack`/:func:`unp
 - ``edges``/``n_edges``: per-feature bin edges (a row goes to bin ``#edges <= x``).
 - node arrays of all trees: ``left`` (children are ``left`` and ``left + 1``; -1 for a leaf or an
   open node), ``feature``, ``threshold`` (a row goes left iff ``x < threshold``), ``value``
-  (bootstrap-weighted class counts) and ``depth``. Tree ``t``'s root is node ``t``.
+  (the node's statistics) and ``depth``. Tree ``t``'s root is node ``t``.
 - ``frontier``: the open nodes whose histograms the server asks for, ``candidates``: the features
   (in the server's random order) each open node may split on, ``constant``: the features known
   to be constant in each open node (found constant in an ancestor; they are drawn last).
-- what clients fill in: ``hist`` (open node x candidate x bin x class counts) in growing rounds;
+- what clients fill in: ``hist`` (open node x candidate x bin x statistics) in growing rounds;
   ``sketch``/``distinct``/``exact`` (per-feature quantiles, distinct values) in the first round,
   from which the server derives the bin edges. Arrays a client does not fill go back unchanged.
 
@@ -38,9 +44,14 @@ import numpy as np
 from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.params import Params
 from foedus.data.datasets import Dataset, DataSpec
-from foedus.models.base import ModelAdapter, classification_metrics, models
+from foedus.models.base import (
+    ModelAdapter,
+    classification_metrics,
+    models,
+    regression_metrics,
+)
 
-FORMAT = 1
+FORMAT = 2  # 2: regression (the ``regression`` setting)
 #: the arrays of the global model, in order
 NAMES = ("settings", "edges", "n_edges", "left", "feature", "threshold", "value", "depth",
          "frontier", "candidates", "constant", "hist", "sketch", "distinct", "exact")
@@ -48,6 +59,8 @@ NAMES = ("settings", "edges", "n_edges", "left", "feature", "threshold", "value"
 REPORTED = ("hist", "sketch", "distinct", "exact")
 MAX_TREES = 100_000
 MAX_BINS = 1024
+#: regression statistics per bin: weight, weighted sum of targets, weighted sum of squares
+REGRESSION_STATS = 3
 _POISSON_CDF = np.cumsum([math.exp(-1.0) / math.factorial(k) for k in range(32)])
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -66,6 +79,18 @@ class Settings:
     max_bins: int
     bootstrap: int
     seed: int
+    regression: int = 0  # 1: targets are numbers, n_classes is 0
+
+    @property
+    def n_stats(self) -> int:
+        """Statistics per histogram bin and node: one per class, or (w, w*y, w*y^2)."""
+        return REGRESSION_STATS if self.regression else self.n_classes
+
+    @property
+    def stats_dtype(self) -> type[np.floating[Any]]:
+        """float32 counts for classification; float64 moments for regression (a node's variance
+        is a difference of two of them)."""
+        return np.float64 if self.regression else np.float32
 
     def to_array(self) -> np.ndarray:
         return np.array([FORMAT, *(getattr(self, f.name) for f in fields(self))],
@@ -79,7 +104,9 @@ class Settings:
         if array[0] != FORMAT or (array != np.round(array)).any():
             raise RejectedUpdate("bad_forest", f"unknown settings format {array[0]}")
         s = cls(**{n: int(v) for n, v in zip(names, array[1:], strict=True)})
-        ok = (s.n_features >= 1 and s.n_classes >= 2 and 1 <= s.n_trees <= MAX_TREES
+        ok = (s.n_features >= 1 and s.regression in (0, 1)
+              and (s.n_classes == 0 if s.regression else s.n_classes >= 2)
+              and 1 <= s.n_trees <= MAX_TREES
               and s.max_depth >= -1 and s.min_samples_leaf >= 1
               and 1 <= s.max_features <= s.n_candidates <= s.n_features
               and 2 <= s.max_bins <= MAX_BINS and s.bootstrap in (0, 1) and s.seed >= 0)
@@ -98,12 +125,12 @@ class ForestState:
     left: np.ndarray  # (N,) int32
     feature: np.ndarray  # (N,) int32
     threshold: np.ndarray  # (N,) float64
-    value: np.ndarray  # (N, C) float32
+    value: np.ndarray  # (N, S) statistics (``Settings.n_stats``, ``Settings.stats_dtype``)
     depth: np.ndarray  # (N,) int32
     frontier: np.ndarray  # (F,) int32
     candidates: np.ndarray  # (F, M) int32
     constant: np.ndarray  # (F, d) uint8
-    hist: np.ndarray  # (F, M, bins, C) float32
+    hist: np.ndarray  # (F, M, bins, S) statistics
     sketch: np.ndarray  # (d | 0, max_bins - 1) float64
     distinct: np.ndarray  # (d | 0, max_bins) float64
     exact: np.ndarray  # (d | 0,) float64
@@ -127,19 +154,20 @@ class ForestState:
 
     def empty_hist(self) -> np.ndarray:
         shape = (len(self.frontier), self.candidates.shape[1], self.n_bins,
-                 self.settings.n_classes)
-        return np.zeros(shape, dtype=np.float32)
+                 self.settings.n_stats)
+        return np.zeros(shape, dtype=self.settings.stats_dtype)
 
 
 def initial(settings: Settings) -> ForestState:
     """The model before round 1: no trees, clients are asked for quantile sketches."""
-    d, b, c, m = settings.n_features, settings.max_bins, settings.n_classes, settings.n_candidates
+    d, b, m = settings.n_features, settings.max_bins, settings.n_candidates
+    c, stats = settings.n_stats, settings.stats_dtype
     return ForestState(
         settings, np.zeros((d, b - 1)), np.zeros(d, dtype=np.int32),
         np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int32), np.zeros(0),
-        np.zeros((0, c), dtype=np.float32), np.zeros(0, dtype=np.int32),
+        np.zeros((0, c), dtype=stats), np.zeros(0, dtype=np.int32),
         np.zeros(0, dtype=np.int32), np.zeros((0, m), dtype=np.int32),
-        np.zeros((0, d), dtype=np.uint8), np.zeros((0, m, 1, c), dtype=np.float32),
+        np.zeros((0, d), dtype=np.uint8), np.zeros((0, m, 1, c), dtype=stats),
         np.zeros((d, b - 1)), np.zeros((d, b)), np.zeros(d),
     )
 
@@ -155,7 +183,7 @@ def unpack(params: Params) -> ForestState:
         raise RejectedUpdate("bad_forest", f"expected arrays {list(NAMES)}, got {list(params)}")
     a = {k: np.asarray(v) for k, v in params.items()}
     s = Settings.from_array(a["settings"].astype(np.float64))
-    d, c, b = s.n_features, s.n_classes, s.max_bins
+    d, c, b = s.n_features, s.n_stats, s.max_bins
 
     def fail(what: str) -> RejectedUpdate:
         return RejectedUpdate("bad_forest", what)
@@ -185,7 +213,7 @@ def unpack(params: Params) -> ForestState:
     left = ints("left", (n,))
     feature = ints("feature", (n,))
     threshold = floats("threshold", (n,))
-    value = floats("value", (n, c), np.float32)
+    value = floats("value", (n, c), s.stats_dtype)
     depth = ints("depth", (n,))
     if n and n < s.n_trees:
         raise fail(f"{n} nodes cannot hold {s.n_trees} trees")
@@ -195,8 +223,8 @@ def unpack(params: Params) -> ForestState:
         raise fail("a child index does not point after its parent")
     if (internal & ((feature < 0) | (feature >= d))).any() or (feature[~internal] != -1).any():
         raise fail("split features out of range")
-    if (value < 0).any() or (depth < 0).any():
-        raise fail("negative class counts or depths")
+    if negative_statistics(value, s) or (depth < 0).any():
+        raise fail("negative counts, weights or depths")
     if (depth[left[internal]] != depth[internal] + 1).any():
         raise fail("children's depths are not their parent's + 1")
     f_count = len(a["frontier"]) if a["frontier"].ndim == 1 else -1
@@ -212,13 +240,39 @@ def unpack(params: Params) -> ForestState:
     if ((constant != 0) & (constant != 1)).any():
         raise fail("'constant' flags must be 0 or 1")
     n_bins = int(n_edges.max(initial=0)) + 1
-    hist = floats("hist", (f_count, s.n_candidates, n_bins if n else 1, c), np.float32)
+    hist = floats("hist", (f_count, s.n_candidates, n_bins if n else 1, c), s.stats_dtype)
     rows = 0 if n else d
     sketch = floats("sketch", (rows, b - 1))
     distinct = floats("distinct", (rows, b))
     exact = floats("exact", (rows,))
     return ForestState(s, edges, n_edges, left, feature, threshold, value, depth, frontier,
                        candidates, constant.astype(np.uint8), hist, sketch, distinct, exact)
+
+
+# ---- statistics ------------------------------------------------------------------------------
+def weight_of(stats: np.ndarray, settings: Settings) -> np.ndarray:
+    """The bootstrap weight (row count) behind statistics ``(..., S)``."""
+    return np.asarray(stats[..., 0] if settings.regression else stats.sum(axis=-1))
+
+
+def negative_statistics(stats: np.ndarray, settings: Settings) -> bool:
+    """Whether any count, weight or sum of squares is negative (a target sum may be)."""
+    if settings.regression:
+        return bool((stats[..., 0] < 0).any() or (stats[..., 2] < 0).any())
+    return bool((stats < 0).any())
+
+
+#: a regression node whose variance is at most this fraction of its mean square is constant
+CONSTANT_TARGET = 1e-12
+
+
+def impure(stats: np.ndarray, settings: Settings) -> np.ndarray:
+    """Nodes whose rows do not all agree: two classes present, or targets that vary."""
+    if not settings.regression:
+        return np.asarray((stats > 0).sum(axis=-1) > 1)
+    w = np.maximum(stats[..., 0], np.finfo(np.float64).tiny)
+    mean, mean_square = stats[..., 1] / w, stats[..., 2] / w
+    return np.asarray(mean_square - mean**2 > CONSTANT_TARGET * mean_square)
 
 
 # ---- client-side computations ----------------------------------------------------------------
@@ -258,15 +312,18 @@ def route(x: np.ndarray, state: ForestState) -> np.ndarray:
         node = np.where(inside, child + right, node)
 
 
-def bootstrap_weights(x: np.ndarray, y_index: np.ndarray, settings: Settings) -> np.ndarray:
+def bootstrap_weights(x: np.ndarray, y: np.ndarray, settings: Settings) -> np.ndarray:
     """Poisson(1) weight of each row in each tree, ``(trees, n)``, from a keyed hash of (job
-    seed, tree, row contents): the same every round and on whichever client holds the row."""
+    seed, tree, row contents and target): the same every round and on whichever client holds
+    the row. ``y``: class indices, or the targets themselves for regression."""
     n = len(x)
     if not settings.bootstrap:
         return np.ones((settings.n_trees, n))
     words = np.ascontiguousarray(x, dtype=np.float64).view(np.uint64).reshape(n, -1)
+    target = (np.ascontiguousarray(y, dtype=np.float64).view(np.uint64) if settings.regression
+              else y.astype(np.uint64))
     key = np.full(n, _mix(np.uint64(settings.seed) + _GOLDEN), dtype=np.uint64)
-    for column in (*words.T, y_index.astype(np.uint64)):
+    for column in (*words.T, target):
         key = _mix(key ^ column)
     salt = _mix(np.arange(1, settings.n_trees + 1, dtype=np.uint64) * _GOLDEN)
     bits = _mix(key[None, :] ^ salt[:, None])
@@ -283,9 +340,10 @@ def _mix(value: Any) -> np.ndarray:
     return np.asarray(z ^ (z >> np.uint64(31)))
 
 
-def histograms(x_bins: np.ndarray, y_index: np.ndarray, weights: np.ndarray,
+def histograms(x_bins: np.ndarray, y: np.ndarray, weights: np.ndarray,
                node_of: np.ndarray, state: ForestState) -> np.ndarray:
-    """Bootstrap-weighted class counts per open node, candidate feature and bin."""
+    """Each open node's statistics per candidate feature and bin: bootstrap-weighted class
+    counts (``y``: class indices), or ``(w, w*y, w*y^2)`` for regression (``y``: targets)."""
     hist = state.empty_hist()
     f_count, m, n_bins, c = hist.shape
     if not f_count:
@@ -297,10 +355,29 @@ def histograms(x_bins: np.ndarray, y_index: np.ndarray, weights: np.ndarray,
     pos = where[trees, rows]
     feats = state.candidates[pos]  # (k, m)
     bins = x_bins[rows[:, None], feats]
-    index = ((pos[:, None] * m + np.arange(m)) * n_bins + bins) * c + y_index[rows][:, None]
-    counts = np.bincount(index.ravel(), weights=np.repeat(weights[trees, rows], m),
-                         minlength=hist.size)
+    cell = (pos[:, None] * m + np.arange(m)) * n_bins + bins  # (k, m): node, candidate, bin
+    w = weights[trees, rows]
+    if state.settings.regression:
+        target = np.asarray(y, dtype=np.float64)[rows]
+        sums = [np.bincount(cell.ravel(), weights=np.repeat(w * target**power, m),
+                            minlength=hist.size // c) for power in range(c)]
+        return np.stack(sums, axis=-1).reshape(hist.shape)
+    index = cell * c + y[rows][:, None]
+    counts = np.bincount(index.ravel(), weights=np.repeat(w, m), minlength=hist.size)
     return counts.astype(np.float32).reshape(hist.shape)
+
+
+def predict_value(x: np.ndarray, state: ForestState) -> np.ndarray:
+    """Regression: the mean over trees of each tree's weighted mean target at the node a row
+    reaches (as scikit-learn's forests do); trees whose node is still empty (a root before its
+    first split) do not vote, and 0 before any tree has a value."""
+    if state.sketching:
+        return np.zeros(len(x))
+    stats = state.value[route(x, state)]  # (trees, n, 3)
+    w = stats[..., 0]
+    votes = (w > 0).sum(axis=0)
+    means = np.where(w > 0, stats[..., 1] / np.where(w > 0, w, 1.0), 0.0)
+    return np.asarray(np.where(votes > 0, means.sum(axis=0) / np.maximum(votes, 1), 0.0))
 
 
 def predict_proba(x: np.ndarray, state: ForestState) -> np.ndarray:
@@ -317,7 +394,8 @@ def predict_proba(x: np.ndarray, state: ForestState) -> np.ndarray:
 
 # ---- the adapter -----------------------------------------------------------------------------
 class FederatedForestAdapter(ModelAdapter):
-    """A client's view of the federated forest: it measures, the server grows.
+    """A client's view of the federated forest: it measures, the server grows. A classifier,
+    or a regressor when the dataset's task is ``regression`` (metrics ``loss`` = MSE, ``r2``).
 
     ``fit`` fills in what the round asks for (quantile sketches in round 1, histograms of the
     open nodes afterwards) and changes nothing else; the ``forest-histograms`` aggregator turns
@@ -327,12 +405,14 @@ class FederatedForestAdapter(ModelAdapter):
     def __init__(
         self, spec: DataSpec, *, seed: int = 0, n_estimators: int = 100,
         max_depth: int | None = None, min_samples_leaf: int = 1,
-        max_features: str | int | float | None = "sqrt", max_bins: int = 64,
+        max_features: str | int | float | None = "default", max_bins: int = 64,
         candidate_factor: float = 2.0, bootstrap: bool = True,
     ) -> None:
-        if spec.task != "classification":
-            raise ConfigError(f"federated-forest supports classification only, got {spec.task!r}")
-        if len(spec.classes) < 2:
+        if spec.task not in ("classification", "regression"):
+            raise ConfigError(f"federated-forest supports classification and regression, "
+                              f"got task {spec.task!r}")
+        regression = spec.task == "regression"
+        if not regression and len(spec.classes) < 2:
             raise ConfigError(f"a classifier needs at least two classes, got {spec.classes}")
         if not isinstance(n_estimators, int) or not 1 <= n_estimators <= MAX_TREES:
             raise ConfigError(f"n_estimators must be an integer in [1, {MAX_TREES}], "
@@ -348,14 +428,17 @@ class FederatedForestAdapter(ModelAdapter):
                 isinstance(candidate_factor, int | float) and candidate_factor >= 1):
             raise ConfigError(f"candidate_factor must be a number >= 1, got {candidate_factor!r}")
         d = spec.n_features
+        if max_features == "default":  # scikit-learn's forests' default for the task
+            max_features = 1.0 if regression else "sqrt"
         k = _max_features(max_features, d)
         self.spec = spec
         self.classes = np.asarray(spec.classes)
         self.settings = Settings(
-            n_features=d, n_classes=len(self.classes), n_trees=n_estimators,
+            n_features=d, n_classes=0 if regression else len(self.classes), n_trees=n_estimators,
             max_depth=-1 if max_depth is None else max_depth, min_samples_leaf=min_samples_leaf,
             max_features=k, n_candidates=min(d, max(k, math.ceil(candidate_factor * k))),
             max_bins=max_bins, bootstrap=int(bool(bootstrap)), seed=int(seed) % 2**32,
+            regression=int(regression),
         )
         self.state = initial(self.settings)
 
@@ -372,25 +455,29 @@ class FederatedForestAdapter(ModelAdapter):
 
     def fit(self, data: Dataset, *, epochs: int = 1) -> dict[str, float]:
         """Fill in this round's sketch or histograms from the local rows."""
-        x, y_index = self._rows(data)
+        x, y = self._rows(data)
         state = self.state
         if state.sketching:
             quantiles, distinct, exact = sketch(x, self.settings.max_bins)
             self.state = replace(state, sketch=quantiles, distinct=distinct, exact=exact)
         elif len(state.frontier):
-            weights = bootstrap_weights(x, y_index, self.settings)
+            weights = bootstrap_weights(x, y, self.settings)
             self.state = replace(state, hist=histograms(
-                bin_data(x, state), y_index, weights, route(x, state), state))
+                bin_data(x, state), y, weights, route(x, state), state))
         metrics = self.evaluate(data)
         metrics["open_nodes"] = float(len(state.frontier))
         metrics["nodes"] = float(len(state.left))
         return metrics
 
     def evaluate(self, data: Dataset) -> dict[str, float]:
+        if self.settings.regression:
+            return regression_metrics(predict_value(self._x(data.x), self.state), data.y)
         proba = predict_proba(self._x(data.x), self.state)
         return classification_metrics(proba, np.asarray(data.y), self.classes)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        if self.settings.regression:
+            return predict_value(self._x(x), self.state)
         return np.asarray(self.classes[np.argmax(predict_proba(self._x(x), self.state), axis=1)])
 
     def _x(self, x: np.ndarray) -> np.ndarray:
@@ -403,8 +490,14 @@ class FederatedForestAdapter(ModelAdapter):
         return x
 
     def _rows(self, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+        """The features and, per row, its class index or (regression) its finite target."""
         x = self._x(data.x)
         y = np.asarray(data.y)
+        if self.settings.regression:
+            target = np.asarray(y, dtype=np.float64).reshape(-1)
+            if target.shape != (len(x),) or not np.isfinite(target).all():
+                raise ConfigError("federated-forest regression needs one finite target per row")
+            return x, target
         index = np.clip(np.searchsorted(self.classes, y), 0, len(self.classes) - 1)
         unknown = self.classes[index] != y
         if unknown.any():
@@ -425,12 +518,12 @@ def _max_features(value: str | int | float | None, d: int) -> int:
         return value
     if isinstance(value, float) and 0 < value <= 1:
         return max(1, int(value * d))
-    raise ConfigError(f"max_features must be 'sqrt', 'log2', an integer in [1, {d}], a fraction "
-                      f"in (0, 1] or null, got {value!r}")
+    raise ConfigError(f"max_features must be 'default', 'sqrt', 'log2', an integer in [1, {d}], "
+                      f"a fraction in (0, 1] or null, got {value!r}")
 
 
 @models.register("federated-forest")
 def _build(spec: DataSpec, seed: int = 0, **options: Any) -> FederatedForestAdapter:
-    """A random forest grown by all clients together on summed histograms (classification);
-    pair it with the ``forest-histograms`` aggregator."""
+    """A random forest grown by all clients together on summed histograms (classification or
+    regression, by the dataset's task); pair it with the ``forest-histograms`` aggregator."""
     return FederatedForestAdapter(spec, seed=seed, **options)
