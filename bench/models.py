@@ -23,8 +23,9 @@ Federated forest rows (``federated-forest`` + ``forest-histograms``): one forest
 by the 10 clients together on summed histograms, over ``HF_ROUNDS`` rounds, against the same
 central forest (scikit-learn's RandomForestClassifier, or RandomForestRegressor on diabetes, 100
 trees), mean over ``HF_SEEDS`` seeds.
-The rounds it needed and the bytes per client per round are measured by replaying the protocol
-in-process (adapter and aggregator, no transport): array payload bytes, not wire bytes.
+The rounds it needed and the bytes per client per round (down: the broadcast; up: the update,
+raw and coded by the ``zstd`` stage) are measured by replaying the protocol in-process (adapter
+and aggregator, no transport): array payload bytes, not wire bytes.
 
 Run: ``.venv/bin/python bench/models.py [--trees-only | --tree-variants | --histforest-only]
 [--write docs/benchmarks-models.md]`` (``--trees-only`` re-runs the tree, booster and federated
@@ -43,6 +44,7 @@ import asyncio
 import importlib.util
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -189,10 +191,10 @@ def main() -> None:
             results.append((central, fed, seconds))
         c, f, t = (float(v) for v in np.mean(results, axis=0))
         gaps = np.array([r[1] - r[0] for r in results])
-        done, peak, total = histforest_traffic(dataset, CLIENTS * TREES)
+        traffic = histforest_traffic(dataset, CLIENTS * TREES)
         row(f"federated forest ({CLIENTS * TREES} trees, {HF_SEEDS} seeds)", dataset,
-            f"{HF_MARK}, {HF_ROUNDS} rounds (complete after {done}); up/client: peak "
-            f"{peak / 1e6:.1f} MB/round, {total / 1e6:.1f} MB/job", c, f, spread(gaps), t)
+            f"{HF_MARK}, {HF_ROUNDS} rounds (complete after {traffic.rounds}); "
+            f"{traffic.describe()}", c, f, spread(gaps), t)
 
     if args.histforest_only:
         for dataset in HF_CASES:
@@ -236,32 +238,59 @@ def main() -> None:
               histforest_only=args.histforest_only)
 
 
-def histforest_traffic(dataset: str, trees: int, seed: int = 0) -> tuple[int, int, int]:
+def histforest_traffic(dataset: str, trees: int, seed: int = 0) -> Traffic:
     """Replay the federated forest's rounds in-process (seed 0): the round after which no node
-    is open, and one client's update size (array payload bytes) at its peak and over the rounds
-    up to completion. An update has the broadcast's arrays, so downlink bytes are the same."""
+    is open, and one client's bytes (array payload) per round at their peak and over the rounds
+    up to completion: the broadcast it receives, its update, and its update coded by the
+    ``zstd`` pipeline stage (level 3)."""
+    from foedus.compress.lossless import ZstdEncoder
+
     train, _, spec = load_dataset(dataset, seed=seed)
     shares = partition(train, CLIENTS, scheme="iid", seed=seed)
     server = FederatedForestAdapter(spec, seed=seed, n_estimators=trees)
     aggregator = foedus.aggregate.histforest.ForestHistograms()
+    zstd = ZstdEncoder(level=3)
     params = server.get_params()
-    sizes = []
+    down: list[int] = []
+    up: list[int] = []
+    coded: list[int] = []
     for rnd in range(1, HF_ROUNDS + 1):
         aggregator.reset(params)
+        down.append(sum(a.nbytes for a in params.values()))
         for i, share in enumerate(shares):
             client = FederatedForestAdapter(spec, seed=seed, n_estimators=trees)
             client.set_params(params)
             client.fit(share)
-            update = client.get_params()
+            update = Message.create(Kind.UPDATE, job_id="traffic", round=rnd, sender=f"c{i}",
+                                    params=client.get_params(), num_examples=len(share))
             if i == 0:
-                sizes.append(sum(a.nbytes for a in update.values()))
-            aggregator.accept(Message.create(Kind.UPDATE, job_id="traffic", round=rnd,
-                                             sender=f"c{i}", params=update,
-                                             num_examples=len(share)))
+                up.append(sum(a.nbytes for a in update.params.values()))
+                coded.append(sum(a.nbytes for a in zstd(update).params.values()))
+            aggregator.accept(update)
         params = aggregator.result()
         if rnd > 1 and not len(params["frontier"]):
-            return rnd, max(sizes), sum(sizes)
-    return HF_ROUNDS, max(sizes), sum(sizes)
+            break
+    return Traffic(len(up), max(down), sum(down), max(up), sum(up), max(coded), sum(coded))
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """One client's bytes per round in a federated forest job (see histforest_traffic)."""
+
+    rounds: int
+    down_peak: int
+    down_total: int
+    up_peak: int
+    up_total: int
+    zstd_peak: int
+    zstd_total: int
+
+    def describe(self) -> str:
+        mb = 1e6
+        return (f"per client: down peak {self.down_peak / mb:.1f} MB/round, "
+                f"{self.down_total / mb:.1f} MB/job; up peak {self.up_peak / mb:.1f} MB/round, "
+                f"{self.up_total / mb:.1f} MB/job; up with zstd {self.zstd_peak / mb:.2f} and "
+                f"{self.zstd_total / mb:.1f} MB")
 
 
 HEADER = (

@@ -199,6 +199,24 @@ def test_splits_respect_min_samples_leaf_and_skip_constant_candidates() -> None:
     assert j[0] == -1  # no cut leaves 6 rows on both sides: the node becomes a leaf
 
 
+def test_the_broadcast_carries_no_histograms_and_an_update_must_fill_them_in(
+    growing: tuple[Params, list[Message]],
+) -> None:
+    params, updates = growing
+    open_nodes = len(params["frontier"])
+    assert open_nodes == 3 and params["hist"].shape[0] == 0  # a placeholder, not zeros to send
+    assert updates[0].params["hist"].shape == (open_nodes, *params["hist"].shape[1:])
+    lazy = dict(updates[0].params)
+    lazy["hist"] = params["hist"]  # a client that sends the placeholder back
+    aggregator = ForestHistograms()
+    aggregator.reset(params)
+    with pytest.raises(RejectedUpdate) as caught:
+        aggregator.accept(update(lazy))
+    assert caught.value.reason == "wrong_shape"
+    grown = one_round(params, updates)
+    assert len(grown["frontier"]) and grown["hist"].shape[0] == 0
+
+
 def test_regression_splits_minimise_the_squared_error_and_respect_min_samples_leaf() -> None:
     def moments(*targets: float) -> list[float]:
         y = np.array(targets)

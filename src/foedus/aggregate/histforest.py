@@ -34,7 +34,7 @@ import numpy as np
 from foedus.aggregate.base import Aggregator, aggregators
 from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Message
-from foedus.core.params import Params
+from foedus.core.params import Params, ParamSpec
 from foedus.models.histforest import (
     REPORTED,
     ForestState,
@@ -72,7 +72,7 @@ class ForestHistograms(Aggregator):
                               f"parameters are not one: {exc}") from exc
         super().reset(global_params)
         self._state = state
-        self._hist = np.zeros(state.hist.shape)
+        self._hist = np.zeros(state.hist_shape)
         self._quantiles = np.zeros(state.sketch.shape)
         self._exact = np.zeros(state.exact.shape)
         self._examples = 0
@@ -83,7 +83,7 @@ class ForestHistograms(Aggregator):
         squares non-negative, the same totals per node whichever feature binned it), then add it
         to the sums."""
         state = self._open()
-        self.spec.check(update.params)
+        self._update_spec(state).check(update.params)
         if update.num_examples <= 0:
             raise RejectedUpdate("no_examples", f"{update.sender} reported {update.num_examples}")
         for name, array in update.params.items():
@@ -158,7 +158,7 @@ class ForestHistograms(Aggregator):
             np.zeros((t, s.n_features), dtype=np.uint8), state.hist, state.sketch[:0],
             state.distinct[:0], state.exact[:0],
         )
-        return _with_empty_hist(grown)
+        return grown.for_broadcast()
 
     # ---- later rounds: splits ----------------------------------------------------------------
     def _grow(self, state: ForestState) -> ForestState:
@@ -213,9 +213,16 @@ class ForestHistograms(Aggregator):
             candidates=_draw_candidates(s.seed, first, constant, s.n_candidates),
             constant=constant,
         )
-        return _with_empty_hist(grown)
+        return grown.for_broadcast()
 
     # ---- plumbing ----------------------------------------------------------------------------
+    def _update_spec(self, state: ForestState) -> ParamSpec:
+        """What an update must match: the broadcast's arrays, with ``hist`` at its full shape."""
+        spec = self.spec
+        shapes = tuple(state.hist_shape if name == "hist" else shape
+                       for name, shape in zip(spec.names, spec.shapes, strict=True))
+        return replace(spec, shapes=shapes)
+
     def _global_array(self, name: str) -> np.ndarray:
         assert self._global_params is not None
         return np.asarray(self._global_params[name])
@@ -285,7 +292,3 @@ def _draw_candidates(seed: int, first_node: int, constant: np.ndarray, m: int) -
     keys = rng.random(constant.shape) + constant
     return np.argsort(keys, axis=1)[:, :m].astype(np.int32)
 
-
-def _with_empty_hist(state: ForestState) -> ForestState:
-    """The state with a zeroed ``hist`` of the shape its frontier and bins call for."""
-    return replace(state, hist=state.empty_hist())

@@ -25,6 +25,9 @@ The global model is a set of named arrays (the format is :func:`pack`/:func:`unp
 - what clients fill in: ``hist`` (open node x candidate x bin x statistics) in growing rounds;
   ``sketch``/``distinct``/``exact`` (per-feature quantiles, distinct values) in the first round,
   from which the server derives the bin edges. Arrays a client does not fill go back unchanged.
+  The broadcast's ``hist`` is an empty placeholder, ``(0, candidates, bins, statistics)``: its
+  full shape follows from the frontier, and sending every client a histogram's worth of zeros
+  would make the downlink as large as the uplink.
 
 Bootstrap: each row's weight in tree ``t`` is Poisson(1), drawn from a keyed hash of (job seed,
 tree, the row's contents). That is a central bootstrap in distribution (Poisson(1) is the
@@ -130,7 +133,7 @@ class ForestState:
     frontier: np.ndarray  # (F,) int32
     candidates: np.ndarray  # (F, M) int32
     constant: np.ndarray  # (F, d) uint8
-    hist: np.ndarray  # (F, M, bins, S) statistics
+    hist: np.ndarray  # (F, M, bins, S) statistics in an update, (0, M, bins, S) in a broadcast
     sketch: np.ndarray  # (d | 0, max_bins - 1) float64
     distinct: np.ndarray  # (d | 0, max_bins) float64
     exact: np.ndarray  # (d | 0,) float64
@@ -152,10 +155,20 @@ class ForestState:
     def edges_of(self, feature: int) -> np.ndarray:
         return np.asarray(self.edges[feature, : self.n_edges[feature]])
 
+    @property
+    def hist_shape(self) -> tuple[int, int, int, int]:
+        """The shape of a client's histograms this round: open nodes x candidates x bins x
+        statistics."""
+        return (len(self.frontier), self.candidates.shape[1], self.n_bins,
+                self.settings.n_stats)
+
     def empty_hist(self) -> np.ndarray:
-        shape = (len(self.frontier), self.candidates.shape[1], self.n_bins,
-                 self.settings.n_stats)
-        return np.zeros(shape, dtype=self.settings.stats_dtype)
+        return np.zeros(self.hist_shape, dtype=self.settings.stats_dtype)
+
+    def for_broadcast(self) -> ForestState:
+        """The state to send clients: ``hist`` reduced to its empty placeholder."""
+        _, m, bins, stats = self.hist_shape
+        return replace(self, hist=np.zeros((0, m, bins, stats), dtype=self.settings.stats_dtype))
 
 
 def initial(settings: Settings) -> ForestState:
@@ -240,7 +253,9 @@ def unpack(params: Params) -> ForestState:
     if ((constant != 0) & (constant != 1)).any():
         raise fail("'constant' flags must be 0 or 1")
     n_bins = int(n_edges.max(initial=0)) + 1
-    hist = floats("hist", (f_count, s.n_candidates, n_bins if n else 1, c), s.stats_dtype)
+    filled = a["hist"].shape[:1] != (0,)  # a client's update; a broadcast holds a placeholder
+    hist = floats("hist", (f_count if filled else 0, s.n_candidates, n_bins if n else 1, c),
+                  s.stats_dtype)
     rows = 0 if n else d
     sketch = floats("sketch", (rows, b - 1))
     distinct = floats("distinct", (rows, b))
