@@ -60,6 +60,9 @@ def _print_summary(result: JobResult) -> None:
           f"{s['duration_s']:.1f}s")
     if s["final_accuracy"] is not None:
         print(f"  final accuracy {s['final_accuracy']:.4f}, final loss {s['final_loss']:.4f}")
+    elif result.final_metrics:  # e.g. a regression: loss (MSE) and r2
+        print("  final " + ", ".join(f"{name} {value:.4f}"
+                                     for name, value in result.final_metrics.items()))
     if best is not None:
         print(f"  best accuracy  {best.metrics['accuracy']:.4f} (round {best.round})")
     rejected = sum(sum(r.rejected.values()) for r in result.history)

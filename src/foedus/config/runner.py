@@ -68,6 +68,7 @@ class JobResult:
             "clients": self.clients,
             "final_accuracy": self.final_metrics.get("accuracy"),
             "final_loss": self.final_metrics.get("loss"),
+            "final_metrics": dict(self.final_metrics),  # all of them, e.g. r2 for regression
             "duration_s": round(self.duration_s, 3),
             "history": [r.to_dict() for r in self.history],
             **self.extra,
