@@ -54,7 +54,7 @@ from foedus.models.base import (
     regression_metrics,
 )
 
-FORMAT = 2  # 2: regression (the ``regression`` setting)
+FORMAT = 2  # format 2 added the ``regression`` setting; format 1 models are refused
 #: the arrays of the global model, in order
 NAMES = ("settings", "edges", "n_edges", "left", "feature", "threshold", "value", "depth",
          "frontier", "candidates", "constant", "hist", "sketch", "distinct", "exact")
