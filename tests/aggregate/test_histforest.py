@@ -16,7 +16,7 @@ import pytest
 
 from foedus.aggregate.base import aggregators
 from foedus.aggregate.histforest import ForestHistograms, best_splits
-from foedus.config.runner import run_job_sync
+from foedus.config.runner import JobResult, run_job_sync
 from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Kind, Message
@@ -269,21 +269,25 @@ def test_a_finished_forest_is_kept_as_is_and_max_depth_holds(digits_shares: Any)
         np.testing.assert_array_equal(again[name], params[name], err_msg=name)
 
 
+def finished_forest_job(dataset: str, trees: int, rounds: int) -> JobResult:
+    """A real job (10 IID clients, in-process transport) whose forest finished growing."""
+    result = run_job_sync(JobSpec.from_dict({
+        "job_id": f"federated-forest-{dataset}", "seed": 0, "rounds": rounds,
+        "round_timeout": 60, "data": {"dataset": dataset, "partition": "iid"},
+        "clients": {"count": 10}, "aggregator": "forest-histograms",
+        "model": {"type": "federated-forest", "params": {"n_estimators": trees}},
+    }))
+    assert all(r.status == "ok" and r.accepted == 10 for r in result.history)
+    assert not len(result.params["frontier"])  # the forest finished growing
+    return result
+
+
 def test_a_federated_job_scores_within_two_points_of_a_central_random_forest() -> None:
     from sklearn.ensemble import RandomForestClassifier
 
-    trees = 50
-    spec = JobSpec.from_dict({
-        "job_id": "federated-forest", "seed": 0, "rounds": 22, "round_timeout": 60,
-        "data": {"dataset": "digits", "partition": "iid"}, "clients": {"count": 10},
-        "model": {"type": "federated-forest", "params": {"n_estimators": trees}},
-        "aggregator": "forest-histograms",
-    })
-    result = run_job_sync(spec)
-    assert all(r.status == "ok" and r.accepted == 10 for r in result.history)
-    assert not len(result.params["frontier"])  # the forest finished growing
+    result = finished_forest_job("digits", trees=50, rounds=22)
     train, test, _ = load_dataset("digits", seed=0)  # the job's own split
-    central = RandomForestClassifier(n_estimators=trees, random_state=0).fit(train.x, train.y)
+    central = RandomForestClassifier(n_estimators=50, random_state=0).fit(train.x, train.y)
     assert result.final_metrics["accuracy"] >= central.score(test.x, test.y) - 0.02
 
 
@@ -291,16 +295,7 @@ def test_a_federated_regression_job_scores_like_a_central_random_forest_regresso
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.metrics import r2_score
 
-    trees = 30
-    spec = JobSpec.from_dict({
-        "job_id": "federated-forest-regression", "seed": 0, "rounds": 30, "round_timeout": 60,
-        "data": {"dataset": "diabetes", "partition": "iid"}, "clients": {"count": 10},
-        "model": {"type": "federated-forest", "params": {"n_estimators": trees}},
-        "aggregator": "forest-histograms",
-    })
-    result = run_job_sync(spec)
-    assert all(r.status == "ok" and r.accepted == 10 for r in result.history)
-    assert not len(result.params["frontier"])  # the forest finished growing
+    result = finished_forest_job("diabetes", trees=30, rounds=30)
     train, test, _ = load_dataset("diabetes", seed=0)  # the job's own split
-    central = RandomForestRegressor(n_estimators=trees, random_state=0).fit(train.x, train.y)
+    central = RandomForestRegressor(n_estimators=30, random_state=0).fit(train.x, train.y)
     assert result.final_metrics["r2"] >= r2_score(test.y, central.predict(test.x)) - 0.03
