@@ -123,3 +123,14 @@ async def test_an_edge_named_like_a_client_is_refused() -> None:
     with pytest.raises(ConfigError, match=re.escape("used twice (edges, clients, server): "
                                                      "['client-000']")):
         await run_job(JobSpec.from_dict(raw))
+
+
+@pytest.mark.parametrize(("kind", "how"), [
+    ("swarm", "averages the peers' models itself (gossip or all-reduce)"),
+    ("async", "applies buffered updates itself (FedBuff)"),
+])
+async def test_an_aggregator_a_topology_would_ignore_is_refused(kind: str, how: str) -> None:
+    raw = yaml.safe_load(BASE + TOPOLOGIES[kind]) | {"aggregator": "median"}
+    with pytest.raises(ConfigError, match=re.escape(
+            f"aggregator: topology {kind} {how}, so 'median' would never run")):
+        await run_job(JobSpec.from_dict(raw))

@@ -340,9 +340,19 @@ def _hierarchical(parts: JobParts, params: dict[str, Any], transport_for: Transp
                   lambda: server.params if here else None)
 
 
+def _own_averaging(spec: JobSpec, how: str) -> None:
+    """Refuse an ``aggregator`` that a topology averaging models its own way would ignore."""
+    if spec.aggregator.type != "fedavg" or spec.aggregator.params:
+        raise ConfigError(
+            f"aggregator: topology {spec.topology.type} {how}, so {spec.aggregator.type!r} "
+            f"would never run; remove the aggregator key (or use topology centralized or "
+            f"hierarchical, whose servers and edges run it)")
+
+
 def _swarm(parts: JobParts, params: dict[str, Any], transport_for: TransportFor,
            actors: Collection[str], on_record: RecordListener | None) -> _Built:
     spec = parts.spec
+    _own_averaging(spec, "averages the peers' models itself (gossip or all-reduce)")
     peers = [
         PeerPod(job_id=spec.job_id, peer_id=client_id(i), model=parts.make_model(),
                 data=parts.shares[i],
@@ -366,6 +376,7 @@ def _swarm(parts: JobParts, params: dict[str, Any], transport_for: TransportFor,
 def _async(parts: JobParts, params: dict[str, Any], transport_for: TransportFor,
            actors: Collection[str], on_record: RecordListener | None) -> _Built:
     spec = parts.spec
+    _own_averaging(spec, "applies buffered updates itself (FedBuff)")
     if parts.server_filters():
         raise ConfigError("pipeline: async jobs do not support server-side filters yet")
     server = AsyncServerPod(
