@@ -299,3 +299,26 @@ def test_a_federated_regression_job_scores_like_a_central_random_forest_regresso
     train, test, _ = load_dataset("diabetes", seed=0)  # the job's own split
     central = RandomForestRegressor(n_estimators=30, random_state=0).fit(train.x, train.y)
     assert result.final_metrics["r2"] >= r2_score(test.y, central.predict(test.x)) - 0.03
+
+
+@pytest.mark.parametrize("dataset", ["digits", "diabetes"])
+def test_a_forest_grown_through_a_tree_of_edges_is_the_flat_forest(dataset: str) -> None:
+    job: dict[str, Any] = {
+        "job_id": "forest-tree", "seed": 0, "rounds": 30, "round_timeout": 60,
+        "data": {"dataset": dataset, "partition": "iid"}, "clients": {"count": 5},
+        "model": {"type": "federated-forest", "params": {"n_estimators": 4}},
+        "aggregator": "forest-histograms",
+    }
+    flat = run_job_sync(JobSpec.from_dict(job))
+    tree = run_job_sync(JobSpec.from_dict(job | {"topology": {
+        "type": "hierarchical", "params": {"tree": [
+            {"edge": "north", "children": ["client-000", "client-001"]},
+            {"edge": "south", "children": [
+                "client-002", {"edge": "deep", "children": ["client-003", "client-004"]}]},
+        ]}}}))
+    assert not len(flat.params["frontier"]) and len(flat.params["left"]) > 100
+    for name, array in flat.params.items():
+        if name == "value" and dataset == "diabetes":  # float64 sums, added in another order
+            np.testing.assert_allclose(tree.params[name], array, rtol=1e-12)
+        else:  # the same splits, thresholds and (integer) counts
+            np.testing.assert_array_equal(tree.params[name], array, err_msg=name)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from foedus.aggregate.fedavg import FedAvg
+from foedus.aggregate.fedopt import FedAdam
 from foedus.core.errors import ConfigError
 from foedus.core.runtime import run_graphs
 from foedus.roles.client import ClientPod
@@ -34,16 +35,15 @@ def clients_of(data: Digits) -> dict[str, ClientPod]:
 
 
 def server_for(data: Digits, expected: int, **kw: object) -> ServerPod:
-    options: dict = {"round_timeout": 30.0} | kw
+    options: dict = {"round_timeout": 30.0, "aggregator": FedAvg()} | kw
     return ServerPod(
-        job_id="tree", initial_params=data.model().get_params(), aggregator=FedAvg(),
-        rounds=ROUNDS, expected_clients=expected,
-        evaluate=lambda p: {"accuracy": data.accuracy(p)}, **options,
+        job_id="tree", initial_params=data.model().get_params(), rounds=ROUNDS,
+        expected_clients=expected, evaluate=lambda p: {"accuracy": data.accuracy(p)}, **options,
     )
 
 
-async def flat_run(data: Digits) -> ServerPod:
-    server = server_for(data, len(data.shares))
+async def flat_run(data: Digits, **kw: object) -> ServerPod:
+    server = server_for(data, len(data.shares), **kw)
     transport = LocalTransport()
     clients = [(c, transport, ()) for c in clients_of(data).values()]
     await run_centralized(server, transport, clients)
@@ -62,6 +62,20 @@ def data() -> Digits:
 @pytest.fixture(scope="module")
 def flat(data: Digits) -> ServerPod:
     return asyncio.run(flat_run(data))
+
+
+async def test_a_tree_with_a_server_optimiser_takes_the_flat_runs_steps(data: Digits) -> None:
+    # edges send their children's plain mean; only the root steps, with the one optimiser state
+    flat = await flat_run(data, aggregator=FedAdam(server_lr=0.05))
+    tree = (EdgeNode("north", ("c0", "c1", "c2")), EdgeNode("south", ("c3", "c4", "c5")))
+    server = server_for(data, len(tree), aggregator=FedAdam(server_lr=0.05))
+    transport = LocalTransport()
+    await run_hierarchical(server, tree, clients_of(data), transport,
+                           aggregator=lambda: FedAdam(server_lr=0.05))
+    await transport.close()
+    assert server.aggregator.steps == ROUNDS
+    for name in flat.params:
+        np.testing.assert_allclose(server.params[name], flat.params[name], rtol=1e-9, atol=1e-12)
 
 
 async def test_two_level_fedavg_equals_the_flat_run_over_the_same_clients(

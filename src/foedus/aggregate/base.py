@@ -135,6 +135,19 @@ class Aggregator(abc.ABC):
         Raises RejectedUpdate('no_updates') for an empty round and
         RejectedUpdate('too_few_updates') when fewer than :meth:`min_updates` arrived.
         """
+        self._close_round()
+        return unflatten(self._result_vector(), self.spec)
+
+    def edge_result(self) -> dict[str, np.ndarray]:
+        """What an edge of a hierarchical job sends its parent for this round: by default
+        :meth:`result`. A rule whose result its parent cannot aggregate again overrides this:
+        the server optimisers send the round's plain mean (the step is the root's to take, with
+        the root's state), the federated forest its summed histograms (the root grows the
+        forest). Raises like :meth:`result`."""
+        return self.result()
+
+    def _close_round(self) -> None:
+        """Fold in what is held back and refuse a round with too few updates."""
         self._flush(final=True)
         if self._late:
             log.warning("%s refused %d update(s) after accepting them; call settle() to "
@@ -147,7 +160,6 @@ class Aggregator(abc.ABC):
                 "too_few_updates",
                 f"{self.describe()} needs at least {needed} updates, got {self.accepted}",
             )
-        return unflatten(self._result_vector(), self.spec)
 
     def describe(self) -> str:
         """A short human-readable name with the settings, for error messages."""

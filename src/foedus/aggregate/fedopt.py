@@ -32,6 +32,7 @@ from foedus.aggregate.base import aggregators, fraction, positive_number
 from foedus.aggregate.fedavg import PARALLEL_VALUES, FedAvg, worker_pool
 from foedus.aggregate.step_kernels import ADAGRAD, ADAM, YOGI, compiled_steps
 from foedus.core.errors import ConfigError
+from foedus.core.params import unflatten
 
 #: float64 values per block of the optimiser step: the block, its scratch and the state's
 #: blocks stay in L2
@@ -87,6 +88,13 @@ class ServerOptimizer(FedAvg):
             np.add(start[lo:hi], step, out=result[lo:hi])
         self.steps += 1
         return result
+
+    def edge_result(self) -> dict[str, np.ndarray]:
+        """The round's weighted mean, without a step: an edge's mean is averaged again by its
+        parent, and only the root steps (with the job's one optimiser state), so a tree takes
+        the same steps as a flat job."""
+        self._close_round()
+        return unflatten(self.mean_vector(), self.spec)
 
     def _step(self, delta: np.ndarray, scratch: np.ndarray, part: slice) -> np.ndarray:
         """Update the optimiser state's ``part`` with ``delta`` (that part of the
@@ -150,6 +158,13 @@ class FedAvgM(ServerOptimizer):
                                   self._buffer("momentum", 0.0)[part], self.momentum,
                                   self.server_lr)
 
+    def edge_result(self) -> dict[str, np.ndarray]:
+        """The round's weighted mean, without a step: an edge's mean is averaged again by its
+        parent, and only the root steps (with the job's one optimiser state), so a tree takes
+        the same steps as a flat job."""
+        self._close_round()
+        return unflatten(self.mean_vector(), self.spec)
+
     def _step(self, delta: np.ndarray, scratch: np.ndarray, part: slice) -> np.ndarray:
         velocity = self._buffer("momentum", 0.0)[part]
         velocity *= self.momentum
@@ -184,6 +199,13 @@ class _Adaptive(ServerOptimizer):
                                   self._buffer("m", 0.0)[part],
                                   self._buffer("v", self.tau**2)[part],
                                   self.beta1, self.beta2, self.tau, self.server_lr, self._rule)
+
+    def edge_result(self) -> dict[str, np.ndarray]:
+        """The round's weighted mean, without a step: an edge's mean is averaged again by its
+        parent, and only the root steps (with the job's one optimiser state), so a tree takes
+        the same steps as a flat job."""
+        self._close_round()
+        return unflatten(self.mean_vector(), self.spec)
 
     def _step(self, delta: np.ndarray, scratch: np.ndarray, part: slice) -> np.ndarray:
         m = self._buffer("m", 0.0)[part]

@@ -127,6 +127,31 @@ class ForestHistograms(Aggregator):
         new = self._bin_edges(state) if state.sketching else self._grow(state)
         return {k: np.array(v) for k, v in new.to_params().items()}
 
+    def edge_result(self) -> dict[str, np.ndarray]:
+        """An edge's answer to its parent: the global model with the reported arrays summed
+        over its children, as if it were one client holding all their rows. Histograms are
+        sums, so the root grows exactly the forest a flat job grows; the sketch is the edge's
+        example-weighted mean (its parent weights it by the edge's examples), and a feature
+        stays exactly binnable if every child's values, and their union, fit ``max_bins``."""
+        state = self._open()
+        if self.accepted == 0:
+            raise RejectedUpdate("no_updates", "no update was accepted this round")
+        assert self._hist is not None and self._quantiles is not None
+        reported = {"hist": self._hist.astype(state.settings.stats_dtype)}
+        if state.sketching:
+            distinct = np.zeros_like(state.distinct)
+            exact = np.zeros_like(state.exact)
+            for f in range(state.settings.n_features):
+                values = self._exact_values(state, f)
+                if values is not None:
+                    distinct[f] = np.pad(values, (0, distinct.shape[1] - len(values)),
+                                         mode="edge")
+                    exact[f] = 1.0
+            reported.update(sketch=self._quantiles / self._examples, distinct=distinct,
+                            exact=exact)
+        return {name: np.array(reported.get(name, array))
+                for name, array in state.to_params().items()}
+
     def describe(self) -> str:
         return "forest-histograms"
 
@@ -138,12 +163,10 @@ class ForestHistograms(Aggregator):
         n_edges = np.zeros(s.n_features, dtype=np.int32)
         mean_quantiles = self._quantiles / self._examples
         for f in range(s.n_features):
-            cut = None
-            if self._exact[f] == self.accepted:
-                values = np.unique(np.concatenate([d[f] for d in self._distinct]))
-                if len(values) <= s.max_bins:
-                    cut = (values[:-1] + values[1:]) / 2
-            if cut is None:
+            values = self._exact_values(state, f)
+            if values is not None:
+                cut = (values[:-1] + values[1:]) / 2
+            else:
                 cut = np.unique(mean_quantiles[f])
             n_edges[f] = len(cut)
             edges[f, : len(cut)] = cut
@@ -214,6 +237,15 @@ class ForestHistograms(Aggregator):
             constant=constant,
         )
         return grown.for_broadcast()
+
+    def _exact_values(self, state: ForestState, feature: int) -> np.ndarray | None:
+        """Every value of ``feature`` on every client, if each client sent all of its values
+        and together they fit ``max_bins``; else None (the feature is binned by quantiles)."""
+        assert self._exact is not None
+        if self._exact[feature] != self.accepted:
+            return None
+        values = np.unique(np.concatenate([d[feature] for d in self._distinct]))
+        return values if len(values) <= state.settings.max_bins else None
 
     # ---- plumbing ----------------------------------------------------------------------------
     def _update_spec(self, state: ForestState) -> ParamSpec:

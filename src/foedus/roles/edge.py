@@ -149,7 +149,7 @@ class EdgePod(Pod):
             missing_children=tally.missing(self.expected_children),
         )
         if record.accepted >= self.min_children:
-            params = await self.collector.blocking(self.aggregator.result)
+            params = await self.collector.blocking(self.aggregator.edge_result)
             reply = parent.reply(
                 Kind.UPDATE, self.edge_id, params=params, num_examples=record.num_examples,
                 metrics=tally.client_metrics(),
