@@ -177,7 +177,8 @@ def topology_actors(spec: JobSpec) -> list[str]:
     if topology.type == "swarm":
         return clients
     raise ConfigError(f"topology.type: {topology.type} jobs run their actors with "
-                      "foedus.config.runner.run_server / run_client")
+                      "`foedus server` and `foedus client --index N` (in Python: "
+                      "foedus.config.runner.run_server / run_client)")
 
 
 async def run_topology_job(spec: JobSpec) -> TopologyResult:
