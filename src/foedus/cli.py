@@ -58,11 +58,13 @@ def _print_summary(result: JobResult) -> None:
     )
     print(f"\nfoedus: job {s['job_id']!r} finished: {s['rounds']} rounds, {s['clients']} clients, "
           f"{s['duration_s']:.1f}s")
+    final = dict(result.final_metrics)
     if s["final_accuracy"] is not None:
         print(f"  final accuracy {s['final_accuracy']:.4f}, final loss {s['final_loss']:.4f}")
-    elif result.final_metrics:  # e.g. a regression: loss (MSE) and r2
-        print("  final " + ", ".join(f"{name} {value:.4f}"
-                                     for name, value in result.final_metrics.items()))
+        final.pop("accuracy")
+        final.pop("loss", None)
+    if final:  # e.g. a regression's loss (MSE) and r2, a federated forest's open nodes
+        print("  final " + ", ".join(f"{name} {value:.4g}" for name, value in final.items()))
     if best is not None:
         print(f"  best accuracy  {best.metrics['accuracy']:.4f} (round {best.round})")
     rejected = sum(sum(r.rejected.values()) for r in result.history)

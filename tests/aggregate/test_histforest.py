@@ -279,7 +279,20 @@ def finished_forest_job(dataset: str, trees: int, rounds: int) -> JobResult:
     }))
     assert all(r.status == "ok" and r.accepted == 10 for r in result.history)
     assert not len(result.params["frontier"])  # the forest finished growing
+    assert result.final_metrics["open_nodes"] == 0
+    assert result.final_metrics["nodes"] == len(result.params["left"])
     return result
+
+
+def test_a_job_that_ends_before_the_forest_is_complete_says_so_in_its_metrics() -> None:
+    result = run_job_sync(JobSpec.from_dict({
+        "job_id": "short", "seed": 0, "rounds": 3, "data": {"dataset": "diabetes"},
+        "clients": {"count": 3}, "aggregator": "forest-histograms",
+        "model": {"type": "federated-forest", "params": {"n_estimators": 4}},
+    }))
+    first = result.history[0].metrics  # round 1 set the bins: every root is still open
+    assert (first["open_nodes"], first["nodes"]) == (4, 4)
+    assert result.final_metrics["open_nodes"] == len(result.params["frontier"]) > 0
 
 
 def test_a_federated_job_scores_within_two_points_of_a_central_random_forest() -> None:

@@ -140,7 +140,7 @@ def test_a_regression_leaf_predicts_the_mean_target_of_its_rows() -> None:
     model = FederatedForestAdapter(spec, **options)
     model.set_params(params)
     np.testing.assert_allclose(model.predict(x), predicted)
-    assert set(model.evaluate(Dataset(x, y))) == {"loss", "r2"}
+    assert set(model.evaluate(Dataset(x, y))) == {"loss", "r2", "open_nodes", "nodes"}
 
 
 def test_the_forest_does_not_depend_on_how_the_rows_are_split_among_clients(digits: Any) -> None:

@@ -479,16 +479,23 @@ class FederatedForestAdapter(ModelAdapter):
             weights = bootstrap_weights(x, y, self.settings)
             self.state = replace(state, hist=histograms(
                 bin_data(x, state), y, weights, route(x, state), state))
-        metrics = self.evaluate(data)
-        metrics["open_nodes"] = float(len(state.frontier))
-        metrics["nodes"] = float(len(state.left))
-        return metrics
+        return self.evaluate(data)
 
     def evaluate(self, data: Dataset) -> dict[str, float]:
+        """Accuracy and loss (regression: MSE as loss, and r2), and how far the forest has
+        grown: ``nodes``, and ``open_nodes`` still to split (every root before round 1 has set
+        the bins), so a job that ends with ``open_nodes`` above 0 shows it needed more
+        rounds."""
+        state = self.state
         if self.settings.regression:
-            return regression_metrics(predict_value(self._x(data.x), self.state), data.y)
-        proba = predict_proba(self._x(data.x), self.state)
-        return classification_metrics(proba, np.asarray(data.y), self.classes)
+            metrics = regression_metrics(predict_value(self._x(data.x), state), data.y)
+        else:
+            metrics = classification_metrics(predict_proba(self._x(data.x), state),
+                                             np.asarray(data.y), self.classes)
+        metrics["open_nodes"] = float(self.settings.n_trees if state.sketching
+                                      else len(state.frontier))
+        metrics["nodes"] = float(len(state.left))
+        return metrics
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         if self.settings.regression:
