@@ -158,13 +158,6 @@ class FedAvgM(ServerOptimizer):
                                   self._buffer("momentum", 0.0)[part], self.momentum,
                                   self.server_lr)
 
-    def edge_result(self) -> dict[str, np.ndarray]:
-        """The round's weighted mean, without a step: an edge's mean is averaged again by its
-        parent, and only the root steps (with the job's one optimiser state), so a tree takes
-        the same steps as a flat job."""
-        self._close_round()
-        return unflatten(self.mean_vector(), self.spec)
-
     def _step(self, delta: np.ndarray, scratch: np.ndarray, part: slice) -> np.ndarray:
         velocity = self._buffer("momentum", 0.0)[part]
         velocity *= self.momentum
@@ -199,13 +192,6 @@ class _Adaptive(ServerOptimizer):
                                   self._buffer("m", 0.0)[part],
                                   self._buffer("v", self.tau**2)[part],
                                   self.beta1, self.beta2, self.tau, self.server_lr, self._rule)
-
-    def edge_result(self) -> dict[str, np.ndarray]:
-        """The round's weighted mean, without a step: an edge's mean is averaged again by its
-        parent, and only the root steps (with the job's one optimiser state), so a tree takes
-        the same steps as a flat job."""
-        self._close_round()
-        return unflatten(self.mean_vector(), self.spec)
 
     def _step(self, delta: np.ndarray, scratch: np.ndarray, part: slice) -> np.ndarray:
         m = self._buffer("m", 0.0)[part]
