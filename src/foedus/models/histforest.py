@@ -483,8 +483,8 @@ class FederatedForestAdapter(ModelAdapter):
 
     def evaluate(self, data: Dataset) -> dict[str, float]:
         """Accuracy and loss (regression: MSE as loss, and r2), and how far the forest has
-        grown: ``nodes``, and ``open_nodes`` still to split (every root before round 1 has set
-        the bins), so a job that ends with ``open_nodes`` above 0 shows it needed more
+        grown: ``nodes``, and ``open_nodes`` still to split (until round 1 has set the bins,
+        every tree's root), so a job that ends with ``open_nodes`` above 0 shows it needed more
         rounds."""
         state = self.state
         if self.settings.regression:
