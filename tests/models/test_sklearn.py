@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -152,3 +154,40 @@ def test_logistic_regression_penalty_is_per_example_so_data_size_does_not_change
     assert not np.allclose(coefficients(once, C=1.0), coefficients(twice, C=1.0), atol=1e-3)
     with pytest.raises(ConfigError, match="alpha"):
         build_model("sklearn-logistic", spec, alpha=0.0)
+
+
+def test_clients_on_threads_of_one_process_take_turns_in_scikit_learn(
+    digits: Loaded, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # scikit-learn's Parallel saves and resets the process-wide warning filters around every
+    # task, so two threads inside it at once can corrupt them (see SKLEARN_LOCK)
+    from sklearn.linear_model import SGDClassifier
+
+    train, _, spec = digits
+    inside, most = 0, 0
+    guard = threading.Lock()
+    original = SGDClassifier.partial_fit
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal inside, most
+        with guard:
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.01)  # long enough for another thread to try to enter
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            with guard:
+                inside -= 1
+
+    monkeypatch.setattr(SGDClassifier, "partial_fit", counted)
+    shares = partition(train, 4, scheme="iid", seed=0)
+    models = [build_model("sklearn-sgd", spec, seed=0) for _ in shares]
+    pairs = list(zip(models, shares, strict=True))
+    threads = [threading.Thread(target=m.fit, args=(share,)) for m, share in pairs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most == 1
+    assert all(m.evaluate(share)["accuracy"] > 0.5 for m, share in pairs)

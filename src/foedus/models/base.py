@@ -8,14 +8,38 @@ are imported only when an adapter for them is built.
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
+import threading
 from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 
 from foedus.core.params import Params
 from foedus.core.registry import Registry
 from foedus.data.datasets import Dataset, DataSpec
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+#: Held while an adapter calls into scikit-learn. Its parallel helpers save, clear and restore
+#: the process-wide warning filters around every task (``warnings.catch_warnings`` is not
+#: thread-safe before Python 3.14), so clients training scikit-learn models on threads of one
+#: process could empty or swap each other's filters: seen as bursts of "`sklearn.utils.parallel.
+#: delayed` should be used with `sklearn.utils.parallel.Parallel`" warnings, and worse, filters
+#: left changed for the whole process. Such clients take turns; process-backed workers do not
+#: share the lock.
+SKLEARN_LOCK = threading.RLock()
+
+
+def sklearn_exclusive(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``method`` holding :data:`SKLEARN_LOCK`."""
+    @functools.wraps(method)
+    def locked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with SKLEARN_LOCK:
+            return method(*args, **kwargs)
+    return locked
 
 
 class ModelAdapter(abc.ABC):

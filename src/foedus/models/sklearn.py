@@ -27,10 +27,12 @@ from foedus.core.errors import ConfigError, require
 from foedus.core.params import Params
 from foedus.data.datasets import Dataset, DataSpec
 from foedus.models.base import (
+    SKLEARN_LOCK,
     ModelAdapter,
     classification_metrics,
     models,
     regression_metrics,
+    sklearn_exclusive,
 )
 
 
@@ -106,6 +108,7 @@ class SklearnSGDClassifier(ModelAdapter):
         self.rng = np.random.default_rng(seed)
         self.model.t_ = 1.0
 
+    @sklearn_exclusive
     def fit(self, data: Dataset, *, epochs: int = 1) -> dict[str, float]:
         for _ in range(epochs):
             order = self.rng.permutation(len(data))
@@ -113,6 +116,7 @@ class SklearnSGDClassifier(ModelAdapter):
             self.model.partial_fit(x, data.y[order], classes=self.classes)
         return {"loss": self.evaluate(data)["loss"]}
 
+    @sklearn_exclusive
     def evaluate(self, data: Dataset) -> dict[str, float]:
         if self.model.loss in ("log_loss", "modified_huber"):  # losses with probabilities
             return classification_metrics(self.model.predict_proba(data.x), data.y, self.classes)
@@ -170,6 +174,7 @@ class SklearnLogisticRegression(ModelAdapter):
                                 "intercept": self.model.intercept_.shape})
         self.model.coef_, self.model.intercept_ = loaded["coef"], loaded["intercept"]
 
+    @sklearn_exclusive
     def fit(self, data: Dataset, *, epochs: int = 1) -> dict[str, float]:
         x, y, weight = self.padded(data)
         self.model.max_iter = self.max_iter * epochs
@@ -194,6 +199,7 @@ class SklearnLogisticRegression(ModelAdapter):
         weight = np.concatenate([np.ones(len(data)), np.zeros(len(missing))])
         return x, y, weight
 
+    @sklearn_exclusive
     def evaluate(self, data: Dataset) -> dict[str, float]:
         return classification_metrics(self.model.predict_proba(data.x), data.y, self.classes)
 
@@ -226,6 +232,7 @@ class SklearnLinearRegressor(ModelAdapter):
         self.model.intercept_ = loaded["intercept"] if self.incremental else float(
             loaded["intercept"][0])
 
+    @sklearn_exclusive
     def fit(self, data: Dataset, *, epochs: int = 1) -> dict[str, float]:
         x, y = np.asarray(data.x, dtype=np.float64), np.asarray(data.y, dtype=np.float64)
         if self.incremental:
@@ -236,6 +243,7 @@ class SklearnLinearRegressor(ModelAdapter):
             self.model.fit(x, y)
         return {"loss": self.evaluate(data)["loss"]}
 
+    @sklearn_exclusive
     def evaluate(self, data: Dataset) -> dict[str, float]:
         prediction = np.asarray(data.x, dtype=np.float64) @ self.model.coef_ + np.atleast_1d(
             self.model.intercept_)[0]
@@ -271,7 +279,7 @@ class SklearnMLP(ModelAdapter):
         n = max(len(self.classes), 2)
         x0 = np.zeros((n, spec.n_features))
         y0 = self.classes if self.classifier else np.zeros(n)
-        with warnings.catch_warnings():
+        with SKLEARN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if self.classifier:
                 self.model.partial_fit(x0, y0, classes=self.classes)
@@ -310,6 +318,7 @@ class SklearnMLP(ModelAdapter):
             self.model.coefs_[i] = loaded[f"coef_{i}"]
             self.model.intercepts_[i] = loaded[f"intercept_{i}"]
 
+    @sklearn_exclusive
     def fit(self, data: Dataset, *, epochs: int = 1) -> dict[str, float]:
         x = np.asarray(data.x, dtype=np.float64)
         with warnings.catch_warnings():
@@ -321,6 +330,7 @@ class SklearnMLP(ModelAdapter):
                     self.model.partial_fit(x, np.asarray(data.y, dtype=np.float64))
         return {"loss": self.evaluate(data)["loss"]}
 
+    @sklearn_exclusive
     def evaluate(self, data: Dataset) -> dict[str, float]:
         x = np.asarray(data.x, dtype=np.float64)
         if self.classifier:

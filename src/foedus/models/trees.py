@@ -29,6 +29,7 @@ from foedus.core.params import Params
 from foedus.data.datasets import Dataset, DataSpec
 from foedus.models import forest as packed
 from foedus.models.base import (
+    SKLEARN_LOCK,
     ModelAdapter,
     ensemble_metrics,
     hold_out,
@@ -95,7 +96,8 @@ class TreeEnsembleAdapter(ModelAdapter):
         rng = np.random.default_rng(self._round_seed)
         train, val = hold_out(data, self.validation_fraction, rng)
         estimator = self._estimator(random_state=int(rng.integers(2**31 - 1)))
-        estimator.fit(np.asarray(train.x, dtype=np.float32), train.y)
+        with SKLEARN_LOCK:  # see SKLEARN_LOCK: scikit-learn's forests fit through Parallel
+            estimator.fit(np.asarray(train.x, dtype=np.float32), train.y)
         local = self._export(estimator)
         self._load(local)
         outputs = self._tree_outputs(np.asarray(val.x))
