@@ -178,3 +178,30 @@ def test_an_update_of_the_other_ensemble_kind_is_refused() -> None:
 def update_params(params: dict[str, np.ndarray], examples: int) -> Message:
     return Message.create(Kind.UPDATE, job_id="j", round=1, sender="c", params=params,
                           num_examples=examples)
+
+
+def test_tree_bagging_through_a_tree_of_edges_keeps_every_clients_trees() -> None:
+    from foedus.config.runner import run_job_sync
+    from foedus.config.spec import JobSpec
+
+    job: dict[str, Any] = {
+        "job_id": "bagging-tree", "seed": 0, "rounds": 1,
+        "data": {"dataset": "breast_cancer", "partition": "iid"}, "clients": {"count": 4},
+        "model": {"type": "sklearn-random-forest", "params": {"n_estimators": 3}},
+        "aggregator": "tree-bagging",
+    }
+    flat = run_job_sync(JobSpec.from_dict(job))
+    tree = run_job_sync(JobSpec.from_dict(job | {"topology": {"type": "hierarchical", "params": {
+        "tree": [{"edge": "a", "children": ["client-000", "client-001"]},
+                 {"edge": "b", "children": ["client-002", "client-003"]}]}}}))
+    def trees(forest: packed.PackedForest) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
+        cuts = zip(forest.offsets[:-1], forest.offsets[1:], strict=True)
+        return sorted((tuple(forest.feature[lo:hi]), tuple(forest.threshold[lo:hi]))
+                      for lo, hi in cuts)
+
+    flat_forest, tree_forest = (packed.unpack(r.params) for r in (flat, tree))
+    assert flat_forest.n_trees == tree_forest.n_trees == 4 * 3
+    assert trees(tree_forest) == trees(flat_forest)  # the same trees, merged in another order
+    np.testing.assert_allclose(tree_forest.weight, flat_forest.weight)
+    # (accuracy may differ: 12 equal votes can tie, and the order of the sum breaks the tie)
+    assert tree.final_metrics["loss"] == pytest.approx(flat.final_metrics["loss"], rel=1e-9)
