@@ -40,8 +40,9 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 
@@ -63,6 +64,7 @@ KERNEL_STREAMS = 10
 FOLD_BLOCK = 1 << 17
 # one tensor's slice [start, stop) and where that tensor starts in the flat sum
 Block = tuple[int, int, int, int]  # (tensor index, start, stop, offset of the tensor)
+_Part = TypeVar("_Part")
 
 
 @aggregators.register("fedavg")
@@ -103,6 +105,11 @@ class FedAvg(Aggregator):
 
     def describe(self) -> str:
         return f"FedAvg(group={self.group})"
+
+    @property
+    def parallelism(self) -> int:
+        """Threads a pass over this round's model uses: one below ``PARALLEL_VALUES``."""
+        return self.threads if self.spec.size >= PARALLEL_VALUES else 1
 
     def _reset(self) -> None:
         size, dtype = self.spec.size, self.work_dtype
@@ -261,12 +268,7 @@ class FedAvg(Aggregator):
                         np.add(base[lo:hi], block, out=block)
                     np.multiply(block, scale, out=target[lo:hi])
 
-        parts = _split(blocks, self.threads if self.spec.size >= PARALLEL_VALUES else 1)
-        if len(parts) == 1:
-            fold_part(parts[0])
-        else:
-            for future in [worker_pool(self.threads).submit(fold_part, p) for p in parts]:
-                future.result()
+        run_parts(fold_part, _split(blocks, self.parallelism))
         return culprits
 
     def _compiled_passes(self, flats: list[list[np.ndarray]], weights: list[float],
@@ -350,10 +352,20 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def worker_pool(threads: int) -> ThreadPoolExecutor:
+def _worker_pool(threads: int) -> ThreadPoolExecutor:
     """One long-lived pool per thread count: starting threads every fold would cost more than
     the fold of a mid-sized model."""
     with _POOLS_LOCK:
         if threads not in _POOLS:
             _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="foedus-fedavg")
         return _POOLS[threads]
+
+
+def run_parts(work: Callable[[_Part], None], parts: Sequence[_Part]) -> None:
+    """``work`` on every part, one thread each; a single part runs on the calling thread (a
+    thread hop costs more than a small model's work)."""
+    if len(parts) == 1:
+        work(parts[0])
+        return
+    for future in [_worker_pool(len(parts)).submit(work, part) for part in parts]:
+        future.result()

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from foedus.aggregate.base import aggregators, fraction, positive_number
-from foedus.aggregate.fedavg import PARALLEL_VALUES, FedAvg, worker_pool
+from foedus.aggregate.fedavg import FedAvg, run_parts
 from foedus.aggregate.step_kernels import ADAGRAD, ADAM, YOGI, compiled_steps
 from foedus.core.errors import ConfigError
 from foedus.core.params import unflatten
@@ -68,13 +68,10 @@ class ServerOptimizer(FedAvg):
         if self._fold_kernel is not None:
             # written in the model's float dtype: float32 tensors come out as views of it
             out = np.empty(self.spec.size, dtype=self.work_dtype)
-            size = self.spec.size
-            threads = self.threads if size >= PARALLEL_VALUES else 1
-            cuts = [(i * size // threads, (i + 1) * size // threads) for i in range(threads)]
-            for future in [worker_pool(threads).submit(self._compiled_step, out, mean, start,
-                                                       slice(lo, hi))
-                           for lo, hi in cuts]:
-                future.result()
+            size, threads = self.spec.size, self.parallelism
+            run_parts(lambda part: self._compiled_step(out, mean, start, part),
+                      [slice(i * size // threads, (i + 1) * size // threads)
+                       for i in range(threads)])
             self.steps += 1
             return out
         result = np.empty(self.spec.size, dtype=np.float64)

@@ -83,16 +83,21 @@ def _fold_fresh(out: Any, coefs: Any, updates: Any, scale: Any) -> bool:
     return broken == 0
 
 
+def compile_kernels(*functions: Callable[..., Any]) -> list[Callable[..., Any]]:
+    """``functions`` compiled by numba (extra ``fast``) with strict IEEE arithmetic (no
+    fast-math) and the GIL released, cached on disk where numba finds a writable cache
+    directory and compiled in memory otherwise."""
+    numba = require("numba", "fast")
+    try:
+        return [numba.njit(nogil=True, cache=True)(f) for f in functions]
+    except RuntimeError:  # numba found no writable cache directory
+        return [numba.njit(nogil=True)(f) for f in functions]
+
+
 @cache
 def fold_kernel() -> FoldKernel:
     """The compiled fold (compiled once per process and argument types)."""
-    numba = require("numba", "fast")
-    try:  # strict IEEE: no fast-math
-        compiled = [numba.njit(nogil=True, cache=True)(f)
-                    for f in (_fold_onto, _fold_into, _fold_fresh)]
-    except RuntimeError:  # numba found no writable cache directory: compile in memory only
-        compiled = [numba.njit(nogil=True)(f) for f in (_fold_onto, _fold_into, _fold_fresh)]
-    fold_onto, fold_into, fold_fresh = compiled
+    fold_onto, fold_into, fold_fresh = compile_kernels(_fold_onto, _fold_into, _fold_fresh)
 
     def fold(out: Any, base: Any, coefs: Any, updates: tuple[Any, ...], scale: float,
              lo: int, hi: int) -> bool:

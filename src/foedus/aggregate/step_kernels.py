@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from foedus.core.errors import require
+from foedus.aggregate.fold_kernel import compile_kernels
 
 #: second-moment rules of the adaptive optimisers
 ADAGRAD, ADAM, YOGI = 0, 1, 2
@@ -56,9 +56,6 @@ class Steps(NamedTuple):
 
 @cache
 def compiled_steps() -> Steps:
-    """The compiled steps (compiled once per process and argument types, cached on disk)."""
-    numba = require("numba", "fast")
-    try:  # strict IEEE: no fast-math, so the bits match the numpy path
-        return Steps(*(numba.njit(nogil=True, cache=True)(f) for f in (_momentum, _adaptive)))
-    except RuntimeError:  # numba found no writable cache directory: compile in memory only
-        return Steps(*(numba.njit(nogil=True)(f) for f in (_momentum, _adaptive)))
+    """The compiled steps (compiled once per process and argument types; strict IEEE, so the
+    bits match the numpy path)."""
+    return Steps(*compile_kernels(_momentum, _adaptive))
