@@ -121,9 +121,7 @@ class ForestHistograms(Aggregator):
         self.accepted += 1
 
     def result(self) -> dict[str, np.ndarray]:
-        state = self._open()
-        if self.accepted == 0:
-            raise RejectedUpdate("no_updates", "no update was accepted this round")
+        state = self._closing()
         new = self._bin_edges(state) if state.sketching else self._grow(state)
         return {k: np.array(v) for k, v in new.to_params().items()}
 
@@ -133,9 +131,7 @@ class ForestHistograms(Aggregator):
         sums, so the root grows exactly the forest a flat job grows; the sketch is the edge's
         example-weighted mean (its parent weights it by the edge's examples), and a feature
         stays exactly binnable if every child's values, and their union, fit ``max_bins``."""
-        state = self._open()
-        if self.accepted == 0:
-            raise RejectedUpdate("no_updates", "no update was accepted this round")
+        state = self._closing()
         assert self._hist is not None and self._quantiles is not None
         reported = {"hist": self._hist.astype(state.settings.stats_dtype)}
         if state.sketching:
@@ -258,6 +254,13 @@ class ForestHistograms(Aggregator):
     def _global_array(self, name: str) -> np.ndarray:
         assert self._global_params is not None
         return np.asarray(self._global_params[name])
+
+    def _closing(self) -> ForestState:
+        """The round's state, once at least one update was accepted."""
+        state = self._open()
+        if self.accepted == 0:
+            raise RejectedUpdate("no_updates", "no update was accepted this round")
+        return state
 
     def _open(self) -> ForestState:
         if self._state is None:
