@@ -27,13 +27,10 @@ from foedus.core.params import Params
 from foedus.data.datasets import Dataset
 from foedus.models.base import ModelAdapter
 from foedus.privacy import secagg
-from foedus.privacy.secagg_pods import (
-    SecureServerPod,
-    SecureSumSettings,
-    run_secure_aggregation_job,
-    secagg_topic,
-)
+from foedus.privacy.secagg_pods import SecureSumSettings, secagg_topic
 from foedus.roles.client import ClientPod
+from foedus.roles.secure_server import SecureServerPod
+from foedus.topology.secure_sum import run_secure_aggregation_job
 from foedus.transport.local import LocalTransport
 
 CPU: dict[str, float] = defaultdict(float)

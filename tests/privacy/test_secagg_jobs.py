@@ -11,7 +11,7 @@ import pytest
 from foedus.config.runner import build_parts, run_job_sync
 from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError
-from foedus.privacy.secagg_pods import SecureServerPod
+from foedus.roles.secure_server import SecureServerPod
 from tests.processes import run_server_and_clients
 from tests.transport.mqtt_fixtures import Mosquitto, mosquitto, mqtt_certs
 

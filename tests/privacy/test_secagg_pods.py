@@ -14,15 +14,12 @@ from foedus.core.params import Params
 from foedus.data.datasets import Dataset
 from foedus.models.base import ModelAdapter
 from foedus.privacy.dp import CentralDPStage, ClipStage, LocalDPStage
-from foedus.privacy.secagg_pods import (
-    SecAggClientPod,
-    SecureServerPod,
-    SecureSumSettings,
-    run_secure_aggregation_job,
-)
+from foedus.privacy.secagg_pods import SecAggClientPod, SecureSumSettings
 from foedus.roles.client import ClientPod
+from foedus.roles.secure_server import SecureServerPod
 from foedus.roles.server import ServerPod
 from foedus.topology.centralized import run_centralized
+from foedus.topology.secure_sum import run_secure_aggregation_job
 from foedus.transport.local import LocalTransport
 from tests.topology.helpers import digits
 
