@@ -39,6 +39,10 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "foedus.privacy.secagg_pods",
     "foedus.security.signing",
     "foedus.sim.attacks",
+    "foedus.topology.centralized",
+    "foedus.topology.hierarchical",
+    "foedus.topology.swarm",
+    "foedus.topology.asynchronous",
 )
 
 _loaded = False
