@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from foedus.core.errors import CodecError, ConfigError, FoedusError
-from foedus.core.filter import Filter
+from foedus.core.filter import Filter, check_trail_change
 from foedus.core.message import Kind, Message
 from foedus.core.params import Params
 
@@ -258,7 +258,10 @@ class Codec(Filter):
 
 
 class Encoder(Codec):
-    """Client half: implement :meth:`encode`; the trail gets the tag pushed."""
+    """Client half: implement :meth:`encode`; the trail gets the tag pushed.
+
+    Subclasses declare ``pushes = (tag,)`` next to their ``tag``: the pairing checks read it.
+    """
 
     def encode(self, msg: Message) -> Message:
         raise NotImplementedError
@@ -275,7 +278,10 @@ class Encoder(Codec):
 
 
 class Decoder(Codec):
-    """Server half: implement :meth:`decode`; checks and pops the trail, removes the metadata."""
+    """Server half: implement :meth:`decode`; checks and pops the trail, removes the metadata.
+
+    Subclasses declare ``pops = (tag,)`` next to their ``tag``: the pairing checks read it.
+    """
 
     def __init__(self, name: str, *, delta: bool = False,
                  max_decoded_size: int = DEFAULT_MAX_DECODED) -> None:
@@ -337,4 +343,6 @@ class Decoder(Codec):
                 Kind.ERROR, job_id=msg.header.job_id, round=msg.round, sender=msg.sender,
                 recipient=msg.header.recipient, error=f"{type(exc).__name__}: {exc}",
             )
+        else:  # a trail changed against the declarations is a bug in the decoder: raised
+            check_trail_change(self, msg.trail, out.trail)
         self.emit("out", out)

@@ -32,7 +32,7 @@ from foedus.compress.base import (
     unpack_raw,
 )
 from foedus.core.errors import CodecError, ConfigError, require
-from foedus.core.filter import Filter, Stage, stages
+from foedus.core.filter import LOSSLESS, Filter, Stage, stages
 from foedus.core.message import Message
 
 BODY = "body"  # name of the compressed array inside an encoded message
@@ -57,6 +57,7 @@ def _read(decoder: Decoder, msg: Message, entry: Mapping[str, Any]) -> tuple[Any
 # ---- zstd ----------------------------------------------------------------------------------
 class ZstdEncoder(Encoder):
     tag: ClassVar[str] = "zstd"
+    pushes = (tag,)
 
     def __init__(self, level: int = 3, threads: int = 0, name: str = "zstd-encode") -> None:
         super().__init__(name)
@@ -71,6 +72,7 @@ class ZstdEncoder(Encoder):
 
 class ZstdDecoder(Decoder):
     tag: ClassVar[str] = "zstd"
+    pops = (tag,)
 
     def __init__(self, max_decoded_size: int = DEFAULT_MAX_DECODED,
                  name: str = "zstd-decode") -> None:
@@ -100,6 +102,8 @@ class ZstdDecoder(Decoder):
 class ZstdStage(Stage):
     """``- {type: zstd, params: {level: 3, threads: 0}}``; ``threads: -1`` uses every core."""
 
+    privacy_operations = (LOSSLESS,)
+
     def __init__(self, level: int = 3, threads: int = 0,
                  max_decoded_size: int = DEFAULT_MAX_DECODED) -> None:
         zstd = require("zstandard", "compress")
@@ -120,6 +124,7 @@ class ZstdStage(Stage):
 # ---- lzma ----------------------------------------------------------------------------------
 class LzmaEncoder(Encoder):
     tag: ClassVar[str] = "lzma"
+    pushes = (tag,)
 
     def __init__(self, preset: int = 6, name: str = "lzma-encode") -> None:
         super().__init__(name)
@@ -132,6 +137,7 @@ class LzmaEncoder(Encoder):
 
 class LzmaDecoder(Decoder):
     tag: ClassVar[str] = "lzma"
+    pops = (tag,)
     MEMLIMIT: ClassVar[int] = 256 * 1024**2  # presets 0-9 need at most ~65 MiB to decompress
 
     def __init__(self, max_decoded_size: int = DEFAULT_MAX_DECODED,
@@ -155,6 +161,8 @@ class LzmaDecoder(Decoder):
 
 class LzmaStage(Stage):
     """``- {type: lzma, params: {preset: 6}}``: smaller than zstd, and much slower."""
+
+    privacy_operations = (LOSSLESS,)
 
     def __init__(self, preset: int = 6, max_decoded_size: int = DEFAULT_MAX_DECODED) -> None:
         if not isinstance(preset, int) or not 0 <= preset <= 9:

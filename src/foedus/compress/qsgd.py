@@ -39,7 +39,7 @@ from foedus.compress.base import (
     unflat,
 )
 from foedus.core.errors import CodecError, ConfigError
-from foedus.core.filter import Filter, Stage, stages
+from foedus.core.filter import LOSSY, Filter, Half, Stage, stages
 from foedus.core.message import Message
 
 CODES, NORMS, SIGNS = "qsgd.codes", "qsgd.norms", "qsgd.signs"
@@ -89,6 +89,7 @@ def dequantize(
 
 class QSGDEncoder(Encoder):
     tag: ClassVar[str] = "qsgd"
+    pushes = (tag,)
 
     def __init__(
         self, *, bits: int = 4, bucket: int = 512, norm: str = "max", elias: bool = False,
@@ -128,6 +129,7 @@ class QSGDEncoder(Encoder):
 
 class QSGDDecoder(Decoder):
     tag: ClassVar[str] = "qsgd"
+    pops = (tag,)
 
     def __init__(self, *, delta: bool = True, max_decoded_size: int = DEFAULT_MAX_DECODED,
                  name: str = "qsgd-decode") -> None:
@@ -179,6 +181,8 @@ class QSGDDecoder(Decoder):
 class QSGDStage(Stage):
     """``- {type: qsgd, params: {bits: 4, bucket: 512, norm: max, elias: false, delta: true}}``"""
 
+    privacy_operations = (LOSSY,)
+
     def __init__(
         self, bits: int = 4, bucket: int = 512, norm: str = "max", elias: bool = False,
         delta: bool = True, seed: int | None = None,
@@ -199,6 +203,11 @@ class QSGDStage(Stage):
 
     def server(self) -> Filter:
         return QSGDDecoder(delta=self.delta, max_decoded_size=self.max_decoded_size)
+
+    def halves(self) -> tuple[Half, Half]:
+        """From the classes: building a client half would advance the per-client seeds."""
+        return (Half("qsgd-encode", pushes=QSGDEncoder.pushes),
+                Half("qsgd-decode", pops=QSGDDecoder.pops))
 
 
 def _check(bits: int, bucket: int, norm: str) -> None:

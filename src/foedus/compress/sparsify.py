@@ -30,7 +30,7 @@ from foedus.compress.base import (
     unflat,
 )
 from foedus.core.errors import CodecError, ConfigError
-from foedus.core.filter import Filter, Stage, stages
+from foedus.core.filter import LOSSY, Filter, Stage, stages
 from foedus.core.message import Message
 
 INDICES, VALUES = "topk.indices", "topk.values"
@@ -38,6 +38,7 @@ INDICES, VALUES = "topk.indices", "topk.values"
 
 class TopKEncoder(Encoder):
     tag: ClassVar[str] = "topk"
+    pushes = (tag,)
 
     def __init__(self, *, ratio: float = 0.01, error_feedback: bool = True, delta: bool = True,
                  name: str = "topk-encode") -> None:
@@ -73,6 +74,7 @@ class TopKEncoder(Encoder):
 
 class TopKDecoder(Decoder):
     tag: ClassVar[str] = "topk"
+    pops = (tag,)
 
     def __init__(self, *, delta: bool = True, max_decoded_size: int = DEFAULT_MAX_DECODED,
                  name: str = "topk-decode") -> None:
@@ -95,6 +97,8 @@ class TopKDecoder(Decoder):
 
 class TopKStage(Stage):
     """``- {type: topk, params: {ratio: 0.01, error_feedback: true, delta: true}}``"""
+
+    privacy_operations = (LOSSY,)
 
     def __init__(self, ratio: float = 0.01, error_feedback: bool = True, delta: bool = True,
                  max_decoded_size: int = DEFAULT_MAX_DECODED) -> None:

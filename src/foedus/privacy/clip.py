@@ -128,6 +128,8 @@ class ClipFilter(Filter):
     An update that cannot be clipped raises: it is never sent unclipped.
     """
 
+    pushes = (CLIP_TAG,)
+
     def __init__(
         self, norm: NormSource | float, *, tap: ModelTap | None = None,
         keep_metrics: bool = False, report_bit: bool = False, name: str = "dp_clip",
@@ -170,6 +172,8 @@ class ClipFilter(Filter):
 
 class ClipReceiver(Filter):
     """Server half of plain clipping: checks the trail and the norm the client says it used."""
+
+    pops = (CLIP_TAG,)
 
     def __init__(self, norm: NormSource | float, *, name: str = "dp_clip_in") -> None:
         super().__init__(name)

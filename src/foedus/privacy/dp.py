@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from foedus.core.errors import ConfigError, PrivacyError
-from foedus.core.filter import Chain, Filter, Stage, stages
+from foedus.core.filter import CLIP, NOISE, Chain, Filter, Half, Stage, stages
 from foedus.core.message import Kind, Message
 from foedus.core.params import ParamSpec, flatten, unflatten
 from foedus.privacy.accountant import PrivacyAccountant, SamplingSpec, calibrate_noise
@@ -61,6 +61,8 @@ class GaussianNoise(Filter):
     that would exceed the client's own budget.
     """
 
+    pushes = (NOISE_TAG,)
+
     def __init__(
         self, noise_multiplier: float, *, accountant: PrivacyAccountant | None = None,
         seed: int | None = None, name: str = "dp_noise",
@@ -91,6 +93,8 @@ class GaussianNoise(Filter):
 class LocalDPReceiver(Filter):
     """Server half of local DP: checks that clipping then noise were applied, in that order."""
 
+    pops = (NOISE_TAG, CLIP_TAG)
+
     def __init__(self, norm: NormSource, *, rounds_seen: set[int] | None = None,
                  name: str = "dp_local_in") -> None:
         super().__init__(name)
@@ -113,6 +117,8 @@ class CentralNoise(Filter):
     ``z_delta C``. With adaptive clipping, the clients' bits are counted here, and ``z_delta``
     is the part of the total noise multiplier left after the count's noise (Andrew et al.).
     """
+
+    pops = (CLIP_TAG,)
 
     def __init__(
         self, *, norm: NormSource, noise_multiplier: float, clients_per_round: int,
@@ -212,6 +218,8 @@ class _DPStage(Stage):
 class ClipStage(Stage):
     """Fixed L2 clipping alone (robustness; no privacy guarantee without noise)."""
 
+    privacy_operations = (CLIP,)
+
     def __init__(self, clip_norm: float, keep_metrics: bool = True) -> None:
         self.clip_norm = check_positive("clip_norm", clip_norm)
         self.keep_metrics = bool(keep_metrics)
@@ -227,6 +235,8 @@ class ClipStage(Stage):
 @stages.register("local-dp")
 class LocalDPStage(_DPStage):
     """Local DP: each client clips and adds noise; each client holds its own budget."""
+
+    privacy_operations = (CLIP, NOISE)
 
     def __init__(
         self, clip_norm: float, noise_multiplier: float | None = None,
@@ -264,6 +274,11 @@ class LocalDPStage(_DPStage):
     def server(self) -> Filter:
         return LocalDPReceiver(fixed_norm(self.clip_norm), rounds_seen=self._rounds_seen)
 
+    def halves(self) -> tuple[Half, Half]:
+        """From the classes: building a client half would advance the per-client seeds."""
+        return (Half("dp_local", pushes=ClipFilter.pushes + GaussianNoise.pushes),
+                Half("dp_local_in", pops=LocalDPReceiver.pops))
+
     def sync_rounds(self) -> None:
         # the epsilon of a client that took part in every round the server saw
         self.accountant.rounds = len(self._rounds_seen)
@@ -279,6 +294,10 @@ class CentralDPStage(_DPStage):
     ``clip_norm`` fixes the norm; ``adaptive: {target_quantile, learning_rate, count_noise_std}``
     makes ``clip_norm`` the initial value of an Andrew et al. quantile estimate.
     """
+
+    # clients only clip; the noise is the server's, but the update is noised before it is
+    # aggregated, so the same order rules apply (nothing may clip it again afterwards)
+    privacy_operations = (CLIP, NOISE)
 
     def __init__(
         self, clients_per_round: int, clip_norm: float = 1.0,
@@ -355,6 +374,11 @@ class CentralDPStage(_DPStage):
                 estimator=self.estimator, seed=self.seed,
             )
         return self._receiver
+
+    def halves(self) -> tuple[Half, Half]:
+        """From the classes: the server half is built once and kept (it holds the budget)."""
+        return (Half("dp_central", pushes=ClipFilter.pushes),
+                Half("dp_central_in", pops=CentralNoise.pops))
 
     def before_round(self, round: int) -> None:
         if self._receiver is not None and round in self._receiver.rounds_spent:

@@ -1,68 +1,108 @@
-"""Order and pairing checks for update pipelines, run when a graph is built.
+"""Order and pairing checks for update pipelines, run before round 1.
 
 Per-message trail checks (``dp.gaussian`` refusing an unclipped update, decoders checking the
 last tag) catch mistakes only when the first update flows, and some mistakes pass them silently:
 a clip *after* noise re-scales the noised vector; a lossy codec after secure masking destroys the
-masks so the sum is garbage. :func:`check_pipeline` refuses such pipelines up front, and
-:func:`check_filters` refuses a server filter list that does not undo the client's filters in
-exact reverse order. Both raise :class:`ConfigError` naming the offending stages.
+masks so the sum is garbage; a client tag no server filter removes gets every update refused as
+``undecoded``, so every round ends ``no_quorum``. These checks refuse such pipelines up front
+with a :class:`ConfigError` naming the offending stage or filter.
+
+They read declarations only (:attr:`Stage.privacy_operations`, :attr:`Filter.pushes`,
+:attr:`Filter.pops`, see :mod:`foedus.core.filter`), never class names, so a third-party stage is
+checked exactly like a built-in one.
+
+* :func:`check_stages`: what a runner calls for every job, whatever its topology: the order rules
+  below, then the trail pairing of every stage's halves. Cheap and free of side effects.
+* :func:`check_pipeline`: the order rules alone.
+* :func:`check_filters`: the pairing of filters already built (a client's and the server's).
 
 Client order rules (stages apply on the client in list order):
 
+* every stage declares ``privacy_operations``, from the documented vocabulary;
 * noise must follow clipping: no ``clip`` after a stage that adds noise;
-* privacy transforms (clip, noise) before codecs: after an encoder they would work on encoded
-  bytes, not on the update;
+* privacy transforms (clip, noise) before codecs and other lossy steps: after them they would work
+  on encoded bytes or on values already changed, not on the update;
 * nothing but lossless codecs after secure masking (a lossy codec, clipping or noise on a masked
-  vector breaks the masks' cancellation), and at most one secure sum.
+  vector breaks the masks' cancellation);
+* nothing that changes the update after signing (the signature covers the update as sent).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from foedus.core.errors import ConfigError
-from foedus.core.filter import Chain, Filter, Stage
+from foedus.core.filter import (
+    ATTACK,
+    CLIP,
+    LOSSLESS,
+    LOSSY,
+    MASK,
+    NOISE,
+    PRIVACY_OPERATIONS,
+    SIGN,
+    Filter,
+    Half,
+    Stage,
+)
 
-CLIP, NOISE, LOSSY, LOSSLESS, MASK = "clip", "noise", "lossy", "lossless", "mask"
-
-
-def stage_operations(stage: Stage) -> tuple[str, ...]:
-    """What ``stage`` does to an update on the client, in order.
-
-    Stages may declare ``privacy_operations`` (a tuple of the names above); the built-in ones
-    are recognised by class. Unknown stages do nothing as far as these checks are concerned.
-    """
-    declared = getattr(stage, "privacy_operations", None)
-    if declared is not None:
-        return tuple(declared)
-    from foedus.compress.lossless import LzmaStage, ZstdStage
-    from foedus.compress.qsgd import QSGDStage
-    from foedus.compress.sparsify import TopKStage
-    from foedus.privacy.dp import CentralDPStage, ClipStage, LocalDPStage
-    from foedus.privacy.secagg_pods import SecureSumStage
-
-    known: list[tuple[type[Any], tuple[str, ...]]] = [
-        (ClipStage, (CLIP,)), (LocalDPStage, (CLIP, NOISE)), (CentralDPStage, (CLIP, NOISE)),
-        (QSGDStage, (LOSSY,)), (TopKStage, (LOSSY,)), (ZstdStage, (LOSSLESS,)),
-        (LzmaStage, (LOSSLESS,)), (SecureSumStage, (MASK,)),
-    ]
-    for cls, ops in known:
-        if isinstance(stage, cls):
-            return ops
-    return ()
+__all__ = [
+    "ATTACK",
+    "CLIP",
+    "LOSSLESS",
+    "LOSSY",
+    "MASK",
+    "NOISE",
+    "SIGN",
+    "check_filters",
+    "check_pipeline",
+    "check_stages",
+    "pops",
+    "pushes",
+    "stage_operations",
+]
 
 
 def _label(index: int, stage: Stage) -> str:
     return f"pipeline[{index}] ({type(stage).__name__})"
 
 
+def stage_operations(stage: Stage, label: str | None = None) -> tuple[str, ...]:
+    """What ``stage`` declares its client half does to an update, in order.
+
+    Raises :class:`ConfigError` for an undeclared stage (``privacy_operations`` left ``None``)
+    or an operation outside :data:`~foedus.core.filter.PRIVACY_OPERATIONS`.
+    """
+    label = label or type(stage).__name__
+    declared = stage.privacy_operations
+    vocabulary = ", ".join(sorted(PRIVACY_OPERATIONS))
+    if declared is None:
+        raise ConfigError(
+            f"{label} does not declare privacy_operations: set it on the class to what its "
+            f"client filter does to updates, e.g. privacy_operations = ('lossy',) (one or more "
+            f"of {vocabulary}), or () if it leaves the values alone"
+        )
+    if isinstance(declared, str) or not isinstance(declared, tuple):
+        raise ConfigError(f"{label}: privacy_operations must be a tuple of names, "
+                          f"got {declared!r}")
+    unknown = [op for op in declared if op not in PRIVACY_OPERATIONS]
+    if unknown:
+        raise ConfigError(f"{label}: unknown privacy operation {unknown[0]!r}; "
+                          f"allowed: {vocabulary}")
+    return declared
+
+
 def check_pipeline(stages: Sequence[Stage]) -> None:
-    """Refuse a pipeline whose client-side order defeats privacy or secure summing."""
+    """Refuse a pipeline whose client-side order defeats privacy, secure summing or signing."""
     seen: dict[str, str] = {}  # operation -> label of the first stage doing it
     for i, stage in enumerate(stages):
         label = _label(i, stage)
-        for op in stage_operations(stage):
+        for op in stage_operations(stage, label):
+            if SIGN in seen:
+                raise ConfigError(
+                    f"{label} ({op}) comes after signing by {seen[SIGN]}: the signature covers "
+                    "the update as signed, so the server would refuse every update; put the "
+                    "signing stage last")
             if op == CLIP and NOISE in seen:
                 raise ConfigError(
                     f"{label} clips after {seen[NOISE]} added noise: clipping must come before "
@@ -71,8 +111,9 @@ def check_pipeline(stages: Sequence[Stage]) -> None:
                 for codec in (LOSSY, LOSSLESS):
                     if codec in seen:
                         raise ConfigError(
-                            f"{label} ({op}) comes after the encoder {seen[codec]}: it would "
-                            "work on encoded bytes; put privacy stages before compression")
+                            f"{label} ({op}) comes after the {codec} step {seen[codec]}: it "
+                            "would work on encoded or already altered values, not on the "
+                            "update; put privacy stages before compression")
             if MASK in seen and op != LOSSLESS:
                 raise ConfigError(
                     f"{label} ({op}) comes after secure masking by {seen[MASK]}: only lossless "
@@ -81,67 +122,77 @@ def check_pipeline(stages: Sequence[Stage]) -> None:
             seen.setdefault(op, label)
 
 
-# ---- decode order -------------------------------------------------------------------------------
-def _flat(f: Filter) -> list[Filter]:
-    return list(f.filters) if isinstance(f, Chain) else [f]
-
-
+# ---- trail pairing ------------------------------------------------------------------------------
 def pushes(f: Filter) -> tuple[str, ...]:
-    """Trail tags a client filter pushes (declared ``pushes``, or known classes)."""
-    out: list[str] = []
-    for part in _flat(f):
-        declared = getattr(part, "pushes", None)
-        if declared is not None:
-            out.extend(declared)
-            continue
-        from foedus.compress.base import Encoder
-        from foedus.privacy.clip import CLIP_TAG, ClipFilter
-        from foedus.privacy.dp import NOISE_TAG, GaussianNoise
-
-        if isinstance(part, ClipFilter):
-            out.append(CLIP_TAG)
-        elif isinstance(part, GaussianNoise):
-            out.append(NOISE_TAG)
-        elif isinstance(part, Encoder):
-            out.append(part.tag)
-    return tuple(out)
+    """Trail tags a filter declares it appends (a :class:`Chain` reports its parts')."""
+    return tuple(f.pushes)
 
 
 def pops(f: Filter) -> tuple[str, ...]:
-    """Trail tags a server filter removes, in the order it removes them."""
-    out: list[str] = []
-    for part in _flat(f):
-        declared = getattr(part, "pops", None)
-        if declared is not None:
-            out.extend(declared)
-            continue
-        from foedus.compress.base import Decoder
-        from foedus.privacy.clip import CLIP_TAG, ClipReceiver
-        from foedus.privacy.dp import NOISE_TAG, CentralNoise, LocalDPReceiver
+    """Trail tags a filter declares it removes, in the order it removes them."""
+    return tuple(f.pops)
 
-        if isinstance(part, LocalDPReceiver):
-            out.extend((NOISE_TAG, CLIP_TAG))
-        elif isinstance(part, ClipReceiver | CentralNoise):
-            out.append(CLIP_TAG)
-        elif isinstance(part, Decoder):
-            out.append(part.tag)
-    return tuple(out)
+
+def _pair(client: Sequence[Half], server: Sequence[Half]) -> None:
+    """The one pairing rule: server halves (in the order the server applies them) remove the
+    client halves' tags exactly in reverse, and leave none behind."""
+    stack: list[tuple[str, str]] = []  # (tag, filter that pushed it)
+    for half in client:
+        for tag in half.pops:
+            if not stack or stack[-1][0] != tag:
+                raise ConfigError(f"client filter {half.filter!r} removes {tag!r}, which no "
+                                  "earlier client filter appended")
+            stack.pop()
+        stack.extend((tag, half.filter) for tag in half.pushes)
+    for half in server:
+        for tag in half.pops:
+            if not stack:
+                raise ConfigError(
+                    f"server filter {half.filter!r} undoes {tag!r}, which no client filter "
+                    "applied")
+            top, owner = stack[-1]
+            if top != tag:
+                if any(t == tag for t, _ in stack):
+                    raise ConfigError(
+                        f"server filter {half.filter!r} undoes {tag!r} but the last client "
+                        f"filter still to undo is {owner!r} ({top!r}): decoders must run in "
+                        "reverse client order")
+                raise ConfigError(
+                    f"server filter {half.filter!r} undoes {tag!r}, which no client filter "
+                    "applied")
+            stack.pop()
+        if half.pushes:
+            raise ConfigError(
+                f"server filter {half.filter!r} appends {half.pushes[0]!r} to the trail: the "
+                "server refuses updates whose trail is not empty (undecoded)")
+    if stack:
+        tag, owner = stack[-1]
+        raise ConfigError(
+            f"client filter {owner!r} appends {tag!r}, which no server filter undoes: every "
+            "update would be refused as undecoded; give its stage a server() half whose filter "
+            f"declares pops = ({tag!r},)")
 
 
 def check_filters(client: Sequence[Filter], server: Sequence[Filter]) -> None:
     """Refuse server filters (in the order the server applies them) that do not undo the
     client's filters exactly in reverse order, or leave a client tag undone."""
-    stack: list[tuple[str, str]] = [(tag, f.name) for f in client for tag in pushes(f)]
-    for f in server:
-        for tag in pops(f):
-            if not stack:
-                raise ConfigError(
-                    f"server filter {f.name!r} undoes {tag!r}, which no client filter applied")
-            top, owner = stack.pop()
-            if top != tag:
-                raise ConfigError(
-                    f"server filter {f.name!r} undoes {tag!r} but the last client filter still "
-                    f"to undo is {owner!r} ({top!r}): decoders must run in reverse client order")
-    if stack:
-        undone = ", ".join(f"{owner!r} ({tag!r})" for tag, owner in stack)
-        raise ConfigError(f"no server filter undoes client filters {undone}")
+    _pair([h for f in client if (h := Half.of(f)) is not None],
+          [h for f in server if (h := Half.of(f)) is not None])
+
+
+def check_stages(pipeline: Sequence[Stage]) -> None:
+    """Refuse, before round 1, a pipeline that could not work: :func:`check_pipeline`'s order
+    rules, then every stage's halves paired through the trail (client halves in list order,
+    server halves in reverse). Reads declarations only (:meth:`Stage.halves`): no filter with
+    side effects is built, nothing is imported, nothing changes; runners call it for every job.
+    """
+    check_pipeline(pipeline)
+    client: list[Half] = []
+    server: list[Half] = []
+    for stage in pipeline:
+        client_half, server_half = stage.halves()
+        if client_half is not None:
+            client.append(client_half)
+        if server_half is not None:
+            server.append(server_half)
+    _pair(client, list(reversed(server)))

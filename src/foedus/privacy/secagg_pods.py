@@ -496,6 +496,7 @@ class SecureSumStage(Stage):
     """
 
     tag: ClassVar[str] = "secagg"
+    privacy_operations: ClassVar[tuple[str, ...] | None] = ("mask",)  # foedus.core.filter.MASK
 
     def __init__(self, settings: SecureSumSettings, *, threshold: int | None = None) -> None:
         self.settings = settings

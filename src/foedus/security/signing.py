@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from foedus.core.errors import ConfigError, RejectedUpdate, require
-from foedus.core.filter import Filter, Stage, stages
+from foedus.core.filter import SIGN, Filter, Half, Stage, stages
 from foedus.core.message import Message
 
 if TYPE_CHECKING:
@@ -190,6 +190,7 @@ class SignFilter(Filter):
     """
 
     blocking = True  # hashing a large model is CPU work: keep it off the event loop
+    pushes = (TAG,)
 
     def __init__(self, private_key: str | Path | Ed25519PrivateKey, name: str = "sign") -> None:
         super().__init__(name)
@@ -225,6 +226,7 @@ class VerifyFilter(Filter):
     """
 
     blocking = True
+    pops = (TAG,)
 
     def __init__(self, public_keys: Mapping[str, Ed25519PublicKey], name: str = "verify") -> None:
         super().__init__(name)
@@ -279,6 +281,8 @@ class SignStage(Stage):
     the server runs). Each side only checks what it needs, so one job file serves both.
     """
 
+    privacy_operations = (SIGN,)
+
     def __init__(
         self, private_key: str | None = None,
         public_keys: str | Mapping[str, str] | None = None,
@@ -301,6 +305,11 @@ class SignStage(Stage):
             raise ConfigError("sign.public_keys is needed where the server runs")
         self.verifier = VerifyFilter(load_public_keys(self.public_keys))
         return self.verifier
+
+    def halves(self) -> tuple[Half, Half]:
+        """From the classes: building the halves reads key files, and each side has only its
+        own keys."""
+        return Half("sign", pushes=SignFilter.pushes), Half("verify", pops=VerifyFilter.pops)
 
     def after_round(self, record: Any) -> None:
         """Fold the signatures refused during the round into its record's ``rejected``."""

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from foedus.core.errors import ConfigError
-from foedus.core.filter import Filter, Stage, stages
+from foedus.core.filter import ATTACK, Filter, Stage, stages
 from foedus.core.message import Kind, Message
 
 ATTACKS = ("sign-flip", "noise", "mixed")
@@ -57,6 +57,8 @@ class ByzantineFilter(Filter):
 @stages.register("byzantine")
 class ByzantineStage(Stage):
     """Client-side attack stage (there is nothing to undo on the server)."""
+
+    privacy_operations = (ATTACK,)
 
     def __init__(self, attackers: Sequence[str], attack: str = "mixed", scale: float = 10.0,
                  seed: int = 0) -> None:
