@@ -19,8 +19,8 @@ import time
 from typing import Any
 
 import foedus.sim.attacks  # noqa: F401 - registers the byzantine stage
-from foedus.config.runner import run_job_sync
 from foedus.config.spec import JobSpec
+from foedus.runner import run_job_sync
 
 ATTACKERS = ["client-000", "client-001"]
 RULES: list[tuple[str, dict[str, Any], int]] = [

@@ -118,8 +118,8 @@ def measure(delta: dict[str, np.ndarray], repeat: int) -> list[list[str]]:
 
 
 async def federated_accuracy() -> list[list[str]]:
-    from foedus.config.runner import run_job
     from foedus.config.spec import JobSpec
+    from foedus.runner import run_job
 
     rows = []
     for name, pipeline in FEDERATED:

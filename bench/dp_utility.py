@@ -13,9 +13,9 @@ import time
 from typing import Any
 
 import foedus.privacy.dp  # noqa: F401  (registers the stages)
-from foedus.config.runner import run_job
 from foedus.config.spec import JobSpec
 from foedus.privacy.accountant import SamplingSpec, epsilon_after
+from foedus.runner import run_job
 
 
 def job(clients: int, rounds: int, pipeline: list[dict[str, Any]], seed: int) -> JobSpec:

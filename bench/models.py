@@ -56,12 +56,12 @@ import foedus.aggregate.trees
 import foedus.models.keras
 import foedus.models.sklearn
 import foedus.models.trees
-from foedus.config.runner import run_job
 from foedus.config.spec import JobSpec
 from foedus.core.message import Kind, Message
 from foedus.data.datasets import load_dataset
 from foedus.data.partition import partition
 from foedus.models.histforest import FederatedForestAdapter
+from foedus.runner import run_job
 
 CLIENTS = 10
 TREES = 10  # per client; the central forest grows CLIENTS * TREES

@@ -38,9 +38,9 @@ def _mib(rss: int) -> float:
 
 
 def soak_inproc(rounds: int, clients: int) -> dict[str, list[float]]:
-    from foedus.config.runner import run_job
     from foedus.config.spec import ClientSection, DataSection, JobSpec
     from foedus.roles.server import RoundRecord
+    from foedus.runner import run_job
 
     me = psutil.Process()
     samples: list[float] = []

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from foedus.config.runner import run_job
 from foedus.config.spec import load_job
+from foedus.runner import run_job
 
 # Keras's torch backend calls np.array on tensors the numpy 2 way it deprecates (not ours)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:keras")

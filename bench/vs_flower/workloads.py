@@ -6,7 +6,7 @@ uses only the standard library; foedus, numpy and torch are imported inside the 
 need them.
 
 The same data for all three: :func:`write_data` asks foedus's own job builder
-(:func:`foedus.config.runner.build_parts`, i.e. the digits loader and
+(:func:`foedus.config.parts.build_parts`, i.e. the digits loader and
 :func:`foedus.data.partition.iid_partition` with the job's seed) for the clients' shares, the
 test split and the initial model weights, and stores them in one ``.npz`` that the bare loop
 and Flower load. foedus itself rebuilds the identical shares from the same job spec.
@@ -141,7 +141,7 @@ def write_data(workload: Workload, path: Path) -> None:
     """Store the shares, test split and initial weights exactly as foedus builds them."""
     import numpy as np
 
-    from foedus.config.runner import build_parts
+    from foedus.config.parts import build_parts
     from foedus.config.spec import JobSpec
     from foedus.plugins import load_plugins
 
@@ -164,7 +164,7 @@ def write_data(workload: Workload, path: Path) -> None:
 
 def _check_seeds() -> None:
     """The bare loop and Flower must shuffle as foedus does, or accuracies cannot match."""
-    from foedus.config.runner import client_id as foedus_client_id
+    from foedus.config.parts import client_id as foedus_client_id
     from foedus.models.base import task_seed
 
     for index, rnd in ((0, 1), (7, 3), (9999, 10)):

@@ -9,7 +9,7 @@ breaking change.
 from foedus.aggregate.base import Aggregator, aggregators
 from foedus.aggregate.fedavg import FedAvg
 from foedus.codec import decode, encode
-from foedus.config.runner import JobResult, run_job, run_job_sync
+from foedus.runner import JobResult, run_job, run_job_sync
 from foedus.config.spec import JobSpec, load_job
 from foedus.core.errors import (
     BudgetExhausted,

@@ -1,7 +1,10 @@
 """The ``foedus`` command: ``demo``, ``run``, ``server``, ``client``, ``actor``, ``sim``, ``certs``.
 
-Errors a user can fix (a bad job file, a missing extra) print one line and exit with status 2;
-only bugs produce tracebacks.
+Every command that runs a job dispatches through its topology (:mod:`foedus.runner`), so a job
+file means the same thing to each. Exit status: 0 when the job (or the actors run here)
+finished and learned; 1 when it ran to its end without producing a model (every round failed);
+2 for errors a user can fix (a bad job file, a missing extra), printed as one line; 130 when
+interrupted. Only bugs produce tracebacks.
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TextIO
 
-from foedus.config.runner import JobResult, run_client, run_job_sync, run_server
 from foedus.config.spec import ClientSection, DataSection, JobSpec, Plugin, load_job
 from foedus.core.errors import FoedusError
 from foedus.roles.server import RoundRecord
+from foedus.runner import JobResult, prepare, run_actors, run_client, run_job_sync, run_server
 
 BAR_WIDTH = 24
 
@@ -56,8 +59,9 @@ def _print_summary(result: JobResult) -> None:
         (r for r in result.history if "accuracy" in r.metrics),
         key=lambda r: r.metrics["accuracy"], default=None,
     )
-    print(f"\nfoedus: job {s['job_id']!r} finished: {s['rounds']} rounds, {s['clients']} clients, "
-          f"{s['duration_s']:.1f}s")
+    topology = "" if s["topology"] == "centralized" else f" ({s['topology']})"
+    print(f"\nfoedus: job {s['job_id']!r}{topology} finished: {s['rounds']} rounds, "
+          f"{s['clients']} clients, {s['duration_s']:.1f}s")
     final = dict(result.final_metrics)
     if s["final_accuracy"] is not None:
         print(f"  final accuracy {s['final_accuracy']:.4f}, final loss {s['final_loss']:.4f}")
@@ -77,6 +81,8 @@ def _print_summary(result: JobResult) -> None:
               f"{s['bytes_up'] / 1e6:.1f} MB up")
     if s.get("stop_reason"):
         print(f"  stopped early: {s['stop_reason']}")
+    if result.failure:
+        print(f"  FAILED: {result.failure}")
 
 
 def demo_spec(args: argparse.Namespace) -> JobSpec:
@@ -102,33 +108,43 @@ def _simulate(spec: JobSpec, args: argparse.Namespace) -> int:
     options: dict[str, object] = {"backend": args.backend, "workers": args.workers}
     if args.ray_address:
         options["address"] = args.ray_address
-    result = run_simulation_sync(
-        spec, on_round=None if args.json else Progress(spec.rounds), **options
-    )
+    result = run_simulation_sync(spec, on_round=_progress(spec, args.json), **options)
     return _report(result, args.json)
 
 
-def _actors(spec: JobSpec, actors: str | None) -> int:
-    from foedus.config.topologies import run_topology_actors, topology_actors
+def _progress(spec: JobSpec, as_json: bool) -> Progress | None:
+    """A progress bar over the job's rounds (a FedBuff job's versions), unless JSON is asked."""
+    return None if as_json else Progress(prepare(spec).rounds(spec))
 
+
+def _actors(spec: JobSpec, actors: str | None, as_json: bool) -> int:
     if not actors:
-        print("\n".join(topology_actors(spec)))
+        print("\n".join(prepare(spec).actors(spec)))
         return 0
-    result = asyncio.run(run_topology_actors(spec, actors.split(",")))
-    print(json.dumps({"job_id": result.job_id, "topology": result.topology,
-                      "actors": result.actors, "metrics": result.metrics}, indent=2))
+    names = actors.split(",")
+    result = asyncio.run(run_actors(spec, names, on_round=_progress(spec, as_json)))
+    if result.history or as_json:
+        return _report(result, as_json)
+    trained = result.extra["rounds_trained"]  # no server here: say what these actors did
+    for actor in names:
+        done = f" after {trained[actor]} rounds" if actor in trained else ""
+        print(f"foedus: {actor} finished{done}", file=sys.stderr)
     return 0
 
 
 def _run(spec: JobSpec, as_json: bool) -> int:
-    return _report(run_job_sync(spec, on_round=None if as_json else Progress(spec.rounds)), as_json)
+    return _report(run_job_sync(spec, on_round=_progress(spec, as_json)), as_json)
 
 
 def _report(result: JobResult, as_json: bool) -> int:
+    """Print the summary; the exit status says whether the job learned anything."""
     if as_json:
         print(json.dumps(result.summary(), indent=2))
     else:
         _print_summary(result)
+    if result.failure:
+        print(f"foedus: job {result.job_id!r} failed: {result.failure}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -162,11 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     client.add_argument("job", help="path to a YAML job file")
     client.add_argument("--index", type=int, required=True, help="which client (0-based)")
 
-    actor = sub.add_parser(
-        "actor", help="run some actors of a hierarchical, swarm or async job in this process"
-    )
-    actor.add_argument("job", help="path to a YAML job file with a topology: section")
+    actor = sub.add_parser("actor", help="run some actors of a job (any topology) here")
+    actor.add_argument("job", help="path to a YAML job file")
     actor.add_argument("actors", nargs="?", help="comma-separated actor ids (omit to list them)")
+    actor.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
     sim = sub.add_parser("sim", help="simulate a job file with virtual clients on a pool")
     sim.add_argument("job", help="path to a YAML job file (its transport is not used)")
@@ -206,14 +221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "sim":
             return _simulate(spec, args)
         if args.command == "server":
-            on_round = None if args.json else Progress(spec.rounds)
+            on_round = _progress(spec, args.json)
             return _report(asyncio.run(run_server(spec, on_round=on_round)), args.json)
         if args.command == "actor":
-            return _actors(spec, args.actors)
+            return _actors(spec, args.actors, args.json)
         if args.command == "client":
-            pod = asyncio.run(run_client(spec, args.index))
-            print(f"foedus: client {pod.client_id} finished after {pod.rounds_trained} rounds",
-                  file=sys.stderr)
+            result = asyncio.run(run_client(spec, args.index))
+            for actor, rounds in result.extra.get("rounds_trained", {}).items():
+                print(f"foedus: client {actor} finished after {rounds} rounds", file=sys.stderr)
             return 0
         return _run(spec, args.json)
     except FoedusError as exc:

@@ -3,22 +3,26 @@
 ``run_pod`` feeds messages to a pod's input wires through a real runtime and returns what it
 emitted on each output; ``make_message`` builds a message with sensible defaults; ``run_rounds``
 runs a small in-process federated job. Everything runs on the in-process transport.
+``wait_until`` waits for a condition with a deadline, so an asynchronous test states what it
+waits for instead of sleeping for a guessed while.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from foedus.config.runner import JobResult, run_job_sync
 from foedus.config.spec import ClientSection, DataSection, JobSpec, Plugin
 from foedus.core.graph import Graph
 from foedus.core.message import Kind, Message
 from foedus.core.pod import Pod
 from foedus.core.runtime import Runtime
+
+if TYPE_CHECKING:  # the job runner is imported by run_rounds, so the kit stays light to import
+    from foedus.runner import JobResult
 
 
 class _Recorder(Pod):
@@ -76,6 +80,8 @@ def run_rounds(
     **model_params: Any,
 ) -> JobResult:
     """A small in-process federated job, for testing a pipeline stage or an aggregator."""
+    from foedus.runner import run_job_sync
+
     return run_job_sync(JobSpec(
         job_id="testing", seed=seed, rounds=rounds,
         data=DataSection(dataset=dataset, partition="iid"),
@@ -85,4 +91,23 @@ def run_rounds(
     ))
 
 
-__all__ = ["make_message", "run_pod", "run_rounds"]
+async def wait_until(
+    predicate: Callable[[], object], timeout: float = 10.0, *, interval: float = 0.01,
+    what: str | None = None,
+) -> None:
+    """Return as soon as ``predicate()`` is true; raise :class:`TimeoutError` after ``timeout``.
+
+    For conditions nobody signals (a counter reaching a value, a log line appearing, a peer
+    noticing a restart): polling with a deadline waits exactly as long as needed on a fast
+    machine and fails with a clear message on a stuck one, where a fixed sleep would be either
+    wasted time or a flaky guess. ``what`` names the condition in the error.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() >= deadline:
+            raise TimeoutError(f"not true within {timeout}s: {what or predicate!r}")
+        await asyncio.sleep(interval)
+
+
+__all__ = ["make_message", "run_pod", "run_rounds", "wait_until"]

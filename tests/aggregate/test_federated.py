@@ -16,8 +16,8 @@ import pytest
 
 import foedus.aggregate
 import foedus.sim.attacks  # noqa: F401 - registers the byzantine stage
-from foedus.config.runner import JobResult, run_job_sync
 from foedus.config.spec import JobSpec
+from foedus.runner import JobResult, run_job_sync
 
 ATTACKERS = ["client-000", "client-001"]
 

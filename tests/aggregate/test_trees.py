@@ -181,8 +181,8 @@ def update_params(params: dict[str, np.ndarray], examples: int) -> Message:
 
 
 def test_tree_bagging_through_a_tree_of_edges_keeps_every_clients_trees() -> None:
-    from foedus.config.runner import run_job_sync
     from foedus.config.spec import JobSpec
+    from foedus.runner import run_job_sync
 
     job: dict[str, Any] = {
         "job_id": "bagging-tree", "seed": 0, "rounds": 1,

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 import foedus.compress  # noqa: F401  (registers the stages)
-from foedus.config.runner import JobResult, run_job
 from foedus.config.spec import JobSpec
+from foedus.runner import JobResult, run_job
 
 ROUNDS = 8
 

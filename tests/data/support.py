@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from foedus.config.runner import client_id
+from foedus.config.parts import client_id
 from foedus.data.datasets import load_dataset
 from foedus.data.partition import iid_partition
 

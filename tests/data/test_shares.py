@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from foedus.config.runner import build_parts, client_id, run_job_sync
+from foedus.config.parts import build_parts, client_id
 from foedus.config.spec import JobSpec, load_job
 from foedus.core.errors import ConfigError
+from foedus.runner import run_job_sync
 from foedus.sim import run_simulation_sync
 from tests.data.support import PIXELS, digits_files
 

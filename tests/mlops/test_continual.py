@@ -16,6 +16,7 @@ from foedus.core.runtime import Runtime
 from foedus.mlops.continual import ContinualLearning
 from foedus.mlops.drift import DriftMonitor
 from foedus.mlops.mlflow import MlflowTracker
+from foedus.runner import run_job
 from foedus.testing import make_message
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # litestar, via evidently
@@ -27,7 +28,7 @@ def _batch(seed: int, shift: float) -> np.ndarray:
 
 def test_the_loop_needs_at_least_one_client() -> None:
     with pytest.raises(ConfigError, match="min_clients"):
-        ContinualLearning(make_spec=lambda g, c: JobSpec(), min_clients=0)
+        ContinualLearning(make_spec=lambda g, c: JobSpec(), run_job=run_job, min_clients=0)
 
 
 @pytest.mark.integration
@@ -46,7 +47,7 @@ async def test_drift_on_enough_clients_trains_a_new_job_and_registers_its_model(
         return spec
 
     loop = ContinualLearning(
-        make_spec=make_spec, min_clients=2, parent_version="0",
+        make_spec=make_spec, run_job=run_job, min_clients=2, parent_version="0",
         make_tracker=lambda spec: MlflowTracker(
             tracking_uri=mlflow_server, job_id=spec.job_id, params=spec,
             registered_model=model_name, experiment=model_name,

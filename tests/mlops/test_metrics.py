@@ -7,10 +7,10 @@ import urllib.request
 
 import pytest
 
-from foedus.config.runner import run_job
 from foedus.config.spec import JobSpec
 from foedus.mlops.metrics import ClientMonitor, ServerMonitor
 from foedus.roles.server import RoundRecord
+from foedus.runner import run_job
 from tests.mlops.conftest import build_job, run_graphs_of, scrape
 
 

@@ -7,11 +7,11 @@ import uuid
 import numpy as np
 import pytest
 
-from foedus.config.runner import run_job
 from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError
 from foedus.mlops.mlflow import MlflowTracker, job_params, load_model_version, round_metrics
 from foedus.roles.server import RoundRecord
+from foedus.runner import run_job
 from tests.mlops.conftest import build_job, run_graphs_of
 
 

@@ -12,13 +12,13 @@ import pytest
 pytest.importorskip("xgboost")
 
 import foedus.aggregate.trees  # noqa: F401  (registers tree-bagging)
-from foedus.config.runner import run_job
 from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.data.datasets import Dataset, DataSpec, load_dataset
 from foedus.models import boosters
 from foedus.models.base import build_model
 from foedus.models.boosters import XGBoostBaggingAdapter
+from foedus.runner import run_job
 
 Loaded = tuple[Dataset, Dataset, DataSpec]
 

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from foedus.config.runner import run_job
 from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError
 from foedus.data.datasets import Dataset, DataSpec, load_dataset
 from foedus.models.base import build_model
 from foedus.models.keras import KerasAdapter
+from foedus.runner import run_job
 
 keras = pytest.importorskip("keras")
 Loaded = tuple[Dataset, Dataset, DataSpec]

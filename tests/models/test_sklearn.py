@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from foedus.config.runner import run_job
 from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError
 from foedus.data.datasets import Dataset, DataSpec, load_dataset
 from foedus.data.partition import partition
 from foedus.models.base import build_model
 from foedus.models.sklearn import SklearnLogisticRegression
+from foedus.runner import run_job
 
 Loaded = tuple[Dataset, Dataset, DataSpec]
 CLASSIFIERS = ["sklearn-sgd", "sklearn-logistic", "sklearn-mlp"]

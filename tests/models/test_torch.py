@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from foedus.config.runner import run_job
 from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError
 from foedus.data.datasets import Dataset, DataSpec, load_dataset
 from foedus.models.base import build_model
 from foedus.models.torch import TorchAdapter
+from foedus.runner import run_job
 
 Loaded = tuple[Dataset, Dataset, DataSpec]
 

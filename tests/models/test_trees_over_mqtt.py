@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from foedus.config.runner import run_job_sync
 from foedus.config.spec import JobSpec
+from foedus.runner import run_job_sync
 from tests.transport.mqtt_fixtures import Mosquitto, mosquitto, mqtt_certs
 
 __all__ = ["mosquitto", "mqtt_certs"]  # fixtures used by name

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from foedus.config.runner import run_job
 from foedus.config.spec import JobSpec
 from foedus.privacy.accountant import SamplingSpec, epsilon_after
+from foedus.runner import run_job
 
 CLIENTS, ROUNDS = 10, 8
 CHANCE = 0.1  # ten digit classes

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from foedus.config.runner import build_parts, run_job_sync
+from foedus.config.parts import build_parts
 from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError
 from foedus.roles.secure_server import SecureServerPod
+from foedus.runner import run_job_sync
 from tests.processes import run_server_and_clients
 from tests.transport.mqtt_fixtures import Mosquitto, mosquitto, mqtt_certs
 

@@ -15,13 +15,14 @@ import logging
 import sys
 import time
 
-from foedus.config.runner import build_parts, client_id, run_server
+from foedus.config.parts import build_parts, client_id
 from foedus.config.spec import JobSpec
 from foedus.core.message import Message
 from foedus.core.runtime import Runtime
 from foedus.plugins import load_plugins
 from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord
+from foedus.runner import run_server
 from foedus.topology.centralized import client_graph
 from foedus.transport.base import transports
 

@@ -9,7 +9,6 @@ honest updates completes its round with exactly the honest updates.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from foedus.core.runtime import Runtime
 from foedus.roles.server import ServerPod
 from foedus.security.signing import SignFilter, VerifyFilter
 from foedus.topology.centralized import server_graph, topics
-from foedus.transport import kafka, mqtt
+from foedus.transport import chunks
 from foedus.transport.hub import Publication, Refused, require_sender_identity
 from foedus.transport.local import LocalTransport
 
@@ -64,6 +63,19 @@ def decode_or_codec_error(data: bytes) -> Message | None:
         return decode(data)
     except CodecError:
         return None
+
+
+def assert_valid(msg: Message, body_len: int) -> None:
+    """What ``decode`` returns is a message every later stage can rely on."""
+    h = msg.header
+    assert all(isinstance(v, str) for v in (h.job_id, h.sender, h.message_id))
+    assert isinstance(h.round, int) and -(2**63) <= h.round < 2**63
+    assert 0 <= msg.num_examples < 2**63
+    assert all(isinstance(k, str) for k in msg.metrics)
+    for array in msg.params.values():
+        assert array.nbytes <= body_len
+        assert array.size * array.itemsize == array.nbytes
+        assert not array.flags.writeable
 
 
 # ---- the codec -------------------------------------------------------------------------------
@@ -131,25 +143,114 @@ def test_checksummed_hostile_headers_raise_only_codec_errors(header: Any, body: 
             assert not array.flags.writeable
 
 
+# mutations of a *valid* frame: one field of its header, or one array entry's shape, dtype,
+# offset or byte count, replaced by something plausible-looking or absurd; the CRC is recomputed
+# so every mutation reaches the header and array-table checks
+_HEADER_LEN = struct.unpack_from("<4sB3sIQI", VALID)[3]
+VALID_HEADER: dict[str, Any] = msgpack.unpackb(VALID[24 : 24 + _HEADER_LEN], raw=False)
+VALID_BODY = VALID[24 + _HEADER_LEN + (-_HEADER_LEN % 8):]
+huge = st.sampled_from([0, 1, -1, 2**31, 2**32 - 1, 2**63 - 1, 2**63, 2**64 - 1, -(2**63)])
+dims = st.one_of(huge, st.integers(-3, 64))
+shapes = st.one_of(
+    st.lists(dims, max_size=6),
+    st.just([0, 2**64 - 1]), st.just([2**64 - 1, 0]), st.just([0, 2**63, 2**63]),
+    st.lists(st.just(1), min_size=30, max_size=80),  # absurd ndim
+    st.lists(st.integers(0, 3), max_size=40),
+    values,
+)
+any_dtype = st.one_of(
+    st.sampled_from(["<f4", "<f8", "<i8", "|u1", "|b1", "<c16", "<f2", ">f4", "<U4", "|O",
+                     "|V8", "<M8[ns]", "<m8", "S3", "f4", "float32", "", "<f4\x00", "<" * 50]),
+    values,
+)
+nested = st.recursive(st.integers(), lambda inner: st.lists(inner, min_size=1, max_size=1),
+                      max_leaves=200)
+
+
+def deep(depth: int) -> Any:
+    out: Any = 1
+    for _ in range(depth):
+        out = {"k": [out]}
+    return out
+
+
+field_values = st.one_of(
+    values, huge, nested, st.builds(deep, st.integers(1, 200)),
+    st.dictionaries(st.one_of(st.integers(), st.binary(max_size=4), st.text(max_size=3)),
+                    st.one_of(st.floats(), st.integers(), st.text(max_size=3)), max_size=3),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+
+
+@st.composite
+def mutated_frames(draw: st.DrawFn) -> tuple[bytes, int]:
+    header = msgpack.unpackb(msgpack.packb(VALID_HEADER), raw=False)  # a deep copy
+    body = VALID_BODY
+    for _ in range(draw(st.integers(1, 3))):
+        what = draw(st.sampled_from(["field", "shape", "dtype", "offset", "nbytes", "entry",
+                                     "body"]))
+        entry = header["arrays"][draw(st.integers(0, len(header["arrays"]) - 1))]
+        if what == "field":
+            header[draw(st.sampled_from(sorted(header)))] = draw(field_values)
+        elif what == "shape":
+            entry[2] = draw(shapes)
+        elif what == "dtype":
+            entry[1] = draw(any_dtype)
+        elif what in ("offset", "nbytes"):
+            entry[3 if what == "offset" else 4] = draw(st.one_of(huge, st.integers(-8, 200)))
+        elif what == "entry":
+            entry[draw(st.integers(0, 4))] = draw(field_values)
+        else:
+            cut = draw(st.integers(0, len(body)))
+            body = body[:cut] + bytes(-cut % 8)
+    return frame(header, body), len(body)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_frames())
+def test_mutated_valid_frames_decode_to_valid_messages_or_codec_errors(
+    case: tuple[bytes, int],
+) -> None:
+    data, body_len = case
+    try:
+        msg = decode(data)
+    except CodecError as exc:
+        assert str(exc)  # always a reason
+        return
+    assert_valid(msg, body_len)
+
+
+def test_the_poison_frame_of_the_attack_run_is_a_codec_error() -> None:
+    """192 bytes, CRC-valid, an array of shape [0, 2**64-1]: zero bytes, yet numpy cannot
+    build it. It used to escape ``decode`` as a ValueError and stop the server's intake."""
+    header = dict(VALID_HEADER, arrays=[["w", "<f4", [0, 2**64 - 1], 0, 0]])
+    with pytest.raises(CodecError, match="too large"):
+        decode(frame(header))
+
+
 # ---- transport framing and identity hooks ----------------------------------------------------
 
 
 @FUZZ
-@given(st.binary(max_size=200))
-def test_mqtt_chunk_headers_raise_only_value_errors(data: bytes) -> None:
-    for blob in (data, mqtt.MAGIC + data):
+@given(st.binary(max_size=200), st.integers(0, 2**40))
+def test_chunk_headers_raise_only_value_errors(data: bytes, size: int) -> None:
+    """The chunk header Kafka and MQTT share: garbage is a ValueError; what passes fits the
+    layout ``split`` produces (so a header cannot claim what its data does not back)."""
+    prefix = chunks.MAGIC + bytes([chunks.VERSION])
+    for blob in (data, prefix + data, (prefix + data)[: chunks.HEADER.size]):
         try:
-            h = mqtt.ChunkHeader.unpack(blob)
+            h = chunks.ChunkHeader.unpack(blob, size)
         except ValueError:
             continue
-        assert h.index < h.count and h.offset + len(blob) - mqtt.HEADER.size <= h.total
+        assert h.index < h.count and h.offset + size <= h.total
+        assert size or not h.total
 
 
 @FUZZ
-@given(st.binary(max_size=200))
-def test_kafka_chunk_headers_raise_only_value_errors(data: bytes) -> None:
-    with contextlib.suppress(ValueError):
-        kafka.ChunkHeader.unpack(data)
+@given(st.integers(1, 5000), st.integers(1, 1500))
+def test_every_chunk_split_produces_is_accepted(total: int, chunk_size: int) -> None:
+    for h, data in chunks.split(bytes(total), chunk_size):
+        assert chunks.ChunkHeader.unpack(h.pack(), len(data)) == h
 
 
 @FUZZ

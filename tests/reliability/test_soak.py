@@ -13,9 +13,9 @@ import gc
 import psutil
 import pytest
 
-from foedus.config.runner import run_job
 from foedus.config.spec import ClientSection, DataSection, JobSpec
 from foedus.roles.server import RoundRecord
+from foedus.runner import run_job
 
 ROUNDS = 60
 WARMUP = 10

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from foedus.codec import decode, encode
-from foedus.config.runner import run_job
 from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.filter import stages
 from foedus.core.message import Kind, Message
 from foedus.roles.server import RoundRecord
+from foedus.runner import run_job
 from foedus.security.signing import (
     SIGNATURE_META,
     SignFilter,

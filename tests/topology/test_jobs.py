@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from foedus.config.runner import run_job
-from foedus.config.spec import JobSpec, load_job
 from foedus.config.topologies import run_topology_actors, topology_actors
+
+from foedus.config.spec import JobSpec, load_job
 from foedus.core.errors import ConfigError
+from foedus.runner import run_job
 from tests.topology.helpers import widen_executor
 
 BASE = """

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from foedus.config.runner import run_job
 from foedus.config.spec import JobSpec
+from foedus.runner import run_job
 from tests.transport.kafka_fixtures import Tansu
 
 ROOT = Path(__file__).resolve().parents[2]

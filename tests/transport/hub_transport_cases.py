@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 import pytest
 
 from foedus.certs import DeploymentCerts
-from foedus.config.runner import run_job
 from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError, TransportError
+from foedus.runner import run_job
 from foedus.transport.base import Transport
 from foedus.transport.hub import require_sender_identity
 from foedus.transport.tls import TLSConfig

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from foedus.config.runner import build_parts, client_id
+from foedus.config.parts import build_parts, client_id
 from foedus.config.spec import JobSpec
 from foedus.core.runtime import Runtime
 from foedus.roles.client import ClientPod

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from foedus.certs import DeploymentCerts
-from foedus.config.runner import run_job
 from foedus.config.spec import ClientSection, DataSection, JobSpec, Plugin
 from foedus.core.errors import ConfigError, TransportError
 from foedus.roles.checkpoint import Checkpointer
+from foedus.runner import run_job
 from foedus.transport.base import transports
 from foedus.transport.kafka import (
     CHUNK_HEADER,

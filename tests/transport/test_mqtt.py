@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from foedus.certs import DeploymentCerts, create_deployment_certs
-from foedus.config.runner import run_job
 from foedus.config.spec import ClientSection, DataSection, JobSpec, Plugin
 from foedus.core.errors import ConfigError, TransportError
+from foedus.runner import run_job
 from foedus.transport.mqtt import HEADER, ChunkHeader, MqttTransport, split
 from foedus.transport.tls import TLSConfig
 from tests.transport.contract import MakeTransport, TransportContract, take, topic

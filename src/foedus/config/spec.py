@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from foedus.config.topology import topology_of
 from foedus.core.errors import ConfigError
 
 
@@ -63,7 +64,7 @@ class JobSpec:
     model: Plugin = field(default_factory=lambda: Plugin("sklearn-sgd"))
     aggregator: Plugin = field(default_factory=lambda: Plugin("fedavg"))
     transport: Plugin = field(default_factory=lambda: Plugin("local"))
-    topology: Plugin = field(default_factory=lambda: Plugin("centralized"))  # config/topologies.py
+    topology: Plugin = field(default_factory=lambda: Plugin("centralized"))  # registered
     pipeline: tuple[Plugin, ...] = ()
     checkpoint_dir: str | None = None
     mlops: dict[str, Any] = field(default_factory=dict)  # checked by foedus.mlops.session
@@ -121,9 +122,7 @@ class JobSpec:
                 f"clients.min_clients: expected at most the clients per round ({per_round}), "
                 f"got {spec.clients.min_clients}"
             )
-        from foedus.config.topologies import TopologySpec
-
-        TopologySpec.of(spec.topology)  # names and parameters checked now, not mid-run
+        topology_of(spec)  # the topology's parameters and its fit with the job, checked now
         return spec
 
 

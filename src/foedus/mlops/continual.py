@@ -3,8 +3,9 @@
 :class:`ContinualLearning` is a pod fed by the clients' drift events (see
 :class:`~foedus.mlops.drift.DriftMonitor`; they may arrive over any transport). It counts the
 distinct clients whose data drifted since the last training; when ``min_clients`` have, it runs a
-new job with :func:`foedus.config.runner.run_job` (the job file comes from ``make_spec``, so the
-user decides the data, rounds and warm start of each generation), tracks it with an
+new job with the ``run_job`` it was given (:func:`foedus.run_job`; the job file comes from
+``make_spec``, so the user decides the data, rounds and warm start of each generation), tracks it
+with an
 :class:`~foedus.mlops.mlflow.MlflowTracker`, and registers the new model with lineage tags: the
 trigger, the drifted clients, the generation and the parent model version.
 """
@@ -12,9 +13,9 @@ trigger, the drifted clients, the generation and the parent model version.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from foedus.core.errors import ConfigError
 from foedus.core.message import Kind, Message
@@ -23,12 +24,26 @@ from foedus.mlops.drift import is_drift_event
 from foedus.mlops.mlflow import MlflowTracker, RegisteredModel
 
 if TYPE_CHECKING:
-    from foedus.config.runner import JobResult
     from foedus.config.spec import JobSpec
 
 log = logging.getLogger("foedus.mlops.continual")
 
 SpecFactory = Callable[[int, list[str]], "JobSpec"]
+
+
+class JobResult(Protocol):
+    """What a retraining reads of a job's result (:class:`foedus.runner.JobResult` has it)."""
+
+    params: dict[str, Any]
+    history: list[Any]
+
+    @property
+    def final_metrics(self) -> dict[str, float]: ...
+
+
+#: runs a job with a round listener: :func:`foedus.run_job` (passed in, since the runner sits
+#: above mlops: a job's server uses mlops, so mlops cannot import the runner)
+JobRunner = Callable[..., Awaitable[JobResult]]
 TrackerFactory = Callable[["JobSpec"], MlflowTracker]
 
 
@@ -46,7 +61,8 @@ class Retraining:
 class ContinualLearning(Pod):
     """Retrains when drift is reported by at least ``min_clients`` distinct clients.
 
-    ``make_spec(generation, drifted_clients)`` returns the job to run; ``make_tracker(spec)``
+    ``make_spec(generation, drifted_clients)`` returns the job to run and ``run_job`` runs it
+    (:func:`foedus.run_job`); ``make_tracker(spec)``
     (optional) returns the tracker that logs and registers it. ``parent_version`` is the
     registered version in production when the loop starts (a lineage tag of the first
     retraining). Output ``retrained`` (optional) carries a ``CONTROL`` message per new model.
@@ -56,7 +72,7 @@ class ContinualLearning(Pod):
     outputs: ClassVar[tuple[Wire, ...]] = (Wire("retrained", required=False),)
 
     def __init__(
-        self, *, make_spec: SpecFactory, min_clients: int,
+        self, *, make_spec: SpecFactory, run_job: JobRunner, min_clients: int,
         make_tracker: TrackerFactory | None = None, parent_version: str | None = None,
         name: str = "continual",
     ) -> None:
@@ -64,6 +80,7 @@ class ContinualLearning(Pod):
         if min_clients < 1:
             raise ConfigError(f"min_clients: expected at least 1, got {min_clients}")
         self.make_spec = make_spec
+        self.run_job = run_job
         self.make_tracker = make_tracker
         self.min_clients = min_clients
         self.parent_version = parent_version
@@ -80,8 +97,6 @@ class ContinualLearning(Pod):
 
     async def retrain(self) -> Retraining:
         """Run the next generation now, whatever the drift count, and register its model."""
-        from foedus.config.runner import run_job  # config sits above mlops; import on use
-
         generation = len(self.history) + 1
         drifted = sorted(self.drifted)
         spec = self.make_spec(generation, drifted)
@@ -89,7 +104,7 @@ class ContinualLearning(Pod):
         log.info("drift on %d clients (%s): training generation %d as job %s",
                  len(drifted), ", ".join(drifted), generation, spec.job_id)
         try:
-            result = await run_job(
+            result = await self.run_job(
                 spec, on_round=tracker.listener() if tracker is not None else None
             )
         except BaseException:

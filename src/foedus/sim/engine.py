@@ -20,13 +20,13 @@ import time
 from collections.abc import Sequence
 from typing import ClassVar
 
-from foedus.config.runner import JobParts, JobResult, RoundListener, build_parts, client_id
+from foedus.config.parts import JobParts, RoundListener, build_parts, client_id
 from foedus.config.spec import JobSpec
-from foedus.core.errors import ConfigError
 from foedus.core.graph import Graph
 from foedus.core.message import Kind, Message
 from foedus.core.pod import Pod, Wire
 from foedus.core.runtime import Runtime
+from foedus.runner import JobResult, prepare
 from foedus.sim.backends import Backend, ClientWork, make_backend
 
 
@@ -73,17 +73,22 @@ async def run_simulation(
     spec: JobSpec, *, backend: str = "thread", workers: int | None = None,
     on_round: RoundListener | None = None, **backend_options: object,
 ) -> JobResult:
-    """Run ``spec`` as a simulation; the job's transport setting is not used."""
+    """Run ``spec`` as a simulation; the job's transport setting is not used.
+
+    The job's topology says whether it can be simulated, before any data is read (e.g. a
+    swarm has no server to wire the virtual clients to: refused in one line).
+    """
     began = time.perf_counter()
-    parts = build_parts(spec, on_round)
-    if parts.secure is not None:
-        raise ConfigError("pipeline: secure-sum needs its own pods and topic, which the "
-                          "simulator does not build; run the job with foedus run")
+    topology = prepare(spec)
+    topology.check_simulation(spec)
+    parts = build_parts(spec)
+    if on_round is not None:
+        parts.round_listeners.append(on_round)
+    server = topology.simulation_server(parts)
     work = client_work(spec, parts)
     pool = make_backend(backend, workers, **backend_options)
     pool.start(work, spec)
     clients = VirtualClients(pool, work.ids)
-    server = parts.server
     graph = Graph(f"{spec.job_id}/simulation").add(server, clients)
     graph.pipe(f"{clients.name}.update", parts.server_filters(), f"{server.name}.update",
                model=f"{server.name}.model", model_feedback=True)
@@ -96,19 +101,22 @@ async def run_simulation(
         for failure in runtime.stats.failures:
             raise failure
     except BaseException:
-        parts.finish(failed=True)
+        parts.finish(None, failed=True)
         raise
     finally:
         pool.close()
-    return JobResult(
-        job_id=spec.job_id, clients=spec.clients.count, history=server.history,
-        params=server.params, duration_s=time.perf_counter() - began,
+    result = JobResult(
+        job_id=spec.job_id, clients=spec.clients.count, history=list(server.history),
+        params=server.params, duration_s=time.perf_counter() - began, topology=topology.name,
+        actors=[server.name, clients.name],
         extra={
-            **parts.finish(), "stop_reason": server.stop_reason, "backend": backend,
+            "stop_reason": server.stop_reason, "backend": backend,
             "workers": pool_workers(pool), "startup_s": round(startup, 3),
             "bytes_down": pool.bytes_down, "bytes_up": pool.bytes_up,
         },
     )
+    result.extra.update(parts.finish(server.params, failed=result.failure is not None))
+    return result
 
 
 def pool_workers(pool: Backend) -> int:

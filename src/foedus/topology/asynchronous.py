@@ -10,17 +10,28 @@ its server is synchronous; only the pacing of the pods differs. Pods and wires::
                                                                   ~> foedus.J.model (retained)
 
 The model topic is retained: a client that (re)connects starts from the newest version.
+:class:`Asynchronous` is the ``async`` topology; each applied buffer (a new model version) is
+one of the job's rounds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Sequence
 
+from foedus.aggregate.base import positive_number, whole_number
+from foedus.config.parts import JobParts, client_ids, pipeline_of
+from foedus.config.spec import JobSpec
+from foedus.config.topology import Assembly, Topology, TransportFor, topologies
+from foedus.core.errors import ConfigError
 from foedus.core.filter import Filter
 from foedus.core.runtime import Runtime, run_graphs
+from foedus.roles.async_client import AsyncClientPod
 from foedus.roles.async_server import AsyncServerPod, VersionRecord
 from foedus.roles.client import ClientPod
-from foedus.topology.centralized import client_graph, server_graph
+from foedus.roles.server import RoundRecord
+from foedus.topology.centralized import client_graph, secure_plan, server_graph
+from foedus.topology.swarm import refuse_own_averaging
 from foedus.transport.base import Transport
 
 
@@ -41,3 +52,94 @@ async def run_asynchronous(
     )
     await run_graphs(server_runtime, *client_runtimes)
     return server.history
+
+
+@topologies.register("async")
+class Asynchronous(Topology):
+    """FedBuff (see :class:`~foedus.roles.async_server.AsyncServerPod`): ``buffer_size``
+    updates per new version (default: half the clients), ``max_staleness``, ``server_lr``, and
+    ``versions`` (default: the job's ``rounds``). Actors: ``server`` and the client ids."""
+
+    def __init__(self, buffer_size: int | None = None, max_staleness: int = 10,
+                 server_lr: float = 1.0, versions: int | None = None) -> None:
+        try:
+            self.buffer_size = None if buffer_size is None else whole_number(
+                "buffer_size", buffer_size, minimum=1)
+            self.max_staleness = whole_number("max_staleness", max_staleness, minimum=0)
+            self.server_lr = positive_number("server_lr", server_lr)
+            self.versions = None if versions is None else whole_number(
+                "versions", versions, minimum=1)
+        except ConfigError as exc:
+            raise ConfigError(f"params.{exc}") from exc
+
+    def check(self, spec: JobSpec) -> None:
+        super().check(spec)
+        refuse_own_averaging(spec, self.name, "applies buffered updates itself (FedBuff)")
+        pipeline = pipeline_of(spec)
+        secure_plan(spec, pipeline, self.name)  # refuses secure sum: it needs centralized
+        for i, stage in enumerate(pipeline):
+            if stage.server() is not None:
+                raise ConfigError(
+                    f"pipeline[{i}] ({spec.pipeline[i].type}): its updates need a server-side "
+                    "step that the asynchronous server does not run yet; remove it or use "
+                    "topology centralized")
+        if self.buffer_size is not None and self.buffer_size > spec.clients.count:
+            raise ConfigError(f"topology.params.buffer_size: {self.buffer_size} updates per "
+                              f"version can never arrive from {spec.clients.count} clients")
+        for key, value in (("clients.min_clients", spec.clients.min_clients),
+                           ("clients.per_round", spec.clients.per_round)):
+            if value is not None:
+                raise ConfigError(f"{key}: not used by topology async (the server applies every "
+                                  "buffer_size updates); remove it")
+
+    def rounds(self, spec: JobSpec) -> int:
+        return self.versions or spec.rounds
+
+    def actors(self, spec: JobSpec) -> list[str]:
+        return ["server", *client_ids(spec)]
+
+    def build(self, job: JobParts, actors: Collection[str], transport_for: TransportFor,
+              ) -> Assembly:
+        spec = job.spec
+        server = AsyncServerPod(
+            job_id=spec.job_id, initial_params=job.initial_params(),
+            versions=self.rounds(spec),
+            buffer_size=self.buffer_size or max(1, spec.clients.count // 2),
+            max_staleness=self.max_staleness, server_lr=self.server_lr,
+            evaluate=job.evaluate, timeout=spec.round_timeout * spec.rounds,
+        )
+        history: list[RoundRecord] = []
+        refused: Counter[str] = Counter()  # the server's refusals up to the previous version
+
+        def on_version(version: VersionRecord) -> None:
+            before = server.history[-2].elapsed_s if len(server.history) > 1 else 0.0
+            record = as_round(version, before)
+            record.rejected = dict(server.rejections - refused)
+            refused.update(record.rejected)
+            history.append(record)
+            job.report_round(record)
+
+        server.round_listeners.append(on_version)
+        runtimes: dict[str, Runtime] = {}
+        if server.name in actors:
+            runtimes[server.name] = Runtime(server_graph(server, transport_for(server.name)))
+        for i, cid in enumerate(client_ids(spec)):
+            if cid in actors:
+                client = job.make_client(i, AsyncClientPod)
+                runtimes[cid] = Runtime(client_graph(
+                    client, transport_for(cid), spec.job_id, filters=job.client_filters()))
+        here = server.name in runtimes
+        return Assembly(
+            runtimes, server.name if here else None, history=lambda: list(history),
+            params=lambda: server.params if here else None,
+            records=lambda: {a: [r.to_dict() for r in server.history] if a == server.name
+                             else [] for a in runtimes},
+        )
+
+
+def as_round(version: VersionRecord, previous_elapsed: float) -> RoundRecord:
+    """A FedBuff version as one of the job's rounds: the updates it applied, its metrics, and
+    the time since the version before."""
+    return RoundRecord(version.version, accepted=version.updates,
+                       duration_s=version.elapsed_s - previous_elapsed,
+                       metrics=dict(version.metrics))

@@ -1,4 +1,4 @@
-"""Centralized FL: one server, many clients, three topics.
+"""Centralized FL: one server, many clients, two topics; the ``centralized`` topology.
 
 Pods and wires (``->`` is a wire inside a graph, ``~>`` a topic on the transport)::
 
@@ -14,12 +14,16 @@ resumes where it stopped.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from foedus.codec import DEFAULT_MAX_SIZE
+from foedus.config.parts import JobParts, client_ids, pipeline_of
+from foedus.config.spec import JobSpec
+from foedus.config.topology import Assembly, Topology, TransportFor, topologies
 from foedus.core.errors import ConfigError
-from foedus.core.filter import Filter
+from foedus.core.filter import Filter, Stage
 from foedus.core.graph import Graph
 from foedus.core.message import Message
 from foedus.core.runtime import Runtime, run_graphs
@@ -29,6 +33,9 @@ from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord, ServerPod
 from foedus.transport.base import Transport
 from foedus.transport.link import Downlink, Uplink
+
+if TYPE_CHECKING:
+    from foedus.topology.secure_sum import SecureJob
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
 
@@ -107,3 +114,77 @@ async def run_centralized(
     )
     await run_graphs(server_runtime, *client_runtimes)
     return server.history
+
+
+
+def secure_plan(spec: JobSpec, pipeline: Sequence[Stage], topology: str) -> SecureJob | None:
+    """How ``spec``'s secure sum runs, ``None`` without one; refuses a secure sum that cannot
+    work (e.g. on another topology than centralized, or with a robust aggregator)."""
+    from foedus.topology.secure_sum import SecureJob
+
+    return SecureJob.of(pipeline, participants=client_ids(spec),
+                        clients_per_round=spec.clients.per_round, topology=topology,
+                        aggregator=spec.aggregator.type)
+
+
+@topologies.register("centralized")
+class Centralized(Topology):
+    """One server and ``clients.count`` clients: the actors ``server``, ``client-000``, ...
+
+    A pipeline holding ``secure-sum`` runs the same actors with the secure-sum protocol pods in
+    their graphs (:mod:`foedus.topology.secure_sum`).
+    """
+
+    supports_server_features = True
+
+    def check(self, spec: JobSpec) -> None:
+        super().check(spec)
+        secure_plan(spec, pipeline_of(spec), self.name)
+
+    def check_simulation(self, spec: JobSpec) -> None:
+        if secure_plan(spec, pipeline_of(spec), self.name) is not None:
+            raise ConfigError("pipeline: secure-sum needs its own pods and topic, which the "
+                              "simulator does not build; run the job with foedus run")
+
+    def actors(self, spec: JobSpec) -> list[str]:
+        return ["server", *client_ids(spec)]
+
+    def build(self, job: JobParts, actors: Collection[str], transport_for: TransportFor,
+              ) -> Assembly:
+        spec = job.spec
+        secure = secure_plan(spec, job.pipeline, self.name)
+        if secure is None:  # decoders must undo the encoders in reverse order
+            check_filters(job.client_filters(), job.server_filters())
+        runtimes: dict[str, Runtime] = {}
+        server: ServerPod | None = None
+        if "server" in actors:
+            if secure is None:
+                server = job.make_server()
+                runtimes[server.name] = Runtime(server_graph(
+                    server, transport_for(server.name), filters=job.server_filters()))
+            else:
+                from foedus.roles.secure_server import SecureServerPod
+
+                server = job.make_server(SecureServerPod)
+                runtimes[server.name] = Runtime(
+                    secure.server_graph(server, transport_for(server.name)))
+        for i, cid in enumerate(client_ids(spec)):
+            if cid not in actors:
+                continue  # its share is never read here (per-client files live elsewhere)
+            client = job.make_client(i)
+            transport = transport_for(cid)
+            runtimes[cid] = Runtime(
+                client_graph(client, transport, spec.job_id, filters=job.client_filters())
+                if secure is None else secure.client_graph(client, transport, spec.job_id))
+        return server_assembly(runtimes, server)
+
+    def simulation_server(self, job: JobParts) -> ServerPod:
+        return job.make_server()
+
+
+def server_assembly(runtimes: dict[str, Runtime], server: ServerPod | None) -> Assembly:
+    """An :class:`Assembly` whose job is its server's, when the server runs here."""
+    if server is None:
+        return Assembly(runtimes, None, history=list, params=lambda: None)
+    return Assembly(runtimes, server.name, history=lambda: list(server.history),
+                    params=lambda: server.params, stop_reason=lambda: server.stop_reason)

@@ -15,7 +15,7 @@ is just a client whose update carries many examples. Pods and wires (``~>`` is a
 
 The tree is a list of the root's children; a child is a client id (``"client-003"``) or an
 :class:`EdgeNode` with children of its own. :func:`parse_tree` reads the same tree from a job
-file (see ``docs/topologies.md``).
+file (see ``docs/topologies.md``); :class:`Hierarchical` is the ``hierarchical`` topology.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from typing import Any
 from foedus.aggregate.base import Aggregator
 from foedus.aggregate.fedavg import FedAvg
 from foedus.codec import DEFAULT_MAX_SIZE
+from foedus.config.parts import JobParts, client_ids, pipeline_of
+from foedus.config.spec import JobSpec
+from foedus.config.topology import Assembly, Topology, TransportFor, topologies
 from foedus.core.errors import ConfigError
 from foedus.core.filter import Filter
 from foedus.core.graph import Graph
@@ -36,7 +39,7 @@ from foedus.core.runtime import Runtime, run_graphs
 from foedus.roles.client import ClientPod
 from foedus.roles.edge import EdgePod
 from foedus.roles.server import RoundRecord, ServerPod
-from foedus.topology.centralized import Topics, server_graph, topics
+from foedus.topology.centralized import Topics, secure_plan, server_assembly, server_graph, topics
 from foedus.transport.base import Transport
 from foedus.transport.link import Downlink, Uplink
 
@@ -204,7 +207,6 @@ def leaf_graph(
     return graph
 
 
-TransportFor = Callable[[str], Transport]
 Leaf = ClientPod | tuple[ClientPod, Sequence[Filter]]
 
 
@@ -335,3 +337,106 @@ async def run_hierarchical(
                         queue_size=queue_size)
     await run_graphs(h.server_runtime, *h.runtimes.values())
     return server.history
+
+
+@topologies.register("hierarchical")
+class Hierarchical(Topology):
+    """A tree of edge aggregators (``tree``, read by :func:`parse_tree`) between the server and
+    the clients; ``min_children`` is the root's quorum among its children (default: all).
+
+    Actors: ``server``, then the edges and clients top down. The root is the job's server (its
+    rounds are the job's rounds; MLOps and checkpoints attach to it); every edge runs the job's
+    aggregator on its children and sends :meth:`~foedus.aggregate.base.Aggregator.edge_result`
+    up, so a tree computes what the flat job would.
+    """
+
+    supports_server_features = True
+
+    def __init__(self, tree: Any, min_children: int | None = None) -> None:
+        self.tree = parse_tree(tree, "params.tree")
+        if min_children is not None and (isinstance(min_children, bool)
+                                         or not isinstance(min_children, int)
+                                         or not 1 <= min_children <= len(self.tree)):
+            raise ConfigError(f"params.min_children: expected an integer between 1 and the "
+                              f"root's {len(self.tree)} children, got {min_children!r}")
+        self.min_children = min_children
+
+    def check(self, spec: JobSpec) -> None:
+        super().check(spec)
+        try:
+            check_tree(self.tree, client_ids(spec))
+        except ConfigError as exc:
+            raise ConfigError(f"topology.params.tree: {exc}") from exc
+        self.actors(spec)  # refuses an actor id used twice
+        for key, value, instead in (
+            ("clients.min_clients", spec.clients.min_clients,
+             "the quorums are topology.params.min_children (the root's) and each edge's"),
+            ("clients.per_round", spec.clients.per_round, "every child answers each round"),
+        ):
+            if value is not None:
+                raise ConfigError(f"{key}: not used by topology hierarchical ({instead}); "
+                                  "remove it")
+        pipeline = pipeline_of(spec)
+        secure_plan(spec, pipeline, self.name)  # refuses secure sum: it needs centralized
+        for i, stage in enumerate(pipeline):
+            if stage.server() is not None:
+                raise ConfigError(
+                    f"pipeline[{i}] ({spec.pipeline[i].type}): its updates need a server-side "
+                    "step that the edges of a hierarchical job cannot run yet; remove it or use "
+                    "topology centralized")
+
+    def actors(self, spec: JobSpec) -> list[str]:
+        ids = ["server"] + [n.name if isinstance(n, EdgeNode) else n for n, _ in walk(self.tree)]
+        clashes = sorted({i for i in ids if ids.count(i) > 1})
+        if clashes:  # an actor id names one process and one connection: it must be unique
+            raise ConfigError(f"topology.params.tree: actor ids used twice (edges, clients, "
+                              f"server): {clashes}")
+        return ids
+
+    def build(self, job: JobParts, actors: Collection[str], transport_for: TransportFor,
+              ) -> Assembly:
+        root_children = [n.name if isinstance(n, EdgeNode) else n for n in self.tree]
+        server = job.make_server(
+            expected_clients=len(self.tree), min_clients=self.min_children,
+            participants=root_children, clients_per_round=None,
+        )
+        index = {cid: i for i, cid in enumerate(client_ids(job.spec))}
+        leaves = {  # only the clients run here get a model and read their share
+            cid: (job.make_client(i), job.client_filters())
+            for cid, i in index.items() if cid in actors
+        }
+        built = tree_actors(server, self.tree, _Leaves(index, leaves), transport_for,
+                            actors=actors, aggregator=job.make_aggregator)
+        here = built.runtimes.copy()
+        assembly = server_assembly(here, server if server.name in here else None)
+
+        def records() -> dict[str, list[dict[str, Any]]]:
+            out: dict[str, list[dict[str, Any]]] = {a: [] for a in here}
+            if server.name in here:
+                out[server.name] = [r.to_dict() for r in server.history]
+            for name, edge in built.edges.items():
+                out[name] = [r.to_dict() for r in edge.history]
+            return out
+
+        assembly.records = records
+        return assembly
+
+
+class _Leaves(Mapping[str, Leaf]):
+    """Every client id of the job (so the tree can be checked), with pods only for those built
+    here: the others run in other processes and their data is not on this machine."""
+
+    def __init__(self, index: Mapping[str, int], built: Mapping[str, Leaf]) -> None:
+        self.index = index
+        self.built = built
+
+    def __getitem__(self, key: str) -> Leaf:
+        if key not in self.built:
+            raise KeyError(key)
+        return self.built[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.index)
+
+    def __len__(self) -> int:
+        return len(self.index)

@@ -10,19 +10,27 @@ topic)::
 
 The topic is retained, so its current value is always the newest model any peer published: a
 peer that joins late (``join=True``) receives it first and starts from there.
+
+:class:`Swarm` is the ``swarm`` topology: one actor per client, acting as a peer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Sequence
 
 from foedus.codec import DEFAULT_MAX_SIZE
+from foedus.config.parts import JobParts, client_ids, pipeline_of
+from foedus.config.spec import JobSpec
+from foedus.config.topology import Assembly, Topology, TransportFor, topologies
+from foedus.core.errors import ConfigError
 from foedus.core.graph import Graph
 from foedus.core.message import Message
 from foedus.core.runtime import Runtime
-from foedus.roles.peer import PeerPod, PeerRecord
+from foedus.roles.peer import MODES, PeerPod, PeerRecord
+from foedus.roles.server import RoundRecord
 from foedus.topology.centralized import topics
 from foedus.transport.base import Transport
 from foedus.transport.link import Downlink, Uplink
@@ -82,3 +90,112 @@ async def run_swarm(
     if failures:
         raise failures[0]
     return {p.peer_id: p.history for p in peers}
+
+
+def refuse_own_averaging(spec: JobSpec, topology: str, how: str) -> None:
+    """Refuse an ``aggregator`` that a topology averaging models its own way would ignore."""
+    if spec.aggregator.type != "fedavg" or spec.aggregator.params:
+        raise ConfigError(
+            f"aggregator: topology {topology} {how}, so {spec.aggregator.type!r} would never "
+            "run; remove the aggregator key (or use topology centralized or hierarchical, whose "
+            "servers and edges run it)")
+
+
+@topologies.register("swarm")
+class Swarm(Topology):
+    """Peers and no server (see :class:`~foedus.roles.peer.PeerPod` for ``mode``,
+    ``neighbors`` and ``mixing_rounds``). Actors: the client ids, each a peer.
+
+    The job's round ``r`` is over here when every peer run here finished it; its record counts
+    the models those peers received and averaged, their refusals, and the test metrics of the
+    first of them (every peer reaches the same model once the swarm agrees).
+    """
+
+    leader = None
+
+    def __init__(self, neighbors: int | None = None, mode: str = "gossip",
+                 mixing_rounds: int = 0) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"params.mode: got {mode!r}; allowed: {', '.join(MODES)}")
+        if neighbors is not None and (isinstance(neighbors, bool)
+                                      or not isinstance(neighbors, int) or neighbors < 1):
+            raise ConfigError(f"params.neighbors: expected an integer >= 1, got {neighbors!r}")
+        if isinstance(mixing_rounds, bool) or not isinstance(mixing_rounds, int) \
+                or mixing_rounds < 0:
+            raise ConfigError(f"params.mixing_rounds: expected an integer >= 0, "
+                              f"got {mixing_rounds!r}")
+        self.mode, self.neighbors, self.mixing_rounds = mode, neighbors, mixing_rounds
+
+    def check(self, spec: JobSpec) -> None:
+        super().check(spec)
+        refuse_own_averaging(spec, self.name,
+                             "averages the peers' models itself (gossip or all-reduce)")
+        if self.mixing_rounds >= spec.rounds:
+            raise ConfigError(f"topology.params.mixing_rounds: expected fewer than rounds="
+                              f"{spec.rounds}, got {self.mixing_rounds}")
+        if pipeline_of(spec):
+            raise ConfigError(f"pipeline: swarm peers share whole models and apply no pipeline "
+                              f"stages, so {[p.type for p in spec.pipeline]} would never run; "
+                              "remove it or use topology centralized")
+        for key, value in (("clients.min_clients", spec.clients.min_clients),
+                           ("clients.per_round", spec.clients.per_round)):
+            if value is not None:
+                raise ConfigError(f"{key}: not used by topology swarm (a peer waits for the "
+                                  "peers it knows alive); remove it")
+
+    def actors(self, spec: JobSpec) -> list[str]:
+        return client_ids(spec)
+
+    def build(self, job: JobParts, actors: Collection[str], transport_for: TransportFor,
+              ) -> Assembly:
+        spec = job.spec
+        here = [(i, cid) for i, cid in enumerate(client_ids(spec)) if cid in actors]
+        peers = [
+            PeerPod(job_id=spec.job_id, peer_id=cid, model=job.make_model(), data=job.shares[i],
+                    rounds=spec.rounds, expected_peers=spec.clients.count,
+                    epochs=spec.clients.epochs, round_timeout=spec.round_timeout,
+                    mode=self.mode, neighbors=self.neighbors,
+                    mixing_rounds=self.mixing_rounds, seed=spec.seed,
+                    # the first peer here evaluates each round: the job's per-round metrics
+                    eval_data=job.test if n == 0 and job.server_evaluates else None)
+            for n, (i, cid) in enumerate(here)
+        ]
+        rounds = _SwarmRounds(peers, job.report_round)
+        for p in peers:
+            p.round_listeners.append(rounds.on_peer_round)
+        runtimes = {p.peer_id: Runtime(swarm_graph(p, transport_for(p.peer_id))) for p in peers}
+        return Assembly(
+            runtimes, None, history=lambda: list(rounds.history),
+            params=lambda: peers[0].params if peers else None,
+            records=lambda: {p.peer_id: [r.to_dict() for r in p.history] for p in peers},
+        )
+
+
+class _SwarmRounds:
+    """Folds the rounds of the peers run here into the job's rounds, one record each."""
+
+    def __init__(self, peers: Sequence[PeerPod], report: Callable[[RoundRecord], None]) -> None:
+        self.peers = list(peers)
+        self.report = report
+        self.history: list[RoundRecord] = []
+        self._pending: dict[int, list[PeerRecord]] = {}
+        self._rejected: Counter[str] = Counter()
+
+    def on_peer_round(self, peer: PeerPod, record: PeerRecord) -> None:
+        done = self._pending.setdefault(record.round, [])
+        done.append(record)
+        if len(done) < len(self.peers):
+            return
+        del self._pending[record.round]
+        total: Counter[str] = sum((p.rejected for p in self.peers), Counter())
+        rejected = dict(total - self._rejected)
+        self._rejected = total
+        first = next((r for r in done if r.metrics), done[0])
+        others = self.peers[0].expected_peers - 1  # the models each peer waits for at most
+        job_round = RoundRecord(
+            record.round, accepted=sum(r.received for r in done), rejected=rejected,
+            missing_clients=max(0, others - min(r.received for r in done)),
+            duration_s=max(r.duration_s for r in done), metrics=dict(first.metrics),
+        )
+        self.history.append(job_round)
+        self.report(job_round)

@@ -1,0 +1,152 @@
+"""The topology contract: how a job's actors are named, checked and wired.
+
+A topology is a plugin like an aggregator or a transport: a :class:`Topology` subclass
+registered in :data:`topologies` under the name a job file uses (``topology: {type: swarm}``),
+built with the job file's ``topology.params`` as keyword arguments. It answers three questions,
+and every entry point (``foedus run``, ``server``, ``client``, ``actor``, ``sim``) asks them the
+same way, so a job means the same thing whichever command runs it:
+
+* :meth:`Topology.check`: is this job possible at all? Called when the job is loaded, before
+  any data is read or any actor starts; raises a one-line :class:`ConfigError`.
+* :meth:`Topology.actors`: who takes part? Actor ids, the job's leader (if any) first. Each id
+  names one graph, one transport connection and, in a deployment, one process or site.
+* :meth:`Topology.build`: the graphs of some of those actors, not started, together with how to
+  read the job's rounds and model from them (an :class:`Assembly`).
+
+Every topology reports its rounds as :class:`~foedus.roles.server.RoundRecord` objects to the
+job's round listeners (``JobParts.round_listeners``), so progress bars, summaries and MLOps see
+one shape whatever the wiring.
+
+The contract lives here, beside the job file it reads, and the topologies themselves live in
+``foedus.topology`` (one module each) and register into :data:`topologies` when plugins load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from foedus.core.errors import ConfigError
+from foedus.core.params import Params
+from foedus.core.registry import Registry
+from foedus.core.runtime import Runtime
+from foedus.roles.server import RoundRecord, ServerPod
+from foedus.transport.base import Transport
+
+if TYPE_CHECKING:
+    from foedus.config.parts import JobParts
+    from foedus.config.spec import JobSpec
+
+#: the transport of one actor, by actor id (each actor gets its own connection)
+TransportFor = Callable[[str], Transport]
+
+
+@dataclass
+class Assembly:
+    """Some actors of a job, built and not started, and how to read what they did.
+
+    ``leader`` is the actor whose end is the job's end when it runs here (the server); without
+    one, the job here ends when every actor here has ended. ``history`` returns the job's round
+    records as seen here (empty where no actor here keeps them, e.g. a process of clients only);
+    ``params`` the job's model as seen here, or ``None``; ``records`` every actor's own per-step
+    records (edge rounds, peer rounds, FedBuff versions), for diagnostics.
+    """
+
+    runtimes: dict[str, Runtime]
+    leader: str | None
+    history: Callable[[], list[RoundRecord]]
+    params: Callable[[], Params | None]
+    records: Callable[[], dict[str, list[dict[str, Any]]]] = field(default=lambda: {})
+    #: why the job stopped before its last round, when it did (e.g. the privacy budget ran out)
+    stop_reason: Callable[[], str | None] = field(default=lambda: None)
+
+
+class Topology:
+    """Subclass, set :attr:`name`, take the job file's ``topology.params`` as keyword arguments
+    of ``__init__`` (validate them there: a wrong one is a :class:`ConfigError`), and register
+    the class: ``@topologies.register("ring")``."""
+
+    #: the actor whose end is the job's end (``None``: every actor runs to its own end)
+    leader: ClassVar[str | None] = "server"
+    #: the job file's ``mlops:`` and ``checkpoint_dir`` work with this topology (its leader is a
+    #: :class:`~foedus.roles.server.ServerPod` built by ``JobParts.make_server``)
+    supports_server_features: ClassVar[bool] = False
+
+    @property
+    def name(self) -> str:
+        """The name the topology is registered under (set by :data:`topologies`)."""
+        return getattr(type(self), "registered_name", type(self).__name__.lower())
+
+    def check(self, spec: JobSpec) -> None:
+        """Refuse a job this topology cannot run, before anything is loaded or started.
+
+        The default refuses ``mlops`` and ``checkpoint_dir`` unless
+        :attr:`supports_server_features`; subclasses call ``super().check(spec)``.
+        """
+        if self.supports_server_features:
+            return
+        for key, used in (("mlops", bool(spec.mlops)), ("checkpoint_dir", spec.checkpoint_dir)):
+            if used:
+                raise ConfigError(f"{key}: topology {self.name} has no server that could use it; "
+                                  "remove the key or use topology centralized or hierarchical")
+
+    def rounds(self, spec: JobSpec) -> int:
+        """How many rounds the job has (its progress bar's length)."""
+        return spec.rounds
+
+    def actors(self, spec: JobSpec) -> list[str]:
+        """Every actor id of ``spec``'s job, the leader (if any) first."""
+        raise NotImplementedError(f"{type(self).__name__} must implement actors()")
+
+    def build(self, job: JobParts, actors: Collection[str], transport_for: TransportFor,
+              ) -> Assembly:
+        """The graphs of ``actors`` (a subset of :meth:`actors`), nothing started.
+
+        Open a transport only for the actors built here (``transport_for(actor_id)``); read only
+        their data (``job.shares[i]`` for the clients built here). Call
+        ``job.round_listeners`` with a :class:`RoundRecord` as each round of the job ends.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement build()")
+
+    def check_simulation(self, spec: JobSpec) -> None:
+        """Refuse, before anything is loaded, a job ``foedus sim`` cannot simulate. By default
+        a topology cannot be simulated; one that can overrides this and
+        :meth:`simulation_server`."""
+        raise ConfigError(f"topology {self.name}: foedus sim cannot simulate it (the simulator "
+                          "wires one server to virtual clients); run the job with foedus run")
+
+    def simulation_server(self, job: JobParts) -> ServerPod:
+        """The server pod ``foedus sim`` wires to its virtual clients."""
+        raise ConfigError(f"topology {self.name}: foedus sim cannot simulate it")
+
+
+class _TopologyRegistry(Registry[Topology]):
+    """Remembers on each class the name it was registered under, for messages."""
+
+    def register(self, name: str) -> Callable[[Callable[..., Topology]], Callable[..., Topology]]:
+        inner = super().register(name)
+
+        def decorate(factory: Callable[..., Topology]) -> Callable[..., Topology]:
+            if isinstance(factory, type):
+                factory.registered_name = name  # type: ignore[attr-defined]
+            return inner(factory)
+
+        return decorate
+
+
+#: registered topologies, by the name a job file uses (``topology: {type: hierarchical}``)
+topologies: Registry[Topology] = _TopologyRegistry("topology")
+
+
+def topology_of(spec: JobSpec) -> Topology:
+    """The topology ``spec`` names, built from its parameters and checked against the job.
+
+    Errors are one line, prefixed with the job-file key they come from.
+    """
+    try:
+        topology = topologies.create(spec.topology.type, **spec.topology.params)
+    except ConfigError as exc:
+        raise ConfigError(f"topology: {exc}") from exc
+    topology.check(spec)
+    return topology

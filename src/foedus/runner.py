@@ -1,0 +1,241 @@
+"""Runs a job, or some of its actors, whatever its topology: the one dispatch path.
+
+``foedus run`` (:func:`run_job`), ``foedus server`` (:func:`run_server`), ``foedus client``
+(:func:`run_client`) and ``foedus actor`` (:func:`run_actors`) all end in :func:`run_actors`:
+load the job's topology from the registry and check it against the job, read only the data
+the actors here need, let the topology build their graphs, open one transport connection per
+actor, run them, and report one :class:`JobResult`, whose ``history`` holds one
+:class:`~foedus.roles.server.RoundRecord` per round for every topology.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from foedus.config.parts import ActorTransports, RoundListener, build_parts, client_id
+from foedus.config.spec import JobSpec
+from foedus.config.topology import Assembly, Topology, topology_of
+from foedus.core.errors import ConfigError
+from foedus.core.runtime import Runtime
+from foedus.plugins import load_plugins
+from foedus.roles.client import ClientPod
+from foedus.roles.peer import PeerPod
+from foedus.roles.server import RoundRecord
+from foedus.transport.base import transports
+
+log = logging.getLogger("foedus.runner")
+
+__all__ = ["JobResult", "RoundListener", "prepare", "run_actors", "run_client", "run_job",
+           "run_job_sync", "run_server"]
+
+
+@dataclass
+class JobResult:
+    """What a job (or the actors of it run here) did: one record per round, the final model
+    and its metrics, whatever the topology.
+
+    ``history`` is empty in a process that runs no actor keeping the job's rounds (a process
+    of clients only); ``params`` is then empty too. ``records`` holds each actor's own records
+    (edge rounds, peer rounds, FedBuff versions) for diagnostics.
+    """
+
+    job_id: str
+    clients: int
+    history: list[RoundRecord]
+    params: dict[str, Any]
+    duration_s: float
+    topology: str = "centralized"
+    actors: list[str] = field(default_factory=list)
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: the final model's metrics when no round recorded any (e.g. swarm peers that do not
+    #: evaluate); otherwise the last round's
+    metrics: dict[str, float] | None = None
+
+    @property
+    def final_metrics(self) -> dict[str, float]:
+        if self.history and self.history[-1].metrics:
+            return self.history[-1].metrics
+        return self.metrics or {}
+
+    @property
+    def failure(self) -> str | None:
+        """Why the job failed although it ran to its end, or ``None``: every round without
+        quorum (or with a failed aggregation) means the job learned nothing."""
+        if self.history and all(r.status != "ok" for r in self.history):
+            statuses = sorted({r.status for r in self.history})
+            return (f"no round of {len(self.history)} produced a new model "
+                    f"({', '.join(statuses)}): the global model is the initial one")
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        """The machine-readable summary printed by ``--json``."""
+        return {
+            "job_id": self.job_id,
+            "topology": self.topology,
+            "rounds": len(self.history),
+            "clients": self.clients,
+            "actors": self.actors,
+            "final_accuracy": self.final_metrics.get("accuracy"),
+            "final_loss": self.final_metrics.get("loss"),
+            "final_metrics": dict(self.final_metrics),  # all of them, e.g. r2 for regression
+            "updates_accepted": sum(r.accepted for r in self.history),
+            "updates_rejected": sum(sum(r.rejected.values()) for r in self.history),
+            "failed": self.failure,
+            "duration_s": round(self.duration_s, 3),
+            "history": [r.to_dict() for r in self.history],
+            **self.extra,
+        }
+
+
+def prepare(spec: JobSpec) -> Topology:
+    """Load the plugins and the job's topology, and check the job against it: everything that
+    can be refused before data is read or an actor starts is refused here, in one line."""
+    load_plugins()
+    return topology_of(spec)
+
+
+async def run_actors(
+    spec: JobSpec, actors: Sequence[str], *, on_round: RoundListener | None = None,
+    on_ready: Callable[[], None] | None = None, timeout: float | None = None,
+    grace: float = 10.0,
+) -> JobResult:
+    """Run ``actors`` of ``spec``'s job in this process, on the job's transport.
+
+    Every process of a deployment loads the same job file (same seed, so the same data split and
+    initial model) and names its own actors; they meet on the job's networked transport, each
+    actor with its own connection. The call returns when the actors here are done: with the
+    job's leader (its server) here, when it finished the job (the others get ``grace`` seconds
+    to see its stop message); without it, when every actor here has ended. ``on_round`` sees
+    every round of the job that ends here; ``on_ready`` is called once every actor here has
+    started (subscribed), which is when a supervisor may start the server elsewhere.
+    ``timeout`` bounds the whole wait (``None``: no bound).
+    """
+    topology = prepare(spec)
+    known = topology.actors(spec)
+    if not actors:
+        raise ConfigError(f"name at least one actor to run; this job has {known}")
+    twice = sorted({a for a in actors if list(actors).count(a) > 1})
+    if twice:
+        raise ConfigError(f"actors named twice: {twice}")
+    unknown = sorted(set(actors) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown actors {unknown}; this job ({topology.name}) has {known}")
+    if getattr(transports.get(spec.transport.type), "shared", False) \
+            and set(actors) != set(known):
+        raise ConfigError(
+            f"transport: {spec.transport.type!r} exists only inside one process, so the actors "
+            "run elsewhere could never be reached; use a networked transport (kafka, mqtt, "
+            "grpc, https) to split a job across processes")
+    began = time.perf_counter()
+    # read up front only the data of the clients run here (with per-client files, the others'
+    # files are not on this machine), and the held-out data only where the leader runs
+    here = [i for i in range(spec.clients.count) if client_id(i) in actors]
+    leader_here = topology.leader is None or topology.leader in actors
+    parts = build_parts(spec, clients=here, server_data=leader_here)
+    if on_round is not None:
+        parts.round_listeners.append(on_round)
+    links = ActorTransports(spec)
+    assembly: Assembly | None = None
+    try:
+        assembly = topology.build(parts, set(actors), links.open)
+        await asyncio.wait_for(_run(assembly, on_ready, grace), timeout)
+    except BaseException:
+        parts.finish(None, failed=True)
+        raise
+    finally:
+        await links.close()
+    params = assembly.params()
+    metrics: dict[str, float] | None = None
+    history = assembly.history()
+    if params is not None and parts.server_evaluates and not (history and history[-1].metrics):
+        metrics = parts.evaluate(params) if parts.evaluate else None
+    result = JobResult(
+        job_id=spec.job_id, clients=spec.clients.count, history=history,
+        params=dict(params) if params is not None else {},
+        duration_s=time.perf_counter() - began, topology=topology.name, actors=list(actors),
+        records=assembly.records(), metrics=metrics,
+        extra={"stop_reason": assembly.stop_reason(), "rounds_trained": _rounds_trained(assembly)},
+    )
+    result.extra.update(parts.finish(params, failed=result.failure is not None))
+    return result
+
+
+async def _run(assembly: Assembly, on_ready: Callable[[], None] | None, grace: float) -> None:
+    """Start every actor but the leader, then the leader (so everyone is subscribed before it
+    broadcasts); wait for the leader, or for everyone without one; stop all; re-raise a driver's
+    failure, so a crashed actor never looks like a finished job."""
+    leader = assembly.runtimes.get(assembly.leader) if assembly.leader else None
+    followers = [rt for actor, rt in assembly.runtimes.items() if actor != assembly.leader]
+    started: list[Runtime] = []
+    try:
+        for rt in [*followers, *([leader] if leader is not None else [])]:
+            await rt.start()
+            started.append(rt)
+        if on_ready is not None:
+            on_ready()
+        if leader is None:
+            await asyncio.gather(*(rt.wait() for rt in followers))
+        else:
+            await leader.wait()
+            if followers:
+                try:
+                    await asyncio.wait_for(
+                        asyncio.gather(*(rt.wait() for rt in followers)), timeout=grace)
+                except TimeoutError:
+                    log.warning("%d actors still running %.1fs after the server ended; "
+                                "stopping them", len(followers), grace)
+    finally:
+        for rt in reversed(started):
+            await rt.stop()
+    for rt in assembly.runtimes.values():
+        for failure in rt.stats.failures:
+            if failure.wire == "run":
+                raise failure
+
+
+def _rounds_trained(assembly: Assembly) -> dict[str, int]:
+    """How many rounds each client or peer run here trained."""
+    out: dict[str, int] = {}
+    for actor, rt in assembly.runtimes.items():
+        for pod in rt.graph.pods.values():
+            if isinstance(pod, ClientPod):
+                out[actor] = pod.rounds_trained
+            elif isinstance(pod, PeerPod):
+                out[actor] = len(pod.history)
+    return out
+
+
+async def run_job(spec: JobSpec, *, on_round: RoundListener | None = None) -> JobResult:
+    """Run every actor of ``spec`` in this process, each its own graph on the job's transport
+    (one connection each for a networked transport)."""
+    return await run_actors(spec, prepare(spec).actors(spec), on_round=on_round)
+
+
+def run_job_sync(spec: JobSpec, *, on_round: RoundListener | None = None) -> JobResult:
+    """:func:`run_job` for code that is not already inside an event loop."""
+    return asyncio.run(run_job(spec, on_round=on_round))
+
+
+async def run_server(spec: JobSpec, *, on_round: RoundListener | None = None) -> JobResult:
+    """Run only the job's server (``foedus server``); the other actors run elsewhere."""
+    topology = prepare(spec)
+    if topology.leader is None:
+        raise ConfigError(f"topology {topology.name} has no server; run its actors with "
+                          f"`foedus actor JOB ACTOR,...` (actors: {topology.actors(spec)})")
+    return await run_actors(spec, [topology.leader], on_round=on_round)
+
+
+async def run_client(spec: JobSpec, index: int) -> JobResult:
+    """Run only client ``index`` (``foedus client``; under any topology: a tree's leaf, a swarm
+    peer, a FedBuff client) until the job ends. It trains on share ``index`` of the job's
+    dataset, or with ``partition: files`` on its own file, and reads no other data."""
+    if not 0 <= index < spec.clients.count:
+        raise ConfigError(f"client index must be between 0 and {spec.clients.count - 1}, "
+                          f"got {index}")
+    return await run_actors(spec, [client_id(index)])
