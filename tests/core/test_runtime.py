@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import ClassVar
 
 from foedus.core.filter import Filter
@@ -12,6 +11,7 @@ from foedus.core.graph import Graph
 from foedus.core.message import Kind, Message
 from foedus.core.pod import Pod, Wire
 from foedus.core.runtime import Runtime
+from foedus.testing import wait_until
 
 
 def msg(round: int = 1) -> Message:
@@ -54,12 +54,13 @@ async def test_failing_handler_is_reported_with_pod_wire_and_round_and_graph_goe
 
 
 async def test_full_inbox_makes_the_producer_wait() -> None:
-    release = asyncio.Event()
+    entered, release = asyncio.Event(), asyncio.Event()
 
     class Slow(Pod):
         inputs: ClassVar[tuple[Wire, ...]] = (Wire("in"),)
 
         async def on_in(self, m: Message) -> None:
+            entered.set()
             await release.wait()
 
     class Producer(Pod):
@@ -74,7 +75,9 @@ async def test_full_inbox_makes_the_producer_wait() -> None:
     g = Graph("g").add(Producer("p"), Slow("slow")).connect("p.out", "slow.in")
     rt = Runtime(g, queue_size=2)
     await rt.start()
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: entered.is_set() and Producer.sent >= 3, 10)
+    for _ in range(50):  # every ready task gets many turns: an unblocked producer would go on
+        await asyncio.sleep(0)
     # one message in the handler, two in the queue: the producer is stuck at the third send
     assert Producer.sent == 3
     release.set()
@@ -86,26 +89,31 @@ async def test_full_inbox_makes_the_producer_wait() -> None:
 async def test_blocking_handlers_run_off_the_event_loop() -> None:
     loop_thread = threading.get_ident()
     handler_threads: list[int] = []
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
 
     class Heavy(Filter):
         blocking = True
 
         def process(self, m: Message) -> Message:
             handler_threads.append(threading.get_ident())
-            time.sleep(0.3)  # CPU-heavy work stands in here
+            started.set()
+            # CPU-heavy work stands in here: it holds its thread until the loop has shown that
+            # it keeps running meanwhile (bounded, so a handler wrongly on the loop cannot hang)
+            release.wait(10)
+            finished.set()
             return m
 
     sink = Collect()
     g = Graph("g").add(Heavy("heavy"), sink).connect("heavy.out", "sink.in").expose("heavy.in")
     async with Runtime(g) as rt:
         await rt.inject("heavy", "in", msg())
-        ticks = 0
-        began = time.perf_counter()
-        while time.perf_counter() - began < 0.25:  # the loop keeps running meanwhile
-            await asyncio.sleep(0.01)
-            ticks += 1
+        await wait_until(started.is_set, 10)
+        for _ in range(20):  # the loop keeps running while the handler holds its thread
+            await asyncio.sleep(0)
+        handler_still_running = not finished.is_set()
+        release.set()
         await rt.drain()
-    assert ticks > 10
+    assert handler_still_running  # we got here while it ran: the loop was never blocked
     assert handler_threads and handler_threads[0] != loop_thread
     assert len(sink.got) == 1
 

@@ -48,10 +48,11 @@ def _update(job: str, rnd: int, sender: str, value: float, n: int = 1,
                           num_examples=n, **kw)
 
 
-async def honest_client(port: int, job: str, name: str) -> None:
+async def honest_client(port: int, job: str, name: str, ready: asyncio.Event) -> None:
     transport = MqttTransport(port=port)
     try:
-        sub = await transport.subscribe(topics(job).model)
+        sub = await transport.subscribe(topics(job).model)  # returns once the broker confirmed
+        ready.set()
         async for payload in sub:
             model = decode(payload)
             if model.kind is Kind.CONTROL:
@@ -98,15 +99,17 @@ def insider_payloads(job: str, rnd: int) -> list[tuple[str, bytes]]:
             for who, (reason, params, n) in zip(INSIDERS, bad, strict=True)]
 
 
-async def attacker(port: int, job: str, expected: Counter[str]) -> None:
+async def attacker(port: int, job: str, expected: Counter[str], ready: asyncio.Event) -> None:
     """Sniffs the shared topics (no ACLs: anyone may read and write) and attacks every round."""
     transport = MqttTransport(port=port, max_payload=4 * TRANSPORT_LIMIT)
     t = topics(job)
     honest: dict[int, list[bytes]] = {}
     seen = asyncio.Event()
+    sniffing = asyncio.Event()
 
     async def sniff() -> None:
         sub = await transport.subscribe(t.updates)
+        sniffing.set()
         async for payload in sub:
             try:
                 msg = decode(payload)
@@ -119,6 +122,8 @@ async def attacker(port: int, job: str, expected: Counter[str]) -> None:
     sniffer = asyncio.create_task(sniff())
     try:
         models = await transport.subscribe(t.model)
+        await asyncio.wait_for(sniffing.wait(), 30)
+        ready.set()
         async for payload in models:
             model = decode(payload)
             if model.kind is Kind.CONTROL:
@@ -156,10 +161,13 @@ async def test_every_hostile_input_is_refused_counted_and_logged_while_rounds_co
     assert isinstance(downlink, Downlink)
     expected: Counter[str] = Counter()
     port = mosquitto.plain_port
-    tasks = [asyncio.create_task(honest_client(port, job, name)) for name in HONEST]
-    tasks.append(asyncio.create_task(attacker(port, job, expected)))
-    await asyncio.sleep(0.5)  # everyone subscribed before round 1
+    ready = [asyncio.Event() for _ in range(len(HONEST) + 1)]
+    tasks = [asyncio.create_task(honest_client(port, job, name, r))
+             for name, r in zip(HONEST, ready[:-1], strict=True)]
+    tasks.append(asyncio.create_task(attacker(port, job, expected, ready[-1])))
     try:
+        # everyone subscribed before round 1
+        await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), 30)
         async with Runtime(graph) as runtime:
             await asyncio.wait_for(runtime.wait(), 120)
             transport_rejected = dict(downlink._sub.rejected)  # type: ignore[union-attr]
@@ -201,8 +209,7 @@ async def test_the_server_refuses_replayed_messages_and_outsiders() -> None:
     replays: list[bytes] = []
 
     async def actor() -> None:
-        sub = await transport.subscribe(t.model)
-        async for payload in sub:
+        async for payload in models:
             model = decode(payload)
             if model.kind is Kind.CONTROL:
                 return
@@ -212,8 +219,8 @@ async def test_the_server_refuses_replayed_messages_and_outsiders() -> None:
             for p in out:
                 await transport.publish(t.updates, p)
 
+    models = await transport.subscribe(t.model)  # before round 1 is broadcast
     task = asyncio.create_task(actor())
-    await asyncio.sleep(0.01)
     async with Runtime(server_graph(server, transport)) as runtime:
         await asyncio.wait_for(runtime.wait(), 30)
     await task

@@ -20,6 +20,7 @@ from foedus.core.runtime import Runtime
 from foedus.roles.checkpoint import Checkpointer
 from foedus.roles.server import ServerPod
 from foedus.topology.centralized import server_graph, topics
+from foedus.transport.base import Subscription
 from foedus.transport.local import LocalTransport
 
 JOB = "job1"
@@ -31,8 +32,10 @@ def update(model: Message, sender: str, value: float, n: int = 1, **kw: object) 
     return model.reply(Kind.UPDATE, sender, params=params, num_examples=n, **kw)  # type: ignore[arg-type]
 
 
-async def scripted_client(transport: LocalTransport, behaviour: Behaviour) -> None:
-    sub = await transport.subscribe(topics(JOB).model)
+async def scripted_client(
+    transport: LocalTransport, sub: Subscription, behaviour: Behaviour
+) -> None:
+    """Answer each model on ``sub`` (subscribed before the server starts) as ``behaviour`` says."""
     async for payload in sub:
         model = decode(payload)
         if model.kind is Kind.CONTROL:
@@ -52,9 +55,9 @@ def make_server(rounds: int = 1, **kw: object) -> ServerPod:
 async def run(server: ServerPod, behaviours: list[Behaviour]) -> Runtime:
     transport = LocalTransport()
     clients = []
-    for b in behaviours:
-        clients.append(asyncio.create_task(scripted_client(transport, b)))
-    await asyncio.sleep(0.01)  # let every client subscribe
+    for b in behaviours:  # subscribed here, so every client is listening before round 1
+        sub = await transport.subscribe(topics(JOB).model)
+        clients.append(asyncio.create_task(scripted_client(transport, sub, b)))
     runtime = Runtime(server_graph(server, transport))
     await runtime.start()
     await asyncio.wait_for(runtime.wait(), 20)

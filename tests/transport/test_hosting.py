@@ -4,6 +4,7 @@ does when the hub goes away and comes back (re-subscribe, retry publishes)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,9 +12,10 @@ from typing import Any
 import pytest
 
 from foedus.certs import DeploymentCerts
-from foedus.config.runner import run_job
 from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError, TransportError
+from foedus.runner import run_job
+from foedus.testing import wait_until
 from foedus.transport.base import Transport
 from foedus.transport.grpc import GrpcHub, GrpcTransport
 from foedus.transport.https import HttpsHub, HttpsTransport
@@ -45,6 +47,20 @@ def hub_starter(kind: str, port: int, tls: TLSConfig) -> Callable[[], Awaitable[
         return await hub_cls("127.0.0.1", port, tls).start()
 
     return start
+
+
+def logged(caplog: pytest.LogCaptureFixture, words: str) -> bool:
+    """Whether a warning containing ``words`` was logged (the transports say when they retry)."""
+    return any(words in record.getMessage() for record in caplog.records)
+
+
+def reached_no_hub(transport: Transport, caplog: pytest.LogCaptureFixture) -> bool:
+    """Whether the client has tried to reach a hub that is down, and failed: HTTPS logs each
+    retry of a publish; gRPC waits for its channel, whose state says a connection failed."""
+    if logged(caplog, "retrying"):
+        return True
+    channel = getattr(transport, "_channel", None)
+    return channel is not None and channel.get_state().name == "TRANSIENT_FAILURE"
 
 
 def serve_params(certs: DeploymentCerts) -> dict[str, Any]:
@@ -124,8 +140,9 @@ async def test_one_process_job_with_a_certificate_per_participant(
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_subscription_reconnects_after_the_hub_restarts(
-    kind: str, certs: DeploymentCerts,
+    kind: str, certs: DeploymentCerts, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING)
     port = free_port()
     start = hub_starter(kind, port, certs.server_tls(require_client_cert=True))
     hub = await start()
@@ -137,9 +154,10 @@ async def test_subscription_reconnects_after_the_hub_restarts(
         await pub.publish(t, b"before", retain=True)
         assert await take(sub, 1) == [b"before"]
         reading = asyncio.create_task(take(sub, 1, timeout=30))
-        await asyncio.sleep(0.2)  # the subscriber is waiting on its stream / long poll
+        await wait_until(lambda: hub.hub.waiting(t) > 0,  # its stream / long poll is parked
+                         what="the subscriber waits on the hub")
         await hub.stop()  # the hub's state (logs, retained values) is gone
-        await asyncio.sleep(0.5)
+        await wait_until(lambda: logged(caplog, "broke"), what="the subscriber saw the hub go")
         hub = await start()
         # retained: whenever the subscriber re-subscribes, it gets the current value first
         await pub.publish(t, b"after restart", retain=True)
@@ -153,8 +171,9 @@ async def test_subscription_reconnects_after_the_hub_restarts(
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_publish_waits_for_a_hub_that_is_restarting(
-    kind: str, certs: DeploymentCerts,
+    kind: str, certs: DeploymentCerts, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING)
     port = free_port()
     start = hub_starter(kind, port, certs.server_tls(require_client_cert=True))
     hub = await start()
@@ -164,7 +183,8 @@ async def test_publish_waits_for_a_hub_that_is_restarting(
         await pub.publish(t, b"first")
         await hub.stop()
         publishing = asyncio.create_task(pub.publish(t, b"second", retain=True))
-        await asyncio.sleep(0.5)
+        await wait_until(lambda: reached_no_hub(pub, caplog) or publishing.done(),
+                         what="the publisher finds no hub")
         assert not publishing.done()  # retrying, not failed
         hub = await start()
         await asyncio.wait_for(publishing, 20)
@@ -193,7 +213,8 @@ async def test_last_message_reaches_subscribers_when_the_hub_stops_right_after(
         for p in (b"a", b"b", b"stop"):
             await pub.publish(t, p)
         stopping = asyncio.create_task(hub.stop())
-        await asyncio.sleep(0.3)  # the subscriber has not asked for anything yet
+        # the hub is stopping before the subscriber has asked for anything
+        await wait_until(lambda: hub.hub.draining or hub.hub.closed, what="the hub stops")
         assert await take(sub, 3) == [b"a", b"b", b"stop"]
         await stopping
     finally:

@@ -157,6 +157,8 @@ class Cursor:
         self._pending = pending
         self._lost: str | None = None
         self.closed = False
+        #: True while :meth:`next` waits for a payload (see :meth:`Hub.waiting`)
+        self.waiting = False
 
     async def next(self, timeout: float | None = None) -> tuple[int, bytes] | None:
         """The next ``(offset, payload)``, waiting up to ``timeout`` seconds (None: forever).
@@ -182,6 +184,7 @@ class Cursor:
                 self._hub._trim(self.topic_name, topic)
                 return offset, payload
             wake = topic.wake
+            self.waiting = True
             try:
                 if deadline is None:
                     await wake.wait()
@@ -192,6 +195,8 @@ class Cursor:
                     await asyncio.wait_for(wake.wait(), remaining)
             except TimeoutError:
                 return None
+            finally:
+                self.waiting = False
 
     def commit(self, offset: int) -> None:
         """The consumer has processed every payload up to and including ``offset``."""
@@ -232,6 +237,8 @@ class Hub:
         self.stats: Counter[str] = Counter()
         self._topics: dict[str, _Topic] = {}
         self.closed = False
+        #: True while :meth:`drain` waits for subscribers to catch up
+        self.draining = False
 
     def check_size(self, size: int) -> None:
         """Raise :class:`PayloadTooLarge` for a payload over ``max_payload``; adapters call it
@@ -293,6 +300,13 @@ class Hub:
         topic.cursors.add(cursor)
         return cursor
 
+    def waiting(self, topic_name: str) -> int:
+        """How many subscriptions to ``topic_name`` wait for its next payload right now: a
+        subscriber whose stream or long poll is parked on the hub (what a test or a health check
+        can wait for instead of guessing with a sleep)."""
+        topic = self._topics.get(topic_name)
+        return 0 if topic is None else sum(cursor.waiting for cursor in topic.cursors)
+
     def caught_up(self) -> bool:
         """True when every live cursor has been handed everything published so far."""
         return all(
@@ -306,11 +320,15 @@ class Hub:
         connected clients. Returns whether they caught up."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not self.caught_up():
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(0.02)
-        return True
+        self.draining = True
+        try:
+            while not self.caught_up():
+                if loop.time() >= deadline:
+                    return False
+                await asyncio.sleep(0.02)
+            return True
+        finally:
+            self.draining = False
 
     def close(self) -> None:
         """End every cursor; the hub refuses further use."""
