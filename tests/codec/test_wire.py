@@ -113,10 +113,17 @@ def test_oversized_messages_are_refused_before_parsing() -> None:
 
 def forge(header: dict, body: bytes = b"") -> bytes:
     """A well-framed message with a valid checksum around a hostile header."""
-    packed = msgpack.packb(header)
+    packed = msgpack.packb(header, strict_types=False)
     pad = bytes(-len(packed) % 8)
     rest = packed + pad + body
     return _PREFIX.pack(MAGIC, 1, bytes(3), len(packed), len(body), zlib.crc32(rest)) + rest
+
+
+def nest(depth: int) -> object:
+    out: object = 1
+    for _ in range(depth):
+        out = [out]
+    return out
 
 
 def valid_header(**changes: object) -> dict:
@@ -144,6 +151,24 @@ def valid_header(**changes: object) -> dict:
         (valid_header(n=-3), b"", "negative"),
         (valid_header(metrics={"a": "x"}), b"", "metrics"),
         ([1, 2, 3], b"", "'header'"),
+        # each class the attack run found: a shape that holds no bytes yet cannot be built,
+        # absurd ndim, bad dtypes, wrong types and sizes in header fields, deep or odd metadata
+        (valid_header(arrays=[["w", "<f4", [0, 2**64 - 1], 0, 0]]), b"", "too large"),
+        (valid_header(arrays=[["w", "<f4", [2**63, 0], 0, 0]]), b"", "too large"),
+        (valid_header(arrays=[["w", "<f4", [1] * 33, 0, 4]]), bytes(8), "at most 32"),
+        (valid_header(arrays=[["w", "<U4", [1], 0, 16]]), bytes(16), "not allowed"),
+        (valid_header(arrays=[["w", ["<f4"], [1], 0, 4]]), bytes(8), "not allowed"),
+        (valid_header(arrays=[["w", "<f4", [1], 0, 2**64 - 1]]), bytes(8), "need"),
+        (valid_header(arrays=[["w", "<f4", [1.5], 0, 4]]), bytes(8), "shape"),
+        (valid_header(n=2**64 - 1), b"", "64 bits"),
+        (valid_header(round=2**64 - 1), b"", "64 bits"),
+        (valid_header(ts=float("inf")), b"", "finite"),
+        (valid_header(metrics={b"loss": 1.0}), b"", "metric names"),
+        (valid_header(meta={"k": nest(40)}), b"", "nested deeper"),
+        (valid_header(meta={"k": {1: "int key"}}), b"", "malformed header"),
+        (valid_header(meta={"k": {b"bytes key": 1}}), b"", "meta keys"),
+        (valid_header(trail=[1]), b"", "trail"),
+        (valid_header(to=5), b"", "recipient"),
     ],
 )
 def test_hostile_headers_are_refused_with_a_reason(
@@ -170,3 +195,16 @@ def test_unserialisable_metadata_is_a_codec_error() -> None:
 
 def test_prefix_is_24_bytes() -> None:
     assert struct.calcsize("<4sB3sIQI") == _PREFIX.size == 24
+
+
+def test_any_failure_while_building_a_message_becomes_a_codec_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The last line of the total decoder: a check nobody thought of still ends in CodecError."""
+    def broken(*args: object, **kwargs: object) -> Message:
+        raise KeyError("an unforeseen case")
+
+    data = encode(sample())
+    monkeypatch.setattr(Message, "create", broken)
+    with pytest.raises(CodecError, match=r"malformed message \(KeyError"):
+        decode(data)

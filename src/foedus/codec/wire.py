@@ -17,6 +17,14 @@ The array table lists ``[name, dtype, shape, offset, nbytes]``. Decoding reads a
 ``np.frombuffer``: zero-copy, read-only views into the received buffer. Nothing is ever unpickled
 or imported; dtypes come from a fixed allow-list; every length, offset and shape is checked against
 the buffer before it is used, so hostile bytes raise :class:`CodecError` and nothing else.
+
+The decoder is *total*: whatever the bytes, :func:`decode` returns a valid message or raises
+:class:`CodecError` naming the reason. The explicit checks below cover every class of malformed
+input we know of (shapes that are negative, overflow numpy's index type or disagree with the
+byte count; dimensions beyond :data:`MAX_NDIM`; dtypes off the allow-list; header fields of the
+wrong type or beyond 64 bits; metadata nested deeper than :data:`MAX_META_DEPTH`; non-string
+metric and metadata keys). As a last line, any other exception raised while building the message
+is turned into a ``CodecError`` too, because one frame a reader cannot parse must never stop it.
 """
 
 from __future__ import annotations
@@ -38,7 +46,13 @@ FORMAT_VERSION = 1
 DEFAULT_MAX_SIZE = 2 * 1024**3  # 2 GiB; transports pass their own, smaller limits
 _PREFIX = struct.Struct("<4sB3sIQI")
 _ALIGN = 8
-_MAX_NDIM = 32
+MAX_NDIM = 32
+#: how deeply ``meta`` may nest lists and maps (a hostile peer could otherwise send a structure
+#: that recursion over it, when freezing or re-encoding, cannot handle)
+MAX_META_DEPTH = 32
+#: numpy's index type: no dimension, and no product of the non-zero dimensions, may exceed it
+_INTP_MAX = int(np.iinfo(np.intp).max)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _ALLOWED_DTYPES = frozenset(
     np.dtype(t).str
     for t in (
@@ -123,7 +137,12 @@ def decode(data: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_
         )
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise CodecError(f"malformed header: {exc}") from exc
-    return _build(header, view, body_start, body_len)
+    try:
+        return _build(header, view, body_start, body_len)
+    except CodecError:
+        raise
+    except Exception as exc:  # the last line: a check we did not think of must still refuse
+        raise CodecError(f"malformed message ({type(exc).__name__}: {exc})") from exc
 
 
 def _build(header: Any, view: memoryview, body_start: int, body_len: int) -> Message:
@@ -143,14 +162,22 @@ def _build(header: Any, view: memoryview, body_start: int, body_len: int) -> Mes
         if count * dtype.itemsize != nbytes:
             raise CodecError(f"array {name!r}: shape {shape} and dtype {dtype_str} need "
                              f"{count * dtype.itemsize} bytes, table says {nbytes}")
+        # numpy refuses shapes whose non-zero dimensions multiply beyond its index type, even
+        # when another dimension is 0 (shape [0, 2**64-1] holds no bytes yet cannot be built)
+        if math.prod(d for d in shape if d) * dtype.itemsize > _INTP_MAX:
+            raise CodecError(f"array {name!r}: shape {list(shape)} is too large for numpy")
         if offset < end_of_last or offset % _ALIGN or offset + nbytes > body_len:
             raise CodecError(f"array {name!r}: offset {offset} is outside the body or overlaps")
         end_of_last = offset + nbytes
         array = np.frombuffer(view, dtype=dtype, count=count, offset=body_start + offset)
         params[name] = array.reshape(shape)
     metrics = _expect(h.get("metrics"), dict, "metrics")
+    if not all(isinstance(k, str) for k in metrics):
+        raise CodecError("metric names must be strings")
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in metrics.values()):
         raise CodecError("metrics must map names to numbers")
+    meta = _expect(h.get("meta"), dict, "meta")
+    _check_meta(meta, 1)
     trail = _expect(h.get("trail"), list, "trail")
     if not all(isinstance(t, str) for t in trail):
         raise CodecError("trail must be a list of strings")
@@ -163,21 +190,29 @@ def _build(header: Any, view: memoryview, body_start: int, body_len: int) -> Mes
     num_examples = _expect(h.get("n"), int, "n")
     if num_examples < 0:
         raise CodecError(f"num_examples must not be negative, got {num_examples}")
+    if num_examples > _INT64_MAX:
+        raise CodecError(f"num_examples {num_examples} does not fit in 64 bits")
+    round_ = _expect(h.get("round"), int, "round")
+    if not _INT64_MIN <= round_ <= _INT64_MAX:
+        raise CodecError(f"round {round_} does not fit in 64 bits")
+    ts = float(_expect(h.get("ts"), int | float, "ts"))
+    if not math.isfinite(ts):
+        raise CodecError(f"timestamp {ts} is not a finite number")
     return Message.create(
         kind,
         job_id=_expect(h.get("job"), str, "job"),
-        round=_expect(h.get("round"), int, "round"),
+        round=round_,
         sender=_expect(h.get("sender"), str, "sender"),
         params=params,
         num_examples=num_examples,
         metrics=metrics,
-        meta=_expect(h.get("meta"), dict, "meta"),
+        meta=meta,
         error=error,
         recipient=recipient,
         trail=tuple(trail),
     ).replace(
         message_id=_expect(h.get("id"), str, "id"),
-        timestamp=float(_expect(h.get("ts"), int | float, "ts")),
+        timestamp=ts,
     )
 
 
@@ -190,14 +225,28 @@ def _array_entry(entry: Any) -> tuple[str, str, tuple[int, ...], int, int]:
     if not isinstance(dtype_str, str) or dtype_str not in _ALLOWED_DTYPES:
         raise CodecError(f"array {name!r}: dtype {dtype_str!r} is not allowed")
     if (
-        not isinstance(shape, list) or len(shape) > _MAX_NDIM
+        not isinstance(shape, list) or len(shape) > MAX_NDIM
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
-        raise CodecError(f"array {name!r}: shape must be a list of at most {_MAX_NDIM} sizes")
+        raise CodecError(f"array {name!r}: shape must be a list of at most {MAX_NDIM} sizes")
     for label, value in (("offset", offset), ("nbytes", nbytes)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise CodecError(f"array {name!r}: {label} must be a non-negative integer")
     return name, dtype_str, tuple(shape), offset, nbytes
+
+
+def _check_meta(value: Any, depth: int) -> None:
+    """Metadata is plain data: string keys, nesting at most :data:`MAX_META_DEPTH` deep."""
+    if depth > MAX_META_DEPTH:
+        raise CodecError(f"meta is nested deeper than {MAX_META_DEPTH} levels")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise CodecError(f"meta keys must be strings, got {type(k).__name__}")
+            _check_meta(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _check_meta(v, depth + 1)
 
 
 def _expect(value: Any, kind: Any, field: str) -> Any:
