@@ -17,3 +17,10 @@ def free_port() -> int:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test that starts a real component must be marked integration (see tests/markers.py)."""
+    from tests.markers import check
+
+    check(item)
