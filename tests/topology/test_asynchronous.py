@@ -61,7 +61,7 @@ def test_too_stale_and_future_versions_are_rejected_with_reasons() -> None:
     with pytest.raises(RejectedUpdate) as nan:
         buf.accept(update("nan", 2, float("nan")))
     assert (stale.value.reason, future.value.reason, nan.value.reason) == (
-        "too_stale", "unknown_version", "not_finite")
+        "stale_round", "stale_round", "not_finite")
     assert buf.buffered == []  # nothing of a rejected update got in
 
 

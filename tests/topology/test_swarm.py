@@ -161,7 +161,7 @@ async def test_a_model_that_does_not_fit_is_refused_and_counted() -> None:
     transport = LocalTransport()
     bad = Message.create(Kind.MODEL, job_id=JOB, round=1, sender="mallory",
                          params={"coef": np.ones(3)}, num_examples=5)
-    nan = Message.create(Kind.MODEL, job_id=JOB, round=1, sender="mallory",
+    nan = Message.create(Kind.MODEL, job_id=JOB, round=1, sender="eve",
                          params={k: np.full_like(v, np.nan) for k, v in peers[0].params.items()},
                          num_examples=5)
 

@@ -15,8 +15,9 @@ starts a new buffer::
 Clients send parameters, not deltas (so plain :class:`~foedus.roles.client.ClientPod` training
 works unchanged); the server therefore keeps the last ``max_staleness + 1`` versions to subtract
 from, which costs ``max_staleness + 1`` model copies of memory. Updates staler than
-``max_staleness``, for a version not yet published, with the wrong shape, NaN or Inf are rejected
-with a reason and counted, as in the synchronous server.
+``max_staleness`` or for a version not yet published (``stale_round``), replays,
+non-participants, wrong shapes, NaN or Inf are refused by the same
+:class:`~foedus.roles.admission.Admission` as in the synchronous server, and counted.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -37,6 +38,7 @@ from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Kind, Message
 from foedus.core.params import Params, ParamSpec, flatten, unflatten
 from foedus.core.pod import Pod, Wire
+from foedus.roles.admission import CLIENT_FAILED, STALE_ROUND, Admission
 
 log = logging.getLogger("foedus.async_server")
 
@@ -83,18 +85,22 @@ class StalenessBuffer:
         check_finite_blocked(update.params)
         base = update.round
         if base > self.version or base < 0:
-            raise RejectedUpdate("unknown_version",
+            raise RejectedUpdate(STALE_ROUND,
                                  f"trained from version {base}, newest is {self.version}")
         staleness = self.version - base
         if staleness > self.max_staleness or base not in self._versions:
             raise RejectedUpdate(
-                "too_stale", f"staleness {staleness} exceeds max_staleness={self.max_staleness}"
+                STALE_ROUND, f"staleness {staleness} exceeds max_staleness={self.max_staleness}"
             )
         weight = float(self.weighting(staleness))
         delta = flatten(update.params) - self._versions[base]
         self._sum += weight * delta
         self.buffered.append((update.sender, staleness, weight))
         return len(self.buffered) >= self.buffer_size
+
+    def window(self) -> range:
+        """The versions an update may have been trained from now."""
+        return range(max(0, self.version - self.max_staleness), self.version + 1)
 
     def apply(self) -> dict[str, np.ndarray]:
         """Apply the buffer's mean weighted delta; publishes a new version and empties it."""
@@ -120,6 +126,7 @@ class VersionRecord:
     staleness: list[int] = field(default_factory=list)
     elapsed_s: float = 0.0  # since the job started: time-to-accuracy reads straight off this
     metrics: dict[str, float] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)  # refused while this buffer filled
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,6 +138,13 @@ class AsyncServerPod(Pod):
 
     The job ends after ``versions`` buffers were applied, or ``timeout`` seconds, with a
     ``stop`` control message.
+
+    Updates pass the same :class:`~foedus.roles.admission.Admission` as the synchronous
+    server's, with the versions within ``max_staleness`` of the newest as the open "rounds":
+    ``participants`` (the roster; ``None`` admits any sender) and no replayed message id. A
+    client may send several updates trained from one version (it keeps training while no new
+    version comes), so there is no ``duplicate`` here. A client's ``ERROR`` is counted as
+    ``client_failed``.
     """
 
     inputs: ClassVar[tuple[Wire, ...]] = (Wire("update"),)
@@ -140,7 +154,8 @@ class AsyncServerPod(Pod):
         self, *, job_id: str, initial_params: Params, versions: int, buffer_size: int,
         server_lr: float = 1.0, max_staleness: int = 10,
         weighting: Weighting = polynomial_staleness, evaluate: Evaluator | None = None,
-        timeout: float = 600.0, name: str = "server",
+        timeout: float = 600.0, participants: Sequence[str] | None = None,
+        name: str = "server",
     ) -> None:
         super().__init__(name)
         if versions < 1:
@@ -156,7 +171,12 @@ class AsyncServerPod(Pod):
         self.evaluate = evaluate
         self.timeout = timeout
         self.history: list[VersionRecord] = []
-        self.rejections: Counter[str] = Counter()
+        self.participants = sorted(participants) if participants is not None else None
+        self.admission = Admission(  # the buffer checks NaN/Inf as it folds
+            job_id=job_id, participants=participants, finite=False, one_per_round=False,
+            logger=log)
+        self.admission.open(self.buffer.window(), self.buffer.spec)
+        self._rejected: Counter[str] = Counter()  # while the current buffer fills
         self.round_listeners: list[Callable[[VersionRecord], None]] = []
         self._done = asyncio.Event()
         self._began = 0.0
@@ -164,6 +184,11 @@ class AsyncServerPod(Pod):
     @property
     def params(self) -> dict[str, np.ndarray]:
         return self.buffer.params
+
+    @property
+    def rejections(self) -> Counter[str]:
+        """Refused updates by reason over the whole job, for metrics exporters."""
+        return self.admission.rejections
 
     async def run(self) -> None:
         self._began = time.perf_counter()
@@ -182,26 +207,24 @@ class AsyncServerPod(Pod):
         if self._done.is_set():
             return
         try:
-            if msg.header.job_id != self.job_id:
-                raise RejectedUpdate("wrong_job", f"message is for job {msg.header.job_id!r}")
+            self.admission.admit(msg)
             if msg.kind is Kind.ERROR or msg.error is not None:
-                raise RejectedUpdate("client_failed", msg.error or "error message")
-            if msg.kind is not Kind.UPDATE:
-                raise RejectedUpdate("wrong_kind", f"expected an update, got {msg.kind.value}")
-            if msg.trail:
-                raise RejectedUpdate("undecoded", f"filters {list(msg.trail)} were not undone")
+                raise RejectedUpdate(CLIENT_FAILED, msg.error or "error message")
             full = await asyncio.to_thread(self.buffer.accept, msg)
         except RejectedUpdate as exc:
-            self.rejections[exc.reason] += 1
-            log.warning("rejected update from %s (version %d): %s", msg.sender, msg.round, exc)
+            self.admission.reject(msg, exc)
+            self._rejected[exc.reason] += 1
             return
         if not full:
             return
         buffered = self.buffer.buffered
         params = await asyncio.to_thread(self.buffer.apply)
+        self.admission.open(self.buffer.window())
         record = VersionRecord(
             self.buffer.version, len(buffered), [b[0] for b in buffered], [b[1] for b in buffered],
+            rejected=dict(self._rejected),
         )
+        self._rejected.clear()
         if self.evaluate is not None:
             record.metrics = await asyncio.to_thread(self.evaluate, params)
         record.elapsed_s = time.perf_counter() - self._began

@@ -1,8 +1,8 @@
 """One round's collection of updates, shared by every pod that aggregates its children.
 
 The root server and a hierarchical edge do the same thing between broadcasting a model and
-aggregating: admit each arriving update only if it belongs to this job, this round and a sender
-that has not answered yet (refusing it with a reason otherwise), fold it into the aggregator,
+aggregating: admit each arriving update only if :class:`~foedus.roles.admission.Admission`
+admits it (the rules every aggregating role shares), fold it into the aggregator,
 count failures and rejections, and wait until every expected sender answered or the deadline
 passed. :class:`RoundCollector` does that once, so both pods refuse exactly the same inputs for
 exactly the same reasons; the pods keep only what differs (what a round is for, what to record).
@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 from foedus.aggregate.base import Aggregator
 from foedus.core.errors import RejectedUpdate
 from foedus.core.message import Kind, Message
-from foedus.core.params import Params
+from foedus.core.params import Params, ParamSpec
+from foedus.roles.admission import UNKNOWN_SENDER, Admission
 
 T = TypeVar("T")
 #: models with at least this many values are folded in (and aggregated) in a worker thread
@@ -67,10 +68,12 @@ class Tally:
 class RoundCollector:
     """Admits updates for the open round into ``aggregator``; one per aggregating pod.
 
+    What is admitted is decided by :class:`~foedus.roles.admission.Admission` (the rules every
+    aggregating role shares); the collector adds the round: the tally, the wait, the aggregator.
     ``participants`` (if known) is the whole job's roster: anyone else is refused as
     ``unknown_sender``. ``rejections`` counts refusals over the whole job, for metrics exporters.
-    ``lock`` guards the round state; a pod that admits updates by other means (the secure-sum
-    server) holds it while it changes :attr:`tally`, then calls :meth:`notify`.
+    NaN/Inf is left to the aggregator, which checks it anyway (FedAvg fused with its fold, so
+    the verdict on a held update may come only at :meth:`settle` or :meth:`close`).
     """
 
     def __init__(self, *, job_id: str, aggregator: Aggregator,
@@ -79,23 +82,33 @@ class RoundCollector:
         self.job_id = job_id
         self.aggregator = aggregator
         self.participants = None if participants is None else frozenset(participants)
-        self.rejections: Counter[str] = Counter()
+        self.admission = Admission(job_id=job_id, participants=participants, finite=False,
+                                   logger=logger or logging.getLogger("foedus.collect"),
+                                   label=label)
         self.current_round = 0  # 0 while no round is open: every update is then stale
         self.tally: Tally | None = None  # the open round's, or None
         self.offload = False
-        self.lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # guards the round state
         self._log = logger or logging.getLogger("foedus.collect")
         self._label = label  # prefixes log lines, e.g. "edge e1 "
         self._last: Tally = Tally(0)  # the latest round's, still read after close()
-        self._selected: frozenset[str] | None = None
-        self._seen_ids: dict[int, set[str]] = {}  # message ids of this and the previous round
         #: one item per answer or refusal; :meth:`wait` recounts the answers on each
         self.arrivals: asyncio.Queue[None] = asyncio.Queue()
+
+    @property
+    def rejections(self) -> Counter[str]:
+        """Refused updates by reason over the whole job."""
+        return self.admission.rejections
 
     @property
     def senders(self) -> set[str]:
         """Who answered in the open round (or the last one, once closed)."""
         return self._last.senders
+
+    def trust(self, sender: str) -> None:
+        """Admit ``sender`` besides the participants: an in-graph pod (the secure-sum server)
+        whose one update stands for several participants, see :meth:`offer_sum`."""
+        self.admission.trusted.add(sender)
 
     async def open(self, rnd: int, global_params: Params,
                    selected: Collection[str] | None = None) -> None:
@@ -103,10 +116,9 @@ class RoundCollector:
         async with self.lock:
             self.current_round = rnd
             self.tally = self._last = Tally(rnd)
-            self._selected = None if selected is None else frozenset(selected)
+            self.admission.open(rnd, ParamSpec.of(global_params), selected)
             self.aggregator.reset(global_params)
             self.offload = sum(a.size for a in global_params.values()) >= OFFLOAD_VALUES
-            self._seen_ids = {r: ids for r, ids in self._seen_ids.items() if r >= rnd - 1}
             while not self.arrivals.empty():
                 self.arrivals.get_nowait()
 
@@ -117,13 +129,25 @@ class RoundCollector:
         async with self.lock:
             tally = self._last
             if self.tally is not None:
-                late = await self.blocking(partial(self.aggregator.settle, final=True))
-                for msg, exc in late:
-                    tally.withdraw(msg)
-                    self.reject(msg, exc)
+                await self._settle(final=True)
             self.current_round = 0
             self.tally = None
+            self.admission.close()
         return tally
+
+    async def settle(self) -> None:
+        """Take the aggregator's verdicts on the updates it holds now rather than at close
+        (moving refused ones from accepted to rejected)."""
+        async with self.lock:
+            if self.tally is not None:
+                await self._settle(final=False)
+
+    async def _settle(self, *, final: bool) -> None:
+        assert self.tally is not None
+        late = await self.blocking(partial(self.aggregator.settle, final=final))
+        for msg, exc in late:
+            self.tally.withdraw(msg)
+            self.reject(msg, exc)
 
     async def wait(self, expected: int, timeout: float) -> None:
         """Wait until ``expected`` senders answered, or ``timeout`` seconds passed."""
@@ -141,35 +165,98 @@ class RoundCollector:
         """Wake :meth:`wait` to recount the answers."""
         self.arrivals.put_nowait(None)
 
-    async def offer(self, msg: Message) -> None:
-        """Admit one sender's update or failure, or refuse it with a reason (a refused message
-        is not an answer: its sender may still send a valid one)."""
+    async def offer(self, msg: Message) -> bool:
+        """Admit one sender's update or failure, or refuse it with a reason; True if admitted
+        (an aggregator may still refuse a held update later, see :meth:`settle`). A message
+        refused by the envelope checks is not an answer: its sender may still send a valid one;
+        one refused for its content is its sender's answer."""
         async with self.lock:
-            try:
-                self.check(msg)
-            except RejectedUpdate as exc:
-                self.reject(msg, exc)
-                return
-            tally = self.tally
-            assert tally is not None
-            tally.senders.add(msg.sender)
-            if msg.kind is Kind.ERROR or msg.error is not None:
-                tally.failed_clients.append(msg.sender)
-                self._log.warning("%sround %d: %s failed: %s", self._label, msg.round,
-                                  msg.sender, msg.error)
-            else:
-                try:
-                    await self.blocking(self.aggregator.accept, msg)
-                except RejectedUpdate as exc:
-                    self.reject(msg, exc)
-                except Exception as exc:  # a bug in the aggregator: the round must go on
-                    self._log.exception("%saggregator %s failed on the update from %s",
-                                        self._label, self.aggregator.describe(), msg.sender)
-                    self.reject(msg, RejectedUpdate(
-                        "aggregator_error", f"{type(exc).__name__}: {exc}"))
-                else:
-                    tally.admit(msg)
+            admitted = await self._offer(msg)
         self.notify()
+        return admitted
+
+    async def _offer(self, msg: Message) -> bool:
+        try:
+            self.admission.check_envelope(msg)
+        except RejectedUpdate as exc:
+            self.reject(msg, exc)
+            return False
+        tally = self.tally
+        assert tally is not None  # the envelope check refuses everything between rounds
+        tally.senders.add(msg.sender)
+        try:
+            self.admission.admit(msg)
+        except RejectedUpdate as exc:
+            self.reject(msg, exc)
+            return False
+        if msg.kind is Kind.ERROR or msg.error is not None:
+            tally.failed_clients.append(msg.sender)
+            self._log.warning("%sround %d: %.64r failed: %.200s", self._label, msg.round,
+                              msg.sender, msg.error)
+            return True
+        if not await self._fold(msg):
+            return False
+        tally.admit(msg)
+        return True
+
+    async def offer_sum(self, msg: Message, survivors: Sequence[str],
+                        dropped: Sequence[str]) -> bool:
+        """Admit one update that stands for ``survivors`` (a secure sum: the individual updates
+        never reach the server), from a sender made :meth:`trust`-ed; ``dropped`` are counted as
+        failed. The sum passes the same admission as any update (one per round, no replay, the
+        model's shape, ...); the aggregator's verdict on it is taken at once."""
+        async with self.lock:
+            admitted = await self._offer_sum(msg, survivors, dropped)
+        self.notify()
+        return admitted
+
+    async def _offer_sum(self, msg: Message, survivors: Sequence[str],
+                         dropped: Sequence[str]) -> bool:
+        try:
+            self.admission.check_envelope(msg)
+            if self.participants is not None and not self.participants.issuperset(
+                    [*survivors, *dropped]):
+                raise RejectedUpdate(UNKNOWN_SENDER, "the sum names clients that are not "
+                                                     "participants")
+        except RejectedUpdate as exc:
+            self.reject(msg, exc)
+            return False
+        tally = self.tally
+        assert tally is not None
+        tally.senders.update(survivors, dropped)
+        tally.failed_clients.extend(dropped)
+        try:
+            self.admission.admit(msg)
+        except RejectedUpdate as exc:
+            self.reject(msg, exc)
+            return False
+        if msg.kind is Kind.ERROR or msg.error is not None:
+            self._log.warning("%sround %d: %.200s", self._label, msg.round, msg.error)
+            return True
+        if not await self._fold(msg):
+            return False
+        late = await self.blocking(self.aggregator.settle)  # the verdict now, not at close
+        if late:
+            self.reject(msg, late[0][1])
+            return False
+        tally.accepted += len(survivors)
+        tally.num_examples += msg.num_examples
+        return True
+
+    async def _fold(self, msg: Message) -> bool:
+        """Hand an admitted update to the aggregator; False (counted) if it refuses it."""
+        try:
+            await self.blocking(self.aggregator.accept, msg)
+        except RejectedUpdate as exc:
+            self.reject(msg, exc)
+            return False
+        except Exception as exc:  # a bug in the aggregator: the round must go on
+            self._log.exception("%saggregator %s failed on the update from %.64r",
+                                self._label, self.aggregator.describe(), msg.sender)
+            self.reject(msg, RejectedUpdate(
+                "aggregator_error", f"{type(exc).__name__}: {exc}"))
+            return False
+        return True
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run model-sized work in a worker thread for large models, inline for small ones:
@@ -180,37 +267,14 @@ class RoundCollector:
 
     def reject(self, msg: Message, exc: RejectedUpdate) -> None:
         """Count a refusal for the job and for the round during which it arrived."""
-        self.rejections[exc.reason] += 1
+        self.admission.reject(msg, exc)
         if self.tally is not None:
             self.tally.rejected[exc.reason] = self.tally.rejected.get(exc.reason, 0) + 1
-        self._log.warning("%srejected update from %s (round %d): %s", self._label, msg.sender,
-                          msg.round, exc)
 
     def check(self, msg: Message) -> None:
-        """Raise :class:`RejectedUpdate` unless ``msg`` is a fresh answer for the open round;
-        remember its id so a replay of it is refused."""
-        message_id = msg.header.message_id
-        if any(message_id in ids for ids in self._seen_ids.values()):
-            raise RejectedUpdate("replayed", f"message {message_id} was already received")
-        if msg.header.job_id != self.job_id:
-            raise RejectedUpdate("wrong_job", f"message is for job {msg.header.job_id!r}")
-        if msg.kind not in (Kind.UPDATE, Kind.ERROR):
-            raise RejectedUpdate("wrong_kind", f"expected an update, got {msg.kind.value}")
-        if self.tally is None or msg.round != self.current_round:
-            raise RejectedUpdate(
-                "stale_round", f"update for round {msg.round}, current is {self.current_round}"
-            )
-        if self._selected is not None and msg.sender not in self._selected:
-            raise RejectedUpdate("not_selected", f"{msg.sender} was not sampled this round")
-        if msg.sender in self.tally.senders:
-            raise RejectedUpdate("duplicate", f"{msg.sender} already answered this round")
-        if msg.trail:
-            raise RejectedUpdate(
-                "undecoded", f"filters {list(msg.trail)} were not undone before aggregation"
-            )
-        if self.participants is not None and msg.sender not in self.participants:
-            raise RejectedUpdate("unknown_sender", f"{msg.sender!r} is not a participant")
-        self._seen_ids.setdefault(self.current_round, set()).add(message_id)
+        """Raise :class:`RejectedUpdate` unless ``msg`` would be admitted now (recording it as
+        an answer: a second call with the same message is a replay)."""
+        self.admission.admit(msg)
 
 
 def weighted_mean(items: list[tuple[int, Mapping[str, float]]]) -> dict[str, float]:

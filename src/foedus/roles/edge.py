@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -52,7 +53,11 @@ class EdgeRecord:
 class EdgePod(Pod):
     """Wires: ``model`` in from the parent, ``model`` out to the children (named ``down`` here,
     since a pod cannot have an input and an output of one name), ``update`` in from the
-    children, ``up`` out to the parent."""
+    children, ``up`` out to the parent.
+
+    ``children``: the ids of the edge's children, its roster (``None`` admits any sender);
+    updates pass the same :class:`~foedus.roles.admission.Admission` as at the root server.
+    """
 
     inputs: ClassVar[tuple[Wire, ...]] = (Wire("model"), Wire("update"))
     outputs: ClassVar[tuple[Wire, ...]] = (
@@ -61,7 +66,8 @@ class EdgePod(Pod):
 
     def __init__(
         self, *, job_id: str, edge_id: str, aggregator: Aggregator, expected_children: int,
-        min_children: int | None = None, round_timeout: float = 30.0, name: str = "edge",
+        min_children: int | None = None, round_timeout: float = 30.0,
+        children: Sequence[str] | None = None, name: str = "edge",
     ) -> None:
         super().__init__(name)
         if expected_children < 1:
@@ -84,8 +90,10 @@ class EdgePod(Pod):
         self.round_timeout = round_timeout
         self.history: list[EdgeRecord] = []
         self.finished = asyncio.Event()
-        self.collector = RoundCollector(
-            job_id=job_id, aggregator=aggregator, logger=log, label=f"edge {edge_id} ",
+        self.children = sorted(children) if children is not None else None
+        self.collector = RoundCollector(  # the same admission as the root server's
+            job_id=job_id, aggregator=aggregator, participants=self.children, logger=log,
+            label=f"edge {edge_id} ",
         )
         self._rounds_run = 0
         self._parent_models: asyncio.Queue[Message] = asyncio.Queue()

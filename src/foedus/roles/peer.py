@@ -38,19 +38,19 @@ import logging
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
-from foedus.aggregate.base import check_finite_blocked
 from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Kind, Message
 from foedus.core.params import Params, ParamSpec
 from foedus.core.pod import Pod, Wire
 from foedus.data.datasets import Dataset
 from foedus.models.base import ModelAdapter
+from foedus.roles.admission import UNKNOWN_SENDER, WRONG_JOB, Admission
 
 log = logging.getLogger("foedus.peer")
 
@@ -69,6 +69,7 @@ class PeerRecord:
     adopted_leader: bool = False
     duration_s: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)  # refused since the previous round
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,7 +77,14 @@ class PeerRecord:
 
 class PeerPod(Pod):
     """Wires: ``model`` in (other peers' models), ``model_out`` (retained), ``control`` (not
-    retained: leave notices must never become the topic's current value)."""
+    retained: leave notices must never become the topic's current value).
+
+    Other peers' models pass the same :class:`~foedus.roles.admission.Admission` as updates at
+    a server: job, kind (a model), round (from the previous round to the last), sender (on the
+    ``peers`` roster, when one is given: without it membership is learnt from hellos and
+    models), one model per sender and round (and one aggregate, in leader mode), no replayed
+    message id, the model's shape, finite values, bounded metrics and meta.
+    """
 
     inputs: ClassVar[tuple[Wire, ...]] = (Wire("model"),)
     outputs: ClassVar[tuple[Wire, ...]] = (
@@ -88,7 +96,7 @@ class PeerPod(Pod):
         expected_peers: int, epochs: int = 1, round_timeout: float = 30.0,
         mode: str = "gossip", neighbors: int | None = None, join: bool = False,
         join_timeout: float = 30.0, mixing_rounds: int = 0, eval_data: Dataset | None = None,
-        seed: int = 0,
+        seed: int = 0, peers: Sequence[str] | None = None,
         name: str = "peer",
     ) -> None:
         super().__init__(name)
@@ -129,8 +137,11 @@ class PeerPod(Pod):
         #: called after every round with this peer and the round's record (metrics exporters,
         #: tests that watch the swarm converge)
         self.round_listeners: list[Callable[[PeerPod, PeerRecord], None]] = []
-        self.rejected: Counter[str] = Counter()  # invalid models from other peers, by reason
-        self._spec = ParamSpec.of(self.params)
+        self.peers = sorted(set(peers) - {peer_id}) if peers is not None else None
+        self.admission = Admission(job_id=job_id, kinds=(Kind.MODEL,), participants=self.peers,
+                                   logger=log, label=f"peer {peer_id} ")
+        self.admission.open(range(1, rounds + 1), ParamSpec.of(self.params))
+        self._rejected_round: Counter[str] = Counter()  # since the previous round's record
         self._trained: dict[int, dict[str, Message]] = {}  # round -> sender -> trained model
         self._aggregates: dict[int, Message] = {}  # round -> a leader's aggregate
         self._last_seen: dict[str, int] = {}  # sender -> newest round heard from it
@@ -140,30 +151,26 @@ class PeerPod(Pod):
         self._arrived = asyncio.Event()
 
     # ---- input ----------------------------------------------------------------------------
+    @property
+    def rejections(self) -> Counter[str]:
+        """Refused messages from other peers by reason over the whole job."""
+        return self.admission.rejections
+
+    @property
+    def rejected(self) -> Counter[str]:
+        """The same as :attr:`rejections` (the name swarm code has read so far)."""
+        return self.admission.rejections
+
     def on_model(self, msg: Message) -> None:
-        if msg.header.job_id != self.job_id or msg.sender == self.peer_id:
-            return
+        if msg.sender == self.peer_id and msg.header.job_id == self.job_id:
+            return  # our own model, back from the shared topic
         if msg.kind is Kind.CONTROL:
-            action = msg.meta.get("action")
-            if action == "leave":
-                self._left.add(msg.sender)
-            elif action == "hello":
-                if msg.sender not in self._last_seen:  # new to us: answer once, so it hears us
-                    self.emit("control", self._message(Kind.CONTROL, 0, action="hello"))
-                self._last_seen.setdefault(msg.sender, 0)
-                self._left.discard(msg.sender)
-            self._arrived.set()
-            return
-        if msg.kind is not Kind.MODEL:
+            self._on_control(msg)
             return
         try:  # every network input is untrusted: a bad model is refused, never averaged
-            self._spec.check(msg.params)
-            check_finite_blocked(msg.params)
-            if msg.num_examples <= 0:
-                raise RejectedUpdate("no_examples", f"{msg.sender} reported {msg.num_examples}")
+            self.admission.admit(msg, slot="aggregate" if msg.meta.get("aggregate") else "")
         except RejectedUpdate as exc:
-            self.rejected[exc.reason] += 1
-            log.warning("peer %s rejected a model from %s: %s", self.peer_id, msg.sender, exc)
+            self._reject(msg, exc)
             return
         self._left.discard(msg.sender)
         self._last_seen[msg.sender] = max(msg.round, self._last_seen.get(msg.sender, 0))
@@ -175,6 +182,38 @@ class PeerPod(Pod):
         else:
             self._trained.setdefault(msg.round, {})[msg.sender] = msg
         self._arrived.set()
+
+    def _on_control(self, msg: Message) -> None:
+        """Membership: ``hello`` and ``leave`` from peers of this job (on the roster, if any)."""
+        if msg.header.job_id != self.job_id:
+            self._reject(msg, RejectedUpdate(WRONG_JOB, f"control for job {msg.header.job_id!r}"))
+            return
+        if self.peers is not None and msg.sender not in self.peers:
+            self._reject(msg, RejectedUpdate(UNKNOWN_SENDER, f"{msg.sender!r} is not a peer"))
+            return
+        action = msg.meta.get("action")
+        if action == "leave":
+            self._left.add(msg.sender)
+        elif action == "hello":
+            if msg.sender not in self._last_seen:  # new to us: answer once, so it hears us
+                self.emit("control", self._message(Kind.CONTROL, 0, action="hello"))
+            self._last_seen.setdefault(msg.sender, 0)
+            self._left.discard(msg.sender)
+        self._arrived.set()
+
+    def _reject(self, msg: Message, exc: RejectedUpdate) -> None:
+        self.admission.reject(msg, exc)
+        self._rejected_round[exc.reason] += 1
+
+    def enter_round(self, rnd: int) -> None:
+        """Make ``rnd`` current: forget older rounds' models, and admit models from the
+        previous round (they still prove their senders alive) to the last one."""
+        self._current = rnd
+        for old in [r for r in self._trained if r < rnd]:
+            del self._trained[old]
+        for old in [r for r in self._aggregates if r < rnd]:
+            del self._aggregates[old]
+        self.admission.open(range(max(1, rnd - 1), self.rounds + 1))
 
     # ---- the round loop -------------------------------------------------------------------
     async def run(self) -> None:
@@ -234,11 +273,7 @@ class PeerPod(Pod):
 
     async def _run_round(self, rnd: int) -> None:
         began = time.perf_counter()
-        self._current = rnd
-        for old in [r for r in self._trained if r < rnd]:
-            del self._trained[old]
-        for old in [r for r in self._aggregates if r < rnd]:
-            del self._aggregates[old]
+        self.enter_round(rnd)
         alive = self._alive(rnd)
         record = PeerRecord(rnd, alive=sorted(alive))
         # The first round of a founding peer cannot know who is out there yet: it waits for
@@ -281,6 +316,8 @@ class PeerPod(Pod):
         if self.eval_data is not None and len(self.eval_data):
             record.metrics = await asyncio.to_thread(self._evaluate)
         record.duration_s = time.perf_counter() - began
+        record.rejected = dict(self._rejected_round)
+        self._rejected_round.clear()
         self.history.append(record)
         for listener in self.round_listeners:
             listener(self, record)

@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from foedus.core.errors import RejectedUpdate
-from foedus.core.message import Kind, Message
+from foedus.core.message import Message
 from foedus.privacy.secagg_pods import SUMMARY
+from foedus.roles.admission import BAD_META
 from foedus.roles.server import RoundRecord, ServerPod
 
 log = logging.getLogger("foedus.privacy.secagg")
@@ -23,8 +24,9 @@ class SecureServerPod(ServerPod):
     """A :class:`ServerPod` that accepts the secure-sum pod's one update per round as one answer
     per survivor, and counts dropouts (or every member, if the sum failed) as failed clients.
 
-    Kernel hook this stands in for: ``ServerPod.on_update`` treating ``meta["secagg_sum"]``
-    (``survivors``, ``dropped``) from a trusted in-graph sender exactly as below.
+    The summed update passes the same admission as any update
+    (:meth:`~foedus.roles.collect.RoundCollector.offer_sum`): one per round, never replayed,
+    the model's shape, bounded metrics and meta.
 
     Each round's record gets ``secure_sum_survivors`` and ``secure_sum_dropped`` in its
     ``metrics`` (counts), so a job's history shows that, and over how many clients, the sum ran.
@@ -33,6 +35,7 @@ class SecureServerPod(ServerPod):
     def __init__(self, *, secagg_sender: str = "secagg_server", **options: Any) -> None:
         super().__init__(**options)
         self.secagg_sender = secagg_sender
+        self.collector.trust(secagg_sender)  # in-graph: only the secure-sum pod sends as it
         #: round -> (survivors, dropped) of that round's secure sum
         self.secure_sums: dict[int, tuple[list[str], list[str]]] = {}
         self.round_listeners.append(self._record_secure_sum)
@@ -43,31 +46,24 @@ class SecureServerPod(ServerPod):
         record.metrics["secure_sum_dropped"] = float(len(dropped))
 
     async def on_update(self, msg: Message) -> None:
-        summary = msg.meta.get(SUMMARY)
-        if msg.sender != self.secagg_sender or not isinstance(summary, Mapping):
-            await super().on_update(msg)
+        if msg.sender != self.secagg_sender:
+            await super().on_update(msg)  # a client's failure passed on by the secure-sum pod
             return
-        collector = self.collector
-        async with collector.lock:
-            record = collector.tally
-            if record is None or msg.round != self.current_round \
-                    or msg.header.job_id != self.job_id:
-                collector.reject(msg, RejectedUpdate("stale_round", "secure sum for another round"))
-                return
-            survivors = [str(s) for s in summary.get("survivors", ())]
-            dropped = [str(s) for s in summary.get("dropped", ())]
-            record.senders.update(survivors, dropped)
-            record.failed_clients.extend(dropped)
+        summary = msg.meta.get(SUMMARY)
+        survivors, dropped = _names(summary, "survivors"), _names(summary, "dropped")
+        if survivors is None or dropped is None:
+            self.collector.reject(msg, RejectedUpdate(BAD_META, "no secure-sum summary"))
+            self.collector.notify()
+            return
+        if await self.collector.offer_sum(msg, survivors, dropped):
             self.secure_sums[msg.round] = (survivors, dropped)
-            if msg.kind is Kind.ERROR or msg.error is not None:
-                log.warning("round %d: %s", msg.round, msg.error)
-            else:
-                try:
-                    self.aggregator.accept(msg.replace(meta={}))
-                    for _, exc in self.aggregator.settle():  # the verdict now, not at close
-                        raise exc
-                except RejectedUpdate as exc:
-                    collector.reject(msg, exc)
-                else:
-                    record.accepted += len(survivors)
-        collector.notify()
+
+
+def _names(summary: Any, key: str) -> list[str] | None:
+    """The client names under ``key`` of a secure-sum summary, or None if it is malformed."""
+    if not isinstance(summary, Mapping):
+        return None
+    names = summary.get(key, ())
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        return None
+    return list(names)
