@@ -6,12 +6,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-import foedus.aggregate  # noqa: F401 - registers every aggregator
 from foedus.aggregate.base import Aggregator, aggregators
 from foedus.core.errors import RejectedUpdate
 from foedus.core.message import Kind, Message
+from foedus.plugins import load_plugins
 
-#: every registered aggregator, with settings that accept the 7+ updates the tests send
+load_plugins()  # every aggregator registered, the tree ones too
+
+#: every registered aggregator that averages parameters, with settings that accept the 7+
+#: updates the tests send
 SETTINGS: dict[str, dict[str, object]] = {
     "fedavg": {"kernel": "numba"},  # the numpy fold: test_fedavg and the optimisers below
     "fedavgm": {"server_lr": 1.0, "momentum": 0.0},

@@ -14,10 +14,21 @@ from tests.aggregate.support import ROBUST, SETTINGS, make, refusal, run_round, 
 
 ALL = sorted(SETTINGS)
 ADAPTIVE = ("fedadagrad", "fedadam", "fedyogi")  # normalised steps, not the mean: test_fedopt
+#: aggregators whose updates are not parameters to average (trees, split histograms), with
+#: whether they stream: the contract checks below that fit them; their rules in test_trees and
+#: test_histforest
+SPECIAL: dict[str, bool] = {"tree-bagging": False, "forest-histograms": True}
+EVERY = sorted([*ALL, *SPECIAL])
 
 
-def test_every_aggregator_is_registered_by_name() -> None:
-    assert set(ALL) <= set(aggregators.names())
+def test_this_catalogue_covers_exactly_the_registered_aggregators() -> None:
+    """A new aggregator gets no pass: registering it without adding it here fails."""
+    assert set(EVERY) == set(aggregators.names())
+
+
+@pytest.mark.parametrize("name", sorted(SPECIAL))
+def test_each_special_aggregator_says_whether_it_streams(name: str) -> None:
+    assert aggregators.create(name).streaming is SPECIAL[name]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -66,13 +77,14 @@ def test_an_empty_round_has_no_result(name: str) -> None:
         agg.result()
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", EVERY)
 def test_using_an_aggregator_before_reset_is_a_clear_error(name: str) -> None:
+    agg = make(name) if name in SETTINGS else aggregators.create(name)
     with pytest.raises(ConfigError, match="reset"):
-        make(name).accept(upd("a", 1, w=np.ones(3)))
+        agg.accept(upd("a", 1, w=np.ones(3)))
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", EVERY)
 def test_an_unknown_parameter_is_refused_listing_the_allowed_ones(name: str) -> None:
     with pytest.raises(ConfigError, match="has no parameter 'lr'; allowed"):
         aggregators.create(name, lr=0.1)

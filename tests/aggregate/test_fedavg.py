@@ -332,3 +332,53 @@ def test_without_numba_a_large_model_is_folded_with_numpy(
 
 def _no_numba() -> None:
     raise AssertionError("FedAvg asked for the compiled fold although numba is missing")
+
+
+# ---- the fast fold against the reference written as the paper's formula ----------------------
+DTYPES = [np.float32, np.float64, np.float16]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_equals_the_reference_fedavg_over_random_updates_dtypes_and_shapes(
+    make: Make, seed: int
+) -> None:
+    from foedus.aggregate.reference import ReferenceFedAvg
+
+    rng = np.random.default_rng(seed)
+    shapes = [tuple(int(d) for d in rng.integers(1, 6, size=rng.integers(0, 4)))
+              for _ in range(4)] + [(70_000,)]  # and one tensor longer than a fold block
+    start = {f"p{i}": np.zeros(shape, DTYPES[i % len(DTYPES)]) for i, shape in enumerate(shapes)}
+    start["count"] = np.zeros(3, np.int64)  # integer parameters are averaged too, then cast
+    clients = int(rng.integers(1, 30))  # more than one fold group, and single-update rounds
+    updates = [
+        upd(f"c{k}", int(rng.integers(1, 500)),
+            **{name: (rng.normal(size=a.shape) * 10).astype(a.dtype) for name, a in start.items()})
+        for k in range(clients)
+    ]
+    fast, oracle = make(group=int(rng.integers(1, 9))), ReferenceFedAvg()
+    for agg in (fast, oracle):
+        agg.reset(start)
+        for u in updates:
+            agg.accept(u)
+    assert fast.settle(final=True) == []
+    got, want = fast.result(), oracle.result()
+    assert list(got) == list(want)
+    for name, value in want.items():
+        assert got[name].dtype == value.dtype and got[name].shape == value.shape
+        if value.dtype.kind == "f":
+            # the fast fold sums in float32 for float32/float16 models: a few ulps of float32
+            rtol = 1e-12 if value.dtype == np.float64 else 2e-6
+            atol = 0 if value.dtype != np.float16 else float(np.finfo(np.float16).eps) * 10
+            np.testing.assert_allclose(got[name], value, rtol=rtol, atol=atol)
+        else:
+            np.testing.assert_allclose(got[name], value, atol=1)  # rounding of the cast
+
+
+def test_the_reference_is_the_weighted_mean_by_hand() -> None:
+    from foedus.aggregate.reference import ReferenceFedAvg
+
+    agg = ReferenceFedAvg()
+    agg.reset({"w": np.zeros(2)})
+    agg.accept(upd("a", 1, w=np.array([0.0, 4.0])))
+    agg.accept(upd("b", 3, w=np.array([4.0, 0.0])))
+    np.testing.assert_array_equal(agg.result()["w"], [3.0, 1.0])

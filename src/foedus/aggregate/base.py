@@ -11,9 +11,21 @@ groups, which is faster); an update it then finds invalid is refused late: :meth
 returns those refusals, and the round collector calls it when the round closes to move them
 from accepted to rejected in the round's record.
 
-Subclasses fold an update in through one of two hooks: :meth:`Aggregator._accept_params` sees
-the named arrays (so it can write each one straight into its own buffer, with no flattened
-copy), and its default flattens them and calls :meth:`Aggregator._accept_vector`.
+Writing an aggregator: the public methods above are what a server calls; a rule overrides
+these documented hooks (all public, all on :class:`Aggregator`):
+
+* :meth:`~Aggregator.clear_round`: clear per-round accumulators (``reset`` calls it);
+* :meth:`~Aggregator.fold_params` or :meth:`~Aggregator.fold_vector`: fold in one validated
+  update; ``fold_params`` sees the named arrays (so it can write each one straight into its own
+  buffer, with no flattened copy), and its default flattens them and calls ``fold_vector``;
+* :meth:`~Aggregator.result_vector` (required): the new global model as one flat vector;
+* :meth:`~Aggregator.fold_pending`: only for rules that hold updates back, appending late
+  refusals to :attr:`~Aggregator.late`;
+* :meth:`~Aggregator.min_updates`, :meth:`~Aggregator.edge_result`,
+  :meth:`~Aggregator.snapshot` / :meth:`~Aggregator.restore`, :meth:`~Aggregator.describe`.
+
+A rule that overrides ``result`` or ``edge_result`` itself calls :meth:`~Aggregator.close_round`
+first. :class:`foedus.aggregate.reference.ReferenceFedAvg` is the smallest complete example.
 """
 
 from __future__ import annotations
@@ -40,8 +52,12 @@ BLOCK = 1 << 16
 
 
 class Aggregator(abc.ABC):
-    """Base class; subclasses implement :meth:`_accept_vector` (or :meth:`_accept_params`) and
-    :meth:`_result_vector`."""
+    """Base class; subclasses implement :meth:`fold_vector` (or :meth:`fold_params`) and
+    :meth:`result_vector`, and override the other hooks the module docstring lists as needed.
+
+    :attr:`late` holds the updates refused after :meth:`accept` took them, until
+    :meth:`settle` hands them to the round collector.
+    """
 
     streaming: ClassVar[bool] = True
 
@@ -51,7 +67,8 @@ class Aggregator(abc.ABC):
         self._global: np.ndarray | None = None
         self._last_global: np.ndarray | None = None  # last round's copy, reused when it fits
         self.accepted = 0
-        self._late: list[LateRejection] = []
+        #: updates refused after accept() took them, with the reason (see settle())
+        self.late: list[LateRejection] = []
 
     @property
     def spec(self) -> ParamSpec:
@@ -97,8 +114,8 @@ class Aggregator(abc.ABC):
         if self._global is not None:
             self._last_global, self._global = self._global, None
         self.accepted = 0
-        self._late = []
-        self._reset()
+        self.late = []
+        self.clear_round()
 
     def accept(self, update: Message) -> None:
         """Validate one update and fold it in; raises :class:`RejectedUpdate` with a reason.
@@ -106,7 +123,7 @@ class Aggregator(abc.ABC):
         Nothing of a rejected update reaches the aggregate: every check runs before the fold.
         """
         self.validate(update)
-        self._accept_params(update.params, update.num_examples)
+        self.fold_params(update.params, update.num_examples)
         self.accepted += 1
 
     def validate(self, update: Message, *, finite: bool = True) -> None:
@@ -125,8 +142,8 @@ class Aggregator(abc.ABC):
 
         ``final``: the round takes no more updates (the collector closed it), so the rule may
         fold the last ones straight into its result."""
-        self._flush(final=final)
-        late, self._late = self._late, []
+        self.fold_pending(final=final)
+        late, self.late = self.late, []
         return late
 
     def result(self) -> dict[str, np.ndarray]:
@@ -135,8 +152,8 @@ class Aggregator(abc.ABC):
         Raises RejectedUpdate('no_updates') for an empty round and
         RejectedUpdate('too_few_updates') when fewer than :meth:`min_updates` arrived.
         """
-        self._close_round()
-        return unflatten(self._result_vector(), self.spec)
+        self.close_round()
+        return unflatten(self.result_vector(), self.spec)
 
     def edge_result(self) -> dict[str, np.ndarray]:
         """What an edge of a hierarchical job sends its parent for this round: by default
@@ -146,12 +163,13 @@ class Aggregator(abc.ABC):
         forest). Raises like :meth:`result`."""
         return self.result()
 
-    def _close_round(self) -> None:
-        """Fold in what is held back and refuse a round with too few updates."""
-        self._flush(final=True)
-        if self._late:
+    def close_round(self) -> None:
+        """Fold in what is held back and refuse a round with too few updates; a rule that
+        overrides :meth:`result` or :meth:`edge_result` calls it first."""
+        self.fold_pending(final=True)
+        if self.late:
             log.warning("%s refused %d update(s) after accepting them; call settle() to "
-                        "record them", self.describe(), len(self._late))
+                        "record them", self.describe(), len(self.late))
         if self.accepted == 0:
             raise RejectedUpdate("no_updates", "no update was accepted this round")
         needed = self.min_updates()
@@ -176,25 +194,28 @@ class Aggregator(abc.ABC):
     def restore(self, state: dict[str, Any]) -> None:
         """Load a :meth:`snapshot`."""
 
-    def _reset(self) -> None:
-        """Hook: clear per-round accumulators."""
+    def clear_round(self) -> None:
+        """Hook: clear per-round accumulators; :meth:`reset` calls it once the round's global
+        model is set (so :attr:`spec` and :attr:`global_vector` are usable here)."""
 
-    def _flush(self, *, final: bool = False) -> None:
-        """Hook: fold in updates held back, appending any refused to ``self._late``
+    def fold_pending(self, *, final: bool = False) -> None:
+        """Hook: fold in updates held back, appending any refused to ``self.late``
         (``final``: no more updates will come this round)."""
 
-    def _accept_params(self, params: Params, weight: int) -> None:
-        """Hook: fold in one validated update. Default: flatten it, then :meth:`_accept_vector`."""
-        self._accept_vector(flatten(params), weight)
+    def fold_params(self, params: Params, weight: int) -> None:
+        """Hook: fold in one validated update. Default: flatten it, then :meth:`fold_vector`."""
+        self.fold_vector(flatten(params), weight)
 
-    def _accept_vector(self, vector: np.ndarray, weight: int) -> None:
+    def fold_vector(self, vector: np.ndarray, weight: int) -> None:
         """Hook: fold in one validated update as a float64 vector (the caller's own copy)."""
         raise NotImplementedError(
-            f"{type(self).__name__} must implement _accept_vector or _accept_params"
+            f"{type(self).__name__} must implement fold_vector or fold_params"
         )
 
     @abc.abstractmethod
-    def _result_vector(self) -> np.ndarray: ...
+    def result_vector(self) -> np.ndarray:
+        """Hook: the new global model as one flat vector in :attr:`spec`'s order; called by
+        :meth:`result` after :meth:`close_round`, so at least :meth:`min_updates` arrived."""
 
 
 def check_finite_blocked(params: Params) -> None:

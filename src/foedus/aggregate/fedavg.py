@@ -111,7 +111,7 @@ class FedAvg(Aggregator):
         """Threads a pass over this round's model uses: one below ``PARALLEL_VALUES``."""
         return self.threads if self.spec.size >= PARALLEL_VALUES else 1
 
-    def _reset(self) -> None:
+    def clear_round(self) -> None:
         size, dtype = self.spec.size, self.work_dtype
         kept = [*self._spares, self._sum]
         self._spares = [b for b in kept
@@ -141,14 +141,14 @@ class FedAvg(Aggregator):
         self._pending.append(update)
         self.accepted += 1
         if len(self._pending) >= self._group_now:
-            self._flush()
-            for i, (msg, exc) in enumerate(self._late):
+            self.fold_pending()
+            for i, (msg, exc) in enumerate(self.late):
                 if msg is update:  # this very update: refuse it now
-                    del self._late[i]
+                    del self.late[i]
                     raise exc
 
-    def _flush(self, *, final: bool = False) -> None:
-        """Fold in the pending updates, setting aside (into ``_late``) any with NaN/Inf.
+    def fold_pending(self, *, final: bool = False) -> None:
+        """Fold in the pending updates, setting aside (into ``late``) any with NaN/Inf.
 
         ``final``: the round is over; fold straight into the mean (one pass fewer).
         """
@@ -173,7 +173,7 @@ class FedAvg(Aggregator):
             for i in sorted(culprits):
                 msg = group[i]
                 self.accepted -= 1
-                self._late.append((msg, RejectedUpdate(
+                self.late.append((msg, RejectedUpdate(
                     "not_finite", f"update from {msg.sender} contains NaN or Inf")))
             group = [m for i, m in enumerate(group) if i not in culprits]
 
@@ -304,14 +304,14 @@ class FedAvg(Aggregator):
             offset += size
         return passes
 
-    def _result_vector(self) -> np.ndarray:
+    def result_vector(self) -> np.ndarray:
         return self.mean_vector()
 
     def mean_vector(self) -> np.ndarray:
         """The weighted mean of the round's updates (in :attr:`work_dtype`); the round takes
         no more updates after this."""
         if self._mean is None:
-            self._flush(final=True)
+            self.fold_pending(final=True)
             if self._mean is None:  # everything was folded before: only the scaling is left
                 if self._sum is None:
                     self._mean = np.zeros(self.spec.size, dtype=self.work_dtype)

@@ -43,15 +43,16 @@ class ServerOptimizer(FedAvg):
     """FedAvg's streamed mean followed by an optimiser step on ``mean - global``."""
 
     streaming = True
-    _state_keys: tuple[str, ...] = ()
+    #: names of the optimiser state arrays a snapshot carries (subclasses declare theirs)
+    state_keys: tuple[str, ...] = ()
 
     def __init__(self, kernel: str = "auto") -> None:
         super().__init__(kernel=kernel)
         self.steps = 0
         self._state: dict[str, np.ndarray] = {}
 
-    def _reset(self) -> None:
-        super()._reset()
+    def clear_round(self) -> None:
+        super().clear_round()
         _ = self.global_vector  # take the float64 copy now, whatever the caller does later
         for key, array in self._state.items():
             if array.shape != (self.spec.size,):
@@ -60,7 +61,7 @@ class ServerOptimizer(FedAvg):
                     f"model has {self.spec.size}; the checkpoint belongs to another model"
                 )
 
-    def _result_vector(self) -> np.ndarray:
+    def result_vector(self) -> np.ndarray:
         """``global + step(mean - global)``: compiled when FedAvg's fold is (one pass, each
         core a slice), else with numpy block by block (each of the step's several passes then
         runs over a cache-resident block instead of the whole model in memory)."""
@@ -69,7 +70,7 @@ class ServerOptimizer(FedAvg):
             # written in the model's float dtype: float32 tensors come out as views of it
             out = np.empty(self.spec.size, dtype=self.work_dtype)
             size, threads = self.spec.size, self.parallelism
-            run_parts(lambda part: self._compiled_step(out, mean, start, part),
+            run_parts(lambda part: self.compiled_step(out, mean, start, part),
                       [slice(i * size // threads, (i + 1) * size // threads)
                        for i in range(threads)])
             self.steps += 1
@@ -81,7 +82,7 @@ class ServerOptimizer(FedAvg):
             hi = min(lo + STEP_BLOCK, self.spec.size)
             delta, scratch = delta_buffer[: hi - lo], scratch_buffer[: hi - lo]
             np.subtract(mean[lo:hi], start[lo:hi], out=delta, dtype=np.float64)
-            step = self._step(delta, scratch, slice(lo, hi))
+            step = self.step(delta, scratch, slice(lo, hi))
             np.add(start[lo:hi], step, out=result[lo:hi])
         self.steps += 1
         return result
@@ -90,17 +91,17 @@ class ServerOptimizer(FedAvg):
         """The round's weighted mean, without a step: an edge's mean is averaged again by its
         parent, and only the root steps (with the job's one optimiser state), so a tree takes
         the same steps as a flat job."""
-        self._close_round()
+        self.close_round()
         return unflatten(self.mean_vector(), self.spec)
 
-    def _step(self, delta: np.ndarray, scratch: np.ndarray, part: slice) -> np.ndarray:
+    def step(self, delta: np.ndarray, scratch: np.ndarray, part: slice) -> np.ndarray:
         """Update the optimiser state's ``part`` with ``delta`` (that part of the
         pseudo-gradient) and return the step to add; ``delta`` and ``scratch`` (same size) may
         be overwritten."""
         raise NotImplementedError
 
-    def _compiled_step(self, out: np.ndarray, mean: np.ndarray, start: np.ndarray,
-                       part: slice) -> None:
+    def compiled_step(self, out: np.ndarray, mean: np.ndarray, start: np.ndarray,
+                      part: slice) -> None:
         """Write ``global + step`` for ``part`` into ``out`` and update that part of the
         state, with a compiled kernel (:mod:`foedus.aggregate.step_kernels`)."""
         raise NotImplementedError
@@ -116,7 +117,7 @@ class ServerOptimizer(FedAvg):
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
-        unknown = sorted(set(state) - {"steps", *self._state_keys})
+        unknown = sorted(set(state) - {"steps", *self.state_keys})
         if unknown:
             raise ConfigError(
                 f"{self.describe()}: checkpoint state has unexpected keys {unknown}; "
@@ -125,7 +126,7 @@ class ServerOptimizer(FedAvg):
         self.steps = int(state.get("steps", 0))
         self._state = {
             key: np.array(state[key], dtype=np.float64).reshape(-1)
-            for key in self._state_keys if key in state
+            for key in self.state_keys if key in state
         }
 
 
@@ -138,7 +139,7 @@ class FedAvgM(ServerOptimizer):
     ``momentum``.
     """
 
-    _state_keys = ("momentum",)
+    state_keys = ("momentum",)
 
     def __init__(self, server_lr: float = 1.0, momentum: float = 0.9,
                  kernel: str = "auto") -> None:
@@ -149,13 +150,13 @@ class FedAvgM(ServerOptimizer):
     def describe(self) -> str:
         return f"FedAvgM(server_lr={self.server_lr}, momentum={self.momentum})"
 
-    def _compiled_step(self, out: np.ndarray, mean: np.ndarray, start: np.ndarray,
-                       part: slice) -> None:
+    def compiled_step(self, out: np.ndarray, mean: np.ndarray, start: np.ndarray,
+                      part: slice) -> None:
         compiled_steps().momentum(out[part], mean[part], start[part],
                                   self._buffer("momentum", 0.0)[part], self.momentum,
                                   self.server_lr)
 
-    def _step(self, delta: np.ndarray, scratch: np.ndarray, part: slice) -> np.ndarray:
+    def step(self, delta: np.ndarray, scratch: np.ndarray, part: slice) -> np.ndarray:
         velocity = self._buffer("momentum", 0.0)[part]
         velocity *= self.momentum
         velocity += delta
@@ -166,7 +167,7 @@ class FedAvgM(ServerOptimizer):
 class _Adaptive(ServerOptimizer):
     """The shared shape of Reddi et al.'s adaptive server optimisers."""
 
-    _state_keys = ("m", "v")
+    state_keys = ("m", "v")
 
     def __init__(self, server_lr: float, beta1: float, beta2: float, tau: float,
                  kernel: str) -> None:
@@ -183,28 +184,28 @@ class _Adaptive(ServerOptimizer):
     #: the second-moment rule, as :mod:`foedus.aggregate.step_kernels` numbers them
     _rule: int
 
-    def _compiled_step(self, out: np.ndarray, mean: np.ndarray, start: np.ndarray,
-                       part: slice) -> None:
+    def compiled_step(self, out: np.ndarray, mean: np.ndarray, start: np.ndarray,
+                      part: slice) -> None:
         compiled_steps().adaptive(out[part], mean[part], start[part],
                                   self._buffer("m", 0.0)[part],
                                   self._buffer("v", self.tau**2)[part],
                                   self.beta1, self.beta2, self.tau, self.server_lr, self._rule)
 
-    def _step(self, delta: np.ndarray, scratch: np.ndarray, part: slice) -> np.ndarray:
+    def step(self, delta: np.ndarray, scratch: np.ndarray, part: slice) -> np.ndarray:
         m = self._buffer("m", 0.0)[part]
         v = self._buffer("v", self.tau**2)[part]
         m *= self.beta1
         np.multiply(delta, 1.0 - self.beta1, out=scratch)
         m += scratch
         np.square(delta, out=delta)  # delta is no longer needed as such: reuse it for delta**2
-        self._second_moment(v, delta, scratch)
+        self.second_moment(v, delta, scratch)
         np.sqrt(v, out=delta)
         delta += self.tau
         np.divide(m, delta, out=delta)
         delta *= self.server_lr
         return delta
 
-    def _second_moment(self, v: np.ndarray, squared: np.ndarray, scratch: np.ndarray) -> None:
+    def second_moment(self, v: np.ndarray, squared: np.ndarray, scratch: np.ndarray) -> None:
         """Update ``v`` in place from ``squared`` (may overwrite ``scratch``, not
         ``squared``)."""
         raise NotImplementedError
@@ -223,7 +224,7 @@ class FedAdagrad(_Adaptive):
     def describe(self) -> str:
         return f"FedAdagrad(server_lr={self.server_lr}, beta1={self.beta1}, tau={self.tau})"
 
-    def _second_moment(self, v: np.ndarray, squared: np.ndarray, scratch: np.ndarray) -> None:
+    def second_moment(self, v: np.ndarray, squared: np.ndarray, scratch: np.ndarray) -> None:
         v += squared
 
 
@@ -239,7 +240,7 @@ class FedAdam(_Adaptive):
     ) -> None:
         super().__init__(server_lr, beta1, beta2, tau, kernel)
 
-    def _second_moment(self, v: np.ndarray, squared: np.ndarray, scratch: np.ndarray) -> None:
+    def second_moment(self, v: np.ndarray, squared: np.ndarray, scratch: np.ndarray) -> None:
         v *= self.beta2
         np.multiply(squared, 1.0 - self.beta2, out=scratch)
         v += scratch
@@ -258,7 +259,7 @@ class FedYogi(_Adaptive):
     ) -> None:
         super().__init__(server_lr, beta1, beta2, tau, kernel)
 
-    def _second_moment(self, v: np.ndarray, squared: np.ndarray, scratch: np.ndarray) -> None:
+    def second_moment(self, v: np.ndarray, squared: np.ndarray, scratch: np.ndarray) -> None:
         np.subtract(v, squared, out=scratch)
         np.sign(scratch, out=scratch)
         scratch *= squared

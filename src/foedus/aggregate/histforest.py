@@ -267,10 +267,10 @@ class ForestHistograms(Aggregator):
             raise ConfigError("forest-histograms: call reset(global_params) first")
         return self._state
 
-    def _accept_vector(self, vector: np.ndarray, weight: int) -> None:
+    def fold_vector(self, vector: np.ndarray, weight: int) -> None:
         raise ConfigError("forest-histograms sums histograms; it has no vector to average")
 
-    def _result_vector(self) -> np.ndarray:
+    def result_vector(self) -> np.ndarray:
         raise ConfigError("forest-histograms sums histograms; it has no vector to average")
 
 

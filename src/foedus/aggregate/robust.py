@@ -44,7 +44,7 @@ class StackedAggregator(Aggregator):
 
     streaming: ClassVar[bool] = False
 
-    def _reset(self) -> None:
+    def clear_round(self) -> None:
         # The matrix is kept from round to round when the model is unchanged: every round
         # needs it again, and refilling memory already mapped avoids the page faults of a
         # fresh allocation (a large share of the round for big models).
@@ -63,7 +63,7 @@ class StackedAggregator(Aggregator):
         Growth reallocates in place (``ndarray.resize``: the C library moves a large block's
         pages instead of copying them), so the old and the new matrix never coexist: a copy
         into a fresh matrix would peak at 1.5x the new size. No view of the matrix outlives a
-        call (rows are written and dropped within :meth:`_accept_params`; the rules' results
+        call (rows are written and dropped within :meth:`fold_params`; the rules' results
         are new arrays), which is what makes the unchecked resize safe.
         """
         n, d = len(self._weights), self.spec.size
@@ -74,7 +74,7 @@ class StackedAggregator(Aggregator):
         row: np.ndarray = self._matrix[n]
         return row
 
-    def _accept_params(self, params: Params, weight: int) -> None:
+    def fold_params(self, params: Params, weight: int) -> None:
         row = self._row()
         offset = 0
         for array in params.values():
@@ -84,11 +84,11 @@ class StackedAggregator(Aggregator):
             offset += n
         self._weights.append(float(weight))
 
-    def _accept_vector(self, vector: np.ndarray, weight: int) -> None:
+    def fold_vector(self, vector: np.ndarray, weight: int) -> None:
         np.subtract(vector, self._origin, out=self._row(), casting="same_kind")
         self._weights.append(float(weight))
 
-    def _result_vector(self) -> np.ndarray:
+    def result_vector(self) -> np.ndarray:
         assert self._matrix is not None
         n = len(self._weights)
         combined = self.aggregate(self._matrix[:n], np.asarray(self._weights))

@@ -178,10 +178,10 @@ class TreeBagging(Aggregator):
         return np.asarray(counts[keep] / per_client[client[keep]], dtype=np.float64)
 
     # the base class's vector path does not apply to trees; accept/result never call these
-    def _accept_vector(self, vector: np.ndarray, weight: int) -> None:
+    def fold_vector(self, vector: np.ndarray, weight: int) -> None:
         raise ConfigError("tree bagging merges trees; it has no parameter vector to average")
 
-    def _result_vector(self) -> np.ndarray:
+    def result_vector(self) -> np.ndarray:
         raise ConfigError("tree bagging merges trees; it has no parameter vector to average")
 
     def _unpack(self, params: Params, schema: Ensemble | None = None) -> Ensemble:
