@@ -17,7 +17,8 @@ from foedus.certs import DeploymentCerts, create_deployment_certs
 from foedus.config.spec import ClientSection, DataSection, JobSpec, Plugin
 from foedus.core.errors import ConfigError, TransportError
 from foedus.runner import run_job
-from foedus.transport.mqtt import HEADER, ChunkHeader, MqttTransport, split
+from foedus.transport.chunks import HEADER, ChunkHeader, digest, split
+from foedus.transport.mqtt import MqttTransport
 from foedus.transport.tls import TLSConfig
 from tests.transport.contract import MakeTransport, TransportContract, take, topic
 from tests.transport.mqtt_fixtures import (
@@ -139,7 +140,7 @@ async def test_corrupted_payload_fails_the_digest_and_is_dropped(mosquitto: Mosq
     try:
         t = topic()
         sub = await sub_t.subscribe(t)
-        [(h, data)] = split(b"original bytes", 1024)
+        [(h, data)] = split(b"original bytes", 1024, digest(b"original bytes"))
         tampered = h.pack() + bytes(data).replace(b"original", b"tampered")
         await asyncio.to_thread(asyncio.run, _raw_publish(mosquitto, f"foedus/d/{t}", tampered))
         await pub.publish(t, b"next")
@@ -178,7 +179,7 @@ async def test_partial_payload_of_a_dead_sender_is_cleaned_up(mosquitto: Mosquit
                 break
             await asyncio.sleep(0.05)
         assert sub.rejected == {"incomplete": 1}  # type: ignore[attr-defined]
-        assert not sub._partials  # type: ignore[attr-defined]
+        assert not len(sub.reassembly)  # type: ignore[attr-defined]
         assert sub._buffered == 0  # type: ignore[attr-defined]
     finally:
         await sub_t.close()
@@ -186,9 +187,9 @@ async def test_partial_payload_of_a_dead_sender_is_cleaned_up(mosquitto: Mosquit
 
 def test_chunk_header_rejects_inconsistent_offsets() -> None:
     [(h, _)] = split(b"abc", 1024)
-    bad = ChunkHeader(h.msg_id, 0, 1, 2, 3, h.digest).pack() + b"abc"  # offset 2 + 3 > total 3
+    bad = ChunkHeader(h.msg_id, 0, 1, 2, 3, h.digest).pack()  # offset 2 + 3 > total 3
     with pytest.raises(ValueError, match="overruns"):
-        ChunkHeader.unpack(bad)
+        ChunkHeader.unpack(bad, 3)
 
 
 async def test_shorter_retained_value_replaces_a_chunked_one_completely(
@@ -203,7 +204,7 @@ async def test_shorter_retained_value_replaces_a_chunked_one_completely(
         assert await take(late, 1) == [b"small model"]
         with pytest.raises(TimeoutError):
             await take(late, 1, timeout=0.5)
-        assert not late._partials  # type: ignore[attr-defined]  # no stale chunk lingers
+        assert not len(late.reassembly)  # type: ignore[attr-defined]  # no stale chunk lingers
     finally:
         await pub.close()
         await late_t.close()
@@ -368,13 +369,14 @@ async def test_broker_acl_stops_publishing_on_another_identity_topic(
         sub = await server.subscribe(t)
         forger.connect("127.0.0.1", mosquitto.mtls_port)
         forger.loop_start()
-        [(h, data)] = split(_update("client-001"), 1 << 20)
+        forged = _update("client-001")
+        [(h, data)] = split(forged, 1 << 20, digest(forged))
         info = forger.publish(f"foedus/d/{t}/from/client-001", h.pack() + bytes(data), qos=1)
         await asyncio.to_thread(info.wait_for_publish, 10)
         with pytest.raises(TimeoutError):  # the broker dropped it (ACL), nothing arrives
             await take(sub, 1, timeout=0.5)
         own = _update("client-000")  # the same forger under its own name gets through
-        [(h, data)] = split(own, 1 << 20)
+        [(h, data)] = split(own, 1 << 20, digest(own))
         info = forger.publish(f"foedus/d/{t}/from/client-000", h.pack() + bytes(data), qos=1)
         await asyncio.to_thread(info.wait_for_publish, 10)
         assert await take(sub, 1) == [own]

@@ -4,6 +4,12 @@ An :class:`Uplink` encodes each message it receives and publishes it on a topic.
 :class:`Downlink` subscribes to a topic and emits every message it decodes. Bytes that fail to
 decode, or messages for another job, are *rejected*: counted by reason and logged, never passed on
 and never fatal, because every network input is untrusted.
+
+A Downlink survives anything a payload does to it: an exception of any type from decoding or from
+its ``accept`` predicate is counted under a reason in ``rejected`` (``undecodable`` for a
+:class:`CodecError`, ``decode_error`` for any other exception the decoder raised, ``accept_error``
+when the predicate raised), logged in one line without a traceback, and the payload is consumed
+(acknowledged: the iterator moves past it, so a durable group does not get it again).
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ class Downlink(Pod):
     """Emits on ``out`` every valid message published to ``topic``.
 
     ``accept`` is an optional predicate (e.g. "is this addressed to me?"); messages it refuses are
-    counted in ``skipped``: they are valid, just not for this pod.
+    counted in ``skipped``: they are valid, just not for this pod. ``rejected`` counts refused
+    payloads by reason (see the module docstring).
     """
 
     outputs: ClassVar[tuple[Wire, ...]] = (Wire("out"),)
@@ -83,22 +90,43 @@ class Downlink(Pod):
         assert self._sub is not None
         async for payload in self._sub:
             self.bytes_in += len(payload)
-            try:
-                msg = decode(payload, max_size=self.max_size)
-            except CodecError as exc:
-                self.rejected["undecodable"] += 1
-                log.warning("%s: rejected undecodable payload on %r: %s",
-                            self.name, self.topic, exc)
-                continue
-            if self.job_id is not None and msg.header.job_id != self.job_id:
-                self.rejected["wrong_job"] += 1
-                log.warning("%s: rejected message for job %r", self.name, msg.header.job_id)
-                continue
-            if self.accept is not None and not self.accept(msg):
-                self.skipped += 1
-                continue
+            msg = self._admit(payload)
+            if msg is None:
+                continue  # counted and logged; the next payload acknowledges this one
             self.messages_in += 1
             await self.send("out", msg)
+
+    def _admit(self, payload: bytes) -> Message | None:
+        """The message a payload carries, or None after counting why it is not passed on.
+        Never raises (but for BaseExceptions such as cancellation): nothing a peer sends may end
+        the reader."""
+        try:
+            msg = decode(payload, max_size=self.max_size)
+        except CodecError as exc:
+            self._refuse("undecodable", f"undecodable payload: {exc}")
+            return None
+        except Exception as exc:  # a decoder bug: the payload is refused all the same
+            self._refuse("decode_error", f"decoding failed ({type(exc).__name__}: {exc})")
+            return None
+        if self.job_id is not None and msg.header.job_id != self.job_id:
+            self._refuse("wrong_job", f"message for job {msg.header.job_id!r}")
+            return None
+        if self.accept is not None:
+            try:
+                wanted = self.accept(msg)
+            except Exception as exc:
+                self._refuse("accept_error", f"accept predicate failed on a message from "
+                             f"{msg.header.sender!r} ({type(exc).__name__}: {exc})")
+                return None
+            if not wanted:
+                self.skipped += 1
+                return None
+        return msg
+
+    def _refuse(self, reason: str, detail: str) -> None:
+        self.rejected[reason] += 1
+        log.warning("%s: rejected a payload on %r (%s): %.300s",
+                    self.name, self.topic, reason, detail)
 
     async def stop(self) -> None:
         if self._sub is not None:

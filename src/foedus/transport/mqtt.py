@@ -5,13 +5,20 @@ How the Transport contract maps onto MQTT:
 * **Delivery**: every MQTT message is published and subscribed at QoS 1 (at least once);
   ``publish`` returns once the broker has acknowledged every piece (PUBACK).
 * **Large payloads**: a broker caps the size of one MQTT packet (mosquitto's ``max_packet_size``,
-  announced in CONNACK). A payload is cut into chunks that fit, each carrying a small header
-  (message id, index, offset, total length and a BLAKE2b digest of the whole payload); the
-  subscriber reassembles them into one preallocated buffer and checks the digest before handing
-  the payload out. Partial messages whose sender went silent are dropped after
-  ``partial_timeout`` seconds, and the bytes held in partial and not-yet-consumed payloads are
-  bounded by ``max_buffer`` (beyond it, acknowledgements are withheld so the broker stops
-  sending: backpressure).
+  announced in CONNACK). A payload is cut into chunks that fit, each prefixed with the chunk
+  header of :mod:`foedus.transport.chunks` (shared with Kafka: payload id, index, count, offset,
+  total length, and on the last chunk the SHA-256 of the whole payload). The subscriber
+  reassembles them with that module's :class:`~foedus.transport.chunks.Reassembler`: a partial
+  payload holds only the chunks that arrived (a header announcing 1 GiB costs its sender what it
+  sent, not us a GiB), partial payloads are bounded in bytes (``max_buffer``; ``max_payload``
+  per sender identity) and in number (``max_partials``), the oldest evicted beyond that;
+  partials whose sender went silent are dropped after ``partial_timeout`` seconds. The bytes held
+  in partial and not-yet-consumed payloads are bounded by ``max_buffer`` (beyond it,
+  acknowledgements are withheld so the broker stops sending: backpressure).
+* **Hostile input**: a chunk or payload that cannot be used is counted in the subscription's
+  ``rejected`` under a reason, logged in one line, acknowledged (so the broker does not
+  redeliver it) and skipped; an unexpected error while handling one message is counted as
+  ``reader-error`` the same way, never ends the subscription.
 * **retain=True**: a payload's chunks go to retained MQTT topics ``<prefix>/r/<topic>/<i>``, so a
   subscriber arriving later receives the current value first (the current global model). Ordinary
   payloads go to ``<prefix>/d/<topic>``. A subscription listens to both.
@@ -32,81 +39,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import struct
-import time
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from foedus.core.errors import ConfigError, TransportClosed, TransportError, require
 from foedus.transport.base import Subscription, Transport, transports
+from foedus.transport.chunks import HEADER, ChunkHeader, Partial, Reassembler, framed, split
 from foedus.transport.tls import TLSConfig
 
 log = logging.getLogger(__name__)
 
-#: chunk header: magic, version, flags, reserved, message id, index, count, offset, total, digest
-HEADER = struct.Struct("!4sBBH16sIIQQ16s")
-MAGIC = b"FDMQ"
-VERSION = 1
 MQTT_MAX_PACKET = 268_435_455  # the protocol's limit (remaining length of 4 bytes)
-_DIGEST_SIZE = 16
-
-
-def digest(payload: bytes | memoryview) -> bytes:
-    """The integrity digest of a whole payload (BLAKE2b, 128 bits: fast, releases the GIL)."""
-    return hashlib.blake2b(payload, digest_size=_DIGEST_SIZE).digest()
-
-
-@dataclass(frozen=True)
-class ChunkHeader:
-    msg_id: bytes
-    index: int
-    count: int
-    offset: int
-    total: int
-    digest: bytes
-
-    def pack(self) -> bytes:
-        return HEADER.pack(MAGIC, VERSION, 0, 0, self.msg_id, self.index, self.count,
-                           self.offset, self.total, self.digest)
-
-    @classmethod
-    def unpack(cls, data: bytes) -> ChunkHeader:
-        """Parse and sanity-check a chunk header; raises ValueError with the reason."""
-        if len(data) < HEADER.size:
-            raise ValueError(f"{len(data)} bytes is shorter than the {HEADER.size}-byte header")
-        magic, version, _flags, _res, msg_id, index, count, offset, total, dig = (
-            HEADER.unpack_from(data)
-        )
-        if magic != MAGIC:
-            raise ValueError("not a foedus MQTT payload (bad magic)")
-        if version != VERSION:
-            raise ValueError(f"unsupported chunk format version {version}")
-        size = len(data) - HEADER.size
-        if count < 1 or index >= count:
-            raise ValueError(f"chunk index {index} out of range for {count} chunks")
-        if offset + size > total:
-            raise ValueError(f"chunk at offset {offset} (+{size}) overruns total {total}")
-        if count > max(total, 1):
-            raise ValueError(f"{count} chunks for {total} bytes")
-        return cls(msg_id, index, count, offset, total, dig)
-
-
-def split(payload: bytes, chunk_size: int) -> list[tuple[ChunkHeader, memoryview]]:
-    """Cut a payload into header-tagged chunks of at most ``chunk_size`` data bytes."""
-    view = memoryview(payload)
-    total = len(payload)
-    count = max(1, -(-total // chunk_size))
-    msg_id = uuid.uuid4().bytes
-    dig = digest(view)
-    return [
-        (ChunkHeader(msg_id, i, count, i * chunk_size, total, dig),
-         view[i * chunk_size:(i + 1) * chunk_size])
-        for i in range(count)
-    ]
-
 
 def certificate_identity(cert_path: Any) -> str:
     """The CN of this side's own certificate: the name the broker knows it by."""
@@ -347,16 +292,6 @@ class _Connection:
 # reassembly
 
 
-@dataclass
-class _Partial:
-    header: ChunkHeader
-    buf: bytearray
-    identity: str
-    have: set[int] = field(default_factory=set)
-    acks: list[tuple[int, int]] = field(default_factory=list)  # withheld (generation, mid)
-    touched: float = field(default_factory=time.monotonic)
-
-
 class _MqttSubscription(Subscription):
     """One MQTT connection subscribed to a topic's live and retained filters."""
 
@@ -364,18 +299,21 @@ class _MqttSubscription(Subscription):
         self.owner = owner
         self.topic = topic
         self.group = group
-        # complete payloads (payload, header, ack of the final chunk, publisher identity);
-        # None marks the end
-        self._queue: deque[tuple[bytes, ChunkHeader, tuple[int, int], str] | None] = deque()
+        # complete payloads (payload, ack of the final chunk, publisher identity); None: the end
+        self._queue: deque[tuple[bytes, tuple[int, int], str] | None] = deque()
+        self._queued = 0  # bytes in the queue
         self._waiter: asyncio.Future[None] | None = None
-        self._partials: OrderedDict[tuple[str, bytes], _Partial] = OrderedDict()
-        # recently completed (identity, message id), to drop redelivered duplicates
-        self._done_ids: OrderedDict[tuple[str, bytes], None] = OrderedDict()
-        self._buffered = 0  # bytes in partials + queued payloads
         self._handed: tuple[int, int] | None = None  # ack of the payload handed out last
         self._closed = False
         self._sweeper: asyncio.TimerHandle | None = None
         self.rejected: dict[str, int] = {}
+        #: partial payloads; a partial's tag is the list of acknowledgements withheld for it
+        self.reassembly = Reassembler(
+            max_payload=owner.max_payload, budget=owner.max_buffer,
+            sender_budget=owner.max_payload, max_partials=owner.max_partials,
+            remember_ids=1024, rejected=self.rejected, on_drop=self._release,
+            what=f"MQTT topic {topic!r}",
+        )
         p = owner.topic_prefix
         rh = 1 if group else 0  # a resumed group session does not replay retained values
         if owner.verify_sender:  # only identity topics, which the broker's ACL protects
@@ -393,6 +331,11 @@ class _MqttSubscription(Subscription):
             on_message=self._on_message, subscriptions=filters,
         )
 
+    @property
+    def _buffered(self) -> int:
+        """Bytes held in partial and queued payloads (what ``max_buffer`` bounds)."""
+        return self.reassembly.held + self._queued
+
     # -- receiving (on the loop) --------------------------------------------------------------
 
     def _reject(self, reason: str, detail: str, ack: tuple[int, int]) -> None:
@@ -400,60 +343,54 @@ class _MqttSubscription(Subscription):
         log.warning("MQTT topic %r: dropped a payload (%s): %s", self.topic, reason, detail)
         self.conn.ack(*ack)
 
+    def _release(self, part: Partial, reason: str) -> None:
+        """A partial payload was dropped: acknowledge what was withheld for it."""
+        held: list[tuple[int, int]] = part.tag
+        for ack in held:
+            self.conn.ack(*ack)
+        held.clear()
+
     def _on_message(self, generation: int, msg: Any) -> None:
         ack = (generation, msg.mid)
-        data: bytes = msg.payload
         if self._closed:
             return  # not acknowledged: a grouped session gets it again next time
+        try:
+            self._take(ack, msg)
+        except Exception as exc:  # whatever one message does, the reader goes on
+            self._reject("reader-error", f"{type(exc).__name__}: {exc}", ack)
+
+    def _take(self, ack: tuple[int, int], msg: Any) -> None:
+        data: bytes = msg.payload
         if not data:
             self.conn.ack(*ack)  # an empty retained message only clears a stale chunk
             return
+        if len(data) < HEADER.size:
+            self._reject("malformed", f"{len(data)} bytes is shorter than the chunk header", ack)
+            return
         try:
-            h = ChunkHeader.unpack(data)
+            h = ChunkHeader.unpack(data[:HEADER.size], len(data) - HEADER.size)
         except ValueError as exc:
             self._reject("malformed", str(exc), ack)
             return
-        if h.total > self.owner.max_payload:
-            self._reject("oversized", f"{h.total} bytes > max_payload={self.owner.max_payload}",
-                         ack)
-            return
         who = self._publisher_identity(msg.topic)
-        key = (who, h.msg_id)
-        if key in self._done_ids:
-            self.conn.ack(*ack)  # a duplicate of a payload already delivered
-            return
-        part = self._partials.get(key)
-        if part is None:
-            part = _Partial(h, bytearray(h.total), who)
-            self._partials[key] = part
-            self._buffered += h.total
+        withheld: list[tuple[int, int]] = []
+        outcome = self.reassembly.add_now(who, h, data[HEADER.size:], withheld)
+        part = outcome.partial
+        if outcome.status == "pending" and part is not None:
             self._schedule_sweep()
-        elif (part.header.total, part.header.count, part.header.digest) != (
-            h.total, h.count, h.digest
-        ):
-            self._reject("inconsistent", "chunk disagrees with its message's first chunk", ack)
-            return
-        if h.index in part.have:
-            self.conn.ack(*ack)
-            return
-        part.buf[h.offset:h.offset + len(data) - HEADER.size] = memoryview(data)[HEADER.size:]
-        part.have.add(h.index)
-        part.touched = time.monotonic()
-        if len(part.have) < h.count:
             if self._buffered > self.owner.max_buffer:
-                part.acks.append(ack)  # backpressure: the broker stops at the receive window
+                part.tag.append(ack)  # backpressure: the broker stops at the receive window
                 self._relieve()
             else:
                 self.conn.ack(*ack)
             return
-        del self._partials[key]
-        for held in part.acks:
-            self.conn.ack(*held)
-        self._done_ids[key] = None
-        while len(self._done_ids) > 1024:
-            self._done_ids.popitem(last=False)
-        self._queue.append((bytes(part.buf) if h.total else b"", h, ack, who))
-        self._wake()
+        if outcome.status == "complete" and part is not None and outcome.payload is not None:
+            self._release(part, "complete")
+            self._queue.append((outcome.payload, ack, who))
+            self._queued += len(outcome.payload)
+            self._wake()
+            return
+        self.conn.ack(*ack)  # a duplicate, or refused (counted by the reassembler)
 
     def _publisher_identity(self, mqtt_topic: str) -> str:
         """With ``verify_sender`` the level after ``from`` names the publisher; the broker's
@@ -466,23 +403,10 @@ class _MqttSubscription(Subscription):
 
     def _relieve(self) -> None:
         """Over budget and nothing to consume: drop the oldest partial rather than deadlock."""
-        if self._queue or not self._partials:
+        if self._queue or not len(self.reassembly):
             return
-        msg_id, part = next(iter(self._partials.items()))
-        self._drop_partial(msg_id, part, "buffer-full",
-                           f"max_buffer={self.owner.max_buffer} reached with nothing consumable")
-
-    def _drop_partial(
-        self, msg_id: tuple[str, bytes], part: _Partial, reason: str, detail: str
-    ) -> None:
-        del self._partials[msg_id]
-        self._buffered -= part.header.total
-        for held in part.acks:
-            self.conn.ack(*held)
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        log.warning("MQTT topic %r: dropped a partial payload of %d bytes (%d/%d chunks; %s): %s",
-                    self.topic, part.header.total, len(part.have), part.header.count, reason,
-                    detail)
+        self.reassembly.drop(self.reassembly.partials()[0], "buffer-full",
+                             f"max_buffer={self.owner.max_buffer} reached with nothing consumable")
 
     def _schedule_sweep(self) -> None:
         if self._sweeper is None and not self._closed:
@@ -492,12 +416,8 @@ class _MqttSubscription(Subscription):
     def _sweep(self) -> None:
         """Drop partial payloads whose sender has been silent for ``partial_timeout``."""
         self._sweeper = None
-        now = time.monotonic()
-        for msg_id, part in list(self._partials.items()):
-            if now - part.touched > self.owner.partial_timeout:
-                self._drop_partial(msg_id, part, "incomplete",
-                                   f"no chunk for {self.owner.partial_timeout}s (sender gone?)")
-        if self._partials:
+        self.reassembly.sweep(self.owner.partial_timeout)
+        if len(self.reassembly):
             self._schedule_sweep()
 
     def _wake(self) -> None:
@@ -520,13 +440,8 @@ class _MqttSubscription(Subscription):
             if item is None:
                 self._queue.append(None)  # stay ended
                 raise StopAsyncIteration
-            payload, h, ack, who = item
-            self._buffered -= h.total
-            ok = (digest(payload) if len(payload) < 1 << 20
-                  else await asyncio.to_thread(digest, payload)) == h.digest
-            if not ok:
-                self._reject("corrupt", f"digest mismatch on a {h.total}-byte payload", ack)
-                continue
+            payload, ack, who = item
+            self._queued -= len(payload)
             if self.owner.verify_sender:
                 problem = self.owner.sender_problem(payload, who)
                 if problem is not None:
@@ -545,7 +460,8 @@ class _MqttSubscription(Subscription):
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._queue.clear()
-        self._partials.clear()
+        self._queued = 0
+        self.reassembly.clear()
         self._queue.append(None)
         self._wake()
         await self.conn.close()
@@ -579,6 +495,7 @@ class MqttTransport(Transport):
         chunk_size: int = 4 * 1024 * 1024,
         max_payload: int = 1024**3,
         max_buffer: int = 2 * 1024**3,
+        max_partials: int = 1024,
         partial_timeout: float = 120.0,
         session_expiry: int = 3600,
         resume_window: int = 300,
@@ -598,7 +515,8 @@ class MqttTransport(Transport):
             raise ConfigError(f"topic_prefix {topic_prefix!r} must be non-empty, without + or #")
         for label, value, low in [
             ("chunk_size", chunk_size, 1024), ("max_payload", max_payload, 1),
-            ("session_expiry", session_expiry, 1), ("resume_window", resume_window, 0),
+            ("max_partials", max_partials, 1), ("session_expiry", session_expiry, 1),
+            ("resume_window", resume_window, 0),
             ("keepalive", keepalive, 5),
             ("publish_window", publish_window, 1), ("receive_window", receive_window, 1),
             ("reconnect_max_delay", reconnect_max_delay, 1),
@@ -625,6 +543,7 @@ class MqttTransport(Transport):
         self.chunk_size = chunk_size
         self.max_payload = max_payload
         self.max_buffer = max_buffer
+        self.max_partials = max_partials
         self.partial_timeout = partial_timeout
         self.session_expiry = session_expiry
         self.resume_window = resume_window
@@ -668,15 +587,15 @@ class MqttTransport(Transport):
         """Why a payload published under ``identity`` may not be accepted, or None.
 
         The payload must decode as a foedus message whose sender is the identity (or the name
-        ``sender_aliases`` allows that certificate to use)."""
+        ``sender_aliases`` allows that certificate to use). Total: whatever the payload, the
+        answer is a reason or None, never an exception (a reader must survive any payload)."""
         from foedus.codec import decode
-        from foedus.core.errors import CodecError
 
         if not identity:
             return "published outside the identity topics"
         try:
             sender = decode(payload, max_size=max(len(payload), 1)).header.sender
-        except CodecError as exc:
+        except Exception as exc:  # CodecError, or a decoder bug: either way, not accepted
             return f"payload from {identity!r} is not a foedus message: {exc}"
         allowed = self.sender_aliases.get(identity, identity)
         if sender != allowed:
@@ -722,13 +641,13 @@ class MqttTransport(Transport):
         if self.verify_sender:
             base += f"/from/{self.identity}"
         size = self.data_bytes_per_chunk(conn, base + "/0000000")
-        payload = bytes(payload)
-        chunks = (split(payload, size) if len(payload) < 1 << 20
-                  else await asyncio.to_thread(split, payload, size))
+        if not isinstance(payload, bytes):
+            payload = bytes(payload)  # the chunks are views: the caller may not change them
+        chunks = split(payload, size, retained=retain)
         window: deque[asyncio.Future[None]] = deque()
         try:
             async with asyncio.timeout(self.publish_timeout):
-                for h, data in chunks:
+                async for h, data in framed(chunks):  # hashed while earlier chunks travel
                     self._check_open()
                     mqtt_topic = f"{base}/{h.index}" if retain else base
                     window.append(conn.publish(mqtt_topic, h.pack() + data, retain))
