@@ -36,17 +36,14 @@ from typing import Any, Self
 
 from foedus.core.errors import ConfigError, TransportClosed, TransportError, require
 from foedus.transport.base import Subscription, transports
-from foedus.transport.hub import (
+from foedus.transport.hub.client import HubClient, ReconnectingSubscription, check_positive
+from foedus.transport.hub.hosting import HostedHubs, Hosting
+from foedus.transport.hub.server import HubAdapter
+from foedus.transport.hub.store import (
     CHUNK_SIZE,
-    HostedHubs,
-    Hosting,
-    HubAdapter,
-    HubClient,
     PayloadTooLarge,
     Publication,
-    ReconnectingSubscription,
     Refused,
-    check_positive,
 )
 from foedus.transport.retry import retry_with_backoff
 from foedus.transport.tls import TLSConfig

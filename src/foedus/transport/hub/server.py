@@ -1,0 +1,61 @@
+"""The server side that the gRPC and HTTPS hub adapters share: a :class:`Hub` behind a protocol.
+
+:class:`HubAdapter` holds the TLS-or-``insecure`` rule, the hub it serves and ``async with``;
+each protocol module adds only its listener and handlers.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar, Self
+
+from foedus.core.errors import ConfigError
+from foedus.transport.hub.store import (
+    DEFAULT_MAX_PAYLOAD,
+    DEFAULT_MAX_TOPIC_BYTES,
+    Authorizer,
+    Hub,
+)
+from foedus.transport.tls import TLSConfig
+
+
+class HubAdapter(abc.ABC):
+    """A :class:`Hub` served over a protocol; start it in the server process.
+
+    ``port=0`` picks a free port (read ``port`` after :meth:`start`). ``tls`` is the server's
+    TLSConfig (cert, key, CA for client certificates, ``require_client_cert``); plaintext needs
+    ``insecure=True`` explicitly. ``hub`` serves an existing hub, else a new one is made with
+    ``max_payload``, ``max_topic_bytes`` and the ``authorize`` hook.
+    """
+
+    #: what the protocol without TLS is called in the error that asks for ``insecure=True``
+    plaintext: ClassVar[str] = "plaintext"
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, tls: TLSConfig | None = None, *,
+        hub: Hub | None = None, authorize: Authorizer | None = None, insecure: bool = False,
+        max_payload: int = DEFAULT_MAX_PAYLOAD, max_topic_bytes: int = DEFAULT_MAX_TOPIC_BYTES,
+    ) -> None:
+        if tls is None and not insecure:
+            raise ConfigError(f"{type(self).__name__} needs tls=TLSConfig(...) "
+                              f"(or insecure=True for {self.plaintext})")
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.hub = hub or Hub(
+            max_payload=max_payload, max_topic_bytes=max_topic_bytes, authorize=authorize
+        )
+
+    @abc.abstractmethod
+    async def start(self) -> Self:
+        """Listen on ``host:port`` and serve the hub."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop serving, after letting connected subscribers drain (see :meth:`Hub.drain`)."""
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
