@@ -24,6 +24,7 @@ from foedus.core.errors import ConfigError, TransportError
 from foedus.roles.checkpoint import Checkpointer
 from foedus.runner import run_job
 from foedus.transport.base import transports
+from foedus.transport.chunks import digest, split
 from foedus.transport.kafka import (
     CHUNK_HEADER,
     DEFAULT_CHUNK_SIZE,
@@ -31,9 +32,7 @@ from foedus.transport.kafka import (
     POINTER_SUFFIX,
     SERVER_ERROR_RETRIES,
     KafkaTransport,
-    chunk_records,
     parse_url,
-    payload_digest,
 )
 from tests.transport.contract import MakeTransport, TransportContract, take, topic
 from tests.transport.kafka_fixtures import (  # noqa: F401  (fixtures)
@@ -238,7 +237,7 @@ async def test_duplicate_chunks_and_payloads_are_delivered_once(kafka: Any,
     name = topic()
     sub = await sub_t.subscribe(name)
     payload = pattern(3000)
-    records = chunk_records(payload, 1024, payload_digest(payload))
+    records = split(payload, 1024, digest(payload))
     producer = await raw_producer(tansu.bootstrap)
     try:
         await send_chunks(producer, name, records, [0, 0, 1, 1, 2, 2, 0, 1, 2])
@@ -258,7 +257,7 @@ async def test_a_payload_resent_after_a_gap_is_still_delivered(kafka: Any,
     name = topic()
     sub = await t.subscribe(name)
     payload = pattern(4000)
-    records = chunk_records(payload, 1024, payload_digest(payload))
+    records = split(payload, 1024, digest(payload))
     producer = await raw_producer(tansu.bootstrap)
     try:
         await send_chunks(producer, name, records, [0, 1, 3])  # chunk 2 failed
@@ -276,7 +275,7 @@ async def test_corrupted_payload_is_rejected_and_the_stream_goes_on(kafka: Any,
     name = topic()
     sub = await t.subscribe(name)
     payload = pattern(3000)
-    records = chunk_records(payload, 1024, payload_digest(b"something else"))
+    records = split(payload, 1024, digest(b"something else"))
     producer = await raw_producer(tansu.bootstrap)
     try:
         await send_chunks(producer, name, records, [0, 1, 2])
@@ -294,7 +293,7 @@ async def test_partial_payload_of_a_dead_sender_is_dropped_after_the_timeout(
     name = topic()
     sub = await t.subscribe(name)
     payload = pattern(5000)
-    records = chunk_records(payload, 1024, payload_digest(payload))
+    records = split(payload, 1024, digest(payload))
     producer = await raw_producer(tansu.bootstrap)
     try:
         await send_chunks(producer, name, records, [0, 1])  # the sender dies after 2 of 5
@@ -435,7 +434,7 @@ async def test_commit_never_passes_a_payload_still_being_reassembled(
     first = kafka(chunk_size=1024)
     sub = await first.subscribe(name, group=group)
     big = pattern(3000)
-    records = chunk_records(big, 1024, payload_digest(big))
+    records = split(big, 1024, digest(big))
     producer = await raw_producer(tansu.bootstrap)
     try:
         await send_chunks(producer, name, records, [0])  # a big update starts...

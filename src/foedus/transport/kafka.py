@@ -11,16 +11,24 @@ How the Transport contract maps onto Kafka (details and operator notes in
 * **Large payloads.** Kafka brokers refuse records above ``max.message.bytes`` (1 MB by default),
   while model updates are often hundreds of MB. Every payload is cut into chunks of at most
   ``chunk_size`` bytes (default 1,000,000: fits the default limit with room for headers). Each
-  chunk is one record whose Kafka header ``foedus-chunk`` carries the payload's id, the chunk's
-  index, the chunk count and the total length; the last chunk's header also carries the SHA-256
+  chunk is one record whose Kafka header ``foedus-chunk`` carries the chunk header of
+  :mod:`foedus.transport.chunks` (shared with MQTT): the payload's id, the chunk's index, the
+  chunk count, offset and the total length; the last chunk's header also carries the SHA-256
   of the whole payload, which both sides compute chunk by chunk while the transfer goes on
   (no extra pass over a 200 MB payload before sending or after receiving). All chunks of a
   payload share one record key (the sender, else the payload id), so they land in one partition,
-  in order. The subscriber reassembles them, checks length and digest before handing the payload
-  out, ignores duplicated chunks and payloads it has already delivered (message ids), drops
-  partial payloads whose sender went silent for ``partial_timeout`` seconds, and bounds the bytes
-  it holds in partial and undelivered payloads by ``max_buffer`` (beyond it, it stops fetching
-  until the consumer catches up: backpressure).
+  in order. The subscriber reassembles them with that module's ``Reassembler`` (in strict order:
+  a gap drops the partial), checks length and digest before handing the payload out, ignores
+  duplicated chunks and payloads it has already delivered (message ids), drops partial payloads
+  whose sender went silent for ``partial_timeout`` seconds, holds only the chunks that arrived
+  (never what a header announces), bounds partial payloads per subscription (``max_buffer``,
+  ``max_partials``) and per record key (``max_payload``) by evicting the oldest, and bounds the
+  bytes it holds in partial and undelivered payloads by ``max_buffer`` (beyond it, it stops
+  fetching until the consumer catches up: backpressure).
+* **Hostile records** are counted in the subscription's ``rejected`` under a reason, logged in
+  one line and skipped (the committed position moves past them, so a restarted reader does not
+  see them again); an unexpected error while handling one record is counted as ``reader-error``
+  the same way and never ends the subscription.
 * **retain=True.** After the payload's chunks are acknowledged, a pointer (partition, offset of the
   first chunk, payload id) is written to the pointer topic. A new subscriber reads the pointer
   topic's last record and replays just that payload from the data topic before live payloads, so
@@ -50,33 +58,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import re
 import ssl
 import struct
 import time
-import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from foedus.core.errors import ConfigError, TransportClosed, TransportError, require
 from foedus.transport.base import Subscription, Transport, transports
+from foedus.transport.chunks import ChunkHeader, Partial, Reassembler, framed, split
 from foedus.transport.tls import TLSConfig
 
 log = logging.getLogger(__name__)
 
 #: the Kafka record header that marks a foedus chunk
 CHUNK_HEADER = "foedus-chunk"
-#: version, flags, payload id, chunk index, chunk count, total length, SHA-256 of the payload
-HEADER = struct.Struct("!BB16sIIQ32s")
-VERSION = 1
-FLAG_RETAINED = 1
 #: the pointer topic's record: version, partition, offset of the first chunk, payload id
 POINTER = struct.Struct("!BIQ16s")
+POINTER_VERSION = 1
 POINTER_SUFFIX = "__retained"
 #: Apache Kafka's default ``message.max.bytes`` / ``max.message.bytes`` (a whole record batch)
 KAFKA_DEFAULT_MAX_MESSAGE = 1_048_588
@@ -126,77 +130,6 @@ class _Backoff:
         return True
 
 
-def payload_digest(payload: bytes | bytearray | memoryview) -> bytes:
-    """SHA-256 of a whole payload (hashlib releases the GIL, so large ones go to a thread)."""
-    return hashlib.sha256(payload).digest()
-
-
-#: chunks at least this large are hashed in a worker thread (hashlib releases the GIL), so the
-#: event loop keeps moving bytes to and from the broker meanwhile
-_THREAD_HASH = 256 * 1024
-NO_DIGEST = bytes(32)
-
-
-async def _hash_chunk(hasher: Any, data: bytes | memoryview) -> None:
-    """Feed one chunk to a running SHA-256: payloads are hashed chunk by chunk while the
-    previous chunks travel, instead of in one pass over the whole payload before or after."""
-    if len(data) < _THREAD_HASH:
-        hasher.update(data)
-    else:
-        await asyncio.to_thread(hasher.update, data)
-
-
-@dataclass(frozen=True)
-class ChunkHeader:
-    """The ``foedus-chunk`` header of one record."""
-
-    msg_id: bytes
-    index: int
-    count: int
-    total: int
-    digest: bytes
-    flags: int = 0
-
-    def pack(self) -> bytes:
-        return HEADER.pack(VERSION, self.flags, self.msg_id, self.index, self.count, self.total,
-                           self.digest)
-
-    @classmethod
-    def unpack(cls, data: bytes) -> ChunkHeader:
-        """Parse and sanity-check a header; raises ValueError naming the problem."""
-        if len(data) != HEADER.size:
-            raise ValueError(f"chunk header of {len(data)} bytes, expected {HEADER.size}")
-        version, flags, msg_id, index, count, total, dig = HEADER.unpack(data)
-        if version != VERSION:
-            raise ValueError(f"unsupported chunk format version {version}")
-        if count < 1 or index >= count:
-            raise ValueError(f"chunk index {index} out of range for {count} chunks")
-        if count > max(total, 1):
-            raise ValueError(f"{count} chunks for {total} bytes")
-        return cls(msg_id, index, count, total, dig, flags)
-
-
-def chunk_records(
-    payload: bytes | bytearray | memoryview, chunk_size: int, digest: bytes = NO_DIGEST, *,
-    msg_id: bytes | None = None, retained: bool = False,
-) -> list[tuple[ChunkHeader, memoryview]]:
-    """Cut a payload into (header, data view) pairs of at most ``chunk_size`` data bytes each;
-    views, not copies, so a 200 MB payload is not duplicated before the producer sees it.
-
-    The payload's SHA-256 is checked against the *last* chunk's header; earlier chunks may carry
-    it too or :data:`NO_DIGEST` (publish hashes while sending, so only the last one has it)."""
-    view = memoryview(payload).cast("B")
-    total = len(view)
-    count = max(1, -(-total // chunk_size))
-    mid = msg_id or uuid.uuid4().bytes
-    flags = FLAG_RETAINED if retained else 0
-    return [
-        (ChunkHeader(mid, i, count, total, digest, flags),
-         view[i * chunk_size:(i + 1) * chunk_size])
-        for i in range(count)
-    ]
-
-
 def check_topic(topic: str) -> str:
     """Kafka topic names: 1-249 of ``[A-Za-z0-9._-]`` (the pointer suffix must still fit)."""
     if not isinstance(topic, str) or not topic:
@@ -235,18 +168,6 @@ def parse_url(url: str) -> tuple[list[str], bool, dict[str, str]]:
 
 
 @dataclass
-class _Partial:
-    header: ChunkHeader
-    partition: int
-    start: int  # offset of the first chunk
-    replay: bool  # the retained payload replayed for a new subscriber (before its live start)
-    chunks: list[bytes] = field(default_factory=list)
-    size: int = 0
-    hasher: Any = field(default_factory=hashlib.sha256)
-    touched: float = field(default_factory=time.monotonic)
-
-
-@dataclass
 class _Ready:
     payload: bytes
     partition: int
@@ -269,11 +190,15 @@ class _KafkaSubscription(Subscription):
         self.committed: dict[int, int] = {}
         self.replay_id: bytes | None = None
         self.rejected: dict[str, int] = {}
-        self.duplicates = 0
-        self.buffered = 0  # bytes in partial and undelivered payloads
+        #: partial payloads; a partial's tag is (partition, offset of its first chunk, replay)
+        self.reassembly = Reassembler(
+            max_payload=owner.max_payload, budget=owner.max_buffer,
+            sender_budget=owner.max_payload, max_partials=owner.max_partials,
+            strict_order=True, remember_ids=owner.remember_ids, rejected=self.rejected,
+            on_drop=self._dropped, what=f"Kafka topic {topic!r}",
+        )
+        self.queued = 0  # bytes in undelivered payloads
         self.peak_buffered = 0
-        self._partials: OrderedDict[bytes, _Partial] = OrderedDict()
-        self._done: OrderedDict[bytes, None] = OrderedDict()
         self._queue: deque[_Ready] = deque()
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
@@ -355,7 +280,7 @@ class _KafkaSubscription(Subscription):
                 for tp, records in batches.items():
                     for record in records:
                         await self._wait_room()
-                        await self._on_record(tp.partition, record)
+                        await self._take(tp.partition, record)
                         if tp.partition in self._skip_rest:
                             break  # re-positioned: the rest of this batch is fetched again
                 self._sweep()
@@ -369,6 +294,16 @@ class _KafkaSubscription(Subscription):
             self._error = exc
             self._ready.set()
 
+    @property
+    def buffered(self) -> int:
+        """Bytes in partial and undelivered payloads (what ``max_buffer`` bounds)."""
+        return self.reassembly.held + self.queued
+
+    @property
+    def duplicates(self) -> int:
+        """Chunks and payloads received again (producer retries, redelivery)."""
+        return self.reassembly.duplicates
+
     async def _wait_room(self) -> None:
         """Backpressure: hold fetching while over budget and there is something to consume."""
         while self.buffered > self.owner.max_buffer:
@@ -380,32 +315,33 @@ class _KafkaSubscription(Subscription):
 
     def _relieve(self) -> None:
         """Over budget with nothing consumable: drop the oldest partial rather than deadlock."""
-        if self._partials:
-            msg_id = next(iter(self._partials))
-            self._drop(msg_id, "buffer-full",
-                       f"max_buffer={self.owner.max_buffer} reached with nothing consumable")
+        if len(self.reassembly):
+            self.reassembly.drop(self.reassembly.partials()[0], "buffer-full",
+                                 f"max_buffer={self.owner.max_buffer} reached with nothing "
+                                 "consumable")
 
     def _reject(self, reason: str, detail: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         log.warning("Kafka topic %r: dropped a record (%s): %s", self.topic, reason, detail)
 
-    def _drop(self, msg_id: bytes, reason: str, detail: str) -> None:
-        part = self._partials.pop(msg_id)
-        self.buffered -= part.size
-        self.pending[part.partition].pop(msg_id, None)
-        # Not remembered as done: the sender may re-send the whole payload under the same id
-        # (a publish retried after a failed chunk whose successors were stored: a gap here),
-        # and that copy must still be accepted. Stray later chunks of the dropped copy start
-        # nothing (only chunk 0 opens a payload).
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        log.warning("Kafka topic %r: dropped a partial payload of %d bytes (%d/%d chunks; %s): %s",
-                    self.topic, part.header.total, len(part.chunks), part.header.count, reason,
-                    detail)
+    def _dropped(self, part: Partial, reason: str) -> None:
+        """A partial payload was dropped: its first chunk no longer holds the commit back.
 
-    def _remember(self, msg_id: bytes) -> None:
-        self._done[msg_id] = None
-        while len(self._done) > self.owner.remember_ids:
-            self._done.popitem(last=False)
+        Not remembered as done: the sender may re-send the whole payload under the same id (a
+        publish retried after a failed chunk whose successors were stored: a gap here), and that
+        copy must still be accepted. Stray later chunks of the dropped copy start nothing (only
+        chunk 0 opens a payload)."""
+        partition, _start, _replay = part.tag
+        self.pending[partition].pop(part.header.msg_id, None)
+
+    async def _take(self, partition: int, record: Any) -> None:
+        """Handle one record; whatever it holds, the fetch loop goes on (the record is counted,
+        and its offset is passed, so a restarted reader does not see it again)."""
+        try:
+            await self._on_record(partition, record)
+        except Exception as exc:
+            self._reject("reader-error", f"record at offset {getattr(record, 'offset', '?')}: "
+                                         f"{type(exc).__name__}: {exc}")
 
     async def _on_record(self, partition: int, record: Any) -> None:
         offset: int = record.offset
@@ -413,92 +349,38 @@ class _KafkaSubscription(Subscription):
         if live:
             self.read_upto[partition] = max(self.read_upto[partition], offset + 1)
         raw = next((v for k, v in record.headers or () if k == CHUNK_HEADER), None)
+        value: bytes = record.value or b""
         if raw is None:
             if live:  # a plain producer's record: one payload as it is
                 self.foreign += 1
                 fid = b"foreign:%d:%d" % (partition, offset)
                 self.pending[partition][fid] = offset
-                raw_value: bytes = record.value or b""
-                self.buffered += len(raw_value)
-                self._deliver(_Ready(raw_value, partition, fid))
+                self._deliver(_Ready(value, partition, fid))
             return
         try:
-            h = ChunkHeader.unpack(bytes(raw))
+            h = ChunkHeader.unpack(bytes(raw), len(value))
         except ValueError as exc:
             if live:
                 self._reject("malformed", str(exc))
             return
         if not live and h.msg_id != self.replay_id:
             return  # replaying the retained payload: skip everything else before our start
-        if h.msg_id in self._done:
-            self.duplicates += 1
-            return
-        value: bytes = record.value or b""
-        part = self._partials.get(h.msg_id)
-        if part is None:
-            if h.index != 0:
-                return  # the rest of a payload that began before our start: not ours
-            if h.total > self.owner.max_payload:
-                self._reject("oversized", f"{h.total} bytes > max_payload="
-                             f"{self.owner.max_payload}")
-                self._remember(h.msg_id)
-                return
-            part = _Partial(h, partition, offset, replay=not live)
-            self._partials[h.msg_id] = part
-            if live:
-                self.pending[partition][h.msg_id] = offset
-        elif (part.header.count, part.header.total) != (h.count, h.total) or (
-            NO_DIGEST not in (h.digest, part.header.digest) and h.digest != part.header.digest
-        ):
-            self._reject("inconsistent", "a chunk disagrees with its payload's first chunk")
-            return
-        if h.index < len(part.chunks):
-            self.duplicates += 1  # a re-sent chunk (producer retry): already have it
-            return
-        if h.index > len(part.chunks):
-            self._drop(h.msg_id, "gap", f"chunk {h.index} follows chunk {len(part.chunks) - 1}")
-            return
-        if part.size + len(value) > h.total:
-            self._drop(h.msg_id, "overrun", f"chunks exceed the declared {h.total} bytes")
-            return
-        part.chunks.append(value)
-        part.size += len(value)
-        self.buffered += len(value)
+        key = record.key
+        sender = key.decode("utf-8", "backslashreplace") if isinstance(key, bytes) else ""
+        outcome = await self.reassembly.add(sender, h, value, (partition, offset, not live))
+        part = outcome.partial
+        if outcome.status == "pending" and part is not None and h.index == 0 and live:
+            self.pending[partition].setdefault(h.msg_id, offset)
         self.peak_buffered = max(self.peak_buffered, self.buffered)
-        await _hash_chunk(part.hasher, value)
-        part.touched = time.monotonic()
-        if len(part.chunks) < h.count:
+        if outcome.status != "complete" or part is None or outcome.payload is None:
             return
-        await self._complete(part, h.digest)
-
-    async def _complete(self, part: _Partial, digest: bytes) -> None:
-        """All chunks are in: check length and the last chunk's digest, join, deliver."""
-        h = part.header
-        del self._partials[h.msg_id]
-        self._remember(h.msg_id)
-        if part.size != h.total:
-            self.buffered -= part.size
-            self.pending[part.partition].pop(h.msg_id, None)
-            self._reject("length", f"{part.size} bytes received, {h.total} declared")
-            return
-        if part.hasher.digest() != digest:
-            self.buffered -= part.size
-            self.pending[part.partition].pop(h.msg_id, None)
-            part.chunks = []
-            self._reject("corrupt", f"SHA-256 mismatch on a {h.total}-byte payload")
-            return
-        chunks = part.chunks
-        if len(chunks) == 1:
-            payload = chunks[0]
-        elif h.total < 1 << 20:
-            payload = b"".join(chunks)
-        else:  # one copy, off the event loop
-            payload = await asyncio.to_thread(b"".join, chunks)
-        part.chunks = []
-        if part.replay:
+        part_partition, _start, replay = part.tag
+        if replay:
             self.replay_id = None
-            self._skip_to_live(part.partition)
-        self._deliver(_Ready(payload, part.partition, h.msg_id))
+            self._skip_to_live(part_partition)
+        if h.count == 1 and live:
+            self.pending[partition].setdefault(h.msg_id, offset)
+        self._deliver(_Ready(outcome.payload, part_partition, h.msg_id))
 
     def _skip_to_live(self, partition: int) -> None:
         """After the retained payload, jump over older records straight to the live start."""
@@ -508,17 +390,14 @@ class _KafkaSubscription(Subscription):
 
     def _deliver(self, ready: _Ready) -> None:
         self._queue.append(ready)
+        self.queued += len(ready.payload)
+        self.peak_buffered = max(self.peak_buffered, self.buffered)
         self._ready.set()
 
     def _sweep(self) -> None:
         """Drop partial payloads whose sender has been silent for ``partial_timeout``."""
-        if not self._partials:
-            return
-        now = time.monotonic()
-        timeout = self.owner.partial_timeout
-        for msg_id, part in list(self._partials.items()):
-            if now - part.touched > timeout:
-                self._drop(msg_id, "incomplete", f"no chunk for {timeout}s (sender gone?)")
+        if len(self.reassembly):
+            self.reassembly.sweep(self.owner.partial_timeout)
 
     # -- committing ----------------------------------------------------------------------------
 
@@ -564,7 +443,7 @@ class _KafkaSubscription(Subscription):
             self._ready.clear()
             await self._ready.wait()
         ready = self._queue.popleft()
-        self.buffered -= len(ready.payload)
+        self.queued -= len(ready.payload)
         self._room.set()
         self._handed = ready
         return ready.payload
@@ -582,8 +461,8 @@ class _KafkaSubscription(Subscription):
             self._handed = None
         await self._commit()
         self._queue.clear()
-        self._partials.clear()
-        self.buffered = 0
+        self.queued = 0
+        self.reassembly.clear()
         self._ready.set()
         self._room.set()
         await self.owner._stop_client(self.consumer)
@@ -617,6 +496,7 @@ class KafkaTransport(Transport):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         max_payload: int = 1024**3,
         max_buffer: int = 2 * 1024**3,
+        max_partials: int = 1024,
         partial_timeout: float = 120.0,
         create_topics: bool = True,
         partitions: int = 1,
@@ -640,6 +520,7 @@ class KafkaTransport(Transport):
             ("partitions", partitions, 1), ("replication_factor", replication_factor, 1),
             ("publish_window", publish_window, 1), ("retry_backoff_ms", retry_backoff_ms, 1),
             ("poll_ms", poll_ms, 1), ("remember_ids", remember_ids, 16),
+            ("max_partials", max_partials, 1),
         ]:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{label} must be an integer >= {low}, got {value!r}")
@@ -674,6 +555,7 @@ class KafkaTransport(Transport):
         self.chunk_size = chunk_size
         self.max_payload = max_payload
         self.max_buffer = max_buffer
+        self.max_partials = max_partials
         self.partial_timeout = float(partial_timeout)
         self.create_topics = bool(create_topics)
         self.partitions = partitions
@@ -953,7 +835,7 @@ class KafkaTransport(Transport):
             log.warning("Kafka topic %r: ignoring a malformed retained pointer", topic)
             return None
         version, partition, offset, msg_id = POINTER.unpack(value)
-        if version != VERSION:
+        if version != POINTER_VERSION:
             log.warning("Kafka topic %r: retained pointer version %d unknown", topic, version)
             return None
         return partition, offset, msg_id
@@ -974,7 +856,7 @@ class KafkaTransport(Transport):
             )
         producer = await self._get_producer()
         errors = require("aiokafka.errors", "kafka")
-        chunks = chunk_records(payload, self.chunk_size, retained=retain)
+        chunks = split(payload, self.chunk_size, retained=retain)
         record_key = key.encode() if key is not None else chunks[0][0].msg_id
         backoff = _Backoff(self.retry_backoff_ms, self.reconnect_timeout)
         server_errors = 0
@@ -1002,13 +884,8 @@ class KafkaTransport(Transport):
         batches and pipelines them, in order), then the retained pointer."""
         window: deque[asyncio.Future[Any]] = deque()
         first: asyncio.Future[Any] | None = None
-        hasher = hashlib.sha256()
-        last = len(chunks) - 1
         try:
-            for header, data in chunks:
-                await _hash_chunk(hasher, data)  # overlaps with the chunks already in flight
-                if header.index == last:
-                    header = replace(header, digest=hasher.digest())
+            async for header, data in framed(chunks):  # hashed while earlier chunks travel
                 fut = await producer.send(topic, data, key=record_key,
                                           headers=[(CHUNK_HEADER, header.pack())])
                 first = first or fut
@@ -1026,7 +903,8 @@ class KafkaTransport(Transport):
             ptr_topic = topic + POINTER_SUFFIX
             await self.ensure_topic(ptr_topic, pointer=True)
             await (await producer.send(
-                ptr_topic, POINTER.pack(VERSION, meta.partition, meta.offset, chunks[0][0].msg_id),
+                ptr_topic,
+                POINTER.pack(POINTER_VERSION, meta.partition, meta.offset, chunks[0][0].msg_id),
                 key=b"retained",
             ))
 

@@ -1,0 +1,159 @@
+"""A Downlink survives whatever a payload does: it counts the refusal, logs one line, goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import zlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgpack
+import numpy as np
+import pytest
+
+from foedus.codec import encode
+from foedus.core.graph import Graph
+from foedus.core.message import Kind, Message
+from foedus.core.pod import Pod, Wire
+from foedus.core.runtime import Runtime
+from foedus.testing import wait_until
+from foedus.transport import link as link_module
+from foedus.transport.base import Transport
+from foedus.transport.link import Downlink
+from foedus.transport.local import LocalTransport
+
+TOPIC = "foedus.job.updates"
+
+
+def poison_frame() -> bytes:
+    """The attack run's frame (about 150 bytes here, 192 with its longer names): CRC-valid, an
+    array of shape [0, 2**64-1] that holds no bytes yet cannot be built by numpy."""
+    header = {"job": "job", "round": 1, "sender": "mallory", "kind": "update", "id": "x",
+              "ts": 1.0, "trail": [], "to": None, "n": 1, "metrics": {}, "meta": {},
+              "error": None, "arrays": [["w", "<f4", [0, 2**64 - 1], 0, 0]]}
+    packed = msgpack.packb(header, use_bin_type=True)
+    padded = packed + bytes(-len(packed) % 8)
+    return struct.pack("<4sB3sIQI", b"FOED", 1, bytes(3), len(packed), 0,
+                       zlib.crc32(padded)) + padded
+
+
+def update(sender: str = "client-000", value: float = 1.0) -> bytes:
+    return encode(Message.create(Kind.UPDATE, job_id="job", round=1, sender=sender,
+                                 num_examples=1, params={"w": np.full(3, value)}))
+
+
+class Sink(Pod):
+    """Collects what the downlink emits."""
+
+    inputs: ClassVar[tuple[Wire, ...]] = (Wire("in"),)
+
+    def __init__(self) -> None:
+        super().__init__("sink")
+        self.got: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def on_in(self, msg: Message) -> None:
+        await self.got.put(msg)
+
+
+@dataclass
+class Running:
+    link: Downlink
+    sink: Sink
+
+    async def next(self, timeout: float = 10) -> Message:
+        return await asyncio.wait_for(self.sink.got.get(), timeout)
+
+
+@pytest.fixture
+async def transport() -> AsyncIterator[LocalTransport]:
+    t = LocalTransport()
+    yield t
+    await t.close()
+
+
+async def run_downlink(
+    transport: Transport, accept: Callable[[Message], bool] | None = None, **kw: Any,
+) -> tuple[Runtime, Running]:
+    down = Downlink(transport, TOPIC, job_id="job", accept=accept, name="updates_in", **kw)
+    sink = Sink()
+    graph = Graph().add(down, sink).connect("updates_in.out", "sink.in")
+    runtime = Runtime(graph)
+    await runtime.__aenter__()
+    return runtime, Running(down, sink)
+
+
+async def test_the_poison_frame_is_counted_and_the_next_message_still_arrives(
+    transport: LocalTransport, caplog: pytest.LogCaptureFixture,
+) -> None:
+    runtime, r = await run_downlink(transport)
+    try:
+        with caplog.at_level(logging.WARNING, "foedus.link"):
+            await transport.publish(TOPIC, poison_frame())
+            await transport.publish(TOPIC, update())
+            msg = await r.next()
+        assert msg.sender == "client-000"
+        assert r.link.rejected == {"undecodable": 1}
+        [line] = [rec for rec in caplog.records if rec.name == "foedus.link"]
+        assert "too large" in line.getMessage() and line.exc_info is None  # one line, no trace
+    finally:
+        await runtime.__aexit__(None, None, None)
+
+
+async def test_any_exception_from_the_decoder_is_counted_not_fatal(
+    transport: LocalTransport, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second line behind the total decoder: should it ever raise something else (a bug),
+    the reader still refuses the payload and goes on."""
+    real = link_module.decode
+
+    def flaky(data: bytes, *, max_size: int) -> Message:
+        if data == b"trigger":
+            raise ValueError("a decoder bug")
+        return real(data, max_size=max_size)
+
+    monkeypatch.setattr(link_module, "decode", flaky)
+    runtime, r = await run_downlink(transport)
+    try:
+        await transport.publish(TOPIC, b"trigger")
+        await transport.publish(TOPIC, b"garbage")
+        await transport.publish(TOPIC, update())
+        assert (await r.next()).sender == "client-000"
+        assert r.link.rejected == {"decode_error": 1, "undecodable": 1}
+    finally:
+        await runtime.__aexit__(None, None, None)
+
+
+async def test_an_accept_predicate_that_raises_refuses_only_that_message(
+    transport: LocalTransport,
+) -> None:
+    def accept(msg: Message) -> bool:
+        if msg.sender == "odd":
+            raise KeyError(msg.sender)
+        return msg.sender != "not-for-me"
+
+    runtime, r = await run_downlink(transport, accept)
+    try:
+        for sender in ("odd", "not-for-me", "client-000"):
+            await transport.publish(TOPIC, update(sender))
+        assert (await r.next()).sender == "client-000"
+        assert r.link.rejected == {"accept_error": 1}
+        assert r.link.skipped == 1
+        assert r.link.messages_in == 1
+    finally:
+        await runtime.__aexit__(None, None, None)
+
+
+async def test_wrong_job_and_garbage_keep_their_reasons(transport: LocalTransport) -> None:
+    runtime, r = await run_downlink(transport)
+    try:
+        other = encode(Message.create(Kind.UPDATE, job_id="other", round=1, sender="x"))
+        for payload in (other, b"\x00" * 40, update()):
+            await transport.publish(TOPIC, payload)
+        await r.next()
+        await wait_until(lambda: r.link.messages_in == 1)
+        assert r.link.rejected == {"wrong_job": 1, "undecodable": 1}
+    finally:
+        await runtime.__aexit__(None, None, None)
