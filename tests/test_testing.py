@@ -35,3 +35,34 @@ def test_run_rounds_runs_a_small_job() -> None:
     result = run_rounds(3, clients=3)
     assert len(result.history) == 3
     assert result.final_metrics["accuracy"] > 0.5
+
+
+@pytest.mark.integration  # a fresh interpreter: what `import foedus.testing` pulls in alone
+def test_the_kit_imports_without_pytest_and_the_contract_brings_it() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, foedus.testing; assert 'pytest' not in sys.modules, 'pytest imported'; "
+            "import foedus.testing.transport_contract; assert 'pytest' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_wait_until_returns_once_the_condition_holds_and_names_it_when_it_never_does(
+) -> None:
+    import asyncio
+
+    from foedus.testing import wait_until
+
+    flag = asyncio.Event()
+    asyncio.get_running_loop().call_soon(flag.set)
+    await wait_until(flag.is_set, 5)
+    with pytest.raises(TimeoutError, match="the impossible"):
+        await wait_until(lambda: False, 0.05, what="the impossible")
+
+
+def test_the_transport_contract_is_a_class_of_tests_to_subclass() -> None:
+    from foedus.testing.transport_contract import TransportContract
+
+    tests = [n for n in vars(TransportContract) if n.startswith("test_")]
+    assert "test_group_resumes_after_reconnect" in tests and len(tests) >= 8
+    assert not TransportContract.__name__.startswith("Test")  # collected only via subclasses

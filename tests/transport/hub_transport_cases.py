@@ -18,10 +18,10 @@ from foedus.certs import DeploymentCerts
 from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError, TransportError
 from foedus.runner import run_job
+from foedus.testing.transport_contract import MakeTransport, TransportContract, take, topic
 from foedus.transport.base import Transport
 from foedus.transport.hub import require_sender_identity
 from foedus.transport.tls import TLSConfig
-from tests.transport.contract import MakeTransport, TransportContract, take, topic
 from tests.transport.hub_fixtures import job_dict, update_from
 
 MiB = 1024 * 1024

@@ -16,12 +16,12 @@ from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError, TransportError
 from foedus.runner import run_job
 from foedus.testing import wait_until
+from foedus.testing.transport_contract import take, topic
 from foedus.transport.base import Transport
 from foedus.transport.grpc import GrpcHub, GrpcTransport
 from foedus.transport.https import HttpsHub, HttpsTransport
 from foedus.transport.tls import TLSConfig
 from tests.conftest import free_port
-from tests.transport.contract import take, topic
 from tests.transport.hub_fixtures import certs, job_dict
 
 __all__ = ["certs"]  # fixtures used by name

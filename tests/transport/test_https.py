@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from foedus.certs import DeploymentCerts
+from foedus.testing.transport_contract import topic
 from foedus.transport.https import HttpsHub, HttpsTransport
-from tests.transport.contract import topic
 from tests.transport.hub_fixtures import certs, stranger
 from tests.transport.hub_transport_cases import HubTransportCases, MiB
 

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from foedus.testing.transport_contract import MakeTransport, TransportContract
 from foedus.transport.base import Transport
 from foedus.transport.local import LocalTransport
-from tests.transport.contract import MakeTransport, TransportContract
 
 
 class TestLocalTransport(TransportContract):

@@ -5,6 +5,10 @@ emitted on each output; ``make_message`` builds a message with sensible defaults
 runs a small in-process federated job. Everything runs on the in-process transport.
 ``wait_until`` waits for a condition with a deadline, so an asynchronous test states what it
 waits for instead of sleeping for a guessed while.
+
+:mod:`foedus.testing.transport_contract` is the test suite every transport passes, for authors
+of new transports (see ``docs/extending.md``). It needs pytest, so it is a submodule that this
+package never imports: ``import foedus.testing`` works without test dependencies.
 """
 
 from __future__ import annotations
