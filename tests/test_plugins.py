@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from foedus.core.errors import ConfigError
-from foedus.plugins import PLUGINS_ENV, load_plugins, user_modules
+from foedus.plugins import PLUGINS_ENV, catalogue, format_catalogue, load_plugins, user_modules
 
 ROOT = Path(__file__).parents[1]
 
@@ -68,3 +68,97 @@ def test_a_missing_plugin_module_is_a_config_error(monkeypatch: pytest.MonkeyPat
     assert user_modules() == ["json", "no_such_module_here"]
     with pytest.raises(ConfigError, match="cannot import plugin module 'no_such_module_here'"):
         load_plugins()
+
+
+# ---- plugins discovered through entry points ----------------------------------------------------
+TOY = '''
+"""A third party's aggregator, in a package foedus knows nothing about."""
+from foedus.aggregate.base import aggregators
+from foedus.aggregate.reference import ReferenceFedAvg
+
+
+@aggregators.register("toy")
+class Toy(ReferenceFedAvg):
+    pass
+'''
+
+
+def _distribution(site: Path, name: str, entry_points: str) -> None:
+    """A distribution as pip would leave it, without pip: a dist-info directory on the path."""
+    info = site / f"{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[foedus.plugins]\n{entry_points}\n")
+
+
+def _python(site: Path, code: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT / "src")])}
+    env.pop(PLUGINS_ENV, None)
+    return subprocess.run([sys.executable, "-c", code], cwd=site, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_an_installed_package_s_aggregator_is_known_after_import_foedus(tmp_path: Path) -> None:
+    (tmp_path / "toy_fl.py").write_text(TOY)
+    _distribution(tmp_path, "toy_fl", "toy = toy_fl")
+    done = _python(tmp_path, "import foedus\n"
+                             "agg = foedus.aggregators.create('toy')\n"
+                             "print(type(agg).__module__, 'toy' in foedus.aggregators.names())")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["toy_fl", "True"]
+
+
+def test_a_plugin_package_that_cannot_be_imported_is_named_in_a_one_line_error(
+    tmp_path: Path,
+) -> None:
+    _distribution(tmp_path, "broken_fl", "broken = broken_fl_missing_module")
+    done = _python(tmp_path, "import foedus\nfoedus.aggregators.create('fedavg')")
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("foedus.core.errors.ConfigError: plugin 'broken' of broken_fl "
+                           "(broken_fl_missing_module) cannot be imported"), last
+
+
+def test_every_registry_is_complete_after_import_foedus_without_loading_extras(
+    tmp_path: Path,
+) -> None:
+    heavy = ["torch", "keras", "aiokafka", "paho", "grpc", "aiohttp", "httpx", "xgboost",
+             "zstandard", "numba", "dp_accounting", "pandas", "pyarrow", "ray", "mlflow"]
+    done = _python(tmp_path, "import sys, foedus\n"
+                             "print('zstd' in foedus.stages, 'kafka' in foedus.transports,\n"
+                             "      'tree-bagging' in foedus.aggregators)\n"
+                             f"print([m for m in {heavy!r} if m in sys.modules])")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["True True True", "[]"]
+
+
+def test_the_catalogue_lists_every_registered_plugin_with_its_extra() -> None:
+    from foedus.aggregate.base import aggregators
+    from foedus.core.filter import stages
+    from foedus.transport.base import transports
+
+    rows = catalogue()
+    kinds = {r.kind for r in rows}
+    assert {"aggregator", "pipeline stage", "model", "dataset", "transport"} <= kinds
+    assert "topology" in kinds  # the topology registry, wherever it lives
+    for registry in (aggregators, stages, transports):
+        assert sorted(r.name for r in rows if r.kind == registry.kind) == registry.names()
+    by_name = {(r.kind, r.name): r for r in rows}
+    assert by_name["pipeline stage", "zstd"].extra == "compress"  # declared on ZstdStage
+    assert by_name["pipeline stage", "lzma"].extra is None  # the stdlib's lzma
+    assert by_name["pipeline stage", "local-dp"].extra == "privacy"  # REQUIRES_EXTRA, dp.py
+    assert by_name["pipeline stage", "clip"].extra is None  # ClipStage declares "nothing"
+    assert by_name["aggregator", "fedavg"].module == "foedus.aggregate.fedavg"
+
+
+def test_the_catalogue_prints_as_an_aligned_table_one_plugin_a_line() -> None:
+    from foedus.plugins import PluginInfo
+
+    text = format_catalogue([PluginInfo("pipeline stage", "zstd", "foedus.compress.lossless",
+                                        "compress"),
+                             PluginInfo("aggregator", "fedavg", "foedus.aggregate.fedavg", None)])
+    assert text.splitlines() == [
+        "KIND            NAME    EXTRA             MODULE",
+        "pipeline stage  zstd    foedus[compress]  foedus.compress.lossless",
+        "aggregator      fedavg  -                 foedus.aggregate.fedavg",
+    ]

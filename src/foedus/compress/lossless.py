@@ -103,6 +103,7 @@ class ZstdStage(Stage):
     """``- {type: zstd, params: {level: 3, threads: 0}}``; ``threads: -1`` uses every core."""
 
     privacy_operations = (LOSSLESS,)
+    requires_extra: ClassVar[str | None] = "compress"  # zstandard (lzma is in the stdlib)
 
     def __init__(self, level: int = 3, threads: int = 0,
                  max_decoded_size: int = DEFAULT_MAX_DECODED) -> None:

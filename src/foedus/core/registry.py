@@ -2,6 +2,14 @@
 
 Job files cross organisations, so they name *registered* plugins (``type: fedavg``) and never
 dotted import paths: importing by path would let a job file execute arbitrary code.
+
+Registries fill when plugin modules are imported. So that a registry is complete whenever
+someone asks it for a name, however little of foedus they imported, every lookup
+(:meth:`Registry.get`, :meth:`~Registry.names`, :meth:`~Registry.create`, ``in``) first runs a
+*loader* once per process: :func:`set_loader` installs it. ``foedus.plugins`` installs the one
+that imports the modules declared as ``foedus.plugins`` entry points (foedus's own and any
+installed package's); this module imports nothing of foedus, so the kernel stays independent of
+what plugs into it.
 """
 
 from __future__ import annotations
@@ -13,6 +21,32 @@ from typing import Any, Generic, TypeVar
 from foedus.core.errors import ConfigError
 
 T = TypeVar("T")
+
+_loader: Callable[[], None] | None = None
+
+
+def set_loader(loader: Callable[[], None] | None) -> None:
+    """Install the function every registry runs, once, before its first lookup (or none)."""
+    global _loader
+    _loader = loader
+
+
+def ensure_loaded() -> None:
+    """Run the installed loader if it has not run yet.
+
+    The loader is taken out before it runs, so a plugin module that looks a name up while it
+    is being imported does not start the loading again; if the loader fails it is put back,
+    and the next lookup raises the same error instead of answering from a partial registry.
+    """
+    global _loader
+    loader, _loader = _loader, None
+    if loader is None:
+        return
+    try:
+        loader()
+    except BaseException:
+        _loader = loader
+        raise
 
 
 class Registry(Generic[T]):
@@ -34,12 +68,17 @@ class Registry(Generic[T]):
         return decorate
 
     def names(self) -> list[str]:
+        """Every registered name, sorted (plugins are loaded first)."""
+        ensure_loaded()
         return sorted(self._factories)
 
     def __contains__(self, name: object) -> bool:
+        ensure_loaded()
         return name in self._factories
 
     def get(self, name: str) -> Callable[..., T]:
+        """The factory registered as ``name``, or a ConfigError listing the known names."""
+        ensure_loaded()
         if name not in self._factories:
             raise ConfigError(
                 f"unknown {self.kind} {name!r}; allowed: {', '.join(self.names()) or 'none'}"

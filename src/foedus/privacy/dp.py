@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -43,6 +43,9 @@ from foedus.privacy.clip import (
 )
 
 NOISE_TAG = "dp.gaussian"
+#: what this module's stages need installed (``foedus plugins`` shows it): the accountant's
+#: dp-accounting; ClipStage, which has no accountant, declares that it needs nothing
+REQUIRES_EXTRA = "privacy"
 
 
 def add_gaussian(msg: Message, std: float, rng: np.random.Generator) -> Message:
@@ -219,6 +222,7 @@ class ClipStage(Stage):
     """Fixed L2 clipping alone (robustness; no privacy guarantee without noise)."""
 
     privacy_operations = (CLIP,)
+    requires_extra: ClassVar[str | None] = None  # no accountant: dp-accounting not needed
 
     def __init__(self, clip_norm: float, keep_metrics: bool = True) -> None:
         self.clip_norm = check_positive("clip_norm", clip_norm)

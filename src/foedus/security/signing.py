@@ -56,6 +56,8 @@ log = logging.getLogger("foedus.security.signing")
 
 #: the trail tag of a signed message
 TAG = "sign"
+#: what the ``sign`` stage needs installed (``foedus plugins`` shows it): cryptography
+REQUIRES_EXTRA = "tls"
 #: the metadata key that carries the 64-byte signature
 SIGNATURE_META = "foedus.signature"
 #: domain separation: a signature made for something else never verifies as a message

@@ -1,0 +1,59 @@
+"""A registry runs its loader once, before the first lookup, so it is complete when asked."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from foedus.core import registry as registry_module
+from foedus.core.errors import ConfigError
+from foedus.core.registry import Registry, ensure_loaded, set_loader
+
+
+@pytest.fixture(autouse=True)
+def _no_loader() -> Iterator[None]:
+    """Each test installs its own loader; the process's (foedus.plugins) has run already."""
+    ensure_loaded()
+    yield
+    set_loader(None)
+
+
+def test_the_loader_runs_once_before_the_first_lookup_of_any_kind() -> None:
+    things: Registry[int] = Registry("thing")
+    calls: list[int] = []
+
+    def load() -> None:
+        calls.append(1)
+        things.register("late")(lambda: 7)
+
+    set_loader(load)
+    assert calls == []  # installing it loads nothing
+    assert "late" in things and things.names() == ["late"] and things.create("late") == 7
+    assert calls == [1]
+
+
+def test_a_lookup_made_while_loading_does_not_load_again() -> None:
+    things: Registry[int] = Registry("thing")
+    calls: list[int] = []
+
+    def load() -> None:
+        calls.append(1)
+        assert things.names() == []  # a plugin module asking while it is imported
+
+    set_loader(load)
+    things.names()
+    assert calls == [1]
+
+
+def test_a_failed_load_is_retried_and_fails_again_instead_of_answering_partially() -> None:
+    things: Registry[int] = Registry("thing")
+
+    def load() -> None:
+        raise ConfigError("plugin 'x' cannot be imported")
+
+    set_loader(load)
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="plugin 'x'"):
+            things.get("anything")
+    assert registry_module._loader is load
