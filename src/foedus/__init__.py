@@ -6,10 +6,10 @@ The user layer is what ``foedus.__all__`` lists; extenders subclass :class:`Pod`
 breaking change.
 """
 
+import foedus.plugins  # noqa: F401  (installs the registries' plugin loader)
 from foedus.aggregate.base import Aggregator, aggregators
 from foedus.aggregate.fedavg import FedAvg
 from foedus.codec import decode, encode
-from foedus.runner import JobResult, run_job, run_job_sync
 from foedus.config.spec import JobSpec, load_job
 from foedus.core.errors import (
     BudgetExhausted,
@@ -35,6 +35,7 @@ from foedus.models.base import ModelAdapter, build_model
 from foedus.models.base import models as model_adapters
 from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord, ServerPod
+from foedus.runner import JobResult, run_job, run_job_sync
 from foedus.transport.base import Subscription, Transport, transports
 from foedus.transport.link import Downlink, Uplink
 from foedus.transport.local import LocalTransport

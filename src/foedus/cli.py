@@ -21,6 +21,7 @@ from typing import TextIO
 
 from foedus.config.spec import ClientSection, DataSection, JobSpec, Plugin, load_job
 from foedus.core.errors import FoedusError
+from foedus.plugins import load_plugins
 from foedus.roles.server import RoundRecord
 from foedus.runner import JobResult, prepare, run_actors, run_client, run_job_sync, run_server
 
@@ -209,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        load_plugins()  # the user's FOEDUS_PLUGINS too, before a job file names what they add
         if args.command == "demo":
             spec = JobSpec.from_dict(
                 {"rounds": args.rounds, "clients": {"count": args.clients, "epochs": args.epochs},

@@ -56,7 +56,7 @@ def test_a_client_process_reads_only_its_own_file(tmp_path: Path) -> None:
     Path(holdout).unlink()
     spec = _files_job(template, holdout, clients=3)
     parts = build_parts(spec, clients=(1,), server_data=False)  # as run_client builds it
-    assert len(parts.shares[1]) > 0 and parts.server.evaluate is None
+    assert len(parts.shares[1]) > 0 and parts.evaluate is None
     with pytest.raises(ConfigError, match=r"client-000\.csv' does not exist"):
         build_parts(spec)  # the in-process run needs every file, and says which is missing
 
@@ -111,8 +111,6 @@ def test_a_yaml_job_file_with_per_client_parquet_files(tmp_path: Path) -> None:
     ({"classes": list(range(9))}, {}, r"values not in classes"),
     ({"features": PIXELS[:10]}, {"server_options": {"path": "{client}.csv"}},
      "server.csv' does not exist"),
-    ({}, {"topology": {"type": "swarm"}}, "data.server_options: required with partition: files "
-     "for topology 'swarm'"),
 ])
 def test_per_client_file_mistakes_are_named(
     tmp_path: Path, options: dict[str, Any], extra: dict[str, Any], message: str

@@ -10,9 +10,11 @@ import pytest
 
 from foedus.config.parts import build_parts
 from foedus.config.spec import JobSpec
+from foedus.config.topology import topology_of
 from foedus.core.errors import ConfigError
 from foedus.roles.secure_server import SecureServerPod
 from foedus.runner import run_job_sync
+from foedus.transport.local import LocalTransport
 from tests.processes import run_server_and_clients
 from tests.transport.mqtt_fixtures import Mosquitto, mosquitto, mqtt_certs
 
@@ -52,7 +54,8 @@ def test_a_secure_sum_job_learns_as_well_as_the_same_job_without_it() -> None:
 def test_clipping_before_the_secure_sum_runs_and_builds_a_secure_server() -> None:
     job = spec([{"type": "clip", "params": {"clip_norm": 5.0}}, secure_sum(max_dropouts=2)],
                rounds=2)
-    assert isinstance(build_parts(job).server, SecureServerPod)
+    built = topology_of(job).build(build_parts(job), ["server"], lambda _actor: LocalTransport())
+    assert isinstance(built.runtimes["server"].graph.pods["server"], SecureServerPod)
     result = run_job_sync(job)
     assert [(r.accepted, r.status) for r in result.history] == [(CLIENTS, "ok")] * 2
     assert result.history[-1].metrics["secure_sum_survivors"] == CLIENTS
@@ -82,7 +85,6 @@ def test_a_bad_secure_sum_setting_is_a_one_line_config_error(
     assert "\n" not in str(caught.value)
 
 
-@pytest.mark.integration
 def test_the_simulator_refuses_a_secure_sum_job_up_front() -> None:
     from foedus.sim import run_simulation_sync
 
@@ -90,6 +92,7 @@ def test_the_simulator_refuses_a_secure_sum_job_up_front() -> None:
         run_simulation_sync(spec([secure_sum(threshold=4)]))
 
 
+@pytest.mark.integration
 def test_server_and_three_client_processes_secure_sum_over_mqtt(
     mosquitto: Mosquitto, tmp_path: Path,
 ) -> None:

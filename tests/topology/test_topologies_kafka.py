@@ -1,6 +1,6 @@
 """Hierarchical and asynchronous jobs as separate processes over a real Kafka-protocol broker
 (Tansu): each process loads the same job and runs only its own actors
-(:func:`foedus.config.topologies.run_topology_actors`).
+(:func:`foedus.runner.run_actors`).
 
 Hierarchical: the root server is one process, and each edge runs in one process together with
 its clients (one process per site, as an organisation would run its edge next to its clients).

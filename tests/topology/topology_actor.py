@@ -5,7 +5,7 @@ through the job's transport (a Kafka broker in the tests).
 the job file's content as JSON; every process gets the same one (same seed, same data split).
 ``DELAY_S`` makes each local training of this process's clients that much slower, as on a slower
 machine. Prints ``ready`` once every actor here is subscribed, one JSON line per record as it
-ends (``{"actor": ..., "record": {...}}``: server rounds, FedBuff versions), then
+ends (``{"record": {...}}``: the job's rounds, where the server runs here), then
 ``{"result": {...}}`` with the records of every actor here and, for the server, its final model.
 """
 
@@ -19,9 +19,9 @@ import time
 from typing import Any
 
 from foedus.config.spec import JobSpec
-from foedus.config.topologies import run_topology_actors
 from foedus.core.message import Message
 from foedus.roles.client import ClientPod
+from foedus.runner import run_actors
 
 
 def slow_down(delay: float) -> None:
@@ -42,15 +42,12 @@ def _print(obj: Any) -> None:
 async def main(job: dict[str, Any], actors: list[str], delay: float) -> None:
     if delay > 0:
         slow_down(delay)
-    result = await run_topology_actors(
+    result = await run_actors(
         JobSpec.from_dict(job), actors, on_ready=lambda: print("ready", flush=True),
-        on_record=lambda actor, record: _print({"actor": actor, "record": record}),
-        timeout=120,
+        on_round=lambda record: _print({"record": record.to_dict()}), timeout=120,
     )
-    params = None if result.params is None else {
-        k: v.tolist() for k, v in result.params.items()
-    }
-    _print({"result": {"records": result.records, "metrics": result.metrics,
+    params = {k: v.tolist() for k, v in result.params.items()} if result.params else None
+    _print({"result": {"records": result.records, "metrics": result.final_metrics,
                        "params": params}})
 
 

@@ -23,7 +23,7 @@ from foedus.core.registry import Registry
 from foedus.data.datasets import Dataset, DataSpec
 from foedus.data.shares import load_job_data
 from foedus.models.base import ModelAdapter, build_model
-from foedus.privacy.order import check_pipeline
+from foedus.privacy.order import check_stages
 from foedus.roles.checkpoint import Checkpointer
 from foedus.roles.client import ClientPod
 from foedus.roles.server import Evaluator, RoundRecord, ServerPod
@@ -58,7 +58,7 @@ def pipeline_of(spec: JobSpec) -> list[Stage]:
     pipeline: list[Stage] = [
         create(stages, p, f"pipeline[{i}]") for i, p in enumerate(spec.pipeline)
     ]
-    check_pipeline(pipeline)  # e.g. noise before clipping is refused before anything runs
+    check_stages(pipeline)  # e.g. noise before clipping, or a tag nobody undoes: refused now
     return pipeline
 
 

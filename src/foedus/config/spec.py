@@ -13,8 +13,11 @@ from typing import Any
 
 import yaml
 
+from foedus.aggregate.base import aggregators
 from foedus.config.topology import topology_of
 from foedus.core.errors import ConfigError
+from foedus.models.base import models
+from foedus.transport.base import transports
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,13 @@ class JobSpec:
                 f"clients.min_clients: expected at most the clients per round ({per_round}), "
                 f"got {spec.clients.min_clients}"
             )
+        for key, registry, plugin in (("aggregator", aggregators, spec.aggregator),
+                                      ("model", models, spec.model),
+                                      ("transport", transports, spec.transport)):
+            try:
+                registry.get(plugin.type)  # a misspelt name is refused now, not mid-run
+            except ConfigError as exc:
+                raise ConfigError(f"{key}: {exc}") from exc
         topology_of(spec)  # the topology's parameters and its fit with the job, checked now
         return spec
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from foedus.aggregate.base import Aggregator
 from foedus.core.errors import RejectedUpdate
 from foedus.core.message import Kind, Message
-from foedus.core.params import Params, ParamSpec
+from foedus.core.params import Params
 from foedus.roles.admission import UNKNOWN_SENDER, Admission
 
 T = TypeVar("T")
@@ -116,7 +116,9 @@ class RoundCollector:
         async with self.lock:
             self.current_round = rnd
             self.tally = self._last = Tally(rnd)
-            self.admission.open(rnd, ParamSpec.of(global_params), selected)
+            # names, shapes and dtypes are the aggregator's to check (Aggregator.accept): it
+            # knows what an update looks like, which for tree ensembles is not the broadcast's
+            self.admission.open(rnd, None, selected)
             self.aggregator.reset(global_params)
             self.offload = sum(a.size for a in global_params.values()) >= OFFLOAD_VALUES
             while not self.arrivals.empty():

@@ -363,11 +363,11 @@ class Hierarchical(Topology):
 
     def check(self, spec: JobSpec) -> None:
         super().check(spec)
+        self.actors(spec)  # refuses an actor id used twice
         try:
             check_tree(self.tree, client_ids(spec))
         except ConfigError as exc:
             raise ConfigError(f"topology.params.tree: {exc}") from exc
-        self.actors(spec)  # refuses an actor id used twice
         for key, value, instead in (
             ("clients.min_clients", spec.clients.min_clients,
              "the quorums are topology.params.min_children (the root's) and each edge's"),
