@@ -447,3 +447,108 @@ async def test_separate_processes_train_over_mqtt_with_verified_identities(
     assert [r["round"] for r in history] == [1, 2, 3, 4]
     assert all(r["accepted"] == 3 and not r.get("rejected") for r in history)
     assert history[-1]["metrics"]["accuracy"] > 0.85
+
+
+# --------------------------------------------------------------------------------------------
+# what a peer's claims cost: only the bytes it sends
+
+
+_FLOOD = """
+import sys, uuid
+import paho.mqtt.client as mqtt
+from foedus.transport.chunks import ChunkHeader
+port, mqtt_topic, claim, empty, one_byte = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
+payloads = [ChunkHeader(uuid.uuid4().bytes, 0, claim // 4096 + 1, 0, claim).pack()
+            for _ in range(empty)]
+payloads += [ChunkHeader(uuid.uuid4().bytes, 0, claim, 0, claim).pack() + b"x"
+             for _ in range(one_byte)]
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+client.max_inflight_messages_set(200)
+client.connect("127.0.0.1", int(port))
+client.loop_start()
+for info in [client.publish(mqtt_topic, p, qos=1) for p in payloads]:
+    info.wait_for_publish(60)
+client.disconnect()
+client.loop_stop()
+print(sum(len(p) for p in payloads))
+"""
+
+
+def _flood(broker: Mosquitto, mqtt_topic: str, claim: int, empty: int, one_byte: int) -> int:
+    """An attacker in its own process (so only the receiver's memory is measured here): chunk
+    headers claiming ``claim`` bytes, ``empty`` without data and ``one_byte`` with one byte.
+    Returns the bytes of MQTT payload it sent."""
+    run = subprocess.run(
+        [sys.executable, "-c", _FLOOD, str(broker.plain_port), mqtt_topic, str(claim),
+         str(empty), str(one_byte)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    return int(run.stdout.strip())
+
+
+_RECEIVER = """
+import asyncio, gc, json, sys
+import psutil
+from foedus.transport.mqtt import MqttTransport
+
+async def main(port, topic, expected):
+    t = MqttTransport(port=port)
+    sub = await t.subscribe(topic)
+    gc.collect()
+    before = psutil.Process().memory_info().rss
+    print("ready", flush=True)
+    r, reassembly = sub.rejected, sub.reassembly
+    while r.get("malformed", 0) + r.get("evicted", 0) + len(reassembly) < expected:
+        await asyncio.sleep(0.05)  # polls a counter; the test's own timeout bounds the wait
+    gc.collect()
+    report = {"grown": psutil.Process().memory_info().rss - before, "rejected": dict(r),
+              "partials": len(reassembly), "held": reassembly.held,
+              "max_partials": t.max_partials}
+    print(json.dumps(report), flush=True)
+    print((await anext(aiter(sub))).decode(), flush=True)
+    await t.close()
+
+asyncio.run(main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3])))
+"""
+
+
+async def test_chunk_headers_claiming_gigabytes_cost_only_the_bytes_sent(
+    mosquitto: Mosquitto,
+) -> None:
+    """The attack run held 3.3 GiB after four 80-byte headers each claiming 1 GiB: the buffer
+    was allocated from the claim. Now a partial payload holds what arrived, and at most
+    ``max_partials`` of them are open (the oldest evicted), so the receiver grows by a small
+    multiple of what the attacker actually sent, and an honest payload still arrives. The
+    receiver and the attacker are processes of their own, so only the receiver is measured."""
+    pub = MqttTransport(port=mosquitto.plain_port)
+    t = topic()
+    claim = 1024**3 - 1  # just under the default max_payload of 1 GiB
+    empty, one_byte = 4, 20_000
+    receiver = subprocess.Popen(
+        [sys.executable, "-c", _RECEIVER, str(mosquitto.plain_port), t, str(empty + one_byte)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert receiver.stdout is not None
+        assert (await asyncio.to_thread(receiver.stdout.readline)).strip() == "ready"
+        sent = await asyncio.to_thread(_flood, mosquitto, f"foedus/d/{t}", claim, empty,
+                                       one_byte)
+        report = json.loads(await asyncio.wait_for(
+            asyncio.to_thread(receiver.stdout.readline), 120))
+        await pub.publish(t, b"honest")
+        honest = await asyncio.wait_for(asyncio.to_thread(receiver.stdout.readline), 30)
+    finally:
+        await pub.close()
+        receiver.kill()
+        receiver.wait()
+    r = report["rejected"]
+    assert r["malformed"] == empty  # an empty chunk of a non-empty payload: refused at once
+    assert report["partials"] == report["max_partials"]
+    assert r["evicted"] == one_byte - report["max_partials"]
+    assert report["held"] == report["max_partials"]  # one byte each, not a GiB each
+    # RSS: the attacker claimed 20,004 GiB; one claimed GiB used to cost a GiB. What remains is
+    # the allocator's churn from 20,000 MQTT messages crossing paho's thread (about 50 MiB with
+    # glibc's per-thread arenas, 13 MiB with MALLOC_ARENA_MAX=1), not the claims: the
+    # reassembler itself holds one byte per partial, asserted above.
+    assert report["grown"] < 96 * 1024**2, f"RSS grew by {report['grown']} for {sent} bytes"
+    assert honest.strip() == "honest"

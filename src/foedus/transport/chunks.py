@@ -50,6 +50,8 @@ NO_DIGEST = bytes(DIGEST_SIZE)
 THREAD_HASH = 256 * 1024
 #: payloads at least this large are joined in a worker thread
 THREAD_JOIN = 1 << 20
+#: refusals logged per second and reassembler at most (all are counted)
+LOG_PER_SECOND = 10
 
 
 def digest(payload: bytes | bytearray | memoryview) -> bytes:
@@ -223,6 +225,9 @@ class Reassembler:
         self._partials: OrderedDict[tuple[str, bytes], Partial] = OrderedDict()
         self._by_sender: dict[str, tuple[int, int]] = {}  # sender -> (bytes, partials)
         self._done: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        self._log_window = 0.0
+        self._logged = 0
+        self._unlogged = 0
 
     def __len__(self) -> int:
         return len(self._partials)
@@ -233,8 +238,20 @@ class Reassembler:
     # -- accounting ----------------------------------------------------------------------------
 
     def _count(self, reason: str, detail: str) -> None:
+        """Count a refusal; log it in one line, at most :data:`LOG_PER_SECOND` lines a second
+        (a flood of hostile chunks must not become a flood of log lines: the rest are summed
+        up in the next line logged)."""
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        log.warning("%s: dropped (%s): %s", self.what, reason, detail)
+        now = time.monotonic()
+        if now - self._log_window >= 1.0:
+            self._log_window, self._logged = now, 0
+        if self._logged >= LOG_PER_SECOND:
+            self._unlogged += 1
+            return
+        self._logged += 1
+        more = f" (and {self._unlogged} more refusals not logged)" if self._unlogged else ""
+        self._unlogged = 0
+        log.warning("%s: dropped (%s): %s%s", self.what, reason, detail, more)
 
     def _charge(self, sender: str, nbytes: int, partials: int) -> None:
         self.held += nbytes
@@ -259,9 +276,9 @@ class Reassembler:
             return
         del self._partials[key]
         self._charge(part.sender, -part.held, -1)
-        part.chunks, part.ahead = [], {}
         self._count(reason, f"partial payload of {part.header.total} bytes "
                             f"({part.received}/{part.header.count} chunks): {detail}")
+        part.chunks, part.ahead = [], {}
         if self.on_drop is not None:
             self.on_drop(part, reason)
 
