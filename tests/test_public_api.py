@@ -9,9 +9,10 @@ PINNED = [
     "DataSpec", "Dataset", "Downlink", "FedAvg", "Filter", "FoedusError", "Graph", "GraphError",
     "Header", "JobResult", "JobSpec", "Kind", "LocalTransport", "Message", "MissingExtra",
     "ModelAdapter", "Pod", "PodError", "PrivacyError", "RejectedUpdate", "RoundRecord", "Runtime",
-    "ServerPod", "Stage", "Subscription", "Transport", "TransportClosed", "TransportError",
-    "Uplink", "Wire", "aggregators", "build_model", "decode", "encode", "load_dataset",
-    "load_job", "model_adapters", "partition", "run_job", "run_job_sync", "stages", "transports",
+    "ServerPod", "Stage", "Subscription", "Topology", "Transport", "TransportClosed",
+    "TransportError", "Uplink", "Wire", "aggregators", "build_model", "decode", "encode",
+    "load_dataset", "load_job", "model_adapters", "partition", "run_actors", "run_job",
+    "run_job_sync", "stages", "topologies", "transports",
 ]
 
 

@@ -1,9 +1,9 @@
 """foedus: federated learning as pipes and filters.
 
 The user layer is what ``foedus.__all__`` lists; extenders subclass :class:`Pod`,
-:class:`Filter`, :class:`Stage`, :class:`Aggregator`, :class:`ModelAdapter` and
-:class:`Transport`. The list is pinned by a test: adding a name is a decision, removing one is a
-breaking change.
+:class:`Filter`, :class:`Stage`, :class:`Aggregator`, :class:`ModelAdapter`,
+:class:`Transport` and :class:`Topology`. The list is pinned by a test: adding a name is a
+decision, removing one is a breaking change.
 """
 
 import foedus.plugins  # noqa: F401  (installs the registries' plugin loader)
@@ -11,6 +11,7 @@ from foedus.aggregate.base import Aggregator, aggregators
 from foedus.aggregate.fedavg import FedAvg
 from foedus.codec import decode, encode
 from foedus.config.spec import JobSpec, load_job
+from foedus.config.topology import Topology, topologies
 from foedus.core.errors import (
     BudgetExhausted,
     CodecError,
@@ -35,7 +36,7 @@ from foedus.models.base import ModelAdapter, build_model
 from foedus.models.base import models as model_adapters
 from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord, ServerPod
-from foedus.runner import JobResult, run_job, run_job_sync
+from foedus.runner import JobResult, run_actors, run_job, run_job_sync
 from foedus.transport.base import Subscription, Transport, transports
 from foedus.transport.link import Downlink, Uplink
 from foedus.transport.local import LocalTransport
@@ -74,6 +75,7 @@ __all__ = [
     "ServerPod",
     "Stage",
     "Subscription",
+    "Topology",
     "Transport",
     "TransportClosed",
     "TransportError",
@@ -87,8 +89,10 @@ __all__ = [
     "load_job",
     "model_adapters",
     "partition",
+    "run_actors",
     "run_job",
     "run_job_sync",
     "stages",
+    "topologies",
     "transports",
 ]

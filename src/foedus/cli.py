@@ -1,4 +1,5 @@
-"""The ``foedus`` command: ``demo``, ``run``, ``server``, ``client``, ``actor``, ``sim``, ``certs``.
+"""The ``foedus`` command: ``demo``, ``run``, ``server``, ``client``, ``actor``, ``sim``,
+``plugins``, ``certs``.
 
 Every command that runs a job dispatches through its topology (:mod:`foedus.runner`), so a job
 file means the same thing to each. Exit status: 0 when the job (or the actors run here)
@@ -21,7 +22,7 @@ from typing import TextIO
 
 from foedus.config.spec import ClientSection, DataSection, JobSpec, Plugin, load_job
 from foedus.core.errors import FoedusError
-from foedus.plugins import load_plugins
+from foedus.plugins import catalogue, format_catalogue, load_plugins
 from foedus.roles.server import RoundRecord
 from foedus.runner import JobResult, prepare, run_actors, run_client, run_job_sync, run_server
 
@@ -194,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sim.add_argument("--ray-address", help="an existing Ray cluster (default: start one here)")
     sim.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
+    sub.add_parser("plugins", help="list every registered plugin and the extra it needs")
+
     sub.add_parser(
         "certs", add_help=False,
         help="create a deployment's TLS certificates (CA, server, one per client)",
@@ -211,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         load_plugins()  # the user's FOEDUS_PLUGINS too, before a job file names what they add
+        if args.command == "plugins":
+            print(format_catalogue(catalogue()))
+            return 0
         if args.command == "demo":
             spec = JobSpec.from_dict(
                 {"rounds": args.rounds, "clients": {"count": args.clients, "epochs": args.epochs},

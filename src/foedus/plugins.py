@@ -125,22 +125,13 @@ class PluginInfo:
 def _registries() -> list[Registry[Any]]:
     """Every registry, imported only here (so ``foedus.plugins`` stays light to import)."""
     from foedus.aggregate.base import aggregators
+    from foedus.config.topology import topologies
     from foedus.core.filter import stages
     from foedus.data.datasets import datasets
     from foedus.models.base import models
     from foedus.transport.base import transports
 
-    found: list[Registry[Any]] = [aggregators, stages, models, datasets, transports]
-    for where in ("foedus.topology.base", "foedus.config.topology"):
-        try:  # the topology registry moved while being built; either home is fine
-            module = importlib.import_module(where)
-        except ImportError:
-            continue
-        registry = getattr(module, "topologies", None)
-        if isinstance(registry, Registry):
-            found.append(registry)
-            break
-    return found
+    return [aggregators, stages, models, datasets, transports, topologies]
 
 
 def extra_of(factory: Callable[..., Any]) -> str | None:

@@ -21,6 +21,9 @@ import numpy as np
 from foedus.core.errors import ConfigError, require
 from foedus.data.datasets import Dataset, DataSpec, datasets, split_dataset
 
+#: the extra this module's plugins need (`pip install foedus[data]`), for `foedus plugins`
+REQUIRES_EXTRA = "data"
+
 TASKS = ("classification", "regression")
 
 

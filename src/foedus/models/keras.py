@@ -30,6 +30,9 @@ from foedus.core.params import Params
 from foedus.data.datasets import Dataset, DataSpec
 from foedus.models.base import ModelAdapter, models
 
+#: the extra this module's plugins need (`pip install foedus[keras]`), for `foedus plugins`
+REQUIRES_EXTRA = "keras"
+
 
 def _import_keras() -> Any:
     """Import keras, telling a missing package apart from a missing *backend*.

@@ -23,6 +23,9 @@ from foedus.core.params import Params
 from foedus.data.datasets import Dataset, DataSpec
 from foedus.models.base import ModelAdapter, models
 
+#: the extra this module's plugins need (`pip install foedus[torch]`), for `foedus plugins`
+REQUIRES_EXTRA = "torch"
+
 if TYPE_CHECKING:
     import torch as torch_t
 

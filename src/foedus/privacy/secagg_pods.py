@@ -63,6 +63,9 @@ from foedus.privacy.secagg import (
     UnmaskResponse,
 )
 
+#: the extra this module's plugins need (`pip install foedus[privacy]`), for `foedus plugins`
+REQUIRES_EXTRA = "privacy"
+
 log = logging.getLogger("foedus.privacy.secagg")
 
 STEP = "secagg"  # meta key naming the protocol step

@@ -107,6 +107,7 @@ class Asynchronous(Topology):
             buffer_size=self.buffer_size or max(1, spec.clients.count // 2),
             max_staleness=self.max_staleness, server_lr=self.server_lr,
             evaluate=job.evaluate, timeout=spec.round_timeout * spec.rounds,
+            participants=client_ids(spec),
         )
         history: list[RoundRecord] = []
         refused: Counter[str] = Counter()  # the server's refusals up to the previous version

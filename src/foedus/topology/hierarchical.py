@@ -301,6 +301,7 @@ def tree_actors(
                 job_id=job_id, edge_id=node.name, aggregator=aggregator(),
                 expected_children=len(node.children), min_children=node.min_children,
                 round_timeout=timeout,
+                children=[c.name if isinstance(c, EdgeNode) else c for c in node.children],
             )
             result.edges[node.name] = edge
             result.runtimes[node.name] = Runtime(

@@ -156,6 +156,7 @@ class Swarm(Topology):
                     epochs=spec.clients.epochs, round_timeout=spec.round_timeout,
                     mode=self.mode, neighbors=self.neighbors,
                     mixing_rounds=self.mixing_rounds, seed=spec.seed,
+                    peers=client_ids(spec),
                     # the first peer here evaluates each round: the job's per-round metrics
                     eval_data=job.test if n == 0 and job.server_evaluates else None)
             for n, (i, cid) in enumerate(here)

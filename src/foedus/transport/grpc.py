@@ -48,6 +48,9 @@ from foedus.transport.hub.store import (
 from foedus.transport.retry import retry_with_backoff
 from foedus.transport.tls import TLSConfig
 
+#: the extra this module's plugins need (`pip install foedus[grpc]`), for `foedus plugins`
+REQUIRES_EXTRA = "grpc"
+
 log = logging.getLogger("foedus.grpc")
 
 _SERVICE = "foedus.Hub"

@@ -54,6 +54,9 @@ from foedus.transport.hub.store import (
 from foedus.transport.retry import retry_with_backoff
 from foedus.transport.tls import TLSConfig, peer_identity
 
+#: the extra this module's plugins need (`pip install foedus[https]`), for `foedus plugins`
+REQUIRES_EXTRA = "https"
+
 log = logging.getLogger("foedus.https")
 
 _OFFSET = "X-Foedus-Offset"

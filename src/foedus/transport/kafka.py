@@ -74,6 +74,9 @@ from foedus.transport.base import Subscription, Transport, transports
 from foedus.transport.chunks import ChunkHeader, Partial, Reassembler, framed, split
 from foedus.transport.tls import TLSConfig
 
+#: the extra this module's plugins need (`pip install foedus[kafka]`), for `foedus plugins`
+REQUIRES_EXTRA = "kafka"
+
 log = logging.getLogger(__name__)
 
 #: the Kafka record header that marks a foedus chunk

@@ -49,6 +49,9 @@ from foedus.transport.base import Subscription, Transport, transports
 from foedus.transport.chunks import HEADER, ChunkHeader, Partial, Reassembler, framed, split
 from foedus.transport.tls import TLSConfig
 
+#: the extra this module's plugins need (`pip install foedus[mqtt]`), for `foedus plugins`
+REQUIRES_EXTRA = "mqtt"
+
 log = logging.getLogger(__name__)
 
 MQTT_MAX_PACKET = 268_435_455  # the protocol's limit (remaining length of 4 bytes)
