@@ -51,17 +51,17 @@ from typing import Any
 import numpy as np
 
 # imported for their side effect: registering tree-bagging and the model adapters
-import foedus.aggregate.histforest
-import foedus.aggregate.trees
 import foedus.models.keras
 import foedus.models.sklearn
-import foedus.models.trees
+import foedus.trees.bagging.aggregator
+import foedus.trees.bagging.sklearn_adapter
+import foedus.trees.histforest.aggregator
 from foedus.config.spec import JobSpec
 from foedus.core.message import Kind, Message
 from foedus.data.datasets import load_dataset
 from foedus.data.partition import partition
-from foedus.models.histforest import FederatedForestAdapter
 from foedus.runner import run_job
+from foedus.trees.histforest.adapter import FederatedForestAdapter
 
 CLIENTS = 10
 TREES = 10  # per client; the central forest grows CLIENTS * TREES
@@ -220,7 +220,7 @@ def main() -> None:
             row(f"{label} ({CLIENTS * TREES} trees, {SEEDS} seeds)", dataset,
                 "bagging, 1 round", c, f, spread(gaps), t)
         if importlib.util.find_spec("xgboost") is not None:
-            import foedus.models.boosters  # noqa: F401  (registers xgboost-bagging)
+            import foedus.trees.bagging.xgboost_adapter  # noqa: F401  (registers xgboost-bagging)
 
             for dataset in BOOSTER_CASES:
                 # central: XGBoost's own defaults; federated: the adapter's defaults
@@ -248,7 +248,7 @@ def histforest_traffic(dataset: str, trees: int, seed: int = 0) -> Traffic:
     train, _, spec = load_dataset(dataset, seed=seed)
     shares = partition(train, CLIENTS, scheme="iid", seed=seed)
     server = FederatedForestAdapter(spec, seed=seed, n_estimators=trees)
-    aggregator = foedus.aggregate.histforest.ForestHistograms()
+    aggregator = foedus.trees.histforest.aggregator.ForestHistograms()
     zstd = ZstdEncoder(level=3)
     params = server.get_params()
     down: list[int] = []

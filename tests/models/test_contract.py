@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import foedus.models.keras
-import foedus.models.trees  # noqa: F401  (both register their adapters)
+import foedus.trees.bagging.sklearn_adapter  # noqa: F401  (both register their adapters)
 from foedus.data.datasets import load_dataset
 from foedus.models.base import build_model
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from foedus.aggregate.base import aggregators
-from foedus.aggregate.trees import TreeBagging
 from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Kind, Message
-from foedus.models import forest as packed
+from foedus.trees.bagging import packed_forest as packed
+from foedus.trees.bagging.aggregator import TreeBagging
 
 
 def stumps(scores: list[float], feature: int = 0) -> packed.PackedForest:
@@ -133,7 +133,7 @@ def test_bad_options_fail_at_construction(kwargs: dict[str, object]) -> None:
 def _boosters(scores: list[float]) -> Any:
     """One tiny XGBoost booster per score (2 features, 2 classes), trained on distinct data."""
     xgboost = pytest.importorskip("xgboost")
-    from foedus.models import boosters
+    from foedus.trees.bagging import packed_boosters as boosters
 
     rng = np.random.default_rng(0)
     blobs = []
@@ -146,7 +146,7 @@ def _boosters(scores: list[float]) -> Any:
 
 
 def test_xgboost_boosters_are_bagged_capped_and_selected_like_trees() -> None:
-    from foedus.models import boosters
+    from foedus.trees.bagging import packed_boosters as boosters
 
     first, second = _boosters([.2, .9]), _boosters([.5])
     agg = TreeBagging(max_trees=2, select="score")
@@ -161,7 +161,7 @@ def test_xgboost_boosters_are_bagged_capped_and_selected_like_trees() -> None:
 
 
 def test_an_update_of_the_other_ensemble_kind_is_refused() -> None:
-    from foedus.models import boosters
+    from foedus.trees.bagging import packed_boosters as boosters
 
     agg = TreeBagging()
     agg.reset(boosters.empty(2, 2, "classification").to_params())

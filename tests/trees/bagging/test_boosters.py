@@ -11,14 +11,14 @@ import pytest
 
 pytest.importorskip("xgboost")
 
-import foedus.aggregate.trees  # noqa: F401  (registers tree-bagging)
+import foedus.trees.bagging.aggregator  # noqa: F401  (registers tree-bagging)
 from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.data.datasets import Dataset, DataSpec, load_dataset
-from foedus.models import boosters
 from foedus.models.base import build_model
-from foedus.models.boosters import XGBoostBaggingAdapter
 from foedus.runner import run_job
+from foedus.trees.bagging import packed_boosters as boosters
+from foedus.trees.bagging.xgboost_adapter import FEDERATED_DEFAULTS, XGBoostBaggingAdapter
 
 Loaded = tuple[Dataset, Dataset, DataSpec]
 
@@ -195,7 +195,7 @@ def _job(clients: int, dataset: str = "breast_cancer", **params: Any) -> JobSpec
 
 async def test_ten_bagged_boosters_score_within_two_points_of_one_central_booster() -> None:
     # the central booster keeps XGBoost's own defaults, not the adapter's federated ones
-    xgboost_defaults = {k: 1.0 for k in boosters.FEDERATED_DEFAULTS}
+    xgboost_defaults = {k: 1.0 for k in FEDERATED_DEFAULTS}
     central = await run_job(_job(1, params=xgboost_defaults))
     federated = await run_job(_job(10))
     assert all(r.status == "ok" and r.accepted == 10 for r in federated.history)

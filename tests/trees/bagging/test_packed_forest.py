@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from foedus.core.errors import RejectedUpdate
-from foedus.models import forest as packed
+from foedus.trees.bagging import packed_forest as packed
 
 
 def stump_forest() -> packed.PackedForest:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import foedus.aggregate.trees  # noqa: F401  (registers tree-bagging)
+import foedus.trees.bagging.aggregator  # noqa: F401  (registers tree-bagging)
 from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.data.datasets import Dataset, DataSpec, load_dataset
 from foedus.models.base import build_model
-from foedus.models.trees import TreeEnsembleAdapter
 from foedus.runner import run_job
+from foedus.trees.bagging.sklearn_adapter import TreeEnsembleAdapter
 
 Loaded = tuple[Dataset, Dataset, DataSpec]
 

@@ -12,20 +12,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from foedus.aggregate.histforest import ForestHistograms
 from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Kind, Message
 from foedus.data.datasets import Dataset, DataSpec, load_dataset
 from foedus.data.partition import partition
 from foedus.models.base import build_model
-from foedus.models.histforest import (
-    REPORTED,
-    FederatedForestAdapter,
-    bootstrap_weights,
-    predict_proba,
-    predict_value,
-    unpack,
-)
+from foedus.trees.histforest.adapter import FederatedForestAdapter
+from foedus.trees.histforest.aggregator import ForestHistograms
+from foedus.trees.histforest.format import REPORTED, unpack
+from foedus.trees.histforest.measure import bootstrap_weights
+from foedus.trees.histforest.predict import predict_proba, predict_value
 
 
 def grow(spec: DataSpec, shares: list[Dataset], rounds: int = 40,

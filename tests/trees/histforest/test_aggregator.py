@@ -15,14 +15,16 @@ import numpy as np
 import pytest
 
 from foedus.aggregate.base import aggregators
-from foedus.aggregate.histforest import ForestHistograms, best_splits
 from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Kind, Message
 from foedus.data.datasets import Dataset, DataSpec, load_dataset
 from foedus.data.partition import partition
-from foedus.models.histforest import FederatedForestAdapter, Settings
 from foedus.runner import JobResult, run_job_sync
+from foedus.trees.histforest.adapter import FederatedForestAdapter
+from foedus.trees.histforest.aggregator import ForestHistograms
+from foedus.trees.histforest.format import Settings
+from foedus.trees.histforest.splits import best_splits
 
 Params = dict[str, np.ndarray]
 

@@ -1,11 +1,11 @@
-"""Tree bagging: merge the clients' trees into one global ensemble instead of averaging numbers.
+"""``tree-bagging``: merge the clients' trees into one global ensemble instead of averaging numbers.
 
 Trees have no fixed shape, so this aggregator replaces the base class's flatten-and-average path
 (``reset``/``accept``/``result`` are overridden whole). Updates are packed forests (see
-:mod:`foedus.models.forest`) or packed XGBoost boosters (:mod:`foedus.models.boosters`; the
-global model's format decides, and one booster counts as one tree below). Each update is
-validated against the global model's schema (feature count, value width, task) and its tree
-structure, then kept. ``result`` picks and weighs trees:
+:mod:`foedus.trees.bagging.packed_forest`) or packed XGBoost boosters
+(:mod:`foedus.trees.bagging.packed_boosters`; the global model's format decides, and one booster
+counts as one tree below). Each update is validated against the global model's schema (feature
+count, value width, task) and its tree structure, then kept. ``result`` picks and weighs trees:
 
 - ``max_trees`` caps the merged ensemble (``None``: keep every tree).
 - ``select`` decides which trees survive the cap: ``samples`` (each client keeps a share of the
@@ -33,8 +33,8 @@ from foedus.aggregate.base import Aggregator, aggregators, whole_number
 from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Message
 from foedus.core.params import Params
-from foedus.models import boosters
-from foedus.models import forest as packed
+from foedus.trees.bagging import packed_boosters as boosters
+from foedus.trees.bagging import packed_forest as packed
 
 Ensemble: TypeAlias = packed.PackedForest | boosters.PackedBoosters
 _SELECT = ("samples", "score", "random")

@@ -1,10 +1,11 @@
-"""XGBoost boosters for federated bagging: a wire format the server can check, and the adapter.
+"""Packed XGBoost boosters: the wire format of booster bagging, checkable without XGBoost.
 
 Boosting is sequential (each tree corrects the ones before it), so boosters from different
 clients cannot be merged tree by tree. They are *bagged* instead: every client boosts on its own
-rows, and the global model is the weighted average of the boosters' predictions. The server's
-``tree-bagging`` aggregator merges, caps, selects and weighs boosters exactly as it does trees;
-for ``max_trees`` one booster counts as one member.
+rows (:mod:`foedus.trees.bagging.xgboost_adapter`), and the global model is the weighted average
+of the boosters' predictions. The server's ``tree-bagging`` aggregator
+(:mod:`foedus.trees.bagging.aggregator`) merges, caps, selects and weighs boosters exactly as it
+does trees; for ``max_trees`` one booster counts as one member.
 
 On the wire an ensemble of boosters is five arrays, whatever its size::
 
@@ -18,34 +19,23 @@ Nothing is pickled. XGBoost's own JSON model format is used because the server c
 with the standard library (no XGBoost needed to aggregate) and check it before anyone loads it
 into XGBoost's C++ predictor: the schema (features, classes, objective), and every tree's
 structure (children in range and after their parent, one parent per node, split features in
-range, finite numbers, no categorical splits). Clients blank the training statistics XGBoost
-stores per node (``sum_hessian``, ``loss_changes``) before sending, since prediction does not
-use them and they describe the client's data.
+range, finite numbers, no categorical splits).
 
-This module imports numpy and the standard library only; ``xgboost`` is imported lazily by
-:class:`XGBoostBaggingAdapter` (extra ``xgboost``; the CPU-only wheel ``xgboost-cpu`` provides
-the same ``import xgboost``).
+This module imports numpy and the standard library only, so the aggregator can use it on a
+server without the ``xgboost`` extra.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from foedus.core.errors import ConfigError, RejectedUpdate, require
+from foedus.core.errors import RejectedUpdate
 from foedus.core.params import Params
-from foedus.data.datasets import Dataset, DataSpec
-from foedus.models.base import (
-    ModelAdapter,
-    ensemble_metrics,
-    hold_out,
-    models,
-    regression_metrics,
-)
-from foedus.models.forest import FORMAT_VERSION, TASKS, check_meta
+from foedus.trees.bagging.header import FORMAT_VERSION, TASKS, check_meta
 
 #: one hostile update must not exhaust memory; a 100-round, 10-class depth-6 booster is ~10 MB
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -55,22 +45,15 @@ OBJECTIVES = {
     "classification": ("multi:softprob",),
     "regression": ("reg:squarederror", "reg:absoluteerror", "reg:pseudohubererror"),
 }
-#: XGBoost options the adapter changes from XGBoost's defaults for bagging small clients
-#: (measured in ``bench/models.py``, digits, 10 clients: -4.6 -> -1.6 points against one
-#: central booster at XGBoost's defaults): a client of ~150 rows has tiny hessian sums, so the
-#: default ``min_child_weight=1`` stops its trees early; sampling a fifth of the features per
-#: split makes the clients' boosters disagree more, which is what bagging averages away
-FEDERATED_DEFAULTS: dict[str, Any] = {"min_child_weight": 0.1, "colsample_bynode": 0.2}
 _ROOT_PARENT = 2147483647  # XGBoost's marker for "no parent"
-_BLANKED = ("sum_hessian", "loss_changes")  # training statistics, unused by prediction
 
 
 @dataclass(frozen=True)
 class PackedBoosters:
     """A validated ensemble of boosters (build with :func:`unpack`, :func:`empty`, :func:`concat`).
 
-    The interface matches :class:`foedus.models.forest.PackedForest` (``n_trees`` counts
-    ensemble members, here boosters), so the tree-bagging aggregator handles both.
+    The interface matches :class:`foedus.trees.bagging.packed_forest.PackedForest` (``n_trees``
+    counts ensemble members, here boosters), so the tree-bagging aggregator handles both.
     """
 
     n_features: int
@@ -301,156 +284,3 @@ def _array(params: Params, name: str, kinds: str, ndim: int) -> np.ndarray:
     if array.dtype.kind == "u" and array.size and int(array.max()) > np.iinfo(np.int64).max:
         raise RejectedUpdate("bad_booster", f"boosters/{name} has out-of-range values")
     return array
-
-
-# ---- the adapter ------------------------------------------------------------------------------
-@models.register("xgboost-bagging")
-class XGBoostBaggingAdapter(ModelAdapter):
-    """Each client boosts locally; the global model averages the clients' boosters.
-
-    ``num_boost_round`` is the number of boosting rounds per local booster; ``params`` are
-    passed to ``xgboost.train`` (``max_depth``, ``eta``, ...; ``nthread`` defaults to 1 since
-    simulated clients share the machine; :data:`FEDERATED_DEFAULTS` fill what is not given).
-    The objective follows the dataset's task (``multi:softprob`` for classifiers,
-    ``reg:squarederror`` for regressors; another allowed regression objective may be named).
-    ``validation_fraction`` of a client's rows is held out to score its booster (accuracy or
-    R^2) for the aggregator's ``select``/``weight: score``; with 0 (default: every row trains)
-    the score is on training rows and optimistic.
-    """
-
-    def __init__(
-        self, spec: DataSpec, *, seed: int = 0, num_boost_round: int = 20,
-        validation_fraction: float = 0.0, params: dict[str, Any] | None = None,
-    ) -> None:
-        require("xgboost", "xgboost")
-        if num_boost_round < 1:
-            raise ConfigError(f"num_boost_round must be at least 1, got {num_boost_round}")
-        if not 0 <= validation_fraction < 1:
-            raise ConfigError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-        if spec.task not in TASKS:
-            raise ConfigError(f"unsupported task {spec.task!r}; allowed: {TASKS}")
-        if spec.task == "classification" and len(spec.classes) < 2:
-            raise ConfigError(f"a classifier needs at least two classes, got {spec.classes}")
-        self.spec = spec
-        self.classes = np.asarray(spec.classes)
-        self.n_values = len(self.classes) if spec.task == "classification" else 1
-        self.num_boost_round = num_boost_round
-        self.validation_fraction = validation_fraction
-        options = dict(params or {})
-        for fixed in ("num_class", "seed", "random_state"):
-            if fixed in options:
-                raise ConfigError(f"xgboost-bagging sets {fixed!r} itself; remove it from params")
-        objective = options.setdefault("objective", OBJECTIVES[spec.task][0])
-        if objective not in OBJECTIVES[spec.task]:
-            raise ConfigError(f"objective {objective!r} not allowed for {spec.task}; allowed: "
-                              f"{OBJECTIVES[spec.task]}")
-        if spec.task == "classification":
-            options["num_class"] = self.n_values
-        for key, value in FEDERATED_DEFAULTS.items():
-            options.setdefault(key, value)
-        options.setdefault("nthread", 1)
-        options.setdefault("verbosity", 0)
-        self.options = options
-        self._round_seed = [seed, 0]
-        self._load(empty(spec.n_features, self.n_values, spec.task))
-
-    def begin_round(self, seed: int) -> None:
-        """Seed the round's hold-out split and the booster's randomness."""
-        self._round_seed = [seed, 0]
-
-    def get_params(self) -> dict[str, np.ndarray]:
-        return {k: v.copy() for k, v in self.ensemble.to_params().items()}
-
-    def set_params(self, params: Params) -> None:
-        """Load a (merged) ensemble after validating every booster; raises RejectedUpdate."""
-        self._load(unpack(params, n_features=self.spec.n_features, n_values=self.n_values,
-                          task=self.spec.task))
-
-    def fit(self, data: Dataset, *, epochs: int = 1) -> dict[str, float]:
-        """Boost a fresh local booster (``epochs`` is unused: see ``num_boost_round``)."""
-        import xgboost
-
-        metrics: dict[str, float] = {}
-        if self.ensemble.n_trees:  # how every client evaluates the merged model
-            metrics.update({f"global_{k}": v for k, v in self.evaluate(data).items()})
-        rng = np.random.default_rng(self._round_seed)
-        train, val = hold_out(data, self.validation_fraction, rng)
-        options = {**self.options, "seed": int(rng.integers(2**31 - 1))}
-        booster = xgboost.train(options, xgboost.DMatrix(np.asarray(train.x, dtype=np.float32),
-                                                         label=self._labels(train.y)),
-                                num_boost_round=self.num_boost_round)
-        raw = _blank_statistics(bytes(booster.save_raw("json")))
-        local = from_models(self.spec.n_features, self.n_values, self.spec.task, [raw])
-        self._load(local)
-        score = self._score(self.predict_values(np.asarray(val.x)), val.y)
-        self._load(replace(local, score=np.array([score])))
-        self._round_seed[-1] += 1
-        metrics.update(self.evaluate(train))
-        metrics["validation_score"] = score
-        return metrics
-
-    def evaluate(self, data: Dataset) -> dict[str, float]:
-        return ensemble_metrics(self.predict_values(np.asarray(data.x)), data.y,
-                                self.spec.task, self.classes)
-
-    def predict_values(self, x: np.ndarray) -> np.ndarray:
-        """Weighted mean of the boosters' class probabilities, or ``(n, 1)`` predictions."""
-        import xgboost
-
-        if x.ndim != 2 or x.shape[1] != self.spec.n_features:
-            raise ConfigError(f"expected data with {self.spec.n_features} features, "
-                              f"got shape {x.shape}")
-        weight = self.ensemble.weight
-        if not self.ensemble.n_trees or weight.sum() <= 0:
-            fill = 1.0 / self.n_values if self.spec.task == "classification" else 0.0
-            return np.full((len(x), self.n_values), fill)
-        matrix = xgboost.DMatrix(np.asarray(x, dtype=np.float32))
-        outputs = [np.asarray(b.predict(matrix), dtype=np.float64).reshape(len(x), -1)
-                   for b in self._boosters]
-        return np.asarray(np.tensordot(weight / weight.sum(), np.stack(outputs), axes=1))
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        values = self.predict_values(x)
-        if self.spec.task == "classification":
-            return np.asarray(self.classes[np.argmax(values, axis=1)])
-        return values[:, 0]
-
-    # ---- internals -----------------------------------------------------------------------
-    def _labels(self, y: np.ndarray) -> np.ndarray:
-        if self.spec.task == "regression":
-            return np.asarray(y, dtype=np.float32)
-        index = np.searchsorted(self.classes, y)
-        if (self.classes[np.clip(index, 0, len(self.classes) - 1)] != y).any():
-            raise ConfigError(f"labels {np.unique(y).tolist()} are not all in the job's classes "
-                              f"{self.classes.tolist()}")
-        return index.astype(np.float32)
-
-    def _load(self, ensemble: PackedBoosters) -> None:
-        import xgboost
-
-        boosters = []
-        for b in range(ensemble.n_trees):
-            booster = xgboost.Booster(params={"nthread": self.options["nthread"]})
-            try:
-                booster.load_model(bytearray(ensemble.booster_bytes(b)))
-            except xgboost.core.XGBoostError as exc:
-                raise RejectedUpdate("bad_booster", f"XGBoost refused booster {b}: "
-                                                    f"{str(exc).splitlines()[0]}") from exc
-            boosters.append(booster)
-        self.ensemble = ensemble
-        self._boosters = boosters
-
-    def _score(self, values: np.ndarray, y: np.ndarray) -> float:
-        if self.spec.task == "classification":
-            return float(np.mean(self.classes[np.argmax(values, axis=1)] == y))
-        r2 = regression_metrics(values[:, 0], y)["r2"]
-        return r2 if np.isfinite(r2) else 0.0
-
-
-def _blank_statistics(raw: bytes) -> bytes:
-    """Zero the per-node training statistics XGBoost saves; prediction does not read them."""
-    doc = json.loads(raw)
-    for tree in doc["learner"]["gradient_booster"]["model"]["trees"]:
-        for key in _BLANKED:
-            tree[key] = [0.0] * len(tree[key])
-    return json.dumps(doc, separators=(",", ":")).encode()

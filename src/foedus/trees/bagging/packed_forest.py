@@ -1,9 +1,10 @@
-"""Tree ensembles as a handful of named numpy arrays: the wire format of federated tree bagging.
+"""Packed scikit-learn trees: a forest as a handful of named numpy arrays, the wire format of
+federated tree bagging.
 
 Trees are not fixed-shape tensors, so parameter averaging does not apply to them; instead every
 client sends its trees and the server merges them into one ensemble. On the wire a forest is
 *packed*: the nodes of all trees are concatenated, and ``forest/offsets`` says where each tree
-starts. A forest of any size is therefore always the same nine arrays, whatever the number of
+starts. A forest of any size is therefore always the same ten arrays, whatever the number of
 trees::
 
     forest/meta         int64 (4,)    [format version, n_features, n_values, task code]
@@ -33,9 +34,8 @@ import numpy as np
 
 from foedus.core.errors import RejectedUpdate
 from foedus.core.params import Params
+from foedus.trees.bagging.header import FORMAT_VERSION, TASKS, check_meta
 
-FORMAT_VERSION = 1
-TASKS = ("classification", "regression")
 LEAF = -1
 UNDEFINED = -2
 #: a generous bound against memory exhaustion by one hostile update (about 0.7 GB at K=10)
@@ -200,36 +200,6 @@ def unpack(
         got_features, got_values, got_task, offsets, left, right, feature, threshold,
         missing_left.copy(), value, weight, score,
     )
-
-
-def check_meta(params: Params, names: tuple[str, ...], prefix: str, reason: str, *,
-               n_features: int | None, n_values: int | None,
-               task: str | None) -> tuple[int, int, str]:
-    """Check the names and the ``<prefix>/meta`` header ``[version, n_features, n_values,
-    task]`` that packed forests and packed boosters share; return the last three. ``reason``
-    names a malformed header (e.g. ``bad_forest``); a header that disagrees with the expected
-    ``n_features``/``n_values``/``task`` is ``wrong_shape``."""
-    if tuple(sorted(params)) != tuple(sorted(names)):
-        missing = sorted(set(names) - set(params))
-        extra = sorted(set(params) - set(names))
-        raise RejectedUpdate("wrong_names", f"not a packed {prefix}: missing {missing}, "
-                                            f"unexpected {extra}")
-    meta = np.asarray(params[f"{prefix}/meta"])
-    if meta.dtype.kind not in "iu" or meta.shape != (4,) or meta[0] != FORMAT_VERSION:
-        raise RejectedUpdate(reason, f"{prefix}/meta must be 4 integers [version="
-                                     f"{FORMAT_VERSION}, n_features, n_values, task], got "
-                                     f"{meta.tolist()}")
-    got_features, got_values, task_code = (int(v) for v in meta[1:])
-    if got_features < 1 or got_values < 1 or task_code not in (0, 1):
-        raise RejectedUpdate(reason, f"invalid {prefix}/meta {meta.tolist()}")
-    got_task = TASKS[task_code]
-    for label, want, got in (("n_features", n_features, got_features),
-                             ("n_values", n_values, got_values), ("task", task, got_task)):
-        if want is not None and want != got:
-            raise RejectedUpdate("wrong_shape", f"{prefix} {label} is {got!r}, expected {want!r}")
-    if got_task == "regression" and got_values != 1:
-        raise RejectedUpdate(reason, "regression has one value per prediction")
-    return got_features, got_values, got_task
 
 
 def _check_structure(

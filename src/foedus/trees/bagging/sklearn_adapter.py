@@ -1,12 +1,14 @@
-"""scikit-learn tree ensembles (random forests, extra trees) for federated tree bagging.
+"""``sklearn-random-forest``, ``sklearn-extra-trees``: scikit-learn tree ensembles for federated
+tree bagging.
 
 Each client grows a local forest on its own rows; its *trees* are the update (packed into arrays
-by :mod:`foedus.models.forest`). The server's ``tree-bagging`` aggregator merges trees from all
-clients into one global ensemble and sends it back, where :meth:`set_params` validates it and
-rebuilds scikit-learn ``Tree`` objects to predict with. Calling :meth:`fit` first scores the
-received global ensemble on the local data (``global_*`` metrics: that is how every client
-evaluates the merged model), then grows a fresh local forest, seeded by :meth:`begin_round`
-(per client and round), so successive rounds grow different trees.
+by :mod:`foedus.trees.bagging.packed_forest`). The server's ``tree-bagging`` aggregator
+(:mod:`foedus.trees.bagging.aggregator`) merges trees from all clients into one global ensemble
+and sends it back, where :meth:`set_params` validates it and rebuilds scikit-learn ``Tree``
+objects to predict with. Calling :meth:`fit` first scores the received global ensemble on the
+local data (``global_*`` metrics: that is how every client evaluates the merged model), then
+grows a fresh local forest, seeded by :meth:`begin_round` (per client and round), so successive
+rounds grow different trees.
 
 Class distributions are re-indexed to the job's full label set, so a client that never saw
 class 7 still sends trees whose leaves have a (zero) column for it. Each tree is scored on a
@@ -27,7 +29,6 @@ import numpy as np
 from foedus.core.errors import ConfigError, RejectedUpdate, require
 from foedus.core.params import Params
 from foedus.data.datasets import Dataset, DataSpec
-from foedus.models import forest as packed
 from foedus.models.base import (
     SKLEARN_LOCK,
     ModelAdapter,
@@ -36,6 +37,8 @@ from foedus.models.base import (
     models,
     regression_metrics,
 )
+from foedus.trees.bagging import packed_forest as packed
+from foedus.trees.bagging.header import TASKS
 
 _KINDS = ("random-forest", "extra-trees")
 
@@ -54,8 +57,8 @@ class TreeEnsembleAdapter(ModelAdapter):
             raise ConfigError(f"n_estimators must be at least 1, got {n_estimators}")
         if not 0 <= validation_fraction < 1:
             raise ConfigError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-        if spec.task not in packed.TASKS:
-            raise ConfigError(f"unsupported task {spec.task!r}; allowed: {packed.TASKS}")
+        if spec.task not in TASKS:
+            raise ConfigError(f"unsupported task {spec.task!r}; allowed: {TASKS}")
         if spec.task == "classification" and len(spec.classes) < 2:
             raise ConfigError(f"a classifier needs at least two classes, got {spec.classes}")
         self.spec = spec

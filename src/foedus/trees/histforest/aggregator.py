@@ -1,8 +1,9 @@
 """``forest-histograms``: grows the federated forest from histograms summed over clients.
 
-The server side of :mod:`foedus.models.histforest`. Each round it SUMS what the clients report
-(plain counts, not example-weighted means: a split must see every row once) and ``result``
-turns the sums into the next global model:
+The server side of the federated forest (:mod:`foedus.trees.histforest.adapter`). Each round it
+SUMS what the clients report (plain counts, not example-weighted means: a split must see every
+row once) and ``result`` turns the sums into the next global model, with the criteria of
+:mod:`foedus.trees.histforest.splits`:
 
 - round 1 (sketching): per-feature bin edges. A feature every client holds at most ``max_bins``
   distinct values of, and whose union is at most ``max_bins`` values, gets exact bins (edges
@@ -35,15 +36,8 @@ from foedus.aggregate.base import Aggregator, aggregators
 from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Message
 from foedus.core.params import Params, ParamSpec
-from foedus.models.histforest import (
-    REPORTED,
-    ForestState,
-    Settings,
-    impure,
-    negative_statistics,
-    unpack,
-    weight_of,
-)
+from foedus.trees.histforest.format import REPORTED, ForestState, negative_statistics, unpack
+from foedus.trees.histforest.splits import best_splits, can_split, draw_candidates, weight_of
 
 #: open nodes split per numpy pass; bounds the temporaries (chunk x candidates x bins x stats)
 CHUNK = 128
@@ -172,7 +166,7 @@ class ForestHistograms(Aggregator):
             s, edges, n_edges, np.full(t, -1, dtype=np.int32), np.full(t, -1, dtype=np.int32),
             np.zeros(t), np.zeros((t, s.n_stats), dtype=s.stats_dtype),
             np.zeros(t, dtype=np.int32), np.arange(t, dtype=np.int32),
-            _draw_candidates(s.seed, 0, np.zeros((t, s.n_features), dtype=np.uint8),
+            draw_candidates(s.seed, 0, np.zeros((t, s.n_features), dtype=np.uint8),
                              s.n_candidates),
             np.zeros((t, s.n_features), dtype=np.uint8), state.hist, state.sketch[:0],
             state.distinct[:0], state.exact[:0],
@@ -202,7 +196,7 @@ class ForestHistograms(Aggregator):
             flat = (weight_of(hist, s) > 0).sum(axis=2) <= 1  # (k, M) constant candidates
             rows, cols = np.nonzero(flat)
             known[rows, cands[rows, cols]] = 1
-            splittable = _can_split(total, state.depth[nodes], s)
+            splittable = can_split(total, state.depth[nodes], s)
             split = splittable & (j >= 0)
             for i in np.flatnonzero(split):
                 node, f = nodes[i], cands[i, j[i]]
@@ -220,7 +214,7 @@ class ForestHistograms(Aggregator):
                        else np.zeros(0)).astype(np.int32)
         child_constant = (np.concatenate(new_constant) if new_constant
                           else np.zeros((0, s.n_features), dtype=np.uint8))
-        opens = _can_split(child_value.astype(np.float64), child_depth, s)
+        opens = can_split(child_value.astype(np.float64), child_depth, s)
         frontier = (first + np.flatnonzero(opens)).astype(np.int32)
         constant = child_constant[opens].astype(np.uint8)
         grown = replace(
@@ -229,7 +223,7 @@ class ForestHistograms(Aggregator):
             threshold=np.concatenate([threshold, np.zeros(added)]),
             value=np.concatenate([value, child_value]),
             depth=np.concatenate([state.depth, child_depth]), frontier=frontier,
-            candidates=_draw_candidates(s.seed, first, constant, s.n_candidates),
+            candidates=draw_candidates(s.seed, first, constant, s.n_candidates),
             constant=constant,
         )
         return grown.for_broadcast()
@@ -272,58 +266,3 @@ class ForestHistograms(Aggregator):
 
     def result_vector(self) -> np.ndarray:
         raise ConfigError("forest-histograms sums histograms; it has no vector to average")
-
-
-def best_splits(
-    hist: np.ndarray, total: np.ndarray, s: Settings
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The best split of each node from its summed histograms ``(k, M, bins, S)``.
-
-    Returns the candidate column ``j`` (-1: no valid split), the bin ``b`` (rows in bins
-    ``<= b`` go left) and the children's statistics ``(k, 2, S)``. Minimising the children's
-    weighted Gini impurity is maximising ``sum(L^2)/|L| + sum(R^2)/|R|`` over the class counts;
-    minimising their squared error is maximising ``Ly^2/Lw + Ry^2/Rw`` (``Lw``: the left
-    child's weight, ``Ly``: its weighted target sum; the sum of squares is the same for every
-    split).
-    """
-    k, _, n_bins, c = hist.shape
-    occupied = (weight_of(hist, s) > 0).sum(axis=2)  # non-empty bins per candidate
-    varies = occupied > 1
-    competes = varies & (np.cumsum(varies, axis=1) <= s.max_features)
-    lefts = np.cumsum(hist, axis=2)[:, :, :-1, :]  # (k, M, bins - 1, S)
-    rights = total[:, None, None, :] - lefts
-    n_left, n_right = weight_of(lefts, s), weight_of(rights, s)
-    valid = ((n_left >= s.min_samples_leaf) & (n_right >= s.min_samples_leaf)
-             & competes[:, :, None])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if s.regression:
-            score = lefts[..., 1]**2 / n_left + rights[..., 1]**2 / n_right
-        else:
-            score = (lefts**2).sum(axis=3) / n_left + (rights**2).sum(axis=3) / n_right
-    children = np.zeros((k, 2, c))
-    if n_bins < 2:  # every feature is constant everywhere: nothing can split
-        return np.full(k, -1), np.zeros(k, dtype=np.int64), children
-    score = np.where(valid, score, -np.inf).reshape(k, -1)
-    best = np.argmax(score, axis=1)
-    rows = np.arange(k)
-    ok = np.isfinite(score[rows, best])
-    j, b = np.divmod(best, n_bins - 1)
-    children[:, 0] = lefts[rows, j, b]
-    children[:, 1] = rights[rows, j, b]
-    return np.where(ok, j, -1), b, children
-
-
-def _can_split(counts: np.ndarray, depth: np.ndarray, s: Settings) -> np.ndarray:
-    """Nodes worth a histogram: impure, room for two leaves, above ``max_depth``."""
-    deep_ok = depth < s.max_depth if s.max_depth >= 0 else np.ones(len(depth), dtype=bool)
-    roomy = weight_of(counts, s) >= 2 * s.min_samples_leaf
-    return np.asarray(impure(counts, s) & roomy & deep_ok)
-
-
-def _draw_candidates(seed: int, first_node: int, constant: np.ndarray, m: int) -> np.ndarray:
-    """Each new open node's candidate features in random order (a seeded permutation prefix),
-    features known to be constant in the node last."""
-    rng = np.random.default_rng([seed, first_node])
-    keys = rng.random(constant.shape) + constant
-    return np.argsort(keys, axis=1)[:, :m].astype(np.int32)
-

@@ -1,9 +1,7 @@
-"""Federated forest: ONE random forest grown by all clients together on summed histograms.
+"""The federated forest's global model: its arrays, its settings, and their validation.
 
-Tree bagging (:mod:`foedus.models.trees`) lets every client grow whole trees on its own rows, so
-each split sees a tenth of the data and the merged forest falls short of a central one. Here the
-forest is grown level by level, and every split is chosen on histograms summed over all clients,
-as federated gradient-boosting systems do: each split sees every client's rows.
+Every party (clients, edges, the server) reads and writes the forest through this module, so
+they agree on one layout and a hostile model is refused before anyone follows its indices.
 
 What a histogram bin holds (its *statistics*, the last axis of ``hist`` and ``value``):
 classification: the bootstrap-weighted count of each class (Gini splits, class frequencies at
@@ -11,10 +9,11 @@ the leaves); regression: the weight, the weighted sum of the targets and of thei
 ``(w, w*y, w*y^2)`` (squared-error splits, the weighted mean at the leaves), in float64 so
 that a node's variance is not lost to rounding.
 
-The global model is a set of named arrays (the format is :func:`pack`/:func:`unpack`):
+The global model is a set of named arrays (:meth:`ForestState.to_params`, :func:`unpack`):
 
 - ``settings``: the forest's options, so the server-side aggregator (``forest-histograms`` in
-  :mod:`foedus.aggregate.histforest`) needs none of its own and cannot disagree with the model.
+  :mod:`foedus.trees.histforest.aggregator`) needs none of its own and cannot disagree with
+  the model.
 - ``edges``/``n_edges``: per-feature bin edges (a row goes to bin ``#edges <= x``).
 - node arrays of all trees: ``left`` (children are ``left`` and ``left + 1``; -1 for a leaf or an
   open node), ``feature``, ``threshold`` (a row goes left iff ``x < threshold``), ``value``
@@ -28,31 +27,17 @@ The global model is a set of named arrays (the format is :func:`pack`/:func:`unp
   The broadcast's ``hist`` is an empty placeholder, ``(0, candidates, bins, statistics)``: its
   full shape follows from the frontier, and sending every client a histogram's worth of zeros
   would make the downlink as large as the uplink.
-
-Bootstrap: each row's weight in tree ``t`` is Poisson(1), drawn from a keyed hash of (job seed,
-tree, the row's contents). That is a central bootstrap in distribution (Poisson(1) is the
-standard large-sample form of it), the same in every round without any client state, and
-independent of which client holds a row or in which order: the forest does not depend on the
-partition at all, only on the bin edges. Identical rows share their weights.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 
-from foedus.core.errors import ConfigError, RejectedUpdate
+from foedus.core.errors import RejectedUpdate
 from foedus.core.params import Params
-from foedus.data.datasets import Dataset, DataSpec
-from foedus.models.base import (
-    ModelAdapter,
-    classification_metrics,
-    models,
-    regression_metrics,
-)
 
 FORMAT = 2  # format 2 added the ``regression`` setting; format 1 models are refused
 #: the arrays of the global model, in order
@@ -64,8 +49,6 @@ MAX_TREES = 100_000
 MAX_BINS = 1024
 #: regression statistics per bin: weight, weighted sum of targets, weighted sum of squares
 REGRESSION_STATS = 3
-_POISSON_CDF = np.cumsum([math.exp(-1.0) / math.factorial(k) for k in range(32)])
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 @dataclass(frozen=True)
@@ -264,288 +247,8 @@ def unpack(params: Params) -> ForestState:
                        candidates, constant.astype(np.uint8), hist, sketch, distinct, exact)
 
 
-# ---- statistics ------------------------------------------------------------------------------
-def weight_of(stats: np.ndarray, settings: Settings) -> np.ndarray:
-    """The bootstrap weight (row count) behind statistics ``(..., S)``."""
-    return np.asarray(stats[..., 0] if settings.regression else stats.sum(axis=-1))
-
-
 def negative_statistics(stats: np.ndarray, settings: Settings) -> bool:
     """Whether any count, weight or sum of squares is negative (a target sum may be)."""
     if settings.regression:
         return bool((stats[..., 0] < 0).any() or (stats[..., 2] < 0).any())
     return bool((stats < 0).any())
-
-
-#: a regression node whose variance is at most this fraction of its mean square is constant
-CONSTANT_TARGET = 1e-12
-
-
-def impure(stats: np.ndarray, settings: Settings) -> np.ndarray:
-    """Nodes whose rows do not all agree: two classes present, or targets that vary."""
-    if not settings.regression:
-        return np.asarray((stats > 0).sum(axis=-1) > 1)
-    w = np.maximum(stats[..., 0], np.finfo(np.float64).tiny)
-    mean, mean_square = stats[..., 1] / w, stats[..., 2] / w
-    return np.asarray(mean_square - mean**2 > CONSTANT_TARGET * mean_square)
-
-
-# ---- client-side computations ----------------------------------------------------------------
-def sketch(x: np.ndarray, max_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-feature ``max_bins - 1`` interior quantiles, up to ``max_bins`` distinct values and
-    whether those are all of them (then the server can bin the feature exactly)."""
-    d = x.shape[1]
-    levels = np.arange(1, max_bins) / max_bins
-    quantiles = np.quantile(x, levels, axis=0).T if len(x) else np.zeros((d, max_bins - 1))
-    distinct = np.zeros((d, max_bins))
-    exact = np.zeros(d)
-    for f in range(d):
-        values = np.unique(x[:, f])
-        if 0 < len(values) <= max_bins:
-            distinct[f] = np.pad(values, (0, max_bins - len(values)), mode="edge")
-            exact[f] = 1.0
-    return np.ascontiguousarray(quantiles), distinct, exact
-
-
-def bin_data(x: np.ndarray, state: ForestState) -> np.ndarray:
-    """Each value's bin index, ``(n, d)`` int32."""
-    return np.stack([np.searchsorted(state.edges_of(f), x[:, f], side="right")
-                     for f in range(x.shape[1])], axis=1).astype(np.int32)
-
-
-def route(x: np.ndarray, state: ForestState) -> np.ndarray:
-    """The node every row reaches in every tree, ``(trees, n)``: a leaf, or an open node."""
-    trees = state.settings.n_trees if len(state.left) else 0
-    node = np.repeat(np.arange(trees, dtype=np.int64)[:, None], len(x), axis=1)
-    rows = np.arange(len(x))[None, :]
-    while True:
-        child = state.left[node]
-        inside = child >= 0
-        if not inside.any():
-            return node
-        right = x[rows, np.maximum(state.feature[node], 0)] >= state.threshold[node]
-        node = np.where(inside, child + right, node)
-
-
-def bootstrap_weights(x: np.ndarray, y: np.ndarray, settings: Settings) -> np.ndarray:
-    """Poisson(1) weight of each row in each tree, ``(trees, n)``, from a keyed hash of (job
-    seed, tree, row contents and target): the same every round and on whichever client holds
-    the row. ``y``: class indices, or the targets themselves for regression."""
-    n = len(x)
-    if not settings.bootstrap:
-        return np.ones((settings.n_trees, n))
-    words = np.ascontiguousarray(x, dtype=np.float64).view(np.uint64).reshape(n, -1)
-    target = (np.ascontiguousarray(y, dtype=np.float64).view(np.uint64) if settings.regression
-              else y.astype(np.uint64))
-    key = np.full(n, _mix(np.uint64(settings.seed) + _GOLDEN), dtype=np.uint64)
-    for column in (*words.T, target):
-        key = _mix(key ^ column)
-    salt = _mix(np.arange(1, settings.n_trees + 1, dtype=np.uint64) * _GOLDEN)
-    bits = _mix(key[None, :] ^ salt[:, None])
-    uniform = (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
-    return np.searchsorted(_POISSON_CDF, uniform, side="right").astype(np.float64)
-
-
-def _mix(value: Any) -> np.ndarray:
-    """splitmix64's finaliser: a bijection on uint64 that scatters every input bit."""
-    z = np.asarray(value, dtype=np.uint64)
-    with np.errstate(over="ignore"):  # multiplication modulo 2**64 is the point
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return np.asarray(z ^ (z >> np.uint64(31)))
-
-
-def histograms(x_bins: np.ndarray, y: np.ndarray, weights: np.ndarray,
-               node_of: np.ndarray, state: ForestState) -> np.ndarray:
-    """Each open node's statistics per candidate feature and bin: bootstrap-weighted class
-    counts (``y``: class indices), or ``(w, w*y, w*y^2)`` for regression (``y``: targets)."""
-    hist = state.empty_hist()
-    f_count, m, n_bins, c = hist.shape
-    if not f_count:
-        return hist
-    position = np.full(len(state.left), -1, dtype=np.int64)
-    position[state.frontier] = np.arange(f_count)
-    where = position[node_of]
-    trees, rows = np.nonzero((where >= 0) & (weights > 0))
-    pos = where[trees, rows]
-    feats = state.candidates[pos]  # (k, m)
-    bins = x_bins[rows[:, None], feats]
-    cell = (pos[:, None] * m + np.arange(m)) * n_bins + bins  # (k, m): node, candidate, bin
-    w = weights[trees, rows]
-    if state.settings.regression:
-        target = np.asarray(y, dtype=np.float64)[rows]
-        sums = [np.bincount(cell.ravel(), weights=np.repeat(w * target**power, m),
-                            minlength=hist.size // c) for power in range(c)]
-        return np.stack(sums, axis=-1).reshape(hist.shape)
-    index = cell * c + y[rows][:, None]
-    counts = np.bincount(index.ravel(), weights=np.repeat(w, m), minlength=hist.size)
-    return counts.astype(np.float32).reshape(hist.shape)
-
-
-def predict_value(x: np.ndarray, state: ForestState) -> np.ndarray:
-    """Regression: the mean over trees of each tree's weighted mean target at the node a row
-    reaches (as scikit-learn's forests do); trees whose node is still empty (a root before its
-    first split) do not vote, and 0 before any tree has a value."""
-    if state.sketching:
-        return np.zeros(len(x))
-    stats = state.value[route(x, state)]  # (trees, n, 3)
-    w = stats[..., 0]
-    votes = (w > 0).sum(axis=0)
-    means = np.where(w > 0, stats[..., 1] / np.where(w > 0, w, 1.0), 0.0)
-    return np.asarray(np.where(votes > 0, means.sum(axis=0) / np.maximum(votes, 1), 0.0))
-
-
-def predict_proba(x: np.ndarray, state: ForestState) -> np.ndarray:
-    """Mean over trees of each tree's class frequencies at the node a row reaches (as
-    scikit-learn's forests do); uniform before any tree exists or at an empty node."""
-    c = state.settings.n_classes
-    if state.sketching:
-        return np.full((len(x), c), 1.0 / c)
-    counts = state.value[route(x, state)].astype(np.float64)  # (trees, n, c)
-    totals = counts.sum(axis=2, keepdims=True)
-    proba = np.where(totals > 0, counts / np.where(totals > 0, totals, 1.0), 1.0 / c)
-    return np.asarray(proba.mean(axis=0))
-
-
-# ---- the adapter -----------------------------------------------------------------------------
-class FederatedForestAdapter(ModelAdapter):
-    """A client's view of the federated forest: it measures, the server grows. A classifier,
-    or a regressor when the dataset's task is ``regression`` (metrics ``loss`` = MSE, ``r2``).
-
-    ``fit`` fills in what the round asks for (quantile sketches in round 1, histograms of the
-    open nodes afterwards) and changes nothing else; the ``forest-histograms`` aggregator turns
-    the sums into splits. ``epochs`` is unused.
-    """
-
-    def __init__(
-        self, spec: DataSpec, *, seed: int = 0, n_estimators: int = 100,
-        max_depth: int | None = None, min_samples_leaf: int = 1,
-        max_features: str | int | float | None = "default", max_bins: int = 64,
-        candidate_factor: float = 2.0, bootstrap: bool = True,
-    ) -> None:
-        if spec.task not in ("classification", "regression"):
-            raise ConfigError(f"federated-forest supports classification and regression, "
-                              f"got task {spec.task!r}")
-        regression = spec.task == "regression"
-        if not regression and len(spec.classes) < 2:
-            raise ConfigError(f"a classifier needs at least two classes, got {spec.classes}")
-        if not isinstance(n_estimators, int) or not 1 <= n_estimators <= MAX_TREES:
-            raise ConfigError(f"n_estimators must be an integer in [1, {MAX_TREES}], "
-                              f"got {n_estimators!r}")
-        if max_depth is not None and (not isinstance(max_depth, int) or max_depth < 1):
-            raise ConfigError(f"max_depth must be a positive integer or null, got {max_depth!r}")
-        if not isinstance(min_samples_leaf, int) or min_samples_leaf < 1:
-            raise ConfigError(f"min_samples_leaf must be a positive integer, "
-                              f"got {min_samples_leaf!r}")
-        if not isinstance(max_bins, int) or not 2 <= max_bins <= MAX_BINS:
-            raise ConfigError(f"max_bins must be an integer in [2, {MAX_BINS}], got {max_bins!r}")
-        if isinstance(candidate_factor, bool) or not (
-                isinstance(candidate_factor, int | float) and candidate_factor >= 1):
-            raise ConfigError(f"candidate_factor must be a number >= 1, got {candidate_factor!r}")
-        d = spec.n_features
-        if max_features == "default":  # scikit-learn's forests' default for the task
-            max_features = 1.0 if regression else "sqrt"
-        k = _max_features(max_features, d)
-        self.spec = spec
-        self.classes = np.asarray(spec.classes)
-        self.settings = Settings(
-            n_features=d, n_classes=0 if regression else len(self.classes), n_trees=n_estimators,
-            max_depth=-1 if max_depth is None else max_depth, min_samples_leaf=min_samples_leaf,
-            max_features=k, n_candidates=min(d, max(k, math.ceil(candidate_factor * k))),
-            max_bins=max_bins, bootstrap=int(bool(bootstrap)), seed=int(seed) % 2**32,
-            regression=int(regression),
-        )
-        self.state = initial(self.settings)
-
-    def get_params(self) -> dict[str, np.ndarray]:
-        return {k: np.array(v) for k, v in self.state.to_params().items()}
-
-    def set_params(self, params: Params) -> None:
-        """Load the global model after validating it; raises RejectedUpdate."""
-        state = unpack(params)
-        if state.settings != self.settings:
-            raise RejectedUpdate("wrong_settings", f"the model's settings {state.settings} are "
-                                                   f"not this job's {self.settings}")
-        self.state = state
-
-    def fit(self, data: Dataset, *, epochs: int = 1) -> dict[str, float]:
-        """Fill in this round's sketch or histograms from the local rows."""
-        x, y = self._rows(data)
-        state = self.state
-        if state.sketching:
-            quantiles, distinct, exact = sketch(x, self.settings.max_bins)
-            self.state = replace(state, sketch=quantiles, distinct=distinct, exact=exact)
-        elif len(state.frontier):
-            weights = bootstrap_weights(x, y, self.settings)
-            self.state = replace(state, hist=histograms(
-                bin_data(x, state), y, weights, route(x, state), state))
-        return self.evaluate(data)
-
-    def evaluate(self, data: Dataset) -> dict[str, float]:
-        """Accuracy and loss (regression: MSE as loss, and r2), and how far the forest has
-        grown: ``nodes``, and ``open_nodes`` still to split (until round 1 has set the bins,
-        every tree's root), so a job that ends with ``open_nodes`` above 0 shows it needed more
-        rounds."""
-        state = self.state
-        if self.settings.regression:
-            metrics = regression_metrics(predict_value(self._x(data.x), state), data.y)
-        else:
-            metrics = classification_metrics(predict_proba(self._x(data.x), state),
-                                             np.asarray(data.y), self.classes)
-        metrics["open_nodes"] = float(self.settings.n_trees if state.sketching
-                                      else len(state.frontier))
-        metrics["nodes"] = float(len(state.left))
-        return metrics
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        if self.settings.regression:
-            return predict_value(self._x(x), self.state)
-        return np.asarray(self.classes[np.argmax(predict_proba(self._x(x), self.state), axis=1)])
-
-    def _x(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != self.spec.n_features:
-            raise ConfigError(f"expected data with {self.spec.n_features} features, "
-                              f"got shape {x.shape}")
-        if not np.isfinite(x).all():
-            raise ConfigError("federated-forest needs finite feature values (no NaN/Inf)")
-        return x
-
-    def _rows(self, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
-        """The features and, per row, its class index or (regression) its finite target."""
-        x = self._x(data.x)
-        y = np.asarray(data.y)
-        if self.settings.regression:
-            target = np.asarray(y, dtype=np.float64).reshape(-1)
-            if target.shape != (len(x),) or not np.isfinite(target).all():
-                raise ConfigError("federated-forest regression needs one finite target per row")
-            return x, target
-        index = np.clip(np.searchsorted(self.classes, y), 0, len(self.classes) - 1)
-        unknown = self.classes[index] != y
-        if unknown.any():
-            raise ConfigError(f"labels {np.unique(y[unknown]).tolist()} are not in the job's "
-                              f"classes {self.classes.tolist()}")
-        return x, index
-
-
-def _max_features(value: str | int | float | None, d: int) -> int:
-    """scikit-learn's ``max_features`` rule: sqrt, log2, a count, a fraction, or None (all)."""
-    if value is None:
-        return d
-    if value == "sqrt":
-        return max(1, int(math.sqrt(d)))
-    if value == "log2":
-        return max(1, int(math.log2(d)))
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= d:
-        return value
-    if isinstance(value, float) and 0 < value <= 1:
-        return max(1, int(value * d))
-    raise ConfigError(f"max_features must be 'default', 'sqrt', 'log2', an integer in [1, {d}], "
-                      f"a fraction in (0, 1] or null, got {value!r}")
-
-
-@models.register("federated-forest")
-def _build(spec: DataSpec, seed: int = 0, **options: Any) -> FederatedForestAdapter:
-    """A random forest grown by all clients together on summed histograms (classification or
-    regression, by the dataset's task); pair it with the ``forest-histograms`` aggregator."""
-    return FederatedForestAdapter(spec, seed=seed, **options)
