@@ -16,6 +16,7 @@ import yaml
 from foedus.aggregate.base import aggregators
 from foedus.config.topology import topology_of
 from foedus.core.errors import ConfigError
+from foedus.data.shares import DataSection
 from foedus.models.base import models
 from foedus.transport.base import transports
 
@@ -29,21 +30,6 @@ class Plugin:
 
 
 PARTITIONS = ("column", "dirichlet", "files", "iid", "quantity")  # see foedus.data.partition
-
-
-@dataclass(frozen=True)
-class DataSection:
-    """Where clients' data comes from; docs/data.md explains every key."""
-
-    dataset: str = "digits"
-    partition: str = "dirichlet"
-    alpha: float = 0.5  # dirichlet (label skew) and quantity (size skew)
-    test_fraction: float = 0.2
-    options: dict[str, Any] = field(default_factory=dict)  # passed to the dataset's loader
-    min_size: int = 2  # dirichlet and quantity: rows every client gets at least
-    column: int | str | None = None  # partition: column: the feature (index or name) to split by
-    keep_column: bool = False  # partition: column: keep that feature for training
-    server_options: dict[str, Any] = field(default_factory=dict)  # files: the server's test data
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,11 @@ Two ways to get shares, chosen by the job file's ``data.partition``:
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, overload
 
 import numpy as np
 
-from foedus.config.spec import DataSection
 from foedus.core.errors import ConfigError
 from foedus.data.datasets import Dataset, DataSpec, load_dataset
 from foedus.data.files import TASKS, label_key
@@ -31,6 +30,23 @@ from foedus.data.partition import column_index, drop_column, partition
 PLACEHOLDER = "{client}"
 SERVER_ID = "server"  # what {client} becomes in data.server_options
 _RESERVED = ("test_fraction", "seed")  # set by the job (data.test_fraction, seed), not options
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """The ``data`` section of a job file: where clients' data comes from (docs/data.md
+    explains every key). Defined here, beside the code that reads it, so ``data`` needs
+    nothing from ``config``."""
+
+    dataset: str = "digits"
+    partition: str = "dirichlet"
+    alpha: float = 0.5  # dirichlet (label skew) and quantity (size skew)
+    test_fraction: float = 0.2
+    options: dict[str, Any] = field(default_factory=dict)  # passed to the dataset's loader
+    min_size: int = 2  # dirichlet and quantity: rows every client gets at least
+    column: int | str | None = None  # partition: column: the feature (index or name) to split by
+    keep_column: bool = False  # partition: column: keep that feature for training
+    server_options: dict[str, Any] = field(default_factory=dict)  # files: the server's test data
 
 
 @dataclass

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from foedus.core.errors import ConfigError
 from foedus.core.message import Kind, Message
@@ -23,12 +23,17 @@ from foedus.core.pod import Pod, Wire
 from foedus.mlops.drift import is_drift_event
 from foedus.mlops.mlflow import MlflowTracker, RegisteredModel
 
-if TYPE_CHECKING:
-    from foedus.config.spec import JobSpec
-
 log = logging.getLogger("foedus.mlops.continual")
 
-SpecFactory = Callable[[int, list[str]], "JobSpec"]
+class JobSpec(Protocol):
+    """What a retraining reads of a job file (:class:`foedus.JobSpec` has it; ``config`` sits
+    above ``mlops``, whose integrations a job's server uses, so it is not imported here)."""
+
+    @property
+    def job_id(self) -> str: ...
+
+
+SpecFactory = Callable[[int, list[str]], JobSpec]
 
 
 class JobResult(Protocol):
@@ -44,7 +49,7 @@ class JobResult(Protocol):
 #: runs a job with a round listener: :func:`foedus.run_job` (passed in, since the runner sits
 #: above mlops: a job's server uses mlops, so mlops cannot import the runner)
 JobRunner = Callable[..., Awaitable[JobResult]]
-TrackerFactory = Callable[["JobSpec"], MlflowTracker]
+TrackerFactory = Callable[[JobSpec], MlflowTracker]
 
 
 @dataclass(frozen=True)
