@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from foedus.config.spec import JobSpec, load_job
 from foedus.config.topology import topology_of
 from foedus.core.errors import ConfigError

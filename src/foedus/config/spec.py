@@ -16,7 +16,7 @@ import yaml
 from foedus.aggregate.base import aggregators
 from foedus.config.topology import topology_of
 from foedus.core.errors import ConfigError
-from foedus.data.shares import DataSection
+from foedus.data.shares import DataSection as DataSection  # re-exported: the job file's section
 from foedus.models.base import models
 from foedus.transport.base import transports
 

@@ -36,6 +36,9 @@ from foedus.trees.bagging.packed_boosters import (
     unpack,
 )
 
+#: the extra this module's plugin needs (`pip install foedus[xgboost]`), for `foedus plugins`
+REQUIRES_EXTRA = "xgboost"
+
 #: XGBoost options the adapter changes from XGBoost's defaults for bagging small clients
 #: (measured in ``bench/models.py``, digits, 10 clients: -4.6 -> -1.6 points against one
 #: central booster at XGBoost's defaults): a client of ~150 rows has tiny hessian sums, so the
