@@ -47,12 +47,22 @@ class Progress:
             extra += f"  failed {len(record.failed_clients)}"
         if record.status != "ok":
             extra += f"  [{record.status}]"
+        moved = (f"  in {_size(record.bytes_in)} out {_size(record.bytes_out)}"
+                 if record.bytes_in or record.bytes_out else "")
         print(
             f"round {record.round:>3}/{self.rounds} [{bar}] {metrics}  "
-            f"updates {record.accepted}  {record.duration_s:.2f}s{extra}",
+            f"updates {record.accepted}{moved}  {record.duration_s:.2f}s{extra}",
             file=self.stream or sys.stderr,
             flush=True,
         )
+
+
+def _size(n: int) -> str:
+    """A byte count the way a person reads it."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def _print_summary(result: JobResult) -> None:
@@ -73,10 +83,13 @@ def _print_summary(result: JobResult) -> None:
         print("  final " + ", ".join(f"{name} {value:.4g}" for name, value in final.items()))
     if best is not None:
         print(f"  best accuracy  {best.metrics['accuracy']:.4f} (round {best.round})")
-    rejected = sum(sum(r.rejected.values()) for r in result.history)
     failed = sum(len(r.failed_clients) for r in result.history)
-    print(f"  updates accepted {sum(r.accepted for r in result.history)}, "
-          f"rejected {rejected}, failed clients {failed}")
+    missing = sum(r.missing_clients for r in result.history)
+    print(f"  updates accepted {s['updates_accepted']}, rejected {s['updates_rejected']}, "
+          f"failed clients {failed}, missing answers {missing}")
+    if s["bytes_in"] or s["bytes_out"]:
+        print(f"  the {'server' if s['topology'] != 'swarm' else 'peers here'} received "
+              f"{_size(s['bytes_in'])} and sent {_size(s['bytes_out'])}")
     if "bytes_up" in s:
         print(f"  simulated on {s['workers']} {s['backend']} worker(s), "
               f"start-up {s['startup_s']}s, moved {s['bytes_down'] / 1e6:.1f} MB down and "

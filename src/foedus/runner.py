@@ -86,6 +86,8 @@ class JobResult:
             "final_metrics": dict(self.final_metrics),  # all of them, e.g. r2 for regression
             "updates_accepted": sum(r.accepted for r in self.history),
             "updates_rejected": sum(sum(r.rejected.values()) for r in self.history),
+            "bytes_in": sum(r.bytes_in for r in self.history),
+            "bytes_out": sum(r.bytes_out for r in self.history),
             "failed": self.failure,
             "duration_s": round(self.duration_s, 3),
             "history": [r.to_dict() for r in self.history],

@@ -64,6 +64,8 @@ def test_foedus_run_on_a_tree_reports_its_rounds(tmp_path: Path) -> None:
     assert [r["round"] for r in summary["history"]] == [1, 2, 3]
     assert [r["accepted"] for r in summary["history"]] == [2, 2, 2]  # the root's two edges
     assert summary["updates_accepted"] == 6 and summary["failed"] is None
+    # the root's links: each round one model out (a tree's root broadcasts once) and two in
+    assert all(r["bytes_out"] > 0 and r["bytes_in"] > r["bytes_out"] for r in summary["history"])
     assert summary["final_accuracy"] > 0.8
 
 

@@ -45,7 +45,10 @@ class RoundRecord:
     duration_s: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
     client_metrics: dict[str, float] = field(default_factory=dict)
-    status: str = "ok"  # "ok" or "no_quorum"
+    status: str = "ok"  # "ok", "no_quorum" or "aggregation_failed"
+    #: bytes the job's leader received (updates) and sent (models) on the network this round
+    bytes_in: int = 0
+    bytes_out: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -30,7 +30,7 @@ from foedus.roles.async_client import AsyncClientPod
 from foedus.roles.async_server import AsyncServerPod, VersionRecord
 from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord
-from foedus.topology.centralized import client_graph, secure_plan, server_graph
+from foedus.topology.centralized import LinkMeter, client_graph, secure_plan, server_graph
 from foedus.topology.swarm import refuse_own_averaging
 from foedus.transport.base import Transport
 
@@ -111,19 +111,24 @@ class Asynchronous(Topology):
         )
         history: list[RoundRecord] = []
         refused: Counter[str] = Counter()  # the server's refusals up to the previous version
+        runtimes: dict[str, Runtime] = {}
 
         def on_version(version: VersionRecord) -> None:
             before = server.history[-2].elapsed_s if len(server.history) > 1 else 0.0
             record = as_round(version, before)
             record.rejected = dict(server.rejections - refused)
             refused.update(record.rejected)
+            if meter is not None:
+                record.bytes_in, record.bytes_out = meter.delta()
             history.append(record)
             job.report_round(record)
 
         server.round_listeners.append(on_version)
-        runtimes: dict[str, Runtime] = {}
+        meter: LinkMeter | None = None
         if server.name in actors:
-            runtimes[server.name] = Runtime(server_graph(server, transport_for(server.name)))
+            graph = server_graph(server, transport_for(server.name))
+            runtimes[server.name] = Runtime(graph)
+            meter = LinkMeter(graph)
         for i, cid in enumerate(client_ids(spec)):
             if cid in actors:
                 client = job.make_client(i, AsyncClientPod)

@@ -182,9 +182,38 @@ class Centralized(Topology):
         return job.make_server()
 
 
+class LinkMeter:
+    """Bytes the links of some graphs moved since the last call: what one round cost."""
+
+    def __init__(self, *graphs: Graph) -> None:
+        self.links = [p for g in graphs for p in g.pods.values()
+                      if isinstance(p, Downlink | Uplink)]
+        self._seen = (0, 0)
+
+    def delta(self) -> tuple[int, int]:
+        """``(bytes received, bytes sent)`` since the previous call."""
+        now = (sum(p.bytes_in for p in self.links if isinstance(p, Downlink)),
+               sum(p.bytes_out for p in self.links if isinstance(p, Uplink)))
+        before, self._seen = self._seen, now
+        return now[0] - before[0], now[1] - before[1]
+
+
+def meter_rounds(server: ServerPod, graph: Graph) -> None:
+    """Record in each round what the server's links moved (the broadcast of that round and the
+    updates that came in), before any other listener (MLOps exporters) reads the record."""
+    meter = LinkMeter(graph)
+
+    def count(record: RoundRecord) -> None:
+        record.bytes_in, record.bytes_out = meter.delta()
+
+    server.round_listeners.insert(0, count)
+
+
 def server_assembly(runtimes: dict[str, Runtime], server: ServerPod | None) -> Assembly:
-    """An :class:`Assembly` whose job is its server's, when the server runs here."""
+    """An :class:`Assembly` whose job is its server's, when the server runs here (its rounds
+    then record the bytes its links moved)."""
     if server is None:
         return Assembly(runtimes, None, history=list, params=lambda: None)
+    meter_rounds(server, runtimes[server.name].graph)
     return Assembly(runtimes, server.name, history=lambda: list(server.history),
                     params=lambda: server.params, stop_reason=lambda: server.stop_reason)

@@ -31,7 +31,7 @@ from foedus.core.message import Message
 from foedus.core.runtime import Runtime
 from foedus.roles.peer import MODES, PeerPod, PeerRecord
 from foedus.roles.server import RoundRecord
-from foedus.topology.centralized import topics
+from foedus.topology.centralized import LinkMeter, topics
 from foedus.transport.base import Transport
 from foedus.transport.link import Downlink, Uplink
 
@@ -161,10 +161,11 @@ class Swarm(Topology):
                     eval_data=job.test if n == 0 and job.server_evaluates else None)
             for n, (i, cid) in enumerate(here)
         ]
-        rounds = _SwarmRounds(peers, job.report_round)
+        runtimes = {p.peer_id: Runtime(swarm_graph(p, transport_for(p.peer_id))) for p in peers}
+        meter = LinkMeter(*(rt.graph for rt in runtimes.values()))
+        rounds = _SwarmRounds(peers, job.report_round, meter)
         for p in peers:
             p.round_listeners.append(rounds.on_peer_round)
-        runtimes = {p.peer_id: Runtime(swarm_graph(p, transport_for(p.peer_id))) for p in peers}
         return Assembly(
             runtimes, None, history=lambda: list(rounds.history),
             params=lambda: peers[0].params if peers else None,
@@ -175,9 +176,11 @@ class Swarm(Topology):
 class _SwarmRounds:
     """Folds the rounds of the peers run here into the job's rounds, one record each."""
 
-    def __init__(self, peers: Sequence[PeerPod], report: Callable[[RoundRecord], None]) -> None:
+    def __init__(self, peers: Sequence[PeerPod], report: Callable[[RoundRecord], None],
+                 meter: LinkMeter) -> None:
         self.peers = list(peers)
         self.report = report
+        self.meter = meter
         self.history: list[RoundRecord] = []
         self._pending: dict[int, list[PeerRecord]] = {}
         self._rejected: Counter[str] = Counter()
@@ -198,5 +201,6 @@ class _SwarmRounds:
             missing_clients=max(0, others - min(r.received for r in done)),
             duration_s=max(r.duration_s for r in done), metrics=dict(first.metrics),
         )
+        job_round.bytes_in, job_round.bytes_out = self.meter.delta()
         self.history.append(job_round)
         self.report(job_round)
