@@ -86,10 +86,6 @@ DOC_SKETCHES: dict[tuple[str, str], str] = {
     ("mlops.md", "graph = server_graph(server, transport)"): "sketch: server, transport, spec "
     "undefined; needs mlflow",
     ("mlops.md", "store = S3Store("): "sketch: ServerPod(...), job_id undefined; needs s3",
-    ("topologies.md", "tree = (EdgeNode("): "sketch: ServerPod(..., ...), top-level await",
-    ("topologies.md", "peers = [PeerPod("): "sketch: model=..., top-level await",
-    ("topologies.md", "from foedus.runner import run_actors"): "needs a Kafka job file "
-    "(tree-over-kafka.yaml) and a broker",
     ("transports-grpc-https.md", "hub = await GrpcHub("): "sketch: top-level await, certs",
     ("transports-grpc-https.md", "hub = await HttpsHub("): "sketch: top-level await, "
     "server_tls/client_tls undefined",
