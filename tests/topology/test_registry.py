@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from foedus.config.parts import build_parts
 from foedus.config.spec import JobSpec
 from foedus.config.topology import topologies, topology_of
 from foedus.core.errors import ConfigError
@@ -86,8 +88,8 @@ def test_what_a_topology_cannot_do_is_refused_in_one_line(
 
 
 def test_a_job_in_which_no_round_produced_a_model_exits_1_and_says_so(tmp_path: Path) -> None:
-    # Krum tolerating f=1 needs 2f+3 = 5 updates per round; 4 clients never give it enough
-    job = JOB | {"rounds": 2, "aggregator": {"type": "krum", "params": {"f": 1}}}
+    # a deadline no client can meet: every round closes before any update arrives
+    job = JOB | {"rounds": 2, "round_timeout": 1e-6}
     done = foedus("run", job=job, tmp_path=tmp_path)
     assert done.returncode == 1, done.stderr
     assert "FAILED: no round of 2 produced a new model" in done.stdout
@@ -109,6 +111,42 @@ def test_a_job_a_topology_would_run_wrongly_is_refused_when_loaded(
     with pytest.raises(ConfigError) as caught:
         JobSpec.from_dict(JOB | extra | {"topology": topology})
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"aggregator": {"type": "krum", "params": {"f": 1}}},
+     "aggregator: krum needs at least 5 updates a round, but there are only 4 clients a round"),
+    ({"aggregator": {"type": "krum", "params": {"f": 1}}, "topology": TREE},
+     "krum needs at least 5 updates a round, but there are only 2 children of the root"),
+    ({"aggregator": "bulyan", "clients": {"count": 8, "per_round": 6}},
+     "bulyan needs at least 7 updates a round, but there are only 6 clients a round"),
+])
+def test_an_aggregator_that_can_never_get_enough_updates_is_refused_when_loaded(
+    extra: dict, message: str,
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        JobSpec.from_dict(JOB | extra)
+
+
+@pytest.mark.parametrize(("model", "aggregator", "message"), [
+    ("federated-forest", "fedavg", "'fedavg' combines parameters, but model 'federated-forest' "
+     "sends forest-histograms; use forest-histograms"),
+    ("sklearn-random-forest", "median", "use tree-bagging"),
+    ("sklearn-sgd", "tree-bagging", "'tree-bagging' combines tree-ensemble, but model "
+     "'sklearn-sgd' sends parameters; use bulyan or fedadagrad"),
+])
+def test_a_model_whose_updates_the_aggregator_cannot_combine_is_refused_before_round_1(
+    model: str, aggregator: str, message: str,
+) -> None:
+    spec = JobSpec.from_dict(JOB | {"model": model, "aggregator": aggregator})
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_parts(spec)
+
+
+def test_a_process_without_the_server_starts_no_mlops() -> None:
+    spec = JobSpec.from_dict(JOB | {"mlops": {"prometheus": {"port": 0}}})
+    assert build_parts(spec).mlops is not None  # where the server runs
+    assert build_parts(spec, clients=(0,), server_data=False).mlops is None
 
 
 def test_the_topology_is_built_from_the_registry_with_its_params() -> None:

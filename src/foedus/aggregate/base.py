@@ -60,6 +60,10 @@ class Aggregator(abc.ABC):
     """
 
     streaming: ClassVar[bool] = True
+    #: the kind of update it combines; a job pairs it only with a model whose
+    #: :attr:`foedus.ModelAdapter.update_kind` is the same (a forest's histograms averaged as
+    #: parameters would never grow the forest)
+    update_kind: ClassVar[str] = "parameters"
 
     def __init__(self) -> None:
         self._spec: ParamSpec | None = None

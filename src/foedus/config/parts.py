@@ -197,19 +197,36 @@ def build_parts(
 
     ``clients`` (default all) and ``server_data`` say whose data this process needs up front;
     with per-client files (``partition: files``) a client process reads only its own file and
-    a server process none of the clients'.
+    a server process none of the clients'. Without ``server_data`` (a process that runs no
+    server) the job's MLOps integrations are not started either.
     """
     data = load_job_data(
         spec.data, client_ids(spec), spec.seed, clients=clients, server_data=server_data,
     )
     pipeline = pipeline_of(spec)
     mlops = None
-    if spec.mlops:
+    if spec.mlops and server_data:  # MLOps belong to the server: a client process starts none
+        # (two clients on one host would otherwise fight over the Prometheus port)
         from foedus.mlops.session import MlopsSession
 
         mlops = MlopsSession(spec.mlops, job_id=spec.job_id, job_params=spec)
-    return JobParts(spec, data.spec, data.shares, data.test, data.server_evaluates, pipeline,
-                    mlops)
+    parts = JobParts(spec, data.spec, data.shares, data.test, data.server_evaluates, pipeline,
+                     mlops)
+    check_pairing(parts.evaluator(), parts.make_aggregator(), spec)
+    return parts
+
+
+def check_pairing(model: ModelAdapter, aggregator: Aggregator, spec: JobSpec) -> None:
+    """Refuse a model whose updates the aggregator cannot combine (a forest's histograms
+    averaged as parameters never grow the forest), naming the aggregators that can."""
+    if model.update_kind == aggregator.update_kind:
+        return
+    fitting = [name for name in aggregators.names()
+               if getattr(aggregators.get(name), "update_kind", "parameters") == model.update_kind]
+    raise ConfigError(
+        f"aggregator: {spec.aggregator.type!r} combines {aggregator.update_kind}, but model "
+        f"{spec.model.type!r} sends {model.update_kind}; use "
+        f"{' or '.join(fitting) or 'an aggregator for them'}")
 
 
 class ActorTransports:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from foedus.aggregate.base import aggregators
 from foedus.core.errors import ConfigError
 from foedus.core.params import Params
 from foedus.core.registry import Registry
@@ -90,6 +91,17 @@ class Topology:
             if used:
                 raise ConfigError(f"{key}: topology {self.name} has no server that could use it; "
                                   "remove the key or use topology centralized or hierarchical")
+
+    def require_updates(self, spec: JobSpec, senders: int, where: str) -> None:
+        """Refuse an aggregator that needs more updates per round than ``senders`` can ever
+        send (Krum tolerating ``f`` needs ``2f+3``): every round would end without a model."""
+        from foedus.config.parts import create
+
+        need = create(aggregators, spec.aggregator, "aggregator").min_updates()
+        if need > senders:
+            raise ConfigError(
+                f"aggregator: {spec.aggregator.type} needs at least {need} updates a round, but "
+                f"there are only {senders} {where}; every round would end without a model")
 
     def rounds(self, spec: JobSpec) -> int:
         """How many rounds the job has (its progress bar's length)."""

@@ -12,7 +12,7 @@ import functools
 import hashlib
 import threading
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import ClassVar, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -44,6 +44,11 @@ def sklearn_exclusive(method: Callable[_P, _R]) -> Callable[_P, _R]:
 
 class ModelAdapter(abc.ABC):
     """One party's model. Implementations must not share state between instances."""
+
+    #: what the model's updates are, so a job pairs it with an aggregator that can combine them
+    #: (:attr:`foedus.Aggregator.update_kind`): ``"parameters"`` (named arrays to average or
+    #: combine robustly), or the kind a tree family's adapter and aggregator share
+    update_kind: ClassVar[str] = "parameters"
 
     @abc.abstractmethod
     def get_params(self) -> dict[str, np.ndarray]:

@@ -140,6 +140,8 @@ class Centralized(Topology):
     def check(self, spec: JobSpec) -> None:
         super().check(spec)
         secure_plan(spec, pipeline_of(spec), self.name)
+        per_round = spec.clients.per_round or spec.clients.count
+        self.require_updates(spec, per_round, "clients a round")
 
     def check_simulation(self, spec: JobSpec) -> None:
         if secure_plan(spec, pipeline_of(spec), self.name) is not None:

@@ -377,6 +377,10 @@ class Hierarchical(Topology):
             if value is not None:
                 raise ConfigError(f"{key}: not used by topology hierarchical ({instead}); "
                                   "remove it")
+        self.require_updates(spec, len(self.tree), "children of the root")
+        for node, _ in walk(self.tree):
+            if isinstance(node, EdgeNode):
+                self.require_updates(spec, len(node.children), f"children of edge {node.name!r}")
         pipeline = pipeline_of(spec)
         secure_plan(spec, pipeline, self.name)  # refuses secure sum: it needs centralized
         for i, stage in enumerate(pipeline):

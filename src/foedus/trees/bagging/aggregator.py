@@ -45,6 +45,8 @@ _WEIGHT = ("uniform", "samples", "score")
 class TreeBagging(Aggregator):
     """Merges clients' tree ensembles into one global ensemble (federated bagging)."""
 
+    update_kind = "tree-ensemble"
+
     streaming: ClassVar[bool] = False
 
     def __init__(

@@ -46,6 +46,8 @@ _KINDS = ("random-forest", "extra-trees")
 class TreeEnsembleAdapter(ModelAdapter):
     """A bagged tree ensemble whose trees travel as packed arrays (never pickles)."""
 
+    update_kind = "tree-ensemble"
+
     def __init__(
         self, spec: DataSpec, *, kind: str = "random-forest", n_estimators: int = 10,
         seed: int = 0, validation_fraction: float = 0.0, **options: Any,

@@ -62,6 +62,8 @@ class XGBoostBaggingAdapter(ModelAdapter):
     the score is on training rows and optimistic.
     """
 
+    update_kind = "tree-ensemble"
+
     def __init__(
         self, spec: DataSpec, *, seed: int = 0, num_boost_round: int = 20,
         validation_fraction: float = 0.0, params: dict[str, Any] | None = None,

@@ -42,6 +42,8 @@ class FederatedForestAdapter(ModelAdapter):
     the sums into splits. ``epochs`` is unused.
     """
 
+    update_kind = "forest-histograms"
+
     def __init__(
         self, spec: DataSpec, *, seed: int = 0, n_estimators: int = 100,
         max_depth: int | None = None, min_samples_leaf: int = 1,

@@ -47,6 +47,8 @@ CHUNK = 128
 class ForestHistograms(Aggregator):
     """Sums clients' sketches or node histograms and grows the federated forest from them."""
 
+    update_kind = "forest-histograms"
+
     streaming: ClassVar[bool] = True
 
     def __init__(self) -> None:
