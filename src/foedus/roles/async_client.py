@@ -14,50 +14,66 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 
 from foedus.core.message import Kind, Message
 from foedus.data.datasets import Dataset
 from foedus.models.base import ModelAdapter
-from foedus.roles.client import ClientPod
+from foedus.roles.client import BroadcastCheck, ClientPod
 
 log = logging.getLogger("foedus.async_client")
 
 
 class AsyncClientPod(ClientPod):
-    """Same constructor and wires as :class:`ClientPod`; only the pacing differs."""
+    """Same constructor and wires as :class:`ClientPod`; only the pacing differs. What it obeys
+    (signed broadcasts, its run's stop, the protections a model requires) is the same."""
 
     def __init__(
         self, *, client_id: str, model: ModelAdapter, data: Dataset, epochs: int = 1,
         eval_data: Dataset | None = None, seed: int = 0, name: str = "client",
+        verify_broadcast: BroadcastCheck | None = None,
+        provides: Collection[str] = frozenset(), stop_grace: float = 120.0,
     ) -> None:
         super().__init__(client_id=client_id, model=model, data=data, epochs=epochs,
-                         eval_data=eval_data, seed=seed, name=name)
+                         eval_data=eval_data, seed=seed, name=name,
+                         verify_broadcast=verify_broadcast, provides=provides,
+                         stop_grace=stop_grace)
         self._latest: Message | None = None
         self._have_model = asyncio.Event()
 
     async def on_model(self, msg: Message) -> None:
+        if not await self.admit(msg):
+            return
         if msg.kind is Kind.CONTROL:
-            if msg.meta.get("action") == "stop":
-                self.finished.set()
-                self._have_model.set()
+            self.on_control(msg)
             return
-        if msg.kind is not Kind.MODEL:
-            return
-        if self._latest is None or msg.round >= self._latest.round:
+        if self._latest is None or msg.round >= self._latest.round or (
+            msg.meta.get("run") != self._latest.meta.get("run")  # a new run starts anew
+        ):
             self._latest = msg
             self._have_model.set()
+
+    def _finish(self, reason: str) -> None:
+        super()._finish(reason)
+        self._have_model.set()  # wake run() so it can end
 
     async def run(self) -> None:
         await self._have_model.wait()
         while not self.finished.is_set():
             model = self._latest
             assert model is not None
-            try:
-                update = await asyncio.to_thread(self.train, model)
-            except Exception as exc:
-                log.exception("client %s failed on version %d", self.client_id, model.round)
-                update = model.reply(Kind.ERROR, self.client_id,
-                                     error=f"{type(exc).__name__}: {exc}")
+            update = self.refusal(model)
+            refused = update is not None
+            if update is None:
+                try:
+                    update = await asyncio.to_thread(self.train, model)
+                except Exception as exc:
+                    log.exception("client %s failed on version %d", self.client_id, model.round)
+                    update = model.reply(Kind.ERROR, self.client_id,
+                                         error=f"{type(exc).__name__}: {exc}")
             if self.finished.is_set():
                 return
             await self.send("update", update)
+            if refused and self._latest is model:  # say it once, then wait for another model
+                self._have_model.clear()
+                await self._have_model.wait()

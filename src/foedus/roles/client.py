@@ -5,15 +5,38 @@ data, evaluate, and send the update on ``update`` (through whatever privacy and 
 filters the graph puts after it). Training runs in a worker thread so the event loop keeps
 serving the transport. A failure is reported to the server as an ``ERROR`` message: errors travel
 as values, and the server skips this client for the round instead of waiting for it.
+
+What the client obeys. The model topic is writable by more parties than the server (a shared
+broker, a previous run of the same job), so before acting on a broadcast the client checks:
+
+* **who sent it**: with ``verify_broadcast`` (the ``sign`` stage's
+  :meth:`~foedus.security.signing.SignStage.broadcast_verifier`) only broadcasts signed by the
+  server are obeyed; anything else is refused (``unsigned``, ``bad_signature``);
+* **which run it belongs to**: the server puts its run id in every broadcast (``meta["run"]``).
+  A ``stop`` is obeyed only from the run of the newest model this client received. A client
+  that has received no model yet (started before the server, or after it finished) does not
+  stop at once on a ``stop`` from a run it never saw: that may be the previous run's retained
+  leftover, with the next run about to start. If the stop says its run is finished, the
+  client ends after ``stop_grace`` seconds unless a model arrives first; other stops are
+  ignored (logged once);
+* **what protection the server expects**: a model's ``meta["requires"]`` (e.g. ``["mask"]``)
+  must be among what this client's pipeline ``provides``; if not, the client fails closed: it
+  answers with an ``ERROR`` naming the missing protection instead of sending its parameters.
+
+Every refusal is counted in :attr:`ClientPod.refused` under its reason and logged in one line;
+nothing a peer sends ends the client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import ClassVar
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, ClassVar
 
-from foedus.core.errors import ConfigError
+from foedus.core.errors import ConfigError, RejectedUpdate
+from foedus.core.filter import CLIP, MASK, NOISE, Stage
 from foedus.core.message import Kind, Message
 from foedus.core.pod import Pod, Wire
 from foedus.data.datasets import Dataset
@@ -21,9 +44,33 @@ from foedus.models.base import ModelAdapter, task_seed
 
 log = logging.getLogger("foedus.client")
 
+#: the privacy operations a server can require of every update (``meta["requires"]``): the ones
+#: whose absence on one client breaks the job's guarantee for everyone
+PROTECTIONS: frozenset[str] = frozenset({CLIP, NOISE, MASK})
+#: reasons a client refuses a broadcast (counted in :attr:`ClientPod.refused`)
+OTHER_RUN = "other_run"
+MALFORMED = "malformed_broadcast"
+#: a check of a broadcast: returns if it may be obeyed, raises RejectedUpdate otherwise
+BroadcastCheck = Callable[[Message], None]
+
+
+def protections_of(pipeline: Iterable[Stage]) -> frozenset[str]:
+    """The protections a pipeline gives every update (from its stages' declared
+    ``privacy_operations``): the server's ``required_protections`` and a client's ``provides``
+    both come from here, each from its own job file."""
+    return frozenset(op for stage in pipeline for op in (stage.privacy_operations or ())
+                     if op in PROTECTIONS)
+
 
 class ClientPod(Pod):
-    """One participant. ``data`` never leaves this pod; only parameters and metrics do."""
+    """One participant. ``data`` never leaves this pod; only parameters and metrics do.
+
+    ``verify_broadcast``: checks each broadcast before it is obeyed (None: trust the broker's
+    access control). ``provides``: the protections this client's pipeline applies
+    (:func:`protections_of`); empty by default, so a server that requires any gets an error,
+    never a bare update. ``stop_grace``: how long a client that has received no model waits
+    for one after a finished run's ``stop`` before it ends (see the module docstring).
+    """
 
     inputs: ClassVar[tuple[Wire, ...]] = (Wire("model"),)
     outputs: ClassVar[tuple[Wire, ...]] = (Wire("update"),)
@@ -31,37 +78,147 @@ class ClientPod(Pod):
     def __init__(
         self, *, client_id: str, model: ModelAdapter, data: Dataset, epochs: int = 1,
         eval_data: Dataset | None = None, seed: int = 0, name: str = "client",
+        verify_broadcast: BroadcastCheck | None = None,
+        provides: Collection[str] = frozenset(), stop_grace: float = 120.0,
     ) -> None:
         super().__init__(name)
         if epochs < 1:
             raise ConfigError(f"epochs must be at least 1, got {epochs}")
         if len(data) == 0:
             raise ConfigError(f"client {client_id!r} has no training data")
+        if not stop_grace >= 0:
+            raise ConfigError(f"stop_grace must be at least 0 seconds, got {stop_grace!r}")
+        if isinstance(provides, str) or not all(isinstance(p, str) for p in provides):
+            raise ConfigError(f"provides must be a collection of names, got {provides!r}")
         self.client_id = client_id
         self.model = model
         self.data = data
         self.eval_data = eval_data
         self.epochs = epochs
         self.seed = seed
+        self.verify_broadcast = verify_broadcast
+        self.provides = frozenset(provides)
+        self.stop_grace = float(stop_grace)
         self.rounds_trained = 0
         self.finished = asyncio.Event()
+        #: broadcasts refused, by reason
+        self.refused: Counter[str] = Counter()
+        #: the run of the newest model received (None before any, or from a server without runs)
+        self.run_id: str | None = None
+        self.joined = False  # received a model: from now on only its run's stop counts
+        #: why the client ended: "stopped" (its run's stop) or "finished_before_joining"
+        self.end_reason: str | None = None
+        self._grace: asyncio.TimerHandle | None = None
+        self._ignored_stops: set[Any] = set()  # runs whose stop was ignored (logged once each)
 
+    # ---- what arrives on ``model`` -----------------------------------------------------------
     async def on_model(self, msg: Message) -> None:
-        if msg.kind is Kind.CONTROL:
-            if msg.meta.get("action") == "stop":
-                self.finished.set()
+        if not await self.admit(msg):
             return
-        if msg.kind is not Kind.MODEL:
+        if msg.kind is Kind.CONTROL:
+            self.on_control(msg)
             return
         selected = msg.meta.get("selected")
         if selected is not None and self.client_id not in selected:
             return  # not sampled this round
-        try:
-            update = await asyncio.to_thread(self.train, msg)
-        except Exception as exc:
-            log.exception("client %s failed in round %d", self.client_id, msg.round)
-            update = msg.reply(Kind.ERROR, self.client_id, error=f"{type(exc).__name__}: {exc}")
+        update = self.refusal(msg)
+        if update is None:
+            try:
+                update = await asyncio.to_thread(self.train, msg)
+            except Exception as exc:
+                log.exception("client %s failed in round %d", self.client_id, msg.round)
+                update = msg.reply(Kind.ERROR, self.client_id,
+                                   error=f"{type(exc).__name__}: {exc}")
         await self.send("update", update)
+
+    async def admit(self, msg: Message) -> bool:
+        """Whether ``msg`` is a broadcast to act on: a model or control message, signed by the
+        server when broadcasts are verified, with a well-formed run. An admitted model makes
+        its run this client's run."""
+        if msg.kind not in (Kind.MODEL, Kind.CONTROL) or self.finished.is_set():
+            return False  # once ended, a client trains and obeys nothing more
+        if self.verify_broadcast is not None:
+            try:
+                if msg.kind is Kind.MODEL:  # hashing a model is CPU work: off the loop
+                    await asyncio.to_thread(self.verify_broadcast, msg)
+                else:
+                    self.verify_broadcast(msg)
+            except RejectedUpdate as exc:
+                self._refuse(msg, exc.reason, str(exc))
+                return False
+        run = msg.meta.get("run")
+        if run is not None and not isinstance(run, str):
+            self._refuse(msg, MALFORMED, f"run id {run!r} is not a string")
+            return False
+        if msg.kind is Kind.MODEL:
+            if self._grace is not None:  # a run is on after all: the old stop was a leftover
+                self._grace.cancel()
+                self._grace = None
+            if run != self.run_id and self.joined:
+                log.info("client %s follows a new run of job %s (%s)", self.client_id,
+                         msg.header.job_id, run)
+            self.run_id, self.joined = run, True
+        return True
+
+    def on_control(self, msg: Message) -> None:
+        """Obey a ``stop`` of this client's run (see the module docstring for the rule)."""
+        if msg.meta.get("action") != "stop":
+            return
+        run = msg.meta.get("run")
+        if self.joined:
+            if run == self.run_id:
+                self._finish("stopped")
+            else:
+                self._refuse(msg, OTHER_RUN, f"stop of run {run!r}, this client is in run "
+                                             f"{self.run_id!r}")
+            return
+        if run not in self._ignored_stops:
+            self._ignored_stops.add(run)
+            log.info("client %s has received no model yet: a stop of run %r may be a previous "
+                     "run's leftover; %s", self.client_id, run,
+                     f"ending in {self.stop_grace:g}s unless a model arrives"
+                     if msg.meta.get("finished") is True else "ignored")
+        if msg.meta.get("finished") is True and self._grace is None and not self.finished.is_set():
+            loop = asyncio.get_running_loop()
+            self._grace = loop.call_later(self.stop_grace, self._finish,
+                                          "finished_before_joining")
+
+    def refusal(self, msg: Message) -> Message | None:
+        """The ``ERROR`` answer to a model that requires protections this client does not
+        provide (fail closed: its parameters never leave), or None when it may train."""
+        requires = msg.meta.get("requires", ())
+        if not isinstance(requires, list | tuple) or not all(isinstance(r, str)
+                                                              for r in requires):
+            requires = ["<unreadable requires>"]
+        missing = sorted(set(requires) - self.provides)
+        if not missing:
+            return None
+        log.warning("client %s will not send its update in round %d: the server requires %s, "
+                    "which this client's pipeline does not provide", self.client_id, msg.round,
+                    ", ".join(missing))
+        return msg.reply(Kind.ERROR, self.client_id, error=(
+            f"missing protection: {', '.join(missing)} (required by the server; add the stage "
+            "to this client's pipeline)"))
+
+    def _refuse(self, msg: Message, reason: str, detail: str) -> None:
+        self.refused[reason] += 1
+        log.warning("client %s refused a %s (round %d) on the model topic: %s: %.200s",
+                    self.client_id, msg.kind.value, msg.round, reason, detail)
+
+    def _finish(self, reason: str) -> None:
+        if self.end_reason is None:
+            self.end_reason = reason
+        if reason != "stopped":
+            log.warning("client %s ends without having trained: the job's run finished "
+                        "before this client joined it (no model within %gs of its stop)",
+                        self.client_id, self.stop_grace)
+        self.finished.set()
+
+    async def stop(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        await super().stop()
 
     def train(self, model_msg: Message) -> Message:
         """One local round: load, fit, evaluate; returns the update message."""

@@ -6,12 +6,22 @@ until every expected client answered, or the deadline passed with at least ``min
 late, or sends something invalid is skipped and recorded with a reason; it never stalls or
 crashes the round. After the last round a ``CONTROL`` message with ``action: stop`` tells
 clients the job is over.
+
+Every broadcast (models and control messages) carries the server's *run id* in ``meta["run"]``:
+random when the server starts afresh, taken back from the checkpoint when it resumes. A client
+obeys a ``stop`` only from the run it is taking part in, so the retained ``stop`` a finished run
+left on the broker cannot end the clients of the next run of the same job. A model broadcast
+also names, in ``meta["requires"]``, the protections (:attr:`ServerPod.required_protections`:
+masking, noise, clipping) the server expects on every update, so a client whose pipeline lacks
+one refuses to send in the clear instead of being refused after the fact. With
+:attr:`ServerPod.broadcast_signer` set (the ``sign`` stage), every broadcast is signed last.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -31,6 +41,9 @@ from foedus.roles.collect import RoundCollector
 log = logging.getLogger("foedus.server")
 
 Evaluator = Callable[[Params], dict[str, float]]
+
+#: the checkpoint's extra-state entry holding the run id (a resumed server is the same run)
+RUN_STATE = "server:run"
 
 
 @dataclass
@@ -118,6 +131,16 @@ class ServerPod(Pod):
         self.collector = RoundCollector(
             job_id=job_id, aggregator=aggregator, participants=self.participants, logger=log,
         )
+        #: this run of the job, in every broadcast's ``meta["run"]``: random for a fresh start,
+        #: the checkpointed one on resume (clients of this run keep obeying it)
+        self.run_id: str = secrets.token_hex(8)
+        self.state_hooks[RUN_STATE] = (lambda: {"run_id": self.run_id}, self._restore_run)
+        #: protections every update must carry (``foedus.core.filter`` names: mask, noise,
+        #: clip), broadcast as ``meta["requires"]`` so clients without them refuse to send
+        self.required_protections: frozenset[str] = frozenset()
+        #: signs each broadcast as the last step (the ``sign`` stage's
+        #: :meth:`~foedus.security.signing.SignStage.broadcast_signer`); None: unsigned
+        self.broadcast_signer: Callable[[Message], Message] | None = None
 
     @property
     def rejections(self) -> Counter[str]:
@@ -141,7 +164,7 @@ class ServerPod(Pod):
                 log.warning("job %s stops before round %d: %s", self.job_id, rnd, exc)
                 break
             await self._run_round(rnd)
-        await self.send("model", self._control("stop"))
+        await self._broadcast(self._control("stop"))
 
     async def _run_round(self, rnd: int) -> None:
         began = time.perf_counter()
@@ -153,7 +176,10 @@ class ServerPod(Pod):
             meta.update(extra(rnd))
         if selected is not None:
             meta["selected"] = selected
-        await self.send("model", Message.create(
+        if self.required_protections:
+            meta["requires"] = sorted(self.required_protections)
+        meta["run"] = self.run_id  # last: no stage hook can overwrite it
+        await self._broadcast(Message.create(
             Kind.MODEL, job_id=self.job_id, round=rnd, sender=self.name, params=self.params,
             meta=meta,
         ))
@@ -207,10 +233,28 @@ class ServerPod(Pod):
 
     # ---- helpers --------------------------------------------------------------------------
     def _control(self, action: str) -> Message:
+        """A control message of this run; a ``stop`` also says how far the run got, so a client
+        can tell a finished run's stop from the run it takes part in."""
+        meta: dict[str, Any] = {"action": action, "run": self.run_id}
+        if action == "stop":
+            meta["finished"] = True
+            meta["rounds"] = len(self.history)
         return Message.create(
             Kind.CONTROL, job_id=self.job_id, round=self.current_round, sender=self.name,
-            meta={"action": action},
+            meta=meta,
         )
+
+    async def _broadcast(self, msg: Message) -> None:
+        """Send ``msg`` on ``model``, signed when the job signs (hashing a model is CPU work:
+        a worker thread, so the loop keeps collecting)."""
+        if self.broadcast_signer is not None:
+            msg = await asyncio.to_thread(self.broadcast_signer, msg)
+        await self.send("model", msg)
+
+    def _restore_run(self, state: dict[str, Any]) -> None:
+        run = state.get("run_id")
+        if isinstance(run, str) and run:
+            self.run_id = run
 
     def _resume(self) -> int:
         if self.checkpointer is None:

@@ -27,6 +27,17 @@ Job file::
 ``{sender}`` in ``private_key`` becomes the client's id, so every client process reads only its
 own key; ``public_keys`` is a directory of ``<participant>.pub`` files (or a mapping of
 participant to file). Keys are made with :func:`create_signing_keys`.
+
+The other direction. What the server broadcasts (each round's model, the final ``stop``) steers
+every client, so a job that signs updates signs broadcasts too: the server signs each one with
+its own key (:meth:`SignStage.broadcast_signer`: ``server_key``, by default ``private_key`` with
+``{sender}`` = the server's name, so ``create_signing_keys(dir, ["server", ...])`` serves both;
+or the ECDSA ``server.key`` that ``foedus certs`` wrote), and each client checks it against the
+server's public key before obeying it (:meth:`SignStage.broadcast_verifier`:
+``server_public_key``, a ``.pub`` file or the server's certificate ``server.pem``; by default
+the server's entry in ``public_keys``). A broadcast signature is made under another domain
+than an update's, so neither can stand for the other; refusals (``unsigned``,
+``bad_signature``) are counted by the verifier and logged in one line.
 """
 
 from __future__ import annotations
@@ -62,9 +73,16 @@ REQUIRES_EXTRA = "tls"
 SIGNATURE_META = "foedus.signature"
 #: domain separation: a signature made for something else never verifies as a message
 _DOMAIN = b"foedus-message-signature-v1"
+#: ... and a client's update signature never verifies as the server's broadcast (or back)
+_BROADCAST_DOMAIN = b"foedus-broadcast-signature-v1"
+
+#: a key that signs: Ed25519 (``create_signing_keys``) or ECDSA (``foedus certs``' server.key)
+SigningKey = Any
+#: a key that verifies: Ed25519 or ECDSA public key
+VerifyKey = Any
 
 
-def signed_digest(msg: Message) -> bytes:
+def signed_digest(msg: Message, domain: bytes = _DOMAIN) -> bytes:
     """The SHA-512 digest a signature covers (see the module docstring for what is in it)."""
     import msgpack
 
@@ -85,7 +103,7 @@ def signed_digest(msg: Message) -> bytes:
         ],
         use_bin_type=True,
     )
-    digest = hashlib.sha512(_DOMAIN)
+    digest = hashlib.sha512(domain)
     digest.update(len(canonical).to_bytes(8, "little"))
     digest.update(canonical)
     for _, array in arrays:
@@ -137,6 +155,59 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     if not isinstance(key, _ed25519().Ed25519PublicKey):
         raise ConfigError(f"public key {str(path)!r} is not an Ed25519 public key")
     return key  # type: ignore[no-any-return]
+
+
+def load_broadcast_key(path: str | Path) -> SigningKey:
+    """The server's broadcast-signing key: Ed25519, or the ECDSA key of its ``foedus certs``
+    certificate (one key file fewer to distribute)."""
+    serialization = require("cryptography.hazmat.primitives.serialization", "tls")
+    ec = require("cryptography.hazmat.primitives.asymmetric.ec", "tls")
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot read the server's signing key {str(path)!r}: {exc}") from exc
+    if not isinstance(key, _ed25519().Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"server key {str(path)!r} is neither Ed25519 nor ECDSA")
+    return key
+
+
+def load_broadcast_public_key(path: str | Path) -> VerifyKey:
+    """The key clients check broadcasts with: a PEM public key (``server.pub``) or the
+    server's X.509 certificate (``server.pem`` from ``foedus certs``)."""
+    serialization = require("cryptography.hazmat.primitives.serialization", "tls")
+    x509 = require("cryptography.x509", "tls")
+    ec = require("cryptography.hazmat.primitives.asymmetric.ec", "tls")
+    try:
+        data = Path(path).read_bytes()
+        key = (x509.load_pem_x509_certificate(data).public_key()
+               if b"BEGIN CERTIFICATE" in data else serialization.load_pem_public_key(data))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot read the server's public key {str(path)!r}: {exc}") from exc
+    if not isinstance(key, _ed25519().Ed25519PublicKey | ec.EllipticCurvePublicKey):
+        raise ConfigError(f"server public key {str(path)!r} is neither Ed25519 nor ECDSA")
+    return key
+
+
+def _sign_digest(key: SigningKey, digest: bytes) -> bytes:
+    if isinstance(key, _ed25519().Ed25519PrivateKey):
+        return key.sign(digest)  # type: ignore[no-any-return]
+    ec = require("cryptography.hazmat.primitives.asymmetric.ec", "tls")
+    hashes = require("cryptography.hazmat.primitives.hashes", "tls")
+    return key.sign(digest, ec.ECDSA(hashes.SHA256()))  # type: ignore[no-any-return]
+
+
+def _verifies(key: VerifyKey, signature: bytes, digest: bytes) -> bool:
+    invalid = require("cryptography.exceptions", "tls").InvalidSignature
+    try:
+        if isinstance(key, _ed25519().Ed25519PublicKey):
+            key.verify(signature, digest)
+        else:
+            ec = require("cryptography.hazmat.primitives.asymmetric.ec", "tls")
+            hashes = require("cryptography.hazmat.primitives.hashes", "tls")
+            key.verify(signature, digest, ec.ECDSA(hashes.SHA256()))
+    except (invalid, ValueError):
+        return False
+    return True
 
 
 def load_public_keys(source: str | Path | Mapping[str, str | Path]) -> dict[str, Ed25519PublicKey]:
@@ -274,6 +345,55 @@ class VerifyFilter(Filter):
         return msg.pop_trail(TAG).replace(meta=meta)
 
 
+class BroadcastSigner:
+    """Server side: signs every broadcast (model or control) with the server's key, last.
+
+    A callable ``Message -> Message`` for :attr:`foedus.roles.server.ServerPod.broadcast_signer`.
+    The signature goes into the same meta key as an update's, under another domain.
+    """
+
+    def __init__(self, key: SigningKey) -> None:
+        self.key = key
+        self.signed = 0
+
+    def __call__(self, msg: Message) -> Message:
+        signature = _sign_digest(self.key, signed_digest(msg, _BROADCAST_DOMAIN))
+        self.signed += 1
+        return msg.replace(meta={**msg.meta, SIGNATURE_META: signature})
+
+
+class BroadcastVerifier:
+    """Client side: :meth:`check` raises :class:`RejectedUpdate` unless a broadcast carries the
+    server's valid signature; refusals are counted in :attr:`rejected` by reason.
+
+    A callable for :class:`~foedus.roles.client.ClientPod`'s ``verify_broadcast``: the client
+    obeys (trains on, stops for) only what passes, so a stranger on the broker cannot stop or
+    steer the job. Thread-safe: clients may check a large model in a worker thread.
+    """
+
+    def __init__(self, key: VerifyKey) -> None:
+        self.key = key
+        self.rejected: Counter[str] = Counter()
+        self.verified = 0
+        self._lock = threading.Lock()
+
+    def check(self, msg: Message) -> None:
+        signature = msg.meta.get(SIGNATURE_META)
+        reason = None
+        if not isinstance(signature, bytes) or not 0 < len(signature) <= 512:
+            reason, why = "unsigned", "carries no server signature"
+        elif not _verifies(self.key, signature, signed_digest(msg, _BROADCAST_DOMAIN)):
+            reason, why = "bad_signature", "is not signed by the server's key"
+        with self._lock:
+            if reason is None:
+                self.verified += 1
+                return
+            self.rejected[reason] += 1
+        raise RejectedUpdate(reason, f"{msg.kind.value} from {msg.sender!r} {why}")
+
+    __call__ = check
+
+
 @stages.register("sign")
 class SignStage(Stage):
     """Ed25519 signatures on every update: clients sign, the server verifies.
@@ -281,6 +401,10 @@ class SignStage(Stage):
     ``private_key``: path to the client's key, ``{sender}`` replaced by its id (needed where
     clients run). ``public_keys``: directory of ``<name>.pub`` files or a mapping (needed where
     the server runs). Each side only checks what it needs, so one job file serves both.
+
+    Broadcasts: ``server_key`` (where the server runs; default ``private_key`` with ``{sender}``
+    = the server's name) signs them; ``server_public_key`` (where clients run: a ``.pub`` file or
+    the server's certificate; default the server's entry in ``public_keys``) checks them.
     """
 
     privacy_operations = (SIGN,)
@@ -288,14 +412,42 @@ class SignStage(Stage):
     def __init__(
         self, private_key: str | None = None,
         public_keys: str | Mapping[str, str] | None = None,
+        server_key: str | None = None, server_public_key: str | None = None,
     ) -> None:
-        if private_key is None and public_keys is None:
+        if private_key is None and public_keys is None and server_public_key is None:
             raise ConfigError("sign: give private_key (clients) and/or public_keys (server)")
-        if private_key is not None and (not isinstance(private_key, str) or not private_key):
-            raise ConfigError(f"sign.private_key: expected a path, got {private_key!r}")
+        for label, value in [("private_key", private_key), ("server_key", server_key),
+                             ("server_public_key", server_public_key)]:
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"sign.{label}: expected a path, got {value!r}")
         self.private_key = private_key
         self.public_keys = public_keys
+        self.server_key = server_key
+        self.server_public_key = server_public_key
         self.verifier: VerifyFilter | None = None
+
+    def broadcast_signer(self, server: str = "server") -> BroadcastSigner:
+        """What the server (named ``server``) signs its broadcasts with; read now, so a server
+        without its key refuses to start rather than broadcast unsigned."""
+        template = self.server_key or self.private_key
+        if template is None:
+            raise ConfigError("sign.server_key is needed where the server runs: it signs the "
+                              "models and control messages it broadcasts")
+        return BroadcastSigner(load_broadcast_key(template.replace("{sender}",
+                                                                   _check_name(server))))
+
+    def broadcast_verifier(self, server: str = "server") -> BroadcastVerifier:
+        """What clients check broadcasts with: the server's (named ``server``) public key."""
+        if self.server_public_key is not None:
+            return BroadcastVerifier(load_broadcast_public_key(self.server_public_key))
+        if isinstance(self.public_keys, Mapping) and server in self.public_keys:
+            return BroadcastVerifier(load_broadcast_public_key(self.public_keys[server]))
+        if isinstance(self.public_keys, str) and (Path(self.public_keys) / f"{server}.pub"
+                                                  ).is_file():
+            return BroadcastVerifier(load_broadcast_public_key(
+                Path(self.public_keys) / f"{server}.pub"))
+        raise ConfigError("sign.server_public_key is needed where clients run: clients obey "
+                          "only broadcasts signed by the server (its .pub file or certificate)")
 
     def client(self) -> Filter:
         if self.private_key is None:
