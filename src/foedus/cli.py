@@ -98,6 +98,8 @@ def _print_summary(result: JobResult) -> None:
         print(f"  stopped early: {s['stop_reason']}")
     if result.failure:
         print(f"  FAILED: {result.failure}")
+    elif result.near_chance:
+        print(f"  WARNING: {result.near_chance}")
 
 
 def demo_spec(args: argparse.Namespace) -> JobSpec:

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from foedus.config.parts import ActorTransports, RoundListener, build_parts, client_id
 from foedus.config.spec import JobSpec
 from foedus.config.topology import Assembly, Topology, topology_of
@@ -64,6 +66,20 @@ class JobResult:
         return self.metrics or {}
 
     @property
+    def near_chance(self) -> str | None:
+        """A warning when the final model does no better than guessing: accuracy within two
+        points of always answering the test set's commonest class, or R² at or below 0
+        (no better than the mean). ``None`` when it learned, or without test metrics."""
+        final = self.final_metrics
+        chance = self.extra.get("chance_accuracy")
+        if "accuracy" in final and chance is not None and final["accuracy"] <= chance + 0.02:
+            return (f"final accuracy {final['accuracy']:.4f} is at chance level "
+                    f"({chance:.4f}: always answering the commonest class)")
+        if "r2" in final and final["r2"] <= 0:
+            return f"final r2 {final['r2']:.4f}: no better than predicting the mean"
+        return None
+
+    @property
     def failure(self) -> str | None:
         """Why the job failed although it ran to its end, or ``None``: every round without
         quorum (or with a failed aggregation) means the job learned nothing."""
@@ -89,6 +105,7 @@ class JobResult:
             "bytes_in": sum(r.bytes_in for r in self.history),
             "bytes_out": sum(r.bytes_out for r in self.history),
             "failed": self.failure,
+            "warning": self.near_chance,
             "duration_s": round(self.duration_s, 3),
             "history": [r.to_dict() for r in self.history],
             **self.extra,
@@ -164,8 +181,16 @@ async def run_actors(
         records=assembly.records(), metrics=metrics,
         extra={"stop_reason": assembly.stop_reason(), "rounds_trained": _rounds_trained(assembly)},
     )
+    if parts.server_evaluates and parts.data_spec.task == "classification" and len(parts.test):
+        result.extra["chance_accuracy"] = chance_accuracy(parts.test.y)
     result.extra.update(parts.finish(params, failed=result.failure is not None))
     return result
+
+
+def chance_accuracy(labels: np.ndarray) -> float:
+    """The accuracy of always answering the commonest label: the floor a model must beat."""
+    _, counts = np.unique(labels, return_counts=True)
+    return float(counts.max() / counts.sum())
 
 
 async def _run(assembly: Assembly, on_ready: Callable[[], None] | None, grace: float) -> None:

@@ -26,7 +26,7 @@ from foedus.core.graph import Graph
 from foedus.core.message import Kind, Message
 from foedus.core.pod import Pod, Wire
 from foedus.core.runtime import Runtime
-from foedus.runner import JobResult, prepare
+from foedus.runner import JobResult, chance_accuracy, prepare
 from foedus.sim.backends import Backend, ClientWork, make_backend
 
 
@@ -115,6 +115,8 @@ async def run_simulation(
             "bytes_down": pool.bytes_down, "bytes_up": pool.bytes_up,
         },
     )
+    if parts.server_evaluates and parts.data_spec.task == "classification" and len(parts.test):
+        result.extra["chance_accuracy"] = chance_accuracy(parts.test.y)
     result.extra.update(parts.finish(server.params, failed=result.failure is not None))
     return result
 
