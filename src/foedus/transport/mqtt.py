@@ -23,8 +23,13 @@ How the Transport contract maps onto MQTT:
   subscriber arriving later receives the current value first (the current global model). Ordinary
   payloads go to ``<prefix>/d/<topic>``. A subscription listens to both.
 * **group=...**: the subscription gets its own MQTT session with a client id derived from
-  (prefix, topic, group), ``clean_start=False`` and a session expiry, so the broker queues what is
-  published while the group is away and delivers it when the group reconnects. A payload is
+  (prefix, topic, group) *and a secret*, ``clean_start=False`` and a session expiry, so the broker
+  queues what is published while the group is away and delivers it when the group reconnects.
+  Whoever connects with a session's client id takes that session (and its queued payloads)
+  over, so the id must not be computable from public names: it is an HMAC of those names under
+  ``session_secret``, else under a random secret kept in ``session_dir`` (created once, mode
+  0600), else under this side's TLS private key; only without any of them is it derived from
+  public names alone (with a warning). A payload is
   acknowledged to the broker only once the iterator advances past it (or the subscription is
   closed), so payloads received but not consumed before a crash are delivered again. One live
   member per group: a second connection with the same group takes the session over.
@@ -38,10 +43,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
+import os
+import secrets
 import uuid
 from collections import deque
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from foedus.core.errors import ConfigError, TransportClosed, TransportError, require
@@ -324,8 +333,7 @@ class _MqttSubscription(Subscription):
         else:
             filters = [(f"{p}/d/{topic}", rh), (f"{p}/r/{topic}/+", rh)]
         if group is not None:
-            name = f"{p}|{topic}|{group}".encode()
-            client_id = "foedus-g-" + hashlib.sha256(name).hexdigest()[:24]
+            client_id = owner.session_client_id(topic, group)
         else:
             client_id = f"foedus-s-{uuid.uuid4().hex[:20]}"
         self.conn = _Connection(
@@ -510,6 +518,8 @@ class MqttTransport(Transport):
         reconnect_max_delay: int = 10,
         verify_sender: bool = False,
         sender_aliases: Mapping[str, str] | None = None,
+        session_secret: str | None = None,
+        session_dir: str | None = None,
     ) -> None:
         require("paho.mqtt.client", "mqtt")
         if not isinstance(port, int) or not 0 < port < 65536:
@@ -566,11 +576,61 @@ class MqttTransport(Transport):
                     " certificate (the broker maps it to the username its ACL checks)"
                 )
             self.identity = certificate_identity(self.tls.cert)
+        if session_secret is not None and (not isinstance(session_secret, str)
+                                           or len(session_secret) < 16):
+            raise ConfigError("session_secret must be a string of at least 16 characters")
+        if session_dir is not None and (not isinstance(session_dir, str) or not session_dir):
+            raise ConfigError(f"session_dir must be a directory path, got {session_dir!r}")
+        self._session_key = self._session_key_of(session_secret, session_dir)
         self._pub: _Connection | None = None
         self._pub_lock: asyncio.Lock | None = None
         self._subs: set[_MqttSubscription] = set()
         self._retained_counts: dict[str, int] = {}
         self._closed = False
+
+    #: file in ``session_dir`` holding the random secret behind durable session ids
+    SESSION_SECRET_FILE = "mqtt-session.secret"
+
+    def _session_key_of(self, secret: str | None, directory: str | None) -> bytes | None:
+        """The key durable session ids are derived under (see the module docstring)."""
+        if secret is not None:
+            return hashlib.sha256(b"foedus-mqtt-session|" + secret.encode()).digest()
+        if directory is not None:
+            path = Path(directory) / self.SESSION_SECRET_FILE
+            try:
+                Path(directory).mkdir(parents=True, exist_ok=True)
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                except FileExistsError:
+                    stored = path.read_text().strip()
+                else:
+                    stored = secrets.token_hex(32)
+                    with os.fdopen(fd, "w") as fh:
+                        fh.write(stored + "\n")
+            except OSError as exc:
+                raise ConfigError(f"session_dir: cannot keep a secret in {str(path)!r}: {exc}"
+                                  ) from exc
+            if len(stored) < 32:
+                raise ConfigError(f"session_dir: {str(path)!r} does not hold a session secret")
+            return hashlib.sha256(b"foedus-mqtt-session|" + stored.encode()).digest()
+        if self.tls is not None and self.tls.key is not None:
+            try:
+                material = Path(self.tls.key).read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"tls.key: cannot read {str(self.tls.key)!r}: {exc}") from exc
+            return hashlib.sha256(b"foedus-mqtt-session-from-key|" + material).digest()
+        return None
+
+    def session_client_id(self, topic: str, group: str) -> str:
+        """The MQTT client id of ``group``'s durable session on ``topic``: the same on every
+        restart of this actor, and unguessable for anyone without its secret."""
+        name = f"{self.topic_prefix}|{topic}|{group}".encode()
+        if self._session_key is None:
+            log.warning("MQTT group %r on %r: its session id is derived from public names, so "
+                        "anyone on the broker can take the session over; set session_secret "
+                        "or session_dir (or use a TLS client key)", group, topic)
+            return "foedus-g-" + hashlib.sha256(name).hexdigest()[:24]
+        return "foedus-k-" + hmac.new(self._session_key, name, hashlib.sha256).hexdigest()[:32]
 
     def __repr__(self) -> str:
         return f"MqttTransport({self.host}:{self.port}, tls={self.tls is not None})"
@@ -671,6 +731,46 @@ class MqttTransport(Transport):
         finally:
             for fut in window:
                 fut.cancel()
+
+    async def clear_retained(self, topic: str, *, timeout: float = 5.0) -> int:
+        """Delete ``topic``'s retained value from the broker (every chunk, also under
+        ``from/<identity>`` levels); returns how many retained MQTT messages were cleared.
+
+        The retained chunks are found by subscribing to them; a marker published on a private
+        topic after the subscription says the broker has sent every retained message (it sends
+        them before anything published later on the same connection)."""
+        self._check_open()
+        self._check_topic(topic)
+        p = self.topic_prefix
+        marker = f"{p}/x/clear-{uuid.uuid4().hex}"
+        found: set[str] = set()
+        done = asyncio.get_running_loop().create_future()
+        conn: _Connection
+
+        def on_message(generation: int, msg: Any) -> None:
+            conn.ack(generation, msg.mid)
+            if msg.topic == marker:
+                if not done.done():
+                    done.set_result(None)
+            elif msg.retain and msg.payload:
+                found.add(msg.topic)
+
+        conn = _Connection(self, f"foedus-c-{uuid.uuid4().hex[:20]}", persistent=False,
+                           session_expiry=0, on_message=on_message,
+                           subscriptions=[(f"{p}/r/{topic}/#", 0), (marker, 0)])
+        await conn.open()
+        try:
+            await conn.publish(marker, b"end", False)
+            await asyncio.wait_for(done, timeout)
+            for mqtt_topic in sorted(found):
+                await conn.publish(mqtt_topic, b"", True)
+        except TimeoutError as exc:
+            raise TransportError(f"clearing {topic!r}: the broker sent no marker within "
+                                 f"{timeout}s") from exc
+        finally:
+            await conn.close()
+        self._retained_counts.pop(topic, None)
+        return len(found)
 
     async def subscribe(self, topic: str, *, group: str | None = None) -> Subscription:
         self._check_open()
