@@ -24,9 +24,9 @@ async def test_a_client_without_the_required_stage_sends_an_error_not_its_parame
     seen = Seen()
     offer = job.server.collector.offer
 
-    async def spy(msg: Message) -> None:
+    async def spy(msg: Message) -> bool:
         seen.messages.append(msg)
-        await offer(msg)
+        return await offer(msg)
 
     job.server.collector.offer = spy  # type: ignore[method-assign]
     await run_job_graphs(job, transport, [transport] * 3)
