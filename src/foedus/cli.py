@@ -126,7 +126,7 @@ def _simulate(spec: JobSpec, args: argparse.Namespace) -> int:
     if args.ray_address:
         options["address"] = args.ray_address
     result = run_simulation_sync(spec, on_round=_progress(spec, args.json), **options)
-    return _report(result, args.json)
+    return _report(result, args)
 
 
 def _progress(spec: JobSpec, as_json: bool) -> Progress | None:
@@ -134,14 +134,14 @@ def _progress(spec: JobSpec, as_json: bool) -> Progress | None:
     return None if as_json else Progress(prepare(spec).rounds(spec))
 
 
-def _actors(spec: JobSpec, actors: str | None, as_json: bool) -> int:
-    if not actors:
+def _actors(spec: JobSpec, args: argparse.Namespace) -> int:
+    if not args.actors:
         print("\n".join(prepare(spec).actors(spec)))
         return 0
-    names = actors.split(",")
-    result = asyncio.run(run_actors(spec, names, on_round=_progress(spec, as_json)))
-    if result.history or as_json:
-        return _report(result, as_json)
+    names = args.actors.split(",")
+    result = asyncio.run(run_actors(spec, names, on_round=_progress(spec, args.json)))
+    if result.history or args.json:
+        return _report(result, args)
     trained = result.extra["rounds_trained"]  # no server here: say what these actors did
     for actor in names:
         done = f" after {trained[actor]} rounds" if actor in trained else ""
@@ -149,13 +149,15 @@ def _actors(spec: JobSpec, actors: str | None, as_json: bool) -> int:
     return 0
 
 
-def _run(spec: JobSpec, as_json: bool) -> int:
-    return _report(run_job_sync(spec, on_round=_progress(spec, as_json)), as_json)
+def _run(spec: JobSpec, args: argparse.Namespace) -> int:
+    return _report(run_job_sync(spec, on_round=_progress(spec, args.json)), args)
 
 
-def _report(result: JobResult, as_json: bool) -> int:
-    """Print the summary; the exit status says whether the job learned anything."""
-    if as_json:
+def _report(result: JobResult, args: argparse.Namespace) -> int:
+    """Print the summary and write the files asked for; the exit status says whether the job
+    produced a model."""
+    _write_reports(result, args)
+    if args.json:
         print(json.dumps(result.summary(), indent=2))
     else:
         _print_summary(result)
@@ -163,6 +165,24 @@ def _report(result: JobResult, as_json: bool) -> int:
         print(f"foedus: job {result.job_id!r} failed: {result.failure}", file=sys.stderr)
         return 1
     return 0
+
+
+def _add_report_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--history-csv", metavar="FILE", help="write one row per round to FILE")
+    parser.add_argument("--plot", metavar="FILE.png|FILE.svg",
+                        help="draw the per-round metrics to FILE (needs foedus[plot])")
+
+
+def _write_reports(result: JobResult, args: argparse.Namespace) -> None:
+    """The files asked for with --history-csv and --plot, once the job has ended."""
+    from foedus.report import plot, write_csv
+
+    if getattr(args, "history_csv", None):
+        print(f"foedus: rounds written to {write_csv(result.history, args.history_csv)}",
+              file=sys.stderr)
+    if getattr(args, "plot", None):
+        path = plot(result.history, args.plot, title=f"job {result.job_id}")
+        print(f"foedus: chart written to {path}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -186,10 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("job", help="path to a YAML job file")
     run.add_argument("--rounds", type=int, help="override the job's rounds")
     run.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    _add_report_options(run)
 
     server = sub.add_parser("server", help="run only the server of a job (clients elsewhere)")
     server.add_argument("job", help="path to a YAML job file")
     server.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    _add_report_options(server)
 
     client = sub.add_parser("client", help="run one client of a job until the server stops")
     client.add_argument("job", help="path to a YAML job file")
@@ -199,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     actor.add_argument("job", help="path to a YAML job file")
     actor.add_argument("actors", nargs="?", help="comma-separated actor ids (omit to list them)")
     actor.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    _add_report_options(actor)
 
     sim = sub.add_parser("sim", help="simulate a job file with virtual clients on a pool")
     sim.add_argument("job", help="path to a YAML job file (its transport is not used)")
@@ -209,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sim.add_argument("--workers", type=int, help="pool size (default: 1 thread, or all cores)")
     sim.add_argument("--ray-address", help="an existing Ray cluster (default: start one here)")
     sim.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    _add_report_options(sim)
 
     sub.add_parser("plugins", help="list every registered plugin and the extra it needs")
 
@@ -237,7 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 {"rounds": args.rounds, "clients": {"count": args.clients, "epochs": args.epochs},
                  "data": {"alpha": args.alpha}, "seed": args.seed}
             )  # validates the numbers the same way a job file would
-            return _run(replace(demo_spec(args), rounds=spec.rounds), args.json)
+            return _run(replace(demo_spec(args), rounds=spec.rounds), args)
+        if getattr(args, "plot", None):
+            from foedus.report import check_plot_path
+
+            check_plot_path(args.plot)  # a wrong file name is refused before the job runs
         spec = load_job(args.job)
         if getattr(args, "rounds", None) is not None:
             spec = replace(spec, rounds=JobSpec.from_dict({"rounds": args.rounds}).rounds)
@@ -245,15 +273,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _simulate(spec, args)
         if args.command == "server":
             on_round = _progress(spec, args.json)
-            return _report(asyncio.run(run_server(spec, on_round=on_round)), args.json)
+            return _report(asyncio.run(run_server(spec, on_round=on_round)), args)
         if args.command == "actor":
-            return _actors(spec, args.actors, args.json)
+            return _actors(spec, args)
         if args.command == "client":
             result = asyncio.run(run_client(spec, args.index))
             for actor, rounds in result.extra.get("rounds_trained", {}).items():
                 print(f"foedus: client {actor} finished after {rounds} rounds", file=sys.stderr)
             return 0
-        return _run(spec, args.json)
+        return _run(spec, args)
     except FoedusError as exc:
         print(f"foedus: error: {exc}", file=sys.stderr)
         return 2
