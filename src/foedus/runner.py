@@ -32,8 +32,8 @@ from foedus.transport.base import transports
 
 log = logging.getLogger("foedus.runner")
 
-__all__ = ["JobResult", "RoundListener", "prepare", "run_actors", "run_client", "run_job",
-           "run_job_sync", "run_server"]
+__all__ = ["JobResult", "RoundListener", "prepare", "run_actors", "run_assembly", "run_client",
+           "run_job", "run_job_sync", "run_server"]
 
 
 @dataclass
@@ -163,7 +163,7 @@ async def run_actors(
     assembly: Assembly | None = None
     try:
         assembly = topology.build(parts, set(actors), links.open)
-        await asyncio.wait_for(_run(assembly, on_ready, grace), timeout)
+        await asyncio.wait_for(run_assembly(assembly, on_ready, grace), timeout)
     except BaseException:
         parts.finish(None, failed=True)
         raise
@@ -193,7 +193,8 @@ def chance_accuracy(labels: np.ndarray) -> float:
     return float(counts.max() / counts.sum())
 
 
-async def _run(assembly: Assembly, on_ready: Callable[[], None] | None, grace: float) -> None:
+async def run_assembly(assembly: Assembly, on_ready: Callable[[], None] | None = None,
+                       grace: float = 10.0) -> None:
     """Start every actor but the leader, then the leader (so everyone is subscribed before it
     broadcasts); wait for the leader, or for everyone without one; stop all; re-raise a driver's
     failure, so a crashed actor never looks like a finished job."""

@@ -14,7 +14,7 @@ from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.filter import stages
 from foedus.core.message import Kind, Message
 from foedus.roles.server import RoundRecord
-from foedus.runner import run_job
+from foedus.runner import run_job, run_job_sync
 from foedus.security.signing import (
     SIGNATURE_META,
     SignFilter,
@@ -106,7 +106,8 @@ def test_the_stage_folds_refused_messages_into_the_round_record(keys: Path) -> N
 async def test_a_job_file_with_the_sign_stage_trains_and_every_update_is_verified(
     keys: Path,
 ) -> None:
-    create_signing_keys(keys, ["client-002"])
+    # the server's key too: with sign, it signs every broadcast and the clients verify them
+    create_signing_keys(keys, ["client-002", "server"])
     assert "sign" in stages.names()
     spec = JobSpec.from_dict({
         "job_id": "signed", "rounds": 2, "clients": {"count": 3},
@@ -114,8 +115,20 @@ async def test_a_job_file_with_the_sign_stage_trains_and_every_update_is_verifie
         "pipeline": [{"type": "sign", "params": {
             "private_key": str(keys / "{sender}.key"), "public_keys": str(keys / "public")}}],
     })
-    result = await run_job(spec)
+    refused: list[str] = []
+    result = await run_job(spec, on_round=lambda r: refused.extend(r.failed_clients))
     assert [r.accepted for r in result.history] == [3, 3]
+    assert not refused  # every client accepted every signed broadcast
     assert all(not r.rejected for r in result.history)
     assert result.final_metrics["accuracy"] > 0.8
     assert load_private_key(keys / "client-002.key") is not None
+
+
+def test_a_job_file_with_sign_but_no_server_key_is_refused_before_it_runs(keys: Path) -> None:
+    spec = JobSpec.from_dict({
+        "job_id": "signed", "rounds": 1, "clients": {"count": 2},
+        "pipeline": [{"type": "sign", "params": {
+            "private_key": str(keys / "{sender}.key"), "public_keys": str(keys / "public")}}],
+    })
+    with pytest.raises(ConfigError, match="cannot read the server's signing key"):
+        run_job_sync(spec)

@@ -25,7 +25,7 @@ from foedus.data.shares import load_job_data
 from foedus.models.base import ModelAdapter, build_model
 from foedus.privacy.order import check_stages
 from foedus.roles.checkpoint import Checkpointer
-from foedus.roles.client import ClientPod
+from foedus.roles.client import ClientPod, protections_of
 from foedus.roles.server import Evaluator, RoundRecord, ServerPod
 from foedus.transport.base import Transport, transports
 
@@ -118,10 +118,16 @@ class JobParts:
         """A fresh aggregator as the job file names it (edges each need their own)."""
         return create(aggregators, self.spec.aggregator, "aggregator")  # type: ignore[no-any-return]
 
-    def make_client(self, index: int, cls: type[ClientPod] = ClientPod) -> ClientPod:
-        """Client ``index`` on its share (read on first access with per-client files)."""
+    def make_client(self, index: int, cls: type[ClientPod] = ClientPod,
+                    server: str = "server") -> ClientPod:
+        """Client ``index`` on its share (read on first access with per-client files): it
+        provides the protections its pipeline applies (and refuses to send when a broadcast
+        requires others), and checks broadcasts of ``server`` when a stage signs them."""
         return cls(client_id=client_id(index), model=self.make_model(), data=self.shares[index],
-                   epochs=self.spec.clients.epochs, seed=self.spec.seed)
+                   epochs=self.spec.clients.epochs, seed=self.spec.seed,
+                   provides=protections_of(self.pipeline),
+                   verify_broadcast=next((v for stage in self.pipeline
+                                          if (v := stage.broadcast_verifier(server))), None))
 
     def client_filters(self) -> list[Filter]:
         """A fresh set of client-side filters (they may keep per-client state)."""
@@ -159,6 +165,9 @@ class JobParts:
             server.state_hooks[f"pipeline[{i}]:{spec.pipeline[i].type}"] = (
                 stage.state, stage.restore
             )
+        server.required_protections = protections_of(self.pipeline)  # clients fail closed
+        server.broadcast_signer = next(
+            (s for stage in self.pipeline if (s := stage.broadcast_signer(server.name))), None)
         if self.mlops is not None:
             self.mlops.attach(server)
         server.round_listeners.append(self.report_round)

@@ -25,6 +25,7 @@ model stream: on a client, the downlink that feeds the client pod; on the server
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -237,6 +238,17 @@ class Stage:
 
     def restore(self, state: dict[str, Any]) -> None:
         """Load what :meth:`state` returned, when the server resumes from a checkpoint."""
+
+    # Broadcast hooks: a stage that authenticates what the server sends (``sign``) returns
+    # them; the job's server and clients are built with the first a pipeline gives.
+    def broadcast_signer(self, server: str = "server") -> Callable[[Message], Message] | None:
+        """What the server named ``server`` passes every broadcast through, last."""
+        return None
+
+    def broadcast_verifier(self, server: str = "server") -> Any | None:
+        """What clients check every broadcast of the server named ``server`` with (an object
+        with ``check(msg)`` raising ``RejectedUpdate``, see ``foedus.roles.client``)."""
+        return None
 
 
 #: registered pipeline stages, by the name a job file uses (``type: zstd``)
