@@ -26,6 +26,13 @@ def dashboard_queries() -> list[tuple[str, str]]:
     return [(p["title"], t["expr"]) for p in dash["panels"] for t in p["targets"]]
 
 
+def dashboard_panels() -> list[tuple[str, list[str]]]:
+    """(panel title, its PromQL expressions): a panel shows data when any of them returns some
+    (client panels query both the clients' own endpoints and what the server saw of them)."""
+    dash = json.loads(DASHBOARD.read_text())
+    return [(p["title"], [t["expr"] for t in p["targets"]]) for p in dash["panels"]]
+
+
 def exported(name: str) -> bool:
     known = set(SERVER_METRICS) | set(CLIENT_METRICS)
     return name in known or any(
@@ -61,10 +68,14 @@ def test_panels_use_the_provisioned_datasource() -> None:
     assert providers[0]["type"] == "file" and providers[0]["options"]["path"]
 
 
-def test_the_prometheus_scrape_config_is_valid() -> None:
+def test_the_prometheus_scrape_config_is_valid_and_its_labels_clash_with_none_of_ours(
+) -> None:
     config = DEPLOY / "prometheus" / "prometheus.yml"
-    jobs = [c["job_name"] for c in yaml.safe_load(config.read_text())["scrape_configs"]]
-    assert jobs == ["foedus-server", "foedus-clients"]
+    scrape = yaml.safe_load(config.read_text())["scrape_configs"]
+    assert [c["job_name"] for c in scrape] == ["foedus-server", "foedus-clients"]
+    ours = {"fl_job", "fl_role", "actor", "client", "name", "reason", "status", "le"}
+    target_labels = {k for c in scrape for s in c["static_configs"] for k in s.get("labels", {})}
+    assert target_labels and not target_labels & ours  # a clash would rename ours exported_*
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool (Debian package prometheus) is not installed")

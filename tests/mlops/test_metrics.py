@@ -42,7 +42,7 @@ async def test_server_monitor_pod_exports_rounds_latency_updates_clients_and_byt
     assert after["foedus_clients_missing" + s] == 0
     accuracy = job.server.history[-1].metrics["accuracy"]
     assert after["foedus_model_metric" + _series("prom-server", name="accuracy")] == accuracy
-    links = _series("prom-server", role="server", actor="server")
+    links = _series("prom-server", fl_role="server", actor="server")
     uplink = job.server_graph.pods["model_out"]
     assert after["foedus_bytes_sent_total" + links] == uplink.bytes_out > 0  # type: ignore[attr-defined]
     assert after["foedus_messages_received_total" + links] == 9
@@ -89,7 +89,7 @@ async def test_client_monitor_pods_export_each_clients_rounds_latency_and_bytes(
             "prom-clients", client=client.client_id, status="ok")] == 2
         assert ("foedus_client_local_metric" + _series(
             "prom-clients", client=client.client_id, name="train_loss")) in values
-        links = _series("prom-clients", role="client", actor=client.client_id)
+        links = _series("prom-clients", fl_role="client", actor=client.client_id)
         assert values["foedus_bytes_received_total" + links] > 0
         assert values["foedus_messages_sent_total" + links] == 2
 

@@ -218,7 +218,8 @@ def build_parts(
         # (two clients on one host would otherwise fight over the Prometheus port)
         from foedus.mlops.session import MlopsSession
 
-        mlops = MlopsSession(spec.mlops, job_id=spec.job_id, job_params=spec)
+        mlops = MlopsSession(spec.mlops, job_id=spec.job_id, job_params=spec,
+                             data_spec=data.spec)
     parts = JobParts(spec, data.spec, data.shares, data.test, data.server_evaluates, pipeline,
                      mlops)
     check_pairing(parts.evaluator(), parts.make_aggregator(), spec)

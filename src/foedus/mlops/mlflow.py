@@ -41,11 +41,17 @@ from foedus.core.params import Params
 from foedus.core.pod import Pod, Wire
 from foedus.mlops.events import graph_links, record_from_event, wire_bytes
 from foedus.mlops.modelfile import MODEL_FILE, decode_model, encode_model
+from foedus.mlops.pyfunc import DATA_DIR, ModelRecipe, save_model
 from foedus.roles.server import RoundRecord, ServerPod
 
 log = logging.getLogger("foedus.mlops.mlflow")
 
 ParamsSource = Callable[[], Params]
+
+#: the checkpoint's extra-state entry holding the MLflow run (a resumed server reopens it)
+CHECKPOINT_STATE = "mlops:mlflow"
+#: how long a checkpoint waits for the listener thread to have created the run
+_OPEN_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,10 @@ class MlflowTracker(Pod):
 
     ``model_source`` returns the current global model for the model artifacts; when the server's
     events carry parameters they are used instead. ``links`` are pods whose byte counters to log
-    (by default, the links of the graph the tracker runs in, found when it starts).
+    (by default, the links of the graph the tracker runs in, found when it starts); without
+    links, the bytes each :class:`RoundRecord` carries (filled by the runner) are summed.
+    ``recipe`` says how to rebuild the model adapter: with it, models are logged as MLflow
+    models (``mlflow.pyfunc.load_model`` works on them, see :mod:`foedus.mlops.pyfunc`).
     """
 
     inputs: ClassVar[tuple[Wire, ...]] = (Wire("events"),)
@@ -120,7 +129,8 @@ class MlflowTracker(Pod):
         params: Mapping[str, Any] | Any | None = None, run_name: str | None = None,
         registered_model: str | None = None, checkpoint_every: int = 0,
         tags: Mapping[str, str] | None = None, model_source: ParamsSource | None = None,
-        links: list[Pod] | None = None, name: str = "mlflow",
+        links: list[Pod] | None = None, recipe: ModelRecipe | None = None,
+        name: str = "mlflow",
     ) -> None:
         super().__init__(name)
         if not tracking_uri:
@@ -137,8 +147,14 @@ class MlflowTracker(Pod):
         self.tags = dict(tags or {})
         self.model_source = model_source
         self.links = links
+        self.recipe = recipe
         self.run_id: str | None = None
         self.rounds_logged = 0
+        #: cumulative bytes of the records (used when the tracker sees no links)
+        self.record_bytes = [0, 0]
+        #: a run to reopen instead of creating one (set from a checkpoint on resume)
+        self.resume_run_id: str | None = None
+        self._opened = threading.Event()
         self._client: Any = None
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
@@ -159,6 +175,8 @@ class MlflowTracker(Pod):
             if self.run_id is not None:
                 return self.run_id
             client = self.client
+            if self.resume_run_id is not None and self._reopen(self.resume_run_id):
+                return self.resume_run_id
             found = client.get_experiment_by_name(self.experiment)
             experiment_id = (
                 found.experiment_id if found is not None
@@ -175,7 +193,29 @@ class MlflowTracker(Pod):
                 for start in range(0, len(items), 100):  # MLflow's batch limit is 100 params
                     client.log_batch(self.run_id, params=items[start:start + 100])
             log.info("mlflow run %s for job %s", self.run_id, self.job_id)
+            self._opened.set()
             return self.run_id
+
+    def _reopen(self, run_id: str) -> bool:
+        """Continue ``run_id`` (a resumed job): mark it running again, log no params twice.
+        A run that is gone or belongs to another job is not reused (a new one is made)."""
+        exceptions = require("mlflow.exceptions", "mlflow")
+        try:
+            run = self.client.get_run(run_id)
+        except exceptions.MlflowException as exc:
+            log.warning("mlflow run %s of job %s cannot be resumed (%s); starting a new run",
+                        run_id, self.job_id, exc)
+            return False
+        if run.data.tags.get("foedus.job_id") != self.job_id:
+            log.warning("mlflow run %s is not job %s's; starting a new run", run_id, self.job_id)
+            return False
+        resumed = int(run.data.tags.get("foedus.resumed", "0")) + 1
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.set_tag(run_id, "foedus.resumed", str(resumed))
+        self.run_id = run_id
+        log.info("mlflow run %s of job %s resumed (time %d)", run_id, self.job_id, resumed)
+        self._opened.set()
+        return True
 
     def log_round(self, record: RoundRecord, params: Params | None = None) -> None:
         """Log one round's metrics (step = round) and, at checkpoint rounds, the model."""
@@ -191,6 +231,11 @@ class MlflowTracker(Pod):
         run_id = self.open()
         path = artifact_path or f"models/round-{round:04d}"
         with tempfile.TemporaryDirectory(prefix="foedus-mlflow-") as tmp:
+            if self.recipe is not None:  # an MLflow model: MLmodel, signature, data/foedus/
+                model_dir = Path(tmp) / "model"
+                save_model(model_dir, params, self.recipe, job_id=self.job_id, round=round)
+                self.client.log_artifacts(run_id, str(model_dir), artifact_path=path)
+                return f"{self.client.get_run(run_id).info.artifact_uri}/{path}"
             (Path(tmp) / MODEL_FILE).write_bytes(
                 encode_model(params, job_id=self.job_id, round=round)
             )
@@ -207,16 +252,24 @@ class MlflowTracker(Pod):
         lineage: Mapping[str, str] | None = None,
     ) -> RegisteredModel | None:
         """End the run: log the final model, register it (if ``registered_model`` is set) with
-        lineage tags, and mark the run ``status``. Returns the new model version, if any."""
-        self.flush()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        lineage tags, and mark the run ``status``. Returns the new model version, if any.
+
+        A run ending with any status but ``FINISHED`` logs no final model and registers
+        nothing, whatever ``params`` or ``model_source`` hold: the global model of a failed
+        job (no round with quorum, or a crash) is not a model anyone should deploy."""
+        try:
+            self.flush()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
         run_id = self.open()
         version: RegisteredModel | None = None
-        final = params if params is not None else (
-            self.model_source() if self.model_source is not None else None
-        )
+        final = None
+        if status == "FINISHED":
+            final = params if params is not None else (
+                self.model_source() if self.model_source is not None else None
+            )
         try:
             if final is not None:
                 source = self.log_model(
@@ -268,6 +321,32 @@ class MlflowTracker(Pod):
         if self.model_source is None:
             self.model_source = lambda: server.params
         server.round_listeners.append(lambda rec: self.log_round(rec, server.params))
+        self.checkpoint_with(server)
+
+    def checkpoint_with(self, server: ServerPod) -> None:
+        """Save the run id with ``server``'s checkpoints, so a server that resumes from one
+        continues the same MLflow run (one run per job, however often its server restarts)."""
+        server.state_hooks[CHECKPOINT_STATE] = (self.checkpoint_state, self.restore_state)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The run and the tracker's counters, as saved with a checkpoint."""
+        if self.run_id is None and self._executor is not None:
+            # the run is created by the first round's logging on the worker thread: a
+            # checkpoint without it could not be resumed into the same run
+            self._opened.wait(_OPEN_WAIT_S)
+        return {"run_id": self.run_id or "", "rounds_logged": self.rounds_logged,
+                "record_bytes": list(self.record_bytes)}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Take the run back from a checkpoint (called before the resumed job's first round;
+        the run is reopened lazily, on the worker thread, with its first log call)."""
+        run_id = state.get("run_id")
+        if isinstance(run_id, str) and run_id and self.run_id is None:
+            self.resume_run_id = run_id
+        self.rounds_logged = max(self.rounds_logged, int(state.get("rounds_logged", 0)))
+        saved = state.get("record_bytes")
+        if isinstance(saved, list) and len(saved) == 2:
+            self.record_bytes = [int(saved[0]), int(saved[1])]
 
     def flush(self) -> None:
         """Wait until every round handed to the listener has been logged; re-raise failures."""
@@ -298,6 +377,11 @@ class MlflowTracker(Pod):
         if self.links:
             wb = wire_bytes(self.links)
             values.update(bytes_in=float(wb.bytes_in), bytes_out=float(wb.bytes_out))
+        elif record.bytes_in or record.bytes_out or any(self.record_bytes):
+            self.record_bytes[0] += record.bytes_in
+            self.record_bytes[1] += record.bytes_out
+            values.update(bytes_in=float(self.record_bytes[0]),
+                          bytes_out=float(self.record_bytes[1]))
         stamp = int(1000 * time.time())
         self.client.log_batch(run_id, metrics=[
             entities.Metric(k, v, stamp, record.round) for k, v in values.items()
@@ -316,11 +400,18 @@ def load_model_version(tracking_uri: str, name: str, version: str) -> dict[str, 
     client = tracking.MlflowClient(tracking_uri=tracking_uri)
     mv = client.get_model_version(name, version)
     artifacts = require("mlflow.artifacts", "mlflow")
+    exceptions = require("mlflow.exceptions", "mlflow")
     with tempfile.TemporaryDirectory(prefix="foedus-mlflow-") as tmp:
-        local = artifacts.download_artifacts(
-            artifact_uri=f"{mv.source}/{MODEL_FILE}", dst_path=tmp, tracking_uri=tracking_uri,
-        )
-        return decode_model(Path(local).read_bytes())
+        for inside in (f"data/{DATA_DIR}/{MODEL_FILE}", MODEL_FILE):  # MLflow model, or plain
+            try:
+                local = artifacts.download_artifacts(
+                    artifact_uri=f"{mv.source}/{inside}", dst_path=tmp,
+                    tracking_uri=tracking_uri,
+                )
+            except (exceptions.MlflowException, OSError):
+                continue
+            return decode_model(Path(local).read_bytes())
+    raise ConfigError(f"model {name} version {version} holds no foedus model ({mv.source})")
 
 
 def _copy(params: Params) -> dict[str, np.ndarray]:

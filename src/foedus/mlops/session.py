@@ -6,12 +6,13 @@
       mlflow: {tracking_uri: http://mlflow:5000, experiment: digits,
                registered_model: digits-fedavg, checkpoint_every: 5}
       s3: {url: s3://foedus/checkpoints, endpoint_url: http://minio:9000, keep: 3}
-      prometheus: {port: 9400, host: 0.0.0.0}
+      prometheus: {port: 9400, host: 0.0.0.0, linger_s: 10}
 
-:class:`MlopsSession` is what a runner needs: ``checkpointer()`` before building the server,
-``attach(server)`` once it exists (listener mode: nothing to wire), and ``finish(params)`` after
-the job. Every key is checked up front, and each integration's extra is imported only if its
-section is present.
+:class:`MlopsSession` is what a runner needs (``foedus.config.parts`` uses it for every job
+file with an ``mlops:`` section): ``checkpointer()`` before building the server,
+``attach(server)`` once it exists (listener mode: nothing to wire), and
+``finish(params, failed=...)`` after the job. Every key is checked up front, and each
+integration's extra is imported only if its section is present.
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ from typing import Any
 
 from foedus.core.errors import ConfigError
 from foedus.core.params import Params
+from foedus.data.datasets import DataSpec
 from foedus.mlops.artifacts import S3Checkpointer, s3_checkpointer
-from foedus.mlops.metrics import ServerMonitor
+from foedus.mlops.metrics import DEFAULT_LINGER_S, ServerMonitor
 from foedus.mlops.mlflow import MlflowTracker, RegisteredModel
+from foedus.mlops.pyfunc import ModelRecipe
 from foedus.roles.server import ServerPod
 
 _KEYS: dict[str, tuple[str, ...]] = {
     "mlflow": ("tracking_uri", "experiment", "registered_model", "checkpoint_every", "run_name"),
     "s3": ("url", "endpoint_url", "region", "keep", "access_key", "secret_key",
            "create_bucket"),
-    "prometheus": ("port", "host"),
+    "prometheus": ("port", "host", "linger_s"),
 }
 
 
@@ -47,11 +50,25 @@ def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any] | None:
     return dict(value)
 
 
+def recipe_of(job_params: Any, data_spec: DataSpec | None) -> ModelRecipe | None:
+    """How to rebuild the job's model (for MLflow models), when the job says which it is."""
+    model = getattr(job_params, "model", None)
+    model_type = getattr(model, "type", None)
+    if data_spec is None or not isinstance(model_type, str):
+        return None
+    return ModelRecipe(model_type, data_spec, dict(getattr(model, "params", {}) or {}),
+                       int(getattr(job_params, "seed", 0)))
+
+
 class MlopsSession:
-    """The integrations one job asked for, built from its ``mlops:`` section."""
+    """The integrations one job asked for, built from its ``mlops:`` section.
+
+    ``job_params`` is the job spec (logged as MLflow params); with ``data_spec`` too, models
+    are logged as MLflow models that ``mlflow.pyfunc.load_model`` can load and predict with.
+    """
 
     def __init__(self, config: Mapping[str, Any] | None, *, job_id: str,
-                 job_params: Any = None) -> None:
+                 job_params: Any = None, data_spec: DataSpec | None = None) -> None:
         raw = dict(config or {})
         unknown = sorted(set(raw) - set(_KEYS))
         if unknown:
@@ -67,9 +84,17 @@ class MlopsSession:
         if mlflow is not None:
             if "tracking_uri" not in mlflow:
                 raise ConfigError("mlops.mlflow.tracking_uri: required")
-            self.tracker = MlflowTracker(job_id=job_id, params=job_params, **mlflow)
+            self.tracker = MlflowTracker(job_id=job_id, params=job_params,
+                                         recipe=recipe_of(job_params, data_spec), **mlflow)
         if self._s3 is not None and "url" not in self._s3:
             raise ConfigError("mlops.s3.url: required (s3://BUCKET/PREFIX)")
+        self.linger_s = DEFAULT_LINGER_S
+        if self._prometheus is not None:
+            linger = self._prometheus.get("linger_s", DEFAULT_LINGER_S)
+            if isinstance(linger, bool) or not isinstance(linger, int | float) or linger < 0:
+                raise ConfigError(f"mlops.prometheus.linger_s: expected seconds >= 0, "
+                                  f"got {linger!r}")
+            self.linger_s = float(linger)
 
     def checkpointer(self) -> S3Checkpointer | None:
         """The S3 checkpointer, if the job stores checkpoints in a bucket."""
@@ -90,11 +115,17 @@ class MlopsSession:
 
     def finish(self, params: Params | None = None, *, failed: bool = False,
                ) -> RegisteredModel | None:
-        """End the MLflow run (registering the final model) and stop the endpoint."""
+        """End the MLflow run and stop the endpoint.
+
+        A ``failed`` job (every round without quorum, or a crash) ends its run ``FAILED`` and
+        registers no model. The endpoint first lingers until Prometheus has scraped it once
+        after the last round (at most ``mlops.prometheus.linger_s``), so the job's last rounds
+        are not lost with the process."""
         try:
             if self.tracker is not None:
-                return self.tracker.finish(params, status="FAILED" if failed else "FINISHED")
+                return self.tracker.finish(None if failed else params,
+                                           status="FAILED" if failed else "FINISHED")
             return None
         finally:
             if self.monitor is not None:
-                self.monitor.close()
+                self.monitor.close(linger_s=self.linger_s)
