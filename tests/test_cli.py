@@ -106,3 +106,18 @@ def test_actor_lists_a_topology_jobs_actors_and_refuses_splitting_a_local_job(
     split = run_cli("actor", str(job), "server,a")
     assert split.returncode == 2
     assert "use a networked transport" in split.stderr
+
+
+def test_a_resumed_server_says_so_in_its_output(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(f"job_id: resumable\nrounds: 2\nclients: {{count: 3}}\n"
+                   f"data: {{dataset: digits, partition: iid}}\ncheckpoint_dir: {tmp_path}\n")
+    first = run_cli("run", str(job))
+    assert first.returncode == 0, first.stderr
+    assert "resumed" not in first.stderr + first.stdout
+    again = run_cli("run", str(job), "--rounds", "4")  # the same job, two more rounds
+    assert again.returncode == 0, again.stderr
+    assert "foedus: resumed from the checkpoint of round 2" in again.stderr
+    assert "resumed after round 2 from the job's checkpoint" in again.stdout
+    assert [line.split()[1] for line in again.stderr.splitlines()
+            if line.startswith("round")] == ["3/4", "4/4"]

@@ -35,8 +35,13 @@ class Progress:
     def __init__(self, rounds: int, stream: TextIO | None = None) -> None:
         self.rounds = rounds
         self.stream = stream
+        self.first = True
 
     def __call__(self, record: RoundRecord) -> None:
+        if self.first and record.round > 1:  # the rounds before came from a checkpoint
+            print(f"foedus: resumed from the checkpoint of round {record.round - 1}",
+                  file=self.stream or sys.stderr, flush=True)
+        self.first = False
         done = int(BAR_WIDTH * record.round / self.rounds)
         bar = "#" * done + "." * (BAR_WIDTH - done)
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted(record.metrics.items()))
@@ -94,6 +99,8 @@ def _print_summary(result: JobResult) -> None:
         print(f"  simulated on {s['workers']} {s['backend']} worker(s), "
               f"start-up {s['startup_s']}s, moved {s['bytes_down'] / 1e6:.1f} MB down and "
               f"{s['bytes_up'] / 1e6:.1f} MB up")
+    if s.get("resumed_from"):
+        print(f"  resumed after round {s['resumed_from']} from the job's checkpoint")
     if s.get("stop_reason"):
         print(f"  stopped early: {s['stop_reason']}")
     if result.failure:

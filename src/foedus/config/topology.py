@@ -61,6 +61,8 @@ class Assembly:
     records: Callable[[], dict[str, list[dict[str, Any]]]] = field(default=lambda: {})
     #: why the job stopped before its last round, when it did (e.g. the privacy budget ran out)
     stop_reason: Callable[[], str | None] = field(default=lambda: None)
+    #: the round of the checkpoint the job's server resumed after, when it did
+    resumed_from: Callable[[], int | None] = field(default=lambda: None)
 
 
 class Topology:

@@ -124,6 +124,8 @@ class ServerPod(Pod):
         self.round_guards: list[Callable[[int], None]] = []
         #: extra metadata for each round's model broadcast
         self.broadcast_meta: list[Callable[[int], dict[str, Any]]] = []
+        #: the checkpoint's round this server resumed after (None: it started afresh)
+        self.resumed_from: int | None = None
         self.stop_reason: str | None = None
         #: name -> (get, restore) of extra state saved with each checkpoint (pipeline stages)
         self.state_hooks: dict[str, tuple[Callable[[], dict[str, Any]],
@@ -268,6 +270,7 @@ class ServerPod(Pod):
             if name in ckpt.extra_state:
                 restore(ckpt.extra_state[name])
         self.history = [RoundRecord(**r) for r in ckpt.history]
+        self.resumed_from = ckpt.round
         log.info("resumed job %s after round %d", self.job_id, ckpt.round)
         return ckpt.round + 1
 

@@ -218,4 +218,5 @@ def server_assembly(runtimes: dict[str, Runtime], server: ServerPod | None) -> A
         return Assembly(runtimes, None, history=list, params=lambda: None)
     meter_rounds(server, runtimes[server.name].graph)
     return Assembly(runtimes, server.name, history=lambda: list(server.history),
-                    params=lambda: server.params, stop_reason=lambda: server.stop_reason)
+                    params=lambda: server.params, stop_reason=lambda: server.stop_reason,
+                    resumed_from=lambda: server.resumed_from)
