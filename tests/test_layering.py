@@ -15,7 +15,7 @@ LAYERS: list[set[str]] = [
     {"core"},
     {"codec", "compress", "security", "privacy", "aggregate", "data"},
     {"transport", "models"},
-    {"roles", "trees"},
+    {"roles", "trees", "vertical"},
     {"mlops"},
     {"config"},
     {"topology"},
