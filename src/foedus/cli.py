@@ -16,13 +16,15 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TextIO
 
 from foedus.config.spec import ClientSection, DataSection, JobSpec, Plugin, load_job
 from foedus.core.errors import FoedusError
+from foedus.core.message import Message
 from foedus.plugins import catalogue, format_catalogue, load_plugins
+from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord
 from foedus.runner import JobResult, prepare, run_actors, run_client, run_job_sync, run_server
 
@@ -60,6 +62,24 @@ class Progress:
             file=self.stream or sys.stderr,
             flush=True,
         )
+
+
+def _client_round(client: ClientPod, answer: Message) -> None:
+    """One line per answer of a client run in this process (where no server runs)."""
+    if answer.error is not None:
+        what = f"sent an error: {answer.error}"
+    else:
+        metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted(answer.metrics.items()))
+        what = f"sent its update ({answer.num_examples} examples)  {metrics}"
+    print(f"{client.client_id} round {answer.round:>3}: {what}", file=sys.stderr, flush=True)
+
+
+def _waiting(spec: JobSpec) -> Callable[[float], None]:
+    def say(seconds: float) -> None:
+        print(f"foedus: no model from the server of job {spec.job_id!r} after {seconds:.0f}s; "
+              f"is it running, on the same transport ({spec.transport.type})?",
+              file=sys.stderr, flush=True)
+    return say
 
 
 def _size(n: int) -> str:
@@ -146,7 +166,9 @@ def _actors(spec: JobSpec, args: argparse.Namespace) -> int:
         print("\n".join(prepare(spec).actors(spec)))
         return 0
     names = args.actors.split(",")
-    result = asyncio.run(run_actors(spec, names, on_round=_progress(spec, args.json)))
+    result = asyncio.run(run_actors(
+        spec, names, on_round=_progress(spec, args.json),
+        on_client_round=None if args.json else _client_round, on_waiting=_waiting(spec)))
     if result.history or args.json:
         return _report(result, args)
     trained = result.extra["rounds_trained"]  # no server here: say what these actors did
@@ -284,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "actor":
             return _actors(spec, args)
         if args.command == "client":
-            result = asyncio.run(run_client(spec, args.index))
+            result = asyncio.run(run_client(spec, args.index, on_client_round=_client_round,
+                                            on_waiting=_waiting(spec)))
             for actor, rounds in result.extra.get("rounds_trained", {}).items():
                 print(f"foedus: client {actor} finished after {rounds} rounds", file=sys.stderr)
             return 0

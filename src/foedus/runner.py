@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from foedus.config.parts import ActorTransports, RoundListener, build_parts, cli
 from foedus.config.spec import JobSpec
 from foedus.config.topology import Assembly, Topology, topology_of
 from foedus.core.errors import ConfigError
+from foedus.core.message import Message
 from foedus.core.runtime import Runtime
 from foedus.plugins import load_plugins
 from foedus.roles.client import ClientPod
@@ -31,6 +32,7 @@ from foedus.roles.server import RoundRecord
 from foedus.transport.base import transports
 
 log = logging.getLogger("foedus.runner")
+P = TypeVar("P")
 
 __all__ = ["JobResult", "RoundListener", "prepare", "run_actors", "run_assembly", "run_client",
            "run_job", "run_job_sync", "run_server"]
@@ -119,10 +121,15 @@ def prepare(spec: JobSpec) -> Topology:
     return topology_of(spec)
 
 
+#: ``on_client_round(client, answer)``: a client run here sent its answer (update or error)
+ClientListener = Callable[[ClientPod, Message], None]
+
+
 async def run_actors(
     spec: JobSpec, actors: Sequence[str], *, on_round: RoundListener | None = None,
     on_ready: Callable[[], None] | None = None, timeout: float | None = None,
-    grace: float = 10.0,
+    grace: float = 10.0, on_client_round: ClientListener | None = None,
+    on_waiting: Callable[[float], None] | None = None,
 ) -> JobResult:
     """Run ``actors`` of ``spec``'s job in this process, on the job's transport.
 
@@ -133,7 +140,10 @@ async def run_actors(
     to see its stop message); without it, when every actor here has ended. ``on_round`` sees
     every round of the job that ends here; ``on_ready`` is called once every actor here has
     started (subscribed), which is when a supervisor may start the server elsewhere.
-    ``timeout`` bounds the whole wait (``None``: no bound).
+    ``timeout`` bounds the whole wait (``None``: no bound). Where the leader does not run,
+    ``on_client_round`` sees each answer a client here sends, and ``on_waiting(seconds)`` is
+    called every ``round_timeout`` while no client here has received a model yet (a server
+    that is not running, or on another transport, should not mean waiting in silence).
     """
     topology = prepare(spec)
     known = topology.actors(spec)
@@ -163,7 +173,17 @@ async def run_actors(
     assembly: Assembly | None = None
     try:
         assembly = topology.build(parts, set(actors), links.open)
-        await asyncio.wait_for(run_assembly(assembly, on_ready, grace), timeout)
+        clients = _pods(assembly, ClientPod)
+        for client in clients:
+            if on_client_round is not None:
+                client.round_listeners.append(on_client_round)
+        watch = (asyncio.create_task(_watch_for_models(clients, spec.round_timeout, on_waiting))
+                 if on_waiting is not None and clients and not leader_here else None)
+        try:
+            await asyncio.wait_for(run_assembly(assembly, on_ready, grace), timeout)
+        finally:
+            if watch is not None:
+                watch.cancel()
     except BaseException:
         parts.finish(None, failed=True)
         raise
@@ -228,6 +248,23 @@ async def run_assembly(assembly: Assembly, on_ready: Callable[[], None] | None =
                 raise failure
 
 
+def _pods(assembly: Assembly, kind: type[P]) -> list[P]:
+    """The pods of one kind among the actors built here."""
+    return [pod for rt in assembly.runtimes.values() for pod in rt.graph.pods.values()
+            if isinstance(pod, kind)]
+
+
+async def _watch_for_models(clients: Sequence[ClientPod], every: float,
+                            on_waiting: Callable[[float], None]) -> None:
+    """Call ``on_waiting`` every ``every`` seconds until a client here received a model."""
+    began = time.monotonic()
+    while True:
+        await asyncio.sleep(every)  # a timer between checks, not a wait for a condition
+        if any(c.joined or c.finished.is_set() for c in clients):
+            return
+        on_waiting(time.monotonic() - began)
+
+
 def _rounds_trained(assembly: Assembly) -> dict[str, int]:
     """How many rounds each client or peer run here trained."""
     out: dict[str, int] = {}
@@ -260,11 +297,13 @@ async def run_server(spec: JobSpec, *, on_round: RoundListener | None = None) ->
     return await run_actors(spec, [topology.leader], on_round=on_round)
 
 
-async def run_client(spec: JobSpec, index: int) -> JobResult:
+async def run_client(spec: JobSpec, index: int, *, on_client_round: ClientListener | None = None,
+                     on_waiting: Callable[[float], None] | None = None) -> JobResult:
     """Run only client ``index`` (``foedus client``; under any topology: a tree's leaf, a swarm
     peer, a FedBuff client) until the job ends. It trains on share ``index`` of the job's
     dataset, or with ``partition: files`` on its own file, and reads no other data."""
     if not 0 <= index < spec.clients.count:
         raise ConfigError(f"client index must be between 0 and {spec.clients.count - 1}, "
                           f"got {index}")
-    return await run_actors(spec, [client_id(index)])
+    return await run_actors(spec, [client_id(index)], on_client_round=on_client_round,
+                            on_waiting=on_waiting)

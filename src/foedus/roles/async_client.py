@@ -73,7 +73,7 @@ class AsyncClientPod(ClientPod):
                                          error=f"{type(exc).__name__}: {exc}")
             if self.finished.is_set():
                 return
-            await self.send("update", update)
+            await self.answer(update)
             if refused and self._latest is model:  # say it once, then wait for another model
                 self._have_model.clear()
                 await self._have_model.wait()

@@ -100,6 +100,9 @@ class ClientPod(Pod):
         self.provides = frozenset(provides)
         self.stop_grace = float(stop_grace)
         self.rounds_trained = 0
+        #: called with this client and each answer it sent (an update, or an error): how a
+        #: client process shows its progress
+        self.round_listeners: list[Callable[[ClientPod, Message], None]] = []
         self.finished = asyncio.Event()
         #: broadcasts refused, by reason
         self.refused: Counter[str] = Counter()
@@ -129,7 +132,13 @@ class ClientPod(Pod):
                 log.exception("client %s failed in round %d", self.client_id, msg.round)
                 update = msg.reply(Kind.ERROR, self.client_id,
                                    error=f"{type(exc).__name__}: {exc}")
+        await self.answer(update)
+
+    async def answer(self, update: Message) -> None:
+        """Send this round's answer and tell the round listeners."""
         await self.send("update", update)
+        for listener in self.round_listeners:
+            listener(self, update)
 
     async def admit(self, msg: Message) -> bool:
         """Whether ``msg`` is a broadcast to act on: a model or control message, signed by the
