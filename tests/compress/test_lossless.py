@@ -22,7 +22,7 @@ from foedus.compress.lossless import (
     ZstdEncoder,
     ZstdStage,
 )
-from foedus.core.errors import CodecError, ConfigError
+from foedus.core.errors import CodecError, ConfigError, RejectedUpdate
 from foedus.core.filter import stages
 from foedus.core.message import Kind, Message
 
@@ -190,16 +190,15 @@ def test_error_messages_pass_through_both_halves_untouched() -> None:
     assert ZstdDecoder()(failed) is failed
 
 
-def test_in_a_graph_a_corrupted_update_becomes_an_error_from_its_sender() -> None:
+def test_a_corrupted_update_is_refused_as_bad_encoding_for_the_server_to_count() -> None:
     encoded = ZstdEncoder()(update(weights(), round=3, sender="client-004"))
     assert encoded is not None
     damaged = encoded.replace(params={BODY: encoded.params[BODY][:-3]})
     decoder = ZstdDecoder()
-    decoder.on_in(damaged)
-    [(wire, out)] = decoder.take_outbox()
-    assert wire == "out" and out.kind is Kind.ERROR
-    assert (out.sender, out.round, out.trail) == ("client-004", 3, ())
-    assert "CodecError" in (out.error or "") and decoder.failures == 1
+    with pytest.raises(RejectedUpdate) as refused:
+        decoder(damaged)
+    assert refused.value.reason == "bad_encoding" and decoder.failures == 1
+    assert isinstance(refused.value, CodecError)  # what decoding failures have always been
 
 
 def test_stages_are_registered_and_validate_their_settings() -> None:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import ClassVar
 
+import pytest
+
+from foedus.core.errors import RejectedUpdate
 from foedus.core.filter import Filter
 from foedus.core.graph import Graph
 from foedus.core.message import Kind, Message
 from foedus.core.pod import Pod, Wire
-from foedus.core.runtime import Runtime
+from foedus.core.runtime import REFUSAL, Runtime, refusal, refusal_of
 from foedus.testing import wait_until
 
 
@@ -167,3 +171,80 @@ async def test_start_and_stop_hooks_run_once_and_stop_is_idempotent() -> None:
     await rt.stop()
     await rt.stop()
     assert calls == ["start", "stop"]
+
+
+class Refuse(Filter):
+    """Refuses odd rounds with a reason, passes even ones."""
+
+    def process(self, m: Message) -> Message:
+        if m.round % 2:
+            raise RejectedUpdate("odd_round", f"round {m.round} is odd")
+        return m
+
+
+class Tag(Filter):
+    """A later filter: marks what it processed, so a test sees what it was given."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.seen: list[int] = []
+
+    def process(self, m: Message) -> Message:
+        self.seen.append(m.round)
+        return m.replace(meta={"tagged": True})
+
+
+async def test_a_filters_refusal_travels_down_the_pipe_untouched_to_the_pod_at_its_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    later, sink = Tag("later"), Collect()
+    g = Graph("g").add(Refuse("refuse"), later, sink)
+    g.connect("refuse.out", "later.in").connect("later.out", "sink.in").expose("refuse.in")
+    with caplog.at_level(logging.DEBUG):
+        async with Runtime(g) as rt:
+            for r in (1, 2):
+                await rt.inject("refuse", "in", msg(r))
+            await rt.drain()
+    assert later.seen == [2]  # the refusal passed the later filter without being processed
+    refused, passed = sorted(sink.got, key=lambda m: m.round)
+    reason = refusal_of(refused)
+    assert reason is not None and (reason.reason, reason.detail) == ("odd_round",
+                                                                     "round 1 is odd")
+    assert (refused.sender, refused.round) == ("s", 1) and not refused.params
+    assert refusal_of(passed) is None and passed.meta["tagged"]
+    assert not rt.stats.failures and not rt.stats.refused
+    assert not caplog.records  # counting it is the job of the pod at the end
+
+
+async def test_a_refusal_no_pod_takes_is_counted_in_one_line_never_a_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Gate(Pod):  # not a filter: nothing downstream to carry its refusal to
+        inputs: ClassVar[tuple[Wire, ...]] = (Wire("in"),)
+
+        def on_in(self, m: Message) -> None:
+            raise RejectedUpdate("closed", "the gate is closed")
+
+    class Strict(Pod):  # a pod at the end of a pipe that cannot take a refusal
+        inputs: ClassVar[tuple[Wire, ...]] = (Wire("in"),)
+
+        def on_in(self, m: Message) -> None:
+            raise TypeError(f"cannot handle {dict(m.meta)}")
+
+    g = Graph("g").add(Gate("gate"), Refuse("refuse"), Strict("strict"))
+    g.connect("refuse.out", "strict.in").expose("gate.in").expose("refuse.in")
+    with caplog.at_level(logging.WARNING):
+        async with Runtime(g) as rt:
+            await rt.inject("gate", "in", msg(2))
+            await rt.inject("refuse", "in", msg(1))
+            await rt.drain()
+    assert rt.stats.refused == {"gate.in: closed": 1, "strict.in: odd_round": 1}
+    assert not rt.stats.failures
+    assert len(caplog.records) == 2 and not any(r.exc_info for r in caplog.records)
+
+
+def test_a_peer_cannot_forge_a_refusal() -> None:
+    """Only an exception object marks a refusal, and no codec can produce one."""
+    forged = msg().replace(meta={REFUSAL: {"reason": "odd_round", "detail": "x"}})
+    assert refusal_of(forged) is None
+    assert refusal_of(refusal(msg(), RejectedUpdate("odd_round"))) is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from foedus.core.errors import BudgetExhausted, ConfigError, PrivacyError
+from foedus.core.errors import BudgetExhausted, ConfigError, PrivacyError, RejectedUpdate
 from foedus.core.filter import stages
 from foedus.core.message import Kind, Message
 from foedus.privacy.accountant import PrivacyAccountant, SamplingSpec
@@ -113,7 +113,8 @@ def test_central_stage_hooks_stop_before_the_budget_and_log_epsilon() -> None:
         assert record.metrics["dp_epsilon"] == pytest.approx(stage.accountant.epsilon(rnd))
     with pytest.raises(BudgetExhausted, match=f"round {allowed + 1} would bring epsilon"):
         stage.before_round(allowed + 1)
-    with pytest.raises(BudgetExhausted):  # without the hook, the filter itself refuses
+    # without the hook, the filter itself refuses the update (counted by the server)
+    with pytest.raises(RejectedUpdate, match="budget_exhausted: privacy budget exhausted"):
         receiver(clipped_update(1.0, round=allowed + 1))
 
 

@@ -7,9 +7,11 @@ needed to undo it, so the wire codec carries it unchanged and codecs compose (``
 ``zstd``): each decoder finds its own metadata under its own tag and removes it.
 
 Decoders read untrusted input. Every size, dtype, shape and count is checked before it is used
-and every failure is a :class:`~foedus.core.errors.CodecError`. Inside a graph a decoder turns
-such a failure into an ``ERROR`` message from the same sender (errors travel as values), so the
-server records that client as failed at once instead of waiting for it until the deadline.
+and every failure is a :class:`~foedus.core.errors.CodecError`. A decoder refuses an update it
+cannot undo, whatever went wrong, with a :class:`DecodeRefusal` (``bad_encoding``): a
+:class:`~foedus.core.errors.RejectedUpdate`, which the runtime carries to the server, where it is
+counted in the round's ``rejected`` and logged in one line, and counts as that sender's answer
+(the round does not wait for it until the deadline).
 
 *Delta mode.* Lossy codecs work far better on the change a client made this round than on its
 full weights. Both halves then need the round's global model: encoders and decoders with
@@ -26,8 +28,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from foedus.core.errors import CodecError, ConfigError, FoedusError
-from foedus.core.filter import Filter, check_trail_change
+from foedus.core.errors import CodecError, ConfigError, RejectedUpdate
+from foedus.core.filter import Filter
 from foedus.core.message import Kind, Message
 from foedus.core.params import Params
 
@@ -44,6 +46,14 @@ _MAX_NDIM = 32
 _MAX_ARRAYS = 100_000
 
 Table = list[list[Any]]  # [[name, dtype str, shape list], ...] in parameter order
+
+#: why a decoder refuses an update (counted in the round's ``rejected``)
+BAD_ENCODING = "bad_encoding"
+
+
+class DecodeRefusal(RejectedUpdate, CodecError):
+    """A decoder cannot undo one update: a :class:`RejectedUpdate` (the server counts it under
+    ``bad_encoding``) and a :class:`CodecError` (what decoding failures have always been)."""
 
 
 # ---- table of arrays: how a decoder learns what to rebuild -----------------------------------
@@ -295,25 +305,33 @@ class Decoder(Codec):
         raise NotImplementedError
 
     def process(self, msg: Message) -> Message:
+        """``msg`` decoded, or a :class:`DecodeRefusal` whatever went wrong: the input is a
+        peer's, so no failure of decoding it may escape as anything but a counted refusal."""
         if self.passes_through(msg) and self.tag not in msg.trail:
             return msg
+        try:
+            return self._decoded(msg)
+        except RejectedUpdate:
+            self.failures += 1
+            raise
+        except Exception as exc:  # CodecError, or a decoder's bug on hostile input
+            self.failures += 1
+            detail = str(exc) if isinstance(exc, CodecError) else (
+                f"{self.name}: malformed encoded update: {type(exc).__name__}: {exc}")
+            raise DecodeRefusal(BAD_ENCODING, detail) from exc
+
+    def _decoded(self, msg: Message) -> Message:
         if not msg.trail or msg.trail[-1] != self.tag:
-            last = msg.trail[-1] if msg.trail else "nothing"
+            last = msg.trail[-1][:64] if msg.trail else "nothing"
             raise CodecError(
                 f"{self.name}: cannot decode {self.tag!r}: the last filter applied was {last!r} "
                 "(decoders must run in the reverse order of the encoders)"
             )
-        entry = meta_entry(msg, self.tag)
-        try:
-            params = self.decode(msg, entry)
-        except CodecError:
-            raise
-        except (ValueError, TypeError, LookupError, MemoryError, OverflowError) as exc:
-            raise CodecError(f"{self.name}: malformed encoded update: {exc}") from exc
+        params = self.decode(msg, meta_entry(msg, self.tag))
         if self.delta:
             params = add(params, self.reference.get(msg.round, self.name), self.name)
         meta = {k: v for k, v in msg.meta.items() if k != self.tag}
-        return msg.pop_trail(self.tag).replace(params=params, meta=meta)
+        return msg.replace(trail=msg.trail[:-1], params=params, meta=meta)
 
     def float_table(
         self, entry: Mapping[str, Any], action: str
@@ -332,17 +350,3 @@ class Decoder(Codec):
                 f"{self.name}: update would decode to {nbytes} bytes, over the limit of "
                 f"{self.max_decoded_size} (max_decoded_size)"
             )
-
-    def on_in(self, msg: Message) -> None:
-        """In a graph, a bad update becomes an ERROR from its sender: skipped, not waited for."""
-        try:
-            out = self.process(msg)
-        except FoedusError as exc:
-            self.failures += 1
-            out = Message.create(
-                Kind.ERROR, job_id=msg.header.job_id, round=msg.round, sender=msg.sender,
-                recipient=msg.header.recipient, error=f"{type(exc).__name__}: {exc}",
-            )
-        else:  # a trail changed against the declarations is a bug in the decoder: raised
-            check_trail_change(self, msg.trail, out.trail)
-        self.emit("out", out)

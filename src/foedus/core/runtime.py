@@ -6,6 +6,16 @@ a full inbox waits: a slow pod slows its producers instead of growing memory wit
 (backpressure). Synchronous handlers of ``blocking`` pods run in a worker thread so training and
 aggregation do not freeze the event loop. A handler that raises is recorded as a
 :class:`~foedus.core.errors.PodError` naming the pod, the wire and the round; the graph goes on.
+
+A handler that raises :class:`~foedus.core.errors.RejectedUpdate` has not failed: it refused
+a message, which is the normal course of things for input from the network. Such a refusal is
+data, so it travels down the pipe like data: a :class:`~foedus.core.filter.Filter` that refuses
+sends the message on, marked as refused (:func:`refusal`), and every later filter passes a
+marked message on untouched, until it reaches the pod at the end of the filters (the pod that
+aggregates), whose admission counts it under its reason with every other refusal of the round.
+No wiring is needed: the refusal takes the path the message would have taken. A refusal that
+no pod takes (a non-filter pod refused, or the marked message reached a pod that could not
+handle it) is counted in ``stats.refused`` and logged in one line, never as a failure.
 """
 
 from __future__ import annotations
@@ -16,7 +26,8 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from foedus.core.errors import GraphError, PodError
+from foedus.core.errors import GraphError, PodError, RejectedUpdate
+from foedus.core.filter import Filter
 from foedus.core.graph import Graph
 from foedus.core.message import Message
 from foedus.core.pod import Pod
@@ -24,6 +35,22 @@ from foedus.core.pod import Pod
 log = logging.getLogger("foedus.runtime")
 
 _STOP = object()
+
+#: the meta key under which a refused message carries its :class:`RejectedUpdate`. The value is
+#: an exception object, which no codec can produce: a peer cannot forge a refusal
+REFUSAL = "foedus.refusal"
+
+
+def refusal(msg: Message, exc: RejectedUpdate) -> Message:
+    """``msg`` marked as refused for ``exc``'s reason. Its parameters, metrics and meta are
+    dropped (nothing downstream may use them; the envelope is what the counting pod reads)."""
+    return msg.replace(params={}, metrics={}, meta={REFUSAL: exc})
+
+
+def refusal_of(msg: Message) -> RejectedUpdate | None:
+    """The refusal ``msg`` carries (see :func:`refusal`), or ``None`` for an ordinary message."""
+    value = msg.meta.get(REFUSAL)
+    return value if isinstance(value, RejectedUpdate) else None
 
 
 @dataclass
@@ -33,6 +60,8 @@ class RuntimeStats:
     handled: Counter[str] = field(default_factory=Counter)  # "pod.wire" -> messages handled
     discarded: Counter[str] = field(default_factory=Counter)  # emitted on unconnected outputs
     failures: list[PodError] = field(default_factory=list)
+    #: refusals no pod counted, "pod.wire: reason" -> messages (see the module docstring)
+    refused: Counter[str] = field(default_factory=Counter)
 
 
 class Runtime:
@@ -135,6 +164,10 @@ class Runtime:
                 inbox.task_done()
 
     async def _handle(self, pod: Pod, wire: str, msg: Message) -> None:
+        refused = refusal_of(msg)
+        if refused is not None and isinstance(pod, Filter):
+            await self.deliver(pod, "out", msg)  # on to the pod that counts it, untouched
+            return
         handler = pod.handler(wire)
         try:
             if inspect.iscoroutinefunction(handler):
@@ -143,9 +176,16 @@ class Runtime:
                 await asyncio.to_thread(handler, msg)
             else:
                 handler(msg)
+        except RejectedUpdate as exc:
+            pod.take_outbox()
+            await self._refuse(pod, wire, msg, exc)
+            return
         except Exception as exc:
             pod.take_outbox()  # a failed handler's partial output must not leak downstream
-            self._record(PodError(pod.name, wire, msg.header.round, exc))
+            if refused is not None:  # the refusal reached a pod that cannot take refusals
+                self._count_refusal(pod, wire, msg, refused)
+            else:
+                self._record(PodError(pod.name, wire, msg.header.round, exc))
             return
         finally:
             self.stats.handled[f"{pod.name}.{wire}"] += 1
@@ -161,6 +201,18 @@ class Runtime:
             self._record(PodError(pod.name, "run", None, exc))
         for out_wire, out_msg in pod.take_outbox():
             await self.deliver(pod, out_wire, out_msg)
+
+    async def _refuse(self, pod: Pod, wire: str, msg: Message, exc: RejectedUpdate) -> None:
+        """A filter's refusal goes on down its pipe; any other pod's is counted here."""
+        if isinstance(pod, Filter) and self.graph.targets(pod.name, "out"):
+            await self.deliver(pod, "out", refusal(msg, exc))
+        else:
+            self._count_refusal(pod, wire, msg, exc)
+
+    def _count_refusal(self, pod: Pod, wire: str, msg: Message, exc: RejectedUpdate) -> None:
+        self.stats.refused[f"{pod.name}.{wire}: {exc.reason}"] += 1
+        log.warning("pod %r refused a message from %.64r (round %d) on %r: %s: %.200s",
+                    pod.name, msg.header.sender, msg.header.round, wire, exc.reason, exc.detail)
 
     def _record(self, error: PodError) -> None:
         log.error("%s", error, exc_info=error.cause)

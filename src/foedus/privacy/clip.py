@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from foedus.core.errors import ConfigError, PrivacyError
+from foedus.core.errors import ConfigError, PrivacyError, RejectedUpdate
 from foedus.core.filter import MODEL_WIRE, Filter
 from foedus.core.message import Kind, Message
 from foedus.core.params import ParamSpec, flatten, unflatten
@@ -34,6 +34,34 @@ META_CLIP_NORM = "dp.clip_norm"
 META_UNCLIPPED = "dp.unclipped"
 
 NormSource = Callable[[int], float]  # round -> clip norm clients must use in that round
+
+# ---- why a server-side privacy filter refuses an update (counted in the round's ``rejected``)
+#: the update lacks the clipping (and noise) the job requires, or they were applied out of order
+NOT_PRIVATE = "not_private"
+#: the client says it clipped to another norm than the server's (the noise would be wrong)
+WRONG_CLIP_NORM = "wrong_clip_norm"
+#: adaptive clipping, and the client sent no clipping bit
+NO_CLIP_BIT = "no_clip_bit"
+#: the server's privacy budget cannot pay for noising the update
+BUDGET_EXHAUSTED = "budget_exhausted"
+
+
+class PrivacyRefusal(RejectedUpdate, PrivacyError):
+    """A server-side privacy filter refuses one update. A :class:`RejectedUpdate`, so the
+    runtime carries it to the aggregating pod, which counts it under its reason (one log line,
+    the round goes on); a :class:`PrivacyError` too, for callers that catch those."""
+
+
+def pop_private(msg: Message, *tags: str) -> Message:
+    """``msg`` with ``tags`` undone, last applied first; refuses (``not_private``) an update
+    whose trail does not end with them: it was not protected as the job requires."""
+    for tag in tags:
+        if not msg.trail or msg.trail[-1] != tag:
+            last = repr(msg.trail[-1][:64]) if msg.trail else "nothing (no filter trail)"
+            raise PrivacyRefusal(NOT_PRIVATE, f"cannot undo {tag!r}: the last filter applied "
+                                              f"was {last}")
+        msg = msg.replace(trail=msg.trail[:-1])
+    return msg
 
 
 def l2_clip(vector: np.ndarray, clip_norm: float) -> tuple[np.ndarray, float]:
@@ -182,18 +210,21 @@ class ClipReceiver(Filter):
     def process(self, msg: Message) -> Message:
         if msg.kind is not Kind.UPDATE:
             return msg
-        msg = msg.pop_trail(CLIP_TAG)
+        msg = pop_private(msg, CLIP_TAG)
         check_client_norm(msg, self.norm_source(msg.round))
         return msg.replace(meta=strip_meta(msg.meta))
 
 
 def check_client_norm(msg: Message, expected: float) -> float:
-    """The clip norm a client used must be the server's, or the noise calibration is wrong."""
+    """The clip norm a client used must be the server's, or the noise calibration is wrong;
+    refuses the update (``wrong_clip_norm``) otherwise."""
     used = msg.meta.get(META_CLIP_NORM)
-    if not isinstance(used, int | float) or not math.isclose(float(used), expected, rel_tol=1e-9):
-        raise PrivacyError(
-            f"{msg.sender} clipped round {msg.round} to {used!r}, the server expects {expected}"
-        )
+    if isinstance(used, bool) or not isinstance(used, int | float) \
+            or not math.isclose(float(used), expected, rel_tol=1e-9):
+        shown = repr(used) if isinstance(used, int | float) else f"a {type(used).__name__}"
+        raise PrivacyRefusal(
+            WRONG_CLIP_NORM,
+            f"round {msg.round} was clipped to {shown}, the server expects {expected}")
     return expected
 
 

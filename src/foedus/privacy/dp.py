@@ -23,22 +23,26 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from foedus.core.errors import ConfigError, PrivacyError
+from foedus.core.errors import BudgetExhausted, ConfigError, PrivacyError
 from foedus.core.filter import CLIP, NOISE, Chain, Filter, Half, Stage, stages
 from foedus.core.message import Kind, Message
 from foedus.core.params import ParamSpec, flatten, unflatten
 from foedus.privacy.accountant import PrivacyAccountant, SamplingSpec, calibrate_noise
 from foedus.privacy.clip import (
+    BUDGET_EXHAUSTED,
     CLIP_TAG,
     META_CLIP_NORM,
     META_UNCLIPPED,
+    NO_CLIP_BIT,
     ClipFilter,
     ClipReceiver,
     NormSource,
+    PrivacyRefusal,
     QuantileClipNorm,
     check_client_norm,
     check_positive,
     fixed_norm,
+    pop_private,
     strip_meta,
 )
 
@@ -94,7 +98,11 @@ class GaussianNoise(Filter):
 
 
 class LocalDPReceiver(Filter):
-    """Server half of local DP: checks that clipping then noise were applied, in that order."""
+    """Server half of local DP: checks that clipping then noise were applied, in that order.
+
+    An update that fails a check is refused with a :class:`~foedus.privacy.clip.PrivacyRefusal`
+    (``not_private``, ``wrong_clip_norm``), which the server counts in the round's ``rejected``.
+    """
 
     pops = (NOISE_TAG, CLIP_TAG)
 
@@ -107,7 +115,7 @@ class LocalDPReceiver(Filter):
     def process(self, msg: Message) -> Message:
         if msg.kind is not Kind.UPDATE:
             return msg
-        msg = msg.pop_trail(NOISE_TAG).pop_trail(CLIP_TAG)
+        msg = pop_private(msg, NOISE_TAG, CLIP_TAG)
         check_client_norm(msg, self.norm_source(msg.round))
         self.rounds_seen.add(msg.round)
         return msg.replace(meta=strip_meta(msg.meta))
@@ -119,6 +127,9 @@ class CentralNoise(Filter):
     Each accepted update gets ``N(0, (z_delta C)^2 / m)``; ``m`` updates sum to noise of std
     ``z_delta C``. With adaptive clipping, the clients' bits are counted here, and ``z_delta``
     is the part of the total noise multiplier left after the count's noise (Andrew et al.).
+    An update that fails a check, or that the budget cannot pay for, is refused with a
+    :class:`~foedus.privacy.clip.PrivacyRefusal` (``not_private``, ``wrong_clip_norm``,
+    ``no_clip_bit``, ``budget_exhausted``): counted by the server, never aggregated un-noised.
     """
 
     pops = (CLIP_TAG,)
@@ -152,14 +163,17 @@ class CentralNoise(Filter):
     def process(self, msg: Message) -> Message:
         if msg.kind is not Kind.UPDATE:
             return msg
-        msg = msg.pop_trail(CLIP_TAG)
+        msg = pop_private(msg, CLIP_TAG)
         clip_norm = check_client_norm(msg, self.norm_source(msg.round))
-        self.spend(msg.round)
+        bit = msg.meta.get(META_UNCLIPPED)
+        if self.estimator is not None and not isinstance(bit, bool):
+            raise PrivacyRefusal(NO_CLIP_BIT, "no clipping bit for adaptive clipping")
+        try:
+            self.spend(msg.round)
+        except BudgetExhausted as exc:
+            raise PrivacyRefusal(BUDGET_EXHAUSTED, str(exc)) from exc
         if self.estimator is not None:
-            bit = msg.meta.get(META_UNCLIPPED)
-            if not isinstance(bit, bool):
-                raise PrivacyError(f"{msg.sender} sent no clipping bit for adaptive clipping")
-            self.estimator.record(msg.round, bit)
+            self.estimator.record(msg.round, bool(bit))
         std = self.noise_multiplier * clip_norm / math.sqrt(self.clients_per_round)
         return add_gaussian(msg.replace(meta=strip_meta(msg.meta)), std, self._rng)
 

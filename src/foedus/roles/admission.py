@@ -29,7 +29,13 @@ Reasons (the keys of every role's ``rejections`` Counter and of its per-round ``
 ``client_failed``   an ``ERROR`` message, counted as a refusal only where there are no rounds
                     to record failed clients in (the asynchronous server)
 
-Aggregators may add their own (``aggregator_error``, ``too_few_updates``, ``no_updates``).
+Aggregators may add their own (``aggregator_error``, ``too_few_updates``, ``no_updates``), and
+so may the server-side filters in front of the role, whose refusals reach it marked by the
+runtime (:func:`foedus.core.runtime.refusal`): privacy receivers (``not_private``,
+``wrong_clip_norm``, ``no_clip_bit``, ``budget_exhausted``) and decoders (``bad_encoding``).
+A filter's refusal is judged like a content refusal: the envelope checks run first (a stale or
+replayed message is refused as such), then it counts as its sender's answer and is refused
+under the filter's reason.
 
 The envelope checks (job to undecoded) refuse a message that is not its sender's answer: the
 sender may still answer validly. Once the envelope is admitted the sender has answered (its
@@ -54,6 +60,7 @@ from foedus.aggregate.base import check_finite_blocked
 from foedus.core.errors import RejectedUpdate
 from foedus.core.message import Kind, Message
 from foedus.core.params import ParamSpec
+from foedus.core.runtime import refusal_of
 
 WRONG_JOB = "wrong_job"
 WRONG_KIND = "wrong_kind"
@@ -187,12 +194,18 @@ class Admission:
             raise RejectedUpdate(NOT_SELECTED, f"{msg.sender} was not sampled this round")
         if self.one_per_round and self.answered(msg.round, msg.sender, slot):
             raise RejectedUpdate(DUPLICATE, f"{msg.sender} already answered round {msg.round}")
+        if refusal_of(msg) is not None:
+            return  # a filter refused it before its trail was undone: see check_content
         if msg.trail:
             raise RejectedUpdate(
                 UNDECODED, f"filters {list(msg.trail)[:8]} were not undone before aggregation")
 
     def check_content(self, msg: Message) -> None:
-        """Raise unless ``msg``'s metrics, meta and (for a non-error) parameters are sound."""
+        """Raise unless ``msg``'s metrics, meta and (for a non-error) parameters are sound, or
+        raise the refusal of a server-side filter that ``msg`` carries."""
+        refused = refusal_of(msg)
+        if refused is not None:
+            raise RejectedUpdate(refused.reason, refused.detail)
         check_metrics(msg.metrics)
         check_meta(msg.meta)
         if msg.kind is Kind.ERROR or msg.error is not None:
