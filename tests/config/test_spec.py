@@ -54,3 +54,10 @@ def test_unreadable_and_invalid_yaml_files(tmp_path: Path) -> None:
     bad.write_text("rounds: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_job(bad)
+
+
+def test_clients_max_examples_bounds_the_weight_one_update_may_claim() -> None:
+    assert JobSpec.from_dict({}).clients.max_examples is None  # no bound unless asked
+    assert JobSpec.from_dict({"clients": {"max_examples": 5000}}).clients.max_examples == 5000
+    with pytest.raises(ConfigError, match=r"clients\.max_examples: expected an integer >= 1"):
+        JobSpec.from_dict({"clients": {"max_examples": 0}})

@@ -16,7 +16,9 @@ duplicate           yes     yes   N/A    yes   yes     FedBuff clients may send 
 
 Every other reason applies to all five. The secure-sum server is fed the secure-sum pod's
 summed update (one per round, standing for its survivors); a message from anyone else takes the
-ordinary server path, so an outsider is ``unknown_sender`` there too.
+ordinary server path, so an outsider is ``unknown_sender`` there too. ``too_many_examples``
+needs the job's bound (``clients.max_examples``), which every harness sets on its role's
+admission; a secure sum may claim the bound once per survivor.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from foedus.core.params import Params
 from foedus.data.datasets import Dataset
 from foedus.models.base import ModelAdapter
 from foedus.privacy.secagg_pods import SUMMARY
-from foedus.roles.admission import MAX_META_DEPTH, MAX_METRICS, REASONS
+from foedus.roles.admission import MAX_META_DEPTH, MAX_METRICS, REASONS, Admission
 from foedus.roles.async_server import AsyncServerPod
 from foedus.roles.edge import EdgePod
 from foedus.roles.peer import PeerPod
@@ -46,6 +48,7 @@ JOB = "spec"
 STALE, CURRENT, FUTURE = 1, 2, 3  # rounds (versions) as each harness opens them
 PEOPLE = [f"p{i:02d}" for i in range(40)]
 UNSELECTED = PEOPLE[-1]  # on the roster, not sampled (where a role samples)
+MAX_EXAMPLES = 1000  # the job's clients.max_examples, set on every role's admission
 
 
 def initial() -> dict[str, np.ndarray]:
@@ -106,12 +109,24 @@ class Harness:
     async def next_answer(self) -> None:
         """Make room for one more honest answer (only a secure-sum server needs a new round)."""
 
+    def admission(self) -> Admission:
+        """The role's admission, where the job's bounds (``max_examples``) are set."""
+        return self.pod.admission  # type: ignore[attr-defined,no-any-return]
+
+    async def bounded_setup(self) -> None:
+        """:meth:`setup`, with the job's bound on claimed examples."""
+        self.admission().max_examples = MAX_EXAMPLES
+        await self.setup()
+
 
 class ServerHarness(Harness):
     name = "server"
 
     def __init__(self) -> None:
         self.pod = self.build()
+
+    def admission(self) -> Admission:
+        return self.pod.collector.admission
 
     def build(self) -> ServerPod:
         return ServerPod(job_id=JOB, initial_params=initial(), aggregator=FedAvg(), rounds=9,
@@ -141,6 +156,9 @@ class EdgeHarness(ServerHarness):
     def __init__(self) -> None:
         self.edge = EdgePod(job_id=JOB, edge_id="e1", aggregator=FedAvg(),
                             expected_children=len(PEOPLE), children=PEOPLE)
+
+    def admission(self) -> Admission:
+        return self.edge.collector.admission
 
     async def setup(self) -> None:
         await self.edge.collector.open(CURRENT, initial())
@@ -295,6 +313,7 @@ async def hostile(h: Harness, case: str, who: str = "p01") -> Message:
         "non_finite_metric": lambda: h.make(who, metrics={"loss": float("nan")}),
         "deep_meta": lambda: h.make(who, meta=deep(50)),
         "no_examples": lambda: h.make(who, num_examples=0),
+        "claims_too_many": lambda: h.make(who, num_examples=10**12),
     }
     return made[case]()
 
@@ -309,6 +328,7 @@ CASES = {
     "bytes_metric_key": "bad_metrics", "many_metrics": "bad_metrics",
     "long_metric_name": "bad_metrics", "non_finite_metric": "bad_metrics",
     "deep_meta": "bad_meta", "no_examples": "no_examples",
+    "claims_too_many": "too_many_examples",
 }
 
 
@@ -335,7 +355,7 @@ async def test_every_role_refuses_each_hostile_update_for_the_same_reason_and_su
     reason = CASES[case]
     if reason in h.skips:
         pytest.skip(f"{reason} does not apply to the {h.name} role (see the module's table)")
-    await h.setup()
+    await h.bounded_setup()
     msg = await hostile(h, case)
     before = await h.admitted()
     caplog.clear()
@@ -358,7 +378,7 @@ async def test_a_role_fed_every_hostile_update_in_turn_still_admits_honest_ones(
     make: Callable[[], Harness],
 ) -> None:
     h = make()
-    await h.setup()
+    await h.bounded_setup()
     expected: Counter[str] = Counter()
     for i, (case, reason) in enumerate(CASES.items()):
         if reason in h.skips:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from foedus.aggregate.fedavg import FedAvg
+from foedus.core.errors import ConfigError
 from foedus.core.message import Kind, Message
 from foedus.roles.collect import RoundCollector
 
@@ -60,3 +62,29 @@ async def test_an_aggregator_that_crashes_refuses_the_update_with_a_reason_and_t
     assert tally.accepted == 0
     assert tally.rejected == {"aggregator_error": 1}
     assert tally.senders == {"a"}
+
+
+async def test_an_insider_claiming_a_trillion_examples_is_refused_and_fedavg_keeps_the_honest_mean(
+) -> None:
+    """Without a bound FedAvg would weigh the claim 10**12 : 40 and return about 1000."""
+    collector = RoundCollector(job_id="j", aggregator=FedAvg(), max_examples=10_000)
+    await collector.open(1, {"w": np.zeros(4)})
+    await collector.offer(update("a", 1.0, 10, 0.9))
+    assert not await collector.offer(update("insider", 1000.0, 10**12, 1.0))
+    await collector.offer(update("b", 3.0, 30, 0.7))
+    tally = await collector.close()
+    assert (tally.accepted, tally.rejected) == (2, {"too_many_examples": 1})
+    assert tally.num_examples == 40 and "insider" in tally.senders  # it answered, badly
+    np.testing.assert_allclose(collector.aggregator.result()["w"], (1.0 * 10 + 3.0 * 30) / 40)
+
+
+async def test_a_claim_at_the_bound_is_admitted() -> None:
+    collector = RoundCollector(job_id="j", aggregator=FedAvg(), max_examples=10)
+    await collector.open(1, {"w": np.zeros(4)})
+    assert await collector.offer(update("a", 1.0, 10, 0.9))
+
+
+def test_a_bound_that_is_not_a_positive_integer_is_refused_naming_the_setting() -> None:
+    for bad in (0, -1, 1.5, True, "10"):
+        with pytest.raises(ConfigError, match=r"max_examples: expected an integer >= 1"):
+            RoundCollector(job_id="j", aggregator=FedAvg(), max_examples=bad)  # type: ignore[arg-type]

@@ -38,6 +38,9 @@ class ClientSection:
     epochs: int = 1
     min_clients: int | None = None
     per_round: int | None = None  # sample this many clients each round (seeded); None: all
+    #: the most examples one update may claim (FedAvg weighs by the claim); None: no bound.
+    #: An update claiming more is refused as ``too_many_examples`` (docs/reliability.md)
+    max_examples: int | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,10 @@ class JobSpec:
                 per_round=(
                     _int(clients, "per_round", 1, minimum=1, prefix="clients.")
                     if "per_round" in clients else None
+                ),
+                max_examples=(
+                    _int(clients, "max_examples", 1, minimum=1, prefix="clients.")
+                    if clients.get("max_examples") is not None else None
                 ),
             ),
             model=_plugin(raw, "model", "sklearn-sgd"),

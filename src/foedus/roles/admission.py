@@ -25,6 +25,9 @@ Reasons (the keys of every role's ``rejections`` Counter and of its per-round ``
 ``wrong_shape``     a parameter's shape differs from the global model's
 ``wrong_dtype``     a parameter's dtype cannot be cast to the model's (e.g. complex into float)
 ``no_examples``     an update reporting zero or fewer examples
+``too_many_examples`` an update claiming more examples than ``max_examples`` (the job's
+                    ``clients.max_examples``): FedAvg weighs updates by their claim, so one
+                    insider claiming 10**12 examples would otherwise become the global model
 ``not_finite``      NaN or Inf in a floating-point parameter
 ``client_failed``   an ``ERROR`` message, counted as a refusal only where there are no rounds
                     to record failed clients in (the asynchronous server)
@@ -57,7 +60,7 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from foedus.aggregate.base import check_finite_blocked
-from foedus.core.errors import RejectedUpdate
+from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Kind, Message
 from foedus.core.params import ParamSpec
 from foedus.core.runtime import refusal_of
@@ -76,13 +79,14 @@ WRONG_NAMES = "wrong_names"
 WRONG_SHAPE = "wrong_shape"
 WRONG_DTYPE = "wrong_dtype"
 NO_EXAMPLES = "no_examples"
+TOO_MANY_EXAMPLES = "too_many_examples"
 NOT_FINITE = "not_finite"
 CLIENT_FAILED = "client_failed"
 
 #: every reason :class:`Admission` raises, in the order the checks run
 REASONS = (WRONG_JOB, WRONG_KIND, REPLAYED, STALE_ROUND, UNKNOWN_SENDER, NOT_SELECTED, DUPLICATE,
            UNDECODED, BAD_METRICS, BAD_META, WRONG_NAMES, WRONG_SHAPE, WRONG_DTYPE, NO_EXAMPLES,
-           NOT_FINITE)
+           TOO_MANY_EXAMPLES, NOT_FINITE)
 
 #: at most this many metrics per update: each name becomes a key in the round record, the
 #: checkpoint and every exporter, so 20,000 names per update would grow all of them per round
@@ -109,14 +113,16 @@ class Admission:
     FedAvg fused with its fold) passes ``False`` rather than read every update twice.
     ``one_per_round``: refuse a sender's second answer to a round as ``duplicate``; FedBuff
     passes ``False``, since its clients may send several updates trained from one version
-    (each message id is still admitted once).
+    (each message id is still admitted once). ``max_examples``: the most examples one update
+    may claim (``None``: no bound); set it from what the job knows of its clients' data.
     """
 
     def __init__(self, *, job_id: str, kinds: Collection[Kind] = (Kind.UPDATE, Kind.ERROR),
                  participants: Iterable[str] | None = None, finite: bool = True,
                  one_per_round: bool = True, logger: logging.Logger | None = None,
-                 label: str = "") -> None:
+                 label: str = "", max_examples: int | None = None) -> None:
         self.job_id = job_id
+        self.max_examples = check_max_examples(max_examples)
         self.kinds = frozenset(kinds)
         self.participants: set[str] | None = None if participants is None else set(participants)
         self.finite = finite
@@ -163,14 +169,16 @@ class Admission:
         return (sender, slot) in self._answered.get(rnd, ())
 
     # ---- the verdict ------------------------------------------------------------------------
-    def admit(self, msg: Message, *, slot: str = "") -> None:
+    def admit(self, msg: Message, *, slot: str = "", claimants: int = 1) -> None:
         """Admit ``msg`` or raise :class:`RejectedUpdate`. ``slot`` separates answers one sender
-        may give once each per round (a swarm leader's own model and its aggregate)."""
+        may give once each per round (a swarm leader's own model and its aggregate).
+        ``claimants``: how many participants' examples the update sums (a secure sum's
+        survivors), each of whom may claim up to ``max_examples``."""
         self.check_envelope(msg, slot=slot)
         self._ids.setdefault(msg.round, set()).add(msg.header.message_id)
         if self.one_per_round:
             self._answered.setdefault(msg.round, set()).add((msg.sender, slot))
-        self.check_content(msg)
+        self.check_content(msg, claimants=claimants)
 
     def check_envelope(self, msg: Message, *, slot: str = "") -> None:
         """Raise unless ``msg`` is a fresh answer of an allowed sender for an open round."""
@@ -200,7 +208,7 @@ class Admission:
             raise RejectedUpdate(
                 UNDECODED, f"filters {list(msg.trail)[:8]} were not undone before aggregation")
 
-    def check_content(self, msg: Message) -> None:
+    def check_content(self, msg: Message, *, claimants: int = 1) -> None:
         """Raise unless ``msg``'s metrics, meta and (for a non-error) parameters are sound, or
         raise the refusal of a server-side filter that ``msg`` carries."""
         refused = refusal_of(msg)
@@ -214,6 +222,10 @@ class Admission:
             self.spec.check(msg.params)
         if msg.num_examples <= 0:
             raise RejectedUpdate(NO_EXAMPLES, f"{msg.sender} reported {msg.num_examples}")
+        if self.max_examples is not None \
+                and msg.num_examples > self.max_examples * max(1, claimants):
+            raise RejectedUpdate(TOO_MANY_EXAMPLES, f"claims {msg.num_examples} examples, at "
+                                 f"most {self.max_examples * max(1, claimants)}")
         if self.finite:
             check_finite_blocked(msg.params)
 
@@ -224,6 +236,15 @@ class Admission:
         detail = exc.detail if len(exc.detail) <= MAX_DETAIL else exc.detail[:MAX_DETAIL] + "..."
         self._log.warning("%srejected update from %.64r (round %d): %s: %s", self._label,
                           msg.sender, msg.round, exc.reason, detail)
+
+
+def check_max_examples(value: object) -> int | None:
+    """``None`` or an integer >= 1, else :class:`ConfigError` (a bound of 0 refuses all)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"max_examples: expected an integer >= 1 or None, got {value!r:.60}")
+    return value
 
 
 def check_metrics(metrics: Any) -> None:

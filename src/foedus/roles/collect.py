@@ -74,17 +74,20 @@ class RoundCollector:
     ``unknown_sender``. ``rejections`` counts refusals over the whole job, for metrics exporters.
     NaN/Inf is left to the aggregator, which checks it anyway (FedAvg fused with its fold, so
     the verdict on a held update may come only at :meth:`settle` or :meth:`close`).
+    ``max_examples`` bounds the examples one update may claim (``too_many_examples``): FedAvg
+    weighs by the claim, so without a bound one insider's claim outweighs every honest client.
     """
 
     def __init__(self, *, job_id: str, aggregator: Aggregator,
                  participants: Collection[str] | None = None,
-                 logger: logging.Logger | None = None, label: str = "") -> None:
+                 logger: logging.Logger | None = None, label: str = "",
+                 max_examples: int | None = None) -> None:
         self.job_id = job_id
         self.aggregator = aggregator
         self.participants = None if participants is None else frozenset(participants)
         self.admission = Admission(job_id=job_id, participants=participants, finite=False,
                                    logger=logger or logging.getLogger("foedus.collect"),
-                                   label=label)
+                                   label=label, max_examples=max_examples)
         self.current_round = 0  # 0 while no round is open: every update is then stale
         self.tally: Tally | None = None  # the open round's, or None
         self.offload = False
@@ -228,7 +231,7 @@ class RoundCollector:
         tally.senders.update(survivors, dropped)
         tally.failed_clients.extend(dropped)
         try:
-            self.admission.admit(msg)
+            self.admission.admit(msg, claimants=len(survivors))
         except RejectedUpdate as exc:
             self.reject(msg, exc)
             return False
