@@ -83,9 +83,6 @@ NEEDS: dict[str, str] = {
 #: missing. Strict xfail: a block that starts running must leave this list.
 DOC_SKETCHES: dict[tuple[str, str], str] = {
     ("privacy.md", "settings = SecureSumSettings("): "sketch: ClientPod(...), top-level await",
-    ("mlops.md", "graph = server_graph(server, transport)"): "sketch: server, transport, spec "
-    "undefined; needs mlflow",
-    ("mlops.md", "store = S3Store("): "sketch: ServerPod(...), job_id undefined; needs s3",
     ("transports-grpc-https.md", "hub = await GrpcHub("): "sketch: top-level await, certs",
     ("transports-grpc-https.md", "hub = await HttpsHub("): "sketch: top-level await, "
     "server_tls/client_tls undefined",
