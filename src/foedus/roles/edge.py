@@ -131,9 +131,12 @@ class EdgePod(Pod):
                 if parent.kind is not Kind.CONTROL:
                     parent = newer
             if parent.kind is Kind.CONTROL:
+                # relay the parent's stop as it is (its run id, "finished"): clients obey only
+                # their run's stop, and a bare one would leave them waiting forever
+                meta = {k: v for k, v in parent.meta.items() if k != "selected"}
                 await self.send("down", Message.create(
                     Kind.CONTROL, job_id=self.job_id, round=self._rounds_run,
-                    sender=self.edge_id, meta={"action": "stop"},
+                    sender=self.edge_id, meta={**meta, "action": "stop"},
                 ))
                 self.finished.set()
                 return

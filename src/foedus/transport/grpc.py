@@ -37,7 +37,7 @@ from typing import Any, Self
 from foedus.core.errors import ConfigError, TransportClosed, TransportError, require
 from foedus.transport.base import Subscription, transports
 from foedus.transport.hub.client import HubClient, ReconnectingSubscription, check_positive
-from foedus.transport.hub.hosting import HostedHubs, Hosting
+from foedus.transport.hub.hosting import DEFAULT_LINGER_S, HostedHubs, Hosting
 from foedus.transport.hub.server import HubAdapter
 from foedus.transport.hub.store import (
     CHUNK_SIZE,
@@ -145,9 +145,13 @@ class GrpcHub(HubAdapter):
         return self
 
     async def stop(self, grace: float = 1.0, drain: float = 5.0) -> None:
-        """Stop serving. Connected subscribers first get up to ``drain`` seconds to receive
-        what was published (a server's last "stop" message must reach its clients)."""
+        """Stop serving. Connected subscribers may first finish and leave, for up to
+        :attr:`linger` seconds (an edge still relays the job's "stop" through the hub), and then
+        get up to ``drain`` seconds to receive what was published (a server's last "stop"
+        message must reach its clients)."""
         if self._server is not None:
+            if self.linger > 0:
+                await self.hub.linger(self.linger)
             await self.hub.drain(drain)
             self.hub.close()
             await self._server.stop(grace)
@@ -339,7 +343,9 @@ class GrpcTransport(HubClient):
     ``sender_aliases`` set the hosted hub's identity check.
     ``connect_timeout`` bounds the wait for a reachable, TLS-accepting hub (a client started
     before the server waits for it); ``reconnect_timeout`` how long a broken subscription or a
-    publish to an unreachable hub keeps retrying.
+    publish to an unreachable hub keeps retrying. ``linger_s`` (hosting only): how long the
+    hosted hub, when this process's actors are done, waits for the other actors to finish and
+    leave (edges still relay the job's "stop" through it) before it closes.
     """
 
     name = "grpc"
@@ -354,11 +360,13 @@ class GrpcTransport(HubClient):
         serve: TLSConfig | Mapping[str, Any] | None = None, serve_as: str | None = None,
         actor: str | None = None, verify_sender: bool = False,
         sender_aliases: Mapping[str, str] | None = None, connect_timeout: float = 30.0,
-        reconnect_timeout: float = 60.0, keepalive_s: float = 30.0,
+        reconnect_timeout: float = 60.0, linger_s: float = DEFAULT_LINGER_S,
+        keepalive_s: float = 30.0,
     ) -> None:
         require("grpc", "grpc")
         host, port = _split_address(address)
-        hosting = Hosting.from_params(serve, serve_as, actor, verify_sender, sender_aliases)
+        hosting = Hosting.from_params(serve, serve_as, actor, verify_sender, sender_aliases,
+                                      linger_s)
         self.tls = TLSConfig.from_mapping(tls)
         if self.tls is None and not insecure and not hosting.in_process:
             raise ConfigError("grpc transport needs tls: {ca: ...} (or insecure: true)")

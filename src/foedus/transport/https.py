@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 from foedus.core.errors import ConfigError, TransportClosed, TransportError, require
 from foedus.transport.base import Subscription, transports
 from foedus.transport.hub.client import HubClient, ReconnectingSubscription, check_positive
-from foedus.transport.hub.hosting import HostedHubs, Hosting
+from foedus.transport.hub.hosting import DEFAULT_LINGER_S, HostedHubs, Hosting
 from foedus.transport.hub.server import HubAdapter
 from foedus.transport.hub.store import (
     CHUNK_SIZE,
@@ -123,9 +123,14 @@ class HttpsHub(HubAdapter):
         return self
 
     async def stop(self, drain: float = 5.0) -> None:
-        """Stop serving. Connected subscribers first get up to ``drain`` seconds to receive
-        what was published (a server's last "stop" message must reach its clients)."""
+        """Stop serving. Connected subscribers may first finish and leave, for up to
+        :attr:`linger` seconds (an edge still relays the job's "stop" through the hub; the
+        reaper meanwhile still ends the leases of clients that vanished), and then get up to
+        ``drain`` seconds to receive what was published (a server's last "stop" message must
+        reach its clients)."""
         if self._runner is not None:
+            if self.linger > 0:
+                await self.hub.linger(self.linger)
             if self._reaper is not None:
                 self._reaper.cancel()
             await self.hub.drain(drain)
@@ -367,7 +372,9 @@ class HttpsTransport(HubClient):
     and ``sender_aliases`` set the hosted hub's identity check. ``poll_s`` is the long-poll
     wait; ``connect_timeout`` bounds the wait for the hub to come up (a client started before
     the server waits for it); ``reconnect_timeout`` how long a broken subscription or a publish
-    to an unreachable hub keeps retrying.
+    to an unreachable hub keeps retrying. ``linger_s`` (hosting only): how long the hosted hub,
+    when this process's actors are done, waits for the other actors to finish and leave (edges
+    still relay the job's "stop" through it) before it closes.
     """
 
     name = "https"
@@ -382,13 +389,14 @@ class HttpsTransport(HubClient):
         serve: TLSConfig | Mapping[str, Any] | None = None, serve_as: str | None = None,
         actor: str | None = None, verify_sender: bool = False,
         sender_aliases: Mapping[str, str] | None = None, connect_timeout: float = 30.0,
-        reconnect_timeout: float = 60.0, poll_s: float = 20.0,
+        reconnect_timeout: float = 60.0, linger_s: float = DEFAULT_LINGER_S, poll_s: float = 20.0,
     ) -> None:
         require("httpx", "https")
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname or not parts.port:
             raise ConfigError(f"https url must look like https://HOST:PORT, got {url!r}")
-        hosting = Hosting.from_params(serve, serve_as, actor, verify_sender, sender_aliases)
+        hosting = Hosting.from_params(serve, serve_as, actor, verify_sender, sender_aliases,
+                                      linger_s)
         self.tls = TLSConfig.from_mapping(tls)
         if parts.scheme == "https" and self.tls is None and not hosting.in_process:
             raise ConfigError("https transport needs tls: {ca: ...}")

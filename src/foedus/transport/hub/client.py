@@ -22,7 +22,8 @@ from foedus.transport.retry import RetryStopped, retry_with_backoff
 
 
 class HubServer(HostedServer, Protocol):
-    """A protocol adapter a hub client can host: ``cls(host, port, tls, authorize=...)``."""
+    """A protocol adapter a hub client can host:
+    ``cls(host, port, tls, authorize=..., linger=...)``."""
 
     async def start(self) -> HostedServer: ...
 
@@ -71,10 +72,11 @@ class HubClient(Transport):
 
     def _starter(self) -> Callable[[], Awaitable[HostedServer]]:
         hub_class, serve, authorize = self.hub_class, self.serve, self.hosting.authorizer()
-        host, port = self._host, self._port
+        host, port, linger = self._host, self._port, self.hosting.linger_s
 
         async def start() -> HostedServer:
-            return await hub_class(host, port, serve, authorize=authorize).start()
+            return await hub_class(host, port, serve, authorize=authorize,
+                                   linger=linger).start()
 
         return start
 

@@ -19,6 +19,9 @@ from foedus.transport.hub.auth import require_sender_identity
 from foedus.transport.hub.store import Authorizer, Hub
 from foedus.transport.tls import TLSConfig
 
+#: how long a hosted hub waits, at the end of its process's job, for the other actors to leave
+DEFAULT_LINGER_S = 30.0
+
 
 class HostedServer(Protocol):
     """What :class:`HostedHubs` starts: a protocol adapter around a :class:`Hub`."""
@@ -95,6 +98,11 @@ class Hosting:
 
     ``verify_sender`` (with ``sender_aliases``) makes the hosted hub refuse a publish whose
     message sender is not the publisher's certificate CN (:func:`require_sender_identity`).
+
+    ``linger_s``: when the hosting process closes its transports (its actors are done), the
+    hub waits up to this long for the other processes' actors to finish and unsubscribe before
+    it closes. The leader ends first, but the job is not over for everyone: edges relay its
+    "stop" to their clients through this hub. See :meth:`foedus.transport.hub.Hub.linger`.
     """
 
     serve: TLSConfig | None = None
@@ -102,12 +110,17 @@ class Hosting:
     actor: str | None = None
     verify_sender: bool = False
     sender_aliases: Mapping[str, str] | None = None
+    linger_s: float = DEFAULT_LINGER_S
 
     @classmethod
     def from_params(
         cls, serve: TLSConfig | Mapping[str, Any] | None, serve_as: str | None,
         actor: str | None, verify_sender: bool, sender_aliases: Mapping[str, str] | None,
+        linger_s: float = DEFAULT_LINGER_S,
     ) -> Hosting:
+        if isinstance(linger_s, bool) or not isinstance(linger_s, int | float) \
+                or not linger_s >= 0:
+            raise ConfigError(f"linger_s must be a number of seconds >= 0, got {linger_s!r}")
         tls = TLSConfig.from_mapping(serve)
         if tls is None and (serve_as is not None or verify_sender or sender_aliases):
             raise ConfigError(
@@ -130,7 +143,7 @@ class Hosting:
         if sender_aliases is not None and not isinstance(sender_aliases, Mapping):
             raise ConfigError("sender_aliases must map certificate names to sender names")
         return cls(tls, serve_as, actor, bool(verify_sender),
-                   dict(sender_aliases) if sender_aliases else None)
+                   dict(sender_aliases) if sender_aliases else None, float(linger_s))
 
     @property
     def may_host(self) -> bool:

@@ -25,7 +25,9 @@ class HubAdapter(abc.ABC):
     ``port=0`` picks a free port (read ``port`` after :meth:`start`). ``tls`` is the server's
     TLSConfig (cert, key, CA for client certificates, ``require_client_cert``); plaintext needs
     ``insecure=True`` explicitly. ``hub`` serves an existing hub, else a new one is made with
-    ``max_payload``, ``max_topic_bytes`` and the ``authorize`` hook.
+    ``max_payload``, ``max_topic_bytes`` and the ``authorize`` hook. ``linger``: how many
+    seconds :meth:`stop` first waits for connected subscribers to leave by themselves (see
+    :meth:`Hub.linger`); 0 for a hub stopped on purpose while clients stay (a restart).
     """
 
     #: what the protocol without TLS is called in the error that asks for ``insecure=True``
@@ -35,13 +37,17 @@ class HubAdapter(abc.ABC):
         self, host: str = "127.0.0.1", port: int = 0, tls: TLSConfig | None = None, *,
         hub: Hub | None = None, authorize: Authorizer | None = None, insecure: bool = False,
         max_payload: int = DEFAULT_MAX_PAYLOAD, max_topic_bytes: int = DEFAULT_MAX_TOPIC_BYTES,
+        linger: float = 0.0,
     ) -> None:
         if tls is None and not insecure:
             raise ConfigError(f"{type(self).__name__} needs tls=TLSConfig(...) "
                               f"(or insecure=True for {self.plaintext})")
         self.host = host
         self.port = port
+        if not linger >= 0:
+            raise ConfigError(f"linger must be at least 0 seconds, got {linger!r}")
         self.tls = tls
+        self.linger = float(linger)
         self.hub = hub or Hub(
             max_payload=max_payload, max_topic_bytes=max_topic_bytes, authorize=authorize
         )
@@ -52,7 +58,8 @@ class HubAdapter(abc.ABC):
 
     @abc.abstractmethod
     async def stop(self) -> None:
-        """Stop serving, after letting connected subscribers drain (see :meth:`Hub.drain`)."""
+        """Stop serving, after waiting up to :attr:`linger` seconds for subscribers to leave
+        (:meth:`Hub.linger`) and letting the remaining ones drain (:meth:`Hub.drain`)."""
 
     async def __aenter__(self) -> Self:
         return await self.start()

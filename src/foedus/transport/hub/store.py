@@ -195,7 +195,7 @@ class Hub:
         self.stats: Counter[str] = Counter()
         self._topics: dict[str, _Topic] = {}
         self.closed = False
-        #: True while :meth:`drain` waits for subscribers to catch up
+        #: True while :meth:`drain` or :meth:`linger` waits for subscribers
         self.draining = False
 
     def check_size(self, size: int) -> None:
@@ -272,15 +272,37 @@ class Hub:
             for topic in self._topics.values() for cursor in topic.cursors
         )
 
+    def subscribers(self) -> int:
+        """How many subscriptions are open on the hub, on every topic."""
+        return sum(len(topic.cursors) for topic in self._topics.values())
+
     async def drain(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for every live cursor to catch up, so a server that
         publishes a last message (the job's "stop") and shuts down still delivers it to
         connected clients. Returns whether they caught up."""
+        return await self._wait(self.caught_up, timeout)
+
+    async def linger(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every subscriber to leave (close its
+        subscription), still serving whatever they publish meanwhile.
+
+        The hub lives in the job leader's process, but the job's end is not the leader's
+        alone: an edge relays the leader's "stop" to its children *through this hub*, and the
+        children leave only once they have it. A hub that closed as soon as the leader's own
+        subscribers had caught up would cut that relay off, and the edge's clients would wait
+        for a stop that can no longer arrive. Actors close their subscriptions when they end,
+        so "nobody subscribed any more" is "every actor has finished". Returns whether they
+        all left in time."""
+        return await self._wait(lambda: self.subscribers() == 0, timeout)
+
+    async def _wait(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Poll ``done`` (cursors change from many handlers, with no single event to await)
+        until it is true or ``timeout`` seconds passed; :attr:`draining` meanwhile."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         self.draining = True
         try:
-            while not self.caught_up():
+            while not done():
                 if loop.time() >= deadline:
                     return False
                 await asyncio.sleep(0.02)
