@@ -82,12 +82,6 @@ NEEDS: dict[str, str] = {
 #: never define) and need rewriting as runnable examples: (page, a line of the block) -> what is
 #: missing. Strict xfail: a block that starts running must leave this list.
 DOC_SKETCHES: dict[tuple[str, str], str] = {
-    ("privacy.md", "settings = SecureSumSettings("): "sketch: ClientPod(...), top-level await",
-    ("transports-grpc-https.md", "hub = await GrpcHub("): "sketch: top-level await, certs",
-    ("transports-grpc-https.md", "hub = await HttpsHub("): "sketch: top-level await, "
-    "server_tls/client_tls undefined",
-    ("transports-grpc-https.md", "authorize=require_sender_identity("): "sketch: GrpcHub, "
-    "host, port, server_tls undefined",
 }
 
 SKIP_RULES: list[tuple[re.Pattern[str], str]] = [
