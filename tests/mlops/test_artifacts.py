@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from foedus.core.errors import ConfigError
 from foedus.mlops.artifacts import S3Checkpointer, S3Store, s3_checkpointer
+from foedus.roles.checkpoint import CheckpointError
 from tests.mlops.conftest import build_job, run_graphs_of
 
 pytestmark = pytest.mark.integration
@@ -92,3 +94,52 @@ async def test_a_restarted_server_resumes_from_the_latest_checkpoint_in_the_buck
     assert [r.round for r in second.server.history] == [1, 2, 3, 4]
     assert second.server.history[:2] == first.server.history  # restored, not re-run
     assert all(c.rounds_trained == 2 for c in second.clients)  # only rounds 3 and 4 ran
+
+
+def test_when_every_object_is_invalid_loading_refuses_naming_the_bucket(store: S3Store) -> None:
+    ckpt = S3Checkpointer(store, "job-all-junk")
+    store.put(f"{ckpt.checkpoint_prefix}/round-00000001.ckpt", b"FOED but truncated")
+    store.put(f"{ckpt.checkpoint_prefix}/round-00000002.ckpt",
+              ckpt.encode(2, {"w": np.full(3, np.nan)}, {}, []))  # CRC-valid, NaN
+    with pytest.raises(CheckpointError) as refused:
+        S3Checkpointer(store, "job-all-junk").load()
+    message = str(refused.value)
+    assert "\n" not in message and f"s3://{BUCKET}/{ckpt.checkpoint_prefix}/" in message
+    assert "2 in" in message and "refusing to start over from round 1" in message
+
+
+def test_junk_under_high_round_numbers_never_evicts_valid_checkpoints(
+    store: S3Store, caplog: pytest.LogCaptureFixture,
+) -> None:
+    ckpt = S3Checkpointer(store, "job-junk", keep=2)
+    prefix = ckpt.checkpoint_prefix
+    _save(ckpt, 1)
+    junk = [f"{prefix}/round-99999998.ckpt", f"{prefix}/round-99999999.ckpt"]
+    store.put(junk[0], b"junk")
+    store.put(junk[1], store.get(f"{prefix}/round-00000001.ckpt") or b"")  # a copy: wrong round
+    for rnd in (2, 3):
+        _save(ckpt, rnd)
+    names = sorted(store.list(prefix))
+    assert names == sorted([f"{prefix}/round-00000002.ckpt", f"{prefix}/round-00000003.ckpt",
+                            *junk])  # 2 valid kept; junk took no place and is left alone
+    with caplog.at_level(logging.ERROR):
+        loaded = S3Checkpointer(store, "job-junk").load(like={"w": np.zeros((2, 3)),
+                                                             "b": np.zeros(3)})
+    assert loaded is not None and loaded.round == 3
+    refusals = [r.getMessage() for r in caplog.records]
+    assert any("round-99999999.ckpt" in m and "holds round 1, its name says 99999999" in m
+               for m in refusals), refusals
+    assert any("round-99999998.ckpt" in m for m in refusals)
+
+
+def test_a_checkpoint_of_another_model_is_refused(store: S3Store) -> None:
+    ckpt = S3Checkpointer(store, "job-shapes")
+    _save(ckpt, 1)
+    with pytest.raises(CheckpointError, match="not this job's model"):
+        S3Checkpointer(store, "job-shapes").load(like={"w": np.zeros(5)})
+
+
+@pytest.mark.parametrize("keep", [0, -1, "3", 1.5, True])
+def test_keep_must_be_a_positive_integer(store: S3Store, keep: object) -> None:
+    with pytest.raises(ConfigError, match="keep: expected an integer >= 1"):
+        S3Checkpointer(store, "job-keep", keep=keep)  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from foedus.codec import decode, encode
 from foedus.core.errors import CodecError
 from foedus.core.message import Kind
 from foedus.core.runtime import Runtime
-from foedus.roles.checkpoint import Checkpointer
+from foedus.roles.checkpoint import Checkpointer, CheckpointError
 from foedus.roles.server import ServerPod
 from foedus.topology.centralized import server_graph, topics
 from foedus.transport.local import LocalTransport
@@ -144,3 +144,87 @@ async def test_a_server_whose_latest_checkpoint_is_damaged_resumes_from_the_one_
     # the model continues from round 2's: five rounds of +2 in all, none lost or doubled
     np.testing.assert_allclose(second.params["w"], 10.0)
     np.testing.assert_allclose(first.params["w"], 6.0)
+
+
+# ---- CRC-valid checkpoints are checked too, and a job never starts over silently ----------
+def honest(ckpt: Checkpointer, rnd: int) -> bytes:
+    """A checkpoint of round ``rnd`` as the server writes it."""
+    return ckpt.encode(rnd, {"w": np.full(3, float(rnd))}, {"step": rnd},
+                       [{"round": r, "accepted": 2} for r in range(1, rnd + 1)])
+
+
+INVALID = {  # what is wrong -> (a checkpoint of round 2 with a correct CRC, the reason logged)
+    "round zero": (lambda c: c.encode(0, {"w": np.ones(3)}, {}, []), "round 0 is outside"),
+    "absurd round": (lambda c: c.encode(2**40, {"w": np.ones(3)}, {}, []), "is outside 1.."),
+    "NaN parameters": (lambda c: c.encode(2, {"w": np.full(3, np.nan)}, {}, []),
+                       "holds NaN or Inf"),
+    "another model's shapes": (lambda c: c.encode(2, {"w": np.ones(7)}, {}, []),
+                               "not this job's model (wrong_shape"),
+    "unknown history fields": (lambda c: c.encode(2, {"w": np.ones(3)}, {},
+                                                  [{"round": 1, "evil": 1}]),
+                               "history[0] has unknown fields ['evil']"),
+    "history beyond its round": (lambda c: c.encode(2, {"w": np.ones(3)}, {},
+                                                    [{"round": 1}, {"round": 9}]),
+                                 "history[1] names round 9"),
+    "history not records": (lambda c: c.encode(2, {"w": np.ones(3)}, {}, [[1, 2]]),
+                            "history[0] is not a round record"),
+}
+
+
+@pytest.mark.parametrize("case", list(INVALID))
+def test_a_crc_valid_but_invalid_checkpoint_is_refused_with_its_reason_and_the_older_one_used(
+    tmp_path: Path, case: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    ckpt = Checkpointer(tmp_path, JOB)
+    make, reason = INVALID[case]
+    ckpt.backup_path(1).write_bytes(honest(ckpt, 1))
+    ckpt.path.write_bytes(make(ckpt))
+    with caplog.at_level(logging.ERROR):
+        loaded = ckpt.load(like={"w": np.zeros(3)})
+    assert loaded is not None and loaded.round == 1
+    refusal = caplog.records[0].getMessage()
+    assert str(ckpt.path) in refusal and reason in refusal, refusal
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_when_every_checkpoint_is_invalid_loading_refuses_naming_the_directory(
+    tmp_path: Path,
+) -> None:
+    ckpt = Checkpointer(tmp_path, JOB)
+    ckpt.path.write_bytes(ckpt.encode(1, {"w": np.full(3, np.inf)}, {}, []))
+    with pytest.raises(CheckpointError) as refused:
+        ckpt.load()
+    message = str(refused.value)
+    assert "\n" not in message and f"directory {str(tmp_path)!r}" in message
+    assert "refusing to start over from round 1" in message and "NaN or Inf" in message
+
+
+async def test_a_server_whose_checkpoints_are_all_invalid_refuses_to_start(
+    tmp_path: Path,
+) -> None:
+    ckpt = Checkpointer(tmp_path, JOB)
+    foreign = ckpt.encode(4, {"other": np.ones(2)}, {}, [])  # another model's checkpoint
+    ckpt.path.write_bytes(foreign)
+    server = ServerPod(job_id=JOB, initial_params={"w": np.zeros(3)}, aggregator=FedAvg(),
+                       rounds=3, expected_clients=2, round_timeout=5, checkpointer=ckpt)
+    transport = LocalTransport()
+    async with Runtime(server_graph(server, transport)) as runtime:
+        await asyncio.wait_for(runtime.wait(), 30)
+    [failure] = runtime.stats.failures
+    assert failure.wire == "run" and isinstance(failure.cause, CheckpointError)
+    assert "not this job's model (wrong_names" in str(failure)
+    assert server.history == []  # no round 1 over the job's progress
+    assert ckpt.path.read_bytes() == foreign  # left for its owner to look at
+
+
+def test_junk_never_pushes_a_valid_checkpoint_out_when_saving(tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path, JOB, backups=2)
+    ckpt.backup_path(2).write_bytes(honest(ckpt, 1))
+    ckpt.backup_path(1).write_bytes(b"FOED junk")
+    ckpt.path.write_bytes(ckpt.encode(3, {"w": np.full(3, np.nan)}, {}, []))  # CRC-valid junk
+    save(ckpt, 2)
+    # round 1 survived two newer junk files, which took no slot and were overwritten
+    assert [ckpt.read(p).round for p in ckpt.candidates() if p.exists()] == [2, 1]
+    save(ckpt, 3)
+    save(ckpt, 4)
+    assert [ckpt.read(p).round for p in ckpt.candidates()] == [4, 3, 2]

@@ -26,7 +26,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from foedus.core.errors import GraphError, PodError, RejectedUpdate
+from foedus.core.errors import FoedusError, GraphError, PodError, RejectedUpdate
 from foedus.core.filter import Filter
 from foedus.core.graph import Graph
 from foedus.core.message import Message
@@ -215,7 +215,10 @@ class Runtime:
                     pod.name, msg.header.sender, msg.header.round, wire, exc.reason, exc.detail)
 
     def _record(self, error: PodError) -> None:
-        log.error("%s", error, exc_info=error.cause)
+        # a FoedusError is raised on purpose and its message says what is wrong (a server that
+        # refuses to start over its checkpoints): one line; anything else is a bug: traceback
+        deliberate = isinstance(error.cause, FoedusError)
+        log.error("%s", error, exc_info=None if deliberate else error.cause)
         self.stats.failures.append(error)
 
 

@@ -11,8 +11,14 @@ Layout under ``s3://BUCKET/PREFIX/JOB_ID/``::
     checkpoints/round-00000012.ckpt   one object per saved round (newest ``keep`` kept)
     models/round-00000012.foedus      global models published with publish_model()
 
-An object PUT is atomic in S3: a crash while saving leaves the previous checkpoint readable, and
-a checkpoint that cannot be decoded is skipped in favour of the one before it.
+An object PUT is atomic in S3: a crash while saving leaves the previous checkpoint readable.
+Loading is the local checkpointer's (:meth:`Checkpointer.load`): every object is decoded and
+checked (sane round, agreeing with its key; finite parameters of the job's shapes; the history's
+schema); an invalid one is refused with its reason in an ERROR line and the one before it is
+tried; when objects exist but none is valid, loading raises
+:class:`~foedus.roles.checkpoint.CheckpointError` naming the bucket, never starting over
+silently. Only objects that parse count towards ``keep``: junk under a high round number never
+pushes a valid checkpoint out (junk is left alone, for its owner to look at).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -28,7 +35,7 @@ import numpy as np
 from foedus.core.errors import CodecError, ConfigError, TransportError, require
 from foedus.core.params import Params
 from foedus.mlops.modelfile import decode_model, encode_model
-from foedus.roles.checkpoint import Checkpoint, Checkpointer
+from foedus.roles.checkpoint import Checkpointer, Source
 
 log = logging.getLogger("foedus.mlops.artifacts")
 
@@ -116,9 +123,10 @@ class S3Store:
             raise TransportError(f"s3://{self.bucket}/{key}: {what} failed: {exc}") from exc
 
 
-def _rounds(keys: list[str]) -> list[tuple[int, str]]:
-    """(round, key) pairs of round-numbered objects, newest first."""
-    found = [(int(m.group(1)), k) for k in keys if (m := _ROUND_KEY.search(k))]
+def _rounds(keys: list[str], suffix: str) -> list[tuple[int, str]]:
+    """(round, key) pairs of round-numbered objects ending in ``suffix``, newest first."""
+    found = [(int(m.group(1)), k) for k in keys
+             if (m := _ROUND_KEY.search(k)) and m.group(2) == suffix]
     return sorted(found, reverse=True)
 
 
@@ -131,12 +139,14 @@ class S3Checkpointer(Checkpointer):
     """
 
     def __init__(self, store: S3Store, job_id: str, *, keep: int = 3) -> None:
-        if keep < 1:
-            raise ConfigError(f"keep: expected at least 1 checkpoint to keep, got {keep}")
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ConfigError(f"keep: expected an integer >= 1 (checkpoints to keep), got "
+                              f"{keep!r:.60}")
         self._staging = tempfile.TemporaryDirectory(prefix="foedus-s3ckpt-")
         super().__init__(self._staging.name, job_id, backups=0)  # the bucket keeps history
         self.store = store
         self.keep = keep
+        self._verdicts: dict[str, bool] = {}  # key -> whether it parses, each read once
 
     @property
     def checkpoint_prefix(self) -> str:
@@ -146,31 +156,44 @@ class S3Checkpointer(Checkpointer):
     def model_prefix(self) -> str:
         return self.store.key(self.job_id, "models")
 
+    @property
+    def where(self) -> str:
+        return f"s3://{self.store.bucket}/{self.checkpoint_prefix}/"
+
+    def sources(self) -> list[Source]:
+        """Every round-numbered object, newest first; each must hold the round its key names."""
+        def fetch(key: str) -> Callable[[], bytes | None]:
+            return lambda: self.store.get(key)
+        return [(f"s3://{self.store.bucket}/{key}", fetch(key), rnd)
+                for rnd, key in _rounds(self.store.list(self.checkpoint_prefix), "ckpt")]
+
     def save(
         self, round: int, params: Params, aggregator_state: dict[str, Any],
         history: list[dict[str, Any]], extra_state: dict[str, Any] | None = None,
     ) -> None:
-        super().save(round, params, aggregator_state, history, extra_state)
-        self.store.put(f"{self.checkpoint_prefix}/round-{round:08d}.ckpt", self.path.read_bytes())
-        for _, old in _rounds(self.store.list(self.checkpoint_prefix))[self.keep:]:
+        key = f"{self.checkpoint_prefix}/round-{round:08d}.ckpt"
+        self.store.put(key, self.encode(round, params, aggregator_state, history, extra_state))
+        self._verdicts[key] = True
+        valid = [k for rnd, k in _rounds(self.store.list(self.checkpoint_prefix), "ckpt")
+                 if self._parses_key(k, rnd)]
+        for old in valid[self.keep:]:
             self.store.delete(old)
+            self._verdicts.pop(old, None)
 
-    def load(self) -> Checkpoint | None:
-        for round, key in _rounds(self.store.list(self.checkpoint_prefix)):
+    def _parses_key(self, key: str, rnd: int) -> bool:
+        """Whether ``key`` holds a checkpoint of this job (read once per process)."""
+        if key not in self._verdicts:
             data = self.store.get(key)
-            if data is None:
-                continue
-            self.path.write_bytes(data)
             try:
-                ckpt = super().load()
-            except (CodecError, KeyError) as exc:
-                log.warning("skipping unreadable checkpoint %s: %s", key, exc)
-                continue
-            if ckpt is not None:
-                log.info("loaded checkpoint of round %d from s3://%s/%s",
-                         round, self.store.bucket, key)
-                return ckpt
-        return None
+                if data is None:
+                    return False
+                self.parse(data, key, round=rnd)
+                self._verdicts[key] = True
+            except (CodecError, ConfigError) as exc:
+                log.warning("s3://%s/%s is not a valid checkpoint (%.200s); it takes no place "
+                            "among the %d kept", self.store.bucket, key, exc, self.keep)
+                self._verdicts[key] = False
+        return self._verdicts[key]
 
     # ---- global models ----------------------------------------------------------------------
     def publish_model(self, params: Params, round: int) -> str:
@@ -181,7 +204,7 @@ class S3Checkpointer(Checkpointer):
 
     def latest_model(self) -> tuple[int, dict[str, np.ndarray]] | None:
         """The newest published global model and its round, or ``None``."""
-        for round, key in _rounds(self.store.list(self.model_prefix)):
+        for round, key in _rounds(self.store.list(self.model_prefix), "foedus"):
             data = self.store.get(key)
             if data is not None:
                 return round, decode_model(data)
@@ -191,6 +214,6 @@ class S3Checkpointer(Checkpointer):
 def s3_checkpointer(url: str, job_id: str, **options: Any) -> S3Checkpointer:
     """``s3_checkpointer("s3://bucket/prefix", job)``; the endpoint and credentials come from
     ``options`` (``endpoint_url=...``) or boto3's usual environment (``AWS_ENDPOINT_URL``...)."""
-    keep = int(options.pop("keep", 3))
+    keep = options.pop("keep", 3)  # checked by S3Checkpointer
     return S3Checkpointer(S3Store.from_url(url, **options), job_id, keep=keep)
 

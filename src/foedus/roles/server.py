@@ -261,7 +261,9 @@ class ServerPod(Pod):
     def _resume(self) -> int:
         if self.checkpointer is None:
             return 1
-        ckpt = self.checkpointer.load()
+        # a fixed-shape model's checkpoint must have its names and shapes (a tree's grows)
+        fixed = self.aggregator.update_kind == "parameters"
+        ckpt = self.checkpointer.load(like=self.params if fixed else None)
         if ckpt is None:
             return 1
         self.params = ckpt.params
