@@ -61,3 +61,99 @@ def test_clients_max_examples_bounds_the_weight_one_update_may_claim() -> None:
     assert JobSpec.from_dict({"clients": {"max_examples": 5000}}).clients.max_examples == 5000
     with pytest.raises(ConfigError, match=r"clients\.max_examples: expected an integer >= 1"):
         JobSpec.from_dict({"clients": {"max_examples": 0}})
+
+
+# ---- hostile or absurd job files: refused in one line, quickly, never walked for ever -------
+def refusal(tmp_path: Path, content: str | bytes) -> str:
+    """The one-line refusal of a job file holding ``content``."""
+    path = tmp_path / "job.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ConfigError) as err:
+        load_job(path)
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 600, message
+    return message
+
+
+@pytest.mark.parametrize("section", ["data.options", "transport.params", "model.params",
+                                     "mlops.mlflow"])
+def test_an_alias_bomb_in_any_section_is_refused_without_walking_it(
+    tmp_path: Path, section: str,
+) -> None:
+    lines = ['a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+    lines += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    outer, inner = section.split(".")
+    body = "\n".join(f"    {line}" for line in lines)
+    text = f"job_id: bomb\n{outer}:\n  {inner}:\n{body}\n"
+    if outer in ("transport", "model"):
+        text = f"job_id: bomb\n{outer}:\n  type: local\n  {inner}:\n{body}\n"
+    message = refusal(tmp_path, text)
+    assert "more than 100000 values" in message
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"job_id: caf\xe9\n", "is not UTF-8 text (byte 11)"),
+    ("", "is empty"),
+    ("# only a comment\n", "is empty"),
+    ("job_id: x\ndata:\n  options:\n    o: " + "[" * 5000 + "]" * 5000 + "\n",
+     "nested deeper than"),
+    ("job_id: x\ndata:\n  options:\n    o: " + "[" * 40 + "]" * 40 + "\n",
+     "nested deeper than 32 levels"),
+    ("job_id: x\nround_timeout: .nan\n", "round_timeout: expected a positive number, got nan"),
+    ("job_id: x\nround_timeout: .inf\n", "round_timeout: expected a positive number, got inf"),
+    ("job_id: x\ndata:\n  alpha: .nan\n", "data.alpha: expected a positive number, got nan"),
+    ("job_id: x\nclients:\n  count: 1000000000000\n",
+     "clients.count: expected an integer >= 1, got 1000000000000 (at most 100000)"),
+    ("job_id: x\nclients:\n  epochs: 1000000000\n", "clients.epochs: expected an integer >= 1"),
+    ("job_id: x\nrounds: 1000000000\n", "rounds: expected an integer >= 1"),
+    ('job_id: "x\\n"\n', "job_id: expected a letter or digit"),
+    ("job_id: x\nmlops:\n  prometheus:\n    port: 70000\n",
+     "mlops.prometheus.port: expected a port 1..65535, got 70000"),
+    ("job_id: x\nmlops:\n  prometheus:\n    host: 'evil host;rm'\n",
+     "mlops.prometheus.host: expected a host name or address"),
+    ("job_id: x\nmlops:\n  mlflow:\n    tracking_uri: 'not a uri'\n",
+     "mlops.mlflow.tracking_uri: expected a URI without spaces"),
+    ("job_id: x\nmlops:\n  s3:\n    endpoint_url: 'http://:99999'\n",
+     "mlops.s3.endpoint_url: expected a URI with a valid port"),
+    ("job_id: x\nmlops:\n  mlflow:\n    tracking_uri: 'localhost'\n",
+     "expected a URI with a scheme"),
+])
+def test_hostile_and_absurd_job_files_are_refused_in_one_line(
+    tmp_path: Path, content: str | bytes, expected: str,
+) -> None:
+    assert expected in refusal(tmp_path, content)
+
+
+def test_a_checkpoint_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    message = refusal(tmp_path, f"job_id: x\ncheckpoint_dir: {tmp_path / 'file'}\n")
+    assert "checkpoint_dir:" in message and "is not a directory" in message
+
+
+def test_well_formed_endpoints_and_the_documented_maxima_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("job_id: ok\nclients: {count: 100000, epochs: 10000}\nrounds: 1000000\n"
+                    "mlops:\n  prometheus: {port: 9100, host: 127.0.0.1}\n"
+                    "  mlflow: {tracking_uri: 'file:./mlruns'}\n"
+                    "  s3: {endpoint_url: 'http://[::1]:9000'}\n")
+    spec = load_job(path)
+    assert (spec.clients.count, spec.rounds) == (100_000, 1_000_000)
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"\xff\xfe job", "not UTF-8"),
+    ("job_id: x\nround_timeout: .nan\n", "round_timeout"),
+])
+def test_the_cli_refuses_a_bad_job_file_with_exit_2_and_one_line(
+    tmp_path: Path, content: str | bytes, expected: str,
+) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "job.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    done = subprocess.run([sys.executable, "-m", "foedus.cli", "run", str(path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("foedus: error: ") and expected in lines[0]

@@ -7,9 +7,12 @@ allowed values: ``clients.count: expected an integer >= 1, got 'ten'``.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 
@@ -30,6 +33,22 @@ class Plugin:
 
 
 PARTITIONS = ("column", "dirichlet", "files", "iid", "quantity")  # see foedus.data.partition
+
+# ---- documented maxima (docs/reliability.md): a job file is refused beyond them, in one line --
+#: the largest job file read, in bytes
+MAX_FILE_BYTES = 1 << 20
+#: how deeply maps and lists may nest, and how many values a job file may hold in all, counting
+#: every use of a YAML alias (so an alias bomb is refused instead of walked for ever)
+MAX_DEPTH = 32
+MAX_VALUES = 100_000
+MAX_CLIENTS = 100_000
+MAX_ROUNDS = 1_000_000
+MAX_EPOCHS = 10_000
+MAX_TIMEOUT = 7 * 24 * 3600.0  # seconds: a week
+MAX_SEED = 2**32 - 1
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,100}")
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+                   r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
 
 
 @dataclass(frozen=True)
@@ -64,6 +83,7 @@ class JobSpec:
     @classmethod
     def from_dict(cls, raw: Any) -> JobSpec:
         _mapping(raw, "job")
+        _check_size(raw)
         _known_keys(raw, cls, "")
         data = raw.get("data", {})
         clients = raw.get("clients", {})
@@ -72,20 +92,25 @@ class JobSpec:
         _known_keys(data, DataSection, "data.")
         _known_keys(clients, ClientSection, "clients.")
         spec = cls(
-            job_id=_str(raw, "job_id", cls.job_id),
-            seed=_int(raw, "seed", 0, minimum=0),
-            rounds=_int(raw, "rounds", cls.rounds, minimum=1),
-            round_timeout=_float(raw, "round_timeout", cls.round_timeout, positive=True),
+            job_id=_job_id(raw),
+            seed=_int(raw, "seed", 0, minimum=0, maximum=MAX_SEED),
+            rounds=_int(raw, "rounds", cls.rounds, minimum=1, maximum=MAX_ROUNDS),
+            round_timeout=_float(raw, "round_timeout", cls.round_timeout, positive=True,
+                                 maximum=MAX_TIMEOUT),
             data=_data_section(data),
             clients=ClientSection(
-                count=_int(clients, "count", 10, minimum=1, prefix="clients."),
-                epochs=_int(clients, "epochs", 1, minimum=1, prefix="clients."),
+                count=_int(clients, "count", 10, minimum=1, maximum=MAX_CLIENTS,
+                           prefix="clients."),
+                epochs=_int(clients, "epochs", 1, minimum=1, maximum=MAX_EPOCHS,
+                            prefix="clients."),
                 min_clients=(
-                    _int(clients, "min_clients", 1, minimum=1, prefix="clients.")
+                    _int(clients, "min_clients", 1, minimum=1, maximum=MAX_CLIENTS,
+                         prefix="clients.")
                     if "min_clients" in clients else None
                 ),
                 per_round=(
-                    _int(clients, "per_round", 1, minimum=1, prefix="clients.")
+                    _int(clients, "per_round", 1, minimum=1, maximum=MAX_CLIENTS,
+                         prefix="clients.")
                     if "per_round" in clients else None
                 ),
                 max_examples=(
@@ -101,9 +126,11 @@ class JobSpec:
                 _plugin({"pipeline": item}, "pipeline", "", index=i)
                 for i, item in enumerate(_list(raw, "pipeline"))
             ),
-            checkpoint_dir=_optional_str(raw, "checkpoint_dir"),
+            checkpoint_dir=_checkpoint_dir(raw),
             mlops=_section(raw, "mlops"),
         )
+        _check_endpoints(spec.mlops, "mlops")
+        _check_endpoints(spec.transport.params, "transport.params")
         if spec.data.test_fraction >= 1:
             raise ConfigError(f"data.test_fraction: expected a number in (0, 1), got "
                               f"{spec.data.test_fraction}")
@@ -151,10 +178,10 @@ def _data_section(data: dict[str, Any]) -> DataSection:
     return DataSection(
         dataset=_str(data, "dataset", "digits", prefix="data."),
         partition=scheme,
-        alpha=_float(data, "alpha", 0.5, positive=True, prefix="data."),
+        alpha=_float(data, "alpha", 0.5, positive=True, prefix="data.", maximum=1e6),
         test_fraction=_float(data, "test_fraction", 0.2, positive=True, prefix="data."),
         options=_section(data, "options"),
-        min_size=_int(data, "min_size", 2, minimum=1, prefix="data."),
+        min_size=_int(data, "min_size", 2, minimum=1, maximum=10**9, prefix="data."),
         column=column,
         keep_column=keep,
         server_options=dict(server),
@@ -162,16 +189,32 @@ def _data_section(data: dict[str, Any]) -> DataSection:
 
 
 def load_job(path: str | Path) -> JobSpec:
-    """Read and validate a YAML job file."""
+    """Read and validate a YAML job file. Whatever the file holds, the answer is a
+    :class:`JobSpec` or a one-line :class:`ConfigError`, quickly: the size is bounded before
+    parsing, the parser's recursion is caught, and the parsed tree is measured (counting every
+    use of an alias) before anything walks it."""
+    where = repr(str(path))
     try:
-        text = Path(path).read_text()
+        with Path(path).open("rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read job file {str(path)!r}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read job file {where}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"job file {where} is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"job file {where} is not UTF-8 text (byte {exc.start})") from exc
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from exc
-    return JobSpec.from_dict(raw if raw is not None else {})
+        first = str(exc).replace("\n", " ")[:200]
+        raise ConfigError(f"job file {where}: not valid YAML: {first}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"job file {where}: nested deeper than {MAX_DEPTH} levels") from exc
+    if raw is None:
+        raise ConfigError(f"job file {where} is empty; a job needs at least a job_id")
+    return JobSpec.from_dict(raw)
 
 
 # ---- small validators; each names the key it checks ------------------------------------------
@@ -204,22 +247,124 @@ def _str(raw: dict[str, Any], key: str, default: str, prefix: str = "") -> str:
     return value
 
 
-def _int(raw: dict[str, Any], key: str, default: int, *, minimum: int, prefix: str = "") -> int:
+def _int(raw: dict[str, Any], key: str, default: int, *, minimum: int,
+         maximum: int | None = None, prefix: str = "") -> int:
     value = raw.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{prefix}{key}: expected an integer >= {minimum}, got {_show(value)}")
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum or (
+        maximum is not None and value > maximum
+    ):
+        upto = f" (at most {maximum})" if maximum is not None else ""
+        raise ConfigError(f"{prefix}{key}: expected an integer >= {minimum}, got "
+                          f"{_show(value)}{upto}")
     return value
 
 
 def _float(
-    raw: dict[str, Any], key: str, default: float, *, positive: bool, prefix: str = ""
+    raw: dict[str, Any], key: str, default: float, *, positive: bool, prefix: str = "",
+    maximum: float | None = None,
 ) -> float:
     value = raw.get(key, default)
-    if not isinstance(value, int | float) or isinstance(value, bool) or (
-        positive and value <= 0
-    ):
-        raise ConfigError(f"{prefix}{key}: expected a positive number, got {_show(value)}")
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(
+        value
+    ) or (positive and value <= 0) or (maximum is not None and value > maximum):
+        upto = f", at most {maximum:g}" if maximum is not None else ""
+        raise ConfigError(f"{prefix}{key}: expected a positive number, got {_show(value)} "
+                          f"(finite{upto})")
     return float(value)
+
+
+def _job_id(raw: dict[str, Any]) -> str:
+    value = _str(raw, "job_id", JobSpec.job_id)
+    if not _JOB_ID.fullmatch(value):
+        raise ConfigError(f"job_id: expected a letter or digit then letters, digits, '.', '_' "
+                          f"or '-' (at most 101 characters), got {_show(value)}")
+    return value
+
+
+def _checkpoint_dir(raw: dict[str, Any]) -> str | None:
+    value = _optional_str(raw, "checkpoint_dir")
+    if value is not None and (Path(value).exists() and not Path(value).is_dir()):
+        raise ConfigError(f"checkpoint_dir: {_show(value)} exists and is not a directory")
+    if value is not None and "\x00" in value:
+        raise ConfigError("checkpoint_dir: a path cannot hold a NUL character")
+    return value
+
+
+def _check_size(raw: Any) -> None:
+    """Refuse a tree nested deeper than :data:`MAX_DEPTH` or holding more than
+    :data:`MAX_VALUES` values, counting a value again at each place an alias puts it. Stops at
+    the first bound passed, so an alias bomb (a billion values from a few lines) costs at most
+    :data:`MAX_VALUES` steps. Iterative: no depth can exhaust the stack."""
+    stack: list[tuple[Any, int, str]] = [(raw, 1, "job")]
+    values = 0
+    while stack:
+        value, depth, where = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_DEPTH:
+                raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+            values += len(value)
+            if values > MAX_VALUES:
+                raise ConfigError(f"job file holds more than {MAX_VALUES} values (counting "
+                                  f"every use of an alias), under {where}")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                label = str(key)[:40]
+                stack.append((item, depth + 1, f"{where}[{label}]" if isinstance(value, list)
+                              else label if where == "job" else f"{where}.{label}"))
+
+
+#: keys of the mlops section and of transport parameters whose form is checked when loading
+_PORT_KEYS = ("port",)
+_HOST_KEYS = ("host", "hostname")
+_URL_KEYS = ("uri", "url", "endpoint", "endpoint_url", "tracking_uri")
+
+
+def _check_endpoints(section: Any, where: str) -> None:
+    """Ports, hosts and URIs anywhere in ``section`` (keys ending in ``port``, ``host``,
+    ``uri``/``url``/``endpoint``) must have their form: a port 1..65535, a host name or
+    bracketed IPv6 address, a URI with a scheme (and a host for network schemes)."""
+    stack: list[tuple[Any, str]] = [(section, where)]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(value))
+            continue
+        if not isinstance(value, dict):
+            continue
+        for key, item in value.items():
+            name, here = str(key).lower(), f"{path}.{str(key)[:40]}"
+            if isinstance(item, dict | list):
+                stack.append((item, here))
+            elif name.endswith(_PORT_KEYS):
+                if isinstance(item, bool) or not isinstance(item, int) or not 0 < item < 65536:
+                    raise ConfigError(f"{here}: expected a port 1..65535, got {_show(item)}")
+            elif name.endswith(_HOST_KEYS) and item is not None:
+                if not isinstance(item, str) or not _HOST.fullmatch(item) or len(item) > 253:
+                    raise ConfigError(f"{here}: expected a host name or address, got "
+                                      f"{_show(item)}")
+            elif name.endswith(_URL_KEYS) and item is not None:
+                _check_uri(item, here)
+
+
+def _check_uri(item: Any, where: str) -> None:
+    problem = None
+    if not isinstance(item, str) or not item or any(c.isspace() for c in item):
+        problem = "a URI without spaces"
+    else:
+        try:
+            parsed = urlparse(item)
+            port = parsed.port  # raises for a port that is not 0..65535
+        except ValueError:
+            problem, port, parsed = "a URI with a valid port", None, None
+        if parsed is not None and not parsed.scheme:
+            problem = "a URI with a scheme (http://, s3://, file:...)"
+        elif parsed is not None and parsed.scheme in ("http", "https", "s3", "grpc", "mqtt",
+                                                      "kafka", "tcp") and not parsed.hostname:
+            problem = f"a {parsed.scheme} URI naming a host"
+        elif port == 0:
+            problem = "a URI with a port 1..65535"
+    if problem:
+        raise ConfigError(f"{where}: expected {problem}, got {_show(item)}")
 
 
 def _choice(

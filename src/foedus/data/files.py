@@ -50,7 +50,8 @@ def read_table(
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
     if not isinstance(label, str) or label not in columns:
-        raise ConfigError(f"{where}: no label column {label!r}; columns: {', '.join(columns)}")
+        raise ConfigError(f"{where}: no label column {_name(label)}; columns: "
+                          f"{_names(columns)}")
     features = _features(features, columns, label, where)
     x = _feature_matrix(frame, features, where)
     y_raw = frame[label]
@@ -124,8 +125,8 @@ def _feature_matrix(frame: Any, features: list[str], where: str) -> np.ndarray:
     text = [f for f in features if not pd.api.types.is_numeric_dtype(frame[f])]
     if text:
         raise ConfigError(
-            f"{where}: feature column {text[0]!r} is not numeric (e.g. {frame[text[0]].iloc[0]!r});"
-            " encode it as numbers first or leave it out of features"
+            f"{where}: feature column {_name(text[0])} is not numeric; encode it as numbers "
+            "first or leave it out of features"
         )
     holes = {f: int(n) for f in features if (n := frame[f].isna().sum())}
     if holes:
@@ -154,8 +155,8 @@ def _class_indices(
     index = {name: i for i, name in enumerate(names)}
     unknown = sorted({k for k in keys if k not in index})
     if unknown:
-        raise ConfigError(f"{where}: label column {label!r} has values not in classes "
-                          f"{list(names)}: {unknown[:5]}")
+        raise ConfigError(f"{where}: label column {_name(label)} has values not in classes "
+                          f"{[n[:40] for n in names[:10]]} ({len(unknown)} distinct)")
     return np.array([index[k] for k in keys], dtype=np.int64), names
 
 
@@ -192,3 +193,16 @@ def parquet_file(
 ) -> tuple[Dataset, Dataset, DataSpec]:
     """A Parquet file (read with pandas and pyarrow); as :func:`csv_file` otherwise."""
     return _load("parquet", path, label, features, task, classes, test_fraction, seed)
+
+
+def _name(value: object) -> str:
+    """A column name or label for a message, cut short: errors about a data file name its
+    columns but never echo its cells, and a header can be anything."""
+    text = repr(value)
+    return text if len(text) <= 42 else text[:39] + "...'"
+
+
+def _names(values: list[str]) -> str:
+    """Up to 10 column names, each cut to 40 characters."""
+    shown = ", ".join(v if len(v) <= 40 else v[:37] + "..." for v in values[:10])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > 10 else "")
