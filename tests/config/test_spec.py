@@ -108,7 +108,7 @@ def test_an_alias_bomb_in_any_section_is_refused_without_walking_it(
     ("job_id: x\nrounds: 1000000000\n", "rounds: expected an integer >= 1"),
     ('job_id: "x\\n"\n', "job_id: expected a letter or digit"),
     ("job_id: x\nmlops:\n  prometheus:\n    port: 70000\n",
-     "mlops.prometheus.port: expected a port 1..65535, got 70000"),
+     "mlops.prometheus.port: expected a port 0..65535 (0: any free one), got 70000"),
     ("job_id: x\nmlops:\n  prometheus:\n    host: 'evil host;rm'\n",
      "mlops.prometheus.host: expected a host name or address"),
     ("job_id: x\nmlops:\n  mlflow:\n    tracking_uri: 'not a uri'\n",

@@ -321,8 +321,9 @@ _URL_KEYS = ("uri", "url", "endpoint", "endpoint_url", "tracking_uri")
 
 def _check_endpoints(section: Any, where: str) -> None:
     """Ports, hosts and URIs anywhere in ``section`` (keys ending in ``port``, ``host``,
-    ``uri``/``url``/``endpoint``) must have their form: a port 1..65535, a host name or
-    bracketed IPv6 address, a URI with a scheme (and a host for network schemes)."""
+    ``uri``/``url``/``endpoint``) must have their form: a port 0..65535 (0: any free one), a
+    host name or bracketed IPv6 address, a URI with a scheme (and a host for network schemes).
+    """
     stack: list[tuple[Any, str]] = [(section, where)]
     while stack:
         value, path = stack.pop()
@@ -336,8 +337,9 @@ def _check_endpoints(section: Any, where: str) -> None:
             if isinstance(item, dict | list):
                 stack.append((item, here))
             elif name.endswith(_PORT_KEYS):
-                if isinstance(item, bool) or not isinstance(item, int) or not 0 < item < 65536:
-                    raise ConfigError(f"{here}: expected a port 1..65535, got {_show(item)}")
+                if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < 65536:
+                    raise ConfigError(f"{here}: expected a port 0..65535 (0: any free one), "
+                                      f"got {_show(item)}")
             elif name.endswith(_HOST_KEYS) and item is not None:
                 if not isinstance(item, str) or not _HOST.fullmatch(item) or len(item) > 253:
                     raise ConfigError(f"{here}: expected a host name or address, got "
