@@ -27,11 +27,13 @@ def _print_round(record: RoundRecord) -> None:
 
 async def main(raw: dict[str, object], role: str, index: int) -> None:
     spec = JobSpec.from_dict(raw)
-    parts = build_parts(spec, on_round=_print_round if role == "server" else None)
+    parts = build_parts(spec)
+    if role == "server":
+        parts.round_listeners.append(_print_round)
     transport = KafkaTransport(**spec.transport.params)
     try:
         if role == "server":
-            graph = server_graph(parts.server, transport, filters=parts.server_filters())
+            graph = server_graph(parts.make_server(), transport, filters=parts.server_filters())
             async with Runtime(graph) as runtime:
                 print("ready", flush=True)
                 await runtime.wait()

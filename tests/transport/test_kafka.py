@@ -5,6 +5,7 @@ committed offsets, TLS / mutual TLS through stunnel, and a federated job over Ka
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from foedus.config.spec import ClientSection, DataSection, JobSpec, Plugin
 from foedus.core.errors import ConfigError, TransportError
 from foedus.roles.checkpoint import Checkpointer
 from foedus.runner import run_job
+from foedus.testing import wait_until
 from foedus.transport.base import transports
 from foedus.transport.chunks import digest, split
 from foedus.transport.kafka import (
@@ -297,7 +299,10 @@ async def test_partial_payload_of_a_dead_sender_is_dropped_after_the_timeout(
     producer = await raw_producer(tansu.bootstrap)
     try:
         await send_chunks(producer, name, records, [0, 1])  # the sender dies after 2 of 5
-        await asyncio.sleep(1.2)
+        # the fetcher drops the partial payload on its own once partial_timeout has passed;
+        # "next" is sent only then, so it cannot count as the dead sender's next chunk
+        await wait_until(lambda: sub.rejected.get("incomplete") == 1,  # type: ignore[attr-defined]
+                         timeout=30, what="the partial payload is dropped as incomplete")
         await (await producer.send(name, b"next"))
     finally:
         await producer.stop()
@@ -316,7 +321,9 @@ async def test_receiving_memory_is_bounded_by_max_buffer(kafka: Any) -> None:
     got = []
     for _ in payloads:
         got.extend(await take(sub, 1))
-        await asyncio.sleep(0.3)  # a slow consumer: the fetcher must wait, not hoard
+        # what is tested: a slow consumer (a real pause, not a stand-in for a condition);
+        # meanwhile the fetcher must wait for room, not hoard payloads beyond max_buffer
+        await asyncio.sleep(0.3)
     assert got == payloads
     # the budget plus at most one chunk that arrived while checking it
     assert sub.peak_buffered <= 4 * MiB + DEFAULT_CHUNK_SIZE  # type: ignore[attr-defined]
@@ -564,8 +571,13 @@ async def test_a_restarted_server_resumes_from_its_checkpoint(
         server = spawn(job, "server")
         before = await asyncio.to_thread(rounds_of, server, 2)
         checkpoint = Checkpointer(tmp_path, job["job_id"])
-        while (saved := checkpoint.load()) is None or saved.round < 2:
-            await asyncio.sleep(0.05)
+
+        def round_2_saved() -> bool:
+            saved = checkpoint.load()
+            return saved is not None and saved.round >= 2
+
+        await wait_until(round_2_saved, timeout=60, interval=0.05,
+                         what="round 2 is checkpointed")
         reap(server)  # SIGKILL once round 2 is checkpointed
         # The server may have finished another round before the kill landed: the restart must
         # resume from whatever round the checkpoint on disk holds, not from round 2.
@@ -586,7 +598,9 @@ async def test_a_restarted_server_resumes_from_its_checkpoint(
 # broker restarts (Tansu on S3 storage keeps topics and committed offsets across a restart)
 
 
-async def test_reconnects_after_the_broker_restarts(tansu_s3: Tansu) -> None:
+async def test_reconnects_after_the_broker_restarts(
+    tansu_s3: Tansu, caplog: pytest.LogCaptureFixture,
+) -> None:
     """Contract-style: publisher and subscriber outlive a broker restart on the same port; a
     publish issued while the broker is down (longer than one request timeout) completes once it
     is back; nothing is lost or doubled."""
@@ -600,8 +614,16 @@ async def test_reconnects_after_the_broker_restarts(tansu_s3: Tansu) -> None:
         await pub.publish(t, pattern(3 * MiB), key="c1")
         assert await take(sub, 2) == [b"before", pattern(3 * MiB)]
         tansu_s3.kill_broker()
+        caplog.set_level(logging.WARNING, logger="foedus.transport.kafka")
         during = asyncio.create_task(pub.publish(t, b"during the outage", key="c1"))
-        await asyncio.sleep(3.0)
+
+        def retrying() -> bool:
+            return any(r.getMessage().startswith(f"publish to Kafka topic {t!r} failed (")
+                       and r.getMessage().endswith("; retrying") for r in caplog.records)
+
+        # a failed attempt (the broker is down) is retried, not reported as a failure
+        await wait_until(lambda: retrying() or during.done(), timeout=60,
+                         what="the publish fails once and retries")
         assert not during.done()  # retrying with backoff, not failed
         tansu_s3.start()
         await asyncio.wait_for(during, 60)
@@ -616,8 +638,9 @@ async def test_reconnects_after_the_broker_restarts(tansu_s3: Tansu) -> None:
 
 def test_a_federated_job_survives_a_broker_restart(tansu_s3: Tansu, tmp_path: Path) -> None:
     """`foedus server` and two `foedus client` processes; the broker is SIGKILLed after
-    round 1 and started again on the same port 3 s later (longer than the request timeout); the
-    job still finishes all rounds with every client's update."""
+    round 1 and started again on the same port once the server has met the outage (its fetch
+    failed, or it could not connect); the job still finishes all rounds with every client's
+    update."""
     job = tmp_path / "job.yaml"
     job.write_text(textwrap.dedent(f"""\
         job_id: restart-{uuid.uuid4().hex[:6]}
@@ -633,7 +656,9 @@ def test_a_federated_job_survives_a_broker_restart(tansu_s3: Tansu, tmp_path: Pa
     clients = [subprocess.Popen([*command, "client", str(job), "--index", str(i)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                for i in range(2)]
-    server = subprocess.Popen([*command, "server", str(job)], cwd=ROOT,
+    # -v: the server logs its warnings ("fetch failed ... retrying") on stderr, where the test
+    # reads that it met the outage
+    server = subprocess.Popen([*command, "-v", "server", str(job)], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert server.stderr is not None
@@ -643,7 +668,12 @@ def test_a_federated_job_survives_a_broker_restart(tansu_s3: Tansu, tmp_path: Pa
             if line.startswith("round   1/3"):
                 break
         tansu_s3.kill_broker()
-        time.sleep(3)
+        deadline = time.monotonic() + 120
+        for line in server.stderr:  # a line each retry while the broker is away
+            progress.append(line)
+            if "fetch failed" in line or "connect" in line.lower():
+                break
+            assert time.monotonic() < deadline, "the server never noticed the outage"
         tansu_s3.start()
         summary, rest = server.communicate(timeout=120)
         assert server.returncode == 0, "".join(progress) + rest
