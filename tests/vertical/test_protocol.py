@@ -165,3 +165,12 @@ async def test_a_silent_party_stops_the_job_with_a_reason_everyone_hears() -> No
     assert run.label.stop_reason is not None and "['lab'] did not answer step 'gradient'" \
         in run.label.stop_reason
     assert run.features["lab"].stop_reason == f"the label party stopped: {run.label.stop_reason}"
+
+
+async def test_wine_multiclass_over_two_parties_is_lossless_against_its_twin() -> None:
+    run = await run_vertical("wine", {"winery": range(0, 7), "lab": range(7, 13)},
+                             rounds=3, learning_rate=LR)
+    assert run.task.kind == "multiclass" and run.task.outputs == 3
+    twin, weights = _twin_metrics(run, 3, LR)
+    assert abs(run.label.history[-1].metrics["accuracy"] - twin["accuracy"]) <= 0.01
+    np.testing.assert_allclose(run.features["lab"].weights, weights[7:13], atol=1e-6)
