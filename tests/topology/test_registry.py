@@ -17,6 +17,8 @@ from foedus.config.parts import build_parts
 from foedus.config.spec import JobSpec
 from foedus.config.topology import topologies, topology_of
 from foedus.core.errors import ConfigError
+from foedus.runner import run_job_sync
+from foedus.topology.hierarchical import leaves_below, parse_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 JOB = {
@@ -147,6 +149,22 @@ def test_a_process_without_the_server_starts_no_mlops() -> None:
     spec = JobSpec.from_dict(JOB | {"mlops": {"prometheus": {"port": 0}}})
     assert build_parts(spec).mlops is not None  # where the server runs
     assert build_parts(spec, clients=(0,), server_data=False).mlops is None
+
+
+def test_a_tree_bounds_each_clients_claim_and_each_edge_by_the_clients_below_it() -> None:
+    tree = {"type": "hierarchical", "params": {"tree": [
+        {"edge": "north", "children": ["client-000", {"edge": "deep", "children": [
+            "client-001", "client-002"]}]},
+        "client-003"]}}
+    assert leaves_below(parse_tree(tree["params"]["tree"])) == {"north": 3, "deep": 2}
+    honest = run_job_sync(JobSpec.from_dict(
+        JOB | {"topology": tree, "clients": {"count": 4, "max_examples": 400}}))
+    assert [r.accepted for r in honest.history] == [2, 2, 2]  # ~360 rows each: all admitted
+    poisoned = run_job_sync(JobSpec.from_dict(
+        JOB | {"topology": tree, "clients": {"count": 4, "max_examples": 100}}))
+    edges = poisoned.records["deep"] + poisoned.records["north"]
+    assert all(r["rejected"].get("too_many_examples") for r in edges)
+    assert poisoned.history[0].rejected.get("too_many_examples") == 1  # client-003 at the root
 
 
 def test_the_topology_is_built_from_the_registry_with_its_params() -> None:

@@ -165,6 +165,7 @@ class JobParts:
             server.state_hooks[f"pipeline[{i}]:{spec.pipeline[i].type}"] = (
                 stage.state, stage.restore
             )
+        server.collector.admission.max_examples = spec.clients.max_examples  # weight poisoning
         server.required_protections = protections_of(self.pipeline)  # clients fail closed
         server.broadcast_signer = next(
             (s for stage in self.pipeline if (s := stage.broadcast_signer(server.name))), None)

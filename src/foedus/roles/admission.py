@@ -123,6 +123,10 @@ class Admission:
                  label: str = "", max_examples: int | None = None) -> None:
         self.job_id = job_id
         self.max_examples = check_max_examples(max_examples)
+        #: how many participants one sender's updates stand for, where more than one (a tree's
+        #: edge sums the examples of the clients below it): its bound is that many times
+        #: ``max_examples``
+        self.represents: dict[str, int] = {}
         self.kinds = frozenset(kinds)
         self.participants: set[str] | None = None if participants is None else set(participants)
         self.finite = finite
@@ -222,10 +226,10 @@ class Admission:
             self.spec.check(msg.params)
         if msg.num_examples <= 0:
             raise RejectedUpdate(NO_EXAMPLES, f"{msg.sender} reported {msg.num_examples}")
-        if self.max_examples is not None \
-                and msg.num_examples > self.max_examples * max(1, claimants):
+        claimants = max(claimants, self.represents.get(msg.sender, 1))
+        if self.max_examples is not None and msg.num_examples > self.max_examples * claimants:
             raise RejectedUpdate(TOO_MANY_EXAMPLES, f"claims {msg.num_examples} examples, at "
-                                 f"most {self.max_examples * max(1, claimants)}")
+                                 f"most {self.max_examples * claimants}")
         if self.finite:
             check_finite_blocked(msg.params)
 

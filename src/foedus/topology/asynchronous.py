@@ -123,6 +123,7 @@ class Asynchronous(Topology):
             history.append(record)
             job.report_round(record)
 
+        server.admission.max_examples = spec.clients.max_examples
         server.round_listeners.append(on_version)
         meter: LinkMeter | None = None
         if server.name in actors:

@@ -412,6 +412,11 @@ class Hierarchical(Topology):
         }
         built = tree_actors(server, self.tree, _Leaves(index, leaves), transport_for,
                             actors=actors, aggregator=job.make_aggregator)
+        bound = job.spec.clients.max_examples  # an edge may claim it for every client below
+        for admission in [server.collector.admission,
+                          *(e.collector.admission for e in built.edges.values())]:
+            admission.max_examples = bound
+            admission.represents.update(leaves_below(self.tree))
         here = built.runtimes.copy()
         assembly = server_assembly(here, server if server.name in here else None)
 
@@ -425,6 +430,21 @@ class Hierarchical(Topology):
 
         assembly.records = records
         return assembly
+
+
+def leaves_below(tree: Sequence[Node]) -> dict[str, int]:
+    """How many clients each edge of ``tree`` stands for (the clients in its subtree)."""
+    counts: dict[str, int] = {}
+
+    def count(node: Node) -> int:
+        if not isinstance(node, EdgeNode):
+            return 1
+        counts[node.name] = sum(count(child) for child in node.children)
+        return counts[node.name]
+
+    for node in tree:
+        count(node)
+    return counts
 
 
 class _Leaves(Mapping[str, Leaf]):

@@ -137,6 +137,9 @@ class Swarm(Topology):
             raise ConfigError(f"pipeline: swarm peers share whole models and apply no pipeline "
                               f"stages, so {[p.type for p in spec.pipeline]} would never run; "
                               "remove it or use topology centralized")
+        if spec.clients.max_examples is not None:
+            raise ConfigError("clients.max_examples: not enforced by topology swarm yet (a "
+                              "leader's aggregate claims every peer's examples); remove it")
         for key, value in (("clients.min_clients", spec.clients.min_clients),
                            ("clients.per_round", spec.clients.per_round)):
             if value is not None:
