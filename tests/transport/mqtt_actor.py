@@ -18,7 +18,6 @@ from pathlib import Path
 from foedus.config.parts import build_parts, client_id
 from foedus.config.spec import JobSpec
 from foedus.core.runtime import Runtime
-from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord
 from foedus.topology.centralized import client_graph, server_graph
 from foedus.transport.mqtt import MqttTransport
@@ -31,21 +30,22 @@ def _print_round(record: RoundRecord) -> None:
 
 async def main(raw: dict[str, object], certs: Path, role: str, index: int) -> None:
     spec = JobSpec.from_dict(raw)
-    parts = build_parts(spec, on_round=_print_round if role == "server" else None)
+    parts = build_parts(spec)
+    if role == "server":
+        parts.round_listeners.append(_print_round)
     name = "fl-server" if role == "server" else client_id(index)
     tls = TLSConfig(certs / "ca.pem", certs / "clients" / f"{name}.pem",
                     certs / "clients" / f"{name}.key")
     transport = MqttTransport(**{**spec.transport.params, "tls": tls})
     try:
         if role == "server":
-            graph = server_graph(parts.server, transport, filters=parts.server_filters())
+            graph = server_graph(parts.make_server(), transport, filters=parts.server_filters())
             async with Runtime(graph) as runtime:
                 print("ready", flush=True)
                 await runtime.wait()
             print("done", flush=True)
         else:
-            client = ClientPod(client_id=client_id(index), model=parts.make_model(),
-                               data=parts.shares[index], epochs=spec.clients.epochs)
+            client = parts.make_client(index)
             graph = client_graph(client, transport, spec.job_id, filters=parts.client_filters())
             async with Runtime(graph):
                 print("ready", flush=True)
