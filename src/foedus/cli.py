@@ -23,6 +23,7 @@ from typing import TextIO
 from foedus.config.spec import ClientSection, DataSection, JobSpec, Plugin, load_job
 from foedus.core.errors import FoedusError
 from foedus.core.message import Message
+from foedus.federation import cli as federation
 from foedus.plugins import catalogue, format_catalogue, load_plugins
 from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord
@@ -97,8 +98,9 @@ def _print_summary(result: JobResult) -> None:
         key=lambda r: r.metrics["accuracy"], default=None,
     )
     topology = "" if s["topology"] == "centralized" else f" ({s['topology']})"
-    print(f"\nfoedus: job {s['job_id']!r}{topology} finished: {s['rounds']} rounds, "
-          f"{s['clients']} clients, {s['duration_s']:.1f}s")
+    who = s.get("participants") or f"{s['clients']} clients"
+    print(f"\nfoedus: job {s['job_id']!r}{topology} finished: {s['rounds']} rounds, {who}, "
+          f"{s['duration_s']:.1f}s")
     final = dict(result.final_metrics)
     if s["final_accuracy"] is not None:
         print(f"  final accuracy {s['final_accuracy']:.4f}, final loss {s['final_loss']:.4f}")
@@ -113,8 +115,8 @@ def _print_summary(result: JobResult) -> None:
     print(f"  updates accepted {s['updates_accepted']}, rejected {s['updates_rejected']}, "
           f"failed clients {failed}, missing answers {missing}")
     if s["bytes_in"] or s["bytes_out"]:
-        print(f"  the {'server' if s['topology'] != 'swarm' else 'peers here'} received "
-              f"{_size(s['bytes_in'])} and sent {_size(s['bytes_out'])}")
+        print(f"  the {s.get('leader') or 'actors here'} received {_size(s['bytes_in'])} and "
+              f"sent {_size(s['bytes_out'])}")
     if "bytes_up" in s:
         print(f"  simulated on {s['workers']} {s['backend']} worker(s), "
               f"start-up {s['startup_s']}s, moved {s['bytes_down'] / 1e6:.1f} MB down and "
@@ -270,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="create a deployment's TLS certificates (CA, server, one per client)",
     )
 
+    federation.add_commands(sub)  # coordinator, site, submit, jobs, logs, cancel, sites, users
+
     arg_list = list(sys.argv[1:] if argv is None else argv)
     if arg_list[:1] == ["certs"]:
         from foedus.certs import main_certs
@@ -285,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "plugins":
             print(format_catalogue(catalogue()))
             return 0
+        if args.command in federation.COMMANDS:
+            return federation.run_command(args)
         if args.command == "demo":
             spec = JobSpec.from_dict(
                 {"rounds": args.rounds, "clients": {"count": args.clients, "epochs": args.epochs},

@@ -199,7 +199,8 @@ async def run_actors(
         params=dict(params) if params is not None else {},
         duration_s=time.perf_counter() - began, topology=topology.name, actors=list(actors),
         records=assembly.records(), metrics=metrics,
-        extra={"stop_reason": assembly.stop_reason(), "resumed_from": assembly.resumed_from(),
+        extra={"participants": topology.participants(spec), "leader": topology.leader,
+               "stop_reason": assembly.stop_reason(), "resumed_from": assembly.resumed_from(),
                "rounds_trained": _rounds_trained(assembly)},
     )
     if parts.server_evaluates and parts.data_spec.task == "classification" and len(parts.test):

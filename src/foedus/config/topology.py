@@ -105,6 +105,10 @@ class Topology:
                 f"aggregator: {spec.aggregator.type} needs at least {need} updates a round, but "
                 f"there are only {senders} {where}; every round would end without a model")
 
+    def participants(self, spec: JobSpec) -> str:
+        """Who trains, as the summary says it (``10 clients``)."""
+        return f"{spec.clients.count} clients"
+
     def rounds(self, spec: JobSpec) -> int:
         """How many rounds the job has (its progress bar's length)."""
         return spec.rounds

@@ -146,6 +146,9 @@ class Vertical(Topology):
     def actors(self, spec: JobSpec) -> list[str]:
         return [self.label_party, *(p for p in self.columns if p != self.label_party)]
 
+    def participants(self, spec: JobSpec) -> str:
+        return f"{len(self.columns)} parties"
+
     def _indices(self, names: tuple[str, ...], n_features: int) -> dict[str, list[int]]:
         """Each party's columns as indices; a column the data does not have is refused."""
         out: dict[str, list[int]] = {}
