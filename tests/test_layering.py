@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"topology"},
     {"plugins", "certs"},
     {"runner"},
-    {"report", "sim", "testing"},
+    {"federation", "report", "sim", "testing"},
     {"cli", "foedus"},
 ]
 LEVEL = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}

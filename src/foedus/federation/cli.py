@@ -1,0 +1,187 @@
+"""The federation's commands, added to ``foedus`` by :func:`add_commands`:
+
+* services: ``foedus coordinator --config coordinator.yaml``, ``foedus site --config site.yaml``;
+* users (HTTPS to the coordinator, with a bearer token): ``submit``, ``jobs``, ``logs``,
+  ``cancel``, ``sites``, ``users add``.
+
+Where the coordinator is and who the user is come from options or the environment
+(``FOEDUS_COORDINATOR``, ``FOEDUS_TOKEN`` or ``FOEDUS_TOKEN_FILE``, ``FOEDUS_CA``), so scripts
+set them once. A refusal by the coordinator is printed as one line with its reason and exit
+status 2, like every user mistake in foedus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from foedus.core.errors import ConfigError, require
+
+__all__ = ["COMMANDS", "add_commands", "run_command"]
+
+COMMANDS = ("coordinator", "site", "submit", "jobs", "logs", "cancel", "sites", "users")
+
+
+def _user_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--coordinator", default=os.environ.get("FOEDUS_COORDINATOR"),
+                        help="the coordinator's URL (default: $FOEDUS_COORDINATOR)")
+    parser.add_argument("--token-file", default=os.environ.get("FOEDUS_TOKEN_FILE"),
+                        help="a file holding your token (default: $FOEDUS_TOKEN_FILE, or the "
+                             "token itself in $FOEDUS_TOKEN)")
+    parser.add_argument("--ca", default=os.environ.get("FOEDUS_CA"),
+                        help="the federation's CA certificate (default: $FOEDUS_CA)")
+
+
+def add_commands(sub: Any) -> None:
+    """Add the federation's subcommands to ``foedus``'s subparsers."""
+    coordinator = sub.add_parser("coordinator", help="run the federation's coordinator service")
+    coordinator.add_argument("--config", required=True, help="coordinator.yaml")
+    site = sub.add_parser("site", help="run a site agent (runs the jobs' client actors here)")
+    site.add_argument("--config", required=True, help="site.yaml")
+
+    submit = sub.add_parser("submit", help="submit a job file to the coordinator")
+    submit.add_argument("job", help="path to a YAML job file (data.dataset: a catalog entry)")
+    submit.add_argument("--sites", help="comma-separated sites, client-000 first (default: "
+                                        "the online sites, by name)")
+    jobs = sub.add_parser("jobs", help="list the coordinator's jobs")
+    jobs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    logs = sub.add_parser("logs", help="a job's per-round records and events")
+    logs.add_argument("job_id")
+    logs.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    cancel = sub.add_parser("cancel", help="cancel a job: every actor of it is stopped")
+    cancel.add_argument("job_id")
+    sites = sub.add_parser("sites", help="list the federation's sites")
+    sites.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    users = sub.add_parser("users", help="manage users (admin): `users add NAME --role ROLE`")
+    users.add_argument("action", choices=["add"])
+    users.add_argument("name")
+    users.add_argument("--role", required=True, choices=["viewer", "submitter", "admin"])
+    for parser in (submit, jobs, logs, cancel, sites, users):
+        _user_options(parser)
+
+
+class Api:
+    """A user's HTTPS client to the coordinator."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        if not args.coordinator:
+            raise ConfigError("--coordinator: required (or set FOEDUS_COORDINATOR)")
+        token = os.environ.get("FOEDUS_TOKEN")
+        if args.token_file:
+            try:
+                token = Path(args.token_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"--token-file: cannot read {args.token_file!r}: "
+                                  f"{exc.strerror}") from exc
+        if not token:
+            raise ConfigError("--token-file: required (or set FOEDUS_TOKEN_FILE or FOEDUS_TOKEN)")
+        httpx = require("httpx", "federation")
+        self.httpx = httpx
+        verify: Any = True
+        if args.ca:
+            import ssl
+
+            verify = ssl.create_default_context(cafile=args.ca)
+        self.client = httpx.Client(base_url=args.coordinator.rstrip("/"), verify=verify,
+                                   headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            response = self.client.request(method, path, json=body)
+        except self.httpx.TransportError as exc:
+            raise ConfigError(f"cannot reach the coordinator: {exc}") from exc
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise ConfigError(f"the coordinator answered {response.status_code} without "
+                              "JSON") from exc
+        if response.status_code != 200:
+            raise ConfigError(f"refused ({response.status_code}): "
+                              f"{data.get('error', data) if isinstance(data, dict) else data}")
+        return data
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+def _accuracy(job: dict[str, Any]) -> str:
+    value = (job.get("result") or {}).get("final_accuracy")
+    return f"{value:.4f}" if isinstance(value, float) else "-"
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run one federation command; user mistakes and refusals raise ``FoedusError`` (the
+    caller prints them in one line, exit status 2)."""
+    if args.command == "coordinator":
+        from foedus.federation.coordinator import CoordinatorConfig, serve
+
+        config = CoordinatorConfig.load(args.config)
+        asyncio.run(serve(config, ready=lambda url: print(
+            f"foedus coordinator: listening on {url}", file=sys.stderr, flush=True)))
+        return 0
+    if args.command == "site":
+        from foedus.federation.site import SiteConfig, run_site
+
+        return run_site(SiteConfig.load(args.config))
+    api = Api(args)
+    if args.command == "submit":
+        try:
+            text = Path(args.job).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read job file {args.job!r}: {exc.strerror}") from exc
+        body: dict[str, Any] = {"job_yaml": text}
+        if args.sites:
+            body["sites"] = [s.strip() for s in args.sites.split(",") if s.strip()]
+        print(api.call("POST", "/v1/jobs", body)["id"])
+        return 0
+    if args.command == "jobs":
+        jobs = api.call("GET", "/v1/jobs")["jobs"]
+        if args.json:
+            print(json.dumps(jobs, indent=2))
+            return 0
+        rows = [["JOB", "STATE", "OWNER", "SITES", "ROUNDS", "ACCURACY", "REASON"]]
+        rows += [[j["id"], j["state"], j["owner"], ",".join(j["sites"]), str(j["rounds_done"]),
+                  _accuracy(j), j["reason"] or ""] for j in jobs]
+        print(_table(rows))
+        return 0
+    if args.command == "logs":
+        job = api.call("GET", f"/v1/jobs/{args.job_id}")
+        rounds = api.call("GET", f"/v1/jobs/{args.job_id}/rounds")["rounds"]
+        if args.json:
+            print(json.dumps({"job": job, "rounds": rounds}, indent=2))
+            return 0
+        for event in job["events"]:
+            stamp = time.strftime("%H:%M:%S", time.localtime(event["at"]))
+            print(f"{stamp}  {event['text']}")
+        for r in rounds:
+            metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted(r.get("metrics", {}).items()))
+            print(f"round {r['round']:>3}  {r.get('status', '')}  updates {r.get('accepted')}  "
+                  f"{metrics}")
+        return 0
+    if args.command == "cancel":
+        print(api.call("POST", f"/v1/jobs/{args.job_id}/cancel")["state"])
+        return 0
+    if args.command == "sites":
+        sites = api.call("GET", "/v1/sites")["sites"]
+        if args.json:
+            print(json.dumps(sites, indent=2))
+            return 0
+        rows = [["SITE", "STATE", "VERSION", "CATALOG"]]
+        rows += [[s["name"], "online" if s["online"] else "offline", s["version"],
+                  ",".join(s["offers"].get("catalog", []))] for s in sites]
+        print(_table(rows))
+        return 0
+    if args.command == "users":
+        made = api.call("POST", "/v1/users", {"name": args.name, "role": args.role})
+        print(made["token"])
+        return 0
+    raise ConfigError(f"unknown federation command {args.command!r}")

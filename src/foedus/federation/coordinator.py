@@ -1,0 +1,485 @@
+"""``foedus coordinator --config coordinator.yaml``: the federation's long-running service.
+
+It keeps the registry (sites, users, jobs, assignments, round records, events) in
+:class:`~foedus.federation.store.Store`, serves the HTTPS API described in
+:mod:`foedus.federation.openapi`, and drives every job through its life in :meth:`tick`:
+
+1. ``POST /v1/jobs`` checks the job file, gives it a unique id and a ``checkpoint_dir`` under
+   the state dir, assigns each client actor to a site and *offers* it (state ``queued``);
+2. each site reads its offer on its next heartbeat and accepts it (and starts its actor) or
+   refuses it with its reason; one refusal fails the job with that reason;
+3. once every site accepted, the coordinator starts the job's server actor in its own process
+   (:mod:`foedus.federation.actor`) and records each round as it ends (``running``);
+4. the server's result file ends the job (``finished`` or ``failed``); ``cancel`` kills the
+   server and tells the sites to stop the job's actors.
+
+Sites are authenticated by mutual TLS: a site's name is the CN of its client certificate,
+checked against the deployment's CA, never a field of the request, so a site cannot act under
+another's name. Users are authenticated by bearer tokens (stored hashed) and have a role.
+
+Restart: nothing lives only in memory. A restarted coordinator finds its running jobs in the
+database; a server process that survived is adopted (watched by pid and its files), one that
+died is started again and resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from foedus.config.spec import JobSpec
+from foedus.core.errors import ConfigError, FoedusError, require
+from foedus.federation.openapi import openapi
+from foedus.federation.policy import CatalogEntry, fill_data, parse_catalog
+from foedus.federation.settings import path_of, read_config, tls_of
+from foedus.federation.store import ROLES, Job, Store, new_token
+from foedus.transport.tls import TLSConfig, peer_identity
+
+log = logging.getLogger("foedus.federation.coordinator")
+
+__all__ = ["Coordinator", "CoordinatorConfig", "serve"]
+
+VERSION = "0.1.0"
+TICK_S = 0.5
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """``coordinator.yaml`` (docs/federation.md lists every key)."""
+
+    host: str
+    port: int
+    state_dir: Path
+    tls: TLSConfig
+    admin_token_file: Path
+    heartbeat_timeout: float
+    catalog: dict[str, CatalogEntry]
+
+    @classmethod
+    def load(cls, path: str | Path) -> CoordinatorConfig:
+        raw = read_config(path, {"listen", "state_dir", "tls", "admin_token_file",
+                                 "heartbeat_timeout", "catalog"},
+                          {"state_dir", "tls", "admin_token_file"})
+        listen = raw.get("listen") or {}
+        if not isinstance(listen, dict) or set(listen) - {"host", "port"}:
+            raise ConfigError("listen: expected {host: ADDRESS, port: NUMBER}")
+        port = listen.get("port", 8443)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
+            raise ConfigError(f"listen.port: expected a port number, got {port!r}")
+        timeout = raw.get("heartbeat_timeout", 15)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise ConfigError(f"heartbeat_timeout: expected seconds > 0, got {timeout!r}")
+        return cls(host=str(listen.get("host", "127.0.0.1")), port=port,
+                   state_dir=path_of(raw, raw["state_dir"], "state_dir"),
+                   tls=tls_of(raw, identity=True),
+                   admin_token_file=path_of(raw, raw["admin_token_file"], "admin_token_file"),
+                   heartbeat_timeout=float(timeout),
+                   catalog=parse_catalog(raw.get("catalog")))
+
+
+class Refused(Exception):
+    """A request the API refuses: an HTTP status and the reason, sent as ``{"error": ...}``."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def _pid_runs(pid: int, marker: str) -> bool:
+    """Whether ``pid`` is alive and is the process we started (its command line names
+    ``marker``), so a recycled pid is never mistaken for our server."""
+    try:
+        os.kill(pid, 0)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ProcessLookupError):
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    return marker.encode() in cmdline and state != "Z"
+
+
+class Coordinator:
+    """The service: the store, the job lifecycle (:meth:`tick`) and the aiohttp app."""
+
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(config.state_dir / "coordinator.db")
+        self.servers: dict[str, subprocess.Popen[bytes]] = {}
+        self._read: dict[str, int] = {}  # job -> bytes of its records file ingested
+        self._bootstrap_admin()
+
+    def _bootstrap_admin(self) -> None:
+        """The first admin's token: read from ``admin_token_file``, or created there (mode
+        0600) on first start; only its hash enters the database."""
+        path = self.config.admin_token_file
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(new_token() + "\n")
+        token = path.read_text().strip()
+        if not token:
+            raise ConfigError(f"admin_token_file: {str(path)!r} is empty")
+        if self.store.user_by_token(token) is None:
+            self.store.add_user("admin", "admin", token)
+
+    # ---- the job lifecycle ---------------------------------------------------------------
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.config.state_dir / "jobs" / job_id
+
+    def submit(self, owner: str, job_yaml: str, sites: list[str] | None) -> str:
+        """Check a job file and queue it, offered to its sites; the job's id."""
+        try:
+            job = yaml.safe_load(job_yaml)
+        except yaml.YAMLError as exc:
+            raise Refused(400, f"job file: not valid YAML: {exc}".replace("\n", " ")) from exc
+        if not isinstance(job, dict):
+            raise Refused(400, "job file: expected a mapping")
+        data = job.get("data") or {}
+        for key in ("options", "server_options"):
+            if isinstance(data, dict) and key in data:
+                raise Refused(400, f"data.{key}: a federated job names a data catalog entry in "
+                                   "data.dataset; each site's catalog supplies the options")
+        if "checkpoint_dir" in job:
+            raise Refused(400, "checkpoint_dir: set by the coordinator (under its state dir)")
+        try:
+            server_job = fill_data(job, self.config.catalog)
+            spec = JobSpec.from_dict(server_job)
+        except FoedusError as exc:
+            raise Refused(400, f"job file: {exc}") from exc
+        if spec.topology.type != "centralized":
+            raise Refused(400, f"topology: {spec.topology.type!r}; this coordinator runs "
+                               "centralized jobs only (one server, clients at sites)")
+        if spec.transport.type == "local":
+            raise Refused(400, "transport: 'local' exists only inside one process; a "
+                               "federated job needs a networked transport (kafka, mqtt, grpc, "
+                               "https)")
+        count = spec.clients.count
+        known = {s["name"]: s for s in self.store.sites(self.config.heartbeat_timeout)}
+        if sites is None:
+            sites = [name for name, s in known.items() if s["online"]][:count]
+        if len(sites) != count or len(set(sites)) != count:
+            raise Refused(409, f"the job has {count} clients and needs as many distinct sites; "
+                               f"got {sites} (online: "
+                               f"{[n for n, s in known.items() if s['online']]})")
+        for name in sites:
+            if name not in known:
+                raise Refused(409, f"no site named {name!r} has ever connected")
+            if not known[name]["online"]:
+                raise Refused(409, f"site {name!r} is offline (no heartbeat for "
+                                   f"{time.time() - known[name]['last_seen']:.0f}s)")
+        job_id = f"{spec.job_id}-{secrets.token_hex(3)}"
+        job["job_id"] = job_id
+        actors = {f"client-{i:03d}": site for i, site in enumerate(sites)}
+        checkpoint_dir = self.job_dir(job_id) / "checkpoints"
+        self.store.add_job(job_id, owner, yaml.safe_dump(job, sort_keys=False), actors,
+                           str(checkpoint_dir))
+        log.info("job %s submitted by %s, offered to %s", job_id, owner, sites)
+        return job_id
+
+    def cancel(self, job: Job, who: str) -> None:
+        if not self.store.finish_job(job.id, "cancelled", f"cancelled by {who}"):
+            raise Refused(409, f"job {job.id} already ended ({job.state})")
+        self._stop_server(job)
+
+    def _stop_server(self, job: Job) -> None:
+        proc = self.servers.pop(job.id, None)
+        pid = proc.pid if proc is not None else job.server_pid
+        if pid is not None and (proc is not None or _pid_runs(pid, job.id)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)  # its own session: the server and any child
+        if proc is not None:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def _start_server(self, job: Job) -> None:
+        """The job's server in its own process and session, from a job file with the
+        coordinator's data and the job's checkpoint dir (so a restart resumes)."""
+        where = self.job_dir(job.id)
+        where.mkdir(parents=True, exist_ok=True)
+        spec = fill_data(yaml.safe_load(job.job_yaml), self.config.catalog)
+        spec["checkpoint_dir"] = job.checkpoint_dir
+        (where / "server.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        with (where / "server.log").open("ab") as logfile:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "foedus.federation.actor", str(where / "server.yaml"),
+                 "--records", str(where / "records.jsonl"), "--result",
+                 str(where / "result.json")],
+                cwd=where, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+        self.servers[job.id] = proc
+        self.store.set_job(job.id, state="running", server_pid=proc.pid,
+                           event=f"server started (pid {proc.pid})")
+
+    def _ingest_rounds(self, job: Job) -> None:
+        path = self.job_dir(job.id) / "records.jsonl"
+        if not path.exists():
+            return
+        with path.open("rb") as f:
+            f.seek(self._read.get(job.id, 0))
+            chunk = f.read()
+        complete = chunk[:chunk.rfind(b"\n") + 1]  # a line still being written waits
+        for line in complete.splitlines():
+            self.store.add_round(job.id, json.loads(line))
+        self._read[job.id] = self._read.get(job.id, 0) + len(complete)
+
+    def tick(self) -> None:
+        """One pass over every job that has not ended: start, watch, end."""
+        for job in self.store.jobs(states=("queued",)):
+            answers = self.store.assignments(job_id=job.id)
+            refused = [a for a in answers if a["state"] == "refused"]
+            if refused:
+                a = refused[0]
+                self.store.finish_job(job.id, "failed",
+                                      f"site {a['site']} refused {a['actor']}: {a['reason']}")
+            elif all(a["state"] in ("accepted", "running") for a in answers):
+                self._start_server(job)
+        for job in self.store.jobs(states=("running",)):
+            self._ingest_rounds(job)
+            result_path = self.job_dir(job.id) / "result.json"
+            proc = self.servers.get(job.id)
+            if result_path.exists():
+                result = json.loads(result_path.read_text())
+                self._ingest_rounds(job)
+                if result["status"] == 0:
+                    self.store.finish_job(job.id, "finished", None, result.get("summary"))
+                else:
+                    self.store.finish_job(job.id, "failed", result.get("error"),
+                                          result.get("summary"))
+                if proc is not None:
+                    proc.wait(timeout=30)
+                    self.servers.pop(job.id, None)
+            elif proc is not None and proc.poll() is not None:
+                self.servers.pop(job.id, None)
+                self.store.finish_job(job.id, "failed", f"the server process exited with "
+                                      f"status {proc.returncode} (see {job.id}/server.log)")
+            elif proc is None and not (job.server_pid and _pid_runs(job.server_pid, job.id)):
+                log.warning("job %s: its server is gone; restarting it from its checkpoint",
+                            job.id)
+                self._start_server(job)
+
+    def stop_all(self) -> None:
+        """Leave server processes running when the coordinator stops: a restarted coordinator
+        adopts them, and a job does not die with its coordinator."""
+        self.store.close()
+
+    # ---- the HTTP API --------------------------------------------------------------------
+
+    def _user(self, request: Any, role: str) -> tuple[str, str]:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            raise Refused(401, "no bearer token (Authorization: Bearer TOKEN)")
+        found = self.store.user_by_token(header[len("Bearer "):].strip())
+        if found is None:
+            raise Refused(401, "unknown token")
+        if ROLES.index(found[1]) < ROLES.index(role):
+            raise Refused(403, f"user {found[0]!r} is a {found[1]}; this needs the {role} role")
+        return found
+
+    def _site(self, request: Any) -> str:
+        name = peer_identity(request.transport.get_extra_info("ssl_object"))
+        if name is None:
+            raise Refused(401, "site endpoints need a client certificate signed by the "
+                               "federation's CA")
+        return name
+
+    def _job(self, request: Any) -> Job:
+        job = self.store.job(request.match_info["job_id"])
+        if job is None:
+            raise Refused(404, f"no job {request.match_info['job_id']!r}")
+        return job
+
+    @staticmethod
+    async def _body(request: Any) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise Refused(400, "the request body is not JSON") from exc
+        if not isinstance(body, dict):
+            raise Refused(400, "the request body must be a JSON object")
+        return body
+
+    def app(self) -> Any:
+        web = require("aiohttp.web", "federation")
+        routes: list[tuple[str, str, Callable[[Any], Awaitable[Any]]]] = []
+
+        def route(method: str, path: str) -> Callable[[Callable[[Any], Awaitable[Any]]],
+                                                      Callable[[Any], Awaitable[Any]]]:
+            def add(handler: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
+                async def wrapped(request: Any) -> Any:
+                    try:
+                        return web.json_response(await handler(request))
+                    except Refused as exc:
+                        return web.json_response({"error": str(exc)}, status=exc.status)
+                routes.append((method, path, wrapped))
+                return handler
+            return add
+
+        @route("GET", "/openapi.json")
+        async def spec(request: Any) -> Any:
+            return openapi(VERSION)
+
+        @route("GET", "/v1/health")
+        async def health(request: Any) -> Any:
+            return {"ok": True, "version": VERSION}
+
+        @route("POST", "/v1/users")
+        async def add_user(request: Any) -> Any:
+            self._user(request, "admin")
+            body = await self._body(request)
+            name, role = body.get("name"), body.get("role")
+            if not isinstance(name, str) or not name:
+                raise Refused(400, "name: required")
+            if role not in ROLES:
+                raise Refused(400, f"role: got {role!r}; allowed: {', '.join(ROLES)}")
+            token = new_token()
+            self.store.add_user(name, role, token)
+            return {"name": name, "role": role, "token": token}
+
+        @route("GET", "/v1/sites")
+        async def sites(request: Any) -> Any:
+            self._user(request, "viewer")
+            return {"sites": self.store.sites(self.config.heartbeat_timeout)}
+
+        @route("POST", "/v1/jobs")
+        async def submit(request: Any) -> Any:
+            user, _ = self._user(request, "submitter")
+            body = await self._body(request)
+            job_yaml, sites = body.get("job_yaml"), body.get("sites")
+            if not isinstance(job_yaml, str):
+                raise Refused(400, "job_yaml: required (the job file's text)")
+            if sites is not None and (not isinstance(sites, list)
+                                      or not all(isinstance(s, str) for s in sites)):
+                raise Refused(400, "sites: expected a list of site names")
+            return {"id": self.submit(user, job_yaml, sites)}
+
+        @route("GET", "/v1/jobs")
+        async def jobs(request: Any) -> Any:
+            self._user(request, "viewer")
+            return {"jobs": [self._view(j) for j in self.store.jobs()]}
+
+        @route("GET", "/v1/jobs/{job_id}")
+        async def job(request: Any) -> Any:
+            self._user(request, "viewer")
+            found = self._job(request)
+            return {**self._view(found), "events": self.store.events(found.id)}
+
+        @route("GET", "/v1/jobs/{job_id}/rounds")
+        async def rounds(request: Any) -> Any:
+            self._user(request, "viewer")
+            return {"rounds": self.store.rounds(self._job(request).id)}
+
+        @route("POST", "/v1/jobs/{job_id}/cancel")
+        async def cancel(request: Any) -> Any:
+            user, role = self._user(request, "submitter")
+            found = self._job(request)
+            if role != "admin" and found.owner != user:
+                raise Refused(403, f"job {found.id} belongs to {found.owner!r}; only its owner "
+                                   "or an admin may cancel it")
+            self.cancel(found, user)
+            return {"id": found.id, "state": "cancelled"}
+
+        @route("POST", "/v1/site/heartbeat")
+        async def heartbeat(request: Any) -> Any:
+            site = self._site(request)
+            body = await self._body(request)
+            offers = body.get("offers") if isinstance(body.get("offers"), dict) else {}
+            self.store.heartbeat(site, str(body.get("version", "?")), offers or {})
+            for actor in body.get("actors") or []:
+                self._actor_state(site, actor)
+            out = []
+            for a in self.store.assignments(site=site):
+                if a["state"] in ("offered", "accepted", "running", "stop"):
+                    job = self.store.job(a["job_id"])
+                    out.append({**a, **({"job_yaml": job.job_yaml}
+                                        if job is not None and a["state"] == "offered" else {})})
+            return {"assignments": out}
+
+        @route("POST", "/v1/site/answer")
+        async def answer(request: Any) -> Any:
+            site = self._site(request)
+            body = await self._body(request)
+            accept = body.get("accept") is True
+            reason = body.get("reason") if not accept else None
+            if not accept and not isinstance(reason, str):
+                raise Refused(400, "reason: a refusal names its reason")
+            if not self.store.set_assignment(str(body.get("job_id")), site,
+                                             str(body.get("actor")),
+                                             "accepted" if accept else "refused", reason,
+                                             only_from=("offered",)):
+                raise Refused(404, f"no open offer of {body.get('actor')} of job "
+                                   f"{body.get('job_id')} to site {site}")
+            return {"ok": True}
+
+        app = web.Application(client_max_size=4 * 1024 * 1024)
+        for method, path, handler in routes:
+            app.router.add_route(method, path, handler)
+        return app
+
+    def _view(self, job: Job) -> dict[str, Any]:
+        return {**job.public(), "assignments": self.store.assignments(job_id=job.id),
+                "rounds_done": len(self.store.rounds(job.id))}
+
+    def _actor_state(self, site: str, actor: dict[str, Any]) -> None:
+        """A site's report on one of its actors: running, exited (status 0), failed."""
+        job_id, name, state = actor.get("job_id"), actor.get("actor"), actor.get("state")
+        if not isinstance(job_id, str) or not isinstance(name, str):
+            return
+        if state == "running":
+            self.store.set_assignment(job_id, site, name, "running", only_from=("accepted",))
+        elif state in ("exited", "failed"):
+            final = "done" if state == "exited" else "failed"
+            if self.store.set_assignment(job_id, site, name, final, actor.get("reason"),
+                                         only_from=("accepted", "running")):
+                return
+            self.store.set_assignment(job_id, site, name, "stopped", actor.get("reason"),
+                                      only_from=("stop",))
+
+
+async def serve(config: CoordinatorConfig, ready: Callable[[str], None] | None = None) -> None:
+    """Run the coordinator until cancelled (SIGINT/SIGTERM)."""
+    web = require("aiohttp.web", "federation")
+    coordinator = Coordinator(config)
+    runner = web.AppRunner(coordinator.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port,
+                       ssl_context=config.tls.server_context())
+    await site.start()
+    port = runner.addresses[0][1]
+    url = f"https://{config.host}:{port}"
+    (config.state_dir / "url").write_text(url + "\n")
+    if ready is not None:
+        ready(url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        while not stop.is_set():
+            try:
+                coordinator.tick()
+            except Exception:  # one job's bad state must not stop the service
+                log.exception("coordinator tick failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), TICK_S)
+    finally:
+        await runner.cleanup()
+        coordinator.stop_all()

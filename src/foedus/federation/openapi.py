@@ -1,0 +1,67 @@
+"""The coordinator's API, described as OpenAPI 3.1 (served at ``/openapi.json``).
+
+Kept beside the handlers and checked by a test against the routes the app really has, so the
+description cannot drift from the service.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ROUTES", "openapi"]
+
+_ERROR = {"description": "refused; `error` names the reason",
+          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_JSON = {"content": {"application/json": {"schema": {"type": "object"}}}}
+
+#: (method, path, who may call it, summary)
+ROUTES: list[tuple[str, str, str, str]] = [
+    ("GET", "/openapi.json", "anyone", "this description"),
+    ("GET", "/v1/health", "anyone", "the service is up"),
+    ("POST", "/v1/users", "admin", "create or re-key a user; returns its token once"),
+    ("GET", "/v1/sites", "viewer", "registered sites: online, version, what each offers"),
+    ("POST", "/v1/jobs", "submitter", "submit a job file (`job_yaml`, optional `sites`)"),
+    ("GET", "/v1/jobs", "viewer", "every job with its state and reason"),
+    ("GET", "/v1/jobs/{job_id}", "viewer", "one job: state, assignments, events, result"),
+    ("GET", "/v1/jobs/{job_id}/rounds", "viewer", "the job's per-round records"),
+    ("POST", "/v1/jobs/{job_id}/cancel", "submitter",
+     "cancel a job (its owner or an admin); every actor of it is stopped"),
+    ("POST", "/v1/site/heartbeat", "site (client certificate)",
+     "a site's heartbeat and its actors' states; returns its assignments"),
+    ("POST", "/v1/site/answer", "site (client certificate)",
+     "a site accepts or refuses (with its reason) an assignment offered to it"),
+]
+
+
+def openapi(version: str) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, who, summary in ROUTES:
+        op: dict[str, Any] = {"summary": summary, "description": f"Who: {who}.",
+                              "responses": {"200": {"description": "ok", **_JSON},
+                                            "4XX": _ERROR}}
+        if who.startswith("site"):
+            op["security"] = [{"clientCertificate": []}]
+        elif who != "anyone":
+            op["security"] = [{"bearer": []}]
+        if "{job_id}" in path:
+            op["parameters"] = [{"name": "job_id", "in": "path", "required": True,
+                                 "schema": {"type": "string"}}]
+        if method == "POST":
+            op["requestBody"] = {"required": path != "/v1/jobs/{job_id}/cancel", **_JSON}
+        paths.setdefault(path, {})[method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "foedus coordinator", "version": version,
+                 "description": "Sites, users and jobs of a foedus federation "
+                                "(docs/federation.md)."},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "clientCertificate": {"type": "mutualTLS",
+                                      "description": "the site's name is its certificate's CN"},
+            },
+            "schemas": {"Error": {"type": "object", "required": ["error"],
+                                  "properties": {"error": {"type": "string"}}}},
+        },
+    }

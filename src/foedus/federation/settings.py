@@ -1,0 +1,60 @@
+"""Reading ``coordinator.yaml`` and ``site.yaml``: one-line errors naming the key, as for job
+files, and relative paths resolved against the config file's directory (so a config works
+wherever the service is started from)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from foedus.core.errors import ConfigError
+from foedus.transport.tls import TLSConfig
+
+__all__ = ["path_of", "read_config", "tls_of"]
+
+
+def read_config(path: str | Path, allowed: set[str], required: set[str]) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"{path}: {unknown[0]}: unknown key; allowed: "
+                          f"{', '.join(sorted(allowed))}")
+    missing = sorted(required - set(raw))
+    if missing:
+        raise ConfigError(f"{path}: {missing[0]}: required")
+    raw["_base"] = Path(path).resolve().parent
+    return raw
+
+
+def path_of(raw: dict[str, Any], value: Any, key: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected a path, got {value!r}")
+    p = Path(value).expanduser()
+    base: Path = raw["_base"]
+    return p if p.is_absolute() else base / p
+
+
+def tls_of(raw: dict[str, Any], *, identity: bool) -> TLSConfig:
+    """``tls: {ca, cert, key}``; a site must present its certificate (its identity)."""
+    tls = raw.get("tls")
+    if not isinstance(tls, dict):
+        raise ConfigError("tls: expected {ca: FILE, cert: FILE, key: FILE}")
+    unknown = sorted(set(tls) - {"ca", "cert", "key"})
+    if unknown:
+        raise ConfigError(f"tls.{unknown[0]}: unknown key; allowed: ca, cert, key")
+    for key in ("ca", "cert", "key"):
+        if key not in tls:
+            raise ConfigError(f"tls.{key}: required")
+    config = TLSConfig(path_of(raw, tls["ca"], "tls.ca"), path_of(raw, tls["cert"], "tls.cert"),
+                       path_of(raw, tls["key"], "tls.key"), require_client_cert=False)
+    config.check_files(need_identity=identity)
+    return config

@@ -1,0 +1,310 @@
+"""The coordinator's state: sites, users, jobs, assignments, round records and events, in SQL.
+
+Everything the coordinator knows lives here and nowhere else, so a coordinator killed and
+restarted loses no job. The database is an embedded SQLite file today; the SQL is kept to what
+PostgreSQL also accepts (``INSERT ... ON CONFLICT ... DO UPDATE``, plain types, no SQLite-only
+functions, JSON stored as text) and the schema lives only in :data:`MIGRATIONS`, applied in
+order and recorded in ``schema_version``, so another backend means another connection, not
+another schema.
+
+Tokens are stored as SHA-256 hashes: they are 256 random bits, so a fast hash is enough (no
+dictionary to attack) and a stolen database gives no usable token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["JOB_STATES", "MIGRATIONS", "ROLES", "Job", "Store", "hash_token", "new_token"]
+
+#: a job's life: queued (offered to its sites) -> running (its server started) -> one of the
+#: terminal states
+JOB_STATES = ("queued", "running", "finished", "failed", "cancelled")
+TERMINAL = ("finished", "failed", "cancelled")
+#: what each role may do, the weakest first; a role may do everything the ones before it may
+ROLES = ("viewer", "submitter", "admin")
+
+#: the schema, one list of statements per version; append, never edit a released one
+MIGRATIONS: list[list[str]] = [
+    [
+        "CREATE TABLE schema_version (version INTEGER NOT NULL)",
+        """CREATE TABLE sites (
+            name TEXT PRIMARY KEY, version TEXT NOT NULL, offers TEXT NOT NULL,
+            first_seen DOUBLE PRECISION NOT NULL, last_seen DOUBLE PRECISION NOT NULL)""",
+        """CREATE TABLE users (
+            name TEXT PRIMARY KEY, role TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE,
+            created DOUBLE PRECISION NOT NULL)""",
+        """CREATE TABLE jobs (
+            id TEXT PRIMARY KEY, owner TEXT NOT NULL, state TEXT NOT NULL, reason TEXT,
+            job_yaml TEXT NOT NULL, sites TEXT NOT NULL, checkpoint_dir TEXT NOT NULL,
+            server_pid INTEGER, result TEXT, created DOUBLE PRECISION NOT NULL,
+            updated DOUBLE PRECISION NOT NULL)""",
+        """CREATE TABLE assignments (
+            job_id TEXT NOT NULL, site TEXT NOT NULL, actor TEXT NOT NULL, state TEXT NOT NULL,
+            reason TEXT, updated DOUBLE PRECISION NOT NULL, PRIMARY KEY (job_id, actor))""",
+        """CREATE TABLE rounds (
+            job_id TEXT NOT NULL, round INTEGER NOT NULL, record TEXT NOT NULL,
+            PRIMARY KEY (job_id, round))""",
+        """CREATE TABLE events (
+            job_id TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, text TEXT NOT NULL)""",
+    ],
+]
+
+
+def new_token() -> str:
+    """A fresh bearer token: 256 random bits, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    owner: str
+    state: str
+    reason: str | None
+    job_yaml: str
+    sites: list[str]
+    checkpoint_dir: str
+    server_pid: int | None
+    result: dict[str, Any] | None
+    created: float
+    updated: float
+
+    def public(self) -> dict[str, Any]:
+        """What the API shows of a job (the job file too: it holds no secret or path)."""
+        return {"id": self.id, "owner": self.owner, "state": self.state, "reason": self.reason,
+                "server_pid": self.server_pid,
+                "sites": self.sites, "created": self.created, "updated": self.updated,
+                "result": self.result, "job_yaml": self.job_yaml}
+
+
+class Store:
+    """One SQLite database file; every method is one short transaction.
+
+    The coordinator calls it from its event loop: each call is a local file operation of well
+    under a millisecond at this scale, so it is not worth a thread hop (a PostgreSQL backend
+    would use an async driver instead).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._migrate()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._tx() as cur:
+            cur.execute("SELECT name FROM sqlite_master WHERE type='table' AND "
+                        "name='schema_version'")
+            version = 0
+            if cur.fetchone() is not None:
+                cur.execute("SELECT MAX(version) FROM schema_version")
+                version = cur.fetchone()[0] or 0
+            for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in statements:
+                    cur.execute(statement)
+                cur.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+
+    # ---- users ---------------------------------------------------------------------------
+
+    def add_user(self, name: str, role: str, token: str) -> None:
+        if role not in ROLES:
+            raise ValueError(f"role: got {role!r}; allowed: {', '.join(ROLES)}")
+        with self._tx() as cur:
+            cur.execute("INSERT INTO users (name, role, token_hash, created) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (name) DO UPDATE SET role = excluded.role, "
+                        "token_hash = excluded.token_hash",
+                        (name, role, hash_token(token), time.time()))
+
+    def user_by_token(self, token: str) -> tuple[str, str] | None:
+        """``(name, role)`` of the token's user, or None."""
+        with self._tx() as cur:
+            cur.execute("SELECT name, role FROM users WHERE token_hash = ?", (hash_token(token),))
+            row = cur.fetchone()
+        return (row[0], row[1]) if row else None
+
+    def has_admin(self) -> bool:
+        with self._tx() as cur:
+            cur.execute("SELECT COUNT(*) FROM users WHERE role = 'admin'")
+            return bool(cur.fetchone()[0])
+
+    # ---- sites ---------------------------------------------------------------------------
+
+    def heartbeat(self, name: str, version: str, offers: dict[str, Any]) -> None:
+        now = time.time()
+        with self._tx() as cur:
+            cur.execute("INSERT INTO sites (name, version, offers, first_seen, last_seen) "
+                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                        "version = excluded.version, offers = excluded.offers, "
+                        "last_seen = excluded.last_seen",
+                        (name, version, json.dumps(offers), now, now))
+
+    def sites(self, online_within: float) -> list[dict[str, Any]]:
+        now = time.time()
+        with self._tx() as cur:
+            cur.execute("SELECT name, version, offers, first_seen, last_seen FROM sites "
+                        "ORDER BY name")
+            rows = cur.fetchall()
+        return [{"name": r[0], "version": r[1], "offers": json.loads(r[2]),
+                 "online": now - r[4] <= online_within, "last_seen": r[4]} for r in rows]
+
+    # ---- jobs ----------------------------------------------------------------------------
+
+    def add_job(self, job_id: str, owner: str, job_yaml: str, actors: dict[str, str],
+                checkpoint_dir: str) -> None:
+        """A queued job and one ``offered`` assignment per client actor (actor -> site)."""
+        now = time.time()
+        with self._tx() as cur:
+            cur.execute("INSERT INTO jobs (id, owner, state, job_yaml, sites, checkpoint_dir, "
+                        "created, updated) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
+                        (job_id, owner, job_yaml, json.dumps(sorted(set(actors.values()))),
+                         checkpoint_dir, now, now))
+            for actor, site in actors.items():
+                cur.execute("INSERT INTO assignments (job_id, site, actor, state, updated) "
+                            "VALUES (?, ?, ?, 'offered', ?)", (job_id, site, actor, now))
+            cur.execute("INSERT INTO events (job_id, at, text) VALUES (?, ?, ?)",
+                        (job_id, now, f"submitted by {owner}"))
+
+    def job(self, job_id: str) -> Job | None:
+        found = self.jobs(job_id=job_id)
+        return found[0] if found else None
+
+    def jobs(self, *, job_id: str | None = None, states: tuple[str, ...] = ()) -> list[Job]:
+        sql = ("SELECT id, owner, state, reason, job_yaml, sites, checkpoint_dir, server_pid, "
+               "result, created, updated FROM jobs")
+        args: list[Any] = []
+        where = []
+        if job_id is not None:
+            where.append("id = ?")
+            args.append(job_id)
+        if states:
+            where.append(f"state IN ({', '.join('?' for _ in states)})")
+            args += states
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._tx() as cur:
+            cur.execute(sql + " ORDER BY created, id", args)
+            rows = cur.fetchall()
+        return [Job(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7],
+                    json.loads(r[8]) if r[8] else None, r[9], r[10]) for r in rows]
+
+    def set_job(self, job_id: str, *, state: str | None = None, reason: str | None = None,
+                server_pid: int | None = None, result: dict[str, Any] | None = None,
+                event: str | None = None) -> None:
+        sets: list[str] = ["updated = ?"]
+        args: list[Any] = [time.time()]
+        for column, value in (("state", state), ("reason", reason), ("server_pid", server_pid)):
+            if value is not None:
+                sets.append(f"{column} = ?")
+                args.append(value)
+        if result is not None:
+            sets.append("result = ?")
+            args.append(json.dumps(result))
+        with self._tx() as cur:
+            cur.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
+            if event:
+                cur.execute("INSERT INTO events (job_id, at, text) VALUES (?, ?, ?)",
+                            (job_id, time.time(), event))
+
+    def finish_job(self, job_id: str, state: str, reason: str | None,
+                   result: dict[str, Any] | None = None) -> bool:
+        """Move a job that has not ended yet to a terminal state and, unless it finished,
+        tell its sites to stop its actors (a finished job's clients end by themselves on the
+        server's stop message, and stopping them would race that clean exit); False when it
+        had already ended (a cancel racing the server's end)."""
+        now = time.time()
+        with self._tx() as cur:
+            cur.execute("UPDATE jobs SET state = ?, reason = ?, result = ?, updated = ? "
+                        "WHERE id = ? AND state IN ('queued', 'running')",
+                        (state, reason, json.dumps(result) if result else None, now, job_id))
+            if cur.rowcount == 0:
+                return False
+            if state != "finished":
+                cur.execute("UPDATE assignments SET state = 'stop', updated = ? WHERE job_id = ? "
+                            "AND state IN ('offered', 'accepted', 'running')", (now, job_id))
+            cur.execute("INSERT INTO events (job_id, at, text) VALUES (?, ?, ?)",
+                        (job_id, now, f"{state}" + (f": {reason}" if reason else "")))
+        return True
+
+    # ---- assignments ---------------------------------------------------------------------
+
+    def assignments(self, *, site: str | None = None,
+                    job_id: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT job_id, site, actor, state, reason FROM assignments"
+        args: list[Any] = []
+        if site is not None:
+            sql += " WHERE site = ?"
+            args.append(site)
+        elif job_id is not None:
+            sql += " WHERE job_id = ?"
+            args.append(job_id)
+        with self._tx() as cur:
+            cur.execute(sql + " ORDER BY job_id, actor", args)
+            rows = cur.fetchall()
+        return [{"job_id": r[0], "site": r[1], "actor": r[2], "state": r[3], "reason": r[4]}
+                for r in rows]
+
+    def set_assignment(self, job_id: str, site: str, actor: str, state: str,
+                       reason: str | None = None, *, only_from: tuple[str, ...] = ()) -> bool:
+        """Change one assignment of ``site`` (a site can only ever touch its own), optionally
+        only from the given states; False when nothing matched."""
+        sql = ("UPDATE assignments SET state = ?, reason = ?, updated = ? "
+               "WHERE job_id = ? AND site = ? AND actor = ?")
+        args: list[Any] = [state, reason, time.time(), job_id, site, actor]
+        if only_from:
+            sql += f" AND state IN ({', '.join('?' for _ in only_from)})"
+            args += only_from
+        with self._tx() as cur:
+            cur.execute(sql, args)
+            changed = cur.rowcount > 0
+            if changed:
+                cur.execute("INSERT INTO events (job_id, at, text) VALUES (?, ?, ?)",
+                            (job_id, time.time(), f"{site} {actor}: {state}"
+                             + (f" ({reason})" if reason else "")))
+        return changed
+
+    # ---- rounds and events ---------------------------------------------------------------
+
+    def add_round(self, job_id: str, record: dict[str, Any]) -> None:
+        with self._tx() as cur:
+            cur.execute("INSERT INTO rounds (job_id, round, record) VALUES (?, ?, ?) "
+                        "ON CONFLICT (job_id, round) DO UPDATE SET record = excluded.record",
+                        (job_id, int(record["round"]), json.dumps(record)))
+
+    def rounds(self, job_id: str) -> list[dict[str, Any]]:
+        with self._tx() as cur:
+            cur.execute("SELECT record FROM rounds WHERE job_id = ? ORDER BY round", (job_id,))
+            return [json.loads(r[0]) for r in cur.fetchall()]
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        with self._tx() as cur:
+            cur.execute("SELECT at, text FROM events WHERE job_id = ? ORDER BY at", (job_id,))
+            return [{"at": r[0], "text": r[1]} for r in cur.fetchall()]

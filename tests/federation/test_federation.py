@@ -1,0 +1,299 @@
+"""A federation as real processes on loopback: a coordinator (`foedus coordinator`), two site
+agents (`foedus site`) with certificates made here by `foedus.certs`, jobs over a real Mosquitto
+broker, and the user commands (`foedus submit|jobs|logs|cancel|sites|users`) as processes too.
+
+Every wait polls the coordinator's API with a deadline; every process started here is stopped
+by its pid at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trustme
+import yaml
+
+from foedus.certs import DeploymentCerts, create_deployment_certs
+from foedus.config.spec import JobSpec
+from foedus.federation.openapi import ROUTES
+from foedus.runner import run_job_sync
+from tests.conftest import free_port
+from tests.transport.mqtt_fixtures import Mosquitto, mosquitto, mqtt_certs
+
+__all__ = ["mosquitto", "mqtt_certs"]  # fixtures used by name
+
+pytestmark = pytest.mark.integration
+
+FOEDUS = [sys.executable, "-m", "foedus.cli"]
+SITES = ("site-a", "site-b")
+
+
+@dataclass
+class Federation:
+    root: Path
+    certs: DeploymentCerts
+    url: str
+    admin_token: str
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def api(self, token: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, verify=ssl.create_default_context(
+            cafile=str(self.certs.ca)), headers={"Authorization": f"Bearer "
+                                                 f"{token or self.admin_token}"})
+
+    def cli(self, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "FOEDUS_COORDINATOR": self.url, "FOEDUS_CA": str(self.certs.ca),
+               "FOEDUS_TOKEN": token or self.admin_token}
+        return subprocess.run([*FOEDUS, *args], env=env, capture_output=True, text=True,
+                              timeout=60)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        with self.api() as api:
+            found: dict[str, Any] = api.get(f"/v1/jobs/{job_id}").json()
+        return found
+
+    def start_coordinator(self) -> None:
+        log = (self.root / "coordinator.log").open("ab")
+        self.procs["coordinator"] = subprocess.Popen(
+            [*FOEDUS, "coordinator", "--config", str(self.root / "coordinator.yaml")],
+            stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: _healthy(self), 60, "the coordinator to listen",
+                 self.root / "coordinator.log")
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.pop(name)
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _healthy(fed: Federation) -> bool:
+    try:
+        with fed.api() as api:
+            return api.get("/v1/health").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def wait_for(check: Callable[[], Any], seconds: float, what: str, log: Path | None = None) -> Any:
+    """Poll ``check`` until it returns something truthy, or fail naming what never happened."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)  # between polls of a condition, bounded by the deadline
+    detail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+    raise AssertionError(f"timed out after {seconds}s waiting for {what}\n{detail}")
+
+
+def _write(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    root = tmp_path_factory.mktemp("federation")
+    certs = create_deployment_certs(root / "certs", SITES)
+    port = free_port()
+    _write(root / "coordinator.yaml", {
+        "listen": {"host": "127.0.0.1", "port": port}, "state_dir": "state",
+        "tls": {"ca": str(certs.ca), "cert": str(certs.server_cert),
+                "key": str(certs.server_key)},
+        "admin_token_file": "admin.token", "heartbeat_timeout": 10,
+        "catalog": {"digits": {"dataset": "digits"}}})
+    (root / "admin.token").write_text("the-admin-token-of-this-test\n")
+    fed = Federation(root, certs, f"https://127.0.0.1:{port}", "the-admin-token-of-this-test")
+    policies: dict[str, dict[str, Any]] = {
+        "site-a": {"models": ["sklearn-sgd"], "max_jobs": 3},
+        "site-b": {"models": ["sklearn-sgd"], "max_rounds": 60, "transports": ["mqtt"]},
+    }
+    try:
+        fed.start_coordinator()
+        for name in SITES:
+            cert, key = certs.clients[name]
+            _write(root / f"{name}.yaml", {
+                "coordinator": fed.url, "state_dir": f"{name}-state", "heartbeat_s": 0.5,
+                "tls": {"ca": str(certs.ca), "cert": str(cert), "key": str(key)},
+                "catalog": {"digits": {"dataset": "digits"}}, "policy": policies[name]})
+            log = (root / f"{name}.log").open("ab")
+            fed.procs[name] = subprocess.Popen(
+                [*FOEDUS, "site", "--config", str(root / f"{name}.yaml")],
+                stdout=log, stderr=subprocess.STDOUT)
+
+        def online() -> bool:
+            with fed.api() as api:
+                sites = api.get("/v1/sites").json()["sites"]
+            return sorted(s["name"] for s in sites if s["online"]) == list(SITES)
+        wait_for(online, 60, "both sites online", root / "site-a.log")
+        yield fed
+    finally:
+        for name in list(fed.procs):
+            fed.stop(name)
+
+
+def job_file(broker: Mosquitto, tmp: Path, name: str, rounds: int, **extra: Any) -> Path:
+    return _write(tmp / f"{name}.yaml", {
+        "job_id": name, "seed": 3, "rounds": rounds, "round_timeout": 60,
+        "data": {"dataset": "digits", "partition": "iid"},
+        "clients": {"count": 2, "epochs": 1},
+        "model": {"type": "sklearn-sgd"},
+        "transport": {"type": "mqtt", "params": {"host": "127.0.0.1",
+                                                 "port": broker.plain_port}},
+        **extra})
+
+
+def submit(fed: Federation, path: Path) -> str:
+    done = fed.cli("submit", str(path))
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def ended(fed: Federation, job_id: str) -> dict[str, Any] | None:
+    job = fed.job(job_id)
+    return job if job["state"] in ("finished", "failed", "cancelled") else None
+
+
+def test_a_job_runs_at_two_sites_and_learns_what_foedus_run_learns(
+        federation: Federation, mosquitto: Mosquitto, tmp_path: Path) -> None:
+    path = job_file(mosquitto, tmp_path, "digits-fed", rounds=3)
+    job_id = submit(federation, path)
+    assert job_id.startswith("digits-fed-")
+    job = wait_for(lambda: ended(federation, job_id), 240, f"job {job_id} to end",
+                   federation.root / "state" / "jobs" / job_id / "server.log")
+    assert job["state"] == "finished", job
+    assert sorted(a["site"] for a in job["assignments"]) == list(SITES)
+    with federation.api() as api:
+        rounds = api.get(f"/v1/jobs/{job_id}/rounds").json()["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert all(r["accepted"] == 2 for r in rounds)
+
+    spec = JobSpec.from_dict({**yaml.safe_load(path.read_text()), "transport": "local"})
+    alone = run_job_sync(spec).summary()["final_accuracy"]
+    assert job["result"]["final_accuracy"] == pytest.approx(alone, abs=1e-9)
+    assert alone > 0.85
+
+    table = federation.cli("jobs")
+    assert table.returncode == 0 and job_id in table.stdout and "finished" in table.stdout
+    logs = federation.cli("logs", job_id)
+    assert logs.returncode == 0 and "round   3  ok  updates 2" in logs.stdout, logs.stdout
+    sites = federation.cli("sites")
+    assert "site-a  online" in sites.stdout and "site-b  online" in sites.stdout
+    # each client actor ran at its site from the catalog's data, and exited cleanly
+    wait_for(lambda: all(a["state"] == "done" for a in federation.job(job_id)["assignments"]),
+             60, "both client actors to exit cleanly")
+    site_job = yaml.safe_load(
+        (federation.root / "site-b-state" / "jobs" / job_id / "job.yaml").read_text())
+    assert site_job["data"]["dataset"] == "digits"
+
+
+def test_a_job_a_site_refuses_fails_with_the_sites_reason(
+        federation: Federation, mosquitto: Mosquitto, tmp_path: Path) -> None:
+    job_id = submit(federation, job_file(mosquitto, tmp_path, "too-long", rounds=80))
+    job = wait_for(lambda: ended(federation, job_id), 60, "the refusal")
+    assert job["state"] == "failed"
+    reason = "site site-b refused client-001: 80 rounds is more than this site allows (60)"
+    assert job["reason"] == reason
+    table = federation.cli("jobs")
+    assert reason in table.stdout
+    # the site that had accepted is told to stop its actor, and does
+    wait_for(lambda: all(a["state"] in ("stopped", "refused", "failed")
+                         for a in federation.job(job_id)["assignments"]), 60,
+             "site-a to stop its actor of the refused job")
+
+
+def test_roles_a_viewer_may_look_but_not_submit(
+        federation: Federation, mosquitto: Mosquitto, tmp_path: Path) -> None:
+    made = federation.cli("users", "add", "vera", "--role", "viewer")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert federation.cli("jobs", token=token).returncode == 0
+    refused = federation.cli("submit", str(job_file(mosquitto, tmp_path, "x", 2)), token=token)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == ("foedus: error: refused (403): user 'vera' is a viewer; "
+                                      "this needs the submitter role")
+    bad = federation.cli("jobs", token="not-a-token")
+    assert bad.returncode == 2 and "unknown token" in bad.stderr
+    assert federation.cli("users", "add", "x", "--role", "admin", token=token).returncode == 2
+
+
+def test_a_site_is_its_certificate(federation: Federation, tmp_path: Path) -> None:
+    body = {"version": "x", "offers": {}, "actors": []}
+    ca = ssl.create_default_context(cafile=str(federation.certs.ca))
+    with httpx.Client(base_url=federation.url, verify=ca) as anonymous:
+        answer = anonymous.post("/v1/site/heartbeat", json=body)
+    assert answer.status_code == 401 and "client certificate" in answer.json()["error"]
+    # a certificate named site-a, but from another CA: the TLS handshake itself fails
+    other = trustme.CA()
+    forged = other.issue_cert("site-a")
+    context = ssl.create_default_context(cafile=str(federation.certs.ca))
+    forged.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "forged.pem"))
+    context.load_cert_chain(str(tmp_path / "forged.pem"))
+    with httpx.Client(base_url=federation.url, verify=context) as impostor, \
+            pytest.raises(httpx.TransportError):
+        impostor.post("/v1/site/heartbeat", json=body)
+    # a real site's certificate acts as that site only, whatever the request says
+    context = ssl.create_default_context(cafile=str(federation.certs.ca))
+    cert, key = federation.certs.clients["site-a"]
+    context.load_cert_chain(str(cert), str(key))
+    with httpx.Client(base_url=federation.url, verify=context) as site_a:
+        refused = site_a.post("/v1/site/answer", json={
+            "job_id": "nope", "actor": "client-000", "accept": True, "site": "site-b"})
+    assert refused.status_code == 404 and "to site site-a" in refused.json()["error"]
+
+
+def test_cancel_stops_the_server_and_every_actor(
+        federation: Federation, mosquitto: Mosquitto, tmp_path: Path) -> None:
+    job_id = submit(federation, job_file(mosquitto, tmp_path, "long", rounds=50))
+    wait_for(lambda: federation.job(job_id)["rounds_done"] >= 1, 180, "a first round",
+             federation.root / "state" / "jobs" / job_id / "server.log")
+    server_pid = federation.job(job_id)["server_pid"]
+    assert Path(f"/proc/{server_pid}").exists()
+    done = federation.cli("cancel", job_id)
+    assert done.returncode == 0 and done.stdout.strip() == "cancelled", done.stderr
+    job = federation.job(job_id)
+    assert job["state"] == "cancelled" and job["reason"] == "cancelled by admin"
+    wait_for(lambda: all(a["state"] == "stopped" for a in federation.job(job_id)["assignments"]),
+             60, "every site to stop its actor")
+    again = federation.cli("cancel", job_id)
+    assert again.returncode == 2 and "already ended (cancelled)" in again.stderr
+    assert not Path(f"/proc/{server_pid}").exists()  # the coordinator stopped and reaped it
+
+
+def test_the_api_is_described_at_openapi_json(federation: Federation) -> None:
+    with federation.api() as api:
+        spec = api.get("/openapi.json").json()
+    assert spec["openapi"].startswith("3.")
+    described = {(m.lower(), p) for p, ops in spec["paths"].items() for m in ops}
+    assert described == {(m.lower(), p) for m, p, _, _ in ROUTES}
+
+
+def test_a_restarted_coordinator_loses_no_job(
+        federation: Federation, mosquitto: Mosquitto, tmp_path: Path) -> None:
+    job_id = submit(federation, job_file(mosquitto, tmp_path, "survivor", rounds=6))
+    wait_for(lambda: federation.job(job_id)["rounds_done"] >= 1, 180, "a first round")
+    federation.stop("coordinator", signal.SIGKILL)  # no chance to save anything
+    federation.start_coordinator()
+    job = wait_for(lambda: ended(federation, job_id), 240, f"job {job_id} to end",
+                   federation.root / "coordinator.log")
+    assert job["state"] == "finished", job
+    with federation.api() as api:
+        rounds = api.get(f"/v1/jobs/{job_id}/rounds").json()["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5, 6]
+    assert job["result"]["rounds"] == 6
