@@ -23,12 +23,13 @@ The contract lives here, beside the job file it reads, and the topologies themse
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from foedus.aggregate.base import aggregators
 from foedus.core.errors import ConfigError
+from foedus.core.filter import Stage
 from foedus.core.params import Params
 from foedus.core.registry import Registry
 from foedus.core.runtime import Runtime
@@ -93,6 +94,30 @@ class Topology:
             if used:
                 raise ConfigError(f"{key}: topology {self.name} has no server that could use it; "
                                   "remove the key or use topology centralized or hierarchical")
+
+    def refuse_unused(self, spec: JobSpec, why: str, *keys: str) -> None:
+        """Refuse ``clients.*`` keys this topology would silently ignore (``why``: what it
+        does instead)."""
+        for key in keys:
+            if getattr(spec.clients, key.removeprefix("clients.")) is not None:
+                raise ConfigError(f"{key}: not used by topology {self.name} ({why}); remove it")
+
+    def refuse_aggregator(self, spec: JobSpec, how: str) -> None:
+        """Refuse an ``aggregator`` a topology that combines models its own way (``how``)
+        would never run."""
+        if spec.aggregator.type != "fedavg" or spec.aggregator.params:
+            raise ConfigError(
+                f"aggregator: topology {self.name} {how}, so {spec.aggregator.type!r} would "
+                "never run; remove the aggregator key (or use topology centralized or "
+                "hierarchical, whose servers and edges run it)")
+
+    def refuse_server_halves(self, spec: JobSpec, pipeline: Sequence[Stage], who: str) -> None:
+        """Refuse pipeline stages whose updates need a server-side step ``who`` cannot run."""
+        for i, stage in enumerate(pipeline):
+            if stage.server() is not None:
+                raise ConfigError(
+                    f"pipeline[{i}] ({spec.pipeline[i].type}): its updates need a server-side "
+                    f"step that {who} cannot run yet; remove it or use topology centralized")
 
     def require_updates(self, spec: JobSpec, senders: int, where: str) -> None:
         """Refuse an aggregator that needs more updates per round than ``senders`` can ever

@@ -31,7 +31,6 @@ from foedus.roles.async_server import AsyncServerPod, VersionRecord
 from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord
 from foedus.topology.centralized import LinkMeter, client_graph, secure_plan, server_graph
-from foedus.topology.swarm import refuse_own_averaging
 from foedus.transport.base import Transport
 
 
@@ -74,23 +73,15 @@ class Asynchronous(Topology):
 
     def check(self, spec: JobSpec) -> None:
         super().check(spec)
-        refuse_own_averaging(spec, self.name, "applies buffered updates itself (FedBuff)")
+        self.refuse_aggregator(spec, "applies buffered updates itself (FedBuff)")
         pipeline = pipeline_of(spec)
         secure_plan(spec, pipeline, self.name)  # refuses secure sum: it needs centralized
-        for i, stage in enumerate(pipeline):
-            if stage.server() is not None:
-                raise ConfigError(
-                    f"pipeline[{i}] ({spec.pipeline[i].type}): its updates need a server-side "
-                    "step that the asynchronous server does not run yet; remove it or use "
-                    "topology centralized")
+        self.refuse_server_halves(spec, pipeline, "the asynchronous server")
         if self.buffer_size is not None and self.buffer_size > spec.clients.count:
             raise ConfigError(f"topology.params.buffer_size: {self.buffer_size} updates per "
                               f"version can never arrive from {spec.clients.count} clients")
-        for key, value in (("clients.min_clients", spec.clients.min_clients),
-                           ("clients.per_round", spec.clients.per_round)):
-            if value is not None:
-                raise ConfigError(f"{key}: not used by topology async (the server applies every "
-                                  "buffer_size updates); remove it")
+        self.refuse_unused(spec, "the server applies every buffer_size updates",
+                           "clients.min_clients", "clients.per_round")
 
     def rounds(self, spec: JobSpec) -> int:
         return self.versions or spec.rounds

@@ -369,26 +369,15 @@ class Hierarchical(Topology):
             check_tree(self.tree, client_ids(spec))
         except ConfigError as exc:
             raise ConfigError(f"topology.params.tree: {exc}") from exc
-        for key, value, instead in (
-            ("clients.min_clients", spec.clients.min_clients,
-             "the quorums are topology.params.min_children (the root's) and each edge's"),
-            ("clients.per_round", spec.clients.per_round, "every child answers each round"),
-        ):
-            if value is not None:
-                raise ConfigError(f"{key}: not used by topology hierarchical ({instead}); "
-                                  "remove it")
+        self.refuse_unused(spec, "every child answers each round; the quorums are the tree's "
+                           "min_children", "clients.min_clients", "clients.per_round")
         self.require_updates(spec, len(self.tree), "children of the root")
         for node, _ in walk(self.tree):
             if isinstance(node, EdgeNode):
                 self.require_updates(spec, len(node.children), f"children of edge {node.name!r}")
         pipeline = pipeline_of(spec)
         secure_plan(spec, pipeline, self.name)  # refuses secure sum: it needs centralized
-        for i, stage in enumerate(pipeline):
-            if stage.server() is not None:
-                raise ConfigError(
-                    f"pipeline[{i}] ({spec.pipeline[i].type}): its updates need a server-side "
-                    "step that the edges of a hierarchical job cannot run yet; remove it or use "
-                    "topology centralized")
+        self.refuse_server_halves(spec, pipeline, "the edges of a tree")
 
     def actors(self, spec: JobSpec) -> list[str]:
         ids = ["server"] + [n.name if isinstance(n, EdgeNode) else n for n, _ in walk(self.tree)]

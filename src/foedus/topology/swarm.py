@@ -92,15 +92,6 @@ async def run_swarm(
     return {p.peer_id: p.history for p in peers}
 
 
-def refuse_own_averaging(spec: JobSpec, topology: str, how: str) -> None:
-    """Refuse an ``aggregator`` that a topology averaging models its own way would ignore."""
-    if spec.aggregator.type != "fedavg" or spec.aggregator.params:
-        raise ConfigError(
-            f"aggregator: topology {topology} {how}, so {spec.aggregator.type!r} would never "
-            "run; remove the aggregator key (or use topology centralized or hierarchical, whose "
-            "servers and edges run it)")
-
-
 @topologies.register("swarm")
 class Swarm(Topology):
     """Peers and no server (see :class:`~foedus.roles.peer.PeerPod` for ``mode``,
@@ -128,8 +119,7 @@ class Swarm(Topology):
 
     def check(self, spec: JobSpec) -> None:
         super().check(spec)
-        refuse_own_averaging(spec, self.name,
-                             "averages the peers' models itself (gossip or all-reduce)")
+        self.refuse_aggregator(spec, "averages the peers' models itself (gossip or all-reduce)")
         if self.mixing_rounds >= spec.rounds:
             raise ConfigError(f"topology.params.mixing_rounds: expected fewer than rounds="
                               f"{spec.rounds}, got {self.mixing_rounds}")
@@ -140,11 +130,8 @@ class Swarm(Topology):
         if spec.clients.max_examples is not None:
             raise ConfigError("clients.max_examples: not enforced by topology swarm yet (a "
                               "leader's aggregate claims every peer's examples); remove it")
-        for key, value in (("clients.min_clients", spec.clients.min_clients),
-                           ("clients.per_round", spec.clients.per_round)):
-            if value is not None:
-                raise ConfigError(f"{key}: not used by topology swarm (a peer waits for the "
-                                  "peers it knows alive); remove it")
+        self.refuse_unused(spec, "a peer waits for the peers it knows alive",
+                           "clients.min_clients", "clients.per_round")
 
     def actors(self, spec: JobSpec) -> list[str]:
         return client_ids(spec)

@@ -127,9 +127,7 @@ class Vertical(Topology):
                               f"masked gradients, not model updates, so "
                               f"{[p.type for p in spec.pipeline]} would never run (the "
                               "protection is built in); remove it")
-        if spec.aggregator.type != "fedavg" or spec.aggregator.params:
-            raise ConfigError(f"aggregator: topology vertical sums the parties' scores itself, "
-                              f"so {spec.aggregator.type!r} would never run; remove the key")
+        self.refuse_aggregator(spec, "sums the parties' scores itself")
         if spec.model.type != "sklearn-sgd" or spec.model.params:
             raise ConfigError(f"model: topology vertical trains its own logistic or linear "
                               f"regression over the parties' columns, so {spec.model.type!r} "
@@ -137,11 +135,8 @@ class Vertical(Topology):
         if spec.data.partition == "files":
             raise ConfigError("data.partition: topology vertical splits one dataset by columns "
                               "among its parties; partition: files gives clients rows")
-        for key, value in (("clients.min_clients", spec.clients.min_clients),
-                           ("clients.per_round", spec.clients.per_round)):
-            if value is not None:
-                raise ConfigError(f"{key}: not used by topology vertical (every party takes "
-                                  "part in every step); remove it")
+        self.refuse_unused(spec, "every party takes part in every step",
+                           "clients.min_clients", "clients.per_round")
 
     def actors(self, spec: JobSpec) -> list[str]:
         return [self.label_party, *(p for p in self.columns if p != self.label_party)]
