@@ -79,7 +79,6 @@ def test_force_creates_a_new_ca_and_reissues_everything(tmp_path: Path) -> None:
     (["../evil"], "not valid"),
     (["a b"], "not valid"),
     (["alice", "alice"], "given twice"),
-    (["server"], "reserved"),
 ])
 def test_bad_participant_ids_are_refused(tmp_path: Path, ids: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -108,3 +107,14 @@ def test_cli_reports_a_bad_id_in_one_line_with_status_2(
 ) -> None:
     assert main_certs(["--out", str(tmp_path), "--clients", "ok,not ok"]) == 2
     assert "participant id 'not ok'" in capsys.readouterr().err
+
+
+def test_the_server_actor_gets_a_client_certificate_of_its_own(tmp_path: Path) -> None:
+    # with one certificate per actor ({actor} in the transport's parameters) the federated
+    # server connects to the broker as the actor "server": it needs clients/server.pem
+    made = create_deployment_certs(tmp_path, ["server", "client-000"])
+    cert, key = made.clients["server"]
+    assert cert.exists() and key.exists() and made.server_cert.exists()
+    assert cert != made.server_cert  # the broker's certificate is untouched
+    tls = made.client_tls("server")
+    assert tls.cert == cert

@@ -227,8 +227,9 @@ def create_deployment_certs(
     duplicates = sorted({c for c in ids if ids.count(c) > 1})
     if duplicates:
         raise ConfigError(f"participant id(s) given twice: {duplicates}")
-    if "server" in ids:
-        raise ConfigError("'server' is reserved for the server certificate")
+    # "server" is allowed: it is the federated server actor's id, and with one certificate per
+    # actor (`{actor}` in a transport's parameters) that actor connects to the broker as a
+    # client too; its certificate goes to clients/server.pem, beside the broker's server.pem
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = DeploymentCerts(out_dir)

@@ -190,3 +190,10 @@ def test_robust_results_move_with_the_clients(name: str, rows: np.ndarray, shift
 def test_robust_results_stay_inside_the_clients_range(name: str, rows: np.ndarray) -> None:
     out = vectors(make(name), rows)
     assert (out >= rows.min(axis=0) - 1e-6).all() and (out <= rows.max(axis=0) + 1e-6).all()
+
+
+def test_asking_for_fedprox_says_where_it_lives() -> None:
+    with pytest.raises(ConfigError, match=r"unknown aggregator 'fedprox' \(FedProx is not an "
+                                          r"aggregator but the clients' proximal term: set the "
+                                          r"model's mu"):
+        aggregators.get("fedprox")

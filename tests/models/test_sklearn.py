@@ -191,3 +191,15 @@ def test_clients_on_threads_of_one_process_take_turns_in_scikit_learn(
         t.join()
     assert most == 1
     assert all(m.evaluate(share)["accuracy"] > 0.5 for m, share in pairs)
+
+
+def test_the_mlp_takes_scikit_learns_own_name_for_its_layers() -> None:
+    from foedus.models.base import build_model
+
+    spec = DataSpec(n_features=4, classes=(0, 1))
+    named = build_model("sklearn-mlp", spec, hidden_layer_sizes=[7, 3])
+    ours = build_model("sklearn-mlp", spec, hidden=[7, 3])
+    assert [a.shape for a in named.get_params().values()] == \
+        [a.shape for a in ours.get_params().values()]
+    with pytest.raises(ConfigError, match="give hidden or hidden_layer_sizes"):
+        build_model("sklearn-mlp", spec, hidden=[5], hidden_layer_sizes=[7])

@@ -67,6 +67,11 @@ Block = tuple[int, int, int, int]  # (tensor index, start, stop, offset of the t
 _Part = TypeVar("_Part")
 
 
+aggregators.hints["fedprox"] = (
+    "FedProx is not an aggregator but the clients' proximal term: set the model's mu "
+    "(torch-mlp, keras-mlp) and keep aggregator fedavg")
+
+
 @aggregators.register("fedavg")
 class FedAvg(Aggregator):
     """Weighted mean of client parameters, weights = number of local training examples.

@@ -55,6 +55,9 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._factories: dict[str, Callable[..., T]] = {}
+        #: what to tell a user who names something that is not registered but is often looked
+        #: for under that name (``fedprox`` is a model setting, not an aggregator)
+        self.hints: dict[str, str] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator: ``@aggregators.register("fedavg")`` on a class or factory function."""
@@ -80,8 +83,10 @@ class Registry(Generic[T]):
         """The factory registered as ``name``, or a ConfigError listing the known names."""
         ensure_loaded()
         if name not in self._factories:
+            hint = f" ({self.hints[name]})" if name in self.hints else ""
             raise ConfigError(
-                f"unknown {self.kind} {name!r}; allowed: {', '.join(self.names()) or 'none'}"
+                f"unknown {self.kind} {name!r}{hint}; allowed: "
+                f"{', '.join(self.names()) or 'none'}"
             )
         return self._factories[name]
 

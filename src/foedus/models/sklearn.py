@@ -264,6 +264,12 @@ class SklearnMLP(ModelAdapter):
     ) -> None:
         from sklearn.neural_network import MLPClassifier, MLPRegressor
 
+        if "hidden_layer_sizes" in options:  # scikit-learn's own name for it
+            if hidden != (64,):
+                raise ConfigError("give hidden or hidden_layer_sizes (the same setting), "
+                                  "not both")
+            hidden = options.pop("hidden_layer_sizes")
+            hidden = [hidden] if isinstance(hidden, int) else hidden
         self.spec = spec
         self.classifier = spec.task == "classification"
         self.classes = _classes(spec) if self.classifier else np.zeros(0)
