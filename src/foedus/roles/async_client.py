@@ -62,15 +62,9 @@ class AsyncClientPod(ClientPod):
         while not self.finished.is_set():
             model = self._latest
             assert model is not None
-            update = self.refusal(model)
-            refused = update is not None
-            if update is None:
-                try:
-                    update = await asyncio.to_thread(self.train, model)
-                except Exception as exc:
-                    log.exception("client %s failed on version %d", self.client_id, model.round)
-                    update = model.reply(Kind.ERROR, self.client_id,
-                                         error=f"{type(exc).__name__}: {exc}")
+            refusal = self.refusal(model)
+            refused = refusal is not None
+            update = refusal if refusal is not None else await self.trained(model)
             if self.finished.is_set():
                 return
             await self.answer(update)

@@ -124,15 +124,17 @@ class ClientPod(Pod):
         selected = msg.meta.get("selected")
         if selected is not None and self.client_id not in selected:
             return  # not sampled this round
-        update = self.refusal(msg)
-        if update is None:
-            try:
-                update = await asyncio.to_thread(self.train, msg)
-            except Exception as exc:
-                log.exception("client %s failed in round %d", self.client_id, msg.round)
-                update = msg.reply(Kind.ERROR, self.client_id,
-                                   error=f"{type(exc).__name__}: {exc}")
-        await self.answer(update)
+        refusal = self.refusal(msg)
+        await self.answer(refusal if refusal is not None else await self.trained(msg))
+
+    async def trained(self, msg: Message) -> Message:
+        """The update trained from ``msg`` (in a worker thread), or an ``ERROR`` answer when
+        training failed: errors travel as values, the round goes on without this client."""
+        try:
+            return await asyncio.to_thread(self.train, msg)
+        except Exception as exc:
+            log.exception("client %s failed in round %d", self.client_id, msg.round)
+            return msg.reply(Kind.ERROR, self.client_id, error=f"{type(exc).__name__}: {exc}")
 
     async def answer(self, update: Message) -> None:
         """Send this round's answer and tell the round listeners."""
