@@ -13,7 +13,7 @@ from foedus.config.spec import JobSpec
 from foedus.config.topology import topology_of
 from foedus.core.errors import ConfigError
 from foedus.roles.secure_server import SecureServerPod
-from foedus.runner import run_job_sync
+from foedus.runner import run_assembly, run_job_sync
 from foedus.transport.local import LocalTransport
 from tests.processes import run_server_and_clients
 from tests.transport.mqtt_fixtures import Mosquitto, mosquitto, mqtt_certs
@@ -109,3 +109,18 @@ def test_server_and_three_client_processes_secure_sum_over_mqtt(
     history = run.summary["history"]
     assert [(r["accepted"], r["status"]) for r in history] == [(3, "ok"), (3, "ok")]
     assert all(r["metrics"]["secure_sum_survivors"] == 3 for r in history)
+
+
+async def test_a_client_that_never_takes_part_is_counted_as_dropped() -> None:
+    """One of the six clients died before the job: every round sums the other five, and the
+    record says one participant's input is missing (it used to say dropped 0)."""
+    job = spec([secure_sum(max_dropouts=1, step_timeout=5)], rounds=2, round_timeout=20,
+               clients={"count": CLIENTS, "min_clients": CLIENTS - 1})
+    shared = LocalTransport()
+    alive = [a for a in topology_of(job).actors(job) if a != "client-005"]
+    built = topology_of(job).build(build_parts(job), alive, lambda _actor: shared)
+    await run_assembly(built)
+    history = built.history()
+    assert [r.status for r in history] == ["ok", "ok"]
+    assert all(r.metrics["secure_sum_survivors"] == CLIENTS - 1 for r in history)
+    assert all(r.metrics["secure_sum_dropped"] == 1 for r in history)

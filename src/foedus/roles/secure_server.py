@@ -30,6 +30,8 @@ class SecureServerPod(ServerPod):
 
     Each round's record gets ``secure_sum_survivors`` and ``secure_sum_dropped`` in its
     ``metrics`` (counts), so a job's history shows that, and over how many clients, the sum ran.
+    Dropped counts every participant whose input is not in the sum: one that vanished during
+    the protocol, and one that never took part in the round at all (a client that died).
     """
 
     def __init__(self, *, secagg_sender: str = "secagg_server", **options: Any) -> None:
@@ -42,8 +44,9 @@ class SecureServerPod(ServerPod):
 
     def _record_secure_sum(self, record: RoundRecord) -> None:
         survivors, dropped = self.secure_sums.get(record.round, ([], []))
+        absent = set(self.participants or dropped) - set(survivors)
         record.metrics["secure_sum_survivors"] = float(len(survivors))
-        record.metrics["secure_sum_dropped"] = float(len(dropped))
+        record.metrics["secure_sum_dropped"] = float(len(absent))
 
     async def on_update(self, msg: Message) -> None:
         if msg.sender != self.secagg_sender:
