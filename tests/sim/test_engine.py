@@ -31,6 +31,13 @@ def test_simulation_reaches_the_demo_bar_on_non_iid_digits() -> None:
     assert all(r.accepted == 10 for r in result.history)
 
 
+def test_every_round_records_the_bytes_a_deployment_would_move() -> None:
+    result = run_simulation_sync(spec(rounds=2))
+    assert all(r.bytes_in > 0 and r.bytes_out > 0 for r in result.history)
+    assert sum(r.bytes_in for r in result.history) == result.extra["bytes_up"]
+    assert sum(r.bytes_out for r in result.history) == result.extra["bytes_down"]
+
+
 def test_thread_and_process_pools_give_the_same_model_for_the_same_seed() -> None:
     job = spec(model=Plugin("torch-mlp", {"hidden": [16]}))
     threads = run_simulation_sync(job, backend="thread", workers=2)

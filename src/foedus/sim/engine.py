@@ -26,6 +26,7 @@ from foedus.core.graph import Graph
 from foedus.core.message import Kind, Message
 from foedus.core.pod import Pod, Wire
 from foedus.core.runtime import Runtime
+from foedus.roles.server import RoundRecord
 from foedus.runner import JobResult, chance_accuracy, prepare
 from foedus.sim.backends import Backend, ClientWork, make_backend
 
@@ -88,6 +89,7 @@ async def run_simulation(
     work = client_work(spec, parts)
     pool = make_backend(backend, workers, **backend_options)
     pool.start(work, spec)
+    server.round_listeners.insert(0, _RoundBytes(pool))
     clients = VirtualClients(pool, work.ids)
     graph = Graph(f"{spec.job_id}/simulation").add(server, clients)
     graph.pipe(f"{clients.name}.update", parts.server_filters(), f"{server.name}.update",
@@ -119,6 +121,20 @@ async def run_simulation(
         result.extra["chance_accuracy"] = chance_accuracy(parts.test.y)
     result.extra.update(parts.finish(server.params, failed=result.failure is not None))
     return result
+
+
+class _RoundBytes:
+    """Puts in each round's record the bytes a deployment would have moved in it (the pool
+    counts them): updates into the server, the model out to the clients."""
+
+    def __init__(self, pool: Backend) -> None:
+        self.pool = pool
+        self.seen = (0, 0)
+
+    def __call__(self, record: RoundRecord) -> None:
+        now = (self.pool.bytes_up, self.pool.bytes_down)
+        record.bytes_in, record.bytes_out = now[0] - self.seen[0], now[1] - self.seen[1]
+        self.seen = now
 
 
 def pool_workers(pool: Backend) -> int:
