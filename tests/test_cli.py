@@ -45,11 +45,15 @@ def test_demo_prints_progress_and_a_summary(capsys: pytest.CaptureFixture[str]) 
     assert "finished: 3 rounds, 4 clients" in captured.out
 
 
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+# tests/test_examples.py runs every example (its model, aggregator and bar) in process; here
+# the command line path, which is the same for all of them, runs a classification and a
+# regression example through `foedus run --json`
+EXAMPLES = [ROOT / "examples" / name for name in ("wine-iid.yaml",
+                                                   "diabetes-federated-forest.yaml")]
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
-def test_every_example_job_runs(example: Path) -> None:
+def test_example_jobs_run_from_the_command_line(example: Path) -> None:
     if "torch" in example.name:
         pytest.importorskip("torch")
     result = run_cli("run", str(example), "--rounds", "5", "--json")

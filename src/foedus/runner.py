@@ -29,6 +29,7 @@ from foedus.plugins import load_plugins
 from foedus.roles.client import ClientPod
 from foedus.roles.peer import PeerPod
 from foedus.roles.server import RoundRecord
+from foedus.topology.centralized import LinkMeter
 from foedus.transport.base import transports
 
 log = logging.getLogger("foedus.runner")
@@ -201,7 +202,7 @@ async def run_actors(
         records=assembly.records(), metrics=metrics,
         extra={"participants": topology.participants(spec), "leader": topology.leader,
                "stop_reason": assembly.stop_reason(), "resumed_from": assembly.resumed_from(),
-               "rounds_trained": _rounds_trained(assembly)},
+               "rounds_trained": _rounds_trained(assembly), "actor_bytes": _actor_bytes(assembly)},
     )
     if parts.server_evaluates and parts.data_spec.task == "classification" and len(parts.test):
         result.extra["chance_accuracy"] = chance_accuracy(parts.test.y)
@@ -264,6 +265,15 @@ async def _watch_for_models(clients: Sequence[ClientPod], every: float,
         if any(c.joined or c.finished.is_set() for c in clients):
             return
         on_waiting(time.monotonic() - began)
+
+
+def _actor_bytes(assembly: Assembly) -> dict[str, dict[str, int]]:
+    """What each actor run here received and sent on the network, over the whole job."""
+    out: dict[str, dict[str, int]] = {}
+    for actor, rt in assembly.runtimes.items():
+        received, sent = LinkMeter(rt.graph).delta()
+        out[actor] = {"bytes_in": received, "bytes_out": sent}
+    return out
 
 
 def _rounds_trained(assembly: Assembly) -> dict[str, int]:
