@@ -7,4 +7,6 @@ bash scripts/setup.sh full
 export KERAS_BACKEND=torch OMP_NUM_THREADS=1
 .venv/bin/ruff check src tests bench
 .venv/bin/mypy
-exec .venv/bin/pytest -q -p no:cacheprovider "$@"
+# one worker per core, a test file's tests together (they share module fixtures): most tests
+# wait on brokers and subprocesses, so two workers halve the suite's time on two cores
+exec .venv/bin/pytest -q -p no:cacheprovider -n auto --dist loadfile "$@"
