@@ -7,7 +7,6 @@ bash scripts/setup.sh full
 export KERAS_BACKEND=torch OMP_NUM_THREADS=1
 .venv/bin/ruff check src tests bench
 .venv/bin/mypy
-# One worker per core: most tests wait on brokers and subprocesses, so two workers nearly halve
-# the suite's time on two cores. An idle worker takes tests from a busy one (worksteal): with
-# whole files per worker, the few files that hold minutes of tests kept one worker busy alone.
-exec .venv/bin/pytest -q -p no:cacheprovider -n auto --dist worksteal "$@"
+# one worker per core, a test file's tests together (they share module fixtures): most tests
+# wait on brokers and subprocesses, so two workers halve the suite's time on two cores
+exec .venv/bin/pytest -q -p no:cacheprovider -n auto --dist loadfile "$@"

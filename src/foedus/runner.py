@@ -175,8 +175,8 @@ async def run_actors(
     try:
         assembly = topology.build(parts, set(actors), links.open)
         clients = _pods(assembly, ClientPod)
-        if on_client_round is not None:
-            for client in clients:
+        for client in clients:
+            if on_client_round is not None:
                 client.round_listeners.append(on_client_round)
         watch = (asyncio.create_task(_watch_for_models(clients, spec.round_timeout, on_waiting))
                  if on_waiting is not None and clients and not leader_here else None)
@@ -190,10 +190,11 @@ async def run_actors(
         raise
     finally:
         await links.close()
-    params, history, evaluate = assembly.params(), assembly.history(), parts.evaluate
+    params = assembly.params()
     metrics: dict[str, float] | None = None
-    if params is not None and evaluate is not None and not (history and history[-1].metrics):
-        metrics = evaluate(params)  # no round evaluated it here (e.g. a swarm's last model)
+    history = assembly.history()
+    if params is not None and parts.server_evaluates and not (history and history[-1].metrics):
+        metrics = parts.evaluate(params) if parts.evaluate else None
     result = JobResult(
         job_id=spec.job_id, clients=spec.clients.count, history=history,
         params=dict(params) if params is not None else {},
