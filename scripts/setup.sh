@@ -15,11 +15,14 @@ fi
 if [ "$mode" != "full" ]; then echo "usage: scripts/setup.sh core|full" >&2; exit 2; fi
 
 # System packages the integration tests start: Mosquitto (MQTT broker), stunnel (TLS in front of
-# the Kafka broker) and Prometheus (scrapes foedus's /metrics).
+# the Kafka broker), Prometheus (scrapes foedus's /metrics), PostgreSQL (the coordinator's
+# database) and Chromium with its driver (the web console's browser tests).
 need_apt=()
 command -v mosquitto >/dev/null || need_apt+=(mosquitto)
 command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || need_apt+=(stunnel4)
 command -v prometheus >/dev/null || need_apt+=(prometheus)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v chromedriver >/dev/null || need_apt+=(chromium chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
