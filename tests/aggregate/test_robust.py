@@ -38,6 +38,16 @@ def test_multi_krum_averages_the_m_best_scores() -> None:
     assert vectors(MultiKrum(f=1), KRUM_POINTS)[0] == pytest.approx((1 + 3 + 0 + 4.5) / 4)
 
 
+def test_weighted_multi_krum_weights_the_chosen_by_their_example_counts() -> None:
+    # Chosen by score (m = 3): 1 (10 examples), 3 (30) and 0 (20); the outlier's 1,000
+    # examples buy it nothing: (10 * 1 + 30 * 3 + 20 * 0) / 60 = 100 / 60.
+    counts = [20, 10, 30, 40, 1000]
+    weighted = MultiKrum(f=1, m=3, weighted=True)
+    assert vectors(weighted, KRUM_POINTS, counts)[0] == pytest.approx(100 / 60)
+    # the default ignores the counts
+    assert vectors(MultiKrum(f=1, m=3), KRUM_POINTS, counts)[0] == pytest.approx(4 / 3)
+
+
 def test_median_takes_the_middle_value_or_the_mean_of_the_middle_two() -> None:
     np.testing.assert_allclose(vectors(Median(), np.array([[3.0, -1], [1, 7], [2, 5]])), [2, 5])
     np.testing.assert_allclose(
@@ -199,6 +209,7 @@ def test_multi_krum_needs_m_plus_f_updates() -> None:
     (lambda: Krum(f=-1), "f: expected an integer >= 0, got -1"),
     (lambda: Krum(f=1.5), "f: expected an integer >= 0, got 1.5"),
     (lambda: MultiKrum(m=0), "m: expected an integer >= 1, got 0"),
+    (lambda: MultiKrum(weighted=1), "weighted: expected true or false, got 1"),
     (lambda: TrimmedMean(beta=0.5), r"beta: expected a number in \[0.0, 0.5\), got 0.5"),
     (lambda: Bulyan(f=True), "f: expected an integer >= 0, got True"),
     (lambda: GeoMedian(nu=0), "nu: expected a positive number, got 0"),

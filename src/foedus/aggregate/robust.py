@@ -21,7 +21,7 @@ Vectorisation:
 
 These rules deliberately ignore the reported example counts (a Byzantine client can lie about
 them), except GeoMedian, which follows RFA and weights by example count unless
-``weighted: false``.
+``weighted: false``, and Multi-Krum with ``weighted: true`` (Flower's definition).
 """
 
 from __future__ import annotations
@@ -171,18 +171,26 @@ class Krum(StackedAggregator):
 
 @aggregators.register("multi-krum")
 class MultiKrum(Krum):
-    """Multi-Krum: the plain mean of the ``m`` updates with the best Krum scores.
+    """Multi-Krum: the mean of the ``m`` updates with the best Krum scores.
 
     ``m`` defaults to ``n - f``; it may not exceed ``n - f`` (more would certainly include an
-    attacker when all ``f`` attack).
+    attacker when all ``f`` attack). The mean is plain by default: a Byzantine client can claim
+    any example count, and among the chosen updates a large claim would buy it influence the
+    selection just denied it. ``weighted: true`` weights the chosen updates by their example
+    counts instead, as Flower's ``aggregate_krum`` does (for clients whose counts are trusted,
+    e.g. bounded by ``clients.max_examples``).
     """
 
-    def __init__(self, f: int = 1, m: int | None = None) -> None:
+    def __init__(self, f: int = 1, m: int | None = None, weighted: bool = False) -> None:
         super().__init__(f)
         self.m = None if m is None else whole_number("m", m, minimum=1)
+        if not isinstance(weighted, bool):
+            raise ConfigError(f"weighted: expected true or false, got {weighted!r}")
+        self.weighted = weighted
 
     def describe(self) -> str:
-        return f"MultiKrum(f={self.f}, m={self.m}) (n > 2f + 2)"
+        weighting = ", weighted" if self.weighted else ""
+        return f"MultiKrum(f={self.f}, m={self.m}{weighting}) (n > 2f + 2)"
 
     def min_updates(self) -> int:
         return max(2 * self.f + 3, (self.m or 0) + self.f)
@@ -192,7 +200,10 @@ class MultiKrum(Krum):
         m = self.m if self.m is not None else n - self.f
         chosen = krum_ranking(pairwise_sq_distances(offsets), self.f)[:m]
         coefficients = np.zeros(n, dtype=offsets.dtype)
-        coefficients[chosen] = 1.0 / m
+        if self.weighted:
+            coefficients[chosen] = weights[chosen] / weights[chosen].sum()
+        else:
+            coefficients[chosen] = 1.0 / m
         return np.asarray(coefficients @ offsets, dtype=np.float64)
 
 
