@@ -25,6 +25,8 @@ STARTERS: frozenset[str] = frozenset({
     "actors",
     # tests/transport/hub_transport_cases.py: a gRPC or HTTPS hub listening on loopback
     "hub",
+    # tests/federation/postgres_fixtures.py: a PostgreSQL server
+    "postgres",
 })
 
 

@@ -1,11 +1,11 @@
 """The coordinator's state: sites, users, jobs, assignments, round records and events, in SQL.
 
 Everything the coordinator knows lives here and nowhere else, so a coordinator killed and
-restarted loses no job. The database is an embedded SQLite file today; the SQL is kept to what
-PostgreSQL also accepts (``INSERT ... ON CONFLICT ... DO UPDATE``, plain types, no SQLite-only
-functions, JSON stored as text) and the schema lives only in :data:`MIGRATIONS`, applied in
-order and recorded in ``schema_version``, so another backend means another connection, not
-another schema.
+restarted loses no job. The database is an embedded SQLite file by default, or PostgreSQL
+(:mod:`foedus.federation.database` is the seam). The SQL is written once, for both: ``?``
+placeholders, ``INSERT ... ON CONFLICT ... DO UPDATE``, plain types, no backend-only
+functions, JSON stored as text. The schema lives only in :data:`MIGRATIONS`, applied in order
+and recorded in ``schema_version``, so both databases always have the same tables.
 
 Tokens are stored as SHA-256 hashes: they are 256 random bits, so a fast hash is enough (no
 dictionary to attack) and a stolen database gives no usable token.
@@ -16,14 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from foedus.federation.database import Database, Transaction, open_database
 
 __all__ = ["JOB_STATES", "MIGRATIONS", "ROLES", "Job", "Store", "hash_token", "new_token"]
 
@@ -58,6 +58,9 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TABLE events (
             job_id TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, text TEXT NOT NULL)""",
     ],
+    [   # a queued job fails when its sites have not all answered by this time (None: never)
+        "ALTER TABLE jobs ADD COLUMN queue_deadline DOUBLE PRECISION",
+    ],
 ]
 
 
@@ -83,49 +86,50 @@ class Job:
     result: dict[str, Any] | None
     created: float
     updated: float
+    #: when the job fails if its sites have not all answered (None: it waits forever)
+    queue_deadline: float | None = None
 
     def public(self) -> dict[str, Any]:
         """What the API shows of a job (the job file too: it holds no secret or path)."""
         return {"id": self.id, "owner": self.owner, "state": self.state, "reason": self.reason,
                 "server_pid": self.server_pid,
                 "sites": self.sites, "created": self.created, "updated": self.updated,
-                "result": self.result, "job_yaml": self.job_yaml}
+                "result": self.result, "job_yaml": self.job_yaml,
+                "queue_deadline": self.queue_deadline}
 
 
 class Store:
-    """One SQLite database file; every method is one short transaction.
+    """The coordinator's database (an SQLite path or a ``postgresql://`` URL); every method is
+    one short transaction.
 
-    The coordinator calls it from its event loop: each call is a local file operation of well
-    under a millisecond at this scale, so it is not worth a thread hop (a PostgreSQL backend
-    would use an async driver instead).
+    The coordinator calls it from its event loop: each call is well under a millisecond on
+    SQLite and about one round trip on a local PostgreSQL, so it is not worth a thread hop.
+    ``clock`` gives every timestamp (tests pass a fake one to move time on).
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
+    def __init__(self, where: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.db: Database = open_database(where)
+        self.clock = clock
         self._migrate()
 
     def close(self) -> None:
-        self._db.close()
+        self.db.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Cursor]:
-        with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN")
-            try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            cur.execute("COMMIT")
+    def _tx(self) -> Iterator[Transaction]:
+        with self.db.transaction() as tx:
+            yield tx
+
+    def schema_version(self) -> int:
+        with self._tx() as cur:
+            cur.execute("SELECT MAX(version) FROM schema_version")
+            return int(cur.fetchone()[0] or 0)
 
     def _migrate(self) -> None:
         with self._tx() as cur:
-            cur.execute("SELECT name FROM sqlite_master WHERE type='table' AND "
-                        "name='schema_version'")
+            self.db.lock_for_migration(cur)
             version = 0
-            if cur.fetchone() is not None:
+            if self.db.has_table(cur, "schema_version"):
                 cur.execute("SELECT MAX(version) FROM schema_version")
                 version = cur.fetchone()[0] or 0
             for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
@@ -142,7 +146,7 @@ class Store:
             cur.execute("INSERT INTO users (name, role, token_hash, created) VALUES (?, ?, ?, ?) "
                         "ON CONFLICT (name) DO UPDATE SET role = excluded.role, "
                         "token_hash = excluded.token_hash",
-                        (name, role, hash_token(token), time.time()))
+                        (name, role, hash_token(token), self.clock()))
 
     def user_by_token(self, token: str) -> tuple[str, str] | None:
         """``(name, role)`` of the token's user, or None."""
@@ -159,7 +163,7 @@ class Store:
     # ---- sites ---------------------------------------------------------------------------
 
     def heartbeat(self, name: str, version: str, offers: dict[str, Any]) -> None:
-        now = time.time()
+        now = self.clock()
         with self._tx() as cur:
             cur.execute("INSERT INTO sites (name, version, offers, first_seen, last_seen) "
                         "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
@@ -168,25 +172,27 @@ class Store:
                         (name, version, json.dumps(offers), now, now))
 
     def sites(self, online_within: float) -> list[dict[str, Any]]:
-        now = time.time()
+        now = self.clock()
         with self._tx() as cur:
-            cur.execute("SELECT name, version, offers, first_seen, last_seen FROM sites "
-                        "ORDER BY name")
-            rows = cur.fetchall()
+            cur.execute("SELECT name, version, offers, first_seen, last_seen FROM sites")
+            rows = sorted(cur.fetchall())  # by name, byte order whatever the DB's collation
         return [{"name": r[0], "version": r[1], "offers": json.loads(r[2]),
                  "online": now - r[4] <= online_within, "last_seen": r[4]} for r in rows]
 
     # ---- jobs ----------------------------------------------------------------------------
 
     def add_job(self, job_id: str, owner: str, job_yaml: str, actors: dict[str, str],
-                checkpoint_dir: str) -> None:
-        """A queued job and one ``offered`` assignment per client actor (actor -> site)."""
-        now = time.time()
+                checkpoint_dir: str, queue_timeout: float | None = None) -> None:
+        """A queued job and one ``offered`` assignment per site actor (actor -> site); it
+        fails if they have not all answered within ``queue_timeout`` seconds."""
+        now = self.clock()
+        deadline = None if queue_timeout is None else now + queue_timeout
         with self._tx() as cur:
             cur.execute("INSERT INTO jobs (id, owner, state, job_yaml, sites, checkpoint_dir, "
-                        "created, updated) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
+                        "created, updated, queue_deadline) "
+                        "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
                         (job_id, owner, job_yaml, json.dumps(sorted(set(actors.values()))),
-                         checkpoint_dir, now, now))
+                         checkpoint_dir, now, now, deadline))
             for actor, site in actors.items():
                 cur.execute("INSERT INTO assignments (job_id, site, actor, state, updated) "
                             "VALUES (?, ?, ?, 'offered', ?)", (job_id, site, actor, now))
@@ -199,7 +205,7 @@ class Store:
 
     def jobs(self, *, job_id: str | None = None, states: tuple[str, ...] = ()) -> list[Job]:
         sql = ("SELECT id, owner, state, reason, job_yaml, sites, checkpoint_dir, server_pid, "
-               "result, created, updated FROM jobs")
+               "result, created, updated, queue_deadline FROM jobs")
         args: list[Any] = []
         where = []
         if job_id is not None:
@@ -214,13 +220,13 @@ class Store:
             cur.execute(sql + " ORDER BY created, id", args)
             rows = cur.fetchall()
         return [Job(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7],
-                    json.loads(r[8]) if r[8] else None, r[9], r[10]) for r in rows]
+                    json.loads(r[8]) if r[8] else None, r[9], r[10], r[11]) for r in rows]
 
     def set_job(self, job_id: str, *, state: str | None = None, reason: str | None = None,
                 server_pid: int | None = None, result: dict[str, Any] | None = None,
                 event: str | None = None) -> None:
         sets: list[str] = ["updated = ?"]
-        args: list[Any] = [time.time()]
+        args: list[Any] = [self.clock()]
         for column, value in (("state", state), ("reason", reason), ("server_pid", server_pid)):
             if value is not None:
                 sets.append(f"{column} = ?")
@@ -232,7 +238,7 @@ class Store:
             cur.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
             if event:
                 cur.execute("INSERT INTO events (job_id, at, text) VALUES (?, ?, ?)",
-                            (job_id, time.time(), event))
+                            (job_id, self.clock(), event))
 
     def finish_job(self, job_id: str, state: str, reason: str | None,
                    result: dict[str, Any] | None = None) -> bool:
@@ -240,7 +246,7 @@ class Store:
         tell its sites to stop its actors (a finished job's clients end by themselves on the
         server's stop message, and stopping them would race that clean exit); False when it
         had already ended (a cancel racing the server's end)."""
-        now = time.time()
+        now = self.clock()
         with self._tx() as cur:
             cur.execute("UPDATE jobs SET state = ?, reason = ?, result = ?, updated = ? "
                         "WHERE id = ? AND state IN ('queued', 'running')",
@@ -278,7 +284,7 @@ class Store:
         only from the given states; False when nothing matched."""
         sql = ("UPDATE assignments SET state = ?, reason = ?, updated = ? "
                "WHERE job_id = ? AND site = ? AND actor = ?")
-        args: list[Any] = [state, reason, time.time(), job_id, site, actor]
+        args: list[Any] = [state, reason, self.clock(), job_id, site, actor]
         if only_from:
             sql += f" AND state IN ({', '.join('?' for _ in only_from)})"
             args += only_from
@@ -287,7 +293,7 @@ class Store:
             changed = cur.rowcount > 0
             if changed:
                 cur.execute("INSERT INTO events (job_id, at, text) VALUES (?, ?, ?)",
-                            (job_id, time.time(), f"{site} {actor}: {state}"
+                            (job_id, self.clock(), f"{site} {actor}: {state}"
                              + (f" ({reason})" if reason else "")))
         return changed
 
@@ -303,6 +309,11 @@ class Store:
         with self._tx() as cur:
             cur.execute("SELECT record FROM rounds WHERE job_id = ? ORDER BY round", (job_id,))
             return [json.loads(r[0]) for r in cur.fetchall()]
+
+    def add_event(self, job_id: str, text: str) -> None:
+        with self._tx() as cur:
+            cur.execute("INSERT INTO events (job_id, at, text) VALUES (?, ?, ?)",
+                        (job_id, self.clock(), text))
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         with self._tx() as cur:
