@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
@@ -71,6 +72,16 @@ log = logging.getLogger("foedus.privacy.secagg")
 STEP = "secagg"  # meta key naming the protocol step
 SUMMARY = "secagg_sum"  # meta key of the summed update: survivors and dropouts
 MASKED = "masked"  # array name of the masked vector
+
+#: Why a protocol message is refused (the keys of the pods' ``rejected`` counters; the server
+#: pod's also reach the round record). A refused message is not the sender's answer: an honest
+#: answer may still follow; a participant that never answers validly counts as a dropout.
+WRONG_JOB = "wrong_job"
+UNKNOWN_SENDER = "unknown_sender"  # not a participant of the sum
+STALE_ROUND = "stale_round"  # for a round whose sum is over
+DUPLICATE = "duplicate"  # a second answer of one participant to one step (a replay, too)
+OUT_OF_STEP = "secagg_out_of_step"  # not the step that is open, or an id not the sender's
+MALFORMED = "secagg_malformed"  # a step's message without what the step needs
 
 
 @dataclass(frozen=True)
@@ -150,6 +161,12 @@ def _str_keys(table: Mapping[int, Any]) -> dict[str, Any]:
     return {str(k): v for k, v in table.items()}
 
 
+def _reason(exc: Exception) -> str:
+    """Why a step failed, in one line: the protocol's own words, else the exception's type
+    (a library refusing what a participant sent; never a traceback per round)."""
+    return str(exc) if isinstance(exc, SecAggError) else f"{type(exc).__name__}: {exc}"
+
+
 # ---- the client side --------------------------------------------------------------------------
 class SecAggClientPod(Pod):
     """Performs a client's protocol steps for each update it receives on ``in``.
@@ -176,6 +193,8 @@ class SecAggClientPod(Pod):
         self._job = ""
         self._session: SecAggClient | None = None
         self._vector: np.ndarray | None = None
+        #: server messages that ended this client's part in a round, by reason
+        self.rejected: Counter[str] = Counter()
 
     async def on_in(self, msg: Message) -> None:
         if msg.kind is not Kind.UPDATE or msg.error is not None:
@@ -222,9 +241,13 @@ class SecAggClientPod(Pod):
                 log.warning("client %s: secure sum of round %d aborted: %s", self.client_id,
                             msg.round, msg.meta.get("reason"))
                 self._session = self._vector = None
-        except (SecAggError, ConfigError) as exc:  # abandon; nothing further is revealed
-            log.warning("client %s: leaving secure sum of round %d: %s", self.client_id,
-                        msg.round, exc)
+        except Exception as exc:  # whatever a server message does: abandon
+            # the down topic is not signed: a malformed message is a refusal, never a traceback;
+            # abandoning reveals nothing further (the server sees a dropout)
+            reason = "secagg_error" if isinstance(exc, SecAggError | ConfigError) else MALFORMED
+            self.rejected[reason] += 1
+            log.warning("client %s: leaving secure sum of round %d (%s): %s: %.200s",
+                        self.client_id, msg.round, reason, type(exc).__name__, exc)
             self._session = self._vector = None
 
     async def on_roster(self, msg: Message) -> None:
@@ -308,52 +331,84 @@ class SecAggServerPod(Pod):
         self._lock = asyncio.Lock()
         #: protocol seconds spent by the server per round (unmasking), for benchmarks
         self.server_seconds: dict[int, float] = {}
+        #: refused protocol messages by reason, and those not yet in a round record
+        self.rejected: Counter[str] = Counter()
+        self.pending: Counter[str] = Counter()
 
     async def on_in(self, msg: Message) -> None:
         async with self._lock:
             await self._handle(msg)
 
+    def refuse(self, msg: Message, reason: str, detail: str) -> None:
+        """Count a refused protocol message and log one line (no traceback): hostile input is
+        the normal course of things. The message is dropped; the sender has not answered."""
+        self.rejected[reason] += 1
+        self.pending[reason] += 1
+        log.warning("secure sum round %d: refused a message from %.64r: %s: %.200s",
+                    msg.round, msg.sender, reason, detail)
+
+    def take_pending(self) -> dict[str, int]:
+        """The refusals since the previous call (for the round record)."""
+        taken, self.pending = dict(self.pending), Counter()
+        return taken
+
     async def _handle(self, msg: Message) -> None:
         if msg.header.job_id != self.job_id:
+            self.refuse(msg, WRONG_JOB, f"for job {msg.header.job_id!r}")
             return
         number = self.numbers.get(msg.sender)
         if number is None:
-            log.warning("secure sum: ignoring a message from unknown sender %r", msg.sender)
+            self.refuse(msg, UNKNOWN_SENDER, "not a participant of the secure sum")
             return
         session = self._session_for(msg.round)
         if session is None:
-            return  # an older round's message
+            self.refuse(msg, STALE_ROUND, "the sum of that round is over")
+            return
         if msg.kind is Kind.ERROR or msg.error is not None:
+            if number in session.failed:
+                self.refuse(msg, DUPLICATE, "a second failure report")
+                return
             session.failed.add(number)
             await self.send("out", msg)
             await self._maybe_advance(session)
             return
         step = msg.meta.get(STEP)
+        if isinstance(step, str) and number in self._tables(session).get(step, {}):
+            self.refuse(msg, DUPLICATE, f"already answered step {step}")  # also once it closed
+            return
         if msg.kind is not Kind.CONTROL or step != session.step \
                 or msg.meta.get("id") != number:
-            log.warning("secure sum round %d: unexpected %s message %r from %s (step %s)",
-                        msg.round, msg.kind.value, step, msg.sender, session.step)
+            self.refuse(msg, OUT_OF_STEP, f"a {msg.kind.value} message for step {step!r:.40} "
+                                          f"(id {msg.meta.get('id')!r:.20}) while step "
+                                          f"{session.step} is open")
             return
         try:
-            if step == "advertise":
-                c, s = msg.meta.get("c"), msg.meta.get("s")
-                if not isinstance(c, bytes) or not isinstance(s, bytes):
-                    raise SecAggError("malformed key advertisement")
-                session.adverts[number] = AdvertiseKeys(number, c, s)
-            elif step == "shares":
-                session.shares[number] = ShareKeys(number, _bytes_map(msg.meta.get("ct"),
-                                                                      "shares"))
-            elif step == "masked":
-                session.masked[number] = MaskedInput(number, np.asarray(msg.params.get(MASKED)))
-            elif step == "unmask":
-                session.answers[number] = UnmaskResponse(
-                    number, _bytes_map(msg.meta.get("s"), "s shares"),
-                    _bytes_map(msg.meta.get("b"), "b shares"))
+            self._take(session, number, step, msg)
         except SecAggError as exc:
-            log.warning("secure sum round %d: dropping %s's message: %s", msg.round,
-                        msg.sender, exc)
+            self.refuse(msg, MALFORMED, str(exc))
             return
         await self._maybe_advance(session)
+
+    def _take(self, session: _Session, number: int, step: str, msg: Message) -> None:
+        """Book one participant's answer to the open step; raises :class:`SecAggError` when
+        the message does not carry what the step needs (the protocol library judges the rest:
+        sizes, keys and shares, see :class:`~foedus.privacy.secagg.SecAggServer`)."""
+        if step == "advertise":
+            c, s = msg.meta.get("c"), msg.meta.get("s")
+            if not isinstance(c, bytes) or not isinstance(s, bytes):
+                raise SecAggError("malformed key advertisement")
+            session.adverts[number] = AdvertiseKeys(number, c, s)
+        elif step == "shares":
+            session.shares[number] = ShareKeys(number, _bytes_map(msg.meta.get("ct"), "shares"))
+        elif step == "masked":
+            masked = msg.params.get(MASKED)
+            if masked is None:
+                raise SecAggError(f"no {MASKED!r} array")
+            session.masked[number] = MaskedInput(number, np.asarray(masked))
+        elif step == "unmask":
+            session.answers[number] = UnmaskResponse(
+                number, _bytes_map(msg.meta.get("s"), "s shares"),
+                _bytes_map(msg.meta.get("b"), "b shares"))
 
     def _session_for(self, rnd: int) -> _Session | None:
         current = self._session
@@ -380,11 +435,14 @@ class SecAggServerPod(Pod):
             return set(session.server.request.survivors)
         return set()
 
+    @staticmethod
+    def _tables(session: _Session) -> dict[Any, Mapping[int, Any]]:
+        """Each step's answers so far, by step name."""
+        return {"advertise": session.adverts, "shares": session.shares,
+                "masked": session.masked, "unmask": session.answers}
+
     def _received(self, session: _Session) -> set[int]:
-        tables: dict[str, Mapping[int, Any]] = {
-            "advertise": session.adverts, "shares": session.shares, "masked": session.masked,
-            "unmask": session.answers}
-        return set(tables.get(session.step, {}))
+        return set(self._tables(session).get(session.step, {}))
 
     def _arm(self, session: _Session) -> None:
         if session.timer is not None:
@@ -431,8 +489,8 @@ class SecAggServerPod(Pod):
                     session.timer.cancel()
                 await self._finish(session)
                 return
-        except SecAggError as exc:
-            await self._abort(session, str(exc))
+        except Exception as exc:  # a protocol verdict, or a library refusing the input
+            await self._abort(session, _reason(exc))
             return
         self._arm(session)
         await self._maybe_advance(session)  # e.g. every client already failed
@@ -442,8 +500,8 @@ class SecAggServerPod(Pod):
         began = time.perf_counter()
         try:
             total = await asyncio.to_thread(srv.finish, list(session.answers.values()))
-        except SecAggError as exc:
-            await self._abort(session, str(exc))
+        except Exception as exc:  # e.g. a share that is not a field element
+            await self._abort(session, _reason(exc))
             return
         self.server_seconds[session.round] = time.perf_counter() - began
         assert srv.request is not None

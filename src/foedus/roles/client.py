@@ -133,7 +133,12 @@ class ClientPod(Pod):
         try:
             return await asyncio.to_thread(self.train, msg)
         except Exception as exc:
-            log.exception("client %s failed in round %d", self.client_id, msg.round)
+            # the model came from the network: one line per round (the traceback at DEBUG),
+            # and the error goes to the server as this client's answer
+            log.error("client %s failed in round %d: %s: %.200s", self.client_id, msg.round,
+                      type(exc).__name__, exc)
+            log.debug("client %s: the traceback of round %d", self.client_id, msg.round,
+                      exc_info=exc)
             return msg.reply(Kind.ERROR, self.client_id, error=f"{type(exc).__name__}: {exc}")
 
     async def answer(self, update: Message) -> None:

@@ -256,8 +256,12 @@ class RoundCollector:
             self.reject(msg, exc)
             return False
         except Exception as exc:  # a bug in the aggregator: the round must go on
-            self._log.exception("%saggregator %s failed on the update from %.64r",
-                                self._label, self.aggregator.describe(), msg.sender)
+            # a peer's update triggered it, so one line per update (the traceback at DEBUG):
+            # a sender repeating it must not flood the log
+            self._log.error("%saggregator %s failed on the update from %.64r: %s: %.200s",
+                            self._label, self.aggregator.describe(), msg.sender,
+                            type(exc).__name__, exc)
+            self._log.debug("the aggregator's traceback", exc_info=exc)
             self.reject(msg, RejectedUpdate(
                 "aggregator_error", f"{type(exc).__name__}: {exc}"))
             return False

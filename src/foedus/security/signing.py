@@ -111,6 +111,15 @@ def signed_digest(msg: Message, domain: bytes = _DOMAIN) -> bytes:
     return digest.digest()
 
 
+def _digest_or_none(msg: Message) -> bytes | None:
+    """A broadcast's digest, or None for content no signer could have digested (a metric that
+    is not a number): such a broadcast is refused like a bad signature, never a traceback."""
+    try:
+        return signed_digest(msg, _BROADCAST_DOMAIN)
+    except Exception:  # whatever the content: it cannot carry a valid signature
+        return None
+
+
 def _plain(value: Any) -> Any:
     """Mapping proxies and tuples become dicts and lists, as they do on the wire."""
     if isinstance(value, Mapping):
@@ -196,8 +205,10 @@ def _sign_digest(key: SigningKey, digest: bytes) -> bytes:
     return key.sign(digest, ec.ECDSA(hashes.SHA256()))  # type: ignore[no-any-return]
 
 
-def _verifies(key: VerifyKey, signature: bytes, digest: bytes) -> bool:
+def _verifies(key: VerifyKey, signature: bytes, digest: bytes | None) -> bool:
     invalid = require("cryptography.exceptions", "tls").InvalidSignature
+    if digest is None:
+        return False
     try:
         if isinstance(key, _ed25519().Ed25519PublicKey):
             key.verify(signature, digest)
@@ -330,6 +341,9 @@ class VerifyFilter(Filter):
             raise RejectedUpdate(
                 "bad_signature", f"signature does not match {msg.sender!r}'s key and the content"
             ) from None
+        except Exception as exc:  # content no signer could have made (metrics not numbers)
+            raise RejectedUpdate("bad_signature", f"the content of {msg.sender!r}'s message "
+                                 f"cannot be digested ({type(exc).__name__}: {exc})") from None
 
     def process(self, msg: Message) -> Message | None:
         try:
@@ -382,7 +396,7 @@ class BroadcastVerifier:
         reason = None
         if not isinstance(signature, bytes) or not 0 < len(signature) <= 512:
             reason, why = "unsigned", "carries no server signature"
-        elif not _verifies(self.key, signature, signed_digest(msg, _BROADCAST_DOMAIN)):
+        elif not _verifies(self.key, signature, _digest_or_none(msg)):
             reason, why = "bad_signature", "is not signed by the server's key"
         with self._lock:
             if reason is None:

@@ -48,7 +48,15 @@ def secure_server_graph(server: ServerPod, secagg: SecAggServerPod, transport: T
     graph.connect(f"{secagg.name}.out", f"{server.name}.update")
     graph.connect(f"{secagg.name}.down", "secagg_out.in")
     graph.connect(f"{server.name}.model", "model_out.in")
+    server.round_listeners.insert(0, lambda record: _count_refusals(record, secagg))
     return graph
+
+
+def _count_refusals(record: RoundRecord, secagg: SecAggServerPod) -> None:
+    """The protocol messages the secure-sum pod refused during the round go into its record's
+    ``rejected``, beside the server's own refusals."""
+    for reason, count in secagg.take_pending().items():
+        record.rejected[reason] = record.rejected.get(reason, 0) + count
 
 
 def secure_client_graph(client: ClientPod, secagg: SecAggClientPod, transport: Transport,
