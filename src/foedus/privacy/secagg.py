@@ -20,16 +20,39 @@ store-and-forward ones included. Four steps, each a request/response through the
 
 Fewer than ``t`` clients at any step ends the round with :class:`SecAggError`, never a wrong sum.
 ``t > n / 2`` is enforced, so even a server that lies about who dropped cannot collect both kinds
-of shares of an honest client. Values are fixed-point numbers in the ring ``Z_{2^k}`` (k = 32 or
-64). The PRG is AES-256 in counter mode over a 32-byte HKDF-derived key: numpy's PCG64 is fast
+of shares of an honest client.
+
+**A malicious participant** (one that lies inside the protocol) is detected and named, and the
+sum is either right or refused (:attr:`SecAggServer.misbehaviour`):
+
+* a malformed message (keys that are not X25519 keys, a key another client advertised too, a
+  share table that misses a member, ciphertexts or a masked vector of the wrong length or type)
+  excludes its sender at that step, like a dropout;
+* a share that does not decrypt is reported by its recipient (``complaints``), who goes on;
+* a corrupt share (from its dealer, or returned at unmasking) is found when a secret is
+  rebuilt: each client commits to its self-mask seed when it advertises its keys (a hash bound
+  to the session and the client), mask keys are checked against the advertised public key, and
+  when the first ``t`` shares do not rebuild the committed secret the server searches the other
+  shares for ``t`` that do and names the holders of those that do not fit;
+* a masked vector that is not the client's input plus its masks cannot be told from a valid one,
+  but it wrecks the unmasked sum: a sum outside what the survivors' values can add up to
+  (``survivors * value_range``) is refused. (A client can still lie *within* the range; that is
+  poisoning, bounded by ``value_range`` and clipping, as without secure sum.)
+
+Values are fixed-point numbers in the ring ``Z_{2^k}`` (k = 32 or 64). The PRG is AES-256 in
+counter mode over a 32-byte HKDF-derived key: numpy's PCG64 is fast
 but not a cryptographic generator, and AES-CTR with AES-NI is about as fast.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import itertools
 import math
 import os
 import struct
+from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,6 +170,9 @@ class AdvertiseKeys:
     client: int
     c_public: bytes
     s_public: bytes
+    #: the client's commitment to its self-mask seed (:func:`commit`): the server checks the
+    #: seed it rebuilds at unmasking against it, so a corrupt share cannot pass unnoticed
+    commitment: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -166,6 +192,8 @@ class ShareKeys:
 class MaskedInput:
     client: int
     masked: np.ndarray
+    #: dealer -> why the share it sent this client was unusable (did not decrypt, wrong size)
+    complaints: Mapping[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -200,6 +228,7 @@ class SecAggClient:
         self._u2: tuple[int, ...] = ()
         self._held_b: dict[int, int] = {}  # shares I hold of others' self-mask seeds
         self._held_s: dict[int, int] = {}  # shares I hold of others' mask keys
+        self._complaints: dict[int, str] = {}  # dealers whose share to me was unusable
         self._step = 0
 
     def _advance(self, expected: int, name: str) -> None:
@@ -209,7 +238,8 @@ class SecAggClient:
 
     def advertise(self) -> AdvertiseKeys:
         self._advance(0, "advertise")
-        return AdvertiseKeys(self.id, _raw_public(self._c_key), _raw_public(self._s_key))
+        return AdvertiseKeys(self.id, _raw_public(self._c_key), _raw_public(self._s_key),
+                             commit(self._b_seed, self.id, self.cfg))
 
     def share_keys(self, roster: Roster) -> ShareKeys:
         self._advance(1, "share_keys")
@@ -240,13 +270,23 @@ class SecAggClient:
         for u, ciphertext in delivered.items():
             if u not in self._roster or u == self.id:
                 raise SecAggError(f"client {self.id}: a share came from unknown client {u}")
+            # a dealer's unusable share is its fault, not a reason to leave: I report it, keep
+            # my pairwise mask with it (the server counts it in U2), and hold none of its shares
             try:
                 plain = self._aead(u).decrypt(_nonce(u, self.id), ciphertext, self._ad(u, self.id))
-            except Exception as exc:
-                raise SecAggError(f"client {self.id}: share from {u} failed to decrypt") from exc
+            except Exception:
+                self._complaints[u] = "its share failed to decrypt"
+                continue
             size = shamir.SHARE_BYTES
-            self._held_b[u] = shamir.share_from_bytes(plain[:size])
-            self._held_s[u] = shamir.share_from_bytes(plain[size:])
+            try:
+                if len(plain) != 2 * size:
+                    raise PrivacyError(f"{len(plain)} bytes instead of {2 * size}")
+                b_share = shamir.share_from_bytes(plain[:size])
+                s_share = shamir.share_from_bytes(plain[size:])
+            except PrivacyError as exc:
+                self._complaints[u] = f"its share is malformed: {exc}"
+                continue
+            self._held_b[u], self._held_s[u] = b_share, s_share
         self._u2 = tuple(sorted({*delivered, self.id}))
         _check_quorum(len(self._u2), self.cfg, "clients that shared keys")
         masked = encoded + prg(self._b_seed, self.cfg)  # uint arithmetic wraps mod 2^k
@@ -255,7 +295,7 @@ class SecAggClient:
                 continue
             mask = prg(self._pair_seed(v), self.cfg)
             masked = masked + mask if self.id < v else masked - mask
-        return MaskedInput(self.id, masked)
+        return MaskedInput(self.id, masked, dict(self._complaints))
 
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
         self._advance(3, "unmask")
@@ -268,10 +308,12 @@ class SecAggClient:
         if self.id not in survivors:
             raise SecAggError(f"client {self.id}: the server lists me as dropped")
         _check_quorum(len(survivors), self.cfg, "surviving clients")
-        return UnmaskResponse(
+        return UnmaskResponse(  # a dealer whose share I could not use gets none from me
             self.id,
-            s_shares={u: shamir.share_to_bytes(self._held_s[u]) for u in sorted(dropped)},
-            b_shares={u: shamir.share_to_bytes(self._held_b[u]) for u in sorted(survivors)},
+            s_shares={u: shamir.share_to_bytes(self._held_s[u]) for u in sorted(dropped)
+                      if u in self._held_s},
+            b_shares={u: shamir.share_to_bytes(self._held_b[u]) for u in sorted(survivors)
+                      if u in self._held_b},
         )
 
     # ---- crypto helpers ----------------------------------------------------------------------
@@ -289,6 +331,14 @@ class SecAggClient:
         return pair_seed(self._s_key, self._roster[peer][1], self.cfg)
 
 
+def commit(seed: bytes, client: int, cfg: SecAggConfig) -> bytes:
+    """A client's commitment to its self-mask seed: SHA-256 over the session, the client number
+    and the seed. The seed is 32 random bytes, so the hash tells the server nothing about it,
+    yet a seed rebuilt from corrupt shares cannot match it."""
+    return hashlib.sha256(b"foedus-secagg/commit/" + cfg.session + struct.pack(">I", client)
+                          + seed).digest()
+
+
 def pair_seed(private: object, peer_public: bytes, cfg: SecAggConfig) -> bytes:
     """The PRG seed two clients share, from ECDH of their mask keys."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
@@ -299,57 +349,120 @@ def pair_seed(private: object, peer_public: bytes, cfg: SecAggConfig) -> bytes:
 
 # ---- the server -------------------------------------------------------------------------------
 class SecAggServer:
-    """The server's side: routes messages, tracks who dropped, and unmasks the sum."""
+    """The server's side: routes messages, tracks who dropped, and unmasks the sum.
+
+    A participant that breaks the protocol is excluded at the step where it does (it counts as
+    a dropout) or, where it cannot be told apart before unmasking, found then; either way it is
+    named in :attr:`misbehaviour` (client number -> what it did) and the sum is never wrong.
+    """
+
+    #: how many share subsets :meth:`finish` tries per secret before it gives up on finding
+    #: ``threshold`` shares that fit (each corrupt share multiplies the search)
+    MAX_SUBSETS = 2000
 
     def __init__(self, cfg: SecAggConfig) -> None:
         require("cryptography", "privacy")
         self.cfg = cfg
         self.roster: dict[int, tuple[bytes, bytes]] = {}
+        self.commitments: dict[int, bytes] = {}
         self.u2: tuple[int, ...] = ()
         self.masked: dict[int, np.ndarray] = {}
         self.request: UnmaskRequest | None = None
+        self.misbehaviour: dict[int, str] = {}
+        #: corruption found but not attributable to one client (the sum is still right)
+        self.unresolved: list[str] = []
+
+    def blame(self, client: int, what: str) -> None:
+        """Record that ``client`` broke the protocol (the first reason is kept)."""
+        self.misbehaviour.setdefault(client, what)
 
     def collect_keys(self, adverts: list[AdvertiseKeys]) -> Roster:
         keys: dict[int, tuple[bytes, bytes]] = {}
         for a in adverts:
             if not 1 <= a.client <= self.cfg.num_clients or a.client in keys:
                 raise SecAggError(f"invalid or repeated client id {a.client}")
+            if not all(isinstance(k, bytes) and len(k) == KEY_BYTES
+                       for k in (a.c_public, a.s_public)) or not isinstance(a.commitment, bytes) \
+                    or len(a.commitment) not in (0, KEY_BYTES):
+                self.blame(a.client, f"advertised keys or a commitment that are not "
+                                     f"{KEY_BYTES}-byte strings")
+                continue
             keys[a.client] = (a.c_public, a.s_public)
+            if a.commitment:  # without one, only the range check guards this client's seed
+                self.commitments[a.client] = a.commitment
+        holders: dict[bytes, list[int]] = {}
+        for client, pair in keys.items():
+            for key in set(pair):
+                holders.setdefault(key, []).append(client)
+            if pair[0] == pair[1]:
+                holders.setdefault(pair[0], []).append(client)
+        for clients in holders.values():  # a copied key: who copied whom is unknowable
+            if len(clients) > 1:
+                for client in clients:
+                    self.blame(client, "advertised a public key that another client (or its "
+                                       "other key) also uses")
+                    keys.pop(client, None)
         _check_quorum(len(keys), self.cfg, "advertised keys")
         self.roster = keys
         return Roster(dict(keys))
 
     def route_shares(self, shares: list[ShareKeys]) -> dict[int, dict[int, bytes]]:
-        """Returns, per recipient, the ciphertexts addressed to it (senders are U2)."""
-        senders = {s.client for s in shares if s.client in self.roster}
+        """Returns, per recipient, the ciphertexts addressed to it (senders are U2). A sender
+        whose table misses a member, or holds a ciphertext of the wrong size, is left out of U2
+        (as if it had dropped before sharing) and named."""
+        senders: dict[int, ShareKeys] = {}
+        for s in shares:
+            if s.client not in self.roster:
+                continue
+            if set(s.ciphertexts) != set(self.roster) - {s.client}:
+                self.blame(s.client, "did not send a share to every other client")
+            elif not all(isinstance(c, bytes) and len(c) == CIPHERTEXT_BYTES
+                         for c in s.ciphertexts.values()):
+                self.blame(s.client, f"sent an encrypted share that is not {CIPHERTEXT_BYTES} "
+                                     "bytes")
+            else:
+                senders[s.client] = s
         _check_quorum(len(senders), self.cfg, "clients that shared keys")
         self.u2 = tuple(sorted(senders))
         out: dict[int, dict[int, bytes]] = {v: {} for v in self.u2}
-        for s in shares:
-            if s.client not in senders:
-                continue
-            if set(s.ciphertexts) != set(self.roster) - {s.client}:
-                raise SecAggError(f"client {s.client} did not send a share to every other client")
+        for s in senders.values():
             for v, ciphertext in s.ciphertexts.items():
                 if v in out:
                     out[v][s.client] = ciphertext
         return out
 
     def collect_masked(self, inputs: list[MaskedInput]) -> UnmaskRequest:
+        """Take the masked vectors; one of the wrong shape or type excludes its sender (it
+        becomes a dropout, whose masks the others' shares remove). Recipients' complaints about
+        a dealer's share name that dealer; the shares it dealt to others may still rebuild its
+        secrets (checked at :meth:`finish`)."""
         self.masked = {}
         for m in inputs:
             if m.client not in self.u2 or m.client in self.masked:
                 raise SecAggError(f"unexpected masked input from client {m.client}")
-            if m.masked.shape != (self.cfg.vector_size,) or m.masked.dtype != self.cfg.dtype:
-                raise SecAggError(f"masked input from client {m.client} has the wrong shape")
-            self.masked[m.client] = m.masked
+            vector = m.masked
+            if not isinstance(vector, np.ndarray) or vector.shape != (self.cfg.vector_size,) \
+                    or vector.dtype != self.cfg.dtype:
+                shape = getattr(vector, "shape", None)
+                dtype = getattr(vector, "dtype", None)
+                self.blame(m.client, f"sent a masked vector of shape {shape} and dtype {dtype}, "
+                                     f"not ({self.cfg.vector_size},) {np.dtype(self.cfg.dtype)}")
+                continue
+            self.masked[m.client] = vector
+            for dealer, why in m.complaints.items():
+                if dealer in self.u2:
+                    self.blame(dealer, f"client {m.client} reports {why}")
         _check_quorum(len(self.masked), self.cfg, "masked inputs")
         survivors = tuple(sorted(self.masked))
         self.request = UnmaskRequest(survivors, tuple(u for u in self.u2 if u not in self.masked))
         return self.request
 
     def finish(self, responses: list[UnmaskResponse]) -> np.ndarray:
-        """The sum of the survivors' vectors (decoded to floats)."""
+        """The sum of the survivors' vectors (decoded to floats).
+
+        Raises :class:`SecAggError` when too few answered, when a secret cannot be rebuilt from
+        shares that fit its commitment, or when the unmasked sum lies outside what the
+        survivors' values can add up to (a masked vector that was not input plus masks)."""
         from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
         if self.request is None:
@@ -367,31 +480,108 @@ class SecAggServer:
         for y in self.masked.values():
             total += y
         for u in survivors:  # remove self masks
-            seed = shamir.combine(_shares(answers, u, "b"), self.cfg.threshold)
+            seed = self._rebuild(answers, u, "b", "self-mask seed",
+                                 functools.partial(self._seed_fits, u))
             total -= prg(seed, self.cfg)
         for u in dropped:  # remove the pairwise masks survivors added towards dropped u
-            key = X25519PrivateKey.from_private_bytes(
-                shamir.combine(_shares(answers, u, "s"), self.cfg.threshold)
-            )
-            if _raw_public(key) != self.roster[u][1]:
-                raise SecAggError(f"reconstructed mask key of client {u} does not match its "
-                                  "advertised key (corrupted shares)")
+            raw = self._rebuild(answers, u, "s", "mask key",
+                                functools.partial(self._key_fits, u))
+            key = X25519PrivateKey.from_private_bytes(raw)
             for v in survivors:
                 mask = prg(pair_seed(key, self.roster[v][1], self.cfg), self.cfg)
                 # v added +mask if v < u else -mask; undo it
                 total = total - mask if v < u else total + mask
-        return self.cfg.decode(total)
+        values = self.cfg.decode(total)
+        bound = len(survivors) * (self.cfg.value_range + 2.0 ** -self.cfg.scale_bits)
+        if not np.all(np.abs(values) <= bound):
+            raise SecAggError(
+                f"the unmasked sum has values beyond what {len(survivors)} clients' values "
+                f"(each within value_range={self.cfg.value_range}) can add up to: a survivor's "
+                "masked vector was not its input plus its masks; the sum is refused"
+            )
+        return values
+
+    def _seed_fits(self, client: int, seed: bytes) -> bool:
+        committed = self.commitments.get(client)
+        return committed is None or commit(seed, client, self.cfg) == committed
+
+    def _key_fits(self, client: int, raw_private: bytes) -> bool:
+        return _public_of(raw_private) == self.roster[client][1]
+
+    def _rebuild(self, answers: list[UnmaskResponse], owner: int, kind: str, what: str,
+                 valid: Callable[[bytes], bool]) -> bytes:
+        """Rebuild ``owner``'s secret from the answers' shares, checked by ``valid``.
+
+        The honest path costs one interpolation. When the first ``threshold`` shares do not
+        give a valid secret, subsets leaving out ever more shares are tried (up to
+        :attr:`MAX_SUBSETS`); the holders of shares off the found polynomial are named.
+        """
+        t = self.cfg.threshold
+        shares: dict[int, int] = {}
+        for r in answers:
+            table = r.b_shares if kind == "b" else r.s_shares
+            if owner not in table:
+                continue  # it holds none (it complained about the dealer) or withheld it
+            try:
+                shares[r.client] = shamir.share_from_bytes(table[owner])
+            except (PrivacyError, TypeError) as exc:
+                self.blame(r.client, f"returned a malformed share of client {owner}'s {what}: "
+                                     f"{exc}")
+        points = sorted(shares)
+        subsets = itertools.chain.from_iterable(
+            itertools.combinations(points, k) for k in range(len(points) - t + 1))
+        for left in itertools.islice(subsets, self.MAX_SUBSETS):
+            subset = {x: shares[x] for x in points if x not in left}
+            secret = _try_combine(subset, t)
+            if secret is None or not valid(secret):
+                continue
+            if left:  # the first t did not fit: find the shares off the polynomial
+                base = dict(list(subset.items())[:t])
+                off = [x for x in points if shamir.interpolate(base, x) != shares[x]]
+                # beyond (shares - t) / 2 corrupt shares, several polynomials may give the
+                # committed secret and an honest holder could be framed: name nobody then
+                if 2 * len(off) <= len(points) - t:
+                    for x in off:
+                        self.blame(x, f"returned a share of client {owner}'s {what} that does "
+                                      f"not fit the others (or client {owner} dealt it a bad "
+                                      "one)")
+                else:
+                    self.unresolved.append(
+                        f"{len(off)} of {len(points)} shares of client {owner}'s {what} do not "
+                        "fit; too many to tell whose (the sum is still right)")
+            return secret
+        if len(points) < t:
+            self.blame(owner, f"too few valid shares of its {what} came back")
+            raise SecAggError(
+                f"secure sum failed: only {len(points)} valid shares of client {owner}'s {what} "
+                f"came back, {t} are needed; the sum is refused")
+        self.blame(owner, f"no {t} of the {len(points)} shares of its {what} rebuild what it "
+                          "committed to")
+        raise SecAggError(
+            f"secure sum failed: no {t} of the {len(points)} shares of client {owner}'s {what} "
+            "rebuild what it committed to (it dealt bad shares, or too many were corrupted); "
+            "the sum is refused")
 
 
 # ---- helpers ----------------------------------------------------------------------------------
-def _shares(answers: list[UnmaskResponse], owner: int, kind: str) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for r in answers:
-        table = r.b_shares if kind == "b" else r.s_shares
-        if owner not in table:
-            raise SecAggError(f"client {r.client} did not return its share of client {owner}")
-        out[r.client] = shamir.share_from_bytes(table[owner])
-    return out
+#: raw X25519 public keys and self-mask commitments are 32 bytes
+KEY_BYTES = 32
+#: an encrypted share: a b share and an s share, plus AES-GCM's 16-byte tag
+CIPHERTEXT_BYTES = 2 * shamir.SHARE_BYTES + 16
+
+
+def _try_combine(shares: Mapping[int, int], threshold: int) -> bytes | None:
+    try:
+        return shamir.combine(shares, threshold)
+    except PrivacyError:
+        return None
+
+
+def _public_of(raw_private: bytes) -> bytes:
+    """The X25519 public key of a rebuilt private key (what the client advertised)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    return _raw_public(X25519PrivateKey.from_private_bytes(raw_private))
 
 
 def _check_quorum(count: int, cfg: SecAggConfig, what: str) -> None:

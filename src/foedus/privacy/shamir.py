@@ -47,18 +47,28 @@ def combine(shares: Mapping[int, int], threshold: int) -> bytes:
         raise PrivacyError(
             f"cannot reconstruct a secret from {len(shares)} shares; {threshold} are needed"
         )
-    points = sorted(shares.items())[:threshold]
-    secret = 0
-    for i, (xi, yi) in enumerate(points):
-        num, den = 1, 1
-        for j, (xj, _) in enumerate(points):
-            if i != j:
-                num = num * (-xj) % PRIME
-                den = den * (xi - xj) % PRIME
-        secret = (secret + yi * num * pow(den, -1, PRIME)) % PRIME
+    secret = interpolate(dict(sorted(shares.items())[:threshold]), 0)
     if secret >= 1 << (8 * SECRET_BYTES):
         raise PrivacyError("the shares do not interpolate to a valid secret (corrupted shares?)")
     return secret.to_bytes(SECRET_BYTES, "big")
+
+
+def interpolate(points: Mapping[int, int], x: int) -> int:
+    """The value at ``x`` of the lowest-degree polynomial through ``points`` (Lagrange).
+
+    At 0 it is the secret; at another share's point it says whether that share lies on the
+    same polynomial, which is how a secure sum finds the share that does not fit.
+    """
+    value = 0
+    items = list(points.items())
+    for i, (xi, yi) in enumerate(items):
+        num, den = 1, 1
+        for j, (xj, _) in enumerate(items):
+            if i != j:
+                num = num * (x - xj) % PRIME
+                den = den * (xi - xj) % PRIME
+        value = (value + yi * num * pow(den, -1, PRIME)) % PRIME
+    return value
 
 
 def share_to_bytes(y: int) -> bytes:
