@@ -127,8 +127,11 @@ class Site:
             key = (a["job_id"], a["actor"])
             if a["state"] == "offered" and key not in self.actors:
                 self._offer(a)
-            elif a["state"] == "stop" and key in self.actors:
-                self._stop(self.actors.pop(key))
+            elif a["state"] == "stop":
+                # also for an actor never started here (the job ended before this site's
+                # answer): the report is what lets the coordinator mark the assignment stopped
+                if key in self.actors:
+                    self._stop(self.actors.pop(key))
                 self.finished.append({"job_id": key[0], "actor": key[1], "state": "exited",
                                       "reason": "stopped at the coordinator's request"})
 
@@ -147,7 +150,11 @@ class Site:
             self._post("/v1/site/answer", {"job_id": job_id, "actor": actor, "accept": False,
                                            "reason": reason})
             return
-        self._post("/v1/site/answer", {"job_id": job_id, "actor": actor, "accept": True})
+        try:
+            self._post("/v1/site/answer", {"job_id": job_id, "actor": actor, "accept": True})
+        except ConfigError as exc:  # the offer was withdrawn meanwhile (the job ended)
+            log.warning("not starting %s of job %s: %s", actor, job_id, exc)
+            return
         where = self.config.state_dir / "jobs" / job_id
         where.mkdir(parents=True, exist_ok=True)
         (where / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
