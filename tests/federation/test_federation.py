@@ -1,6 +1,8 @@
-"""A federation as real processes on loopback: a coordinator (`foedus coordinator`), two site
-agents (`foedus site`) with certificates made here by `foedus.certs`, jobs over a real Mosquitto
-broker, and the user commands (`foedus submit|jobs|logs|cancel|sites|users`) as processes too.
+"""A federation as real processes on loopback: a coordinator (`foedus coordinator`) keeping its
+state in a real PostgreSQL server, two site agents (`foedus site`) with certificates made here
+by `foedus.certs`, jobs over a real Mosquitto broker, and the user commands (`foedus
+submit|jobs|logs|cancel|sites|users`) as processes too. (The coordinator on its default SQLite
+is run end to end by `foedus federation demo`, a README command the docs tests execute.)
 
 Every wait polls the coordinator's API with a deadline; every process started here is stopped
 by its pid at the end.
@@ -8,6 +10,7 @@ by its pid at the end.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import ssl
@@ -29,6 +32,7 @@ from foedus.config.spec import JobSpec
 from foedus.federation.openapi import ROUTES
 from foedus.runner import run_job_sync
 from tests.conftest import free_port
+from tests.federation.postgres_fixtures import Postgres
 from tests.transport.mqtt_fixtures import Mosquitto, mosquitto, mqtt_certs
 
 __all__ = ["mosquitto", "mqtt_certs"]  # fixtures used by name
@@ -108,7 +112,8 @@ def _write(path: Path, data: dict[str, Any]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+def federation(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres
+               ) -> Iterator[Federation]:
     root = tmp_path_factory.mktemp("federation")
     certs = create_deployment_certs(root / "certs", SITES)
     port = free_port()
@@ -117,6 +122,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         "tls": {"ca": str(certs.ca), "cert": str(certs.server_cert),
                 "key": str(certs.server_key)},
         "admin_token_file": "admin.token", "heartbeat_timeout": 10,
+        "database": postgres.new_database(),
         "catalog": {"digits": {"dataset": "digits"}}})
     (root / "admin.token").write_text("the-admin-token-of-this-test\n")
     fed = Federation(root, certs, f"https://127.0.0.1:{port}", "the-admin-token-of-this-test")
@@ -260,9 +266,7 @@ def test_a_site_is_its_certificate(federation: Federation, tmp_path: Path) -> No
 
 def test_cancel_stops_the_server_and_every_actor(
         federation: Federation, mosquitto: Mosquitto, tmp_path: Path) -> None:
-    # 100 epochs a round: tens of seconds in all, so the job cannot end before the cancel
-    job_id = submit(federation, job_file(mosquitto, tmp_path, "long", rounds=50,
-                                         clients={"count": 2, "epochs": 100}))
+    job_id = submit(federation, job_file(mosquitto, tmp_path, "long", rounds=50))
     wait_for(lambda: federation.job(job_id)["rounds_done"] >= 1, 180, "a first round",
              federation.root / "state" / "jobs" / job_id / "server.log")
     server_pid = federation.job(job_id)["server_pid"]
@@ -299,3 +303,32 @@ def test_a_restarted_coordinator_loses_no_job(
         rounds = api.get(f"/v1/jobs/{job_id}/rounds").json()["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5, 6]
     assert job["result"]["rounds"] == 6
+
+
+def test_a_tree_and_a_swarm_run_side_by_side_placed_by_their_topologies(
+        federation: Federation, mosquitto: Mosquitto, tmp_path: Path) -> None:
+    tree_file = job_file(mosquitto, tmp_path, "tree", rounds=2, topology={
+        "type": "hierarchical",
+        "params": {"tree": [{"edge": "north", "children": ["client-000"]}, "client-001"]}})
+    swarm_file = job_file(mosquitto, tmp_path, "swarm", rounds=2, topology={"type": "swarm"})
+    with federation.api() as api:  # both at once, through the API (the CLI is tested above)
+        tree, swarm = (api.post("/v1/jobs", json={"job_yaml": path.read_text()}).json()["id"]
+                       for path in (tree_file, swarm_file))
+    for job_id in (tree, swarm):
+        job = wait_for(functools.partial(ended, federation, job_id), 180,
+                       f"job {job_id} to end",
+                       federation.root / "state" / "jobs" / job_id / "server.log")
+        assert job["state"] == "finished", job
+        assert sorted((a["actor"], a["site"]) for a in job["assignments"]) == [
+            ("client-000", "site-a"), ("client-001", "site-b")]
+    tree_job = federation.job(tree)
+    # the server and the edge hold no data: they ran at the coordinator, in one process
+    assert any(e["text"].startswith("server, north started here") for e in tree_job["events"])
+    with federation.api() as api:
+        rounds = api.get(f"/v1/jobs/{tree}/rounds").json()["rounds"]
+    assert [(r["round"], r["accepted"]) for r in rounds] == [(1, 2), (2, 2)]
+    assert tree_job["result"]["final_accuracy"] > 0.8
+    # a swarm has no actor without data: it ends when its peers at the sites have
+    swarm_job = federation.job(swarm)
+    assert swarm_job["server_pid"] is None
+    assert all(a["state"] == "done" for a in swarm_job["assignments"])

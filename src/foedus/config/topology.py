@@ -142,6 +142,15 @@ class Topology:
         """Every actor id of ``spec``'s job, the leader (if any) first."""
         raise NotImplementedError(f"{type(self).__name__} must implement actors()")
 
+    def data_holders(self, spec: JobSpec) -> list[str]:
+        """The actors that train on data of their own (clients, peers): a federation places
+        each at a site that holds its data, and runs the others (servers, edge aggregators)
+        itself. By default the actors that are client ids."""
+        from foedus.config.parts import client_ids
+
+        ids = set(client_ids(spec))
+        return [a for a in self.actors(spec) if a in ids]
+
     def build(self, job: JobParts, actors: Collection[str], transport_for: TransportFor,
               ) -> Assembly:
         """The graphs of ``actors`` (a subset of :meth:`actors`), nothing started.

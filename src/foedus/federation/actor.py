@@ -1,9 +1,10 @@
-"""The process the coordinator starts for a job's server: ``python -m foedus.federation.actor
-JOB.yaml --records FILE --result FILE``.
+"""The process the coordinator starts for a job's actors that hold no data (its server, a
+tree's edge aggregators): ``python -m foedus.federation.actor JOB.yaml --actors server,...
+--records FILE --result FILE``.
 
-It is ``foedus server`` (the same :func:`foedus.runner.run_server`) plus two files the
-coordinator reads, because a long-running service needs the rounds *as they end* (``foedus
-server`` prints a progress bar for people) and an outcome it can still read after its own
+It is ``foedus actor JOB server,...`` (the same :func:`foedus.runner.run_actors`) plus two
+files the coordinator reads, because a long-running service needs the rounds *as they end*
+(``foedus actor`` prints a progress bar for people) and an outcome it can still read after its own
 restart, when this process is no longer its child and its exit status is lost:
 
 * ``--records``: one JSON line per round record, appended and flushed as the round ends;
@@ -27,7 +28,7 @@ from typing import Any
 from foedus.config.spec import load_job
 from foedus.core.errors import FoedusError
 from foedus.roles.server import RoundRecord
-from foedus.runner import run_server
+from foedus.runner import prepare, run_actors
 
 
 def _write_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -39,6 +40,7 @@ def _write_atomic(path: Path, data: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m foedus.federation.actor")
     parser.add_argument("job")
+    parser.add_argument("--actors", help="comma-separated actor ids (default: the leader)")
     parser.add_argument("--records", required=True)
     parser.add_argument("--result", required=True)
     args = parser.parse_args(argv)
@@ -51,7 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f.flush()
 
     try:
-        result = asyncio.run(run_server(load_job(args.job), on_round=on_round))
+        spec = load_job(args.job)
+        actors = (args.actors.split(",") if args.actors
+                  else [prepare(spec).leader or "server"])
+        result = asyncio.run(run_actors(spec, actors, on_round=on_round))
     except FoedusError as exc:
         _write_atomic(result_path, {"status": 2, "error": str(exc)})
         print(f"foedus: error: {exc}", file=sys.stderr)

@@ -5,13 +5,18 @@ It keeps the registry (sites, users, jobs, assignments, round records, events) i
 :mod:`foedus.federation.openapi`, and drives every job through its life in :meth:`tick`:
 
 1. ``POST /v1/jobs`` checks the job file, gives it a unique id and a ``checkpoint_dir`` under
-   the state dir, assigns each client actor to a site and *offers* it (state ``queued``);
+   the state dir, assigns each of its topology's *data holders* (clients, peers) to a site
+   and *offers* it (state ``queued``);
 2. each site reads its offer on its next heartbeat and accepts it (and starts its actor) or
-   refuses it with its reason; one refusal fails the job with that reason;
-3. once every site accepted, the coordinator starts the job's server actor in its own process
-   (:mod:`foedus.federation.actor`) and records each round as it ends (``running``);
-4. the server's result file ends the job (``finished`` or ``failed``); ``cancel`` kills the
-   server and tells the sites to stop the job's actors.
+   refuses it with its reason; one refusal fails the job with that reason, and so does
+   silence past the job's ``queue_timeout`` (naming the sites that did not answer);
+3. once every site accepted, the coordinator starts the job's actors that hold no data (the
+   server, edge aggregators) in one process of their own (:mod:`foedus.federation.actor`) and
+   records each round as it ends (``running``); a site that stops heartbeating meanwhile is
+   an event of the job;
+4. the server's result file ends the job (``finished`` or ``failed``), or, for a job whose
+   actors all run at sites (a swarm), their exits do; ``cancel`` kills the server and tells
+   the sites to stop the job's actors.
 
 Sites are authenticated by mutual TLS: a site's name is the CN of its client certificate,
 checked against the deployment's CA, never a field of the request, so a site cannot act under
@@ -43,10 +48,12 @@ import yaml
 
 from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError, FoedusError, require
+from foedus.federation.database import POSTGRES_SCHEMES
 from foedus.federation.openapi import openapi
 from foedus.federation.policy import CatalogEntry, fill_data, parse_catalog
 from foedus.federation.settings import path_of, read_config, tls_of
 from foedus.federation.store import ROLES, Job, Store, new_token
+from foedus.runner import prepare
 from foedus.transport.tls import TLSConfig, peer_identity
 
 log = logging.getLogger("foedus.federation.coordinator")
@@ -55,6 +62,15 @@ __all__ = ["Coordinator", "CoordinatorConfig", "serve"]
 
 VERSION = "0.1.0"
 TICK_S = 0.5
+#: how long a job waits for its sites' answers unless its file or coordinator.yaml says
+DEFAULT_QUEUE_TIMEOUT = 600.0
+
+
+def seconds(value: Any, key: str) -> float:
+    """A duration setting: a number of seconds > 0, or a one-line error naming the key."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{key}: expected seconds > 0, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -68,11 +84,15 @@ class CoordinatorConfig:
     admin_token_file: Path
     heartbeat_timeout: float
     catalog: dict[str, CatalogEntry]
+    #: a ``postgresql://`` URL, or None for the SQLite file ``state_dir/coordinator.db``
+    database: str | None = None
+    #: seconds a job may stay queued before it fails naming the sites that did not answer
+    queue_timeout: float = DEFAULT_QUEUE_TIMEOUT
 
     @classmethod
     def load(cls, path: str | Path) -> CoordinatorConfig:
         raw = read_config(path, {"listen", "state_dir", "tls", "admin_token_file",
-                                 "heartbeat_timeout", "catalog"},
+                                 "heartbeat_timeout", "catalog", "database", "queue_timeout"},
                           {"state_dir", "tls", "admin_token_file"})
         listen = raw.get("listen") or {}
         if not isinstance(listen, dict) or set(listen) - {"host", "port"}:
@@ -80,15 +100,20 @@ class CoordinatorConfig:
         port = listen.get("port", 8443)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
             raise ConfigError(f"listen.port: expected a port number, got {port!r}")
-        timeout = raw.get("heartbeat_timeout", 15)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise ConfigError(f"heartbeat_timeout: expected seconds > 0, got {timeout!r}")
+        timeout = seconds(raw.get("heartbeat_timeout", 15), "heartbeat_timeout")
+        database = raw.get("database")
+        if database is not None and (not isinstance(database, str)
+                                     or not database.startswith(POSTGRES_SCHEMES)):
+            raise ConfigError(f"database: expected a postgresql:// URL, got {database!r} "
+                              "(leave the key out for SQLite in state_dir)")
         return cls(host=str(listen.get("host", "127.0.0.1")), port=port,
                    state_dir=path_of(raw, raw["state_dir"], "state_dir"),
                    tls=tls_of(raw, identity=True),
                    admin_token_file=path_of(raw, raw["admin_token_file"], "admin_token_file"),
-                   heartbeat_timeout=float(timeout),
-                   catalog=parse_catalog(raw.get("catalog")))
+                   heartbeat_timeout=timeout,
+                   catalog=parse_catalog(raw.get("catalog")), database=database,
+                   queue_timeout=seconds(raw.get("queue_timeout", DEFAULT_QUEUE_TIMEOUT),
+                                         "queue_timeout"))
 
 
 class Refused(Exception):
@@ -114,10 +139,14 @@ def _pid_runs(pid: int, marker: str) -> bool:
 class Coordinator:
     """The service: the store, the job lifecycle (:meth:`tick`) and the aiohttp app."""
 
-    def __init__(self, config: CoordinatorConfig) -> None:
+    def __init__(self, config: CoordinatorConfig, *,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self.clock = clock
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(config.state_dir / "coordinator.db")
+        self.store = Store(config.database or config.state_dir / "coordinator.db", clock=clock)
+        self._offline: set[tuple[str, str]] = set()  # (job, site) shown offline in its events
+        self._own: dict[str, list[str]] = {}  # job -> its actors that run here (own_actors)
         self.servers: dict[str, subprocess.Popen[bytes]] = {}
         self._read: dict[str, int] = {}  # job -> bytes of its records file ingested
         self._bootstrap_admin()
@@ -143,7 +172,7 @@ class Coordinator:
         return self.config.state_dir / "jobs" / job_id
 
     def submit(self, owner: str, job_yaml: str, sites: list[str] | None) -> str:
-        """Check a job file and queue it, offered to its sites; the job's id."""
+        """Check a job file and queue it, its data holders offered to sites; the job's id."""
         try:
             job = yaml.safe_load(job_yaml)
         except yaml.YAMLError as exc:
@@ -157,40 +186,52 @@ class Coordinator:
                                    "data.dataset; each site's catalog supplies the options")
         if "checkpoint_dir" in job:
             raise Refused(400, "checkpoint_dir: set by the coordinator (under its state dir)")
-        try:
-            server_job = fill_data(job, self.config.catalog)
-            spec = JobSpec.from_dict(server_job)
+        queue_timeout = self.config.queue_timeout
+        try:  # a federation's key, not the job's: the actors never see it
+            if "queue_timeout" in job:
+                queue_timeout = seconds(job.pop("queue_timeout"), "queue_timeout")
+            spec = JobSpec.from_dict(fill_data(job, self.config.catalog))
+            topology = prepare(spec)
         except FoedusError as exc:
             raise Refused(400, f"job file: {exc}") from exc
-        if spec.topology.type != "centralized":
-            raise Refused(400, f"topology: {spec.topology.type!r}; this coordinator runs "
-                               "centralized jobs only (one server, clients at sites)")
         if spec.transport.type == "local":
             raise Refused(400, "transport: 'local' exists only inside one process; a "
                                "federated job needs a networked transport (kafka, mqtt, grpc, "
                                "https)")
-        count = spec.clients.count
+        holders = topology.data_holders(spec)
+        count = len(holders)
         known = {s["name"]: s for s in self.store.sites(self.config.heartbeat_timeout)}
         if sites is None:
             sites = [name for name, s in known.items() if s["online"]][:count]
         if len(sites) != count or len(set(sites)) != count:
-            raise Refused(409, f"the job has {count} clients and needs as many distinct sites; "
-                               f"got {sites} (online: "
-                               f"{[n for n, s in known.items() if s['online']]})")
+            raise Refused(409, f"the job has {count} data holders ({topology.name}: "
+                               f"{', '.join(holders)}) and needs as many distinct sites; got "
+                               f"{sites} (online: {[n for n, s in known.items() if s['online']]})")
         for name in sites:
             if name not in known:
                 raise Refused(409, f"no site named {name!r} has ever connected")
             if not known[name]["online"]:
                 raise Refused(409, f"site {name!r} is offline (no heartbeat for "
-                                   f"{time.time() - known[name]['last_seen']:.0f}s)")
+                                   f"{self.clock() - known[name]['last_seen']:.0f}s)")
         job_id = f"{spec.job_id}-{secrets.token_hex(3)}"
         job["job_id"] = job_id
-        actors = {f"client-{i:03d}": site for i, site in enumerate(sites)}
+        actors = dict(zip(holders, sites, strict=True))
         checkpoint_dir = self.job_dir(job_id) / "checkpoints"
         self.store.add_job(job_id, owner, yaml.safe_dump(job, sort_keys=False), actors,
-                           str(checkpoint_dir))
+                           str(checkpoint_dir), queue_timeout)
         log.info("job %s submitted by %s, offered to %s", job_id, owner, sites)
         return job_id
+
+    def own_actors(self, job: Job) -> list[str]:
+        """The actors of ``job`` that hold no data and run here (its server, edge
+        aggregators), the leader first; none for a swarm."""
+        if job.id not in self._own:
+            spec = JobSpec.from_dict(fill_data(yaml.safe_load(job.job_yaml),
+                                               self.config.catalog))
+            topology = prepare(spec)
+            holders = set(topology.data_holders(spec))
+            self._own[job.id] = [a for a in topology.actors(spec) if a not in holders]
+        return self._own[job.id]
 
     def cancel(self, job: Job, who: str) -> None:
         if not self.store.finish_job(job.id, "cancelled", f"cancelled by {who}"):
@@ -211,8 +252,15 @@ class Coordinator:
                 proc.wait()
 
     def _start_server(self, job: Job) -> None:
-        """The job's server in its own process and session, from a job file with the
-        coordinator's data and the job's checkpoint dir (so a restart resumes)."""
+        """The job's actors that hold no data, in one process and session of their own, from
+        a job file with the coordinator's data and the job's checkpoint dir (so a restart
+        resumes). A job without such actors (a swarm) only changes state: its actors all run
+        at sites, and it ends when they have."""
+        actors = self.own_actors(job)
+        if not actors:
+            self.store.set_job(job.id, state="running", event="every actor of this job runs at "
+                               "a site; it ends when they all have")
+            return
         where = self.job_dir(job.id)
         where.mkdir(parents=True, exist_ok=True)
         spec = fill_data(yaml.safe_load(job.job_yaml), self.config.catalog)
@@ -221,13 +269,13 @@ class Coordinator:
         with (where / "server.log").open("ab") as logfile:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "foedus.federation.actor", str(where / "server.yaml"),
-                 "--records", str(where / "records.jsonl"), "--result",
-                 str(where / "result.json")],
+                 "--actors", ",".join(actors), "--records", str(where / "records.jsonl"),
+                 "--result", str(where / "result.json")],
                 cwd=where, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
                 env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
         self.servers[job.id] = proc
         self.store.set_job(job.id, state="running", server_pid=proc.pid,
-                           event=f"server started (pid {proc.pid})")
+                           event=f"{', '.join(actors)} started here (pid {proc.pid})")
 
     def _ingest_rounds(self, job: Job) -> None:
         path = self.job_dir(job.id) / "records.jsonl"
@@ -244,37 +292,89 @@ class Coordinator:
     def tick(self) -> None:
         """One pass over every job that has not ended: start, watch, end."""
         for job in self.store.jobs(states=("queued",)):
-            answers = self.store.assignments(job_id=job.id)
-            refused = [a for a in answers if a["state"] == "refused"]
-            if refused:
-                a = refused[0]
-                self.store.finish_job(job.id, "failed",
-                                      f"site {a['site']} refused {a['actor']}: {a['reason']}")
-            elif all(a["state"] in ("accepted", "running") for a in answers):
-                self._start_server(job)
-        for job in self.store.jobs(states=("running",)):
+            self._tick_queued(job)
+        running = self.store.jobs(states=("running",))
+        if not running:
+            return
+        sites = {s["name"]: s for s in self.store.sites(self.config.heartbeat_timeout)}
+        for job in running:
+            self._watch_sites(job, sites)
+            if self.own_actors(job):
+                self._tick_server(job)
+            else:
+                self._tick_sites_only(job)
+
+    def _tick_queued(self, job: Job) -> None:
+        """Start a job every site accepted; fail one a site refused, or one whose sites did
+        not all answer before its queue deadline (naming them)."""
+        answers = self.store.assignments(job_id=job.id)
+        refused = [a for a in answers if a["state"] == "refused"]
+        if refused:
+            a = refused[0]
+            self.store.finish_job(job.id, "failed",
+                                  f"site {a['site']} refused {a['actor']}: {a['reason']}")
+        elif all(a["state"] in ("accepted", "running") for a in answers):
+            self._start_server(job)
+        elif job.queue_deadline is not None and self.clock() >= job.queue_deadline:
+            silent = sorted({a["site"] for a in answers if a["state"] == "offered"})
+            self.store.finish_job(
+                job.id, "failed", f"queued for {job.queue_deadline - job.created:g}s "
+                f"(queue_timeout) without an answer from {', '.join(silent)}")
+
+    def _watch_sites(self, job: Job, sites: dict[str, dict[str, Any]]) -> None:
+        """A site of a running job that stops heartbeating (longer than heartbeat_timeout)
+        is an event of the job, and so is its return: the submitter sees why rounds miss it."""
+        for name in job.sites:
+            site = sites.get(name)
+            key = (job.id, name)
+            if site is None:
+                continue
+            if not site["online"] and key not in self._offline:
+                self._offline.add(key)
+                self.store.add_event(job.id, f"site {name} offline: no heartbeat for "
+                                     f"{self.clock() - site['last_seen']:.0f}s")
+            elif site["online"] and key in self._offline:
+                self._offline.discard(key)
+                self.store.add_event(job.id, f"site {name} back online")
+
+    def _tick_sites_only(self, job: Job) -> None:
+        """A job whose actors all run at sites ends with them: failed with the first failure,
+        finished when every one exited cleanly."""
+        answers = self.store.assignments(job_id=job.id)
+        failed = [a for a in answers if a["state"] == "failed"]
+        if failed:
+            a = failed[0]
+            self.store.finish_job(job.id, "failed", f"{a['actor']} at site {a['site']} "
+                                  f"failed: {a['reason']}")
+        elif all(a["state"] == "done" for a in answers):
+            self.store.finish_job(job.id, "finished", None,
+                                  {"actors": [a["actor"] for a in answers]})
+
+    def _tick_server(self, job: Job) -> None:
+        """Read the rounds the job's server process recorded, and end the job with its
+        result; restart a server that is gone without one (it resumes from its checkpoint)."""
+        self._ingest_rounds(job)
+        result_path = self.job_dir(job.id) / "result.json"
+        proc = self.servers.get(job.id)
+        if result_path.exists():
+            result = json.loads(result_path.read_text())
             self._ingest_rounds(job)
-            result_path = self.job_dir(job.id) / "result.json"
-            proc = self.servers.get(job.id)
-            if result_path.exists():
-                result = json.loads(result_path.read_text())
-                self._ingest_rounds(job)
-                if result["status"] == 0:
-                    self.store.finish_job(job.id, "finished", None, result.get("summary"))
-                else:
-                    self.store.finish_job(job.id, "failed", result.get("error"),
-                                          result.get("summary"))
-                if proc is not None:
-                    proc.wait(timeout=30)
-                    self.servers.pop(job.id, None)
-            elif proc is not None and proc.poll() is not None:
+            if result["status"] == 0:
+                self.store.finish_job(job.id, "finished", None, result.get("summary"))
+            else:
+                self.store.finish_job(job.id, "failed", result.get("error"),
+                                      result.get("summary"))
+            if proc is not None:
+                proc.wait(timeout=30)
                 self.servers.pop(job.id, None)
-                self.store.finish_job(job.id, "failed", f"the server process exited with "
-                                      f"status {proc.returncode} (see {job.id}/server.log)")
-            elif proc is None and not (job.server_pid and _pid_runs(job.server_pid, job.id)):
-                log.warning("job %s: its server is gone; restarting it from its checkpoint",
-                            job.id)
-                self._start_server(job)
+        elif proc is not None and proc.poll() is not None:
+            self.servers.pop(job.id, None)
+            self.store.finish_job(job.id, "failed", f"the server process exited with "
+                                  f"status {proc.returncode} (see {job.id}/server.log)")
+        elif proc is None and not (job.server_pid and _pid_runs(job.server_pid, job.id)):
+            log.warning("job %s: its server is gone; restarting it from its checkpoint",
+                        job.id)
+            self._start_server(job)
 
     def stop_all(self) -> None:
         """Leave server processes running when the coordinator stops: a restarted coordinator

@@ -144,6 +144,9 @@ class Vertical(Topology):
     def participants(self, spec: JobSpec) -> str:
         return f"{len(self.columns)} parties"
 
+    def data_holders(self, spec: JobSpec) -> list[str]:
+        return self.actors(spec)  # every party holds columns
+
     def _indices(self, names: tuple[str, ...], n_features: int) -> dict[str, list[int]]:
         """Each party's columns as indices; a column the data does not have is refused."""
         out: dict[str, list[int]] = {}

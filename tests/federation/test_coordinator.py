@@ -1,0 +1,194 @@
+"""The coordinator's job lifecycle, in process: no HTTP, no site processes, a clock moved by
+hand. Sites are played by writing their heartbeats and answers to the store, as the API
+handlers do. (tests/federation/test_federation.py runs the same lifecycle as real processes.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from foedus.core.errors import ConfigError
+from foedus.federation.coordinator import Coordinator, CoordinatorConfig, Refused
+from foedus.federation.policy import parse_catalog
+from foedus.federation.store import Job
+from foedus.transport.tls import TLSConfig
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 2_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def coordinator(tmp_path: Path, clock: Clock) -> Iterator[Coordinator]:
+    config = CoordinatorConfig(
+        host="127.0.0.1", port=0, state_dir=tmp_path / "state",
+        tls=TLSConfig("ca.pem", "cert.pem", "key.pem"),  # the API is not served here
+        admin_token_file=tmp_path / "admin.token", heartbeat_timeout=15,
+        catalog=parse_catalog({"digits": {"dataset": "digits"}}), queue_timeout=120)
+    made = Coordinator(config, clock=clock)
+    yield made
+    made.stop_all()
+
+
+def beat(c: Coordinator, *sites: str) -> None:
+    for site in sites:
+        c.store.heartbeat(site, "test", {"catalog": ["digits"]})
+
+
+def job_of(c: Coordinator, job_id: str) -> Job:
+    found = c.store.job(job_id)
+    assert found is not None
+    return found
+
+
+def job_yaml(clients: int = 2, **extra: Any) -> str:
+    text: str = yaml.safe_dump({
+        "job_id": "j", "rounds": 2, "data": {"dataset": "digits"},
+        "clients": {"count": clients}, "model": {"type": "sklearn-sgd"},
+        "transport": {"type": "mqtt", "params": {"host": "127.0.0.1", "port": 1}}, **extra})
+    return text
+
+
+def answer(c: Coordinator, job_id: str, state: str, *sites: str) -> None:
+    for a in c.store.assignments(job_id=job_id):
+        if a["site"] in sites:
+            c.store.set_assignment(job_id, a["site"], a["actor"], state)
+
+
+def test_a_job_whose_sites_stay_silent_fails_naming_them(
+        coordinator: Coordinator, clock: Clock) -> None:
+    beat(coordinator, "site-a", "site-b", "site-c")
+    job_id = coordinator.submit("ann", job_yaml(3, queue_timeout=30), None)
+    assert "queue_timeout" not in job_of(coordinator, job_id).job_yaml
+    answer(coordinator, job_id, "accepted", "site-a")
+    clock.now += 29
+    coordinator.tick()
+    assert job_of(coordinator, job_id).state == "queued"
+    clock.now += 1
+    coordinator.tick()
+    job = coordinator.store.job(job_id)
+    assert job is not None and job.state == "failed"
+    assert job.reason == "queued for 30s (queue_timeout) without an answer from site-b, site-c"
+    # the site that had accepted is told to stop the actor it started
+    assert {a["site"]: a["state"] for a in coordinator.store.assignments(job_id=job_id)} == {
+        "site-a": "stop", "site-b": "stop", "site-c": "stop"}
+
+
+def test_without_queue_timeout_in_the_job_the_coordinators_default_applies(
+        coordinator: Coordinator, clock: Clock) -> None:
+    beat(coordinator, "site-a", "site-b")
+    job_id = coordinator.submit("ann", job_yaml(), None)
+    clock.now += 119
+    coordinator.tick()
+    assert job_of(coordinator, job_id).state == "queued"
+    clock.now += 1
+    coordinator.tick()
+    assert "queued for 120s" in (job_of(coordinator, job_id).reason or "")
+
+
+def test_a_bad_queue_timeout_is_refused_naming_the_key(coordinator: Coordinator) -> None:
+    beat(coordinator, "site-a", "site-b")
+    with pytest.raises(Refused, match=r"^job file: queue_timeout: expected seconds > 0, got "
+                                      r"'soon'$"):
+        coordinator.submit("ann", job_yaml(queue_timeout="soon"), None)
+
+
+def test_a_site_that_stops_heartbeating_during_a_job_is_an_event(
+        coordinator: Coordinator, clock: Clock) -> None:
+    beat(coordinator, "site-a", "site-b")
+    job_id = coordinator.submit("ann", job_yaml(topology={"type": "swarm"}), None)
+    answer(coordinator, job_id, "accepted", "site-a", "site-b")
+    coordinator.tick()
+    assert job_of(coordinator, job_id).state == "running"
+    clock.now += 16
+    beat(coordinator, "site-b")
+    coordinator.tick()
+    coordinator.tick()  # shown once, not once a tick
+    beat(coordinator, "site-a")
+    coordinator.tick()
+    texts = [e["text"] for e in coordinator.store.events(job_id)]
+    assert texts[-2:] == ["site site-a offline: no heartbeat for 16s", "site site-a back online"]
+
+
+def test_a_swarm_runs_wholly_at_sites_and_ends_with_its_peers(
+        coordinator: Coordinator) -> None:
+    beat(coordinator, "site-a", "site-b")
+    ok = coordinator.submit("ann", job_yaml(topology={"type": "swarm"}), None)
+    bad = coordinator.submit("ann", job_yaml(topology={"type": "swarm"}), None)
+    for job_id in (ok, bad):
+        answer(coordinator, job_id, "accepted", "site-a", "site-b")
+        assert coordinator.own_actors(job_of(coordinator, job_id)) == []
+    coordinator.tick()
+    assert coordinator.servers == {}  # no process started here
+    answer(coordinator, ok, "done", "site-a", "site-b")
+    answer(coordinator, bad, "done", "site-a")
+    coordinator.store.set_assignment(bad, "site-b", "client-001", "failed", "exit status 1: x")
+    coordinator.tick()
+    finished, failed = coordinator.store.job(ok), coordinator.store.job(bad)
+    assert finished is not None and finished.state == "finished"
+    assert failed is not None and failed.state == "failed"
+    assert failed.reason == "client-001 at site site-b failed: exit status 1: x"
+
+
+@pytest.mark.parametrize(("topology", "clients", "here", "at_sites"), [
+    ({"type": "centralized"}, 2, ["server"], ["client-000", "client-001"]),
+    ({"type": "hierarchical", "params": {"tree": [
+        {"edge": "north", "children": ["client-000", "client-001"]},
+        {"edge": "south", "children": ["client-002"]}]}},
+     3, ["server", "north", "south"], ["client-000", "client-001", "client-002"]),
+    ({"type": "async"}, 2, ["server"], ["client-000", "client-001"]),
+    ({"type": "swarm"}, 3, [], ["client-000", "client-001", "client-002"]),
+])
+def test_actors_without_data_run_here_and_data_holders_at_sites(
+        coordinator: Coordinator, topology: dict[str, Any], clients: int, here: list[str],
+        at_sites: list[str]) -> None:
+    beat(coordinator, "site-a", "site-b", "site-c")
+    job_id = coordinator.submit("ann", job_yaml(clients, topology=topology), None)
+    job = coordinator.store.job(job_id)
+    assert job is not None
+    assert coordinator.own_actors(job) == here
+    offers = coordinator.store.assignments(job_id=job_id)
+    assert [(a["actor"], a["site"]) for a in offers] == list(
+        zip(at_sites, ["site-a", "site-b", "site-c"], strict=False))
+
+
+def test_a_job_with_more_data_holders_than_sites_is_refused(coordinator: Coordinator) -> None:
+    beat(coordinator, "site-a", "site-b")
+    with pytest.raises(Refused, match=r"the job has 3 data holders \(swarm: client-000, "
+                                      r"client-001, client-002\) and needs as many distinct "
+                                      r"sites"):
+        coordinator.submit("ann", job_yaml(3, topology={"type": "swarm"}), None)
+
+
+@pytest.mark.parametrize(("key", "value", "error"), [
+    ("database", "mysql://db/x", "database: expected a postgresql:// URL, got 'mysql://db/x' "
+                                 "(leave the key out for SQLite in state_dir)"),
+    ("queue_timeout", 0, "queue_timeout: expected seconds > 0, got 0"),
+])
+def test_coordinator_yaml_mistakes_are_one_line_naming_the_key(
+        tmp_path: Path, key: str, value: Any, error: str) -> None:
+    from foedus.certs import create_deployment_certs
+
+    certs = create_deployment_certs(tmp_path / "certs", [])
+    path = tmp_path / "coordinator.yaml"
+    path.write_text(yaml.safe_dump({
+        "state_dir": "state", "admin_token_file": "admin.token", key: value,
+        "tls": {"ca": str(certs.ca), "cert": str(certs.server_cert),
+                "key": str(certs.server_key)}}))
+    with pytest.raises(ConfigError) as caught:
+        CoordinatorConfig.load(path)
+    assert str(caught.value) == error
