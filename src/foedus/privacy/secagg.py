@@ -513,8 +513,12 @@ class SecAggServer:
         """Rebuild ``owner``'s secret from the answers' shares, checked by ``valid``.
 
         The honest path costs one interpolation. When the first ``threshold`` shares do not
-        give a valid secret, subsets leaving out ever more shares are tried (up to
-        :attr:`MAX_SUBSETS`); the holders of shares off the found polynomial are named.
+        give a valid secret, every ``threshold``-subset is tried (up to :attr:`MAX_SUBSETS`):
+        the valid secret is taken from one that gives it, and the holders of the shares off
+        that polynomial are named, but only if it is the one polynomial that gives the secret.
+        (Colluders holding two or more shares can craft a second polynomial through their
+        shares that gives the same secret, and thereby make honest holders look wrong; then
+        nobody is named and the finding goes to :attr:`unresolved`.)
         """
         t = self.cfg.threshold
         shares: dict[int, int] = {}
@@ -528,39 +532,42 @@ class SecAggServer:
                 self.blame(r.client, f"returned a malformed share of client {owner}'s {what}: "
                                      f"{exc}")
         points = sorted(shares)
-        subsets = itertools.chain.from_iterable(
-            itertools.combinations(points, k) for k in range(len(points) - t + 1))
-        for left in itertools.islice(subsets, self.MAX_SUBSETS):
-            subset = {x: shares[x] for x in points if x not in left}
-            secret = _try_combine(subset, t)
-            if secret is None or not valid(secret):
-                continue
-            if left:  # the first t did not fit: find the shares off the polynomial
-                base = dict(list(subset.items())[:t])
-                off = [x for x in points if shamir.interpolate(base, x) != shares[x]]
-                # beyond (shares - t) / 2 corrupt shares, several polynomials may give the
-                # committed secret and an honest holder could be framed: name nobody then
-                if 2 * len(off) <= len(points) - t:
-                    for x in off:
-                        self.blame(x, f"returned a share of client {owner}'s {what} that does "
-                                      f"not fit the others (or client {owner} dealt it a bad "
-                                      "one)")
-                else:
-                    self.unresolved.append(
-                        f"{len(off)} of {len(points)} shares of client {owner}'s {what} do not "
-                        "fit; too many to tell whose (the sum is still right)")
-            return secret
         if len(points) < t:
-            self.blame(owner, f"too few valid shares of its {what} came back")
+            self.unresolved.append(f"too few valid shares of client {owner}'s {what} came back")
             raise SecAggError(
                 f"secure sum failed: only {len(points)} valid shares of client {owner}'s {what} "
                 f"came back, {t} are needed; the sum is refused")
-        self.blame(owner, f"no {t} of the {len(points)} shares of its {what} rebuild what it "
-                          "committed to")
-        raise SecAggError(
-            f"secure sum failed: no {t} of the {len(points)} shares of client {owner}'s {what} "
-            "rebuild what it committed to (it dealt bad shares, or too many were corrupted); "
-            "the sum is refused")
+        secret = _try_combine({x: shares[x] for x in points[:t]}, t)
+        if secret is not None and valid(secret):
+            return secret  # the honest path
+        found: list[tuple[bytes, frozenset[int]]] = []  # (secret, the shares on its polynomial)
+        subsets = itertools.combinations(points, t)
+        for subset in itertools.islice(subsets, self.MAX_SUBSETS):
+            if any(on.issuperset(subset) for _, on in found):
+                continue  # a polynomial already found
+            base = {x: shares[x] for x in subset}
+            secret = _try_combine(base, t)
+            if secret is not None and valid(secret):
+                found.append((secret, frozenset(
+                    x for x in points if x in base or shamir.interpolate(base, x) == shares[x])))
+        searched_all = next(subsets, None) is None
+        if not found:
+            self.unresolved.append(f"no {t} shares of client {owner}'s {what} rebuild it")
+            raise SecAggError(
+                f"secure sum failed: no {t} of the {len(points)} shares of client {owner}'s "
+                f"{what} rebuild what it committed to (it dealt bad shares, or too many were "
+                "corrupted); the sum is refused")
+        off = [x for x in points if x not in found[0][1]]
+        if searched_all and len(found) == 1:
+            for x in off:
+                self.blame(x, f"returned a share of client {owner}'s {what} that does not fit "
+                              f"the others (or client {owner} dealt it a bad one)")
+        else:
+            self.unresolved.append(
+                f"{len(off)} of {len(points)} shares of client {owner}'s {what} do not fit, and "
+                "colluders could have made honest ones look wrong; nobody is named (the sum is "
+                "still right)")
+        return found[0][0]
 
 
 # ---- helpers ----------------------------------------------------------------------------------

@@ -81,7 +81,12 @@ UNKNOWN_SENDER = "unknown_sender"  # not a participant of the sum
 STALE_ROUND = "stale_round"  # for a round whose sum is over
 DUPLICATE = "duplicate"  # a second answer of one participant to one step (a replay, too)
 OUT_OF_STEP = "secagg_out_of_step"  # not the step that is open, or an id not the sender's
-MALFORMED = "secagg_malformed"  # a step's message without what the step needs
+MALFORMED = "secagg_malformed"
+EQUIVOCATION = "secagg_equivocation"  # a second, different answer to one step
+EXCLUDED = "secagg_excluded"  # from a participant excluded for equivocating earlier
+#: a participant the protocol found breaking it (counted once per round, named in the log and
+#: in the summed update's summary: see :attr:`foedus.privacy.secagg.SecAggServer.misbehaviour`)
+MISBEHAVED = "secagg_misbehaved"  # a step's message without what the step needs
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,27 @@ def _bytes_map(value: Any, what: str) -> dict[int, bytes]:
     return {int(k): v for k, v in value.items()}
 
 
+def _complaints(value: Any) -> dict[int, str]:
+    """A masked answer's complaints (dealer number -> why its share was unusable)."""
+    if not isinstance(value, Mapping) or len(value) > 100_000 or not all(
+        isinstance(k, str) and k.isdigit() and isinstance(v, str) for k, v in value.items()
+    ):
+        raise SecAggError("malformed complaints: expected a map of client numbers to reasons")
+    return {int(k): v[:200] for k, v in value.items()}
+
+
+def _same_answer(first: Message, again: Message) -> bool:
+    """True when ``again`` repeats ``first`` (a redelivery, or a resend of the same content);
+    False when it says something else: equivocation."""
+    if again.header.message_id == first.header.message_id:
+        return True
+    if set(again.params) != set(first.params) or any(
+            not np.array_equal(np.asarray(first.params[k]), np.asarray(again.params[k]))
+            for k in first.params):
+        return False
+    return bool(again.meta == first.meta)
+
+
 def _str_keys(table: Mapping[int, Any]) -> dict[str, Any]:
     return {str(k): v for k, v in table.items()}
 
@@ -213,7 +239,8 @@ class SecAggClientPod(Pod):
             msg.round, msg.header.job_id, session, vector)
         advert = session.advertise()
         await self.send("out", self._control("advertise", {
-            "id": self.number, "c": advert.c_public, "s": advert.s_public}))
+            "id": self.number, "c": advert.c_public, "s": advert.s_public,
+            "h": advert.commitment}))
 
     def _prepare(self, msg: Message) -> tuple[np.ndarray, SecAggClient]:
         """The weighted vector and a session, range-checked before any key leaves (in a worker
@@ -267,8 +294,10 @@ class SecAggClientPod(Pod):
         delivered = _bytes_map(msg.meta.get("ct"), "share delivery")
         masked = await asyncio.to_thread(session.masked_input, vector, delivered)
         self._vector = None  # the plain update is no longer needed
-        await self.send("out", self._control(
-            "masked", {"id": self.number}, params={MASKED: masked.masked}))
+        meta: dict[str, Any] = {"id": self.number}
+        if masked.complaints:  # dealers whose share to me was unusable: the server names them
+            meta["complaints"] = _str_keys(masked.complaints)
+        await self.send("out", self._control("masked", meta, params={MASKED: masked.masked}))
 
     async def on_unmask(self, msg: Message) -> None:
         assert self._session is not None
@@ -303,6 +332,11 @@ class _Session:
     masked: dict[int, MaskedInput] = field(default_factory=dict)
     answers: dict[int, UnmaskResponse] = field(default_factory=dict)
     failed: set[int] = field(default_factory=set)  # clients that sent an ERROR instead
+    #: clients that equivocated (two different answers to one step): ignored from then on
+    excluded: set[int] = field(default_factory=set)
+    #: the answer each client gave first to each step, to tell a redelivery from equivocation
+    firsts: dict[tuple[str, int], Message] = field(default_factory=dict)
+    named: set[int] = field(default_factory=set)  # misbehaving clients already reported
     timer: asyncio.Task[None] | None = None
 
 
@@ -373,6 +407,15 @@ class SecAggServerPod(Pod):
             await self._maybe_advance(session)
             return
         step = msg.meta.get(STEP)
+        if number in session.excluded:
+            self.refuse(msg, EXCLUDED, "it equivocated earlier in this round")
+            return
+        first = session.firsts.get((step, number)) if isinstance(step, str) else None
+        if first is not None and not _same_answer(first, msg):
+            self.refuse(msg, EQUIVOCATION, f"a second, different answer to step {step}")
+            await self._exclude(session, number, f"equivocated: sent two different {step!r} "
+                                                 "answers")
+            return
         if isinstance(step, str) and number in self._tables(session).get(step, {}):
             self.refuse(msg, DUPLICATE, f"already answered step {step}")  # also once it closed
             return
@@ -387,24 +430,46 @@ class SecAggServerPod(Pod):
         except SecAggError as exc:
             self.refuse(msg, MALFORMED, str(exc))
             return
+        session.firsts[(step, number)] = msg
         await self._maybe_advance(session)
+
+    async def _exclude(self, session: _Session, number: int, why: str) -> None:
+        """Leave an equivocating client out of the rest of the round: its answer to the open
+        step is dropped (it becomes a dropout there, which the protocol survives); an answer to
+        a step already closed is in the sum's bookkeeping and stays (it is named)."""
+        session.server.blame(number, why)
+        session.excluded.add(number)
+        self._tables(session).get(session.step, {}).pop(number, None)  # type: ignore[attr-defined]
+        self._name(session)
+        await self._maybe_advance(session)
+
+    def _name(self, session: _Session) -> None:
+        """Log each participant the protocol found misbehaving, once, and count it."""
+        for number, why in session.server.misbehaviour.items():
+            if number not in session.named:
+                session.named.add(number)
+                self.rejected[MISBEHAVED] += 1
+                self.pending[MISBEHAVED] += 1
+                log.warning("secure sum round %d: participant %r misbehaved: %.200s",
+                            session.round, self.names.get(number, number), why)
 
     def _take(self, session: _Session, number: int, step: str, msg: Message) -> None:
         """Book one participant's answer to the open step; raises :class:`SecAggError` when
         the message does not carry what the step needs (the protocol library judges the rest:
         sizes, keys and shares, see :class:`~foedus.privacy.secagg.SecAggServer`)."""
         if step == "advertise":
-            c, s = msg.meta.get("c"), msg.meta.get("s")
-            if not isinstance(c, bytes) or not isinstance(s, bytes):
-                raise SecAggError("malformed key advertisement")
-            session.adverts[number] = AdvertiseKeys(number, c, s)
+            c, s, h = msg.meta.get("c"), msg.meta.get("s"), msg.meta.get("h")
+            if not isinstance(c, bytes) or not isinstance(s, bytes) or not isinstance(h, bytes):
+                raise SecAggError("malformed key advertisement (keys c, s and commitment h)")
+            session.adverts[number] = AdvertiseKeys(number, c, s, h)
         elif step == "shares":
             session.shares[number] = ShareKeys(number, _bytes_map(msg.meta.get("ct"), "shares"))
         elif step == "masked":
             masked = msg.params.get(MASKED)
             if masked is None:
                 raise SecAggError(f"no {MASKED!r} array")
-            session.masked[number] = MaskedInput(number, np.asarray(masked))
+            session.masked[number] = MaskedInput(number, np.asarray(masked),
+                                                 _complaints(msg.meta.get("complaints", {})))
         elif step == "unmask":
             session.answers[number] = UnmaskResponse(
                 number, _bytes_map(msg.meta.get("s"), "s shares"),
@@ -425,15 +490,17 @@ class SecAggServerPod(Pod):
     def _expected(self, session: _Session) -> set[int]:
         everyone = set(self.numbers.values()) - session.failed
         if session.step == "advertise":
-            return everyone
-        if session.step == "shares":
-            return set(session.server.roster)
-        if session.step == "masked":
-            return set(session.server.u2)
-        if session.step == "unmask":
+            expected = everyone
+        elif session.step == "shares":
+            expected = set(session.server.roster)
+        elif session.step == "masked":
+            expected = set(session.server.u2)
+        elif session.step == "unmask":
             assert session.server.request is not None
-            return set(session.server.request.survivors)
-        return set()
+            expected = set(session.server.request.survivors)
+        else:
+            return set()
+        return expected - session.excluded
 
     @staticmethod
     def _tables(session: _Session) -> dict[Any, Mapping[int, Any]]:
@@ -492,6 +559,7 @@ class SecAggServerPod(Pod):
         except Exception as exc:  # a protocol verdict, or a library refusing the input
             await self._abort(session, _reason(exc))
             return
+        self._name(session)
         self._arm(session)
         await self._maybe_advance(session)  # e.g. every client already failed
 
@@ -503,6 +571,7 @@ class SecAggServerPod(Pod):
         except Exception as exc:  # e.g. a share that is not a field element
             await self._abort(session, _reason(exc))
             return
+        self._name(session)
         self.server_seconds[session.round] = time.perf_counter() - began
         assert srv.request is not None
         weight = float(total[-1])
@@ -513,10 +582,11 @@ class SecAggServerPod(Pod):
         await self.send("out", Message.create(
             Kind.UPDATE, job_id=self.job_id, round=session.round, sender=self.name,
             params=mean, num_examples=max(1, round(weight)),
-            meta={SUMMARY: self._summary(srv.request.survivors, srv.request.dropped)},
+            meta={SUMMARY: self._summary(srv.request.survivors, srv.request.dropped, session)},
         ))
 
     async def _abort(self, session: _Session, reason: str) -> None:
+        self._name(session)
         log.warning("secure sum round %d failed: %s", session.round, reason)
         session.step = "done"
         if session.timer is not None and session.timer is not asyncio.current_task():
@@ -525,12 +595,17 @@ class SecAggServerPod(Pod):
         members = [n for n in self.numbers.values() if n not in session.failed]
         await self.send("out", Message.create(
             Kind.ERROR, job_id=self.job_id, round=session.round, sender=self.name,
-            error=f"secure sum failed: {reason}", meta={SUMMARY: self._summary((), members)},
+            error=f"secure sum failed: {reason}",
+            meta={SUMMARY: self._summary((), members, session)},
         ))
 
-    def _summary(self, survivors: Sequence[int], dropped: Sequence[int]) -> dict[str, Any]:
+    def _summary(self, survivors: Sequence[int], dropped: Sequence[int],
+                 session: _Session) -> dict[str, Any]:
+        """Who is in the sum, who is not, and who broke the protocol (name -> what it did)."""
         return {"survivors": [self.names[n] for n in survivors],
-                "dropped": [self.names[n] for n in dropped]}
+                "dropped": [self.names[n] for n in dropped],
+                "misbehaved": {self.names[n]: why[:200] for n, why
+                               in session.server.misbehaviour.items() if n in self.names}}
 
     def _down(self, rnd: int) -> Any:
         def make(step: str, meta: dict[str, Any], recipient: str | None = None) -> Message:
