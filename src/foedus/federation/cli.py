@@ -1,6 +1,7 @@
 """The federation's commands, added to ``foedus`` by :func:`add_commands`:
 
 * services: ``foedus coordinator --config coordinator.yaml``, ``foedus site --config site.yaml``;
+* a whole federation on this machine: ``federation demo`` (:mod:`foedus.federation.demo`);
 * users (HTTPS to the coordinator, with a bearer token): ``submit``, ``jobs``, ``logs``,
   ``cancel``, ``sites``, ``users add``.
 
@@ -25,7 +26,8 @@ from foedus.core.errors import ConfigError, require
 
 __all__ = ["COMMANDS", "add_commands", "run_command"]
 
-COMMANDS = ("coordinator", "site", "submit", "jobs", "logs", "cancel", "sites", "users")
+COMMANDS = ("coordinator", "site", "submit", "jobs", "logs", "cancel", "sites", "users",
+            "federation")
 
 
 def _user_options(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +66,13 @@ def add_commands(sub: Any) -> None:
     users.add_argument("--role", required=True, choices=["viewer", "submitter", "admin"])
     for parser in (submit, jobs, logs, cancel, sites, users):
         _user_options(parser)
+    federation = sub.add_parser("federation", help="a whole federation on this machine")
+    demo = federation.add_subparsers(dest="federation_command", required=True).add_parser(
+        "demo", help="start a coordinator and sites on loopback, run a job, stop them all")
+    demo.add_argument("--rounds", type=int, default=3, help="the job's rounds (default 3)")
+    demo.add_argument("--sites", type=int, default=3, help="site agents (default 3)")
+    demo.add_argument("--keep", metavar="DIR", help="leave the federation's files (configs, "
+                                                    "certificates, database, logs) in DIR")
 
 
 class Api:
@@ -132,6 +141,10 @@ def run_command(args: argparse.Namespace) -> int:
         from foedus.federation.site import SiteConfig, run_site
 
         return run_site(SiteConfig.load(args.config))
+    if args.command == "federation":
+        from foedus.federation.demo import run_demo
+
+        return run_demo(args.rounds, args.sites, keep=args.keep)
     api = Api(args)
     if args.command == "submit":
         try:
