@@ -266,7 +266,9 @@ def test_a_site_is_its_certificate(federation: Federation, tmp_path: Path) -> No
 
 def test_cancel_stops_the_server_and_every_actor(
         federation: Federation, mosquitto: Mosquitto, tmp_path: Path) -> None:
-    job_id = submit(federation, job_file(mosquitto, tmp_path, "long", rounds=50))
+    # 100 epochs a round: tens of seconds in all, so the job cannot end before the cancel
+    job_id = submit(federation, job_file(mosquitto, tmp_path, "long", rounds=50,
+                                         clients={"count": 2, "epochs": 100}))
     wait_for(lambda: federation.job(job_id)["rounds_done"] >= 1, 180, "a first round",
              federation.root / "state" / "jobs" / job_id / "server.log")
     server_pid = federation.job(job_id)["server_pid"]
