@@ -23,14 +23,22 @@ Job file::
 
 On a bundled dataset every party holds its columns of a seeded random subset of the people
 (``share``, 0.8 by default), so overlaps are partial as between real organisations; the label
-party's held-out people (``data.test_fraction``) give each round's test metrics. A round is one
-full-batch gradient step (``learning_rate``); ``rounds`` is the number of steps.
+party's held-out people (``data.test_fraction``) give each round's test metrics. With
+``model: linear`` (the default) a round is one full-batch gradient step (``learning_rate``);
+``rounds`` is the number of steps. With ``model: split-nn`` (split learning,
+:mod:`foedus.vertical.split_pods`) a round is one epoch of mini-batches (``batch_size``) through
+every party's bottom MLP (``hidden``, ``embedding``) and the label party's top MLP
+(``top_hidden``), the embeddings combined by ``combine`` (concat or sum; ``secure_sum: true``
+sums the feature parties' by secure sum); the pipeline may hold one ``split-noise`` stage, and
+``checkpoint_dir`` lets a feature party resume after a crash.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
 from typing import Any
 
 from foedus.config.parts import JobParts, pipeline_of
@@ -42,21 +50,23 @@ from foedus.core.runtime import Runtime
 from foedus.data.datasets import load_dataset
 from foedus.roles.server import RoundRecord
 from foedus.topology.centralized import LinkMeter, topics
-from foedus.vertical.data import split_vertically
+from foedus.vertical.data import PartyData, split_vertically
 from foedus.vertical.linear import Task
-from foedus.vertical.pods import (
-    FeaturePartyPod,
-    LabelPartyPod,
-    RoundResult,
-    Topics,
-    feature_graph,
-    label_graph,
-)
+from foedus.vertical.parties import FeatureSide, LabelSide, RoundResult, Topics
+from foedus.vertical.pods import FeaturePartyPod, LabelPartyPod, feature_graph, label_graph
+from foedus.vertical.split import COMBINES, SplitSpec
+from foedus.vertical.split_noise import SplitNoiseStage
+from foedus.vertical.split_pods import SplitFeaturePod, SplitLabelPod
 
 REQUIRES_EXTRA = "vertical"
 #: a party's name becomes part of a topic and of pod names: letters, digits, '_' and '-'
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _RESERVED = ("replies_in", "replies_out", "requests_in", "requests_out")
+#: the models the topology trains, and the parameters only one of them takes
+MODELS = ("linear", "split-nn")
+_ONLY = {"linear": ("key_bits", "fraction_bits"),
+         "split-nn": ("hidden", "embedding", "top_hidden", "combine", "secure_sum",
+                      "batch_size")}
 
 
 def vertical_topics(job_id: str) -> Topics:
@@ -73,8 +83,21 @@ class Vertical(Topology):
 
     leader = None  # the label party, where it runs; the others end on its stop
 
-    def __init__(self, label_party: str, parties: Mapping[str, Any], learning_rate: float = 0.5,
-                 key_bits: int = 2048, fraction_bits: int = 32, share: float = 0.8) -> None:
+    def __init__(self, label_party: str, parties: Mapping[str, Any], model: str = "linear",
+                 learning_rate: float | None = None, key_bits: int | None = None,
+                 fraction_bits: int | None = None, share: float = 0.8,
+                 hidden: list[int] | None = None, embedding: int | None = None,
+                 top_hidden: list[int] | None = None, combine: str | None = None,
+                 secure_sum: bool | None = None, batch_size: int | None = None) -> None:
+        if model not in MODELS:
+            raise ConfigError(f"params.model: got {model!r}; allowed: {', '.join(MODELS)}")
+        given = {k: v for k, v in locals().items() if v is not None}
+        for other, keys in _ONLY.items():
+            for key in keys:
+                if other != model and key in given:
+                    raise ConfigError(f"params.{key}: only model {other} takes it; got "
+                                      f"{given[key]!r} with model {model}")
+        self.model = model
         if not isinstance(parties, Mapping) or len(parties) < 2:
             raise ConfigError("params.parties: expected a mapping of two parties or more, "
                               f"each {{columns: [...]}}; got {parties!r}")
@@ -106,12 +129,16 @@ class Vertical(Topology):
             self.columns[name] = list(cols)
             self.shares[name] = _fraction(options.get("share", share), f"{where}.share")
         _fraction(share, "params.share")
+        if learning_rate is None:
+            learning_rate = 0.5 if model == "linear" else 0.01
         if isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float) \
                 or not learning_rate > 0:
             raise ConfigError(f"params.learning_rate: expected a number > 0, got "
                               f"{learning_rate!r}")
+        key_bits = 2048 if key_bits is None else key_bits
         if isinstance(key_bits, bool) or not isinstance(key_bits, int) or key_bits < 1024:
             raise ConfigError(f"params.key_bits: expected an integer >= 1024, got {key_bits!r}")
+        fraction_bits = 32 if fraction_bits is None else fraction_bits
         if isinstance(fraction_bits, bool) or not isinstance(fraction_bits, int) \
                 or not 8 <= fraction_bits <= 40:
             raise ConfigError(f"params.fraction_bits: expected an integer in [8, 40], got "
@@ -119,19 +146,46 @@ class Vertical(Topology):
         self.label_party = label_party
         self.learning_rate, self.key_bits = float(learning_rate), key_bits
         self.fraction_bits = fraction_bits
+        self.split = SplitSpec(
+            hidden=_widths(hidden, "params.hidden", (16,)),
+            embedding=_count(embedding, "params.embedding", 8),
+            top_hidden=_widths(top_hidden, "params.top_hidden", (16,)),
+            combine=_choice(combine, "params.combine", COMBINES, "concat"),
+            batch_size=_count(batch_size, "params.batch_size", 64),
+            learning_rate=self.learning_rate)
+        if secure_sum is not None and not isinstance(secure_sum, bool):
+            raise ConfigError(f"params.secure_sum: expected true or false, got {secure_sum!r}")
+        self.secure_sum = bool(secure_sum)
+        if self.secure_sum and (self.split.combine != "sum" or len(self.columns) < 3):
+            raise ConfigError(
+                f"params.secure_sum: needs combine: sum (got {self.split.combine}) and two "
+                f"feature parties or more (got {len(self.columns) - 1}): secure sum shows the "
+                "label party the sum of the feature parties' embeddings, which with one party "
+                "is its embedding")
 
     def check(self, spec: JobSpec) -> None:
-        super().check(spec)
-        if pipeline_of(spec):
+        # a split-learning feature party keeps its own checkpoint (there is no server)
+        super().check(dataclasses.replace(spec, checkpoint_dir=None)
+                      if self.model == "split-nn" else spec)
+        if spec.checkpoint_dir and self.secure_sum:
+            raise ConfigError("checkpoint_dir: a feature party cannot resume in the middle of "
+                              "a secure-sum session; remove checkpoint_dir or secure_sum")
+        pipeline = pipeline_of(spec)
+        if self.model == "linear" and pipeline:
             raise ConfigError(f"pipeline: vertical parties exchange encrypted residuals and "
                               f"masked gradients, not model updates, so "
                               f"{[p.type for p in spec.pipeline]} would never run (the "
                               "protection is built in); remove it")
+        if self.model == "split-nn" and (len(pipeline) > 1 or any(
+                not isinstance(s, SplitNoiseStage) for s in pipeline)):
+            raise ConfigError(f"pipeline: got {[p.type for p in spec.pipeline]}; allowed with "
+                              "model split-nn: nothing or one split-noise stage (parties "
+                              "exchange embeddings and gradients, not model updates)")
         self.refuse_aggregator(spec, "sums the parties' scores itself")
         if spec.model.type != "sklearn-sgd" or spec.model.params:
-            raise ConfigError(f"model: topology vertical trains its own logistic or linear "
-                              f"regression over the parties' columns, so {spec.model.type!r} "
-                              "would never be used; remove the key")
+            raise ConfigError(f"model: topology vertical trains its own model over the "
+                              f"parties' columns (params.model: {', '.join(MODELS)}), so "
+                              f"{spec.model.type!r} would never be used; remove the key")
         if spec.data.partition == "files":
             raise ConfigError("data.partition: topology vertical splits one dataset by columns "
                               "among its parties; partition: files gives clients rows")
@@ -186,38 +240,31 @@ class Vertical(Topology):
         where = vertical_topics(spec.job_id)
         others = [p for p in self.actors(spec) if p != self.label_party]
         runtimes: dict[str, Runtime] = {}
-        label: LabelPartyPod | None = None
+        label: LabelSide | None = None
         if self.label_party in actors:
-            own = data[self.label_party]
-            assert own.train_y is not None and own.test_y is not None
-            label = LabelPartyPod(
-                job_id=spec.job_id, party=self.label_party, parties=others, task=task,
-                train=(own.train_ids, own.train_x, own.train_y),
-                test=(own.test_ids, own.test_x, own.test_y), rounds=spec.rounds,
-                learning_rate=self.learning_rate, key_bits=self.key_bits,
-                fraction_bits=self.fraction_bits, round_timeout=spec.round_timeout,
-                join_timeout=5 * spec.round_timeout)
+            label = self._label(spec, data[self.label_party], others, task)
             runtimes[label.party] = Runtime(label_graph(label, transport_for(label.party), where))
-        features = [
-            FeaturePartyPod(job_id=spec.job_id, party=p, label_party=self.label_party, task=task,
-                            ids=data[p].ids, x=data[p].x, learning_rate=self.learning_rate,
-                            idle_timeout=3 * spec.round_timeout)
-            for p in others if p in actors]
+        features = [self._feature(spec, p, data[p], others, task)
+                    for p in others if p in actors]
         for f in features:
-            runtimes[f.party] = Runtime(feature_graph(f, transport_for(f.party), where))
+            group = f"{spec.job_id}.{f.party}" if spec.checkpoint_dir else None
+            runtimes[f.party] = Runtime(feature_graph(f, transport_for(f.party), where, group))
         rounds = _Rounds(label, job.report_round, LinkMeter(*(r.graph for r in runtimes.values())),
                          len(others))
         if label is not None:
             label.round_listeners.append(rounds.on_round)
 
         def params() -> Params | None:
-            # the model as seen here: every party's weights run here, the label party's bias;
-            # only with test metrics (the runner would otherwise evaluate it as the job's
-            # ordinary model, which it is not)
+            # the model as seen here: every party's part that runs here; only with test
+            # metrics (the runner would otherwise evaluate it as the job's ordinary model,
+            # which it is not)
             if label is None or not (rounds.history and rounds.history[-1].metrics):
                 return None
-            weights = {f"weights/{label.party}": label.weights, "bias": label.bias}
-            return weights | {f"weights/{f.party}": f.weights for f in features}
+            out: dict[str, Any] = {}
+            parties: list[LabelSide | FeatureSide] = [label, *features]
+            for pod in parties:
+                out |= _params_of(pod)
+            return out
 
         def stop_reason() -> str | None:
             if label is not None:
@@ -228,8 +275,81 @@ class Vertical(Topology):
             runtimes, label.party if label is not None else None,
             history=lambda: list(rounds.history), params=params,
             records=lambda: {f.party: [{"rejected": dict(f.rejected.counts),
-                                        "rounds": f.round}] for f in features},
+                                        "rounds": _rounds_of(f)}] for f in features},
             stop_reason=stop_reason)
+
+    def _noise(self, spec: JobSpec) -> SplitNoiseStage | None:
+        stage = next(iter(pipeline_of(spec)), None)
+        return stage if isinstance(stage, SplitNoiseStage) else None
+
+    def _label(self, spec: JobSpec, own: PartyData, others: list[str], task: Task,
+               ) -> LabelSide:
+        assert own.train_y is not None and own.test_y is not None
+        common: dict[str, Any] = dict(
+            job_id=spec.job_id, party=self.label_party, parties=others, task=task,
+            train=(own.train_ids, own.train_x, own.train_y),
+            test=(own.test_ids, own.test_x, own.test_y), rounds=spec.rounds,
+            round_timeout=spec.round_timeout, join_timeout=5 * spec.round_timeout)
+        if self.model == "split-nn":
+            return SplitLabelPod(spec=self.split, seed=spec.seed, noise=self._noise(spec),
+                                 secure_sum=self.secure_sum, **common)
+        return LabelPartyPod(learning_rate=self.learning_rate, key_bits=self.key_bits,
+                             fraction_bits=self.fraction_bits, **common)
+
+    def _feature(self, spec: JobSpec, party: str, own: PartyData, others: list[str],
+                 task: Task) -> FeatureSide:
+        common: dict[str, Any] = dict(
+            job_id=spec.job_id, party=party, label_party=self.label_party, task=task,
+            ids=own.ids, x=own.x, idle_timeout=3 * spec.round_timeout)
+        if self.model == "split-nn":
+            checkpoint = None if not spec.checkpoint_dir else \
+                Path(spec.checkpoint_dir) / f"vertical-{party}.pt"
+            return SplitFeaturePod(spec=self.split, seed=spec.seed, parties=others,
+                                   noise=self._noise(spec), secure_sum=self.secure_sum,
+                                   checkpoint=checkpoint, **common)
+        return FeaturePartyPod(learning_rate=self.learning_rate, **common)
+
+
+def _params_of(pod: LabelSide | FeatureSide) -> dict[str, Any]:
+    """A party's part of the trained model, under names that say whose it is."""
+    if isinstance(pod, SplitLabelPod | SplitFeaturePod):
+        return pod.params()
+    if isinstance(pod, LabelPartyPod):
+        return {f"weights/{pod.party}": pod.weights, "bias": pod.bias}
+    assert isinstance(pod, FeaturePartyPod)
+    return {f"weights/{pod.party}": pod.weights}
+
+
+def _rounds_of(pod: FeatureSide) -> int:
+    """How far a feature party got: rounds (linear) or batches (split learning)."""
+    return pod.round if isinstance(pod, FeaturePartyPod) else \
+        pod.seq if isinstance(pod, SplitFeaturePod) else 0
+
+
+def _widths(value: Any, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    if value is None:
+        return default
+    if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 4096 for v in value):
+        raise ConfigError(f"{key}: expected a list of layer widths (integers 1 to 4096), got "
+                          f"{value!r}")
+    return tuple(value)
+
+
+def _count(value: Any, key: str, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 1_000_000:
+        raise ConfigError(f"{key}: expected an integer from 1 to 1000000, got {value!r}")
+    return value
+
+
+def _choice(value: Any, key: str, allowed: tuple[str, ...], default: str) -> str:
+    if value is None:
+        return default
+    if value not in allowed:
+        raise ConfigError(f"{key}: got {value!r}; allowed: {', '.join(allowed)}")
+    return str(value)
 
 
 def _fraction(value: Any, key: str) -> float:
@@ -241,7 +361,7 @@ def _fraction(value: Any, key: str) -> float:
 class _Rounds:
     """The label party's rounds as the job's RoundRecords (metrics on the held-out people)."""
 
-    def __init__(self, label: LabelPartyPod | None, report: Callable[[RoundRecord], None],
+    def __init__(self, label: LabelSide | None, report: Callable[[RoundRecord], None],
                  meter: LinkMeter,
                  parties: int) -> None:
         self.label, self.report, self.meter, self.parties = label, report, meter, parties
