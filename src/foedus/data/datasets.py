@@ -13,6 +13,7 @@ import numpy as np
 
 from foedus.core.errors import ConfigError
 from foedus.core.registry import Registry
+from foedus.data.stratified import stratified_split
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,9 @@ datasets: Registry[tuple[Dataset, Dataset, DataSpec]] = Registry("dataset")
 def _split(
     x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, scale: str
 ) -> tuple[Dataset, Dataset, DataSpec]:
-    from sklearn.model_selection import train_test_split
-
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=test_fraction, random_state=seed, stratify=y
-    )
+    # scikit-learn's stratified split, drawn in numpy (importing sklearn costs as much as torch)
+    train, test = stratified_split(y, test_fraction, seed)
+    x_tr, x_te, y_tr, y_te = x[train], x[test], y[train], y[test]
     if scale == "standard":
         mean, std = x_tr.mean(axis=0), x_tr.std(axis=0) + 1e-8
         x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
@@ -72,10 +71,30 @@ def _split(
 @datasets.register("digits")
 def digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset, DataSpec]:
     """scikit-learn's 1,797 8x8 handwritten digits, pixels scaled to [0, 1]."""
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
+    x, y = _bundled_digits()
     return _split(x / 16.0, y, test_fraction, seed, scale="none")
+
+
+def _bundled_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The digits file scikit-learn ships, read with numpy: the same values as
+    ``sklearn.datasets.load_digits``, without importing ``sklearn.datasets``, which costs most
+    of a small job's start-up (it imports pandas and every dataset fetcher). Falls back to
+    ``load_digits`` if the file is not where scikit-learn keeps it."""
+    import gzip
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    found = find_spec("sklearn")  # locates the package without importing it
+    locations = found.submodule_search_locations if found is not None else None
+    path = Path(next(iter(locations or [""]))) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        from sklearn.datasets import load_digits
+
+        x, y = load_digits(return_X_y=True)
+        return np.asarray(x), np.asarray(y)
+    with gzip.open(path, "rb") as stream:
+        table = np.loadtxt(stream, delimiter=",")
+    return table[:, :-1], table[:, -1].astype(int)
 
 
 def _bundled(loader_name: str) -> Loader:

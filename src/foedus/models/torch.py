@@ -22,6 +22,7 @@ from foedus.core.errors import ConfigError, require
 from foedus.core.params import Params
 from foedus.data.datasets import Dataset, DataSpec
 from foedus.models.base import ModelAdapter, models
+from foedus.models.torch_sgd import MomentumSGD
 
 #: the extra this module's plugins need (`pip install foedus[torch]`), for `foedus plugins`
 REQUIRES_EXTRA = "torch"
@@ -31,11 +32,12 @@ if TYPE_CHECKING:
 
 
 class TorchAdapter(ModelAdapter):
-    """Trains ``module`` with ``optimizer`` (default SGD with momentum) on mini-batches."""
+    """Trains ``module`` with ``optimizer`` (default SGD with momentum 0.9: ``MomentumSGD``,
+    the same bits as ``torch.optim.SGD``) on mini-batches."""
 
     def __init__(
         self, module: torch_t.nn.Module, *, loss_fn: Callable[..., Any] | None = None,
-        optimizer: Callable[[Any], torch_t.optim.Optimizer] | None = None, lr: float = 0.05,
+        optimizer: Callable[[Any], Any] | None = None, lr: float = 0.05,
         batch_size: int = 32, seed: int = 0, mu: float = 0.0,
     ) -> None:
         torch = require("torch", "torch")
@@ -48,8 +50,9 @@ class TorchAdapter(ModelAdapter):
         self.torch: Any = torch
         self.module = module
         self.loss_fn = loss_fn or torch.nn.CrossEntropyLoss()
-        make_opt = optimizer or (lambda p: torch.optim.SGD(p, lr=lr, momentum=0.9))
-        self.optimizer = make_opt(module.parameters())
+        # default: torch.optim.SGD's arithmetic without importing torch._dynamo (torch_sgd.py)
+        make_opt = optimizer or (lambda p: MomentumSGD(p, lr=lr, momentum=0.9))
+        self.optimizer: Any = make_opt(module.parameters())
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed)
 
