@@ -20,6 +20,13 @@ Keepalive: clients ping every 30 s of silence and the hub accepts pings down to 
 never penalises them, so a subscription stays up through hours of local training (the
 ``too_many_pings`` GOAWAY is the classic failure when the two ends disagree).
 
+Floods: what one peer (certificate name, else IP address) holds is bounded by the hub's
+:class:`~foedus.transport.hub.limits.PeerLimits`: subscriptions and uploads in progress
+(``RESOURCE_EXHAUSTED``), an upload that stalls (``DEADLINE_EXCEEDED`` after
+``upload_idle_s``); grpc core bounds the rest: streams per connection
+(:data:`MAX_STREAMS_PER_CONNECTION`), metadata (16 KiB), the TLS handshake
+(``request_timeout``) and connections with no call (closed after :data:`MAX_IDLE_MS`).
+
 TLS: :class:`~foedus.transport.tls.TLSConfig` on both ends. With ``require_client_cert`` the hub
 refuses clients without a certificate signed by the CA, and passes each publisher's certificate
 common name to the hub's ``authorize`` hook (see
@@ -38,6 +45,7 @@ from foedus.core.errors import ConfigError, TransportClosed, TransportError, req
 from foedus.transport.base import Subscription, transports
 from foedus.transport.hub.client import HubClient, ReconnectingSubscription, check_positive
 from foedus.transport.hub.hosting import DEFAULT_LINGER_S, HostedHubs, Hosting
+from foedus.transport.hub.limits import LimitExceeded, peer_of
 from foedus.transport.hub.server import HubAdapter
 from foedus.transport.hub.store import (
     CHUNK_SIZE,
@@ -61,8 +69,17 @@ _FRAME = struct.Struct(">BQQ")  # flags, offset, total payload length
 _ACK = struct.Struct(">Q")
 _READY, _LAST = 1, 2
 
-#: the hub accepts client pings this often and never sends GOAWAY for "too many pings"
+#: streams (subscriptions, uploads) one connection may have open at once
+MAX_STREAMS_PER_CONNECTION = 256
+#: a connection with no call at all for this long is closed (actors always hold a subscription)
+MAX_IDLE_MS = 300_000
+
+#: the hub accepts client pings this often and never sends GOAWAY for "too many pings"; the
+#: flood bounds grpc core enforces before a handler runs
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+    ("grpc.max_metadata_size", 16 * 1024),
+    ("grpc.max_connection_idle_ms", MAX_IDLE_MS),
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -116,7 +133,9 @@ class GrpcHub(HubAdapter):
 
     async def start(self) -> Self:
         grpc = require("grpc", "grpc")
-        server = grpc.aio.server(options=list(SERVER_OPTIONS))
+        handshake_ms = int(self.hub.limits.request_timeout * 1000)
+        server = grpc.aio.server(options=[*SERVER_OPTIONS,
+                                          ("grpc.server_handshake_timeout_ms", handshake_ms)])
         handler = grpc.method_handlers_generic_handler(_SERVICE, {
             "Info": grpc.unary_unary_rpc_method_handler(self._info),
             "Publish": grpc.stream_unary_rpc_method_handler(self._publish),
@@ -168,6 +187,14 @@ class GrpcHub(HubAdapter):
         names = context.auth_context().get("x509_common_name") or []
         return names[0].decode() if names else None
 
+    @classmethod
+    def peer(cls, context: Any) -> str:
+        """Whose limits a call counts against: its certificate name, else its IP address
+        (gRPC reports ``ipv4:ADDR:PORT`` or ``ipv6:[ADDR]:PORT``)."""
+        address = str(context.peer() or "")
+        address = address.split(":", 1)[1] if ":" in address else address
+        return peer_of(cls.identity(context), address.rsplit(":", 1)[0].strip("[]"))
+
     async def _info(self, request: bytes, context: Any) -> bytes:
         return _ACK.pack(self.hub.max_payload)
 
@@ -184,17 +211,15 @@ class GrpcHub(HubAdapter):
             self.hub.check_size(size)
         except PayloadTooLarge as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        chunks: list[bytes] = []
-        received = 0
-        async for chunk in requests:
-            received += len(chunk)
-            if received > size:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"payload longer than the announced {size} bytes")
-            chunks.append(chunk)
-        if received != size:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"payload truncated: {received} of {size} bytes")
+        peer = self.peer(context)
+        try:
+            self.hub.peers.acquire(peer, "publishes")
+        except LimitExceeded as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        try:
+            chunks = await self._upload(requests, size, peer, context)
+        finally:
+            self.hub.peers.release(peer, "publishes")
         pub = Publication(topic, b"".join(chunks), key, md.get("foedus-retain") == "1",
                           self.identity(context))
         try:
@@ -205,15 +230,46 @@ class GrpcHub(HubAdapter):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return _ACK.pack(offset)
 
+    async def _upload(self, requests: AsyncIterator[bytes], size: int, peer: str,
+                      context: Any) -> list[bytes]:
+        """The payload's chunks; an upload longer than announced, truncated, or sending nothing
+        for ``upload_idle_s`` ends the call (a trickling upload must not hold its buffer)."""
+        grpc = require("grpc", "grpc")
+        idle = self.hub.limits.upload_idle_s
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(requests), idle)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                try:
+                    self.hub.peers.refuse("slow_upload", f"peer {peer!r} sent nothing for "
+                                                         f"{idle}s after {received} bytes")
+                except LimitExceeded as exc:
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+            received += len(chunk)
+            if received > size:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"payload longer than the announced {size} bytes")
+            chunks.append(chunk)
+        if received != size:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"payload truncated: {received} of {size} bytes")
+        return chunks
+
     async def _subscribe(self, requests: AsyncIterator[bytes], context: Any) -> None:
         grpc = require("grpc", "grpc")
         md = self._metadata(context)
         try:
             topic = bytes(md["foedus-topic-bin"]).decode()
             group = bytes(md["foedus-group-bin"]).decode() if "foedus-group-bin" in md else None
-            cursor = self.hub.open(topic, group)
+            cursor = self.hub.open(topic, group, self.peer(context))
         except (KeyError, UnicodeDecodeError):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad subscribe metadata")
+        except LimitExceeded as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except TransportError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 

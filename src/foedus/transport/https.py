@@ -21,6 +21,13 @@ the hub, which refuses anything over ``max_payload`` as soon as it knows; the cl
 limit from ``/v1/info`` first, so an oversized payload fails locally with a clear error instead of
 after an upload.
 
+Floods: what one peer (certificate name, else IP address) holds is bounded by the hub's
+:class:`~foedus.transport.hub.limits.PeerLimits`: open connections (refused as the TLS
+handshake completes), subscriptions (429), uploads in progress (429), an upload that stalls
+(cut after ``upload_idle_s``), a connection that sends no complete request within
+``request_timeout`` (slow-loris: closed), request lines and headers (aiohttp's 8 KiB bounds:
+400). Each refusal is counted in ``hub.stats`` as ``refused_<reason>``.
+
 TLS: :class:`~foedus.transport.tls.TLSConfig` on both ends. With ``require_client_cert`` the TLS
 handshake refuses clients without a certificate signed by the CA, and the hub passes the
 publisher's certificate common name to its ``authorize`` hook
@@ -43,6 +50,7 @@ from foedus.core.errors import ConfigError, TransportClosed, TransportError, req
 from foedus.transport.base import Subscription, transports
 from foedus.transport.hub.client import HubClient, ReconnectingSubscription, check_positive
 from foedus.transport.hub.hosting import DEFAULT_LINGER_S, HostedHubs, Hosting
+from foedus.transport.hub.limits import LimitExceeded, peer_of
 from foedus.transport.hub.server import HubAdapter
 from foedus.transport.hub.store import (
     CHUNK_SIZE,
@@ -61,6 +69,58 @@ log = logging.getLogger("foedus.https")
 
 _OFFSET = "X-Foedus-Offset"
 _MAX_WAIT = 60.0
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection to the hub: counts it against its peer's ``max_connections`` as the
+    TLS handshake completes (refusing it at once over the bound) and passes everything else to
+    aiohttp's own protocol. :meth:`HttpsHub._sweep` closes it when it holds a partial request,
+    or no request at all, for longer than ``request_timeout`` (slow-loris)."""
+
+    def __init__(self, owner: HttpsHub, inner: Any) -> None:
+        self.owner = owner
+        self.inner = inner
+        self.peer: str | None = None
+        self.transport: asyncio.Transport | None = None
+        self.busy = 0  # requests being handled right now
+        self.pending = True  # bytes of a request not yet dispatched, or no request yet
+        self.since = asyncio.get_running_loop().time()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        peername = transport.get_extra_info("peername")
+        peer = peer_of(peer_identity(transport.get_extra_info("ssl_object")),
+                       peername[0] if peername else None)
+        try:
+            self.owner.hub.peers.acquire(peer, "connections")
+        except LimitExceeded:
+            transport.abort()
+            return
+        self.peer, self.transport = peer, transport
+        self.owner._connections[transport] = self
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is None:
+            return  # refused: aiohttp never saw it
+        self.owner.hub.peers.release(self.peer, "connections")
+        self.owner._connections.pop(self.transport, None)  # type: ignore[arg-type]
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy:
+            self.pending = True
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        result: bool | None = self.inner.eof_received()
+        return result
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
 
 
 @dataclass
@@ -90,7 +150,10 @@ class HttpsHub(HubAdapter):
         self.lease_s = lease_s
         self._leases: dict[str, _Lease] = {}
         self._runner: Any = None
+        self._listener: asyncio.AbstractServer | None = None
+        self._connections: dict[asyncio.Transport, _Connection] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -99,7 +162,10 @@ class HttpsHub(HubAdapter):
 
     async def start(self) -> Self:
         web = require("aiohttp.web", "https")
-        app = web.Application()
+        async def track(request: Any, handler: Any) -> Any:
+            return await self._track(request, handler)
+
+        app = web.Application(middlewares=[web.middleware(track)])
         app.router.add_get("/v1/info", self._info)
         app.router.add_put("/v1/publish", self._publish)
         app.router.add_post("/v1/subscriptions", self._open)
@@ -107,18 +173,25 @@ class HttpsHub(HubAdapter):
         app.router.add_post("/v1/subscriptions/{sid}/keepalive", self._keepalive)
         app.router.add_delete("/v1/subscriptions/{sid}", self._close)
         ssl_context = None if self.tls is None else self.tls.server_context()
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        limits = self.hub.limits
+        # keepalive: an idle connection goes after request_timeout (aiohttp's default is an hour)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0,
+                               keepalive_timeout=limits.request_timeout)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, ssl_context=ssl_context)
-        try:
-            await site.start()
+        server = runner.server
+        loop = asyncio.get_running_loop()
+        try:  # aiohttp's own protocol, behind the per-peer connection count
+            self._listener = await loop.create_server(
+                lambda: _Connection(self, server()), self.host, self.port, ssl=ssl_context,
+                ssl_handshake_timeout=limits.request_timeout if ssl_context else None)
         except OSError as exc:
             await runner.cleanup()
             raise TransportError(f"HTTPS hub cannot listen on {self.host}:{self.port}: {exc}") \
                 from exc
-        self.port = int(runner.addresses[0][1])
+        self.port = int(self._listener.sockets[0].getsockname()[1])
         self._runner = runner
         self._reaper = asyncio.create_task(self._reap())
+        self._sweeper = asyncio.create_task(self._sweep())
         log.info("HTTPS hub listening on %s", self.url)
         return self
 
@@ -133,11 +206,17 @@ class HttpsHub(HubAdapter):
                 await self.hub.linger(self.linger)
             if self._reaper is not None:
                 self._reaper.cancel()
+            if self._sweeper is not None:
+                self._sweeper.cancel()
             await self.hub.drain(drain)
             self.hub.close()  # ends pending long polls at once
             self._leases.clear()
+            if self._listener is not None:
+                self._listener.close()
             await self._runner.cleanup()
-            self._runner = None
+            for transport in list(self._connections):  # any aiohttp did not close
+                transport.abort()
+            self._runner = self._listener = None
 
     # ---- handlers -----------------------------------------------------------------------------
     @staticmethod
@@ -145,6 +224,40 @@ class HttpsHub(HubAdapter):
         """The common name of the client's verified certificate (mutual TLS), else None."""
         transport = request.transport
         return None if transport is None else peer_identity(transport.get_extra_info("ssl_object"))
+
+    @staticmethod
+    def peer(request: Any) -> str:
+        """Whose limits a request counts against: its certificate name, else its address."""
+        return peer_of(HttpsHub.identity(request), request.remote)
+
+    async def _track(self, request: Any, handler: Any) -> Any:
+        """Middleware: the connection is inside a request (not slow, not idle) until it ends."""
+        conn = self._connections.get(request.transport)
+        if conn is None:
+            return await handler(request)
+        conn.busy += 1
+        conn.pending = False
+        try:
+            return await handler(request)
+        finally:
+            conn.busy -= 1
+            conn.since = asyncio.get_running_loop().time()
+
+    async def _sweep(self) -> None:
+        """Close connections that hold a partial request, or never sent one, for longer than
+        ``request_timeout``: a slow-loris client holds a connection by sending a header byte
+        now and then, and aiohttp waits for a whole request without a deadline."""
+        timeout = self.hub.limits.request_timeout
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            now = loop.time()
+            for transport, conn in list(self._connections.items()):
+                if not conn.busy and conn.pending and now - conn.since > timeout:
+                    self.hub.stats["refused_slow_request"] += 1
+                    self.hub.peers.note("slow_request", f"peer {conn.peer!r} sent no complete "
+                                                        f"request within {timeout}s")
+                    transport.abort()
 
     @staticmethod
     def _fail(status: int, reason: str) -> Any:
@@ -160,15 +273,15 @@ class HttpsHub(HubAdapter):
         topic = request.query.get("topic", "")
         if not topic:
             return self._fail(400, "query parameter 'topic' is required")
+        peer = self.peer(request)
+        try:
+            self.hub.peers.acquire(peer, "publishes")
+        except LimitExceeded as exc:
+            return self._fail(429, str(exc))
         try:
             if request.content_length is not None:
                 self.hub.check_size(request.content_length)
-            chunks: list[bytes] = []
-            received = 0
-            async for chunk in request.content.iter_chunked(CHUNK_SIZE):
-                received += len(chunk)
-                self.hub.check_size(received)
-                chunks.append(chunk)
+            chunks = await self._upload(request, peer)
             offset = self.hub.publish(Publication(
                 topic, b"".join(chunks), request.query.get("key"),
                 request.query.get("retain") == "1", self.identity(request),
@@ -177,9 +290,34 @@ class HttpsHub(HubAdapter):
             return self._fail(413, str(exc))
         except Refused as exc:
             return self._fail(403, str(exc))
+        except LimitExceeded as exc:
+            return self._fail(408 if exc.reason == "slow_upload" else 429, str(exc))
         except TransportError as exc:
             return self._fail(409, str(exc))
+        except ConnectionError:  # the uploader went away mid-body: nobody to answer, no trace
+            self.hub.stats["uploads_abandoned"] += 1
+            return self._fail(400, "connection lost during the upload")
+        finally:
+            self.hub.peers.release(peer, "publishes")
         return web.json_response({"offset": offset})
+
+    async def _upload(self, request: Any, peer: str) -> list[bytes]:
+        """The request body, refused as soon as it exceeds ``max_payload`` or sends nothing for
+        ``upload_idle_s`` (an upload trickling in must not hold its buffer for ever)."""
+        idle = self.hub.limits.upload_idle_s
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            try:
+                chunk = await asyncio.wait_for(request.content.readany(), idle)
+            except TimeoutError:
+                self.hub.peers.refuse("slow_upload", f"peer {peer!r} sent nothing for {idle}s "
+                                                     f"after {received} bytes")
+            if not chunk:
+                return chunks
+            received += len(chunk)
+            self.hub.check_size(received)
+            chunks.append(chunk)
 
     async def _open(self, request: Any) -> Any:
         web = require("aiohttp.web", "https")
@@ -191,7 +329,9 @@ class HttpsHub(HubAdapter):
         except (ValueError, KeyError, TypeError):
             return self._fail(400, 'expected JSON {"topic": "...", "group": "..." or null}')
         try:
-            cursor = self.hub.open(topic, group)
+            cursor = self.hub.open(topic, group, self.peer(request))
+        except LimitExceeded as exc:
+            return self._fail(429, str(exc))
         except TransportError as exc:
             return self._fail(409, str(exc))
         sid = secrets.token_urlsafe(18)

@@ -10,6 +10,7 @@ import abc
 from typing import ClassVar, Self
 
 from foedus.core.errors import ConfigError
+from foedus.transport.hub.limits import PeerLimits
 from foedus.transport.hub.store import (
     DEFAULT_MAX_PAYLOAD,
     DEFAULT_MAX_TOPIC_BYTES,
@@ -28,6 +29,8 @@ class HubAdapter(abc.ABC):
     ``max_payload``, ``max_topic_bytes`` and the ``authorize`` hook. ``linger``: how many
     seconds :meth:`stop` first waits for connected subscribers to leave by themselves (see
     :meth:`Hub.linger`); 0 for a hub stopped on purpose while clients stay (a restart).
+    ``limits``: what one peer may hold (:class:`~foedus.transport.hub.limits.PeerLimits`; the
+    defaults when None), for a new hub.
     """
 
     #: what the protocol without TLS is called in the error that asks for ``insecure=True``
@@ -37,7 +40,7 @@ class HubAdapter(abc.ABC):
         self, host: str = "127.0.0.1", port: int = 0, tls: TLSConfig | None = None, *,
         hub: Hub | None = None, authorize: Authorizer | None = None, insecure: bool = False,
         max_payload: int = DEFAULT_MAX_PAYLOAD, max_topic_bytes: int = DEFAULT_MAX_TOPIC_BYTES,
-        linger: float = 0.0,
+        linger: float = 0.0, limits: PeerLimits | None = None,
     ) -> None:
         if tls is None and not insecure:
             raise ConfigError(f"{type(self).__name__} needs tls=TLSConfig(...) "
@@ -49,7 +52,8 @@ class HubAdapter(abc.ABC):
         self.tls = tls
         self.linger = float(linger)
         self.hub = hub or Hub(
-            max_payload=max_payload, max_topic_bytes=max_topic_bytes, authorize=authorize
+            max_payload=max_payload, max_topic_bytes=max_topic_bytes, authorize=authorize,
+            limits=limits,
         )
 
     @abc.abstractmethod

@@ -15,6 +15,11 @@ This is the broker half of the hub, with no network in it (the protocol adapters
   ``max_topic_bytes`` per topic. When that bound forces a payload out before a consumer read it,
   the loss is never silent: a live cursor fails with :class:`TransportError` and a resuming group
   is told (logged, counted in :attr:`Hub.stats`).
+* **Bounded per peer.** What one peer (certificate name, else IP address) holds at once is
+  bounded by :class:`~foedus.transport.hub.limits.PeerLimits`: subscriptions, durable groups it
+  creates, and hub-wide the number of topics (a topic nobody uses any more is forgotten). The
+  adapters pass the peer with every ``open``; refusals are counted in :attr:`Hub.stats` as
+  ``refused_<reason>`` (see :mod:`foedus.transport.hub.limits`).
 * **Authorization hook.** With mutual TLS the adapter passes the client's certificate identity
   with every publish (a :class:`Publication`); ``authorize`` may refuse it by raising
   :class:`Refused`, which the client sees as a :class:`TransportError`.
@@ -31,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from foedus.core.errors import ConfigError, TransportClosed, TransportError
+from foedus.transport.hub.limits import PeerLimits, PeerTable
 
 log = logging.getLogger("foedus.hub")
 
@@ -106,8 +112,11 @@ class Cursor:
     """One subscription's position in a topic. Obtain with :meth:`Hub.open`."""
 
     def __init__(self, hub: Hub, name: str, topic: _Topic, group: str | None,
-                 position: int, pending: tuple[int, bytes] | None) -> None:
+                 position: int, pending: tuple[int, bytes] | None,
+                 peer: str | None = None) -> None:
         self._hub = hub
+        #: whose subscription this is (counted against its limits until it closes)
+        self.peer = peer
         self.topic_name = name
         self._topic = topic
         self.group = group
@@ -168,6 +177,8 @@ class Cursor:
         """Stop delivering; a pending :meth:`next` raises :class:`TransportClosed`."""
         if not self.closed:
             self.closed = True
+            if self.peer is not None:
+                self._hub.peers.release(self.peer, "subscriptions")
             self._topic.cursors.discard(self)
             self._topic.notify()
             self._hub._trim(self.topic_name, self._topic)
@@ -186,6 +197,7 @@ class Hub:
     def __init__(
         self, *, max_payload: int = DEFAULT_MAX_PAYLOAD,
         max_topic_bytes: int = DEFAULT_MAX_TOPIC_BYTES, authorize: Authorizer | None = None,
+        limits: PeerLimits | None = None,
     ) -> None:
         if max_payload < 1 or max_topic_bytes < 1:
             raise ConfigError("max_payload and max_topic_bytes must be positive")
@@ -193,6 +205,9 @@ class Hub:
         self.max_topic_bytes = max_topic_bytes
         self.authorize = authorize
         self.stats: Counter[str] = Counter()
+        self.limits = limits or PeerLimits()
+        #: what each peer holds right now (connections, subscriptions, uploads, groups)
+        self.peers = PeerTable(self.limits, self.stats)
         self._topics: dict[str, _Topic] = {}
         self.closed = False
         #: True while :meth:`drain` or :meth:`linger` waits for subscribers
@@ -233,13 +248,31 @@ class Hub:
         topic.notify()
         return offset
 
-    def open(self, topic_name: str, group: str | None = None) -> Cursor:
+    def open(self, topic_name: str, group: str | None = None, peer: str | None = None) -> Cursor:
         """A cursor that sees every payload published from now on (plus the retained one), or,
-        for a known ``group``, everything after the group's last acknowledged payload."""
+        for a known ``group``, everything after the group's last acknowledged payload.
+
+        ``peer`` (the adapters pass it) counts the subscription, and a new group, against that
+        peer's limits; over one, :class:`~foedus.transport.hub.limits.LimitExceeded` is raised
+        before anything is created."""
         self._check_open()
         if not topic_name:
             raise TransportError("topic must be a non-empty string")
-        topic = self._topic(topic_name)
+        if peer is not None:
+            self.peers.acquire(peer, "subscriptions")
+        try:
+            topic = self._topic(topic_name)
+            if peer is not None and group is not None and group not in topic.groups:
+                self.peers.acquire(peer, "groups")  # durable: never released
+        except TransportError:
+            if peer is not None:
+                self.peers.release(peer, "subscriptions")
+            self._forget_if_unused(topic_name)
+            raise
+        return self._open(topic_name, topic, group, peer)
+
+    def _open(self, topic_name: str, topic: _Topic, group: str | None,
+              peer: str | None) -> Cursor:
         if group is not None and group in topic.groups:
             position = topic.groups[group]
             lost = topic.lost_by_group.pop(group, 0)
@@ -250,9 +283,10 @@ class Hub:
                 self.stats["group_payloads_lost"] += lost
                 log.warning("hub: group %r on %r resumes after losing %d payload(s) to the "
                             "max_topic_bytes bound", group, topic_name, lost)
-            cursor = Cursor(self, topic_name, topic, group, position, None)
+            cursor = Cursor(self, topic_name, topic, group, position, None, peer)
         else:
-            cursor = Cursor(self, topic_name, topic, group, topic.next_offset, topic.retained)
+            cursor = Cursor(self, topic_name, topic, group, topic.next_offset, topic.retained,
+                            peer)
             if group is not None:
                 topic.groups[group] = topic.next_offset
         topic.cursors.add(cursor)
@@ -313,7 +347,7 @@ class Hub:
     def close(self) -> None:
         """End every cursor; the hub refuses further use."""
         self.closed = True
-        for topic in self._topics.values():
+        for topic in list(self._topics.values()):
             for cursor in list(topic.cursors):
                 cursor.close()
         self._topics.clear()
@@ -321,8 +355,23 @@ class Hub:
     def _topic(self, name: str) -> _Topic:
         topic = self._topics.get(name)
         if topic is None:
+            if len(self._topics) >= self.limits.max_topics:
+                self.peers.refuse("topics", f"the hub already has {self.limits.max_topics} "
+                                            "topics (the limit)")
             topic = self._topics[name] = _Topic()
         return topic
+
+    def topics(self) -> int:
+        """How many topics the hub holds (used ones: see :meth:`_forget_if_unused`)."""
+        return len(self._topics)
+
+    def _forget_if_unused(self, name: str) -> None:
+        """Drop a topic nobody subscribes to, no group tracks and nothing is retained on: an
+        outsider's throwaway topics must not fill the hub's ``max_topics`` for good."""
+        topic = self._topics.get(name)
+        if topic is not None and not (topic.cursors or topic.groups or topic.retained
+                                      or topic.log):
+            del self._topics[name]
 
     def _trim(self, name: str, topic: _Topic) -> None:
         """Drop what nobody needs, then enforce ``max_topic_bytes`` (keeping the newest)."""
@@ -331,6 +380,9 @@ class Hub:
         low = min(needed, default=topic.next_offset)
         while topic.log and topic.log[0][0] < low:
             self._drop(topic)
+        if not topic.log and not topic.cursors and not topic.groups and topic.retained is None:
+            self._forget_if_unused(name)
+            return
         while topic.log_bytes > self.max_topic_bytes and len(topic.log) > 1:
             offset = self._drop(topic)
             for cursor in topic.cursors:
