@@ -27,19 +27,54 @@ class Clock:
         return self.now
 
 
+class Launched:
+    """Stands for a process the coordinator started: it runs until it is waited for. Its pid
+    is above the kernel's pid_max, so the coordinator's signals to its group reach nothing."""
+
+    PID_MAX = int(Path("/proc/sys/kernel/pid_max").read_text())
+
+    def __init__(self, args: list[str]) -> None:
+        self.args = args
+        self.pid = self.PID_MAX + 1000
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.returncode = -15
+        return self.returncode
+
+
+class Launcher:
+    """Records what the coordinator starts, instead of starting it."""
+
+    def __init__(self) -> None:
+        self.started: list[Launched] = []
+
+    def __call__(self, args: list[str], **options: Any) -> Launched:
+        self.started.append(Launched(args))
+        return self.started[-1]
+
+
+@pytest.fixture
+def launcher() -> Launcher:
+    return Launcher()
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
 
 
 @pytest.fixture
-def coordinator(tmp_path: Path, clock: Clock) -> Iterator[Coordinator]:
+def coordinator(tmp_path: Path, clock: Clock, launcher: Launcher) -> Iterator[Coordinator]:
     config = CoordinatorConfig(
         host="127.0.0.1", port=0, state_dir=tmp_path / "state",
         tls=TLSConfig("ca.pem", "cert.pem", "key.pem"),  # the API is not served here
         admin_token_file=tmp_path / "admin.token", heartbeat_timeout=15,
         catalog=parse_catalog({"digits": {"dataset": "digits"}}), queue_timeout=120)
-    made = Coordinator(config, clock=clock)
+    made = Coordinator(config, clock=clock, launch=launcher)  # type: ignore[arg-type]
     yield made
     made.stop_all()
 
@@ -192,3 +227,33 @@ def test_coordinator_yaml_mistakes_are_one_line_naming_the_key(
     with pytest.raises(ConfigError) as caught:
         CoordinatorConfig.load(path)
     assert str(caught.value) == error
+
+
+def test_the_server_process_starts_at_submit_and_trains_once_every_site_accepted(
+        coordinator: Coordinator, launcher: Launcher) -> None:
+    beat(coordinator, "site-a", "site-b", "site-c")
+    tree = {"type": "hierarchical", "params": {"tree": [
+        {"edge": "north", "children": ["client-000", "client-001"]}, "client-002"]}}
+    job_id = coordinator.submit("ann", job_yaml(3, topology=tree), None)
+    [process] = launcher.started  # started at once, to import while the sites answer
+    args = process.args
+    assert args[args.index("--actors") + 1] == "server,north"
+    go = Path(args[args.index("--start-when") + 1])
+    assert job_of(coordinator, job_id).server_pid == process.pid
+    answer(coordinator, job_id, "accepted", "site-a", "site-b")
+    coordinator.tick()
+    assert not go.exists() and job_of(coordinator, job_id).state == "queued"
+    answer(coordinator, job_id, "accepted", "site-c")
+    coordinator.tick()
+    assert go.exists()  # the gate opens: no second process
+    assert len(launcher.started) == 1 and job_of(coordinator, job_id).state == "running"
+
+
+def test_a_refused_jobs_waiting_server_process_is_stopped(
+        coordinator: Coordinator, launcher: Launcher) -> None:
+    beat(coordinator, "site-a", "site-b")
+    job_id = coordinator.submit("ann", job_yaml(), None)
+    answer(coordinator, job_id, "refused", "site-b")
+    coordinator.tick()
+    assert job_of(coordinator, job_id).state == "failed"
+    assert launcher.started[0].returncode is not None and coordinator.servers == {}

@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,27 @@ def _write_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _gate(go: Path, seconds: float) -> bool:
+    """Wait until ``go`` exists (True) or ``seconds`` pass (False). A file, not a pipe, so the
+    gate survives a coordinator restart: the new one opens it the same way."""
+    deadline = time.monotonic() + seconds
+    while not go.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)  # a stat a tick: nothing to compute while the sites answer
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m foedus.federation.actor")
     parser.add_argument("job")
     parser.add_argument("--actors", help="comma-separated actor ids (default: the leader)")
+    parser.add_argument("--start-when", metavar="FILE",
+                        help="load and check everything, then start the actors only once FILE "
+                             "exists (the coordinator's go: every site accepted)")
+    parser.add_argument("--give-up-after", type=float, default=3600.0, metavar="SECONDS",
+                        help="with --start-when: exit (status 3) if FILE has not appeared by "
+                             "then (default 3600)")
     parser.add_argument("--records", required=True)
     parser.add_argument("--result", required=True)
     args = parser.parse_args(argv)
@@ -54,8 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         spec = load_job(args.job)
-        actors = (args.actors.split(",") if args.actors
-                  else [prepare(spec).leader or "server"])
+        topology = prepare(spec)  # plugins loaded, the job checked: the slow part of a start
+        actors = args.actors.split(",") if args.actors else [topology.leader or "server"]
+        if args.start_when and not _gate(Path(args.start_when), args.give_up_after):
+            print(f"foedus: {args.start_when} never appeared: the job never started",
+                  file=sys.stderr)
+            return 3
         result = asyncio.run(run_actors(spec, actors, on_round=on_round))
     except FoedusError as exc:
         _write_atomic(result_path, {"status": 2, "error": str(exc)})

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from foedus.core.errors import ConfigError, require
+from foedus.plugins import load_plugins
 
 __all__ = ["COMMANDS", "add_commands", "run_command"]
 
@@ -130,6 +131,8 @@ def _accuracy(job: dict[str, Any]) -> str:
 def run_command(args: argparse.Namespace) -> int:
     """Run one federation command; user mistakes and refusals raise ``FoedusError`` (the
     caller prints them in one line, exit status 2)."""
+    if args.command in ("coordinator", "site", "federation"):
+        load_plugins()  # FOEDUS_PLUGINS too: the services check and run job files
     if args.command == "coordinator":
         from foedus.federation.coordinator import CoordinatorConfig, serve
 

@@ -140,9 +140,11 @@ class Coordinator:
     """The service: the store, the job lifecycle (:meth:`tick`) and the aiohttp app."""
 
     def __init__(self, config: CoordinatorConfig, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 launch: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen) -> None:
         self.config = config
         self.clock = clock
+        self.launch = launch  # how processes start (tests pass a recorder)
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.database or config.state_dir / "coordinator.db", clock=clock)
         self._offline: set[tuple[str, str]] = set()  # (job, site) shown offline in its events
@@ -220,6 +222,7 @@ class Coordinator:
         self.store.add_job(job_id, owner, yaml.safe_dump(job, sort_keys=False), actors,
                            str(checkpoint_dir), queue_timeout)
         log.info("job %s submitted by %s, offered to %s", job_id, owner, sites)
+        self._prestart(job_id)
         return job_id
 
     def own_actors(self, job: Job) -> list[str]:
@@ -251,31 +254,59 @@ class Coordinator:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
-    def _start_server(self, job: Job) -> None:
+    def _spawn(self, job: Job, *, gated: bool) -> subprocess.Popen[bytes]:
         """The job's actors that hold no data, in one process and session of their own, from
         a job file with the coordinator's data and the job's checkpoint dir (so a restart
-        resumes). A job without such actors (a swarm) only changes state: its actors all run
-        at sites, and it ends when they have."""
-        actors = self.own_actors(job)
-        if not actors:
-            self.store.set_job(job.id, state="running", event="every actor of this job runs at "
-                               "a site; it ends when they all have")
-            return
+        resumes). ``gated``: the process imports and checks everything, then waits for the
+        job's ``go`` file (:meth:`_start_server`) before it starts any actor."""
         where = self.job_dir(job.id)
         where.mkdir(parents=True, exist_ok=True)
         spec = fill_data(yaml.safe_load(job.job_yaml), self.config.catalog)
         spec["checkpoint_dir"] = job.checkpoint_dir
         (where / "server.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        gate = ["--start-when", str(where / "go"), "--give-up-after",
+                f"{max(0.0, (job.queue_deadline or self.clock()) - self.clock()) + 60:.0f}"]
         with (where / "server.log").open("ab") as logfile:
-            proc = subprocess.Popen(
+            proc = self.launch(
                 [sys.executable, "-m", "foedus.federation.actor", str(where / "server.yaml"),
-                 "--actors", ",".join(actors), "--records", str(where / "records.jsonl"),
-                 "--result", str(where / "result.json")],
+                 "--actors", ",".join(self.own_actors(job)),
+                 "--records", str(where / "records.jsonl"),
+                 "--result", str(where / "result.json"), *(gate if gated else [])],
                 cwd=where, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
                 env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
         self.servers[job.id] = proc
-        self.store.set_job(job.id, state="running", server_pid=proc.pid,
-                           event=f"{', '.join(actors)} started here (pid {proc.pid})")
+        return proc
+
+    def _prestart(self, job_id: str) -> None:
+        """Start a queued job's server process at once, gated: its imports and checks (seconds
+        of a cold Python) overlap the sites' answers and their clients' start, instead of
+        following them; it trains nothing before every site has accepted."""
+        job = self.store.job(job_id)
+        if job is None or not self.own_actors(job):
+            return
+        proc = self._spawn(job, gated=True)
+        self.store.set_job(job.id, server_pid=proc.pid)
+
+    def _start_server(self, job: Job) -> None:
+        """Start the job's actors without data: open the gate of its pre-started process
+        (after a coordinator restart too: found by pid), or start one. A job without such
+        actors (a swarm) only changes state: its actors all run at sites, and it ends when
+        they have."""
+        actors = self.own_actors(job)
+        if not actors:
+            self.store.set_job(job.id, state="running", event="every actor of this job runs at "
+                               "a site; it ends when they all have")
+            return
+        proc = self.servers.get(job.id)
+        waiting = (proc.poll() is None if proc is not None
+                   else bool(job.server_pid and _pid_runs(job.server_pid, job.id)))
+        if waiting and job.state == "queued":
+            (self.job_dir(job.id) / "go").touch()
+            pid = proc.pid if proc is not None else job.server_pid
+        else:
+            pid = self._spawn(job, gated=False).pid
+        self.store.set_job(job.id, state="running", server_pid=pid,
+                           event=f"{', '.join(actors)} started here (pid {pid})")
 
     def _ingest_rounds(self, job: Job) -> None:
         path = self.job_dir(job.id) / "records.jsonl"
@@ -313,6 +344,7 @@ class Coordinator:
             a = refused[0]
             self.store.finish_job(job.id, "failed",
                                   f"site {a['site']} refused {a['actor']}: {a['reason']}")
+            self._stop_server(job)  # the pre-started one
         elif all(a["state"] in ("accepted", "running") for a in answers):
             self._start_server(job)
         elif job.queue_deadline is not None and self.clock() >= job.queue_deadline:
@@ -320,6 +352,7 @@ class Coordinator:
             self.store.finish_job(
                 job.id, "failed", f"queued for {job.queue_deadline - job.created:g}s "
                 f"(queue_timeout) without an answer from {', '.join(silent)}")
+            self._stop_server(job)
 
     def _watch_sites(self, job: Job, sites: dict[str, dict[str, Any]]) -> None:
         """A site of a running job that stops heartbeating (longer than heartbeat_timeout)
