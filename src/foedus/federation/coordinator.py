@@ -48,6 +48,8 @@ import yaml
 
 from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError, FoedusError, require
+from foedus.federation import preflight
+from foedus.federation.console import mount as mount_console
 from foedus.federation.database import POSTGRES_SCHEMES
 from foedus.federation.openapi import openapi
 from foedus.federation.policy import CatalogEntry, fill_data, parse_catalog
@@ -173,7 +175,8 @@ class Coordinator:
     def job_dir(self, job_id: str) -> Path:
         return self.config.state_dir / "jobs" / job_id
 
-    def submit(self, owner: str, job_yaml: str, sites: list[str] | None) -> str:
+    def submit(self, owner: str, job_yaml: str, sites: list[str] | None,
+               dry_run: bool = False) -> str:
         """Check a job file and queue it, its data holders offered to sites; the job's id."""
         try:
             job = yaml.safe_load(job_yaml)
@@ -219,6 +222,8 @@ class Coordinator:
         job["job_id"] = job_id
         actors = dict(zip(holders, sites, strict=True))
         checkpoint_dir = self.job_dir(job_id) / "checkpoints"
+        if dry_run:  # every check passed; nothing is queued
+            return job_id
         self.store.add_job(job_id, owner, yaml.safe_dump(job, sort_keys=False), actors,
                            str(checkpoint_dir), queue_timeout)
         log.info("job %s submitted by %s, offered to %s", job_id, owner, sites)
@@ -502,6 +507,10 @@ class Coordinator:
             if sites is not None and (not isinstance(sites, list)
                                       or not all(isinstance(s, str) for s in sites)):
                 raise Refused(400, "sites: expected a list of site names")
+            if request.query.get("dry_run") in ("1", "true"):  # check only, queue nothing
+                self.submit(user, job_yaml, sites, dry_run=True)
+                return preflight.dry_run(yaml.safe_load(job_yaml), self.store.sites(
+                    self.config.heartbeat_timeout), self.store.assignments())
             return {"id": self.submit(user, job_yaml, sites)}
 
         @route("GET", "/v1/jobs")
@@ -565,6 +574,7 @@ class Coordinator:
         app = web.Application(client_max_size=4 * 1024 * 1024)
         for method, path, handler in routes:
             app.router.add_route(method, path, handler)
+        mount_console(app, self)  # the web console, /console/ (docs/console.md)
         return app
 
     def _view(self, job: Job) -> dict[str, Any]:

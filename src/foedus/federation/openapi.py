@@ -20,7 +20,8 @@ ROUTES: list[tuple[str, str, str, str]] = [
     ("GET", "/v1/health", "anyone", "the service is up"),
     ("POST", "/v1/users", "admin", "create or re-key a user; returns its token once"),
     ("GET", "/v1/sites", "viewer", "registered sites: online, version, what each offers"),
-    ("POST", "/v1/jobs", "submitter", "submit a job file (`job_yaml`, optional `sites`)"),
+    ("POST", "/v1/jobs", "submitter", "submit a job file (`job_yaml`, optional `sites`); with "
+     "`?dry_run=1` only check it (nothing is queued) and say which sites would accept it"),
     ("GET", "/v1/jobs", "viewer", "every job with its state and reason"),
     ("GET", "/v1/jobs/{job_id}", "viewer", "one job: state, assignments, events, result"),
     ("GET", "/v1/jobs/{job_id}/rounds", "viewer", "the job's per-round records"),

@@ -66,6 +66,12 @@ class Policy:
                    require_stages=names("require_stages") or (),
                    max_rounds=number("max_rounds"), max_jobs=number("max_jobs"))
 
+    def as_dict(self) -> dict[str, Any]:
+        """The policy as JSON, the form :meth:`from_dict` reads back: a site reports it in its
+        heartbeat so users can see it and a dry run can tell which sites would accept a job."""
+        return {f: list(v) if isinstance(v, tuple) else v
+                for f, v in ((f, getattr(self, f)) for f in self.__dataclass_fields__)}
+
 
 @dataclass(frozen=True)
 class CatalogEntry:

@@ -119,7 +119,8 @@ class Site:
         self._reap()
         reports = [{"job_id": a.job_id, "actor": a.actor, "state": "running"}
                    for a in self.actors.values()] + self.finished
-        offers = {"catalog": sorted(self.config.catalog), "version": VERSION}
+        offers = {"catalog": sorted(self.config.catalog), "version": VERSION,
+                  "policy": self.config.policy.as_dict()}  # shown to users, read by dry runs
         answer = self._post("/v1/site/heartbeat",
                             {"version": VERSION, "offers": offers, "actors": reports})
         self.finished = []

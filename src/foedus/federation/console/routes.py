@@ -1,0 +1,312 @@
+"""The console's pages, and the middleware that joins them to the coordinator's own API.
+
+:func:`mount` adds to the coordinator's aiohttp app:
+
+* ``/console/login`` (a token exchanged for a session cookie, :mod:`.sessions`) and
+  ``/console/logout``;
+* the pages ``/console/`` (the federation: sites, policies), ``/console/jobs``,
+  ``/console/jobs/{job_id}``, ``/console/submit``; each page is rendered here (Jinja2) and
+  kept live by its script, which polls either a fragment of the page (``?part=live``) or the
+  coordinator's JSON API (``/v1/...``) itself;
+* ``/console/jobs/{job_id}/model``: the finished job's model file, and ``/console/static/``.
+
+The middleware lets those scripts call ``/v1/`` with the session: a request with the session's
+cookie and no ``Authorization`` header is passed on as the session user's bearer token, so the
+API's own checks (roles, owners) decide, and the console has no second set of rules. A request
+that changes something (anything but GET) must also carry the session's CSRF token. Console
+pages never show a Python traceback: an error is logged here and the page says, in one short
+sentence, that something went wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from foedus.core.errors import FoedusError, require
+from foedus.federation.console import views
+from foedus.federation.console.sessions import COOKIE, Session, Sessions
+from foedus.federation.store import JOB_STATES, ROLES
+from foedus.mlops.modelfile import encode_model
+from foedus.roles.checkpoint import Checkpointer
+
+if TYPE_CHECKING:
+    from foedus.federation.coordinator import Coordinator
+
+log = logging.getLogger("foedus.federation.console")
+
+__all__ = ["PREFIX", "mount"]
+
+PREFIX = "/console"
+HERE = Path(__file__).parent
+#: sent with every console response: only the coordinator's own scripts, styles and images,
+#: never framed by another site, no job id leaking to another site in a referrer (same-origin: a
+#: browser then still sends the Origin a POST is checked against)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+                               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+#: the API routes another part of the coordinator may offer per site (privacy-budget ledger,
+#: audit log); the federation page links to them for admins when the app has them
+_SITE_LINKS = {"ledger": re.compile(r"^/v1/sites/\{[^}]+\}/ledger$"),
+               "audit log": re.compile(r"^/v1/sites/\{[^}]+\}/audit$")}
+
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+def _can(role: str, needed: str) -> bool:
+    return ROLES.index(role) >= ROLES.index(needed)
+
+
+class Console:
+    """The console of one coordinator: its sessions, templates and page handlers."""
+
+    def __init__(self, coordinator: Coordinator, site_links: dict[str, str]) -> None:
+        jinja2 = require("jinja2", "federation")
+        self.web = require("aiohttp.web", "federation")
+        self.coordinator = coordinator
+        self.sessions = Sessions(coordinator.store.user_by_token)
+        self.site_links = site_links  # label -> API path with {site}
+        self.templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "templates"),
+            autoescape=jinja2.select_autoescape(["html"]),
+            undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def render(self, template: str, request: Any, session: Session | None,
+               http_status: int = 200, **context: Any) -> Any:
+        page = self.templates.get_template(template).render(
+            prefix=PREFIX, session=session, path=request.path, **context)
+        return self.web.Response(text=page, status=http_status, content_type="text/html")
+
+    def session(self, request: Any) -> Session:
+        """The request's session, or a redirect to the login page (which comes back here)."""
+        found = self.sessions.get(request.cookies.get(COOKIE))
+        if found is None:
+            raise self.web.HTTPSeeOther(f"{PREFIX}/login?next={quote(request.path_qs)}")
+        return found
+
+    def error(self, request: Any, status: int, message: str) -> Any:
+        return self.render("error.html", request, self.sessions.get(request.cookies.get(COOKIE)),
+                           http_status=status, status_code=status, message=message)
+
+    @staticmethod
+    def same_origin(request: Any) -> bool:
+        """Whether a browser's ``Origin`` (sent with every POST) is this coordinator."""
+        origin = request.headers.get("Origin")
+        return origin is None or origin == f"{request.scheme}://{request.host}"
+
+    # ---- log in and out ------------------------------------------------------------------
+
+    async def login_form(self, request: Any) -> Any:
+        if self.sessions.get(request.cookies.get(COOKIE)) is not None:
+            raise self.web.HTTPSeeOther(_next(request.query.get("next")))
+        return self.render("login.html", request, None, next=_next(request.query.get("next")),
+                           message=None)
+
+    async def login(self, request: Any) -> Any:
+        form = await request.post()
+        target = _next(form.get("next"))
+        if not self.same_origin(request):
+            return self.error(request, 403, "This login came from another site; log in from "
+                                            "the console's own page.")
+        token = form.get("token")
+        made = self.sessions.login(token) if isinstance(token, str) and token.strip() else None
+        if made is None:
+            message = ("unknown token" if isinstance(token, str) and token.strip()
+                       else "token: required (the token `foedus users add` printed)")
+            return self.render("login.html", request, None, http_status=401, next=target,
+                               message=message)
+        session_id, _ = made
+        response = self.web.HTTPSeeOther(target)
+        response.set_cookie(COOKIE, session_id, httponly=True, secure=True, samesite="Strict",
+                            path="/")
+        raise response
+
+    async def logout(self, request: Any) -> Any:
+        session_id = request.cookies.get(COOKIE)
+        session = self.sessions.get(session_id)
+        form = await request.post()
+        csrf = form.get("csrf")
+        if session is not None and not session.csrf_ok(csrf if isinstance(csrf, str) else None):
+            return self.error(request, 403, "This logout did not come from the console's own "
+                                            "page; nothing was done.")
+        self.sessions.logout(session_id)
+        response = self.web.HTTPSeeOther(f"{PREFIX}/login")
+        response.del_cookie(COOKIE, path="/")
+        raise response
+
+    # ---- pages ---------------------------------------------------------------------------
+
+    async def federation(self, request: Any) -> Any:
+        session = self.session(request)
+        store = self.coordinator.store
+        running: dict[str, list[str]] = {}
+        for a in store.assignments():
+            if a["state"] in ("accepted", "running"):
+                running.setdefault(a["site"], []).append(a["job_id"])
+        now = time.time()
+        sites = [views.site_row(s, sorted(set(running.get(s["name"], []))), now)
+                 for s in store.sites(self.coordinator.config.heartbeat_timeout)]
+        links = self.site_links if session.role == "admin" else {}
+        context: dict[str, Any] = {"sites": sites, "links": links, "version": _version()}
+        if request.query.get("part") == "live":
+            return self.render("_sites.html", request, session, **context)
+        return self.render("federation.html", request, session, **context)
+
+    async def jobs(self, request: Any) -> Any:
+        session = self.session(request)
+        status = views.status_filter(request.query.get("status"))
+        store = self.coordinator.store
+        found = store.jobs(states=(status,) if status else ())
+        rows = [views.job_row(j.public(), store.rounds(j.id)) for j in reversed(found)]
+        for row in rows:
+            row["can_cancel"] = row["active"] and _may_cancel(session, row["owner"])
+        context: dict[str, Any] = {"rows": rows, "status": status, "states": JOB_STATES}
+        if request.query.get("part") == "live":
+            return self.render("_jobs.html", request, session, **context)
+        return self.render("jobs.html", request, session, **context)
+
+    async def job(self, request: Any) -> Any:
+        session = self.session(request)
+        job = self.coordinator.store.job(request.match_info["job_id"])
+        if job is None:
+            return self.error(request, 404, f"There is no job {request.match_info['job_id']!r}.")
+        return self.render("job.html", request, session, job=job,
+                           rounds=views.total_rounds(job.job_yaml),
+                           can_cancel=_may_cancel(session, job.owner))
+
+    async def submit(self, request: Any) -> Any:
+        session = self.session(request)
+        return self.render("submit.html", request, session,
+                           may_submit=_can(session.role, "submitter"))
+
+    async def model(self, request: Any) -> Any:
+        """The finished job's global model, in the model-file format MLflow and the adapters
+        read (:mod:`foedus.mlops.modelfile`), from the job's last checkpoint."""
+        self.session(request)
+        job = self.coordinator.store.job(request.match_info["job_id"])
+        if job is None:
+            return self.error(request, 404, f"There is no job {request.match_info['job_id']!r}.")
+        if job.state != "finished":
+            return self.error(request, 409, f"Job {job.id} is {job.state}: only a finished "
+                                            "job has a final model.")
+        try:
+            checkpoint = Checkpointer(job.checkpoint_dir, job.id).load()
+        except FoedusError as exc:
+            return self.error(request, 500, f"Job {job.id}'s final model does not read: {exc}")
+        if checkpoint is None:
+            return self.error(request, 404, f"Job {job.id} left no model (no checkpoint in its "
+                                            "state directory).")
+        data = encode_model(checkpoint.params, job_id=job.id, round=checkpoint.round)
+        return self.web.Response(body=data, content_type="application/octet-stream", headers={
+            "Content-Disposition": f'attachment; filename="{job.id}.foedus"'})
+
+    async def root(self, request: Any) -> Any:
+        raise self.web.HTTPFound(f"{PREFIX}/")
+
+    # ---- the middleware ------------------------------------------------------------------
+
+    async def middleware(self, request: Any, handler: Handler) -> Any:
+        path: str = request.path
+        if path.startswith("/v1/") and not path.startswith("/v1/site/"):
+            return await self._api(request, handler)
+        if path != "/" and not path.startswith(PREFIX):
+            return await handler(request)
+        try:
+            response = await handler(request)
+        except self.web.HTTPException as exc:
+            if exc.status < 400:  # a redirect
+                exc.headers.update(SECURITY_HEADERS)
+                raise
+            response = self.error(request, exc.status, _STATUS_MESSAGES.get(
+                exc.status, "This request cannot be served."))
+        except Exception:  # a page shows a short message; the traceback goes to the log only
+            log.exception("console: %s %s failed", request.method, path)
+            response = self.error(request, 500, "The coordinator could not show this page. "
+                                                "The error is in its log; try again later.")
+        if not path.startswith(f"{PREFIX}/static/"):
+            response.headers.update(SECURITY_HEADERS)
+        return response
+
+    async def _api(self, request: Any, handler: Handler) -> Any:
+        """A ``/v1/`` call: with the session's cookie and no token, made as the session's
+        user (a change needs the session's CSRF token too); otherwise untouched."""
+        if "Authorization" in request.headers:
+            return await handler(request)
+        session = self.sessions.get(request.cookies.get(COOKIE))
+        if session is None:
+            return await handler(request)
+        if request.method not in ("GET", "HEAD") and not (
+                self.same_origin(request)
+                and session.csrf_ok(request.headers.get("X-CSRF-Token"))):
+            return self.web.json_response({"error": "a console request that changes anything "
+                                                    "needs the session's CSRF token "
+                                                    "(X-CSRF-Token) and the console's origin"},
+                                          status=403)
+        headers = request.headers.copy()
+        headers["Authorization"] = f"Bearer {session.token}"
+        return await handler(request.clone(headers=headers))
+
+
+_STATUS_MESSAGES = {404: "There is no such page.",
+                    405: "This page does not take that kind of request."}
+
+
+def _next(value: Any) -> str:
+    """Where to go after logging in: a console page, never another site."""
+    if isinstance(value, str) and value.startswith(f"{PREFIX}/") and "//" not in value \
+            and not value.startswith(f"{PREFIX}/login"):
+        return value
+    return f"{PREFIX}/"
+
+
+def _may_cancel(session: Session, owner: str) -> bool:
+    """The API's rule (``POST /v1/jobs/{id}/cancel``), to offer the button only to those the
+    API would let through: an admin, or a submitter who owns the job."""
+    return session.role == "admin" or (session.role == "submitter" and owner == session.user)
+
+
+def _version() -> str:
+    from foedus.federation.coordinator import VERSION
+
+    return VERSION
+
+
+def mount(app: Any, coordinator: Coordinator) -> Console:
+    """Add the console to the coordinator's app (before it starts serving)."""
+    web = require("aiohttp.web", "federation")
+    canonical = [r.canonical for r in app.router.resources()]
+    links = {label: re.sub(r"\{[^}]+\}", "{site}", path)
+             for label, pattern in _SITE_LINKS.items() for path in canonical
+             if pattern.match(path)}
+    console = Console(coordinator, links)
+    add = app.router.add_route
+    add("GET", "/", console.root)
+    add("GET", PREFIX, console.root)
+    add("GET", f"{PREFIX}/login", console.login_form)
+    add("POST", f"{PREFIX}/login", console.login)
+    add("POST", f"{PREFIX}/logout", console.logout)
+    add("GET", f"{PREFIX}/", console.federation)
+    add("GET", f"{PREFIX}/jobs", console.jobs)
+    add("GET", f"{PREFIX}/jobs/{{job_id}}", console.job)
+    add("GET", f"{PREFIX}/jobs/{{job_id}}/model", console.model)
+    add("GET", f"{PREFIX}/submit", console.submit)
+    app.router.add_static(f"{PREFIX}/static/", HERE / "static")
+
+    @web.middleware  # type: ignore[untyped-decorator]
+    async def middleware(request: Any, handler: Handler) -> Any:
+        return await console.middleware(request, handler)
+
+    app.middlewares.append(middleware)
+    return console

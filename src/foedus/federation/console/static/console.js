@@ -1,0 +1,72 @@
+// foedus console: what every page shares. Calls the coordinator's own API (/v1/...) with the
+// session cookie; every change carries the session's CSRF token. No framework, no build step.
+"use strict";
+
+const Console = (() => {
+  const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content || "";
+
+  // One API call: {ok, status, data, error}; error is the coordinator's one-line reason.
+  async function api(method, path, body) {
+    const init = {method, credentials: "same-origin", headers: {"Accept": "application/json"}};
+    if (method !== "GET") {
+      init.headers["X-CSRF-Token"] = csrf();
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body || {});
+    }
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (err) {
+      return {ok: false, status: 0, data: null, error: "cannot reach the coordinator"};
+    }
+    let data = null;
+    try { data = await response.json(); } catch (err) { data = null; }
+    const error = response.ok ? null : (data && data.error) ||
+      `the coordinator answered ${response.status}`;
+    return {ok: response.ok, status: response.status, data, error};
+  }
+
+  // Elements with data-live="URL" are re-rendered from that URL (a server-rendered fragment)
+  // every few seconds, keeping the focus where it was when the element is replaced.
+  function live(seconds) {
+    for (const el of document.querySelectorAll("[data-live]")) {
+      setInterval(async () => {
+        if (document.hidden) return;
+        try {
+          const response = await fetch(el.dataset.live, {credentials: "same-origin"});
+          if (!response.ok) return;
+          const html = await response.text();
+          if (html === el.dataset.last) return;
+          const focused = document.activeElement?.dataset?.cancel;
+          el.dataset.last = html;
+          el.innerHTML = html;
+          if (focused) el.querySelector(`[data-cancel="${CSS.escape(focused)}"]`)?.focus();
+        } catch (err) { /* the next tick tries again */ }
+      }, seconds * 1000);
+    }
+  }
+
+  // Buttons with data-cancel="JOB" cancel that job (the API decides who may).
+  function cancelButtons() {
+    document.addEventListener("click", async (event) => {
+      const button = event.target.closest("button[data-cancel]");
+      if (!button) return;
+      const job = button.dataset.cancel;
+      const out = document.getElementById("action-message");
+      button.disabled = true;
+      const answer = await Console.api("POST", `/v1/jobs/${encodeURIComponent(job)}/cancel`);
+      button.disabled = false;
+      if (out) {
+        out.className = answer.ok ? "message" : "message error";
+        out.textContent = answer.ok ? `Job ${job} cancelled.` : answer.error;
+      }
+      if (answer.ok) document.dispatchEvent(new CustomEvent("job-changed", {detail: job}));
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    live(2);
+    cancelButtons();
+  });
+  return {api, csrf};
+})();

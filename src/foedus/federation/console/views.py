@@ -1,0 +1,103 @@
+"""What each console page shows, as plain values for the templates.
+
+Built from the same rows the coordinator's API serves (its store), so a page and
+``foedus jobs`` / ``foedus sites`` never disagree. Pure functions of those rows (the clock is
+an argument), tested without a coordinator.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import yaml
+
+from foedus.config.spec import JobSpec
+from foedus.federation.store import JOB_STATES
+
+__all__ = ["ACTIVE", "EPSILON", "job_row", "metric", "policy_items", "site_row",
+           "total_rounds"]
+
+#: a job that may still change (the console polls it and offers to cancel it)
+ACTIVE = ("queued", "running")
+#: the privacy accountant's metric (:meth:`foedus.privacy.accountant.PrivacyAccountant.metrics`)
+EPSILON = "dp_epsilon"
+#: policy keys in the order and words a site operator would use
+_POLICY_LABELS = {"models": "models", "aggregators": "aggregators", "stages": "stages",
+                  "transports": "transports", "require_stages": "required stages",
+                  "max_rounds": "max rounds", "max_jobs": "max jobs at once"}
+
+
+def total_rounds(job_yaml: str) -> int:
+    """The job file's ``rounds`` (JobSpec's default when it names none); 0 for a file that
+    does not read (the coordinator accepted it, so only a damaged row could)."""
+    try:
+        job = yaml.safe_load(job_yaml)
+    except yaml.YAMLError:
+        return 0
+    value = job.get("rounds", JobSpec.rounds) if isinstance(job, dict) else 0
+    return value if isinstance(value, int) else 0
+
+
+def metric(value: Any) -> str:
+    """A metric as the CLI prints it (4 decimals), or a dash when there is none."""
+    return f"{value:.4f}" if isinstance(value, int | float) else "\N{EN DASH}"
+
+
+def job_row(job: dict[str, Any], rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row of the jobs table: ``job`` as ``Job.public()`` gives it, and its round records."""
+    latest = rounds[-1].get("metrics", {}) if rounds else {}
+    result = job.get("result") or {}
+    return {
+        "id": job["id"], "owner": job["owner"], "state": job["state"],
+        "reason": job.get("reason") or "", "sites": job["sites"],
+        "round": rounds[-1]["round"] if rounds else 0, "rounds": total_rounds(job["job_yaml"]),
+        "accuracy": metric(latest.get("accuracy", result.get("final_accuracy"))),
+        "loss": metric(latest.get("loss", result.get("final_loss"))),
+        "epsilon": metric(latest.get(EPSILON)),
+        "active": job["state"] in ACTIVE,
+    }
+
+
+def policy_items(offers: dict[str, Any]) -> list[tuple[str, str]]:
+    """A site's reported policy as (label, value) pairs; a key the policy leaves out means no
+    limit, and is left out here too."""
+    policy = offers.get("policy")
+    if not isinstance(policy, dict):
+        return [("policy", "not reported by this site")]
+    items = []
+    for key, label in _POLICY_LABELS.items():
+        value = policy.get(key)
+        if value is None or value == []:
+            continue
+        items.append((label, ", ".join(value) if isinstance(value, list) else str(value)))
+    return items or [("policy", "no limits")]
+
+
+def ago(seconds: float) -> str:
+    """``4 s ago``, ``3 min ago``, ``2 h ago``: how long since a heartbeat."""
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.0f} h ago"
+
+
+def site_row(site: dict[str, Any], running: list[str], now: float) -> dict[str, Any]:
+    """One site of the federation page: ``site`` as ``GET /v1/sites`` lists it, and the jobs
+    it runs now."""
+    offers = site.get("offers") or {}
+    return {
+        "name": site["name"], "online": site["online"], "version": site["version"],
+        "last_seen": ago(now - site["last_seen"]),
+        "last_seen_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(site["last_seen"])),
+        "catalog": offers.get("catalog") or [], "policy": policy_items(offers),
+        "running": running,
+    }
+
+
+def status_filter(value: str | None) -> str | None:
+    """The jobs page's ``status`` parameter: a job state, or None for every job (an unknown
+    value shows every job rather than an error: it comes from a link or a bookmark)."""
+    return value if value in JOB_STATES else None

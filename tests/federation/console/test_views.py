@@ -1,0 +1,59 @@
+"""What the console's pages show, from the rows the coordinator's API serves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from foedus.federation.console import views
+from foedus.federation.policy import Policy
+
+
+def job(**changes: Any) -> dict[str, Any]:
+    return {"id": "digits-1a2b3c", "owner": "ann", "state": "running", "reason": None,
+            "sites": ["site-a", "site-b"], "result": None,
+            "job_yaml": "job_id: digits-1a2b3c\nrounds: 5\n", **changes}
+
+
+def test_a_running_jobs_row_shows_its_latest_round_and_metrics() -> None:
+    rounds = [{"round": 1, "metrics": {"accuracy": 0.5, "loss": 1.0}},
+              {"round": 2, "metrics": {"accuracy": 0.91234, "loss": 0.4, "dp_epsilon": 1.5}}]
+    row = views.job_row(job(), rounds)
+    assert (row["round"], row["rounds"]) == (2, 5)
+    assert (row["accuracy"], row["loss"], row["epsilon"]) == ("0.9123", "0.4000", "1.5000")
+    assert row["active"]
+
+
+def test_a_job_without_rounds_shows_dashes_and_a_finished_one_its_result() -> None:
+    empty = views.job_row(job(state="failed", reason="site site-b refused"), [])
+    dash = "\N{EN DASH}"
+    assert (empty["round"], empty["accuracy"], empty["epsilon"]) == (0, dash, dash)
+    assert not empty["active"] and empty["reason"] == "site site-b refused"
+    done = views.job_row(job(state="finished", result={"final_accuracy": 0.9}), [])
+    assert done["accuracy"] == "0.9000"
+
+
+def test_total_rounds_defaults_like_a_job_file() -> None:
+    assert views.total_rounds("job_id: x\n") == 10  # JobSpec's default
+    assert views.total_rounds("rounds: 3\n") == 3
+    assert views.total_rounds(": not yaml: [") == 0
+
+
+def test_a_sites_policy_lists_only_its_limits() -> None:
+    offers = {"policy": Policy(models=("sklearn-sgd",), max_rounds=60).as_dict()}
+    assert views.policy_items(offers) == [("models", "sklearn-sgd"), ("max rounds", "60")]
+    assert views.policy_items({"policy": Policy().as_dict()}) == [("policy", "no limits")]
+    assert views.policy_items({}) == [("policy", "not reported by this site")]
+
+
+def test_a_sites_row_says_how_long_ago_it_was_heard() -> None:
+    site = {"name": "site-a", "online": False, "version": "0.1.0", "last_seen": 1000.0,
+            "offers": {"catalog": ["digits"]}}
+    row = views.site_row(site, ["j-1"], now=1000.0 + 300)
+    assert (row["last_seen"], row["catalog"], row["running"]) == ("5 min ago", ["digits"],
+                                                                  ["j-1"])
+    assert views.ago(4) == "4 s ago" and views.ago(7200) == "2 h ago"
+
+
+def test_an_unknown_status_filter_shows_every_job() -> None:
+    assert views.status_filter("running") == "running"
+    assert views.status_filter("bogus") is None and views.status_filter(None) is None
