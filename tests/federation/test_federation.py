@@ -314,6 +314,7 @@ def test_a_tree_and_a_swarm_run_side_by_side_placed_by_their_topologies(
         "params": {"tree": [{"edge": "north", "children": ["client-000"]}, "client-001"]}})
     swarm_file = job_file(mosquitto, tmp_path, "swarm", rounds=2, topology={"type": "swarm"})
     with federation.api() as api:  # both at once, through the API (the CLI is tested above)
+        api.timeout = httpx.Timeout(60)  # as the CLI's: a loaded machine answers slowly
         tree, swarm = (api.post("/v1/jobs", json={"job_yaml": path.read_text()}).json()["id"]
                        for path in (tree_file, swarm_file))
     for job_id in (tree, swarm):
