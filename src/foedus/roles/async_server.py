@@ -42,6 +42,9 @@ from foedus.roles.admission import CLIENT_FAILED, STALE_ROUND, Admission
 
 log = logging.getLogger("foedus.async_server")
 
+#: a sender that already fills ``max_per_sender`` places of the current buffer
+BUFFER_SHARE = "buffer_share"
+
 Evaluator = Callable[[Params], dict[str, float]]
 Weighting = Callable[[int], float]
 
@@ -143,8 +146,11 @@ class AsyncServerPod(Pod):
     server's, with the versions within ``max_staleness`` of the newest as the open "rounds":
     ``participants`` (the roster; ``None`` admits any sender) and no replayed message id. A
     client may send several updates trained from one version (it keeps training while no new
-    version comes), so there is no ``duplicate`` here. A client's ``ERROR`` is counted as
-    ``client_failed``.
+    version comes), so there is no ``duplicate`` here; but no sender may fill more than
+    ``max_per_sender`` places of one buffer (``buffer_share``), or one participant sending
+    updates back to back would *be* every version. By default that is half the buffer (rounded
+    up) when the roster has two or more participants, else unbounded. A client's ``ERROR`` is
+    counted as ``client_failed``.
     """
 
     inputs: ClassVar[tuple[Wire, ...]] = (Wire("update"),)
@@ -155,7 +161,7 @@ class AsyncServerPod(Pod):
         server_lr: float = 1.0, max_staleness: int = 10,
         weighting: Weighting = polynomial_staleness, evaluate: Evaluator | None = None,
         timeout: float = 600.0, participants: Sequence[str] | None = None,
-        name: str = "server",
+        name: str = "server", max_per_sender: int | None = None,
     ) -> None:
         super().__init__(name)
         if versions < 1:
@@ -172,6 +178,12 @@ class AsyncServerPod(Pod):
         self.timeout = timeout
         self.history: list[VersionRecord] = []
         self.participants = sorted(participants) if participants is not None else None
+        if max_per_sender is None and self.participants is not None \
+                and len(self.participants) >= 2:
+            max_per_sender = -(-self.buffer.buffer_size // 2)
+        if max_per_sender is not None:
+            max_per_sender = whole_number("max_per_sender", max_per_sender, minimum=1)
+        self.max_per_sender = max_per_sender
         self.admission = Admission(  # the buffer checks NaN/Inf as it folds
             job_id=job_id, participants=participants, finite=False, one_per_round=False,
             logger=log)
@@ -210,6 +222,11 @@ class AsyncServerPod(Pod):
             self.admission.admit(msg)
             if msg.kind is Kind.ERROR or msg.error is not None:
                 raise RejectedUpdate(CLIENT_FAILED, msg.error or "error message")
+            if self.max_per_sender is not None and sum(
+                    sender == msg.sender for sender, _, _ in self.buffer.buffered
+            ) >= self.max_per_sender:
+                raise RejectedUpdate(BUFFER_SHARE, f"already {self.max_per_sender} of the "
+                                                   f"buffer's {self.buffer.buffer_size} places")
             full = await asyncio.to_thread(self.buffer.accept, msg)
         except RejectedUpdate as exc:
             self.admission.reject(msg, exc)

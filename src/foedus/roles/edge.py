@@ -8,6 +8,13 @@ aggregate them, and send *one* update to the parent whose ``num_examples`` is th
 children's. With FedAvg this makes a tree of edges compute exactly the flat weighted mean: a
 weighted mean of weighted means, each weighted by its total, is the mean over all leaves.
 
+What comes from above is checked too: the parent's model topic is as open as any topic, so the
+edge obeys a model or a ``stop`` only from its ``parent`` (the sender name the parent
+broadcasts under), a ``stop`` only from the run of the newest model it served, and only a model
+whose values are finite. Anything else is refused, counted in :attr:`EdgePod.refused` and logged
+in one line, and the edge goes on (names are not proof of identity: with a shared broker,
+protect the parent's model topic with the broker's ACL or mutual TLS).
+
 Errors travel as values, as everywhere: an edge without quorum answers its parent with an
 ``ERROR`` message (the parent skips it for the round, exactly as it skips a failed client), and
 an edge that dies simply stops answering, which its parent's deadline absorbs.
@@ -24,8 +31,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from foedus.aggregate.base import Aggregator
-from foedus.core.errors import ConfigError
+from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Kind, Message
+from foedus.core.params import check_finite
 from foedus.core.pod import Pod, Wire
 from foedus.roles.collect import RoundCollector
 
@@ -57,6 +65,9 @@ class EdgePod(Pod):
 
     ``children``: the ids of the edge's children, its roster (``None`` admits any sender);
     updates pass the same :class:`~foedus.roles.admission.Admission` as at the root server.
+    ``parent``: the sender name of the parent's broadcasts (``None``: any, as before); models
+    and stops from anyone else are refused (:attr:`refused`: ``wrong_sender``, ``other_run``,
+    ``not_finite``).
     """
 
     inputs: ClassVar[tuple[Wire, ...]] = (Wire("model"), Wire("update"))
@@ -67,7 +78,7 @@ class EdgePod(Pod):
     def __init__(
         self, *, job_id: str, edge_id: str, aggregator: Aggregator, expected_children: int,
         min_children: int | None = None, round_timeout: float = 30.0,
-        children: Sequence[str] | None = None, name: str = "edge",
+        children: Sequence[str] | None = None, name: str = "edge", parent: str | None = None,
     ) -> None:
         super().__init__(name)
         if expected_children < 1:
@@ -97,6 +108,15 @@ class EdgePod(Pod):
         )
         self._rounds_run = 0
         self._parent_models: asyncio.Queue[Message] = asyncio.Queue()
+        self.parent = parent
+        #: what came from above and was refused, by reason
+        self.refused: Counter[str] = Counter()
+        self._run: object = None  # the run id of the newest parent model
+
+    def _refuse(self, msg: Message, reason: str, detail: str) -> None:
+        self.refused[reason] += 1
+        log.warning("edge %s: refused a %s from %.64r on the parent's topic: %s: %.200s",
+                    self.edge_id, msg.kind.value, msg.sender, reason, detail)
 
     @property
     def current_round(self) -> int:
@@ -115,11 +135,25 @@ class EdgePod(Pod):
         if msg.header.job_id != self.job_id:
             log.warning("edge %s: ignored a model for job %r", self.edge_id, msg.header.job_id)
             return
+        if msg.kind not in (Kind.MODEL, Kind.CONTROL) or (
+                msg.kind is Kind.CONTROL and msg.meta.get("action") != "stop"):
+            return
+        if self.parent is not None and msg.sender != self.parent:
+            self._refuse(msg, "wrong_sender", f"the parent is {self.parent!r}")
+            return
         if msg.kind is Kind.MODEL:
             selected = msg.meta.get("selected")
             if selected is not None and self.edge_id not in selected:
                 return  # the parent sampled other children this round
-        elif not (msg.kind is Kind.CONTROL and msg.meta.get("action") == "stop"):
+            try:
+                check_finite(msg.params)
+            except RejectedUpdate as exc:
+                self._refuse(msg, exc.reason, exc.detail)
+                return
+            self._run = msg.meta.get("run")
+        elif self._run is not None and msg.meta.get("run") != self._run:
+            self._refuse(msg, "other_run", f"a stop of run {msg.meta.get('run')!r:.40}, "
+                                           f"the newest model is of run {self._run!r:.40}")
             return
         self._parent_models.put_nowait(msg)
 

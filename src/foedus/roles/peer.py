@@ -52,6 +52,9 @@ from foedus.data.datasets import Dataset
 from foedus.models.base import ModelAdapter
 from foedus.roles.admission import UNKNOWN_SENDER, WRONG_JOB, Admission
 
+#: an aggregate from a peer that is not this round's leader (in this peer's view)
+NOT_LEADER = "not_leader"
+
 log = logging.getLogger("foedus.peer")
 
 MODES = ("gossip", "leader")
@@ -143,10 +146,10 @@ class PeerPod(Pod):
         self.admission.open(range(1, rounds + 1), ParamSpec.of(self.params))
         self._rejected_round: Counter[str] = Counter()  # since the previous round's record
         self._trained: dict[int, dict[str, Message]] = {}  # round -> sender -> trained model
-        self._aggregates: dict[int, Message] = {}  # round -> a leader's aggregate
+        # round -> sender -> an aggregate; only the elected leader's is adopted
+        self._aggregates: dict[int, dict[str, Message]] = {}
         self._last_seen: dict[str, int] = {}  # sender -> newest round heard from it
         self._left: set[str] = set()
-        self._newest_round = 0
         self._current = 0
         self._arrived = asyncio.Event()
 
@@ -174,11 +177,10 @@ class PeerPod(Pod):
             return
         self._left.discard(msg.sender)
         self._last_seen[msg.sender] = max(msg.round, self._last_seen.get(msg.sender, 0))
-        self._newest_round = max(self._newest_round, msg.round)
         if msg.round < self._current:
             return  # too late for this peer; it still proves the sender is alive
         if msg.meta.get("aggregate"):
-            self._aggregates[msg.round] = msg
+            self._aggregates.setdefault(msg.round, {})[msg.sender] = msg
         else:
             self._trained.setdefault(msg.round, {})[msg.sender] = msg
         self._arrived.set()
@@ -225,7 +227,7 @@ class PeerPod(Pod):
             await self._rendezvous()
         while rnd <= self.rounds:
             await self._run_round(rnd)
-            rnd = max(rnd + 1, self._newest_round)  # behind the swarm? skip to its round
+            rnd = max(rnd + 1, self.swarm_round())  # behind the swarm? skip to its round
         await self.send("control", self._message(Kind.CONTROL, self.rounds, action="leave"))
 
     async def _rendezvous(self) -> None:
@@ -263,13 +265,14 @@ class PeerPod(Pod):
             except TimeoutError:
                 continue
         first = max(
-            [*self._aggregates.values(), *(m for r in self._trained.values() for m in r.values())],
+            [*(m for r in self._aggregates.values() for m in r.values()),
+             *(m for r in self._trained.values() for m in r.values())],
             key=lambda m: m.round,
         )
         self.joined_from = first
         self.params = {k: np.array(v) for k, v in first.params.items()}
         log.info("peer %s joined at round %d from %s", self.peer_id, first.round, first.sender)
-        return max(first.round + 1, self._newest_round)
+        return max(first.round + 1, self.swarm_round())
 
     async def _run_round(self, rnd: int) -> None:
         began = time.perf_counter()
@@ -308,9 +311,13 @@ class PeerPod(Pod):
                     num_examples=sum(m.num_examples for m in (own, *received)),
                 ))
             else:
-                await self._wait(lambda: rnd in self._aggregates)
-                if rnd in self._aggregates:
-                    mean = {k: np.array(v) for k, v in self._aggregates[rnd].params.items()}
+                await self._wait(lambda: leader in self._aggregates.get(rnd, {}))
+                offered = self._aggregates.get(rnd, {})
+                for impostor in sorted(set(offered) - {leader}):  # not elected: never adopted
+                    self._reject(offered[impostor], RejectedUpdate(
+                        NOT_LEADER, f"an aggregate for round {rnd}, whose leader is {leader!r}"))
+                if leader in offered:
+                    mean = {k: np.array(v) for k, v in offered[leader].params.items()}
                     record.adopted_leader = True
         self.params = mean
         if self.eval_data is not None and len(self.eval_data):
@@ -322,6 +329,14 @@ class PeerPod(Pod):
         for listener in self.round_listeners:
             listener(self, record)
         await self.send("events", self._message(Kind.METRICS, rnd, metrics=record.metrics))
+
+    def swarm_round(self) -> int:
+        """The newest round more than half of the other peers heard from have reached: where
+        a peer that fell behind skips to. One peer's word is not enough (it could be a forged
+        name announcing the last round, which would make every peer skip to the job's end)."""
+        reached = sorted((r for p, r in self._last_seen.items() if p not in self._left),
+                         reverse=True)
+        return reached[len(reached) // 2] if reached else 0
 
     def _alive(self, rnd: int) -> set[str]:
         """Peers heard from in the previous round or later and not gone; empty before anyone

@@ -302,6 +302,7 @@ def tree_actors(
                 expected_children=len(node.children), min_children=node.min_children,
                 round_timeout=timeout,
                 children=[c.name if isinstance(c, EdgeNode) else c for c in node.children],
+                parent=server.name if parent is None else parent.name,
             )
             result.edges[node.name] = edge
             result.runtimes[node.name] = Runtime(
