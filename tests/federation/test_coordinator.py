@@ -13,7 +13,12 @@ import pytest
 import yaml
 
 from foedus.core.errors import ConfigError
-from foedus.federation.coordinator import Coordinator, CoordinatorConfig, Refused
+from foedus.federation.coordinator import (
+    PRESTART_MAX,
+    Coordinator,
+    CoordinatorConfig,
+    Refused,
+)
 from foedus.federation.policy import parse_catalog
 from foedus.federation.store import Job
 from foedus.transport.tls import TLSConfig
@@ -257,3 +262,16 @@ def test_a_refused_jobs_waiting_server_process_is_stopped(
     coordinator.tick()
     assert job_of(coordinator, job_id).state == "failed"
     assert launcher.started[0].returncode is not None and coordinator.servers == {}
+
+
+def test_at_most_a_few_queued_jobs_hold_a_waiting_server_process(
+        coordinator: Coordinator, launcher: Launcher) -> None:
+    beat(coordinator, "site-a", "site-b")
+    jobs = [coordinator.submit("ann", job_yaml(), None) for _ in range(PRESTART_MAX + 2)]
+    assert len(launcher.started) == PRESTART_MAX
+    late = jobs[-1]
+    answer(coordinator, late, "accepted", "site-a", "site-b")
+    coordinator.tick()  # the job queued beyond them starts its process once accepted
+    assert len(launcher.started) == PRESTART_MAX + 1
+    assert "--start-when" not in launcher.started[-1].args
+    assert job_of(coordinator, late).state == "running"

@@ -11,6 +11,7 @@ import pytest
 from foedus.core.errors import ConfigError
 from foedus.federation import store as store_module
 from foedus.federation.store import MIGRATIONS, Store
+from tests.federation.postgres_fixtures import Postgres
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
 
@@ -145,3 +146,20 @@ def test_a_postgresql_url_that_cannot_connect_is_one_line_naming_the_key(
 
     with pytest.raises(ConfigError, match=r"^database: cannot connect to PostgreSQL: "):
         Store(f"postgresql://nobody@127.0.0.1:{free_port()}/none")
+
+
+@pytest.mark.integration
+def test_a_broken_postgresql_connection_is_opened_again(postgres: Postgres) -> None:
+    import psycopg
+
+    store = Store(postgres.new_database() + "&application_name=the-broken-one")
+    try:
+        store.add_user("ann", "admin", "t")
+        with psycopg.connect(postgres.url(), autocommit=True) as admin:  # as a restart would
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = 'the-broken-one'")
+        with pytest.raises(psycopg.OperationalError):
+            store.has_admin()  # the call that finds the connection gone fails...
+        assert store.has_admin()  # ...and the next one reconnects
+    finally:
+        store.close()

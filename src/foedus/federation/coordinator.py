@@ -66,6 +66,10 @@ VERSION = "0.1.0"
 TICK_S = 0.5
 #: how long a job waits for its sites' answers unless its file or coordinator.yaml says
 DEFAULT_QUEUE_TIMEOUT = 600.0
+#: queued jobs whose server process is started (gated) before their sites answer; the jobs
+#: queued beyond these start theirs when the sites have accepted (a waiting Python process
+#: holds some 100 MB, so a long queue must not hold one each)
+PRESTART_MAX = 3
 
 
 def seconds(value: Any, key: str) -> float:
@@ -288,6 +292,10 @@ class Coordinator:
         following them; it trains nothing before every site has accepted."""
         job = self.store.job(job_id)
         if job is None or not self.own_actors(job):
+            return
+        queued = {j.id for j in self.store.jobs(states=("queued",))}
+        if sum(1 for j, p in self.servers.items() if j in queued and p.poll() is None) \
+                >= PRESTART_MAX:
             return
         proc = self._spawn(job, gated=True)
         self.store.set_job(job.id, server_pid=proc.pid)
