@@ -7,6 +7,6 @@ bash scripts/setup.sh full
 export KERAS_BACKEND=torch OMP_NUM_THREADS=1
 .venv/bin/ruff check src tests bench
 .venv/bin/mypy
-# one worker per core, a test file's tests together (they share module fixtures): most tests
-# wait on brokers and subprocesses, so two workers halve the suite's time on two cores
-exec .venv/bin/pytest -q -p no:cacheprovider -n auto --dist loadfile "$@"
+# one worker per core; a test file's tests run together (they share module fixtures), docs
+# blocks one by one, the slowest files first (tests/conftest.py: work_unit, SLOWEST_FIRST)
+exec .venv/bin/pytest -q -p no:cacheprovider -n auto --dist loadgroup --no-loadscope-reorder "$@"

@@ -300,9 +300,9 @@ def test_a_job_that_ends_before_the_forest_is_complete_says_so_in_its_metrics() 
 def test_a_federated_job_scores_within_two_points_of_a_central_random_forest() -> None:
     from sklearn.ensemble import RandomForestClassifier
 
-    result = finished_forest_job("digits", trees=50, rounds=22)
+    result = finished_forest_job("digits", trees=20, rounds=22)
     train, test, _ = load_dataset("digits", seed=0)  # the job's own split
-    central = RandomForestClassifier(n_estimators=50, random_state=0).fit(train.x, train.y)
+    central = RandomForestClassifier(n_estimators=20, random_state=0).fit(train.x, train.y)
     assert result.final_metrics["accuracy"] >= central.score(test.x, test.y) - 0.02
 
 
@@ -310,9 +310,9 @@ def test_a_federated_regression_job_scores_like_a_central_random_forest_regresso
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.metrics import r2_score
 
-    result = finished_forest_job("diabetes", trees=30, rounds=30)
+    result = finished_forest_job("diabetes", trees=20, rounds=30)
     train, test, _ = load_dataset("diabetes", seed=0)  # the job's own split
-    central = RandomForestRegressor(n_estimators=30, random_state=0).fit(train.x, train.y)
+    central = RandomForestRegressor(n_estimators=20, random_state=0).fit(train.x, train.y)
     assert result.final_metrics["r2"] >= r2_score(test.y, central.predict(test.x)) - 0.03
 
 
