@@ -163,3 +163,16 @@ def test_a_broken_postgresql_connection_is_opened_again(postgres: Postgres) -> N
         assert store.has_admin()  # ...and the next one reconnects
     finally:
         store.close()
+
+
+def test_a_heartbeat_does_not_wait_for_the_disk_and_leaves_later_commits_durable(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path / "coordinator.db")
+    try:
+        sqlite = store.db._db  # type: ignore[attr-defined]
+        assert sqlite.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        store.heartbeat("site-a", "1", {})
+        assert sqlite.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL again
+        assert [s["name"] for s in store.sites(online_within=60)] == ["site-a"]
+    finally:
+        store.close()

@@ -116,8 +116,8 @@ class Store:
         self.db.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[Transaction]:
-        with self.db.transaction() as tx:
+    def _tx(self, *, durable: bool = True) -> Iterator[Transaction]:
+        with self.db.transaction(durable=durable) as tx:
             yield tx
 
     def schema_version(self) -> int:
@@ -163,8 +163,10 @@ class Store:
     # ---- sites ---------------------------------------------------------------------------
 
     def heartbeat(self, name: str, version: str, offers: dict[str, Any]) -> None:
+        """A site is alive. Not durable (:mod:`foedus.federation.database`): its next
+        heartbeat is seconds away, and a hundred sites must not keep the disk flushing."""
         now = self.clock()
-        with self._tx() as cur:
+        with self._tx(durable=False) as cur:
             cur.execute("INSERT INTO sites (name, version, offers, first_seen, last_seen) "
                         "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
                         "version = excluded.version, offers = excluded.offers, "
