@@ -8,6 +8,8 @@ behave identically and each protocol module holds only its wire format:
 
 * :mod:`~foedus.transport.hub.store`: the broker's state (topic logs, retained values, durable
   group cursors, the memory bound) and what a publish is (:class:`Publication`).
+* :mod:`~foedus.transport.hub.limits`: what one peer may hold at once (:class:`PeerLimits`),
+  counted and refused early (:class:`LimitExceeded`), so an outsider cannot crowd out the job.
 * :mod:`~foedus.transport.hub.auth`: authorization hooks such as
   :func:`require_sender_identity` (mutual TLS identity must match the message's sender).
 * :mod:`~foedus.transport.hub.server`: :class:`HubAdapter`, the server side of a protocol.
@@ -28,6 +30,7 @@ from foedus.transport.hub.client import (
     check_positive,
 )
 from foedus.transport.hub.hosting import HostedHubs, HostedServer, Hosting
+from foedus.transport.hub.limits import LimitExceeded, PeerLimits
 from foedus.transport.hub.server import HubAdapter
 from foedus.transport.hub.store import (
     CHUNK_SIZE,
@@ -55,7 +58,9 @@ __all__ = [
     "HubClient",
     "HubServer",
     "HubSubscription",
+    "LimitExceeded",
     "PayloadTooLarge",
+    "PeerLimits",
     "Publication",
     "ReconnectingSubscription",
     "Refused",
