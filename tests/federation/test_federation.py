@@ -11,7 +11,10 @@ by its pid at the end.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -28,7 +31,9 @@ import trustme
 import yaml
 
 from foedus.certs import DeploymentCerts, create_deployment_certs
+from foedus.codec import decode
 from foedus.config.spec import JobSpec
+from foedus.federation.ledger import Charge, Mechanism, epsilon_of
 from foedus.federation.openapi import ROUTES
 from foedus.runner import run_job_sync
 from tests.conftest import free_port
@@ -41,6 +46,11 @@ pytestmark = pytest.mark.integration
 
 FOEDUS = [sys.executable, "-m", "foedus.cli"]
 SITES = ("site-a", "site-b")
+#: the lifetime budget of the sites' catalog entry digits-dp: one 4-round job of DP_STAGE
+#: spends 1.69, a second would bring it to 2.48
+BUDGET = {"epsilon": 2.0, "delta": 1e-5}
+DP_STAGE = {"type": "central-dp", "params": {"clients_per_round": 2, "clip_norm": 5.0,
+                                             "noise_multiplier": 5.0}}
 
 
 @dataclass
@@ -74,6 +84,12 @@ class Federation:
             stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: _healthy(self), 60, "the coordinator to listen",
                  self.root / "coordinator.log")
+
+    def start_site(self, name: str) -> None:
+        log = (self.root / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            [*FOEDUS, "site", "--config", str(self.root / f"{name}.yaml")],
+            stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
         proc = self.procs.pop(name)
@@ -123,7 +139,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres
                 "key": str(certs.server_key)},
         "admin_token_file": "admin.token", "heartbeat_timeout": 10,
         "database": postgres.new_database(),
-        "catalog": {"digits": {"dataset": "digits"}}})
+        "catalog": {"digits": {"dataset": "digits"}, "digits-dp": {"dataset": "digits"}}})
     (root / "admin.token").write_text("the-admin-token-of-this-test\n")
     fed = Federation(root, certs, f"https://127.0.0.1:{port}", "the-admin-token-of-this-test")
     policies: dict[str, dict[str, Any]] = {
@@ -137,11 +153,10 @@ def federation(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres
             _write(root / f"{name}.yaml", {
                 "coordinator": fed.url, "state_dir": f"{name}-state", "heartbeat_s": 0.5,
                 "tls": {"ca": str(certs.ca), "cert": str(cert), "key": str(key)},
-                "catalog": {"digits": {"dataset": "digits"}}, "policy": policies[name]})
-            log = (root / f"{name}.log").open("ab")
-            fed.procs[name] = subprocess.Popen(
-                [*FOEDUS, "site", "--config", str(root / f"{name}.yaml")],
-                stdout=log, stderr=subprocess.STDOUT)
+                "catalog": {"digits": {"dataset": "digits"},
+                            "digits-dp": {"dataset": "digits", "budget": BUDGET}},
+                "policy": policies[name]})
+            fed.start_site(name)
 
         def online() -> bool:
             with fed.api() as api:
@@ -335,3 +350,109 @@ def test_a_tree_and_a_swarm_run_side_by_side_placed_by_their_topologies(
     swarm_job = federation.job(swarm)
     assert swarm_job["server_pid"] is None
     assert all(a["state"] == "done" for a in swarm_job["assignments"])
+
+
+@dataclass
+class Rejoined:
+    """A DP job during which both sites were SIGKILLed and restarted: site-a's actor was
+    killed too (so it was started again), site-b's survived (so it was adopted)."""
+
+    job_id: str
+    job: dict[str, Any]
+    pids_before: dict[str, int]
+    pids_after: dict[str, int]
+
+
+def all_online(fed: Federation) -> bool:
+    with fed.api() as api:
+        sites = api.get("/v1/sites").json()["sites"]
+    return sorted(s["name"] for s in sites if s["online"]) == list(SITES)
+
+
+def actor_pid(fed: Federation, site: str, job_id: str, actor: str) -> int:
+    record = fed.root / f"{site}-state" / "jobs" / job_id / f"{actor}.json"
+    pid: int = json.loads(record.read_text())["pid"]
+    return pid
+
+
+@pytest.fixture(scope="module")
+def rejoined(federation: Federation, mosquitto: Mosquitto,
+             tmp_path_factory: pytest.TempPathFactory) -> Rejoined:
+    tmp = tmp_path_factory.mktemp("rejoin")
+    wait_for(lambda: all_online(federation), 60, "both sites online")
+    # 30 epochs a round: 3 rounds are still to come when the sites are killed
+    job_id = submit(federation, job_file(
+        mosquitto, tmp, "dp-rejoin", rounds=4, clients={"count": 2, "epochs": 30},
+        round_timeout=300,  # the round waits for the restarted client, however slow
+        data={"dataset": "digits-dp", "partition": "iid"}, pipeline=[DP_STAGE]))
+    progress = federation.root / "site-a-state" / "jobs" / job_id / "client-000.progress"
+    wait_for(lambda: progress.exists() and '"update": true' in progress.read_text(), 180,
+             "site-a's first update", federation.root / "state" / "jobs" / job_id /
+             "server.log")
+    actors = {"site-a": "client-000", "site-b": "client-001"}
+    before = {s: actor_pid(federation, s, job_id, a) for s, a in actors.items()}
+    federation.stop("site-a", signal.SIGKILL)
+    os.kill(before["site-a"], signal.SIGKILL)  # its actor dies with it (a machine crash)
+    federation.stop("site-b", signal.SIGKILL)  # its actor outlives it
+    for site in actors:
+        federation.start_site(site)
+    job = wait_for(lambda: ended(federation, job_id), 180, f"job {job_id} to end",
+                   federation.root / "site-a.log")
+    after = {s: actor_pid(federation, s, job_id, a) for s, a in actors.items()}
+    return Rejoined(job_id, job, before, after)
+
+
+def test_a_site_killed_and_restarted_rejoins_its_jobs(
+        federation: Federation, rejoined: Rejoined) -> None:
+    assert rejoined.job["state"] == "finished", rejoined.job
+    assert rejoined.pids_after["site-a"] != rejoined.pids_before["site-a"]  # started again
+    assert rejoined.pids_after["site-b"] == rejoined.pids_before["site-b"]  # adopted
+    with federation.api() as api:
+        rounds = api.get(f"/v1/jobs/{rejoined.job_id}/rounds").json()["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]  # none lost, none doubled
+    assert all(r["accepted"] == 2 for r in rounds), rounds
+    wait_for(lambda: all(a["state"] == "done" for a in federation.job(
+        rejoined.job_id)["assignments"]), 60, "both actors to be reported done")
+
+
+def test_a_dp_job_is_charged_audited_and_its_model_downloaded(
+        federation: Federation, rejoined: Rejoined, mosquitto: Mosquitto,
+        tmp_path: Path) -> None:
+    spent = epsilon_of([Charge.planned([Mechanism("", 5.0, 2, 2, "poisson", False)], 4)],
+                       BUDGET["delta"])
+    with federation.api() as api:  # the site's ledger and audit log, as the coordinator shows
+        ledger = wait_for(lambda: (api.get("/v1/sites/site-a/ledger").json()
+                                   .get("datasets", {}).get("digits-dp", {})
+                                   .get("spent", 0)), 60, "site-a's settled ledger")
+        assert ledger == pytest.approx(spent)
+        audit = {r["job_id"]: r for r in api.get("/v1/sites/site-a/audit").json()["jobs"]}
+    row = audit[rejoined.job_id]
+    assert (row["decision"], row["submitter"], row["stages"], row["dataset"]) == (
+        "accepted", "admin", ["central-dp"], "digits-dp")
+    assert row["job_sha256"] == hashlib.sha256(rejoined.job["job_yaml"].encode()).hexdigest()
+    assert row["epsilon_requested"] == pytest.approx(spent)
+
+    # a second such job would pass the budget: each site refuses it, naming the figures
+    with federation.api() as api:
+        again = api.post("/v1/jobs", json={"job_yaml": job_file(
+            mosquitto, tmp_path, "dp-again", rounds=4, pipeline=[DP_STAGE],
+            data={"dataset": "digits-dp", "partition": "iid"}).read_text()}).json()["id"]
+    refused = wait_for(lambda: ended(federation, again), 60, "the budget's refusal")
+    assert refused["state"] == "failed"
+    assert re.fullmatch(
+        rf"site site-[ab] refused client-00[01]: dataset 'digits-dp': privacy budget epsilon 2 "
+        rf"at delta 1e-05; spent {spent:.3f}, this job requests {spent:.3f} \(4 rounds\), "
+        r"which would bring it to 2\.484", refused["reason"]), refused["reason"]
+    wait_for(lambda: again in federation.cli("site-audit", "--config", str(
+        federation.root / "site-a.yaml")).stdout, 30, "the refusal in site-a's audit log")
+
+    out = tmp_path / "model.foedus"
+    done = federation.cli("result", rejoined.job_id, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    model = decode(out.read_bytes())
+    assert (model.header.job_id, model.round) == (rejoined.job_id, 4)
+    assert set(model.params) and all(v.size for v in model.params.values())
+    with federation.api() as api:
+        not_done = api.get(f"/v1/jobs/{again}/model")
+    assert not_done.status_code == 409
+    assert not_done.json()["error"].startswith(f"job {again} is failed (site site-")

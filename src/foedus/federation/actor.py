@@ -11,6 +11,11 @@ restart, when this process is no longer its child and its exit status is lost:
 * ``--result``: written once at the end (atomically): ``{"status": 0|1|2, "summary"|"error"}``,
   0 when the job produced a model, 1 when it ran without one, 2 for a job it refuses.
 
+The final model is written (atomically, before the result) beside the result file as
+:data:`MODEL_FILE`, in the project's model-file format (:func:`foedus.mlops.modelfile.
+encode_model`: the wire format, checksummed, never unpickled), which ``foedus result``
+downloads and MLflow's and the adapters' loaders read.
+
 The job file carries ``checkpoint_dir``, so a restarted server resumes after its last round.
 """
 
@@ -28,8 +33,12 @@ from typing import Any
 
 from foedus.config.spec import load_job
 from foedus.core.errors import FoedusError
+from foedus.mlops.modelfile import encode_model
 from foedus.roles.server import RoundRecord
 from foedus.runner import prepare, run_actors
+
+#: the final model's file, in the job's directory beside ``--result``
+MODEL_FILE = "model.foedus"
 
 
 def _write_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -86,6 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a crash is reported as the job's failure, with its reason
         _write_atomic(result_path, {"status": 1, "error": f"{type(exc).__name__}: {exc}"})
         raise
+    if result.params:
+        model = result_path.with_name(MODEL_FILE)
+        last = result.history[-1].round if result.history else 0
+        tmp = model.with_suffix(".tmp")
+        tmp.write_bytes(encode_model(result.params, job_id=result.job_id, round=last))
+        os.replace(tmp, model)
     summary = result.summary()
     summary.pop("history", None)  # the rounds are in --records already
     status = 1 if result.failure else 0

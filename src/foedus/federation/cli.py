@@ -3,7 +3,8 @@
 * services: ``foedus coordinator --config coordinator.yaml``, ``foedus site --config site.yaml``;
 * a whole federation on this machine: ``federation demo`` (:mod:`foedus.federation.demo`);
 * users (HTTPS to the coordinator, with a bearer token): ``submit``, ``jobs``, ``logs``,
-  ``cancel``, ``sites``, ``users add``.
+  ``cancel``, ``sites``, ``users add``, ``result JOB --out FILE`` (the final model);
+* at a site, reading its own files: ``site-audit --config site.yaml`` (its audit log).
 
 Where the coordinator is and who the user is come from options or the environment
 (``FOEDUS_COORDINATOR``, ``FOEDUS_TOKEN`` or ``FOEDUS_TOKEN_FILE``, ``FOEDUS_CA``), so scripts
@@ -28,7 +29,8 @@ from foedus.plugins import load_plugins
 __all__ = ["COMMANDS", "add_commands", "run_command"]
 
 COMMANDS = ("coordinator", "site", "submit", "jobs", "logs", "cancel", "sites", "users",
-            "federation")
+            "federation",
+            "result", "site-audit")
 
 
 def _user_options(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +67,14 @@ def add_commands(sub: Any) -> None:
     users.add_argument("action", choices=["add"])
     users.add_argument("name")
     users.add_argument("--role", required=True, choices=["viewer", "submitter", "admin"])
-    for parser in (submit, jobs, logs, cancel, sites, users):
+    result = sub.add_parser("result", help="download a finished job's final model")
+    result.add_argument("job_id")
+    result.add_argument("--out", required=True, help="the model file to write (the foedus "
+                                                     "model-file format)")
+    audit = sub.add_parser("site-audit", help="print this site's audit log (every job offered)")
+    audit.add_argument("--config", required=True, help="site.yaml")
+    audit.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    for parser in (submit, jobs, logs, cancel, sites, users, result):
         _user_options(parser)
     federation = sub.add_parser("federation", help="a whole federation on this machine")
     demo = federation.add_subparsers(dest="federation_command", required=True).add_parser(
@@ -117,6 +126,22 @@ class Api:
         return data
 
 
+    def download(self, path: str) -> bytes:
+        """The bytes a GET returns (a refusal is JSON with its reason, as for :meth:`call`)."""
+        try:
+            response = self.client.get(path)
+        except self.httpx.TransportError as exc:
+            raise ConfigError(f"cannot reach the coordinator: {exc}") from exc
+        if response.status_code != 200:
+            try:
+                reason = response.json().get("error")
+            except ValueError:
+                reason = None
+            raise ConfigError(f"refused ({response.status_code}): {reason or response.text}")
+        content: bytes = response.content
+        return content
+
+
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
@@ -144,6 +169,10 @@ def run_command(args: argparse.Namespace) -> int:
         from foedus.federation.site import SiteConfig, run_site
 
         return run_site(SiteConfig.load(args.config))
+    if args.command == "site-audit":
+        from foedus.federation.audit import main_site_audit
+
+        return main_site_audit(args.config, args.json)
     if args.command == "federation":
         from foedus.federation.demo import run_demo
 
@@ -195,6 +224,14 @@ def run_command(args: argparse.Namespace) -> int:
         rows += [[s["name"], "online" if s["online"] else "offline", s["version"],
                   ",".join(s["offers"].get("catalog", []))] for s in sites]
         print(_table(rows))
+        return 0
+    if args.command == "result":
+        model = api.download(f"/v1/jobs/{args.job_id}/model")
+        out = Path(args.out)
+        tmp = out.with_name(out.name + ".part")
+        tmp.write_bytes(model)
+        tmp.replace(out)
+        print(f"{out}: {len(model)} bytes")
         return 0
     if args.command == "users":
         made = api.call("POST", "/v1/users", {"name": args.name, "role": args.role})

@@ -49,10 +49,13 @@ import yaml
 from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError, FoedusError, require
 from foedus.federation import preflight
+from foedus.federation.actor import MODEL_FILE
 from foedus.federation.console import mount as mount_console
 from foedus.federation.database import POSTGRES_SCHEMES
+from foedus.federation.ledger import warm_accountant
 from foedus.federation.openapi import openapi
 from foedus.federation.policy import CatalogEntry, fill_data, parse_catalog
+from foedus.federation.reports import SiteReports
 from foedus.federation.settings import path_of, read_config, tls_of
 from foedus.federation.store import ROLES, Job, Store, new_token
 from foedus.runner import prepare
@@ -157,6 +160,8 @@ class Coordinator:
         self._own: dict[str, list[str]] = {}  # job -> its actors that run here (own_actors)
         self.servers: dict[str, subprocess.Popen[bytes]] = {}
         self._read: dict[str, int] = {}  # job -> bytes of its records file ingested
+        self.reports = SiteReports(config.state_dir / "sites")  # sites' audit logs, ledgers
+        warm_accountant()  # checking a first DP job must not stall the API past heartbeats
         self._bootstrap_admin()
 
     def _bootstrap_admin(self) -> None:
@@ -472,7 +477,9 @@ class Coordinator:
             def add(handler: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
                 async def wrapped(request: Any) -> Any:
                     try:
-                        return web.json_response(await handler(request))
+                        answer = await handler(request)
+                        return answer if isinstance(answer, web.StreamResponse) \
+                            else web.json_response(answer)
                     except Refused as exc:
                         return web.json_response({"error": str(exc)}, status=exc.status)
                 routes.append((method, path, wrapped))
@@ -504,6 +511,19 @@ class Coordinator:
         async def sites(request: Any) -> Any:
             self._user(request, "viewer")
             return {"sites": self.store.sites(self.config.heartbeat_timeout)}
+
+        @route("GET", "/v1/sites/{name}/audit")
+        async def site_audit(request: Any) -> Any:
+            self._user(request, "admin")
+            return self.reports.audit(request.match_info["name"])
+
+        @route("GET", "/v1/sites/{name}/ledger")
+        async def site_ledger(request: Any) -> Any:
+            self._user(request, "admin")
+            ledger = self.reports.ledger(request.match_info["name"])
+            if ledger is None:
+                raise Refused(404, f"site {request.match_info['name']!r} has sent no ledger")
+            return {"site": request.match_info["name"], "datasets": ledger}
 
         @route("POST", "/v1/jobs")
         async def submit(request: Any) -> Any:
@@ -537,6 +557,21 @@ class Coordinator:
             self._user(request, "viewer")
             return {"rounds": self.store.rounds(self._job(request).id)}
 
+        @route("GET", "/v1/jobs/{job_id}/model")
+        async def model(request: Any) -> Any:
+            self._user(request, "viewer")
+            found = self._job(request)
+            if found.state != "finished":
+                raise Refused(409, f"job {found.id} is {found.state}"
+                                   + (f" ({found.reason})" if found.reason else "")
+                                   + "; only a finished job has a final model")
+            path = self.job_dir(found.id) / MODEL_FILE
+            if not path.exists():
+                raise Refused(404, f"job {found.id} finished without a model file")
+            return web.Response(body=path.read_bytes(), content_type="application/octet-stream",
+                                headers={"Content-Disposition":
+                                         f'attachment; filename="{found.id}.foedus"'})
+
         @route("POST", "/v1/jobs/{job_id}/cancel")
         async def cancel(request: Any) -> Any:
             user, role = self._user(request, "submitter")
@@ -559,9 +594,10 @@ class Coordinator:
             for a in self.store.assignments(site=site):
                 if a["state"] in ("offered", "accepted", "running", "stop"):
                     job = self.store.job(a["job_id"])
-                    out.append({**a, **({"job_yaml": job.job_yaml}
-                                        if job is not None and a["state"] == "offered" else {})})
-            return {"assignments": out}
+                    out.append({**a, "job_state": job.state if job is not None else None,
+                                **({"job_yaml": job.job_yaml, "owner": job.owner}
+                                   if job is not None and a["state"] == "offered" else {})})
+            return {"assignments": out, **self.reports.receive(site, body)}
 
         @route("POST", "/v1/site/answer")
         async def answer(request: Any) -> Any:

@@ -25,6 +25,12 @@ ROUTES: list[tuple[str, str, str, str]] = [
     ("GET", "/v1/jobs", "viewer", "every job with its state and reason"),
     ("GET", "/v1/jobs/{job_id}", "viewer", "one job: state, assignments, events, result"),
     ("GET", "/v1/jobs/{job_id}/rounds", "viewer", "the job's per-round records"),
+    ("GET", "/v1/jobs/{job_id}/model", "viewer",
+     "a finished job's final model (application/octet-stream, the foedus model file)"),
+    ("GET", "/v1/sites/{name}/audit", "admin",
+     "the site's audit log as last reported: entries, one row per job, hash chain state"),
+    ("GET", "/v1/sites/{name}/ledger", "admin",
+     "the site's privacy-budget ledger as last reported: budget, spent, reserved, per job"),
     ("POST", "/v1/jobs/{job_id}/cancel", "submitter",
      "cancel a job (its owner or an admin); every actor of it is stopped"),
     ("POST", "/v1/site/heartbeat", "site (client certificate)",
@@ -44,9 +50,10 @@ def openapi(version: str) -> dict[str, Any]:
             op["security"] = [{"clientCertificate": []}]
         elif who != "anyone":
             op["security"] = [{"bearer": []}]
-        if "{job_id}" in path:
-            op["parameters"] = [{"name": "job_id", "in": "path", "required": True,
-                                 "schema": {"type": "string"}}]
+        for name in ("job_id", "name"):
+            if "{" + name + "}" in path:
+                op["parameters"] = [{"name": name, "in": "path", "required": True,
+                                     "schema": {"type": "string"}}]
         if method == "POST":
             op["requestBody"] = {"required": path != "/v1/jobs/{job_id}/cancel", **_JSON}
         paths.setdefault(path, {})[method.lower()] = op

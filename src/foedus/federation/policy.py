@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from foedus.core.errors import ConfigError
+from foedus.federation.ledger import Budget
 
 __all__ = ["CatalogEntry", "Policy", "check_policy", "fill_data", "parse_catalog"]
 
@@ -32,6 +33,8 @@ class Policy:
     require_stages: tuple[str, ...] = ()  # protections every job must include (e.g. clip)
     max_rounds: int | None = None
     max_jobs: int | None = None  # jobs running here at once
+    #: a job without a DP stage on a dataset with a privacy budget: refused unless True
+    allow_non_dp: bool = False
 
     @classmethod
     def from_dict(cls, raw: Any) -> Policy:
@@ -61,10 +64,15 @@ class Policy:
                 raise ConfigError(f"policy.{key}: expected an integer >= 1, got {value!r}")
             return value
 
+        allow_non_dp = raw.get("allow_non_dp", False)
+        if not isinstance(allow_non_dp, bool):
+            raise ConfigError(f"policy.allow_non_dp: expected true or false, got "
+                              f"{allow_non_dp!r}")
         return cls(models=names("models"), aggregators=names("aggregators"),
                    stages=names("stages"), transports=names("transports"),
                    require_stages=names("require_stages") or (),
-                   max_rounds=number("max_rounds"), max_jobs=number("max_jobs"))
+                   max_rounds=number("max_rounds"), max_jobs=number("max_jobs"),
+                   allow_non_dp=allow_non_dp)
 
     def as_dict(self) -> dict[str, Any]:
         """The policy as JSON, the form :meth:`from_dict` reads back: a site reports it in its
@@ -75,13 +83,18 @@ class Policy:
 
 @dataclass(frozen=True)
 class CatalogEntry:
-    """One dataset a site offers: a registered loader and its options (paths stay here)."""
+    """One dataset a site offers: a registered loader and its options (paths stay here), and
+    at a site its lifetime privacy budget (:mod:`foedus.federation.ledger`), if it has one."""
 
     dataset: str
     options: dict[str, Any] = field(default_factory=dict)
+    budget: Budget | None = None
 
 
-def parse_catalog(raw: Any, where: str = "catalog") -> dict[str, CatalogEntry]:
+def parse_catalog(raw: Any, where: str = "catalog", *,
+                  budgets: bool = False) -> dict[str, CatalogEntry]:
+    """``catalog:`` of a config file; ``budgets``: entries may carry ``budget`` (a site's
+    catalog; the coordinator's describes only the server's held-out data)."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -91,14 +104,17 @@ def parse_catalog(raw: Any, where: str = "catalog") -> dict[str, CatalogEntry]:
     for name, entry in raw.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("dataset"), str):
             raise ConfigError(f"{where}.{name}: expected {{dataset: LOADER, options: {{...}}}}")
-        unknown = sorted(set(entry) - {"dataset", "options"})
+        allowed = {"dataset", "options", *(("budget",) if budgets else ())}
+        unknown = sorted(set(entry) - allowed)
         if unknown:
-            raise ConfigError(f"{where}.{name}.{unknown[0]}: unknown key; allowed: dataset, "
-                              "options")
+            raise ConfigError(f"{where}.{name}.{unknown[0]}: unknown key; allowed: "
+                              f"{', '.join(sorted(allowed))}")
         options = entry.get("options") or {}
         if not isinstance(options, dict):
             raise ConfigError(f"{where}.{name}.options: expected a mapping")
-        out[str(name)] = CatalogEntry(entry["dataset"], dict(options))
+        budget = (Budget.from_dict(entry["budget"], f"{where}.{name}.budget")
+                  if entry.get("budget") is not None else None)
+        out[str(name)] = CatalogEntry(entry["dataset"], dict(options), budget)
     return out
 
 

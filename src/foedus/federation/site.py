@@ -5,14 +5,23 @@ It only ever connects *out*, to the coordinator, over HTTPS with its own client 
 its assignments back:
 
 * an ``offered`` actor is checked against the site's **local policy** and its **data
-  catalog** (:mod:`foedus.federation.policy`) *here*, whatever the coordinator decided; the
-  site answers with acceptance or its reason for refusing; an accepted actor is started at
-  once as ``python -m foedus.cli actor JOB client-00N`` in its own process and session, from
-  the job file with the catalog's data filled in, so a crashing job never takes the agent
-  down and several jobs run side by side;
+  catalog** (:mod:`foedus.federation.policy`) *here*, whatever the coordinator decided, and,
+  on a catalog entry with a privacy budget, against the **ledger**
+  (:mod:`foedus.federation.ledger`), which reserves what the job will spend; the site answers
+  with acceptance or its reason for refusing; an accepted actor is started at once as
+  ``python -m foedus.federation.site_actor JOB client-00N`` (``foedus actor`` plus a record of
+  the updates it sent) in its own process and session, from the job file with the catalog's
+  data filled in, so a crashing job never takes the agent down and several jobs run side by
+  side;
 * a ``stop`` (the job was cancelled, failed or ended) stops the actor's process group;
 * an actor that exits is reaped and reported (``exited`` or ``failed`` with its log's last
-  line).
+  line), and its job's reservation in the ledger is settled to what it spent.
+
+Every offer and every end is appended to the site's **audit log**
+(:mod:`foedus.federation.audit`), whose new entries, and the ledger's state, travel with the
+heartbeats so the coordinator can show them to admins. A site killed and restarted **rejoins**
+its jobs (:mod:`foedus.federation.site_state`): it adopts the actor processes that survived
+and starts again those that did not, once the coordinator says their job is still on.
 
 The loop is deliberately synchronous and simple: it waits on a timer between heartbeats, and
 nothing it does takes long (starting a process does not wait for it).
@@ -33,13 +42,25 @@ from typing import Any
 import yaml
 
 from foedus.core.errors import ConfigError, FoedusError, require
+from foedus.federation.audit import AuditLog
+from foedus.federation.ledger import (
+    Charge,
+    Ledger,
+    epsilon_of,
+    mechanisms_of,
+    settled,
+    warm_accountant,
+)
 from foedus.federation.policy import CatalogEntry, Policy, check_policy, fill_data, parse_catalog
+from foedus.federation.reports import AUDIT_BATCH
 from foedus.federation.settings import path_of, read_config, tls_of
+from foedus.federation.site_actor import sent_upper
+from foedus.federation.site_state import ActorRecord, Adopted, pid_runs, unfinished
 from foedus.transport.tls import TLSConfig
 
 log = logging.getLogger("foedus.federation.site")
 
-__all__ = ["Site", "SiteConfig", "run_site"]
+__all__ = ["Offer", "Site", "SiteConfig", "check_offer", "run_site"]
 
 VERSION = "0.1.0"
 
@@ -68,7 +89,7 @@ class SiteConfig:
         return cls(coordinator=url.rstrip("/"),
                    state_dir=path_of(raw, raw["state_dir"], "state_dir"),
                    tls=tls_of(raw, identity=True), heartbeat_s=float(beat),
-                   catalog=parse_catalog(raw.get("catalog")),
+                   catalog=parse_catalog(raw.get("catalog"), budgets=True),
                    policy=Policy.from_dict(raw.get("policy")))
 
 
@@ -76,7 +97,7 @@ class SiteConfig:
 class Actor:
     job_id: str
     actor: str
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | Adopted
     log: Path
     reported: dict[str, Any] = field(default_factory=dict)
 
@@ -89,6 +110,55 @@ def _last_line(path: Path) -> str:
     return lines[-1][-300:] if lines else ""
 
 
+@dataclass
+class Offer:
+    """A site's decision on an offer: ``reason`` None when accepted; ``job`` the job file
+    (with the catalog's data filled in when accepted); the catalog entry, the job's planned
+    charge (None without DP) and the epsilon it requests at ``delta`` (the budget's, else
+    the job's own)."""
+
+    reason: str | None
+    job: dict[str, Any]
+    dataset: str | None = None
+    charge: Charge | None = None
+    epsilon: float | None = None
+    delta: float | None = None
+
+
+def check_offer(job_id: str, job: dict[str, Any], config: SiteConfig, ledger: Ledger, *,
+                running: int) -> Offer:
+    """This site's decision on ``job``: its policy, its catalog and, on a catalog entry with
+    a budget, the ledger, which reserves the job's planned spend when it accepts.
+    ``running``: the jobs running here now."""
+    name = str((job.get("data") or {}).get("dataset", "digits"))
+    reason = check_policy(job, config.policy, running)
+    if reason is not None:
+        return Offer(reason, job, name)
+    filled = fill_data(job, config.catalog)
+    budget = config.catalog[name].budget
+    rounds = job.get("rounds", 10)
+    if isinstance(rounds, bool) or not isinstance(rounds, int):
+        return Offer(f"rounds: expected an integer, got {rounds!r}", job, name)
+    mechanisms = mechanisms_of(filled)
+    charge = Charge.planned(mechanisms, rounds) if mechanisms else None
+    delta = budget.delta if budget is not None else min((m.delta for m in mechanisms),
+                                                        default=None)
+    epsilon = epsilon_of([charge], delta) if charge is not None and delta else None
+    offer = Offer(None, filled, name, charge, epsilon, delta)
+    if budget is None:
+        return offer
+    if charge is None:
+        if config.policy.allow_non_dp:
+            return offer
+        offer.reason = (f"dataset {name!r} has a lifetime privacy budget (epsilon "
+                        f"{budget.epsilon:g} at delta {budget.delta:g}) and this job has no DP "
+                        "stage (local-dp or central-dp) whose spend could be counted; this "
+                        "site's policy does not allow non-DP jobs on it (policy.allow_non_dp)")
+        return offer
+    offer.reason, _ = ledger.reserve(name, budget, job_id, mechanisms, rounds)
+    return offer
+
+
 class Site:
     """The agent's state: its running actors and its client to the coordinator."""
 
@@ -99,6 +169,27 @@ class Site:
         self.http = httpx.Client(base_url=config.coordinator, verify=config.tls.client_context(),
                                  timeout=10.0)
         self.actors: dict[tuple[str, str], Actor] = {}
+        self.ledger = Ledger(config.state_dir / "ledger.db")
+        self.audit = AuditLog(config.state_dir / "audit.jsonl")
+        warm_accountant()  # the first DP offer must not stall the heartbeats
+        self.audit_have: int | None = None  # audit entries the coordinator holds
+        self._ledger_sent = -1  # the ledger's changes the coordinator has a report of
+        self._ledger_sending = -1
+        self.records: dict[tuple[str, str], ActorRecord] = {}
+        #: actors of an earlier run of this site whose process is gone: started again, or
+        #: reported, once the first heartbeat says whether their job is still on
+        self.pending: dict[tuple[str, str], ActorRecord] = {}
+        for record in unfinished(config.state_dir):
+            key = (record.job_id, record.actor)
+            self.records[key] = record
+            if record.pid is not None and pid_runs(record.pid, f"/{record.job_id}/"):
+                self.actors[key] = Actor(record.job_id, record.actor, Adopted(
+                    record.pid, f"/{record.job_id}/", self._progress(*key)),
+                    self._log(*key))
+                log.info("adopted %s of job %s (pid %d)", record.actor, record.job_id,
+                         record.pid)
+            else:
+                self.pending[key] = record
         self.finished: list[dict[str, Any]] = []  # reports of ended actors not yet delivered
 
     def close(self) -> None:
@@ -106,6 +197,7 @@ class Site:
         for actor in list(self.actors.values()):
             self._stop(actor)
         self.http.close()
+        self.ledger.close()
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         response = self.http.post(path, json=body)
@@ -122,8 +214,11 @@ class Site:
         offers = {"catalog": sorted(self.config.catalog), "version": VERSION,
                   "policy": self.config.policy.as_dict()}  # shown to users, read by dry runs
         answer = self._post("/v1/site/heartbeat",
-                            {"version": VERSION, "offers": offers, "actors": reports})
+                            {"version": VERSION, "offers": offers, "actors": reports,
+                             **self._reports()})
         self.finished = []
+        self._delivered(answer)
+        self._rejoin(answer.get("assignments", []))
         for a in answer.get("assignments", []):
             key = (a["job_id"], a["actor"])
             if a["state"] == "offered" and key not in self.actors:
@@ -135,17 +230,30 @@ class Site:
                     self._stop(self.actors.pop(key))
                 self.finished.append({"job_id": key[0], "actor": key[1], "state": "exited",
                                       "reason": "stopped at the coordinator's request"})
+        for report in self.finished:  # stopped here: settle what the job spent
+            self._ended(report)
 
     def _offer(self, a: dict[str, Any]) -> None:
         job_id, actor = a["job_id"], a["actor"]
         try:
             job = yaml.safe_load(a["job_yaml"])
-            running = len({j for j, _ in self.actors})
-            reason = check_policy(job, self.config.policy, running)
-            if reason is None:
-                job = fill_data(job, self.config.catalog)
-        except (FoedusError, yaml.YAMLError, TypeError, AttributeError) as exc:
-            reason = str(exc)
+            if not isinstance(job, dict):
+                raise ConfigError("job file: expected a mapping")
+            offer = check_offer(job_id, job, self.config, self.ledger,
+                                running=len({j for j, _ in self.actors}))
+            reason, job = offer.reason, offer.job
+        except (FoedusError, yaml.YAMLError, TypeError, AttributeError, ValueError) as exc:
+            reason, offer = str(exc), Offer(str(exc), {})
+        stages = [str(p.get("type") if isinstance(p, dict) else p)
+                  for p in (job.get("pipeline") or [] if isinstance(job, dict) else [])]
+        self.audit.offered(job_id=job_id, actor=actor, submitter=a.get("owner"),
+                           job_yaml=str(a.get("job_yaml", "")), reason=reason, stages=stages,
+                           dataset=offer.dataset, epsilon=offer.epsilon, delta=offer.delta)
+        if reason is None:  # recorded before the answer: a site killed from here finds it
+            record = ActorRecord(job_id, actor, None, offer.dataset, a.get("owner"),
+                                 offer.charge.to_json() if offer.charge else None, offer.delta)
+            record.save(self.config.state_dir)
+            self.records[(job_id, actor)] = record
         if reason is not None:
             log.warning("refusing %s of job %s: %s", actor, job_id, reason)
             self._post("/v1/site/answer", {"job_id": job_id, "actor": actor, "accept": False,
@@ -159,14 +267,83 @@ class Site:
         where = self.config.state_dir / "jobs" / job_id
         where.mkdir(parents=True, exist_ok=True)
         (where / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
-        logfile = where / f"{actor}.log"
+        self._start(self.records[(job_id, actor)])
+
+    def _log(self, job_id: str, actor: str) -> Path:
+        return self.config.state_dir / "jobs" / job_id / f"{actor}.log"
+
+    def _start(self, record: ActorRecord) -> None:
+        """Start (or start again) an actor's process and record its pid."""
+        where = self.config.state_dir / "jobs" / record.job_id
+        logfile = self._log(record.job_id, record.actor)
         with logfile.open("ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "foedus.cli", "actor", str(where / "job.yaml"), actor],
+                [sys.executable, "-m", "foedus.federation.site_actor", str(where / "job.yaml"),
+                 record.actor, "--progress", str(self._progress(record.job_id, record.actor))],
                 cwd=where, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
-        self.actors[(job_id, actor)] = Actor(job_id, actor, proc, logfile)
-        log.info("started %s of job %s (pid %d)", actor, job_id, proc.pid)
+        record.pid = proc.pid
+        record.save(self.config.state_dir)
+        self.actors[(record.job_id, record.actor)] = Actor(record.job_id, record.actor, proc,
+                                                           logfile)
+        log.info("started %s of job %s (pid %d)", record.actor, record.job_id, proc.pid)
+
+    def _rejoin(self, assignments: list[dict[str, Any]]) -> None:
+        """Once, after a restart: start again the actors whose process is gone if their job
+        is still on; report the others as failed (a stop or an offer is handled as usual)."""
+        listed = {(a["job_id"], a["actor"]): a for a in assignments}
+        for key, record in list(self.pending.items()):
+            a = listed.get(key, {})
+            if a.get("state") in ("stop", "offered"):
+                continue
+            if a.get("state") in ("accepted", "running") and \
+                    a.get("job_state") in ("queued", "running"):
+                log.warning("rejoining job %s: starting %s again", *key)
+                self._start(record)
+            else:
+                report = {"job_id": key[0], "actor": key[1], "state": "failed",
+                          "reason": "its process was gone when the site restarted, and the "
+                                    "job is no longer running"}
+                self.finished.append(report)
+                self._ended(report)
+        self.pending = {}
+
+    def _reports(self) -> dict[str, Any]:
+        """What a heartbeat carries besides the actors: audit entries the coordinator lacks
+        and the ledger when it changed."""
+        out: dict[str, Any] = {}
+        if self.audit_have is not None:
+            out["audit"] = self.audit.entries(since=self.audit_have)[:AUDIT_BATCH]
+        self._ledger_sending = self.ledger.changes
+        if self._ledger_sending != self._ledger_sent:
+            out["ledger"] = self.ledger.report(
+                {n: e.budget for n, e in self.config.catalog.items() if e.budget})
+        return out
+
+    def _delivered(self, answer: dict[str, Any]) -> None:
+        have = answer.get("audit_have")
+        self.audit_have = have if isinstance(have, int) else None
+        if "audit_have" in answer:  # a coordinator that keeps reports has the ledger now
+            self._ledger_sent = self._ledger_sending
+
+    def _ended(self, report: dict[str, Any]) -> None:
+        """An actor ended (reported in ``report``): settle its job's reservation to what its
+        processes sent, append the outcome to the audit log, mark its record ended."""
+        key = (report["job_id"], report["actor"])
+        record = self.records.pop(key, None) or ActorRecord(*key)
+        sent = sent_upper(self._progress(*key))
+        self.ledger.settle(key[0], sent, report.get("reason") or report["state"])
+        epsilon = None
+        if record.charge is not None and record.delta:
+            epsilon = epsilon_of([settled(Charge.from_json(record.charge), sent)],
+                                 record.delta)
+        stopped = "coordinator's request" in str(report.get("reason"))
+        self.audit.ended(job_id=key[0], actor=key[1],
+                         outcome="stopped" if stopped else report["state"],
+                         reason=report.get("reason"), updates_sent=sent, epsilon=epsilon)
+        record.ended = True
+        if record.path(self.config.state_dir).parent.exists():
+            record.save(self.config.state_dir)
 
     def _reap(self) -> None:
         for key, a in list(self.actors.items()):
@@ -179,6 +356,10 @@ class Site:
                 "state": "exited" if status == 0 else "failed",
                 "reason": None if status == 0 else
                 f"exit status {status}: {_last_line(a.log)}"})
+            self._ended(self.finished[-1])
+
+    def _progress(self, job_id: str, actor: str) -> Path:
+        return self.config.state_dir / "jobs" / job_id / f"{actor}.progress"
 
     @staticmethod
     def _stop(actor: Actor) -> None:
