@@ -1,0 +1,344 @@
+"""Federation: from ``foedus submit`` to the end of round 1, and the coordinator's cost at scale.
+
+Two measurements, each against a real ``foedus coordinator`` process on loopback (SQLite, the
+default database), with the files :class:`foedus.federation.demo.LocalFederation` writes
+(certificates, ``coordinator.yaml``, ``site-N.yaml``):
+
+1. **Submit to round 1** on an idle federation: three ``foedus site`` processes (heartbeat
+   every ``--heartbeat`` seconds, 2 by default as in ``site.yaml``), a job of three clients on
+   the bundled digits over the ``https`` transport (its hub in the server's process). Each
+   repeat runs the installed ``foedus submit JOB.yaml`` and stops the clock when the job's
+   server appends round 1's record to its records file (polled every 5 ms: the round's real
+   end, not the coordinator's next reading of it); the next repeat starts when the job has
+   ended and its actors have exited. One warm-up job first (bytecode and file caches), then
+   ``--repeats`` timed ones; median and best. The events the coordinator records give the
+   breakdown: ``submit`` (the command's run), ``accepted`` (the last site's acceptance, which
+   waits for its next heartbeat), ``server`` (the coordinator starting the server process).
+2. **Scale**: ``--sites`` (100) simulated sites, each an HTTPS client with its own certificate
+   in this process, heartbeat every 2 s (the default); ``--jobs`` (20) jobs queued, offered to
+   sites that never answer (so each heartbeat of an offered site carries the job file back).
+   Over ``--window`` seconds: the coordinator process's CPU (user + system, from
+   ``/proc/PID/stat``, as a share of one core), its resident memory (VmRSS, and VmHWM: the
+   peak), and the heartbeat round trip seen by the sites (median and 99th percentile).
+
+Run: ``.venv/bin/python bench/federation.py [--repeats 5] [--heartbeat 2] [--sites 100]
+[--jobs 20] [--window 30] [--write docs/benchmarks-federation.md]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from foedus.certs import create_deployment_certs
+from foedus.federation.demo import ADMIN_TOKEN, LocalFederation
+
+FOEDUS = [sys.executable, "-m", "foedus.cli"]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def wait_for(check: Callable[[], Any], seconds: float, what: str, every: float = 0.05) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)  # between polls of a condition, bounded by the deadline
+    raise RuntimeError(f"timed out after {seconds}s waiting for {what}")
+
+
+def api(fed: LocalFederation) -> httpx.Client:
+    return httpx.Client(base_url=fed.url, timeout=30.0,
+                        verify=ssl.create_default_context(cafile=str(fed.root / "certs" /
+                                                                     "ca.pem")),
+                        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+
+
+@contextmanager
+def processes(fed: LocalFederation, sites: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    """The coordinator and ``sites`` as processes; all stopped (SIGTERM, by pid) at the end.
+    Yields the coordinator's process."""
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        log = (fed.root / "coordinator.log").open("ab")
+        started.append(subprocess.Popen(
+            [*FOEDUS, "coordinator", "--config", str(fed.root / "coordinator.yaml")],
+            stdout=log, stderr=subprocess.STDOUT))
+        coordinator = started[0]
+
+        def healthy() -> bool:
+            try:
+                with api(fed) as client:
+                    return client.get("/v1/health").status_code == 200
+            except httpx.TransportError:
+                return False
+        wait_for(healthy, 60, "the coordinator")
+        for name in sites:
+            log = (fed.root / f"{name}.log").open("ab")
+            started.append(subprocess.Popen(
+                [*FOEDUS, "site", "--config", str(fed.root / f"{name}.yaml")],
+                stdout=log, stderr=subprocess.STDOUT))
+
+        def online() -> bool:
+            with api(fed) as client:
+                found: list[dict[str, Any]] = client.get("/v1/sites").json()["sites"]
+            return sum(bool(s["online"]) for s in found) >= len(sites)
+        wait_for(online, 60, "the sites online")
+        yield coordinator
+    finally:
+        for proc in reversed(started):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+# ---- 1. submit to round 1 ------------------------------------------------------------------
+
+def one_job(fed: LocalFederation, job: Path) -> dict[str, float]:
+    env = {**os.environ, "FOEDUS_COORDINATOR": fed.url, "FOEDUS_TOKEN": ADMIN_TOKEN,
+           "FOEDUS_CA": str(fed.root / "certs" / "ca.pem")}
+    wall0, t0 = time.time(), time.monotonic()
+    done = subprocess.run([*FOEDUS, "submit", str(job)], env=env, capture_output=True,
+                          text=True, check=True)
+    submitted = time.monotonic() - t0
+    job_id = done.stdout.strip()
+    records = fed.root / "coordinator" / "jobs" / job_id / "records.jsonl"
+    wait_for(lambda: records.exists() and records.stat().st_size > 0, 120, "round 1",
+             every=0.005)
+    first_round = time.monotonic() - t0
+
+    def ended() -> dict[str, Any] | None:
+        with api(fed) as client:
+            found: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        settled = all(a["state"] in ("done", "failed", "stopped") for a in found["assignments"])
+        return found if found["state"] in ("finished", "failed") and settled else None
+    found = wait_for(ended, 180, f"job {job_id} to end")
+    if found["state"] != "finished":
+        raise RuntimeError(f"job {job_id} {found['state']}: {found['reason']}")
+    events = found["events"]
+    accepted = max(e["at"] for e in events if e["text"].endswith(": accepted")) - wall0
+    server = next(e["at"] for e in events if "started here" in e["text"]) - wall0
+    return {"submit": submitted, "accepted": accepted, "server": server, "round1": first_round}
+
+
+def submit_to_round1(repeats: int, heartbeat: float) -> list[dict[str, float]]:
+    with tempfile.TemporaryDirectory(prefix="foedus-bench-fed-") as tmp:
+        fed = LocalFederation.create(Path(tmp), 3, heartbeat_s=heartbeat)
+        job = fed.job(rounds=1)
+        with processes(fed, fed.sites):
+            one_job(fed, job)  # warm-up
+            runs = []
+            for i in range(repeats):
+                runs.append(one_job(fed, job))
+                print(f"  submit to round 1, run {i + 1}: "
+                      + ", ".join(f"{k} {v:.2f}s" for k, v in runs[-1].items()),
+                      file=sys.stderr, flush=True)
+            return runs
+
+
+# ---- 2. the coordinator with many sites and queued jobs -------------------------------------
+
+async def heartbeat_sites(fed: LocalFederation, names: list[str], beat_s: float,
+                          stop: asyncio.Event, latencies: list[float]) -> None:
+    """Each simulated site heartbeats every ``beat_s`` seconds (offsets spread evenly) until
+    ``stop``; it reports no actor and never answers an offer."""
+    certs = fed.root / "certs"
+
+    async def site(i: int, name: str) -> None:
+        context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        context.load_cert_chain(str(certs / "clients" / f"{name}.pem"),
+                                str(certs / "clients" / f"{name}.key"))
+        async with httpx.AsyncClient(base_url=fed.url, verify=context, timeout=30) as client:
+            await asyncio.sleep(beat_s * i / len(names))  # spread the beats, as real sites are
+            while not stop.is_set():
+                began = time.monotonic()
+                r = await client.post("/v1/site/heartbeat", json={
+                    "version": "bench", "offers": {"catalog": ["digits"]}, "actors": []})
+                r.raise_for_status()
+                latencies.append(time.monotonic() - began)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(),
+                                           max(0.0, beat_s - (time.monotonic() - began)))
+
+    await asyncio.gather(*(site(i, n) for i, n in enumerate(names)))
+
+
+def proc_stats(pid: int) -> tuple[float, int, int]:
+    """(CPU seconds, VmRSS kB, VmHWM kB) of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
+                  .splitlines() if ":" in line)
+    return cpu, int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0])
+
+
+def waiting_servers(coordinator: int) -> list[int]:
+    """VmRSS (kB) of each job server process the coordinator started (pre-started, gated)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == coordinator:
+                found.append(proc_stats(int(stat.parent.name))[1])
+        except (OSError, ValueError, KeyError):
+            continue  # gone meanwhile
+    return found
+
+
+def scale(sites: int, jobs: int, window: float) -> dict[str, float]:
+    beat_s = 2.0
+    with tempfile.TemporaryDirectory(prefix="foedus-bench-scale-") as tmp:
+        fed = LocalFederation.create(Path(tmp), 2)
+        names = [f"sim-{i:03d}" for i in range(sites)]
+        create_deployment_certs(fed.root / "certs", names)
+        config = yaml.safe_load((fed.root / "coordinator.yaml").read_text())
+        config["queue_timeout"] = 24 * 3600  # the jobs stay queued through the window
+        (fed.root / "coordinator.yaml").write_text(yaml.safe_dump(config))
+        job = fed.job(rounds=5)
+        with processes(fed, []) as coordinator:
+            idle_cpu, idle_rss, _ = proc_stats(coordinator.pid)
+            latencies: list[float] = []
+
+            async def run() -> None:
+                stop = asyncio.Event()
+                load = asyncio.create_task(heartbeat_sites(fed, names, beat_s, stop, latencies))
+                verify = ssl.create_default_context(cafile=str(fed.root / "certs" / "ca.pem"))
+                async with httpx.AsyncClient(
+                        base_url=fed.url, verify=verify, timeout=60,
+                        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
+                    while True:  # every simulated site registered (a condition, polled)
+                        found = (await client.get("/v1/sites")).json()["sites"]
+                        if sum(s["online"] for s in found) >= sites:
+                            break
+                        await asyncio.sleep(0.2)
+                    for i in range(jobs):  # 2 sites each, spread over all of them
+                        pair = [names[(2 * i) % sites], names[(2 * i + 1) % sites]]
+                        r = await client.post("/v1/jobs", json={"job_yaml": job.read_text(),
+                                                                "sites": pair})
+                        r.raise_for_status()
+                await asyncio.sleep(2 * beat_s)  # every site has seen its offers once
+                start["cpu"], _, _ = proc_stats(coordinator.pid)
+                start["beats"] = len(latencies)
+                start["at"] = time.monotonic()
+                await asyncio.sleep(window)  # the measured window
+                stop.set()
+                await load
+
+            start: dict[str, float] = {}
+            asyncio.run(run())
+            cpu1, rss, hwm = proc_stats(coordinator.pid)
+            measured = time.monotonic() - start["at"]
+            children = waiting_servers(coordinator.pid)
+            with api(fed) as client:
+                queued = sum(j["state"] == "queued" for j in client.get("/v1/jobs").json()["jobs"])
+        beats = sorted(latencies[int(start["beats"]):])
+        return {"cpu_share": (cpu1 - start["cpu"]) / measured, "rss_mb": rss / 1024,
+                "hwm_mb": hwm / 1024, "idle_rss_mb": idle_rss / 1024,
+                "idle_cpu_s": idle_cpu, "beats_per_s": len(beats) / measured,
+                "beat_p50_ms": 1000 * beats[len(beats) // 2],
+                "beat_p99_ms": 1000 * beats[int(len(beats) * 0.99)], "queued": queued,
+                "window_s": measured, "waiting": len(children),
+                "cpu_ms_per_beat": 1000 * (cpu1 - start["cpu"]) / max(1, len(beats)),
+                "waiting_rss_mb": sum(children) / 1024}
+
+
+def report(runs: list[dict[str, float]], load: dict[str, float], args: argparse.Namespace,
+           load_before: float) -> str:
+    def med(key: str) -> str:
+        return f"{statistics.median(r[key] for r in runs):.2f}"
+
+    def best(key: str) -> str:
+        return f"{min(r[key] for r in runs):.2f}"
+
+    lines = [
+        "# Federation benchmark",
+        "",
+        f"`.venv/bin/python bench/federation.py --repeats {args.repeats} --heartbeat "
+        f"{args.heartbeat:g} --sites {args.sites} --jobs {args.jobs} --window {args.window:g}`, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average "
+        f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (2 cores; other "
+        "sessions' work on the machine inflates every wall-clock figure).",
+        "",
+        f"## Submit to the end of round 1 (3 sites, heartbeat {args.heartbeat:g} s, "
+        f"{args.repeats} runs after a warm-up)",
+        "",
+        "Seconds from launching `foedus submit` (median / best):",
+        "",
+        "| `foedus submit` returned | last site accepted | server process started | "
+        "round 1 ended |",
+        "|---|---|---|---|",
+        f"| {med('submit')} / {best('submit')} | {med('accepted')} / {best('accepted')} | "
+        f"{med('server')} / {best('server')} | {med('round1')} / {best('round1')} |",
+        "",
+        f"## The coordinator with {args.sites} sites heartbeating every 2 s and "
+        f"{args.jobs} queued jobs",
+        "",
+        "| coordinator CPU (share of one core) | CPU per heartbeat (ms) | RSS (MB) | "
+        "peak RSS (MB) | RSS before the "
+        "sites (MB) | heartbeats/s | heartbeat p50 / p99 (ms) | jobs still queued | "
+        "pre-started server processes (RSS, MB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {load['cpu_share']:.1%} | {load['cpu_ms_per_beat']:.2f} | {load['rss_mb']:.0f} | "
+        f"{load['hwm_mb']:.0f} | "
+        f"{load['idle_rss_mb']:.0f} | {load['beats_per_s']:.1f} | "
+        f"{load['beat_p50_ms']:.1f} / {load['beat_p99_ms']:.1f} | {load['queued']} | "
+        f"{load['waiting']} ({load['waiting_rss_mb']:.0f}) |",
+        "",
+        f"Measured over {load['window_s']:.0f} s after every site had registered and every "
+        "job was queued; the simulated sites run in the benchmark's own process, on the same "
+        "2 cores, so on a busy machine they send fewer heartbeats than 50 a second and wait "
+        "longer for the answers: the coordinator's CPU per heartbeat is the figure that does "
+        "not depend on them.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--heartbeat", type=float, default=2.0,
+                        help="the sites' heartbeat_s in the submit-to-round-1 runs")
+    parser.add_argument("--sites", type=int, default=100)
+    parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--window", type=float, default=30.0)
+    parser.add_argument("--write", help="write the report to this file (default: print)")
+    parser.add_argument("--runs-from", metavar="JSON", help=argparse.SUPPRESS)  # a rerun of 2.
+    args = parser.parse_args()
+    load_before = os.getloadavg()[0]
+    if args.runs_from:
+        runs = json.loads(Path(args.runs_from).read_text())
+    else:
+        runs = submit_to_round1(args.repeats, args.heartbeat)
+        Path(tempfile.gettempdir(), "foedus-bench-federation-runs.json").write_text(
+            json.dumps(runs))
+    load = scale(args.sites, args.jobs, args.window)
+    text = report(runs, load, args, load_before)
+    if args.write:
+        Path(args.write).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
