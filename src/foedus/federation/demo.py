@@ -270,9 +270,14 @@ def run_demo(rounds: int = 3, sites: int = 3, *, keep: str | None = None,
     (configs, certificates, databases, logs) in, instead of a temporary one."""
     if rounds < 1:
         raise ConfigError(f"--rounds: expected at least 1, got {rounds}")
-    if keep is not None:
-        root = Path(keep)
-        root.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(_demo(LocalFederation.create(root.resolve(), sites), rounds, out))
-    with tempfile.TemporaryDirectory(prefix="foedus-federation-") as tmp:
-        return asyncio.run(_demo(LocalFederation.create(Path(tmp), sites), rounds, out))
+    try:
+        if keep is not None:
+            root = Path(keep)
+            root.mkdir(parents=True, exist_ok=True)
+            return asyncio.run(_demo(LocalFederation.create(root.resolve(), sites), rounds,
+                                     out))
+        with tempfile.TemporaryDirectory(prefix="foedus-federation-") as tmp:
+            return asyncio.run(_demo(LocalFederation.create(Path(tmp), sites), rounds, out))
+    except asyncio.CancelledError:  # SIGTERM: everything was stopped on the way out
+        print("foedus federation demo: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
