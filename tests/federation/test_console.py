@@ -24,7 +24,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -90,10 +90,16 @@ def viewer_token(federation: Federation) -> str:
 
 def until(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str,
           seconds: float = WAIT_S) -> Any:
-    """Wait for a page condition (re-tried when the page re-renders the element meanwhile)."""
-    return WebDriverWait(driver, seconds, poll_frequency=0.1,
-                         ignored_exceptions=(StaleElementReferenceException,)).until(
-        condition, f"waiting for {what}")
+    """Wait for a page condition (re-tried when the page re-renders the element meanwhile);
+    a timeout says what the page showed instead."""
+    try:
+        return WebDriverWait(driver, seconds, poll_frequency=0.1,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(
+            condition)
+    except TimeoutException:
+        shown = driver.find_element(By.TAG_NAME, "main").text[:2000]
+        raise AssertionError(f"timed out after {seconds}s waiting for {what} on "
+                             f"{driver.current_url}; the page showed:\n{shown}") from None
 
 
 def text_of(selector: str) -> Callable[[WebDriver], str]:
@@ -102,6 +108,11 @@ def text_of(selector: str) -> Callable[[WebDriver], str]:
         found = driver.find_elements(By.CSS_SELECTOR, selector)
         return found[0].text if found and found[0].is_displayed() else ""
     return read
+
+
+def click(driver: WebDriver, selector: str, what: str) -> None:
+    """Click an element of a region the page re-renders live (again if it was replaced)."""
+    until(driver, lambda d: d.find_element(By.CSS_SELECTOR, selector).click() or True, what)
 
 
 def log_in(driver: WebDriver, fed: Federation, token: str, page: str = "/console/") -> None:
@@ -142,8 +153,8 @@ def test_a_token_logs_in_to_a_strict_session_cookie_and_logging_out_ends_it(
     for site in ("site-a", "site-b"):
         row = until(browser, text_of(f'tr[data-site="{site}"]'), f"{site}'s row")
         assert "online" in row and "digits" in row
-    assert "max rounds: 60" in browser.find_element(By.CSS_SELECTOR,
-                                                    'tr[data-site="site-b"] .policy').text
+    assert "max rounds: 60" in until(browser, text_of('tr[data-site="site-b"] .policy'),
+                                     "site-b's policy")
 
     browser.find_element(By.ID, "logout").click()
     until(browser, lambda d: d.find_elements(By.ID, "token"), "the login page")
@@ -253,10 +264,7 @@ def test_a_viewer_cannot_cancel_and_an_admin_cancels_a_running_job(
     assert federation.job(job_id)["state"] == "running"
 
     log_in(browser, federation, federation.admin_token, "/console/jobs?status=running")
-    button = until(browser, lambda d: d.find_element(By.CSS_SELECTOR,
-                                                     f'button[data-cancel="{job_id}"]'),
-                   "the job's cancel button")
-    button.click()
+    click(browser, f'button[data-cancel="{job_id}"]', "the job's cancel button")
     assert until(browser, text_of("#action-message"), "the answer") == f"Job {job_id} cancelled."
     until(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, f'tr[data-job="{job_id}"]'),
           "the job to leave the running filter")
@@ -265,7 +273,8 @@ def test_a_viewer_cannot_cancel_and_an_admin_cancels_a_running_job(
 
 
 def test_every_page_reads_at_desktop_and_phone_width_and_starts_with_a_skip_link(
-        federation: Federation, browser: WebDriver) -> None:
+        federation: Federation, browser: WebDriver, mosquitto: Mosquitto,
+        tmp_path: Path) -> None:
     with federation.api() as api:
         jobs = api.get("/v1/jobs").json()["jobs"]
     finished = next(j["id"] for j in jobs if j["state"] == "finished")
@@ -276,15 +285,20 @@ def test_every_page_reads_at_desktop_and_phone_width_and_starts_with_a_skip_link
         browser.set_window_size(width, height)
         for name, page in pages.items():
             browser.get(federation.url + page)
+            browser.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
+            assert browser.switch_to.active_element.get_attribute("class") == "skip", name
+            browser.execute_script("document.activeElement.blur()")
             if name == "job":
                 until(browser, lambda d: d.find_element(By.ID, "charts")
                       .get_attribute("data-points") != "0", "the charts")
+            if name == "submit":  # with the sites' verdicts on a job file
+                paste_job(browser, job_file(mosquitto, tmp_path, "digits-fed", rounds=80))
+                browser.find_element(By.ID, "check").click()
+                until(browser, text_of("#verdicts"), "the verdicts")
+                browser.execute_script("document.activeElement.blur(); window.scrollTo(0, 0)")
             overflow = browser.execute_script(
                 "return document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 0, f"{name} scrolls sideways at {width}px"
-            browser.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
-            focused = browser.switch_to.active_element
-            assert focused.get_attribute("class") == "skip", name
             if SCREENSHOTS:
                 Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
                 browser.save_screenshot(str(Path(SCREENSHOTS) / f"{name}{suffix}.png"))

@@ -1,20 +1,19 @@
 """The console's routes in process: login and the session cookie, the session used on the
 coordinator's own API (with CSRF for changes), role-aware pages, short error pages, the dry
-run and the model download."""
+run."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-import numpy as np
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
+from foedus.federation.console import mount
 from foedus.federation.coordinator import Coordinator
-from foedus.mlops.modelfile import decode_model
-from foedus.roles.checkpoint import Checkpointer
 from tests.federation.console.conftest import ADMIN
 
 Client = TestClient  # type: ignore[type-arg]
@@ -140,19 +139,18 @@ async def test_a_failing_page_shows_a_short_message_and_never_a_traceback(
     assert missing.headers["Content-Security-Policy"].startswith("default-src 'self'")
 
 
-async def test_a_finished_job_offers_its_final_model_as_a_model_file(
-        client: Client, coordinator: Coordinator) -> None:
-    headers = await log_in(client)
-    job_id = coordinator.submit("admin", JOB, None)
-    early = await client.get(f"/console/jobs/{job_id}/model", headers=headers)
-    assert early.status == 409 and "only a finished job has a final model" in await early.text()
-    job = coordinator.store.job(job_id)
-    assert job is not None
-    weights = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
-    Checkpointer(job.checkpoint_dir, job_id).save(3, weights, {}, [])
-    coordinator.store.finish_job(job_id, "finished", None, {"rounds": 3})
-    answer = await client.get(f"/console/jobs/{job_id}/model", headers=headers)
-    assert answer.status == 200
-    assert answer.headers["Content-Disposition"] == f'attachment; filename="{job_id}.foedus"'
-    model = decode_model(await answer.read())
-    assert np.array_equal(model["w"], weights["w"])
+async def test_admins_see_links_to_the_sites_ledger_and_audit_log_when_the_api_has_them(
+        coordinator: Coordinator) -> None:
+    async def ledger(request: Any) -> Any:
+        return web.json_response({"site": request.match_info["name"]})
+    app = web.Application()
+    app.router.add_get("/v1/sites/{name}/ledger", ledger)  # an API with a ledger, no audit
+    mount(app, coordinator)
+    coordinator.store.add_user("vera", "viewer", "tok-vera")
+    async with TestClient(TestServer(app)) as client:
+        admin = await (await client.get("/console/", headers=await log_in(client))).text()
+        viewer = await (await client.get("/console/",
+                                         headers=await log_in(client, "tok-vera"))).text()
+    assert '<a href="/v1/sites/site-a/ledger">ledger</a>' in admin
+    assert "audit log" not in admin
+    assert "/ledger" not in viewer

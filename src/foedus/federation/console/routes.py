@@ -7,8 +7,9 @@
 * the pages ``/console/`` (the federation: sites, policies), ``/console/jobs``,
   ``/console/jobs/{job_id}``, ``/console/submit``; each page is rendered here (Jinja2) and
   kept live by its script, which polls either a fragment of the page (``?part=live``) or the
-  coordinator's JSON API (``/v1/...``) itself;
-* ``/console/jobs/{job_id}/model``: the finished job's model file, and ``/console/static/``.
+  coordinator's JSON API (``/v1/...``) itself (a finished job's model is the API's
+  ``/v1/jobs/{job_id}/model``);
+* ``/console/static/``: the styles, the scripts and the vendored chart library.
 
 The middleware lets those scripts call ``/v1/`` with the session: a request with the session's
 cookie and no ``Authorization`` header is passed on as the session user's bearer token, so the
@@ -28,12 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from foedus.core.errors import FoedusError, require
+from foedus.core.errors import require
 from foedus.federation.console import views
 from foedus.federation.console.sessions import COOKIE, Session, Sessions
 from foedus.federation.store import JOB_STATES, ROLES
-from foedus.mlops.modelfile import encode_model
-from foedus.roles.checkpoint import Checkpointer
 
 if TYPE_CHECKING:
     from foedus.federation.coordinator import Coordinator
@@ -191,27 +190,6 @@ class Console:
         return self.render("submit.html", request, session,
                            may_submit=_can(session.role, "submitter"))
 
-    async def model(self, request: Any) -> Any:
-        """The finished job's global model, in the model-file format MLflow and the adapters
-        read (:mod:`foedus.mlops.modelfile`), from the job's last checkpoint."""
-        self.session(request)
-        job = self.coordinator.store.job(request.match_info["job_id"])
-        if job is None:
-            return self.error(request, 404, f"There is no job {request.match_info['job_id']!r}.")
-        if job.state != "finished":
-            return self.error(request, 409, f"Job {job.id} is {job.state}: only a finished "
-                                            "job has a final model.")
-        try:
-            checkpoint = Checkpointer(job.checkpoint_dir, job.id).load()
-        except FoedusError as exc:
-            return self.error(request, 500, f"Job {job.id}'s final model does not read: {exc}")
-        if checkpoint is None:
-            return self.error(request, 404, f"Job {job.id} left no model (no checkpoint in its "
-                                            "state directory).")
-        data = encode_model(checkpoint.params, job_id=job.id, round=checkpoint.round)
-        return self.web.Response(body=data, content_type="application/octet-stream", headers={
-            "Content-Disposition": f'attachment; filename="{job.id}.foedus"'})
-
     async def root(self, request: Any) -> Any:
         raise self.web.HTTPFound(f"{PREFIX}/")
 
@@ -300,7 +278,6 @@ def mount(app: Any, coordinator: Coordinator) -> Console:
     add("GET", f"{PREFIX}/", console.federation)
     add("GET", f"{PREFIX}/jobs", console.jobs)
     add("GET", f"{PREFIX}/jobs/{{job_id}}", console.job)
-    add("GET", f"{PREFIX}/jobs/{{job_id}}/model", console.model)
     add("GET", f"{PREFIX}/submit", console.submit)
     app.router.add_static(f"{PREFIX}/static/", HERE / "static")
 

@@ -59,7 +59,7 @@
         figure.append(el("figcaption", {}, s.title));
         holder.append(figure);
         const opts = {
-          width: chartWidth(figure), height: 200,
+          width: chartWidth(figure), height: 200, legend: {live: false},
           scales: {x: {time: false, range: [1, Math.max(totalRounds, 2)]}},
           axes: [{label: "round", incrs: [1, 2, 5, 10, 20, 50, 100]}, {size: 60}],
           series: [{label: "round"}, ...s.lines.map((line, i) => ({
