@@ -29,7 +29,7 @@ from tests.transport.hub_fixtures import certs
 __all__ = ["certs"]  # the fixture, used by name
 
 LIMITS = PeerLimits(max_connections=6, max_subscriptions=4, max_publishes=2, max_topics=32,
-                    max_groups=2, request_timeout=0.5, upload_idle_s=0.5)
+                    max_groups=2, request_timeout=1.5, upload_idle_s=1.0)
 HONEST = ("client-000", "client-001", "client-002")
 ATTACKER = "participant"
 
@@ -45,7 +45,7 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0)
 
 
 async def honest_rounds(connect: Callable[[str], Awaitable[Transport]], rounds: int = 2,
-                        deadline: float = 10.0) -> None:
+                        deadline: float = 20.0) -> None:
     """A server and three clients exchange ``rounds`` model/update rounds through the hub,
     each round within ``deadline`` seconds."""
     server = await connect("client-000")  # the hub checks no sender here: any honest cert
@@ -243,3 +243,21 @@ async def test_grpc_hub_bounds_every_flood_and_honest_rounds_complete(
         await attacker.close()
     finally:
         await channel.close()
+
+
+def test_a_job_file_sets_a_hosted_hubs_limits_and_a_wrong_key_is_one_line(
+    certs: DeploymentCerts,
+) -> None:
+    from foedus.core.errors import ConfigError
+    from foedus.transport.hub import Hosting
+
+    serve = {"ca": str(certs.ca), "cert": str(certs.server_cert), "key": str(certs.server_key)}
+    hosting = Hosting.from_params(serve, None, None, False, None,
+                                  limits={"max_subscriptions": 2, "request_timeout": 5})
+    assert hosting.limits == PeerLimits(max_subscriptions=2, request_timeout=5)
+    with pytest.raises(ConfigError, match="got 'max_subs'; allowed: max_connections"):
+        Hosting.from_params(serve, None, None, False, None, limits={"max_subs": 2})
+    with pytest.raises(ConfigError, match="max_topics must be a positive number, got 0"):
+        PeerLimits(max_topics=0)
+    with pytest.raises(ConfigError, match="need serve"):
+        Hosting.from_params(None, None, None, False, None, limits={"max_topics": 9})

@@ -399,9 +399,11 @@ class GrpcTransport(HubClient):
     ``sender_aliases`` set the hosted hub's identity check.
     ``connect_timeout`` bounds the wait for a reachable, TLS-accepting hub (a client started
     before the server waits for it); ``reconnect_timeout`` how long a broken subscription or a
-    publish to an unreachable hub keeps retrying. ``linger_s`` (hosting only): how long the
-    hosted hub, when this process's actors are done, waits for the other actors to finish and
-    leave (edges still relay the job's "stop" through it) before it closes.
+    publish to an unreachable hub keeps retrying. ``limits`` (hosting only): what one peer may
+    hold on the hub (a mapping of :class:`~foedus.transport.hub.limits.PeerLimits` fields).
+    ``linger_s`` (hosting only): how long the hosted hub, when this process's actors are done,
+    waits for the other actors to finish and leave (edges still relay the job's "stop" through
+    it) before it closes.
     """
 
     name = "grpc"
@@ -418,11 +420,12 @@ class GrpcTransport(HubClient):
         sender_aliases: Mapping[str, str] | None = None, connect_timeout: float = 30.0,
         reconnect_timeout: float = 60.0, linger_s: float = DEFAULT_LINGER_S,
         keepalive_s: float = 30.0,
+        limits: Mapping[str, Any] | None = None,
     ) -> None:
         require("grpc", "grpc")
         host, port = _split_address(address)
         hosting = Hosting.from_params(serve, serve_as, actor, verify_sender, sender_aliases,
-                                      linger_s)
+                                      linger_s, limits)
         self.tls = TLSConfig.from_mapping(tls)
         if self.tls is None and not insecure and not hosting.in_process:
             raise ConfigError("grpc transport needs tls: {ca: ...} (or insecure: true)")

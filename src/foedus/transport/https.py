@@ -512,9 +512,11 @@ class HttpsTransport(HubClient):
     and ``sender_aliases`` set the hosted hub's identity check. ``poll_s`` is the long-poll
     wait; ``connect_timeout`` bounds the wait for the hub to come up (a client started before
     the server waits for it); ``reconnect_timeout`` how long a broken subscription or a publish
-    to an unreachable hub keeps retrying. ``linger_s`` (hosting only): how long the hosted hub,
-    when this process's actors are done, waits for the other actors to finish and leave (edges
-    still relay the job's "stop" through it) before it closes.
+    to an unreachable hub keeps retrying. ``limits`` (hosting only): what one peer may hold on
+    the hub (a mapping of :class:`~foedus.transport.hub.limits.PeerLimits` fields). ``linger_s``
+    (hosting only): how long the hosted hub, when this process's actors are done, waits for the
+    other actors to finish and leave (edges still relay the job's "stop" through it) before it
+    closes.
     """
 
     name = "https"
@@ -530,13 +532,14 @@ class HttpsTransport(HubClient):
         actor: str | None = None, verify_sender: bool = False,
         sender_aliases: Mapping[str, str] | None = None, connect_timeout: float = 30.0,
         reconnect_timeout: float = 60.0, linger_s: float = DEFAULT_LINGER_S, poll_s: float = 20.0,
+        limits: Mapping[str, Any] | None = None,
     ) -> None:
         require("httpx", "https")
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname or not parts.port:
             raise ConfigError(f"https url must look like https://HOST:PORT, got {url!r}")
         hosting = Hosting.from_params(serve, serve_as, actor, verify_sender, sender_aliases,
-                                      linger_s)
+                                      linger_s, limits)
         self.tls = TLSConfig.from_mapping(tls)
         if parts.scheme == "https" and self.tls is None and not hosting.in_process:
             raise ConfigError("https transport needs tls: {ca: ...}")

@@ -23,7 +23,7 @@ from foedus.transport.retry import RetryStopped, retry_with_backoff
 
 class HubServer(HostedServer, Protocol):
     """A protocol adapter a hub client can host:
-    ``cls(host, port, tls, authorize=..., linger=...)``."""
+    ``cls(host, port, tls, authorize=..., linger=..., limits=...)``."""
 
     async def start(self) -> HostedServer: ...
 
@@ -73,10 +73,11 @@ class HubClient(Transport):
     def _starter(self) -> Callable[[], Awaitable[HostedServer]]:
         hub_class, serve, authorize = self.hub_class, self.serve, self.hosting.authorizer()
         host, port, linger = self._host, self._port, self.hosting.linger_s
+        limits = self.hosting.limits
 
         async def start() -> HostedServer:
             return await hub_class(host, port, serve, authorize=authorize,
-                                   linger=linger).start()
+                                   linger=linger, limits=limits).start()
 
         return start
 

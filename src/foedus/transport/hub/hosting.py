@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from foedus.core.errors import ConfigError
 from foedus.transport.hub.auth import require_sender_identity
+from foedus.transport.hub.limits import PeerLimits
 from foedus.transport.hub.store import Authorizer, Hub
 from foedus.transport.tls import TLSConfig
 
@@ -103,6 +104,9 @@ class Hosting:
     hub waits up to this long for the other processes' actors to finish and unsubscribe before
     it closes. The leader ends first, but the job is not over for everyone: edges relay its
     "stop" to their clients through this hub. See :meth:`foedus.transport.hub.Hub.linger`.
+
+    ``limits``: what one peer may hold on the hosted hub (:class:`PeerLimits`; the defaults
+    when None).
     """
 
     serve: TLSConfig | None = None
@@ -111,20 +115,25 @@ class Hosting:
     verify_sender: bool = False
     sender_aliases: Mapping[str, str] | None = None
     linger_s: float = DEFAULT_LINGER_S
+    limits: PeerLimits | None = None
 
     @classmethod
     def from_params(
         cls, serve: TLSConfig | Mapping[str, Any] | None, serve_as: str | None,
         actor: str | None, verify_sender: bool, sender_aliases: Mapping[str, str] | None,
         linger_s: float = DEFAULT_LINGER_S,
+        limits: PeerLimits | Mapping[str, Any] | None = None,
     ) -> Hosting:
         if isinstance(linger_s, bool) or not isinstance(linger_s, int | float) \
                 or not linger_s >= 0:
             raise ConfigError(f"linger_s must be a number of seconds >= 0, got {linger_s!r}")
         tls = TLSConfig.from_mapping(serve)
-        if tls is None and (serve_as is not None or verify_sender or sender_aliases):
+        peer_limits = PeerLimits.from_mapping(limits)
+        if tls is None and (serve_as is not None or verify_sender or sender_aliases
+                            or peer_limits is not None):
             raise ConfigError(
-                "serve_as, verify_sender and sender_aliases configure a hosted hub: they need"
+                "serve_as, verify_sender, sender_aliases and limits configure a hosted hub: "
+                "they need"
                 " serve: {ca, cert, key, require_client_cert} (the hub's TLS settings)"
             )
         if serve_as is not None:
@@ -143,7 +152,8 @@ class Hosting:
         if sender_aliases is not None and not isinstance(sender_aliases, Mapping):
             raise ConfigError("sender_aliases must map certificate names to sender names")
         return cls(tls, serve_as, actor, bool(verify_sender),
-                   dict(sender_aliases) if sender_aliases else None, float(linger_s))
+                   dict(sender_aliases) if sender_aliases else None, float(linger_s),
+                   peer_limits)
 
     @property
     def may_host(self) -> bool:

@@ -32,7 +32,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 from foedus.core.errors import ConfigError, TransportError
 
@@ -68,6 +70,24 @@ class PeerLimits:
     max_groups: int = 64  # durable groups per topic
     request_timeout: float = 30.0  # seconds for a new connection's first request (HTTPS)
     upload_idle_s: float = 60.0  # seconds an upload may send nothing
+
+    @classmethod
+    def from_mapping(cls, value: PeerLimits | Mapping[str, Any] | None) -> PeerLimits | None:
+        """``limits:`` of a job file's hub transport: a mapping of the fields to change."""
+        if value is None or isinstance(value, PeerLimits):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"hub limits: expected a mapping of {', '.join(cls.names())}, "
+                              f"got {value!r:.60}")
+        unknown = sorted(set(value) - set(cls.names()))
+        if unknown:
+            raise ConfigError(f"hub limits: got {unknown[0]!r:.40}; allowed: "
+                              f"{', '.join(cls.names())}")
+        return cls(**value)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
 
     def __post_init__(self) -> None:
         for f in fields(self):
