@@ -307,3 +307,15 @@ def test_every_page_reads_at_desktop_and_phone_width_and_starts_with_a_skip_link
         browser.find_element(By.ID, "logout").click()
         until(browser, lambda d: d.find_elements(By.ID, "token"), "the login page")
         browser.save_screenshot(str(Path(SCREENSHOTS) / "login.png"))
+
+
+def test_a_live_region_keeps_the_keyboard_focus_when_it_is_re_rendered(
+        federation: Federation, browser: WebDriver) -> None:
+    log_in(browser, federation, federation.admin_token)
+    ledger = 'tr[data-site="site-a"] a[href="/v1/sites/site-a/ledger"]'
+    until(browser, lambda d: d.find_element(By.CSS_SELECTOR, ledger), "site-a's ledger link")
+    browser.execute_script("const link = document.querySelector(arguments[0]);"
+                           "link.dataset.before = 'yes'; link.focus()", ledger)
+    until(browser, lambda d: d.execute_script(
+        "return document.querySelector('[data-before]') === null"), "the sites to re-render")
+    assert browser.execute_script("return document.activeElement.matches(arguments[0])", ledger)

@@ -26,8 +26,16 @@ const Console = (() => {
     return {ok: response.ok, status: response.status, data, error};
   }
 
+  // What identifies a focusable element across a re-render: its link or its cancel target.
+  function focusKey(node) {
+    if (node?.dataset?.cancel) return `[data-cancel="${CSS.escape(node.dataset.cancel)}"]`;
+    const href = node?.getAttribute?.("href");
+    return href ? `[href="${CSS.escape(href)}"]` : null;
+  }
+
   // Elements with data-live="URL" are re-rendered from that URL (a server-rendered fragment)
-  // every few seconds, keeping the focus where it was when the element is replaced.
+  // every few seconds when it changed; a keyboard user's focus stays on the same link or
+  // button, and a scrolled table keeps its scroll position.
   function live(seconds) {
     for (const el of document.querySelectorAll("[data-live]")) {
       setInterval(async () => {
@@ -37,10 +45,13 @@ const Console = (() => {
           if (!response.ok) return;
           const html = await response.text();
           if (html === el.dataset.last) return;
-          const focused = document.activeElement?.dataset?.cancel;
+          const key = el.contains(document.activeElement) ? focusKey(document.activeElement) : null;
+          const scroll = el.querySelector(".scroll")?.scrollLeft || 0;
           el.dataset.last = html;
           el.innerHTML = html;
-          if (focused) el.querySelector(`[data-cancel="${CSS.escape(focused)}"]`)?.focus();
+          const scroller = el.querySelector(".scroll");
+          if (scroller) scroller.scrollLeft = scroll;
+          if (key) el.querySelector(key)?.focus();
         } catch (err) { /* the next tick tries again */ }
       }, seconds * 1000);
     }
