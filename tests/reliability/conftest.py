@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.procs import Actors
+from tests.transport.kafka_fixtures import tansu
 from tests.transport.mqtt_fixtures import mosquitto, mqtt_certs, own_mosquitto
 
-__all__ = ["mosquitto", "mqtt_certs", "own_mosquitto"]  # fixtures used by name
+__all__ = ["mosquitto", "mqtt_certs", "own_mosquitto", "tansu"]  # fixtures used by name
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from foedus.certs import DeploymentCerts, create_deployment_certs
+from foedus.transport.mqtt import DURABLE_BROKER_SETTINGS
 from tests.conftest import free_port
 
 #: the broker's maximum packet size: small, so the contract's multi-MiB payloads are chunked
@@ -51,6 +52,9 @@ class Mosquitto:
     mtls_port: int
     max_packet: int = BROKER_MAX_PACKET
     proc: subprocess.Popen[bytes] | None = None
+    #: write the persistence file after every change (the shipped settings that survive a
+    #: SIGKILL); off for the shared broker, whose tests move 100 MiB payloads
+    durable: bool = False
 
     @property
     def log(self) -> Path:
@@ -63,7 +67,8 @@ class Mosquitto:
             "user root\n"
             "per_listener_settings true\n"
             "persistence true\n"
-            f"persistence_location {self.workdir}/data/\n"
+            + ("".join(f"{line}\n" for line in DURABLE_BROKER_SETTINGS) if self.durable else "")
+            + f"persistence_location {self.workdir}/data/\n"
             f"log_dest file {self.log}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             + (f"max_packet_size {self.max_packet}\n" if self.max_packet else "")
@@ -116,6 +121,14 @@ class Mosquitto:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def kill(self) -> None:
+        """SIGKILL: the broker writes nothing on its way out (a crash, a power loss);
+        :meth:`start` brings it back on the same ports and persistence directory."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
 
     @staticmethod
     def binary() -> str:

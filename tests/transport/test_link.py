@@ -14,7 +14,9 @@ import msgpack
 import numpy as np
 import pytest
 
+from foedus.codec import decode as codec_decode
 from foedus.codec import encode
+from foedus.core.errors import ConfigError
 from foedus.core.graph import Graph
 from foedus.core.message import Kind, Message
 from foedus.core.pod import Pod, Wire
@@ -36,8 +38,8 @@ def poison_frame() -> bytes:
               "error": None, "arrays": [["w", "<f4", [0, 2**64 - 1], 0, 0]]}
     packed = msgpack.packb(header, use_bin_type=True)
     padded = packed + bytes(-len(packed) % 8)
-    return struct.pack("<4sB3sIQI", b"FOED", 1, bytes(3), len(packed), 0,
-                       zlib.crc32(padded)) + padded
+    return bytes(struct.pack("<4sB3sIQI", b"FOED", 1, bytes(3), len(packed), 0,
+                             zlib.crc32(padded)) + padded)
 
 
 def update(sender: str = "client-000", value: float = 1.0) -> bytes:
@@ -107,7 +109,7 @@ async def test_any_exception_from_the_decoder_is_counted_not_fatal(
 ) -> None:
     """A second line behind the total decoder: should it ever raise something else (a bug),
     the reader still refuses the payload and goes on."""
-    real = link_module.decode
+    real = codec_decode
 
     def flaky(data: bytes, *, max_size: int) -> Message:
         if data == b"trigger":
@@ -157,3 +159,45 @@ async def test_wrong_job_and_garbage_keep_their_reasons(transport: LocalTranspor
         assert r.link.rejected == {"wrong_job": 1, "undecodable": 1}
     finally:
         await runtime.__aexit__(None, None, None)
+
+
+async def test_messages_beyond_the_bound_per_sender_and_round_are_refused_as_flood(
+    transport: LocalTransport, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``per_round`` bounds what one name can make the server do in a round: the first
+    messages pass, the rest are refused before anything downstream sees them, and the log
+    holds at most LOG_PER_SECOND lines a second however many are refused."""
+    runtime, r = await run_downlink(transport, per_round=3)
+    flood = 200
+    try:
+        with caplog.at_level(logging.WARNING, "foedus.link"):
+            for _ in range(flood):
+                await transport.publish(TOPIC, update("mallory"))
+            await transport.publish(TOPIC, update("client-000"))  # another sender: untouched
+            got = [await r.next() for _ in range(4)]
+            await wait_until(lambda: sum(r.link.rejected.values()) == flood - 3)
+        assert [m.sender for m in got] == ["mallory"] * 3 + ["client-000"]
+        assert r.link.rejected == {"flood": flood - 3}
+        lines = [rec for rec in caplog.records if rec.name == "foedus.link"]
+        assert len(lines) <= 2 * link_module.LOG_PER_SECOND  # (the flood may span 2 seconds)
+    finally:
+        await runtime.__aexit__(None, None, None)
+
+
+async def test_a_link_without_a_sender_filter_in_its_transport_says_so(
+    transport: LocalTransport,
+) -> None:
+    """The in-process transport cannot drop payloads before decoding: the link says so, and
+    non-participants are left to the server's ``unknown_sender`` check."""
+    runtime, r = await run_downlink(transport, senders=["client-000"])
+    try:
+        await transport.publish(TOPIC, update("mallory"))
+        assert (await r.next()).sender == "mallory"
+        assert not r.link.filters_senders
+    finally:
+        await runtime.__aexit__(None, None, None)
+
+
+def test_the_bound_per_round_is_checked_when_the_link_is_made() -> None:
+    with pytest.raises(ConfigError, match="per_round"):
+        Downlink(LocalTransport(), TOPIC, per_round=0)

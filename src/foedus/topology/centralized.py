@@ -56,6 +56,27 @@ def topics(job_id: str) -> Topics:
     return Topics(model=f"foedus.{job_id}.model", updates=f"foedus.{job_id}.updates")
 
 
+#: how many messages one sender may send naming one round before the server's update link
+#: refuses the rest as ``flood``: one update, a secure sum's four protocol steps, a failure and
+#: redeliveries after a restart fit well within it; a flood under one name does not
+MESSAGES_PER_ROUND = 16
+
+
+def updates_link(server: ServerPod | AsyncServerPod, transport: Transport,
+                 max_message_size: int | None = None) -> Downlink:
+    """The server's reader of the updates topic: a durable group, and (when the server knows
+    its participants) non-participants' payloads dropped before they are decoded, where the
+    transport can tell, and at most :data:`MESSAGES_PER_ROUND` messages per sender and round.
+    The FedBuff server takes several updates per version from one client: no per-round bound."""
+    synchronous = not isinstance(server, AsyncServerPod)
+    return Downlink(
+        transport, topics(server.job_id).updates, job_id=server.job_id,
+        group=f"{server.job_id}.server", name="updates_in",
+        max_size=max_message_size or DEFAULT_MAX_SIZE, senders=server.participants,
+        per_round=MESSAGES_PER_ROUND if synchronous else None,
+    )
+
+
 def server_graph(
     server: ServerPod | AsyncServerPod, transport: Transport, *,
     filters: Sequence[Filter] = (), max_message_size: int | None = None,
@@ -63,10 +84,7 @@ def server_graph(
     """The server's graph (synchronous or FedBuff: the same wires); ``filters`` undo the
     clients' encoders, in the order given."""
     t = topics(server.job_id)
-    downlink = Downlink(
-        transport, t.updates, job_id=server.job_id, group=f"{server.job_id}.server",
-        name="updates_in", max_size=max_message_size or DEFAULT_MAX_SIZE,
-    )
+    downlink = updates_link(server, transport, max_message_size)
     uplink = Uplink(transport, t.model, retain=True, name="model_out")
     graph = Graph(f"{server.job_id}/server").add(downlink, server, uplink)
     # decoders of deltas see each global model the server broadcasts (a feedback edge)

@@ -29,7 +29,7 @@ from foedus.privacy.secagg_pods import (
 from foedus.roles.client import ClientPod
 from foedus.roles.secure_server import SecureServerPod
 from foedus.roles.server import RoundRecord, ServerPod
-from foedus.topology.centralized import topics
+from foedus.topology.centralized import topics, updates_link
 from foedus.transport.base import Transport
 from foedus.transport.link import Downlink, Uplink
 
@@ -38,8 +38,7 @@ def secure_server_graph(server: ServerPod, secagg: SecAggServerPod, transport: T
                         filters: Sequence[Filter] = ()) -> Graph:
     """The server's graph with the secure-sum pod in front of the server pod."""
     t = topics(server.job_id)
-    downlink = Downlink(transport, t.updates, job_id=server.job_id,
-                        group=f"{server.job_id}.server", name="updates_in")
+    downlink = updates_link(server, transport)
     uplink = Uplink(transport, t.model, retain=True, name="model_out")
     secagg_out = Uplink(transport, secagg_topic(server.job_id), name="secagg_out")
     graph = Graph(f"{server.job_id}/server").add(downlink, secagg, server, uplink, secagg_out)

@@ -24,7 +24,7 @@ business and invisible here.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from types import TracebackType
 
 from foedus.core.registry import Registry
@@ -70,6 +70,18 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    def admit_senders(self, topic: str, senders: Collection[str] | None) -> bool:
+        """Optional: subscriptions to ``topic`` made from now on drop payloads whose publisher
+        is not one of ``senders`` before they are reassembled or decoded, counting each
+        (``None``: admit everyone). Returns whether this transport can tell publishers apart
+        before decoding (the Kafka record key, MQTT's publisher property); by default it
+        cannot, and a non-participant's messages are decoded and then refused by the server
+        (``unknown_sender``). Readers call it, before subscribing, when they know who may
+        write the topic (a job's participants), so a non-participant's flood costs them next
+        to nothing."""
+        del topic, senders
+        return False
 
     async def __aenter__(self) -> Transport:
         return self

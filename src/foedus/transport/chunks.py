@@ -253,6 +253,11 @@ class Reassembler:
         self._unlogged = 0
         log.warning("%s: dropped (%s): %s%s", self.what, reason, detail, more)
 
+    def refuse(self, reason: str, detail: str) -> None:
+        """Count and log a refusal the transport decided on (e.g. a record from a sender that
+        is not admitted), under the same log-rate bound as the reassembler's own."""
+        self._count(reason, detail)
+
     def _charge(self, sender: str, nbytes: int, partials: int) -> None:
         self.held += nbytes
         self.peak_held = max(self.peak_held, self.held)

@@ -25,10 +25,13 @@ How the Transport contract maps onto Kafka (details and operator notes in
   ``max_partials``) and per record key (``max_payload``) by evicting the oldest, and bounds the
   bytes it holds in partial and undelivered payloads by ``max_buffer`` (beyond it, it stops
   fetching until the consumer catches up: backpressure).
+* **Who may write.** :meth:`KafkaTransport.admit_senders` makes subscriptions drop records
+  whose key (the sender) is not admitted before anything else is done with them
+  (``unknown_sender``).
 * **Hostile records** are counted in the subscription's ``rejected`` under a reason, logged in
-  one line and skipped (the committed position moves past them, so a restarted reader does not
-  see them again); an unexpected error while handling one record is counted as ``reader-error``
-  the same way and never ends the subscription.
+  one line (at most ten lines a second) and skipped (the committed position moves past them,
+  so a restarted reader does not see them again); an unexpected error while handling one
+  record is counted as ``reader-error`` the same way and never ends the subscription.
 * **retain=True.** After the payload's chunks are acknowledged, a pointer (partition, offset of the
   first chunk, payload id) is written to the pointer topic. A new subscriber reads the pointer
   topic's last record and replays just that payload from the data topic before live payloads, so
@@ -36,7 +39,8 @@ How the Transport contract maps onto Kafka (details and operator notes in
 * **Groups.** A subscription with ``group`` uses Kafka's committed offsets for that consumer group
   (partitions are assigned manually: no join or rebalance delay). On first use the group's
   position is committed at the end of the log, so payloads published while it is away are kept
-  for it. Offsets are committed when the iterator advances past a payload and on a clean close; the
+  for it. Offsets are committed when the iterator advances past a payload (while the reader keeps
+  up; with a backlog at most every :data:`COMMIT_EVERY` seconds) and on a clean close; the
   committed offset never passes the first chunk of a payload that is still being reassembled or
   not yet consumed, so a crash re-delivers at most what was not yet consumed (at least once).
 * **Records without a ``foedus-chunk`` header** (written by a plain Kafka producer) are delivered
@@ -64,7 +68,7 @@ import ssl
 import struct
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -97,6 +101,8 @@ _SASL = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _URL_KEYS = ("ca", "cert", "key", "sasl_mechanism", "sasl_username", "sasl_password",
              "client_id")
 _ERR_TOPIC_EXISTS = 36
+#: seconds between offset commits while payloads are queued (see ``_commit``)
+COMMIT_EVERY = 0.05
 #: how many times one publish re-sends after the broker answered UNKNOWN_SERVER_ERROR (-1)
 SERVER_ERROR_RETRIES = 5
 
@@ -209,8 +215,12 @@ class _KafkaSubscription(Subscription):
         self._error: BaseException | None = None
         self._closed = False
         self._task: asyncio.Task[None] | None = None
+        self._last_commit = 0.0  # when the group's position was last committed (monotonic)
         self._skip_rest: set[int] = set()  # partitions re-positioned mid-batch
         self.foreign = 0
+        #: the record keys (senders) admitted; None: every key (see
+        #: :meth:`KafkaTransport.admit_senders`)
+        self.senders: frozenset[str] | None = owner.admitted.get(topic)
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -324,8 +334,9 @@ class _KafkaSubscription(Subscription):
                                  "consumable")
 
     def _reject(self, reason: str, detail: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        log.warning("Kafka topic %r: dropped a record (%s): %s", self.topic, reason, detail)
+        """Count a refused record; logged like the reassembler's refusals (at most ten lines
+        a second: a flood of hostile records must not become a flood of log lines)."""
+        self.reassembly.refuse(reason, f"a record: {detail}")
 
     def _dropped(self, part: Partial, reason: str) -> None:
         """A partial payload was dropped: its first chunk no longer holds the commit back.
@@ -351,6 +362,13 @@ class _KafkaSubscription(Subscription):
         live = offset >= self.live_from[partition]
         if live:
             self.read_upto[partition] = max(self.read_upto[partition], offset + 1)
+        key = record.key
+        sender = key.decode("utf-8", "backslashreplace") if isinstance(key, bytes) else ""
+        if self.senders is not None and sender not in self.senders:
+            if live:
+                self.reassembly.refuse("unknown_sender", f"a record keyed {sender[:64]!r}, "
+                                                         "not a participant")
+            return
         raw = next((v for k, v in record.headers or () if k == CHUNK_HEADER), None)
         value: bytes = record.value or b""
         if raw is None:
@@ -368,8 +386,6 @@ class _KafkaSubscription(Subscription):
             return
         if not live and h.msg_id != self.replay_id:
             return  # replaying the retained payload: skip everything else before our start
-        key = record.key
-        sender = key.decode("utf-8", "backslashreplace") if isinstance(key, bytes) else ""
         outcome = await self.reassembly.add(sender, h, value, (partition, offset, not live))
         part = outcome.partial
         if outcome.status == "pending" and part is not None and h.index == 0 and live:
@@ -413,8 +429,15 @@ class _KafkaSubscription(Subscription):
                 for p in self.read_upto}
 
     async def _commit(self) -> None:
+        """Commit the group's position. A commit is a round trip to the broker: the reader
+        commits after every payload only while it is keeping up (nothing more is queued), and
+        at most every :data:`COMMIT_EVERY` seconds while a backlog waits. Awaiting one per
+        payload capped a reader at a few hundred payloads a second, and a flood of 1,000 junk
+        records a second starved every honest one behind it. A crash re-delivers what was
+        consumed since the last commit (at least once, as always)."""
         if self.group is None or not self.tps:
             return
+        self._last_commit = time.monotonic()
         errors = require("aiokafka.errors", "kafka")
         positions = self.positions()
         offsets = {tp: positions[tp.partition] for tp in self.tps
@@ -436,7 +459,8 @@ class _KafkaSubscription(Subscription):
         if self._handed is not None:
             self._consumed(self._handed)
             self._handed = None
-            if not self._closed:
+            if not self._closed and (not self._queue or time.monotonic() - self._last_commit
+                                     >= COMMIT_EVERY):
                 await self._commit()
         while not self._queue:
             if self._error is not None:
@@ -579,6 +603,21 @@ class KafkaTransport(Transport):
         self._known_topics: set[str] = set()
         self._subs: set[_KafkaSubscription] = set()
         self._closed = False
+        #: per topic, the record keys its new subscriptions admit (see :meth:`admit_senders`)
+        self.admitted: dict[str, frozenset[str]] = {}
+
+    def admit_senders(self, topic: str, senders: Collection[str] | None) -> bool:
+        """Subscriptions to ``topic`` made from now on drop records whose key (the publisher's
+        name: foedus keys every record by its sender) is not one of ``senders`` before anything
+        else is done with them: no chunk header is parsed, nothing is reassembled, hashed or
+        handed out. Counted as ``unknown_sender`` (logged at most ten lines a second). The key
+        is the publisher's claim: this stops a non-participant's flood cheaply, not a forger
+        using a participant's name (that takes ``sign``, or broker ACLs on who may write)."""
+        if senders is None:
+            self.admitted.pop(topic, None)
+        else:
+            self.admitted[topic] = frozenset(senders)
+        return True
 
     # -- configuration -------------------------------------------------------------------------
 

@@ -10,22 +10,38 @@ its ``accept`` predicate is counted under a reason in ``rejected`` (``undecodabl
 :class:`CodecError`, ``decode_error`` for any other exception the decoder raised, ``accept_error``
 when the predicate raised), logged in one line without a traceback, and the payload is consumed
 (acknowledged: the iterator moves past it, so a durable group does not get it again).
+
+Floods. A Downlink that knows who may write its topic (``senders``: a job's participants) asks
+the transport to drop everyone else's payloads before they are reassembled or decoded
+(:meth:`~foedus.transport.base.Transport.admit_senders`; Kafka and MQTT can, by the record key
+or the publisher property; the others leave it to the server's ``unknown_sender`` check). And
+``per_round`` bounds the work one sender can cause: beyond that many messages naming one
+(sender, round), further ones are refused as ``flood`` before anything downstream (filters,
+signature checks, the server) sees them. Refusals are logged at most :data:`LOG_PER_SECOND`
+lines a second; every one is counted.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from collections.abc import Callable
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Collection
 from typing import ClassVar
 
 from foedus.codec import DEFAULT_MAX_SIZE, decode, encode
-from foedus.core.errors import CodecError
+from foedus.core.errors import CodecError, ConfigError
 from foedus.core.message import Message
 from foedus.core.pod import Pod, Wire
 from foedus.transport.base import Subscription, Transport
 
 log = logging.getLogger("foedus.link")
+
+#: refusals a Downlink logs per second at most (all are counted)
+LOG_PER_SECOND = 25
+#: the (sender, round) pairs whose messages a Downlink counts for ``per_round``; the oldest
+#: are forgotten beyond this, so a sender naming ever new rounds costs bounded memory
+TRACKED_PAIRS = 4096
 
 
 class Uplink(Pod):
@@ -68,22 +84,37 @@ class Downlink(Pod):
         self, transport: Transport, topic: str, *, job_id: str | None = None,
         group: str | None = None, max_size: int = DEFAULT_MAX_SIZE,
         accept: Callable[[Message], bool] | None = None, name: str | None = None,
+        senders: Collection[str] | None = None, per_round: int | None = None,
     ) -> None:
         super().__init__(name or "downlink")
+        if per_round is not None and (isinstance(per_round, bool)
+                                      or not isinstance(per_round, int) or per_round < 1):
+            raise ConfigError(f"per_round: expected an integer >= 1 or None, got {per_round!r}")
         self.transport = transport
         self.topic = topic
         self.job_id = job_id
         self.group = group
         self.max_size = max_size
         self.accept = accept
+        self.senders = None if senders is None else frozenset(senders)
+        self.per_round = per_round
+        #: whether the subscription drops non-senders before decoding (known once started)
+        self.filters_senders = False
         self.rejected: Counter[str] = Counter()
         self.skipped = 0
         self.bytes_in = 0
         self.messages_in = 0
         self._sub: Subscription | None = None
+        self._seen: OrderedDict[tuple[str, int], int] = OrderedDict()
+        self._log_window = 0.0
+        self._logged = 0
+        self._unlogged = 0
 
     async def start(self) -> None:
-        # Subscribe before anything runs, so no payload published after start() is missed.
+        # Subscribe before anything runs, so no payload published after start() is missed;
+        # name the senders first, so the subscription drops strangers from its first payload.
+        if self.senders is not None:
+            self.filters_senders = self.transport.admit_senders(self.topic, self.senders)
         self._sub = await self.transport.subscribe(self.topic, group=self.group)
 
     async def run(self) -> None:
@@ -111,6 +142,10 @@ class Downlink(Pod):
         if self.job_id is not None and msg.header.job_id != self.job_id:
             self._refuse("wrong_job", f"message for job {msg.header.job_id!r}")
             return None
+        if self.per_round is not None and not self._within_bound(msg):
+            self._refuse("flood", f"more than {self.per_round} messages from "
+                                  f"{msg.header.sender[:64]!r} for round {msg.header.round}")
+            return None
         if self.accept is not None:
             try:
                 wanted = self.accept(msg)
@@ -123,10 +158,31 @@ class Downlink(Pod):
                 return None
         return msg
 
+    def _within_bound(self, msg: Message) -> bool:
+        """Count ``msg`` for its (sender, round); False once the pair is over ``per_round``."""
+        pair = (msg.header.sender, msg.header.round)
+        seen = self._seen.pop(pair, 0) + 1
+        self._seen[pair] = seen  # most recent last
+        while len(self._seen) > TRACKED_PAIRS:
+            self._seen.popitem(last=False)
+        assert self.per_round is not None
+        return seen <= self.per_round
+
     def _refuse(self, reason: str, detail: str) -> None:
+        """Count a refusal and log it in one line, at most :data:`LOG_PER_SECOND` lines a
+        second (the lines held back are summed up in the next one logged)."""
         self.rejected[reason] += 1
-        log.warning("%s: rejected a payload on %r (%s): %.300s",
-                    self.name, self.topic, reason, detail)
+        now = time.monotonic()
+        if now - self._log_window >= 1.0:
+            self._log_window, self._logged = now, 0
+        if self._logged >= LOG_PER_SECOND:
+            self._unlogged += 1
+            return
+        self._logged += 1
+        more = f" (and {self._unlogged} more refusals not logged)" if self._unlogged else ""
+        self._unlogged = 0
+        log.warning("%s: rejected a payload on %r (%s): %.300s%s",
+                    self.name, self.topic, reason, detail, more)
 
     async def stop(self) -> None:
         if self._sub is not None:

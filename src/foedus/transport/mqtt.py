@@ -49,7 +49,7 @@ import os
 import secrets
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,20 @@ REQUIRES_EXTRA = "mqtt"
 log = logging.getLogger(__name__)
 
 MQTT_MAX_PACKET = 268_435_455  # the protocol's limit (remaining length of 4 bytes)
+#: mosquitto.conf settings under which a broker killed at any moment (SIGKILL, power loss)
+#: comes back with every message it acknowledged: persistence on, and the persistence file
+#: written after every change instead of every 30 minutes (the default ``autosave_interval``
+#: is 1800 s, and a killed broker lost a round's queued updates). The shipped
+#: ``deploy/mosquitto/mosquitto.conf`` carries them; see docs/transports-mqtt.md for the cost.
+DURABLE_BROKER_SETTINGS = (
+    "persistence true",
+    "autosave_on_changes true",
+    "autosave_interval 1",
+)
+#: the MQTT 5 user property naming a payload's publisher (the ``key`` it was published with)
+SENDER_PROPERTY = "foedus-sender"
+#: a sender name is cut to this many bytes in the property
+MAX_SENDER_BYTES = 256
 
 def certificate_identity(cert_path: Any) -> str:
     """The CN of this side's own certificate: the name the broker knows it by."""
@@ -263,10 +277,11 @@ class _Connection:
         else:
             fut.set_result(None)
 
-    def publish(self, topic: str, payload: bytes, retain: bool) -> asyncio.Future[None]:
+    def publish(self, topic: str, payload: bytes, retain: bool,
+                properties: Any = None) -> asyncio.Future[None]:
         """Queue one MQTT message; the future resolves on PUBACK. Called on the loop, so the
         PUBACK (forwarded with call_soon_threadsafe) cannot be handled before registration."""
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
         fut: asyncio.Future[None] = self.loop.create_future()
         if info.rc not in (0, 4):  # 4 = not connected: paho queues and sends on reconnect
             fut.set_exception(TransportError(f"publish to {topic!r} failed: rc {info.rc}"))
@@ -275,7 +290,11 @@ class _Connection:
         return fut
 
     def ack(self, generation: int, mid: int) -> None:
-        if generation == self.generation and not self.closed:
+        """Acknowledge a QoS 1 message. A QoS 0 message (packet id 0: foedus never sends one,
+        an outsider may) is not acknowledged: a PUBACK for packet id 0 is a protocol error
+        for which the broker drops the connection, so each such message used to knock the
+        reader off the broker."""
+        if mid and generation == self.generation and not self.closed:
             self.client.ack(mid, 1)
 
     async def _stop(self) -> None:
@@ -319,6 +338,8 @@ class _MqttSubscription(Subscription):
         self._closed = False
         self._sweeper: asyncio.TimerHandle | None = None
         self.rejected: dict[str, int] = {}
+        #: the publishers admitted; None: everyone (see :meth:`MqttTransport.admit_senders`)
+        self.senders: frozenset[str] | None = owner.admitted.get(topic)
         #: partial payloads; a partial's tag is the list of acknowledgements withheld for it
         self.reassembly = Reassembler(
             max_payload=owner.max_payload, budget=owner.max_buffer,
@@ -350,8 +371,9 @@ class _MqttSubscription(Subscription):
     # -- receiving (on the loop) --------------------------------------------------------------
 
     def _reject(self, reason: str, detail: str, ack: tuple[int, int]) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        log.warning("MQTT topic %r: dropped a payload (%s): %s", self.topic, reason, detail)
+        """Count, log (at most ten lines a second, like the reassembler's refusals: a flood of
+        hostile messages must not become a flood of log lines) and acknowledge a refusal."""
+        self.reassembly.refuse(reason, f"a payload: {detail}")
         self.conn.ack(*ack)
 
     def _release(self, part: Partial, reason: str) -> None:
@@ -370,11 +392,29 @@ class _MqttSubscription(Subscription):
         except Exception as exc:  # whatever one message does, the reader goes on
             self._reject("reader-error", f"{type(exc).__name__}: {exc}", ack)
 
+    def _claimed_sender(self, msg: Any) -> str:
+        """Who published ``msg``: the identity topic's name with ``verify_sender``, else the
+        :data:`SENDER_PROPERTY` user property ("" without one)."""
+        if self.owner.verify_sender:
+            who = self._publisher_identity(msg.topic)
+            return self.owner.sender_aliases.get(who, who)
+        for name, value in getattr(msg.properties, "UserProperty", None) or ():
+            if name == SENDER_PROPERTY and isinstance(value, str):
+                return value
+        return ""
+
     def _take(self, ack: tuple[int, int], msg: Any) -> None:
         data: bytes = msg.payload
         if not data:
             self.conn.ack(*ack)  # an empty retained message only clears a stale chunk
             return
+        if self.senders is not None:
+            sender = self._claimed_sender(msg)
+            if sender not in self.senders:
+                self.reassembly.refuse("unknown_sender", f"a chunk from {sender[:64]!r}, not "
+                                                         "a participant")
+                self.conn.ack(*ack)
+                return
         if len(data) < HEADER.size:
             self._reject("malformed", f"{len(data)} bytes is shorter than the chunk header", ack)
             return
@@ -587,6 +627,23 @@ class MqttTransport(Transport):
         self._subs: set[_MqttSubscription] = set()
         self._retained_counts: dict[str, int] = {}
         self._closed = False
+        #: per topic, the publishers its new subscriptions admit (see :meth:`admit_senders`)
+        self.admitted: dict[str, frozenset[str]] = {}
+
+    def admit_senders(self, topic: str, senders: Collection[str] | None) -> bool:
+        """Subscriptions to ``topic`` made from now on drop chunks whose publisher is not one
+        of ``senders`` before anything else is done with them (no header parsed, nothing
+        reassembled or decoded; acknowledged so the broker does not send them again), counted
+        as ``unknown_sender`` and logged at most ten lines a second. The publisher is the
+        certificate identity of the topic with ``verify_sender`` (mapped through
+        ``sender_aliases``; the broker's ACL vouches for it), else the publisher's claim in the
+        :data:`SENDER_PROPERTY` user property: that stops a non-participant's flood cheaply,
+        not a forger using a participant's name."""
+        if senders is None:
+            self.admitted.pop(topic, None)
+        else:
+            self.admitted[topic] = frozenset(senders)
+        return True
 
     #: file in ``session_dir`` holding the random secret behind durable session ids
     SESSION_SECRET_FILE = "mqtt-session.secret"
@@ -703,7 +760,9 @@ class MqttTransport(Transport):
         base = f"{self.topic_prefix}/{'r' if retain else 'd'}/{topic}"
         if self.verify_sender:
             base += f"/from/{self.identity}"
-        size = self.data_bytes_per_chunk(conn, base + "/0000000")
+        size = self.data_bytes_per_chunk(conn, base + "/0000000") - len(
+            (key or "").encode()[:MAX_SENDER_BYTES])
+        props = self._sender_property(key)
         if not isinstance(payload, bytes):
             payload = bytes(payload)  # the chunks are views: the caller may not change them
         chunks = split(payload, size, retained=retain)
@@ -713,7 +772,7 @@ class MqttTransport(Transport):
                 async for h, data in framed(chunks):  # hashed while earlier chunks travel
                     self._check_open()
                     mqtt_topic = f"{base}/{h.index}" if retain else base
-                    window.append(conn.publish(mqtt_topic, h.pack() + data, retain))
+                    window.append(conn.publish(mqtt_topic, h.pack() + data, retain, props))
                     if len(window) >= self.publish_window:
                         await window.popleft()
                 while window:
@@ -731,6 +790,20 @@ class MqttTransport(Transport):
         finally:
             for fut in window:
                 fut.cancel()
+
+    @staticmethod
+    def _sender_property(key: str | None) -> Any:
+        """The PUBLISH properties naming the publisher (``key``, the sender) as the MQTT 5 user
+        property :data:`SENDER_PROPERTY`, so a reader can drop a non-participant's chunks
+        before it reassembles or decodes them; None without a key."""
+        if key is None:
+            return None
+        props_mod = require("paho.mqtt.properties", "mqtt")
+        packettypes = require("paho.mqtt.packettypes", "mqtt")
+        props = props_mod.Properties(packettypes.PacketTypes.PUBLISH)
+        props.UserProperty = [(SENDER_PROPERTY, key.encode()[:MAX_SENDER_BYTES].decode(
+            "utf-8", "ignore"))]
+        return props
 
     async def clear_retained(self, topic: str, *, timeout: float = 5.0) -> int:
         """Delete ``topic``'s retained value from the broker (every chunk, also under
