@@ -27,6 +27,8 @@ STARTERS: frozenset[str] = frozenset({
     "hub",
     # tests/federation/postgres_fixtures.py: a PostgreSQL server
     "postgres",
+    # tests/federation/test_console.py: a headless Chromium
+    "browser",
 })
 
 
