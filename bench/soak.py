@@ -127,7 +127,10 @@ def main() -> None:
                  else "separate processes over mosquitto")
         parts.append(table(title, samples, time.perf_counter() - began))
         print(parts[-1], flush=True)
-    args.out.write_text("\n".join(parts))
+    text = "\n".join(parts)
+    if args.out.exists() and "<!-- load.py: begin -->" in (old := args.out.read_text()):
+        text += "\n\n<!-- load.py: begin -->" + old.split("<!-- load.py: begin -->", 1)[1]
+    args.out.write_text(text)  # keeping bench/load.py's section of the same page
     print(f"written to {args.out}")
 
 
