@@ -96,8 +96,14 @@ class Console:
         return found
 
     def error(self, request: Any, status: int, message: str) -> Any:
-        return self.render("error.html", request, self.sessions.get(request.cookies.get(COOKIE)),
-                           http_status=status, status_code=status, message=message)
+        """A short error page; it shows the navigation when the session still reads (the
+        store that failed the page may fail this lookup too)."""
+        try:
+            session = self.sessions.get(request.cookies.get(COOKIE))
+        except Exception:
+            session = None
+        return self.render("error.html", request, session, http_status=status,
+                           status_code=status, message=message)
 
     @staticmethod
     def same_origin(request: Any) -> bool:
