@@ -330,8 +330,10 @@ def test_a_tree_and_a_swarm_run_side_by_side_placed_by_their_topologies(
     swarm_file = job_file(mosquitto, tmp_path, "swarm", rounds=2, topology={"type": "swarm"})
     with federation.api() as api:  # both at once, through the API (the CLI is tested above)
         api.timeout = httpx.Timeout(60)  # as the CLI's: a loaded machine answers slowly
-        tree, swarm = (api.post("/v1/jobs", json={"job_yaml": path.read_text()}).json()["id"]
-                       for path in (tree_file, swarm_file))
+        answers = [api.post("/v1/jobs", json={"job_yaml": path.read_text()})
+                   for path in (tree_file, swarm_file)]
+    assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
+    tree, swarm = (r.json()["id"] for r in answers)
     for job_id in (tree, swarm):
         job = wait_for(functools.partial(ended, federation, job_id), 180,
                        f"job {job_id} to end",
