@@ -32,7 +32,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from foedus.mlops.modelfile import decode_model
-from tests.federation.test_federation import Federation, federation, job_file, wait_for
+from tests.federation.federation_fixtures import Federation, federation, job_file, wait_for
 from tests.transport.mqtt_fixtures import Mosquitto, mosquitto, mqtt_certs
 
 __all__ = ["federation", "mosquitto", "mqtt_certs"]  # fixtures used by name
