@@ -66,14 +66,17 @@ class Progress:
         )
 
 
-def _client_round(client: ClientPod, answer: Message) -> None:
-    """One line per answer of a client run in this process (where no server runs)."""
+def _client_round(client: ClientPod, answer: Message, moved: tuple[int, int]) -> None:
+    """One line per answer of a client run in this process (where no server runs), once it
+    left: ``client-000 round   3: sent its update (143 examples)  train_loss 0.41  in 5.4 kB
+    out 5.4 kB`` (the model received and the update sent since its previous answer)."""
     if answer.error is not None:
         what = f"sent an error: {answer.error}"
     else:
-        metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted(answer.metrics.items()))
-        what = f"sent its update ({answer.num_examples} examples)  {metrics}"
-    print(f"{client.client_id} round {answer.round:>3}: {what}", file=sys.stderr, flush=True)
+        metrics = "".join(f"  {k} {v:.4f}" for k, v in sorted(answer.metrics.items()))
+        what = f"sent its update ({answer.num_examples} examples){metrics}"
+    print(f"{client.client_id} round {answer.round:>3}: {what}  in {_size(moved[0])} "
+          f"out {_size(moved[1])}", file=sys.stderr, flush=True)
 
 
 def _waiting(spec: JobSpec) -> Callable[[float], None]:

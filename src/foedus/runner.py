@@ -23,7 +23,8 @@ from foedus.config.parts import ActorTransports, RoundListener, build_parts, cli
 from foedus.config.spec import JobSpec
 from foedus.config.topology import Assembly, Topology, topology_of
 from foedus.core.errors import ConfigError
-from foedus.core.message import Message
+from foedus.core.graph import Graph
+from foedus.core.message import Kind, Message
 from foedus.core.runtime import Runtime
 from foedus.plugins import load_plugins
 from foedus.roles.client import ClientPod
@@ -31,6 +32,7 @@ from foedus.roles.peer import PeerPod
 from foedus.roles.server import RoundRecord
 from foedus.topology.centralized import LinkMeter
 from foedus.transport.base import transports
+from foedus.transport.link import Uplink
 
 log = logging.getLogger("foedus.runner")
 P = TypeVar("P")
@@ -122,8 +124,9 @@ def prepare(spec: JobSpec) -> Topology:
     return topology_of(spec)
 
 
-#: ``on_client_round(client, answer)``: a client run here sent its answer (update or error)
-ClientListener = Callable[[ClientPod, Message], None]
+#: ``on_client_round(client, answer, (received, sent))``: a client run here sent its answer
+#: (update or error); the bytes its links moved since its previous answer, this one included
+ClientListener = Callable[[ClientPod, Message, tuple[int, int]], None]
 
 
 async def run_actors(
@@ -175,9 +178,9 @@ async def run_actors(
     try:
         assembly = topology.build(parts, set(actors), links.open)
         clients = _pods(assembly, ClientPod)
-        for client in clients:
-            if on_client_round is not None:
-                client.round_listeners.append(on_client_round)
+        if on_client_round is not None:
+            for rt in assembly.runtimes.values():
+                _report_answers(rt.graph, on_client_round)
         watch = (asyncio.create_task(_watch_for_models(clients, spec.round_timeout, on_waiting))
                  if on_waiting is not None and clients and not leader_here else None)
         try:
@@ -254,6 +257,39 @@ def _pods(assembly: Assembly, kind: type[P]) -> list[P]:
     """The pods of one kind among the actors built here."""
     return [pod for rt in assembly.runtimes.values() for pod in rt.graph.pods.values()
             if isinstance(pod, kind)]
+
+
+def _report_answers(graph: Graph, listener: ClientListener) -> None:
+    """Call ``listener`` for each answer of the client in ``graph`` once it has left on the
+    network (an answer handed to the wire has not been sent yet), with the bytes the graph's
+    links moved since the previous one: the model received and the update sent."""
+    clients = [p for p in graph.pods.values() if isinstance(p, ClientPod)]
+    uplinks = [p for p in graph.pods.values() if isinstance(p, Uplink)]
+    if len(clients) != 1:
+        return
+    client, meter = clients[0], LinkMeter(graph)
+    handed: dict[int, Message] = {}  # answers given to the wire, by round, not sent yet
+    early: set[int] = set()  # rounds whose answer left before the client's listener ran
+
+    def answered(_: ClientPod, answer: Message) -> None:
+        if not uplinks or answer.round in early:
+            early.discard(answer.round)
+            listener(client, answer, meter.delta())
+        else:
+            handed[answer.round] = answer
+
+    def left(msg: Message, _size: int) -> None:
+        if msg.sender != client.client_id or msg.kind not in (Kind.UPDATE, Kind.ERROR):
+            return
+        if msg.round not in handed:
+            early.add(msg.round)
+            return
+        for rnd in sorted(r for r in handed if r <= msg.round):  # an older one is never lost
+            listener(client, handed.pop(rnd), meter.delta())
+
+    client.round_listeners.append(answered)
+    for uplink in uplinks:
+        uplink.sent_listeners.append(left)
 
 
 async def _watch_for_models(clients: Sequence[ClientPod], every: float,

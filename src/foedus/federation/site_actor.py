@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = Path(args.progress)
     _append(progress, {"start": os.getpid()})
 
-    def answered(client: ClientPod, answer: Message) -> None:
+    def answered(client: ClientPod, answer: Message, _moved: tuple[int, int]) -> None:
         sent = answer.error is None and answer.kind is Kind.UPDATE
         _append(progress, {"round": answer.round, "update": sent})
         print(f"{client.client_id} round {answer.round:>3}: "

@@ -60,6 +60,9 @@ class Uplink(Pod):
         self.retain = retain
         self.bytes_out = 0
         self.messages_out = 0
+        #: called with each message and its size once the transport took it: what lets a
+        #: process report an update as sent, with its bytes, rather than as handed to a wire
+        self.sent_listeners: list[Callable[[Message, int], None]] = []
 
     async def on_in(self, msg: Message) -> None:
         payload = encode(msg)
@@ -67,6 +70,8 @@ class Uplink(Pod):
         await self.transport.publish(topic, payload, key=msg.sender, retain=self.retain)
         self.bytes_out += len(payload)
         self.messages_out += 1
+        for listener in self.sent_listeners:
+            listener(msg, len(payload))
 
 
 class Downlink(Pod):
