@@ -52,7 +52,6 @@ from foedus.federation import preflight
 from foedus.federation.actor import MODEL_FILE
 from foedus.federation.console import mount as mount_console
 from foedus.federation.database import POSTGRES_SCHEMES
-from foedus.federation.ledger import warm_accountant
 from foedus.federation.openapi import openapi
 from foedus.federation.policy import CatalogEntry, fill_data, parse_catalog
 from foedus.federation.reports import SiteReports
@@ -161,7 +160,6 @@ class Coordinator:
         self.servers: dict[str, subprocess.Popen[bytes]] = {}
         self._read: dict[str, int] = {}  # job -> bytes of its records file ingested
         self.reports = SiteReports(config.state_dir / "sites")  # sites' audit logs, ledgers
-        warm_accountant()  # checking a first DP job must not stall the API past heartbeats
         self._bootstrap_admin()
 
     def _bootstrap_admin(self) -> None:

@@ -42,8 +42,6 @@ dataset refuses it.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import json
 import math
 import sqlite3
@@ -62,22 +60,8 @@ from foedus.core.filter import NOISE
 from foedus.privacy.accountant import PrivacyAccountant, SamplingSpec, round_event
 from foedus.privacy.dp import LocalDPStage
 
-__all__ = ["Budget", "Charge", "Ledger", "Mechanism", "epsilon_of", "mechanisms_of", "settled",
-           "warm_accountant"]
+__all__ = ["Budget", "Charge", "Ledger", "Mechanism", "epsilon_of", "mechanisms_of", "settled"]
 
-
-def warm_accountant() -> threading.Thread:
-    """Import ``dp_accounting`` in a background thread. A long-running service (coordinator,
-    site) checks DP job files on its main loop; the library's first import takes seconds of
-    CPU (far more on a busy machine), which would stall heartbeats past their timeout. Done
-    early and off the loop, the first DP job finds it loaded. Without the extra, nothing."""
-    def load() -> None:
-        with contextlib.suppress(ImportError):
-            importlib.import_module("dp_accounting")
-
-    thread = threading.Thread(target=load, name="warm-dp-accounting", daemon=True)
-    thread.start()
-    return thread
 
 
 @dataclass(frozen=True)

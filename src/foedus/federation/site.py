@@ -43,14 +43,7 @@ import yaml
 
 from foedus.core.errors import ConfigError, FoedusError, require
 from foedus.federation.audit import AuditLog
-from foedus.federation.ledger import (
-    Charge,
-    Ledger,
-    epsilon_of,
-    mechanisms_of,
-    settled,
-    warm_accountant,
-)
+from foedus.federation.ledger import Charge, Ledger, epsilon_of, mechanisms_of, settled
 from foedus.federation.policy import CatalogEntry, Policy, check_policy, fill_data, parse_catalog
 from foedus.federation.reports import AUDIT_BATCH
 from foedus.federation.settings import path_of, read_config, tls_of
@@ -171,7 +164,6 @@ class Site:
         self.actors: dict[tuple[str, str], Actor] = {}
         self.ledger = Ledger(config.state_dir / "ledger.db")
         self.audit = AuditLog(config.state_dir / "audit.jsonl")
-        warm_accountant()  # the first DP offer must not stall the heartbeats
         self.audit_have: int | None = None  # audit entries the coordinator holds
         self._ledger_sent = -1  # the ledger's changes the coordinator has a report of
         self._ledger_sending = -1
