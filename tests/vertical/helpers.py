@@ -102,7 +102,8 @@ class SplitRun:
 async def run_split(dataset: str, columns: Mapping[str, Sequence[int]], *, epochs: int,
                     spec: SplitSpec, share: float = 0.8, seed: int = 0,
                     secure_sum: bool = False, noise: SplitNoiseStage | None = None,
-                    keep_received: bool = False, round_timeout: float = 60) -> SplitRun:
+                    keep_received: bool = False, round_timeout: float = 60,
+                    feature_cls: type[SplitFeaturePod] = SplitFeaturePod) -> SplitRun:
     """Split learning over ``columns``' parties (the first holds the labels) in one process."""
     train, test, data_spec = load_dataset(dataset, seed=seed)
     task = Task.of(data_spec)
@@ -118,9 +119,9 @@ async def run_split(dataset: str, columns: Mapping[str, Sequence[int]], *, epoch
         test=(own.test_ids, own.test_x, own.test_y), rounds=epochs, spec=spec, seed=seed,
         noise=noise, secure_sum=secure_sum, round_timeout=round_timeout)
     features = {
-        p: SplitFeaturePod(job_id="split", party=p, label_party=label_party, task=task,
-                           ids=data[p].ids, x=data[p].x, spec=spec, seed=seed, parties=others,
-                           noise=noise, secure_sum=secure_sum, keep_received=keep_received)
+        p: feature_cls(job_id="split", party=p, label_party=label_party, task=task,
+                       ids=data[p].ids, x=data[p].x, spec=spec, seed=seed, parties=others,
+                       noise=noise, secure_sum=secure_sum, keep_received=keep_received)
         for p in others}
     transport, topics = LocalTransport(), Topics("foedus.split.vertical")
     await run_graphs(Runtime(label_graph(label, transport, topics)),

@@ -131,6 +131,29 @@ def test_noise_refuses_an_embedding_above_its_clip_norm_and_clips_gradients() ->
     assert g.std() == pytest.approx(1 / 4, abs=0.01)
 
 
+class _Forgetful(SplitFeaturePod):
+    """Loses its answer to the third batch once (as across a crash after its checkpoint)."""
+
+    lost = False
+
+    def _reply(self, step: str, round_: int, params: dict[str, np.ndarray]) -> None:
+        if self.seq == 3 and not _Forgetful.lost:
+            _Forgetful.lost = True
+            self._answer = self._message(Kind.UPDATE, step, round_, params, seq=self.seq)
+            return
+        super()._reply(step, round_, params)
+
+
+async def test_the_label_party_asks_again_and_gets_the_same_answer(concat: SplitRun) -> None:
+    run = await run_split("breast_cancer", COLUMNS, epochs=EPOCHS, spec=SPEC,
+                          round_timeout=12, feature_cls=_Forgetful)  # asks after 2 s
+    assert _Forgetful.lost and run.label.stop_reason is None
+    assert not run.label.rejected.counts  # the answer came once: the second time asked
+    for asked_again, once in zip(run.label.history, concat.label.history, strict=True):
+        assert asked_again.metrics["accuracy"] == once.metrics["accuracy"]
+        assert asked_again.metrics["loss"] == pytest.approx(once.metrics["loss"], rel=1e-6)
+
+
 def _party() -> SplitFeaturePod:
     return SplitFeaturePod(job_id="split", party="lab", label_party="hospital",
                            task=Task("binary", (0, 1)), ids=["a", "b"], x=np.ones((2, 2)),
