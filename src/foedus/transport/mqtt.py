@@ -79,6 +79,12 @@ SENDER_PROPERTY = "foedus-sender"
 #: a sender name is cut to this many bytes in the property
 MAX_SENDER_BYTES = 256
 
+def _property_name(sender: str) -> str:
+    """A sender name as the :data:`SENDER_PROPERTY` carries it: at most
+    :data:`MAX_SENDER_BYTES` bytes of UTF-8."""
+    return sender.encode()[:MAX_SENDER_BYTES].decode("utf-8", "ignore")
+
+
 def certificate_identity(cert_path: Any) -> str:
     """The CN of this side's own certificate: the name the broker knows it by."""
     x509 = require("cryptography.x509", "tls")
@@ -641,8 +647,8 @@ class MqttTransport(Transport):
         not a forger using a participant's name."""
         if senders is None:
             self.admitted.pop(topic, None)
-        else:
-            self.admitted[topic] = frozenset(senders)
+        else:  # as the property carries them (a name is cut to MAX_SENDER_BYTES)
+            self.admitted[topic] = frozenset(_property_name(name) for name in senders)
         return True
 
     #: file in ``session_dir`` holding the random secret behind durable session ids
@@ -760,9 +766,9 @@ class MqttTransport(Transport):
         base = f"{self.topic_prefix}/{'r' if retain else 'd'}/{topic}"
         if self.verify_sender:
             base += f"/from/{self.identity}"
-        size = self.data_bytes_per_chunk(conn, base + "/0000000") - len(
-            (key or "").encode()[:MAX_SENDER_BYTES])
         props = self._sender_property(key)
+        size = self.data_bytes_per_chunk(conn, base + "/0000000") - (
+            0 if key is None else len(_property_name(key)) + len(SENDER_PROPERTY) + 8)
         if not isinstance(payload, bytes):
             payload = bytes(payload)  # the chunks are views: the caller may not change them
         chunks = split(payload, size, retained=retain)
@@ -801,8 +807,7 @@ class MqttTransport(Transport):
         props_mod = require("paho.mqtt.properties", "mqtt")
         packettypes = require("paho.mqtt.packettypes", "mqtt")
         props = props_mod.Properties(packettypes.PacketTypes.PUBLISH)
-        props.UserProperty = [(SENDER_PROPERTY, key.encode()[:MAX_SENDER_BYTES].decode(
-            "utf-8", "ignore"))]
+        props.UserProperty = [(SENDER_PROPERTY, _property_name(key))]
         return props
 
     async def clear_retained(self, topic: str, *, timeout: float = 5.0) -> int:
