@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import ssl
 import statistics
 import subprocess
@@ -102,6 +103,9 @@ def processes(fed: LocalFederation, sites: list[str]) -> Iterator[subprocess.Pop
         wait_for(online, 60, "the sites online")
         yield coordinator
     finally:
+        # the coordinator leaves job processes running when it stops (a restarted one adopts
+        # them): the benchmark's queued jobs' waiting servers are stopped here, by pid
+        servers = [pid for pid, _ in children_of(started[0].pid)] if started else []
         for proc in reversed(started):
             if proc.poll() is None:
                 proc.terminate()
@@ -110,6 +114,9 @@ def processes(fed: LocalFederation, sites: list[str]) -> Iterator[subprocess.Pop
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+        for pid in servers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)  # its own session: the server and any child
 
 
 # ---- 1. submit to round 1 ------------------------------------------------------------------
@@ -192,14 +199,15 @@ def proc_stats(pid: int) -> tuple[float, int, int]:
     return cpu, int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0])
 
 
-def waiting_servers(coordinator: int) -> list[int]:
-    """VmRSS (kB) of each job server process the coordinator started (pre-started, gated)."""
+def children_of(parent: int) -> list[tuple[int, int]]:
+    """(pid, VmRSS kB) of each child process of ``parent`` (the coordinator's: its jobs'
+    server processes, pre-started and gated while their jobs are queued)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == coordinator:
-                found.append(proc_stats(int(stat.parent.name))[1])
+            if int(fields[1]) == parent:
+                found.append((int(stat.parent.name), proc_stats(int(stat.parent.name))[1]))
         except (OSError, ValueError, KeyError):
             continue  # gone meanwhile
     return found
@@ -248,7 +256,7 @@ def scale(sites: int, jobs: int, window: float) -> dict[str, float]:
             asyncio.run(run())
             cpu1, rss, hwm = proc_stats(coordinator.pid)
             measured = time.monotonic() - start["at"]
-            children = waiting_servers(coordinator.pid)
+            children = [rss for _, rss in children_of(coordinator.pid)]
             with api(fed) as client:
                 queued = sum(j["state"] == "queued" for j in client.get("/v1/jobs").json()["jobs"])
         beats = sorted(latencies[int(start["beats"]):])
