@@ -5,6 +5,7 @@ noise is applied and accounted, and a trained network serves new people."""
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -16,7 +17,14 @@ pytest.importorskip("dp_accounting")
 from foedus.codec import encode
 from foedus.core.message import Kind, Message
 from foedus.vertical.linear import Task
-from foedus.vertical.split import SplitNet, SplitSpec, load_state, predict
+from foedus.vertical.split import (
+    SplitNet,
+    SplitSpec,
+    bottom_model,
+    load_state,
+    predict,
+    state_of,
+)
 from foedus.vertical.split_noise import SplitNoiseStage
 from foedus.vertical.split_pods import SplitFeaturePod
 from tests.vertical.helpers import SplitRun, run_split
@@ -152,6 +160,19 @@ async def test_the_label_party_asks_again_and_gets_the_same_answer(concat: Split
     for asked_again, once in zip(run.label.history, concat.label.history, strict=True):
         assert asked_again.metrics["accuracy"] == once.metrics["accuracy"]
         assert asked_again.metrics["loss"] == pytest.approx(once.metrics["loss"], rel=1e-6)
+
+
+def test_a_partys_initial_network_depends_on_the_seed_and_its_name_only() -> None:
+    def weights(party: str) -> dict[str, np.ndarray]:
+        return state_of(bottom_model(10, SPEC, 0, party), "b")
+
+    names = ["lab", "insurer"] * 8
+    serial = [weights(p) for p in names]
+    with ThreadPoolExecutor(4) as pool:  # parties in one process build theirs in threads
+        concurrent = list(pool.map(weights, names))
+    for one, other in zip(serial, concurrent, strict=True):
+        assert all(np.array_equal(one[k], other[k]) for k in one)
+    assert not np.array_equal(serial[0]["b/0.weight"], serial[1]["b/0.weight"])
 
 
 def _party() -> SplitFeaturePod:

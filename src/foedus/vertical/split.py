@@ -18,6 +18,7 @@ boundary as ``Any``.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -69,19 +70,22 @@ def seed_of(seed: int, name: str) -> int:
 
 
 def _mlp(inputs: int, hidden: Sequence[int], outputs: int, seed: int) -> Any:
+    """An MLP whose initial weights depend on ``seed`` only: drawn from a generator of its
+    own (PyTorch's default ranges, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``), never from torch's
+    global generator, which other threads (the other parties in this process) use too."""
     torch = _torch()
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        layers: list[Any] = []
-        width = inputs
-        for h in hidden:
-            layers += [torch.nn.Linear(width, h), torch.nn.ReLU()]
-            width = h
-        layers.append(torch.nn.Linear(width, outputs))
-        return torch.nn.Sequential(*layers)
-    finally:
-        torch.random.set_rng_state(generator_state)
+    generator = torch.Generator().manual_seed(seed)
+    layers: list[Any] = []
+    width = inputs
+    for out in [*hidden, outputs]:
+        layer = torch.nn.Linear(width, out)
+        bound = 1.0 / math.sqrt(width)
+        with torch.no_grad():
+            layer.weight.uniform_(-bound, bound, generator=generator)
+            layer.bias.uniform_(-bound, bound, generator=generator)
+        layers += [layer, torch.nn.ReLU()]
+        width = out
+    return torch.nn.Sequential(*layers[:-1])  # no ReLU after the output layer
 
 
 def bottom_model(columns: int, spec: SplitSpec, seed: int, party: str) -> Any:
