@@ -98,8 +98,10 @@ def until(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str,
             condition)
     except TimeoutException:
         shown = driver.find_element(By.TAG_NAME, "main").text[:2000]
+        logged = "\n".join(entry["message"] for entry in driver.get_log("browser"))
         raise AssertionError(f"timed out after {seconds}s waiting for {what} on "
-                             f"{driver.current_url}; the page showed:\n{shown}") from None
+                             f"{driver.current_url}; the page showed:\n{shown}\n"
+                             f"the browser logged:\n{logged}") from None
 
 
 def text_of(selector: str) -> Callable[[WebDriver], str]:
@@ -294,7 +296,9 @@ def test_every_page_reads_at_desktop_and_phone_width_and_starts_with_a_skip_link
             if name == "submit":  # with the sites' verdicts on a job file
                 paste_job(browser, job_file(mosquitto, tmp_path, "digits-fed", rounds=80))
                 browser.find_element(By.ID, "check").click()
-                until(browser, text_of("#verdicts"), "the verdicts")
+                until(browser, lambda d: text_of("#verdicts")(d) or text_of("#job-error")(d),
+                      "the check's answer")
+                assert not text_of("#job-error")(browser)
                 browser.execute_script("document.activeElement.blur(); window.scrollTo(0, 0)")
             overflow = browser.execute_script(
                 "return document.documentElement.scrollWidth - window.innerWidth")

@@ -37,7 +37,10 @@
   }
 
   async function check() {
+    const status = document.getElementById("check-status");
+    status.textContent = "Checking with the coordinator…";
     const answer = await Console.api("POST", "/v1/jobs?dry_run=1", body());
+    status.textContent = "";
     if (!answer.ok) {
       showError(answer.error);
       document.getElementById("verdicts-section").hidden = true;
