@@ -48,9 +48,12 @@ class Federation:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def api(self, token: str | None = None) -> httpx.Client:
+        """A client of the coordinator's API that waits as long as the CLI does (60 s): on a
+        loaded machine a TLS handshake can take longer than httpx's default 5 s."""
         return httpx.Client(base_url=self.url, verify=ssl.create_default_context(
             cafile=str(self.certs.ca)), headers={"Authorization": f"Bearer "
-                                                 f"{token or self.admin_token}"})
+                                                 f"{token or self.admin_token}"},
+                            timeout=60)
 
     def cli(self, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "FOEDUS_COORDINATOR": self.url, "FOEDUS_CA": str(self.certs.ca),
