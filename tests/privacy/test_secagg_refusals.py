@@ -33,7 +33,8 @@ class Meddler(SecAggClientPod):
     """A participant that takes part honestly, and around each round's key advertisement sends
     what a hostile party on the broker would: a message under a stranger's name, one for a
     step that is not open, a malformed advertisement (before its honest one), a replay of its
-    honest advertisement, and (from round 2) a message for the round before."""
+    honest advertisement, one for a round far ahead, and (from round 2) one for the round
+    before."""
 
     async def on_in(self, msg: Message) -> None:
         rnd = msg.round
@@ -50,6 +51,8 @@ class Meddler(SecAggClientPod):
         await self.send("out", control("advertise", {"c": "not bytes", "s": key}))
         if rnd > 1:
             await self.send("out", control("advertise", {"c": key, "s": key}, at=rnd - 1))
+        # a round far ahead: it used to replace the running sum (and stall every later one)
+        await self.send("out", control("advertise", {"c": key, "s": key}, at=rnd + 10**9))
         sent: list[Message] = []
         original = self.send
 
@@ -83,16 +86,16 @@ async def test_envelope_violations_are_counted_refusals_and_the_sum_stays_exact(
         history = await run_secure_aggregation_job(srv, transport, clients, settings)
 
     per_round = {"secagg_out_of_step": 1, "unknown_sender": 1, "secagg_malformed": 1,
-                 "duplicate": 1}
+                 "duplicate": 1, "stale_round": 1}
     assert [(r.status, r.accepted) for r in history] == [("ok", 4), ("ok", 4)]
     assert history[0].rejected == per_round
-    assert history[1].rejected == {**per_round, "stale_round": 1}
+    assert history[1].rejected == {**per_round, "stale_round": 2}  # and the round before
     weights = {c: models[c].examples for c in ids}  # the meddler's honest input counts too
     for k in SHAPES:
         expected = sum(weights[c] * models[c].expected(2)[k] for c in ids) / sum(weights.values())
         np.testing.assert_allclose(srv.params[k], expected, atol=1e-4)
     refusals = [r for r in caplog.records if "refused a message" in r.getMessage()]
-    assert len(refusals) == 9
+    assert len(refusals) == 11
     assert not [r for r in caplog.records if r.exc_info], "a refusal logged a traceback"
 
 

@@ -40,7 +40,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -352,9 +352,14 @@ class SecAggServerPod(Pod):
     outputs: ClassVar[tuple[Wire, ...]] = (Wire("out"), Wire("down"))
 
     def __init__(self, *, job_id: str, template: Params, participants: Sequence[str],
-                 settings: SecureSumSettings, name: str = "secagg_server") -> None:
+                 settings: SecureSumSettings, name: str = "secagg_server",
+                 open_round: Callable[[], int | None] | None = None) -> None:
         super().__init__(name)
         self.job_id = job_id
+        #: the round the server has open (None between rounds); when given, only a message
+        #: for it may start a new round's sum: one message naming a later round used to
+        #: discard the running sum, and one naming round 10**9 every sum after it
+        self.open_round = open_round
         self.template = {k: np.asarray(v) for k, v in template.items()}
         self.numbers = numbering(participants)
         self.names = {n: c for c, n in self.numbers.items()}
@@ -394,6 +399,12 @@ class SecAggServerPod(Pod):
         if number is None:
             self.refuse(msg, UNKNOWN_SENDER, "not a participant of the secure sum")
             return
+        if self.open_round is not None and (self._session is None
+                                            or msg.round > self._session.round):
+            now = self.open_round()
+            if msg.round != now:
+                self.refuse(msg, STALE_ROUND, f"round {msg.round} is not open (open: {now})")
+                return
         session = self._session_for(msg.round)
         if session is None:
             self.refuse(msg, STALE_ROUND, "the sum of that round is over")

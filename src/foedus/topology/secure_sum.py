@@ -48,6 +48,9 @@ def secure_server_graph(server: ServerPod, secagg: SecAggServerPod, transport: T
     graph.connect(f"{secagg.name}.down", "secagg_out.in")
     graph.connect(f"{server.name}.model", "model_out.in")
     server.round_listeners.insert(0, lambda record: _count_refusals(record, secagg))
+    if secagg.open_round is None:  # only the round the server opened may start a new sum
+        secagg.open_round = lambda: None if server.collector.tally is None \
+            else server.collector.tally.round
     return graph
 
 
