@@ -261,7 +261,13 @@ def test_a_refused_jobs_waiting_server_process_is_stopped(
     answer(coordinator, job_id, "refused", "site-b")
     coordinator.tick()
     assert job_of(coordinator, job_id).state == "failed"
-    assert launcher.started[0].returncode is not None and coordinator.servers == {}
+    process = launcher.started[0]
+    # sent SIGTERM, and reaped on a later tick, never waited for in the API's event loop
+    assert coordinator.servers == {} and coordinator.stopping == [process.pid]
+    assert process.returncode is None
+    process.returncode = -15  # it exits
+    coordinator.tick()
+    assert coordinator.stopping == []
 
 
 def test_at_most_a_few_queued_jobs_hold_a_waiting_server_process(

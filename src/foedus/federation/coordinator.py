@@ -47,6 +47,7 @@ from typing import Any
 import yaml
 
 from foedus.config.spec import JobSpec
+from foedus.config.topology import Topology
 from foedus.core.errors import ConfigError, FoedusError, require
 from foedus.federation import preflight
 from foedus.federation.actor import MODEL_FILE
@@ -65,7 +66,12 @@ log = logging.getLogger("foedus.federation.coordinator")
 __all__ = ["Coordinator", "CoordinatorConfig", "serve"]
 
 VERSION = "0.1.0"
+#: what :meth:`Coordinator.check` makes of a job file: the job (a mapping), its spec, its
+#: topology and its queue timeout
+Checked = tuple[dict[str, Any], JobSpec, Topology, float]
 TICK_S = 0.5
+#: how long a stopped job process has between SIGTERM and SIGKILL
+STOP_GRACE_S = 10.0
 #: how long a job waits for its sites' answers unless its file or coordinator.yaml says
 DEFAULT_QUEUE_TIMEOUT = 600.0
 #: queued jobs whose server process is started (gated) before their sites answer; the jobs
@@ -158,6 +164,8 @@ class Coordinator:
         self._offline: set[tuple[str, str]] = set()  # (job, site) shown offline in its events
         self._own: dict[str, list[str]] = {}  # job -> its actors that run here (own_actors)
         self.servers: dict[str, subprocess.Popen[bytes]] = {}
+        #: job processes sent SIGTERM, with the time after which they get SIGKILL
+        self._stopping: list[tuple[subprocess.Popen[bytes], float]] = []
         self._read: dict[str, int] = {}  # job -> bytes of its records file ingested
         self.reports = SiteReports(config.state_dir / "sites")  # sites' audit logs, ledgers
         self._bootstrap_admin()
@@ -182,9 +190,10 @@ class Coordinator:
     def job_dir(self, job_id: str) -> Path:
         return self.config.state_dir / "jobs" / job_id
 
-    def submit(self, owner: str, job_yaml: str, sites: list[str] | None,
-               dry_run: bool = False) -> str:
-        """Check a job file and queue it, its data holders offered to sites; the job's id."""
+    def check(self, job_yaml: str) -> Checked:
+        """Everything :meth:`submit` refuses that the job file alone decides. It reads no
+        shared state, so the API runs it in a worker thread: a job's first check imports what
+        its stages need (dp_accounting takes seconds), which must not hold heartbeats."""
         try:
             job = yaml.safe_load(job_yaml)
         except yaml.YAMLError as exc:
@@ -210,6 +219,13 @@ class Coordinator:
             raise Refused(400, "transport: 'local' exists only inside one process; a "
                                "federated job needs a networked transport (kafka, mqtt, grpc, "
                                "https)")
+        return job, spec, topology, queue_timeout
+
+    def submit(self, owner: str, job_yaml: str, sites: list[str] | None,
+               dry_run: bool = False, *, checked: Checked | None = None) -> str:
+        """Check a job file and queue it, its data holders offered to sites; the job's id.
+        ``checked``: what :meth:`check` made of ``job_yaml``, if it already ran."""
+        job, spec, topology, queue_timeout = checked or self.check(job_yaml)
         holders = topology.data_holders(spec)
         count = len(holders)
         known = {s["name"]: s for s in self.store.sites(self.config.heartbeat_timeout)}
@@ -259,12 +275,25 @@ class Coordinator:
         if pid is not None and (proc is not None or _pid_runs(pid, job.id)):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)  # its own session: the server and any child
-        if proc is not None:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        if proc is not None:  # reaped by tick, SIGKILLed there if it lingers: never waited
+            self._stopping.append((proc, time.monotonic() + STOP_GRACE_S))  # here (the API)
+
+    @property
+    def stopping(self) -> list[int]:
+        """The pids of job processes sent SIGTERM that have not been reaped yet."""
+        return [proc.pid for proc, _ in self._stopping]
+
+    def _reap_stopped(self) -> None:
+        """Reap the stopped job processes that exited; SIGKILL those past their grace."""
+        for entry in list(self._stopping):
+            proc, deadline = entry
+            if proc.poll() is None and time.monotonic() < deadline:
+                continue
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            self._stopping.remove(entry)
 
     def _spawn(self, job: Job, *, gated: bool) -> subprocess.Popen[bytes]:
         """The job's actors that hold no data, in one process and session of their own, from
@@ -338,6 +367,7 @@ class Coordinator:
 
     def tick(self) -> None:
         """One pass over every job that has not ended: start, watch, end."""
+        self._reap_stopped()
         for job in self.store.jobs(states=("queued",)):
             self._tick_queued(job)
         running = self.store.jobs(states=("running",))
@@ -533,11 +563,12 @@ class Coordinator:
             if sites is not None and (not isinstance(sites, list)
                                       or not all(isinstance(s, str) for s in sites)):
                 raise Refused(400, "sites: expected a list of site names")
+            checked = await asyncio.to_thread(self.check, job_yaml)
             if request.query.get("dry_run") in ("1", "true"):  # check only, queue nothing
-                self.submit(user, job_yaml, sites, dry_run=True)
+                self.submit(user, job_yaml, sites, dry_run=True, checked=checked)
                 return preflight.dry_run(yaml.safe_load(job_yaml), self.store.sites(
                     self.config.heartbeat_timeout), self.store.assignments())
-            return {"id": self.submit(user, job_yaml, sites)}
+            return {"id": self.submit(user, job_yaml, sites, checked=checked)}
 
         @route("GET", "/v1/jobs")
         async def jobs(request: Any) -> Any:
