@@ -16,8 +16,10 @@ wire messages, the bare loop with serialization counts its byte strings, Flower'
 computed (``ArrayRecord.count_bytes()`` times clients; Flower's simulation moves its messages
 in memory).
 
-Writes ``docs/benchmarks-vs-flower.md`` and the raw results as JSON under
-``bench/vs_flower/.cache/``.  ``--quick`` runs only the 10- and 100-client workloads.
+Writes the table to ``--out`` (only when given, e.g. ``--out docs/benchmarks-vs-flower.md``:
+by default it is printed, never written over a tracked file) and the data, logs and raw
+results as JSON under ``--cache`` (default: ``foedus-vs-flower`` in the system's temporary
+directory, outside the checkout).  ``--quick`` runs only the 10- and 100-client workloads.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import datetime as dt
 import json
 import os
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -39,8 +42,7 @@ import workloads  # noqa: E402
 
 FOEDUS_PY = ROOT / ".venv" / "bin" / "python"
 FLOWER_PY = HERE / ".venv-flower" / "bin" / "python"
-CACHE = HERE / ".cache"
-DOC = ROOT / "docs" / "benchmarks-vs-flower.md"
+CACHE = Path(tempfile.gettempdir()) / "foedus-vs-flower"
 FRAMEWORKS = ("bare", "foedus", "flower")
 
 PREAMBLE = """
@@ -96,10 +98,12 @@ def main() -> None:
     parser.add_argument("--backend", default="thread", help="foedus simulation backend")
     parser.add_argument("--workers", type=int, default=1, help="foedus simulation workers")
     parser.add_argument("--timeout", type=float, default=1800.0, help="per run, seconds")
-    parser.add_argument("--out", type=Path, default=DOC)
+    parser.add_argument("--out", type=Path, help="write the doc page here (default: print)")
+    parser.add_argument("--cache", type=Path, default=CACHE,
+                        help=f"data, logs and results.json (default {CACHE})")
     parser.add_argument("--note", action="append", default=[], help="extra note for the doc")
     parser.add_argument("--reuse", action="store_true",
-                        help="keep the previous run's rows (.cache/results.json) for the "
+                        help="keep the previous run's rows (CACHE/results.json) for the "
                              "workloads and frameworks not run now, e.g. to re-run only foedus")
     args = parser.parse_args()
 
@@ -109,14 +113,15 @@ def main() -> None:
     if "flower" not in skip and not FLOWER_PY.exists():
         sys.exit(f"{FLOWER_PY} is missing: run `bash bench/vs_flower/setup.sh` first "
                  "(or pass --skip flower)")
-    CACHE.mkdir(exist_ok=True)
+    cache: Path = args.cache
+    cache.mkdir(parents=True, exist_ok=True)
     env = {"FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
     machine = harness.machine_description()
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     rows: list[harness.Figures] = []
     baseline: dict[str, str] = {}
     for work in chosen:
-        data = CACHE / f"{work.name}.npz"
+        data = cache / f"{work.name}.npz"
         workloads.write_data(work, data)
         plan: list[tuple[str, list[str]]] = []
         if "bare" not in skip:
@@ -133,12 +138,12 @@ def main() -> None:
             run = harness.launch(cmd, env=env, timeout=args.timeout)
             fig = harness.figures(work.name, framework, run)
             rows.append(fig)
-            (CACHE / f"{work.name}.{framework}.log").write_text(run.stdout + "\n" + run.stderr)
+            (cache / f"{work.name}.{framework}.log").write_text(run.stdout + "\n" + run.stderr)
             print(f"    s/round {fig.s_per_round}  first {fig.first_round_s}  "
                   f"rss {fig.peak_rss_mb:.0f} MB  acc {fig.accuracy}  wall {run.wall_s:.1f} s"
                   + ("" if fig.ok else f"  FAILED rc={run.returncode}: {fig.note}"), flush=True)
         data.unlink(missing_ok=True)
-    previous = CACHE / "results.json"
+    previous = cache / "results.json"
     if args.reuse and previous.exists():
         old = json.loads(previous.read_text())
         fresh = {(r.workload, r.framework) for r in rows}
@@ -171,12 +176,13 @@ def main() -> None:
         "clients differ from foedus's and the bare loop's.",
         *args.note,
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(harness.render_doc(
-        rows, baseline=baseline, date=started, machine=machine, command=command,
-        preamble=PREAMBLE, notes=notes))
     print(harness.render_table(rows, baseline))
-    print(f"written to {args.out}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(harness.render_doc(
+            rows, baseline=baseline, date=started, machine=machine, command=command,
+            preamble=PREAMBLE, notes=notes))
+        print(f"written to {args.out}")
 
 
 if __name__ == "__main__":
