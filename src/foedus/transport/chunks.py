@@ -32,6 +32,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from foedus.transport.throttle import ThrottledLog
+
 log = logging.getLogger(__name__)
 
 #: magic, version, flags, reserved, payload id, index, count, offset, total, SHA-256 of the payload
@@ -225,9 +227,7 @@ class Reassembler:
         self._partials: OrderedDict[tuple[str, bytes], Partial] = OrderedDict()
         self._by_sender: dict[str, tuple[int, int]] = {}  # sender -> (bytes, partials)
         self._done: OrderedDict[tuple[str, bytes], None] = OrderedDict()
-        self._log_window = 0.0
-        self._logged = 0
-        self._unlogged = 0
+        self._log = ThrottledLog(log, LOG_PER_SECOND)
 
     def __len__(self) -> int:
         return len(self._partials)
@@ -242,16 +242,7 @@ class Reassembler:
         (a flood of hostile chunks must not become a flood of log lines: the rest are summed
         up in the next line logged)."""
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        now = time.monotonic()
-        if now - self._log_window >= 1.0:
-            self._log_window, self._logged = now, 0
-        if self._logged >= LOG_PER_SECOND:
-            self._unlogged += 1
-            return
-        self._logged += 1
-        more = f" (and {self._unlogged} more refusals not logged)" if self._unlogged else ""
-        self._unlogged = 0
-        log.warning("%s: dropped (%s): %s%s", self.what, reason, detail, more)
+        self._log.warning("%s: dropped (%s): %s", self.what, reason, detail)
 
     def refuse(self, reason: str, detail: str) -> None:
         """Count and log a refusal the transport decided on (e.g. a record from a sender that

@@ -24,7 +24,6 @@ lines a second; every one is counted.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection
 from typing import ClassVar
@@ -34,6 +33,7 @@ from foedus.core.errors import CodecError, ConfigError
 from foedus.core.message import Message
 from foedus.core.pod import Pod, Wire
 from foedus.transport.base import Subscription, Transport
+from foedus.transport.throttle import ThrottledLog
 
 log = logging.getLogger("foedus.link")
 
@@ -111,9 +111,7 @@ class Downlink(Pod):
         self.messages_in = 0
         self._sub: Subscription | None = None
         self._seen: OrderedDict[tuple[str, int], int] = OrderedDict()
-        self._log_window = 0.0
-        self._logged = 0
-        self._unlogged = 0
+        self._log = ThrottledLog(log, LOG_PER_SECOND)
 
     async def start(self) -> None:
         # Subscribe before anything runs, so no payload published after start() is missed;
@@ -177,17 +175,8 @@ class Downlink(Pod):
         """Count a refusal and log it in one line, at most :data:`LOG_PER_SECOND` lines a
         second (the lines held back are summed up in the next one logged)."""
         self.rejected[reason] += 1
-        now = time.monotonic()
-        if now - self._log_window >= 1.0:
-            self._log_window, self._logged = now, 0
-        if self._logged >= LOG_PER_SECOND:
-            self._unlogged += 1
-            return
-        self._logged += 1
-        more = f" (and {self._unlogged} more refusals not logged)" if self._unlogged else ""
-        self._unlogged = 0
-        log.warning("%s: rejected a payload on %r (%s): %.300s%s",
-                    self.name, self.topic, reason, detail, more)
+        self._log.warning("%s: rejected a payload on %r (%s): %.300s",
+                          self.name, self.topic, reason, detail)
 
     async def stop(self) -> None:
         if self._sub is not None:
