@@ -7,7 +7,8 @@ means kept for reuse, plus at most ``group`` updates held).
 Speed: what bounds FedAvg is memory traffic. Folding updates in one at a time reads each update
 and then reads and writes the whole sum again for every update (three passes over memory per
 update, four with a separate NaN/Inf check). FedAvg instead holds up to ``group`` accepted
-updates (default 16; they are already in memory, as received) and folds them in together: one
+updates (default 16, within ``max_held_mb`` of memory: each held update is a model copy that
+folding would have freed) and folds them in together: one
 pass over cache-sized blocks sums the group's block in a cache-resident scratch buffer, checks
 that small sum for NaN/Inf while it is still in cache, and writes ``sum + scratch`` to the
 second buffer. Each update is read from memory once and the sum once per group; the blocks are
@@ -77,18 +78,20 @@ class FedAvg(Aggregator):
     """Weighted mean of client parameters, weights = number of local training examples.
 
     ``group``: accepted updates folded in together (see the module docstring), fewer when
-    that many would hold more than ``max_held_mb`` megabytes of updates (a large model is then
-    folded in with fewer, down to one at a time: holding updates must not multiply the
-    server's memory); ``threads``: cores the fold uses for large models (default: all, at
+    that many would hold more than ``max_held_mb`` megabytes of updates (default 32: a model
+    of 2 MB or less is folded 16 at a time, one of 16 MB or more one at a time, so holding
+    updates never multiplies a large model's memory; a held update is a model copy that
+    would otherwise be freed); ``threads``: cores the fold uses for large models (default: all, at
     most 8); ``kernel``: ``"numba"`` (the compiled fold, extra ``fast``), ``"numpy"``, or
-    ``"auto"`` (numba when installed and the model has at least ``PARALLEL_VALUES`` values:
-    smaller models fold in microseconds either way and need not wait for a compilation).
+    ``"auto"`` (numba when installed, the model has at least ``PARALLEL_VALUES`` values and
+    at least two updates are folded at a time: smaller models fold in microseconds either way
+    and need not wait for a compilation).
     """
 
     streaming = True
 
     def __init__(self, group: int = 16, threads: int | None = None,
-                 max_held_mb: int = 512, kernel: str = "auto") -> None:
+                 max_held_mb: int = 32, kernel: str = "auto") -> None:
         super().__init__()
         if kernel not in KERNELS:
             raise ConfigError(f"FedAvg: kernel must be one of {', '.join(KERNELS)}, "
@@ -134,8 +137,12 @@ class FedAvg(Aggregator):
                                   for shape, dtype in zip(self.spec.shapes, self.spec.dtypes,
                                                           strict=True)))
         self._group_now = max(1, min(self.group, self.max_held_mb * 2**20 // update_bytes))
+        # auto: the compiled fold pays where it reads several held updates in one pass; a
+        # model folded one update at a time stays on numpy (equally memory-bound there) and
+        # spares the process numba's and LLVM's ~130 MB
         compiled = self.kernel == "numba" or (
-            self.kernel == "auto" and size >= PARALLEL_VALUES and kernel_available())
+            self.kernel == "auto" and size >= PARALLEL_VALUES and self._group_now >= 2
+            and kernel_available())
         self._fold_kernel = fold_kernel() if compiled else None
 
     def accept(self, update: Message) -> None:

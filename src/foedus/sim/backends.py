@@ -115,31 +115,34 @@ class ThreadBackend(Backend):
         self._work = work
         self._pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="foedus-sim")
 
-    def _run_batch(self, model_msg: Message, batch: list[int]) -> list[Message]:
+    def _train_one(self, model_msg: Message, index: int) -> Message | None:
+        """Train client ``index`` on this thread's model; its update (or error, or None)."""
         assert self._work is not None
         model = getattr(self._local, "model", None)
         if model is None:
             model = self._local.model = self._work.make_model()
-        out = []
-        for index in batch:
-            filters = self._filters.get(index)
-            if filters is None:  # per-client filter state (e.g. error feedback) lives here
-                filters = self._filters[index] = self._work.make_filters()
-            update = train_client(self._work, model, filters, model_msg, index)
-            if update is None:
-                continue
-            if self.codec:
-                payload = encode(update)
-                self.bytes_up += len(payload)
-                update = decode(payload)
-            else:
-                self.bytes_up += nbytes(update.params)
-            out.append(update)
-        return out
+        filters = self._filters.get(index)
+        if filters is None:  # per-client filter state (e.g. error feedback) lives here
+            filters = self._filters[index] = self._work.make_filters()
+        update = train_client(self._work, model, filters, model_msg, index)
+        if update is None:
+            return None
+        if self.codec:
+            payload = encode(update)
+            self.bytes_up += len(payload)
+            return decode(payload)
+        self.bytes_up += nbytes(update.params)
+        return update
 
     async def train(
         self, model_msg: Message, indices: Sequence[int]
     ) -> AsyncIterator[list[Message]]:
+        """Updates one at a time, each as soon as it is trained.
+
+        Memory: an update is a model-sized copy, so none waits for the rest of a batch. The
+        server folds each in (and may let it go) while the next clients train; a worker
+        holds only the update it is producing.
+        """
         assert self._pool is not None
         if self.codec:
             payload = encode(model_msg)
@@ -149,18 +152,35 @@ class ThreadBackend(Backend):
             self.bytes_down += nbytes(model_msg.params) * len(indices)
         if self.workers == 1:
             # one worker: train right here, in order; a hop to a single thread buys nothing
-            # (the server only waits) and costs a context switch per batch
-            for batch in _batches(indices, 1):
-                yield self._run_batch(model_msg, batch)
-                await asyncio.sleep(0)  # let the server fold in this batch's updates
+            # (the server only waits) and costs a context switch per client
+            for index in indices:
+                update = self._train_one(model_msg, index)
+                if update is not None:
+                    yield [update]
+                await asyncio.sleep(0)  # let the server fold this update in
             return
         loop = asyncio.get_running_loop()
-        futures = [
-            loop.run_in_executor(self._pool, self._run_batch, model_msg, batch)
-            for batch in _batches(indices, self.workers)
-        ]
-        for next_done in asyncio.as_completed(futures):
-            yield await next_done
+        ready: asyncio.Queue[Message | None] = asyncio.Queue()
+
+        def run_batch(batch: list[int]) -> None:
+            for index in batch:
+                update = self._train_one(model_msg, index)
+                if update is not None:
+                    loop.call_soon_threadsafe(ready.put_nowait, update)
+
+        futures = [loop.run_in_executor(self._pool, run_batch, batch)
+                   for batch in _batches(indices, self.workers)]
+        for future in futures:  # after the batch's last update: both go through the loop
+            future.add_done_callback(lambda _: ready.put_nowait(None))
+        running = len(futures)
+        while running:
+            update = await ready.get()
+            if update is None:
+                running -= 1
+            else:
+                yield [update]
+        for future in futures:
+            future.result()  # a worker's unexpected failure surfaces here
 
     def close(self) -> None:
         if self._pool is not None:
@@ -186,6 +206,7 @@ def _warm(_: int) -> None:
 
 
 def _process_batch(model_payload: bytes, batch: list[int]) -> list[bytes]:
+    """A batch from payload bytes to update bytes (the Ray workers' path)."""
     work: ClientWork = _PROCESS_STATE["work"]
     if _PROCESS_STATE["model"] is None:
         _PROCESS_STATE["model"] = work.make_model()
@@ -198,9 +219,66 @@ def _process_batch(model_payload: bytes, batch: list[int]) -> list[bytes]:
     return out
 
 
+def _shared_dir() -> str:
+    """Where model and update payloads are shared: memory-backed ``/dev/shm`` on Linux."""
+    import tempfile
+
+    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+
+def _map(path: str) -> memoryview:
+    """The file's bytes, mapped read-only: the pages the writer wrote, not a copy."""
+    import mmap
+
+    with open(path, "rb") as f:
+        return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+
+
+def _share(payload: bytes | memoryview, directory: str) -> str:
+    """Write ``payload`` to a new file in ``directory``; its path."""
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="foedus-sim-", dir=directory)
+    with os.fdopen(fd, "wb") as f:
+        f.write(payload)
+    return path
+
+
+def _process_batch_shared(model_path: str, batch: list[int], directory: str) -> list[str]:
+    """A batch in a worker process: the model is read from the shared file the parent wrote
+    (mapped, no copy through a pipe), each update is written to a shared file of its own;
+    only the files' paths cross the pipe."""
+    work: ClientWork = _PROCESS_STATE["work"]
+    if _PROCESS_STATE["model"] is None:
+        _PROCESS_STATE["model"] = work.make_model()
+    model_msg = decode(_map(model_path))
+    out = []
+    for index in batch:
+        update = train_client(work, _PROCESS_STATE["model"], work.make_filters(), model_msg, index)
+        if update is not None:
+            out.append(_share(encode(update), directory))
+    return out
+
+
+def _receive(path: str) -> tuple[Message, int]:
+    """Decode a worker's update from its shared file, zero-copy (the arrays are views of the
+    mapped pages, which live as long as they do); the file's name is removed at once."""
+    try:
+        view = _map(path)
+    finally:
+        os.unlink(path)
+    return decode(view), view.nbytes
+
+
 class ProcessBackend(Backend):
     """A process pool: true parallelism for Python-heavy training. Client filters are rebuilt
-    per batch, so stateful client filters (error feedback) need the thread or Ray backend."""
+    per batch, so stateful client filters (error feedback) need the thread or Ray backend.
+
+    Models and updates do not travel through the pool's pipes (pickled, copied in and out of
+    the kernel for every task): the round's model is written once to a memory-backed file that
+    every worker maps, and each update is written by its worker to a file of its own, which
+    the server maps and decodes in place. Only file names are pickled.
+    """
 
     name = "process"
 
@@ -209,6 +287,7 @@ class ProcessBackend(Backend):
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._directory = _shared_dir()
 
     def start(self, work: ClientWork, spec: JobSpec) -> None:
         import multiprocessing
@@ -225,16 +304,29 @@ class ProcessBackend(Backend):
     ) -> AsyncIterator[list[Message]]:
         assert self._pool is not None
         payload = encode(model_msg)
+        size = len(payload)
+        model_path = _share(payload, self._directory)
+        del payload
         loop = asyncio.get_running_loop()
-        batches = _batches(indices, self.workers)
-        self.bytes_down += len(payload) * len(indices)
+        self.bytes_down += size * len(indices)
         futures = [
-            loop.run_in_executor(self._pool, _process_batch, payload, batch) for batch in batches
+            loop.run_in_executor(self._pool, _process_batch_shared, model_path, batch,
+                                 self._directory)
+            for batch in _batches(indices, self.workers)
         ]
-        for next_done in asyncio.as_completed(futures):
-            encoded = await next_done
-            self.bytes_up += sum(len(u) for u in encoded)
-            yield [decode(u) for u in encoded]
+        try:
+            for next_done in asyncio.as_completed(futures):
+                for path in await next_done:
+                    update, nbytes_up = _receive(path)
+                    self.bytes_up += nbytes_up
+                    yield [update]
+        finally:
+            os.unlink(model_path)
+            for future in futures:  # a round cut short: remove what its batches still wrote
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    for path in future.result():
+                        if os.path.exists(path):
+                            os.unlink(path)
 
     def close(self) -> None:
         if self._pool is not None:
