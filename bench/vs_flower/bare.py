@@ -66,7 +66,8 @@ def run(work: Workload, data: Data, serialize: bool) -> dict[str, Any]:
                 incoming = global_np
             model.load_state_dict({k: torch.from_numpy(v) for k, v in incoming.items()})
             x, y = data.share(index)
-            workloads.train_one(model, x, y, workloads.client_seed(workloads.SEED, index, rnd))
+            workloads.train_one(model, x, y, workloads.client_seed(workloads.SEED, index, rnd),
+                                lr=work.lr, epochs=work.epochs)
             update = {k: v.detach().numpy() for k, v in model.state_dict().items()}
             if serialize:
                 blob = to_bytes(update)

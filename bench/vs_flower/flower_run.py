@@ -65,7 +65,8 @@ def main() -> None:
         model = workloads.make_mlp(hidden)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         x, y = d.share(index)
-        loss = workloads.train_one(model, x, y, workloads.client_seed(workloads.SEED, index, rnd))
+        seed = workloads.client_seed(workloads.SEED, index, rnd)
+        loss = workloads.train_one(model, x, y, seed, lr=work.lr, epochs=work.epochs)
         content = RecordDict({
             "arrays": ArrayRecord(model.state_dict()),
             "metrics": MetricRecord({"train_loss": loss, "num-examples": len(y)}),

@@ -47,14 +47,15 @@ FRAMEWORKS = ("bare", "foedus", "flower")
 
 PREAMBLE = """
 `bench/vs_flower/` runs the same federated workloads in foedus's simulation engine, in Flower's
-simulation runtime (Ray backend, installed only in the benchmark's own venv) and in a bare
-torch loop (no framework: for each client train, then average). All three train on the same
-IID shares of scikit-learn's digits (foedus's own job builder writes them for the other two),
-from the same initial weights, with the same local training: one epoch of SGD (lr 0.05,
-momentum 0.9, a fresh optimizer per client and round), batches of 32 shuffled by a seed drawn
-from (job seed, client, round); FedAvg weighted by examples; central evaluation after every
-round. Models: MLP 64-32-10 (2,410 parameters) and MLP 64-3130-3130-10 (10,034,790 parameters,
-40 MB of float32). 10 rounds, every client every round, except `sampled-10k`: 10,000
+simulation runtime (Ray backend, installed only in the benchmark's own venv) and in a bare torch
+loop (no framework: for each client train, then average). All three train on the same IID shares
+of scikit-learn's digits (foedus's own job builder writes them for the other two), from the same
+initial weights, with the same local training: one epoch of SGD (five for the 100- and
+1,000-client workloads, whose clients hold ~14 rows or fewer and otherwise stay at chance; lr
+0.05, momentum 0.9, a fresh optimizer per client and round), batches of 32 shuffled by a seed
+drawn from (job seed, client, round); FedAvg weighted by examples; central evaluation after
+every round. Models: MLP 64-32-10 (2,410 parameters) and MLP 64-3130-3130-10 (10,034,790
+parameters, 40 MB of float32). 10 rounds, every client every round, except `sampled-10k`: 10,000
 registered clients (digits' training split repeated 100 times, ~14 rows each), 100 sampled per
 round.
 
