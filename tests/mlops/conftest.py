@@ -96,7 +96,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ], log, env={"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_http(f"{url}/health", proc, log, timeout=120)
+        # MLflow imports for many seconds; on a busy machine more than two minutes were seen
+        _wait_http(f"{url}/health", proc, log, timeout=300)
         yield url
     finally:
         _stop(proc)

@@ -137,7 +137,10 @@ async def test_a_new_peer_catches_up_from_the_retained_model() -> None:
     assert newcomer.joined_from is not None and newcomer.joined_from.round >= 4
     assert data.accuracy(newcomer.joined_from.params) > 0.7  # it started from a trained model
     assert newcomer.history[0].round > 4 and newcomer.history[-1].round == 12
-    assert newcomer.peer_id in founders[0].history[-1].alive  # the swarm now waits for it
+    # the swarm now waits for it: in the founders' view it is alive in the rounds after it
+    # joined (in the very last round, its leave notice may already have arrived)
+    after = [r for r in founders[0].history if r.round > newcomer.joined_from.round + 1]
+    assert any(newcomer.peer_id in r.alive for r in after), [r.alive for r in after]
     assert data.accuracy(newcomer.params) > 0.8
     assert spread([p.params for p in peers]) < 1e-9
 
