@@ -12,6 +12,7 @@ reason, and the job must finish with a sound model.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections import Counter
@@ -49,6 +50,20 @@ class SlowUpdate(FixedUpdate):
 
     def fit(self, data: Dataset, epochs: int = 1) -> dict[str, float]:
         time.sleep(0.15)
+        return super().fit(data, epochs)
+
+
+class GatedUpdate(FixedUpdate):
+    """A known update per round whose last round waits for ``gate`` (set by the test once its
+    attack was seen), so the job cannot end before the attack lands, however slow the machine."""
+
+    def __init__(self, seed: int, examples: int, gate: threading.Event, last: int) -> None:
+        super().__init__(seed, examples)
+        self.gate, self.last = gate, last
+
+    def fit(self, data: Dataset, epochs: int = 1) -> dict[str, float]:
+        if self.round >= self.last:
+            self.gate.wait(60)  # bounded: a missed attack fails the test's assertions instead
         return super().fit(data, epochs)
 
 
@@ -97,7 +112,9 @@ async def test_an_edge_refuses_forged_parents_and_junk_children_and_the_tree_fin
     children = ("client-000", "client-001")
     server = ServerPod(job_id=job, initial_params=zeros(), aggregator=FedAvg(), rounds=3,
                        expected_clients=1, participants=["north"], round_timeout=10.0)
-    clients = {c: ClientPod(client_id=c, model=FixedUpdate(i, 10), data=tiny_dataset(10))
+    attacked = threading.Event()
+    clients = {c: ClientPod(client_id=c, model=GatedUpdate(i, 10, attacked, last=3),
+                            data=tiny_dataset(10))
                for i, c in enumerate(children)}
     honest, attacker = connect(mosquitto), connect(mosquitto)
     tree = build_hierarchy(server, [EdgeNode("north", children)], clients, honest)
@@ -113,6 +130,11 @@ async def test_an_edge_refuses_forged_parents_and_junk_children_and_the_tree_fin
                                                     filled(np.nan)))
         await send(attacker, parent.model, forged(Kind.CONTROL, job, 9, "server",
                                                     action="stop", run="bogus"))
+        try:  # the last round trains once the edge has seen the whole attack
+            await until(lambda: edge.refused.total() >= 3 and edge.rejections.total() >= 1,
+                        "the edge to refuse the attack", timeout=60)
+        finally:
+            attacked.set()
 
     try:
         await asyncio.gather(attack(),
