@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -40,6 +39,7 @@ from foedus.topology.swarm import run_swarm, swarm_topic
 from foedus.transport.mqtt import MqttTransport
 from tests.privacy.test_secagg_pods import SHAPES, FixedUpdate, tiny_dataset
 from tests.transport.mqtt_fixtures import Mosquitto, mosquitto, mqtt_certs
+from tests.waiting import until
 
 __all__ = ["mosquitto", "mqtt_certs"]  # fixtures used by name
 pytestmark = pytest.mark.integration
@@ -73,16 +73,6 @@ def zeros() -> Params:
 
 def filled(value: float) -> dict[str, np.ndarray]:
     return {k: np.full(s, value) for k, s in SHAPES.items()}
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    """Wait for the job to reach a point the attack needs (a round done, peers met)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def connect(broker: Mosquitto) -> MqttTransport:

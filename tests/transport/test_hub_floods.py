@@ -34,16 +34,6 @@ HONEST = ("client-000", "client-001", "client-002")
 ATTACKER = "participant"
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Wait for a condition the hub reaches by itself (a timer firing, a refusal counted)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def honest_rounds(connect: Callable[[str], Awaitable[Transport]], rounds: int = 2,
                         deadline: float = 20.0) -> None:
     """A server and three clients exchange ``rounds`` model/update rounds through the hub,
