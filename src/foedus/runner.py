@@ -262,21 +262,24 @@ def _pods(assembly: Assembly, kind: type[P]) -> list[P]:
 def _report_answers(graph: Graph, listener: ClientListener) -> None:
     """Call ``listener`` for each answer of the client in ``graph`` once it has left on the
     network (an answer handed to the wire has not been sent yet), with the bytes the graph's
-    links moved since the previous one: the model received and the update sent."""
+    links moved for it: the model received before the client answered, and the update sent.
+    What came in is read as the client answers, not as the answer leaves: by then the next
+    round's model may have arrived."""
     clients = [p for p in graph.pods.values() if isinstance(p, ClientPod)]
     uplinks = [p for p in graph.pods.values() if isinstance(p, Uplink)]
     if len(clients) != 1:
         return
-    client, meter = clients[0], LinkMeter(graph)
-    handed: dict[int, Message] = {}  # answers given to the wire, by round, not sent yet
+    client, inbound, outbound = clients[0], LinkMeter(graph), LinkMeter(graph)
+    handed: dict[int, tuple[Message, int]] = {}  # answers given to the wire, not sent yet
     early: set[int] = set()  # rounds whose answer left before the client's listener ran
 
     def answered(_: ClientPod, answer: Message) -> None:
+        received = inbound.delta()[0]
         if not uplinks or answer.round in early:
             early.discard(answer.round)
-            listener(client, answer, meter.delta())
+            listener(client, answer, (received, outbound.delta()[1]))
         else:
-            handed[answer.round] = answer
+            handed[answer.round] = (answer, received)
 
     def left(msg: Message, _size: int) -> None:
         if msg.sender != client.client_id or msg.kind not in (Kind.UPDATE, Kind.ERROR):
@@ -285,7 +288,8 @@ def _report_answers(graph: Graph, listener: ClientListener) -> None:
             early.add(msg.round)
             return
         for rnd in sorted(r for r in handed if r <= msg.round):  # an older one is never lost
-            listener(client, handed.pop(rnd), meter.delta())
+            answer, received = handed.pop(rnd)
+            listener(client, answer, (received, outbound.delta()[1]))
 
     client.round_listeners.append(answered)
     for uplink in uplinks:

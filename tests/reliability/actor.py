@@ -4,7 +4,8 @@
 job's ``checkpoint_dir`` is honoured) and prints one JSON line per finished round, then
 ``summary <json>``. ``python -m tests.reliability.actor client JOB_JSON INDEX [DELAY]`` runs client
 ``INDEX``; it prints ``ready`` once subscribed and ``trained <round>`` after each local round.
-``DELAY`` seconds of extra "training" make a client slower than the round deadline.
+``DELAY`` seconds of extra "training" make a client slower than the round deadline; a last
+argument ``held`` makes it print ``loaded`` once built and wait for a line on stdin to join.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ async def serve(spec: JobSpec) -> None:
     print("summary " + json.dumps(result.summary()), flush=True)
 
 
-async def client(spec: JobSpec, index: int, delay: float) -> None:
+async def client(spec: JobSpec, index: int, delay: float, held: bool) -> None:
     load_plugins()
     parts = build_parts(spec)
     pod = ReportingClient(
@@ -57,6 +58,9 @@ async def client(spec: JobSpec, index: int, delay: float) -> None:
         epochs=spec.clients.epochs, seed=spec.seed,
     )
     pod.delay = delay
+    if held:
+        print("loaded", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
     transport = transports.create(spec.transport.type, **spec.transport.params)
     try:
         graph = client_graph(pod, transport, spec.job_id, filters=parts.client_filters())
@@ -74,4 +78,5 @@ if __name__ == "__main__":
     if sys.argv[1] == "server":
         asyncio.run(serve(job))
     else:
-        asyncio.run(client(job, int(sys.argv[3]), float(sys.argv[4]) if len(sys.argv) > 4 else 0))
+        asyncio.run(client(job, int(sys.argv[3]), float(sys.argv[4]) if len(sys.argv) > 4 else 0,
+                           held=sys.argv[-1] == "held"))

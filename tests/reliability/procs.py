@@ -30,7 +30,8 @@ class Actor:
         self._stderr = log.open("a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.reliability.actor", role, json.dumps(job), *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+            text=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -81,6 +82,12 @@ class Actor:
             self.proc.kill()
         self.proc.wait()
 
+    def release(self) -> None:
+        """Let a client started with ``held=True`` join its job."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
     def pause(self) -> None:
         self.proc.send_signal(signal.SIGSTOP)
 
@@ -101,9 +108,14 @@ class Actors:
     def server(self, job: dict[str, Any]) -> Actor:
         return self._start("server", job, "server.log")
 
-    def client(self, job: dict[str, Any], index: int, delay: float = 0.0) -> Actor:
-        actor = self._start("client", job, f"client-{index}.log", str(index), str(delay))
-        actor.wait_for(lambda line: line == "ready")
+    def client(self, job: dict[str, Any], index: int, delay: float = 0.0, *,
+               held: bool = False) -> Actor:
+        """A client process, once subscribed; ``held``: once it has imported and built
+        everything, waiting for :meth:`Actor.release` to join (a restart that takes no longer
+        than a connection, however busy the machine)."""
+        actor = self._start("client", job, f"client-{index}.log", str(index), str(delay),
+                            *(["held"] if held else []))
+        actor.wait_for(lambda line: line == ("loaded" if held else "ready"))
         return actor
 
     def clients(self, job: dict[str, Any], delays: list[float]) -> list[Actor]:

@@ -40,13 +40,16 @@ def test_client_killed_mid_round_is_skipped_and_rejoins_after_a_restart(
     spec = job(mosquitto.plain_port, rounds=6, timeout=4)
     # client 2 "trains" for a second, so killing it shortly after a round starts is mid-round
     clients = actors.clients(spec, [0, 0, 1.0])
+    # the restarted process is loaded now: started after the kill, on a busy machine it would
+    # take longer than the three remaining rounds to import and build its model
+    restarted = actors.client(spec, 2, held=True)
     server = actors.server(spec)
     server.wait_round(2)
     clients[2].wait_for(lambda line: line == "trained 2")
     time.sleep(0.3)  # round 3 has been broadcast; client 2 is inside its local training
     clients[2].kill()
     server.wait_round(3)
-    restarted = actors.client(spec, 2)
+    restarted.release()
     summary = server.summary()
     history = {r["round"]: r for r in summary["history"]}
     assert [r["round"] for r in summary["history"]] == [1, 2, 3, 4, 5, 6]

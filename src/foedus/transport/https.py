@@ -174,9 +174,11 @@ class HttpsHub(HubAdapter):
         app.router.add_delete("/v1/subscriptions/{sid}", self._close)
         ssl_context = None if self.tls is None else self.tls.server_context()
         limits = self.hub.limits
-        # keepalive: an idle connection goes after request_timeout (aiohttp's default is an hour)
+        # keepalive: an idle connection goes (aiohttp's default is an hour). aiohttp's timer also
+        # runs from a connection's start, so it is twice request_timeout: a connection that never
+        # completes a request is the sweeper's to close and count as slow (not an uncounted race)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0,
-                               keepalive_timeout=limits.request_timeout)
+                               keepalive_timeout=2 * limits.request_timeout)
         await runner.setup()
         server = runner.server
         loop = asyncio.get_running_loop()
