@@ -93,7 +93,10 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         exe, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
         "--port", str(port), "--workers", "1",
-    ], log, env={"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"})
+    ], log, env={"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
+                 # no job runner: its seven huey consumers (unused by foedus) each import MLflow
+                 # and then poll, together 0.6 of a core for as long as the server lives
+                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     url = f"http://127.0.0.1:{port}"
     try:
         # MLflow imports for many seconds; on a busy machine more than two minutes were seen
