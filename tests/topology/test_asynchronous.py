@@ -89,7 +89,9 @@ async def test_clients_of_3x_different_speeds_converge_without_waiting_for_each_
     # a constant step: the default "optimal" schedule's large steps make accuracy swing by
     # +-0.1 between versions, which would test the schedule, not the buffering
     data = digits(6, learning_rate="constant", eta0=0.02)
-    delays = [0.04, 0.04, 0.08, 0.08, 0.12, 0.12]  # local training time: 3x apart
+    # local training time, 3x apart, long enough that the 3x holds when a busy machine slows
+    # the arithmetic (sleeps the same, computing not)
+    delays = [0.08, 0.08, 0.16, 0.16, 0.24, 0.24]
     server = AsyncServerPod(
         job_id="fedbuff", initial_params=data.model().get_params(), versions=25,
         buffer_size=3, max_staleness=8,

@@ -27,8 +27,8 @@ once ``expected_peers - 1`` others said hello (or ``join_timeout`` passed). Afte
 missed a whole round is no longer waited for (it costs one deadline when it dies, then the rest go
 at full speed), a peer that is heard from again is waited for again, and a peer that leaves
 cleanly says so with a ``leave`` control message. A peer started with ``join=True`` catches up:
-it adopts the first model it hears (the topic's retained one, at once) and jumps to the swarm's
-current round.
+it adopts the first model it hears (the topic's retained one, at once), jumps to the swarm's
+current round and says hello again naming that round, from which the others wait for it.
 """
 
 from __future__ import annotations
@@ -199,7 +199,10 @@ class PeerPod(Pod):
         elif action == "hello":
             if msg.sender not in self._last_seen:  # new to us: answer once, so it hears us
                 self.emit("control", self._message(Kind.CONTROL, 0, action="hello"))
-            self._last_seen.setdefault(msg.sender, 0)
+            # a joining peer names the round it starts at: waited for from then on (else it
+            # could trail the founders by part of a round for ever, never counted alive)
+            joins_at = min(max(msg.round, 0), self.rounds)
+            self._last_seen[msg.sender] = max(joins_at, self._last_seen.get(msg.sender, 0))
             self._left.discard(msg.sender)
         self._arrived.set()
 
@@ -223,6 +226,7 @@ class PeerPod(Pod):
         await self.send("control", self._message(Kind.CONTROL, 0, action="hello"))
         if self.join:
             rnd = await self._catch_up()
+            await self.send("control", self._message(Kind.CONTROL, rnd, action="hello"))
         else:
             await self._rendezvous()
         while rnd <= self.rounds:
