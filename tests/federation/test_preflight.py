@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from foedus.config.spec import JobSpec
+from foedus.federation.ledger import Budget, Charge, Ledger, epsilon_of, mechanisms_of
 from foedus.federation.policy import Policy
 from foedus.federation.preflight import dry_run, verdict
 
@@ -42,3 +48,40 @@ def test_the_jobs_a_site_runs_count_against_its_max_jobs() -> None:
         ("a", False, "this site already runs 1 jobs, its limit (1)"),
         ("b", True, "its policy and catalog accept the job")]
     assert answer["valid"] and answer["job_id"] == "j"
+
+
+def test_a_dp_job_is_checked_against_each_sites_budget_as_its_ledger_reports_it(
+        tmp_path: Path) -> None:
+    pytest.importorskip("dp_accounting")
+    job = {**JOB, "rounds": 20, "clients": {"count": 2},
+           "pipeline": [{"type": "central-dp", "params": {
+               "clip_norm": 1.0, "noise_multiplier": 5.0, "clients_per_round": 2}}]}
+    spec = JobSpec.from_dict(job)
+    (mechanism,) = mechanisms_of(spec)
+    # a budget that 60 reserved rounds plus this job's 20 would pass, and 20 alone would not
+    budget = Budget(epsilon_of([Charge.planned([mechanism], 70)], 1e-5), 1e-5)
+    empty, full = Ledger(tmp_path / "empty.db"), Ledger(tmp_path / "full.db")
+    assert full.reserve("digits", budget, "earlier", [mechanism], 60)[0] is None
+    reports = {name: json.loads(json.dumps(ledger.report({"digits": budget})))
+               for name, ledger in (("a", empty), ("b", full))}
+    old = json.loads(json.dumps(reports["b"]))
+    del old["digits"]["jobs"][0]["charge"]  # an agent whose report predates the charges
+    reports.update({"c": old, "d": {}})  # d: a site without budgets
+    sites = [site(name, Policy()) for name in "abcd"]
+    answer = dry_run(job, sites, [], spec, reports.get)
+    verdicts = {v["site"]: (v["accepts"], v["reason"]) for v in answer["sites"]}
+    # site b's reason is word for word what its ledger answers the real offer
+    refusal, _ = full.reserve("digits", budget, "this-job", [mechanism], 20)
+    assert refusal is not None and refusal.startswith("dataset 'digits': privacy budget ")
+    assert verdicts == {
+        "a": (True, "its policy, catalog and the budget of dataset 'digits' accept the job"),
+        "b": (False, refusal),
+        "c": (None, "its ledger report lists no charges for dataset 'digits' (an older "
+                    "agent); only its answer will tell whether the budget allows the job"),
+        "d": (True, "its policy and catalog accept the job")}
+    no_dp = {**job, "pipeline": [{"type": "clip", "params": {"clip_norm": 1.0}}]}
+    plain = dry_run(no_dp, [site("a", Policy()), site("e", Policy(allow_non_dp=True))], [],
+                    JobSpec.from_dict(no_dp), {"a": reports["a"], "e": reports["a"]}.get)
+    (a, e) = plain["sites"]
+    assert a["accepts"] is False and "this job has no DP stage" in a["reason"]
+    assert e["accepts"] is True

@@ -566,8 +566,10 @@ class Coordinator:
             checked = await asyncio.to_thread(self.check, job_yaml)
             if request.query.get("dry_run") in ("1", "true"):  # check only, queue nothing
                 self.submit(user, job_yaml, sites, dry_run=True, checked=checked)
-                return preflight.dry_run(yaml.safe_load(job_yaml), self.store.sites(
-                    self.config.heartbeat_timeout), self.store.assignments())
+                return await asyncio.to_thread(  # it may compose privacy charges
+                    preflight.dry_run, yaml.safe_load(job_yaml),
+                    self.store.sites(self.config.heartbeat_timeout), self.store.assignments(),
+                    checked[1], self.reports.ledger)
             return {"id": self.submit(user, job_yaml, sites, checked=checked)}
 
         @route("GET", "/v1/jobs")

@@ -60,7 +60,8 @@ from foedus.core.filter import NOISE
 from foedus.privacy.accountant import PrivacyAccountant, SamplingSpec, round_event
 from foedus.privacy.dp import LocalDPStage
 
-__all__ = ["Budget", "Charge", "Ledger", "Mechanism", "epsilon_of", "mechanisms_of", "settled"]
+__all__ = ["Budget", "Charge", "Ledger", "Mechanism", "epsilon_of", "mechanisms_of",
+           "over_budget", "settled"]
 
 
 
@@ -136,12 +137,12 @@ class Charge:
         return max((n for _, n in self.parts), default=0)
 
 
-def mechanisms_of(job: dict[str, Any]) -> tuple[Mechanism, ...]:
-    """The DP mechanisms of a job file (as a mapping, its data filled from the catalog): one
-    per DP stage of its pipeline, read from the stage's own accountant. A stage that adds noise
-    without an accountant, or whose guarantee is stated under replace-one adjacency, cannot
-    be charged and raises :class:`ConfigError` naming it."""
-    spec = JobSpec.from_dict(job)
+def mechanisms_of(job: dict[str, Any] | JobSpec) -> tuple[Mechanism, ...]:
+    """The DP mechanisms of a job file (as a mapping, its data filled from the catalog, or
+    its spec): one per DP stage of its pipeline, read from the stage's own accountant. A stage
+    that adds noise without an accountant, or whose guarantee is stated under replace-one
+    adjacency, cannot be charged and raises :class:`ConfigError` naming it."""
+    spec = job if isinstance(job, JobSpec) else JobSpec.from_dict(job)
     out = []
     for i, stage in enumerate(pipeline_of(spec)):
         name = f"pipeline[{i}]:{spec.pipeline[i].type}"
@@ -173,6 +174,21 @@ def epsilon_of(charges: Iterable[Charge], delta: float) -> float:
         accountant.compose(dpa.SelfComposedDpEvent(
             round_event(mechanism.noise_multiplier, mechanism.spec), rounds))
     return float(accountant.get_epsilon(delta))
+
+
+def over_budget(dataset: str, budget: Budget, before: Sequence[Charge],
+                charge: Charge) -> str | None:
+    """Why ``dataset``'s ``budget`` cannot take ``charge`` on top of ``before`` (everything
+    spent or reserved on it), None when it fits. The site's reservation decides with it, and
+    the coordinator's dry run forecasts with it (:mod:`foedus.federation.preflight`)."""
+    after = epsilon_of([*before, charge], budget.delta)
+    if after <= budget.epsilon:
+        return None
+    spent = epsilon_of(before, budget.delta)
+    alone = epsilon_of([charge], budget.delta)
+    return (f"dataset {dataset!r}: privacy budget epsilon {budget.epsilon:g} at delta "
+            f"{budget.delta:g}; spent {spent:.3f}, this job requests {alone:.3f} "
+            f"({charge.rounds} rounds), which would bring it to {after:.3f}")
 
 
 def settled(charge: Charge, sent: int | None) -> Charge:
@@ -243,14 +259,9 @@ class Ledger:
                         (dataset, job_id))
             if cur.fetchone() is not None:
                 return None, alone
-            before = self._charges(cur, dataset)
-            after = epsilon_of([*before, charge], budget.delta)
-            if after > budget.epsilon:
-                spent = epsilon_of(before, budget.delta)
-                return (f"dataset {dataset!r}: privacy budget epsilon {budget.epsilon:g} at "
-                        f"delta {budget.delta:g}; spent {spent:.3f}, this job requests "
-                        f"{alone:.3f} ({rounds} rounds), which would bring it to "
-                        f"{after:.3f}"), alone
+            reason = over_budget(dataset, budget, self._charges(cur, dataset), charge)
+            if reason is not None:
+                return reason, alone
             cur.execute("INSERT INTO charges (dataset, job_id, state, reserved, reserved_at) "
                         "VALUES (?, ?, 'reserved', ?, ?)",
                         (dataset, job_id, charge.to_json(), time.time()))
@@ -301,7 +312,9 @@ class Ledger:
                           "rounds": Charge.from_json(r[4] or r[3]).rounds,
                           "epsilon": epsilon_of([Charge.from_json(r[4] or r[3])],
                                                 budget.delta),
-                          "reserved_at": r[5], "settled_at": r[6], "note": r[7]}
+                          "reserved_at": r[5], "settled_at": r[6], "note": r[7],
+                          # what a dry run composes with (the epsilons alone do not compose)
+                          "charge": json.loads(r[4] or r[3])}
                          for r in mine],
             }
         return out
