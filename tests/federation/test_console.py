@@ -298,7 +298,8 @@ def test_every_page_reads_at_desktop_and_phone_width_and_starts_with_a_skip_link
         finished = api.post("/v1/jobs", json={"job_yaml": path.read_text()}).json()["id"]
     wait_for(lambda: federation.job(finished)["state"] == "finished", WAIT_S, "the job to finish")
     pages = {"federation": "/console/", "jobs": "/console/jobs",
-             "job": f"/console/jobs/{finished}", "submit": "/console/submit"}
+             "job": f"/console/jobs/{finished}", "submit": "/console/submit",
+             "ledger": "/console/sites/site-a/ledger", "audit": "/console/sites/site-a/audit"}
     log_in(browser, federation, federation.admin_token)
     for (width, height), suffix in ((DESKTOP, ""), (PHONE, "-phone")):
         browser.set_window_size(width, height)
@@ -310,6 +311,8 @@ def test_every_page_reads_at_desktop_and_phone_width_and_starts_with_a_skip_link
             if name == "job":
                 until(browser, lambda d: d.find_element(By.ID, "charts")
                       .get_attribute("data-points") != "0", "the charts")
+            if name == "audit":  # the coordinator's copy of site-a's log, checked
+                assert text_of("#chain")(browser).startswith("Hash chain verified: all ")
             if name == "submit":  # with the sites' verdicts on a job file
                 sites_online(federation)
                 paste_job(browser, job_file(mosquitto, tmp_path, "digits-fed", rounds=80))
@@ -334,7 +337,7 @@ def test_every_page_reads_at_desktop_and_phone_width_and_starts_with_a_skip_link
 def test_a_live_region_keeps_the_keyboard_focus_when_it_is_re_rendered(
         federation: Federation, browser: WebDriver) -> None:
     log_in(browser, federation, federation.admin_token)
-    ledger = 'tr[data-site="site-a"] a[href="/v1/sites/site-a/ledger"]'
+    ledger = 'tr[data-site="site-a"] a[href="/console/sites/site-a/ledger"]'
     until(browser, lambda d: d.find_element(By.CSS_SELECTOR, ledger), "site-a's ledger link")
     browser.execute_script("const link = document.querySelector(arguments[0]);"
                            "link.dataset.before = 'yes'; link.focus()", ledger)

@@ -1,19 +1,20 @@
 """The console's routes in process: login and the session cookie, the session used on the
 coordinator's own API (with CSRF for changes), role-aware pages, short error pages, the dry
-run."""
+run, a site's ledger and audit log as pages."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from yarl import URL
 
-from foedus.federation.console import mount
+from foedus.federation.audit import AuditLog
 from foedus.federation.coordinator import Coordinator
+from foedus.federation.ledger import Budget, Ledger, mechanisms_of
 from tests.federation.console.conftest import ADMIN
 
 Client = TestClient  # type: ignore[type-arg]
@@ -139,18 +140,92 @@ async def test_a_failing_page_shows_a_short_message_and_never_a_traceback(
     assert missing.headers["Content-Security-Policy"].startswith("default-src 'self'")
 
 
-async def test_admins_see_links_to_the_sites_ledger_and_audit_log_when_the_api_has_them(
-        coordinator: Coordinator) -> None:
-    async def ledger(request: Any) -> Any:
-        return web.json_response({"site": request.match_info["name"]})
-    app = web.Application()
-    app.router.add_get("/v1/sites/{name}/ledger", ledger)  # an API with a ledger, no audit
-    mount(app, coordinator)
+def report_site_a(coordinator: Coordinator, tmp_path: Path) -> list[dict[str, Any]]:
+    """site-a's heartbeats bring its audit log (a real one: one job accepted and ended, one
+    refused) and its ledger report (a real one: the accepted job's reservation settled)."""
+    pytest.importorskip("dp_accounting")
+    job = {"job_id": "dp-1", "rounds": 5, "clients": {"count": 2},
+           "data": {"dataset": "digits"},
+           "pipeline": [{"type": "central-dp", "params": {
+               "clip_norm": 1.0, "noise_multiplier": 5.0, "clients_per_round": 2}}]}
+    budget = Budget(8.0, 1e-5)
+    ledger = Ledger(tmp_path / "ledger.db")
+    assert ledger.reserve("digits", budget, "dp-1", mechanisms_of(job), 5)[0] is None
+    ledger.settle("dp-1", 3, "exited")
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.offered(job_id="dp-1", actor="client_0", submitter="ann", job_yaml="rounds: 5\n",
+                  reason=None, stages=["central-dp"], dataset="digits", epsilon=0.9,
+                  delta=1e-5)
+    audit.offered(job_id="big-2", actor="client_1", submitter="bob", job_yaml="rounds: 900\n",
+                  reason="900 rounds is more than this site allows (60)", stages=[],
+                  dataset="digits", epsilon=None, delta=None)
+    audit.ended(job_id="dp-1", actor="client_0", outcome="exited", reason=None,
+                updates_sent=3, epsilon=0.7)
+    entries = audit.entries()
+    coordinator.reports.receive("site-a", {"audit": entries,
+                                           "ledger": ledger.report({"digits": budget})})
+    return entries
+
+
+async def test_an_admin_reads_a_sites_ledger_and_audit_log_as_pages_linked_from_its_row(
+        client: Client, coordinator: Coordinator, tmp_path: Path) -> None:
+    entries = report_site_a(coordinator, tmp_path)
+    admin = await log_in(client)
+    federation = await (await client.get("/console/", headers=admin)).text()
+    assert '<a href="/console/sites/site-a/ledger">ledger</a>' in federation
+    assert '<a href="/console/sites/site-a/audit">audit log</a>' in federation
+    ledger = await (await client.get("/console/sites/site-a/ledger", headers=admin)).text()
+    assert "Dataset digits" in ledger and "epsilon 8.000 at delta 1e-05" in ledger
+    assert '<tr data-job="dp-1">' in ledger and "settled" in ledger and "exited" in ledger
+    assert '<a href="/v1/sites/site-a/ledger">as JSON</a>' in ledger
+    audit = await (await client.get("/console/sites/site-a/audit", headers=admin)).text()
+    assert "Hash chain verified: all 3 entries link up." in audit
+    assert audit.count("<tr data-job=") == 2  # one row per job, its end folded in
+    assert "refused: 900 rounds is more than this site allows (60)" in audit
+    assert f'title="{entries[0]["job_sha256"]}"' in audit  # the job file's hash, whole
+    # site-b sent nothing: each page says so in a sentence
+    quiet = await (await client.get("/console/sites/site-b/ledger", headers=admin)).text()
+    assert "site-b has not sent a ledger yet." in quiet
+    none = await (await client.get("/console/sites/site-b/audit", headers=admin)).text()
+    assert "No entry yet: no job has been offered to site-b." in none
+    # a copy changed at the coordinator no longer verifies, and the page says where
+    copy = coordinator.config.state_dir / "sites/site-a/audit.jsonl"
+    lines = copy.read_text().splitlines()
+    copy.write_text("\n".join([lines[0], lines[1].replace("bob", "eve"), lines[2]]) + "\n")
+    broken = await (await client.get("/console/sites/site-a/audit", headers=admin)).text()
+    assert "Hash chain broken at 2: the copy was changed" in broken
+    unknown = await client.get("/console/sites/nowhere/ledger", headers=admin)
+    assert unknown.status == 404
+    assert "No site named &#39;nowhere&#39; has ever connected." in await unknown.text()
+
+
+async def test_a_viewer_sees_no_ledger_or_audit_log_as_the_api_shows_them_only_to_admins(
+        client: Client, coordinator: Coordinator) -> None:
     coordinator.store.add_user("vera", "viewer", "tok-vera")
-    async with TestClient(TestServer(app)) as client:
-        admin = await (await client.get("/console/", headers=await log_in(client))).text()
-        viewer = await (await client.get("/console/",
-                                         headers=await log_in(client, "tok-vera"))).text()
-    assert '<a href="/v1/sites/site-a/ledger">ledger</a>' in admin
-    assert "audit log" not in admin
-    assert "/ledger" not in viewer
+    viewer = await log_in(client, "tok-vera")
+    federation = await (await client.get("/console/", headers=viewer)).text()
+    assert "/ledger" not in federation and "/audit" not in federation
+    for page in ("ledger", "audit"):
+        refused = await client.get(f"/console/sites/site-a/{page}", headers=viewer)
+        text = await refused.text()
+        assert refused.status == 403 and "needs the admin role." in text
+        assert (await client.get(f"/v1/sites/site-a/{page}", headers=viewer)).status == 403
+
+
+async def test_a_dry_run_says_which_sites_budget_would_refuse_a_dp_job(
+        client: Client, coordinator: Coordinator, tmp_path: Path) -> None:
+    report_site_a(coordinator, tmp_path)  # site-a: 8.0 at 1e-05 on digits, 3 rounds spent
+    dp = JOB.replace("rounds: 80", "rounds: 50") + (
+        "pipeline: [{type: central-dp, params: {clip_norm: 1.0, noise_multiplier: 0.5, "
+        "clients_per_round: 2}}]\n")
+    answer = await client.post("/v1/jobs?dry_run=1", json={"job_yaml": dp},
+                               headers=await log_in(client))
+    assert answer.status == 200
+    verdicts = {v["site"]: (v["accepts"], v["reason"]) for v in (await answer.json())["sites"]}
+    accepts, reason = verdicts["site-a"]
+    assert accepts is False
+    assert reason.startswith("dataset 'digits': privacy budget epsilon 8 at delta 1e-05; "
+                             "spent ")
+    assert verdicts["site-b"] == (True, "its policy and catalog accept the job")  # no ledger
+    assert coordinator.store.jobs() == []
+

@@ -57,3 +57,19 @@ def test_a_sites_row_says_how_long_ago_it_was_heard() -> None:
 def test_an_unknown_status_filter_shows_every_job() -> None:
     assert views.status_filter("running") == "running"
     assert views.status_filter("bogus") is None and views.status_filter(None) is None
+
+
+def test_a_ledger_shows_what_remains_of_each_budget_and_never_less_than_nothing() -> None:
+    report = {"digits": {"budget": {"epsilon": 8.0, "delta": 1e-5}, "spent": 2.5,
+                         "reserved_and_spent": 6.0,
+                         "jobs": [{"job_id": "j1", "state": "settled", "rounds": 5,
+                                   "epsilon": 2.5, "reserved_at": 0.0, "settled_at": 60.0,
+                                   "note": "exited"}]},
+              "census": {"budget": {"epsilon": 1.0, "delta": 1e-6}, "spent": 1.2,
+                         "reserved_and_spent": 1.2, "jobs": []}}
+    census, digits = views.ledger_datasets(report)  # by name
+    assert (digits["epsilon"], digits["delta"], digits["spent"], digits["held"],
+            digits["remaining"], digits["used_percent"]) == (
+        "8.000", "1e-05", "2.500", "6.000", "2.000", 75)
+    assert digits["jobs"][0]["settled_at"] == "1970-01-01 00:01:00 UTC"
+    assert (census["remaining"], census["used_percent"]) == ("0.000", 100)

@@ -5,10 +5,12 @@
 * ``/console/login`` (a token exchanged for a session cookie, :mod:`.sessions`) and
   ``/console/logout``;
 * the pages ``/console/`` (the federation: sites, policies), ``/console/jobs``,
-  ``/console/jobs/{job_id}``, ``/console/submit``; each page is rendered here (Jinja2) and
-  kept live by its script, which polls either a fragment of the page (``?part=live``) or the
-  coordinator's JSON API (``/v1/...``) itself (a finished job's model is the API's
-  ``/v1/jobs/{job_id}/model``);
+  ``/console/jobs/{job_id}``, ``/console/submit``, and a site's privacy-budget ledger and
+  audit log, ``/console/sites/{name}/ledger`` and ``/audit``, for the roles the API lets read
+  them (:data:`foedus.federation.openapi.ROUTES` says which); each page is rendered here
+  (Jinja2) and kept live by its script, which polls either a fragment of the page
+  (``?part=live``) or the coordinator's JSON API (``/v1/...``) itself (a finished job's
+  model is the API's ``/v1/jobs/{job_id}/model``);
 * ``/console/static/``: the styles, the scripts and the vendored chart library.
 
 The middleware lets those scripts call ``/v1/`` with the session: a request with the session's
@@ -22,7 +24,6 @@ sentence, that something went wrong.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from urllib.parse import quote
 from foedus.core.errors import require
 from foedus.federation.console import views
 from foedus.federation.console.sessions import COOKIE, Session, Sessions
+from foedus.federation.openapi import ROUTES
 from foedus.federation.store import JOB_STATES, ROLES
 
 if TYPE_CHECKING:
@@ -54,10 +56,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-#: the API routes another part of the coordinator may offer per site (privacy-budget ledger,
-#: audit log); the federation page links to them for admins when the app has them
-_SITE_LINKS = {"ledger": re.compile(r"^/v1/sites/\{[^}]+\}/ledger$"),
-               "audit log": re.compile(r"^/v1/sites/\{[^}]+\}/audit$")}
+#: the console's pages of a site's reports: (label, page, the API route it shows)
+SITE_PAGES = (("ledger", "ledger", "/v1/sites/{name}/ledger"),
+              ("audit log", "audit", "/v1/sites/{name}/audit"))
 
 Handler = Callable[[Any], Awaitable[Any]]
 
@@ -69,12 +70,11 @@ def _can(role: str, needed: str) -> bool:
 class Console:
     """The console of one coordinator: its sessions, templates and page handlers."""
 
-    def __init__(self, coordinator: Coordinator, site_links: dict[str, str]) -> None:
+    def __init__(self, coordinator: Coordinator) -> None:
         jinja2 = require("jinja2", "federation")
         self.web = require("aiohttp.web", "federation")
         self.coordinator = coordinator
         self.sessions = Sessions(coordinator.store.user_by_token)
-        self.site_links = site_links  # label -> API path with {site}
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=jinja2.select_autoescape(["html"]),
@@ -163,7 +163,8 @@ class Console:
         now = time.time()
         sites = [views.site_row(s, sorted(set(running.get(s["name"], []))), now)
                  for s in store.sites(self.coordinator.config.heartbeat_timeout)]
-        links = self.site_links if session.role == "admin" else {}
+        links = {label: f"{PREFIX}/sites/{{site}}/{page}" for label, page, api in SITE_PAGES
+                 if _can(session.role, _api_role("GET", api))}
         context: dict[str, Any] = {"sites": sites, "links": links, "version": _version()}
         if request.query.get("part") == "live":
             return self.render("_sites.html", request, session, **context)
@@ -195,6 +196,31 @@ class Console:
         session = self.session(request)
         return self.render("submit.html", request, session,
                            may_submit=_can(session.role, "submitter"))
+
+    async def site_report(self, request: Any) -> Any:
+        """A site's ledger or audit log page, for the roles the API shows them to."""
+        session = self.session(request)
+        name, page = request.match_info["name"], request.match_info["page"]
+        label, _, api = next(p for p in SITE_PAGES if p[1] == page)
+        needed = _api_role("GET", api)
+        if not _can(session.role, needed):
+            return self.error(request, 403, f"User {session.user!r} is a {session.role}; a "
+                                            f"site's {label} needs the {needed} role.")
+        known = {s["name"] for s in self.coordinator.store.sites(
+            self.coordinator.config.heartbeat_timeout)}
+        if name not in known:
+            return self.error(request, 404, f"No site named {name!r} has ever connected.")
+        api_path = api.replace("{name}", quote(name, safe=""))
+        reports = self.coordinator.reports
+        if page == "ledger":
+            ledger = reports.ledger(name)
+            return self.render("ledger.html", request, session, site=name, api_path=api_path,
+                               reported=ledger is not None,
+                               datasets=views.ledger_datasets(ledger or {}))
+        audit = reports.audit(name)
+        return self.render("audit.html", request, session, site=name, api_path=api_path,
+                           chain=audit["chain"], entries=len(audit["entries"]),
+                           rows=views.audit_rows(audit))
 
     async def root(self, request: Any) -> Any:
         raise self.web.HTTPFound(f"{PREFIX}/")
@@ -261,6 +287,14 @@ def _may_cancel(session: Session, owner: str) -> bool:
     return session.role == "admin" or (session.role == "submitter" and owner == session.user)
 
 
+def _api_role(method: str, path: str) -> str:
+    """The role the API's description says a route needs (``admin`` if it names none)."""
+    for m, p, who, _ in ROUTES:
+        if (m, p) == (method, path) and who in ROLES:
+            return who
+    return "admin"
+
+
 def _version() -> str:
     from foedus.federation.coordinator import VERSION
 
@@ -270,11 +304,7 @@ def _version() -> str:
 def mount(app: Any, coordinator: Coordinator) -> Console:
     """Add the console to the coordinator's app (before it starts serving)."""
     web = require("aiohttp.web", "federation")
-    canonical = [r.canonical for r in app.router.resources()]
-    links = {label: re.sub(r"\{[^}]+\}", "{site}", path)
-             for label, pattern in _SITE_LINKS.items() for path in canonical
-             if pattern.match(path)}
-    console = Console(coordinator, links)
+    console = Console(coordinator)
     add = app.router.add_route
     add("GET", "/", console.root)
     add("GET", PREFIX, console.root)
@@ -285,6 +315,7 @@ def mount(app: Any, coordinator: Coordinator) -> Console:
     add("GET", f"{PREFIX}/jobs", console.jobs)
     add("GET", f"{PREFIX}/jobs/{{job_id}}", console.job)
     add("GET", f"{PREFIX}/submit", console.submit)
+    add("GET", f"{PREFIX}/sites/{{name}}/{{page:ledger|audit}}", console.site_report)
     app.router.add_static(f"{PREFIX}/static/", HERE / "static")
 
     @web.middleware  # type: ignore[untyped-decorator]

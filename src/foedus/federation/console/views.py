@@ -15,8 +15,8 @@ import yaml
 from foedus.config.spec import JobSpec
 from foedus.federation.store import JOB_STATES
 
-__all__ = ["ACTIVE", "EPSILON", "job_row", "metric", "policy_items", "site_row",
-           "total_rounds"]
+__all__ = ["ACTIVE", "EPSILON", "audit_rows", "job_row", "ledger_datasets", "metric",
+           "policy_items", "site_row", "total_rounds", "when"]
 
 #: a job that may still change (the console polls it and offers to cancel it)
 ACTIVE = ("queued", "running")
@@ -101,3 +101,61 @@ def status_filter(value: str | None) -> str | None:
     """The jobs page's ``status`` parameter: a job state, or None for every job (an unknown
     value shows every job rather than an error: it comes from a link or a bookmark)."""
     return value if value in JOB_STATES else None
+
+
+def when(at: Any) -> str:
+    """A timestamp as the pages print it (UTC), or a dash when there is none."""
+    if not isinstance(at, int | float):
+        return "\N{EN DASH}"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+
+
+def _eps(value: Any) -> str:
+    """An epsilon as ``foedus site-audit`` prints it (3 decimals), or a dash."""
+    return f"{value:.3f}" if isinstance(value, int | float) else "\N{EN DASH}"
+
+
+def ledger_datasets(ledger: dict[str, Any]) -> list[dict[str, Any]]:
+    """A site's ledger report (:meth:`foedus.federation.ledger.Ledger.report`) as one block
+    per budgeted dataset: the budget, what settled jobs spent, what spent and reserved jobs
+    hold together (composed, so not a sum), what remains, and one row per job."""
+    out = []
+    for name, entry in sorted(ledger.items()):
+        if not isinstance(entry, dict):
+            continue
+        budget = entry.get("budget") or {}
+        epsilon, held = budget.get("epsilon"), entry.get("reserved_and_spent")
+        remaining = (max(0.0, epsilon - held) if isinstance(epsilon, int | float)
+                     and isinstance(held, int | float) else None)
+        out.append({
+            "name": name, "epsilon": _eps(epsilon),
+            "delta": (f"{budget['delta']:g}" if isinstance(budget.get("delta"), int | float)
+                      else "\N{EN DASH}"),
+            "spent": _eps(entry.get("spent")), "held": _eps(held),
+            "remaining": _eps(remaining),
+            "used_percent": (min(100, round(100 * held / epsilon))
+                             if isinstance(epsilon, int | float) and epsilon > 0
+                             and isinstance(held, int | float) else 0),
+            "jobs": [{"job_id": str(j.get("job_id")), "state": str(j.get("state")),
+                      "rounds": j.get("rounds"), "epsilon": _eps(j.get("epsilon")),
+                      "reserved_at": when(j.get("reserved_at")),
+                      "settled_at": when(j.get("settled_at")), "note": j.get("note") or ""}
+                     for j in entry.get("jobs") or [] if isinstance(j, dict)],
+        })
+    return out
+
+
+def audit_rows(audit: dict[str, Any]) -> list[dict[str, Any]]:
+    """The audit log's rows per (job, actor) (:func:`foedus.federation.audit.fold`) as the
+    page prints them; the job file's hash is kept whole (the page shortens it visibly)."""
+    return [{"job_id": str(r.get("job_id")), "actor": str(r.get("actor")),
+             "at": when(r.get("at")), "submitter": r.get("submitter") or "\N{EN DASH}",
+             "job_sha256": r.get("job_sha256") or "",
+             "decision": r.get("decision") or "\N{EN DASH}", "reason": r.get("reason") or "",
+             "stages": ", ".join(r.get("stages") or []) or "\N{EN DASH}",
+             "dataset": r.get("dataset") or "\N{EN DASH}",
+             "epsilon_requested": _eps(r.get("epsilon_requested")),
+             "outcome": r.get("outcome") or "\N{EN DASH}",
+             "epsilon_spent": _eps(r.get("epsilon_spent")),
+             "updates_sent": r.get("updates_sent")}
+            for r in audit.get("jobs") or [] if isinstance(r, dict)]
