@@ -33,13 +33,14 @@ from foedus.runner import run_job
 from foedus.vertical import split
 from foedus.vertical.data import joined, split_vertically
 from foedus.vertical.linear import Task, fit_centralized
-from foedus.vertical.psi import PsiQuerier, PsiResponder, order_of, rows_in_order
+from foedus.vertical.psi import PsiQuerier, PsiResponder, cores, order_of, rows_in_order
 
 COLUMNS = {"hospital": list(range(0, 10)), "lab": list(range(10, 20)),
            "insurer": list(range(20, 30))}
 
 
 def psi_row(n: int) -> str:
+    load_before = os.getloadavg()[0]
     label_ids = [f"person-{i:09d}" for i in range(n)]
     feature_ids = [f"person-{i:09d}" for i in range(n // 2, n + n // 2)]
     began = time.perf_counter()
@@ -62,7 +63,8 @@ def psi_row(n: int) -> str:
     mb = 1e6
     return (f"| {n:,} | {t_request:.2f} | {t_answer:.2f} | {t_shared:.2f} | {t_order:.2f} | "
             f"**{total:.2f}** | {len(request) / mb:.1f} | "
-            f"{(len(setup) + len(response)) / mb:.1f} | {digests.nbytes / mb:.1f} |")
+            f"{(len(setup) + len(response)) / mb:.1f} | {digests.nbytes / mb:.1f} | "
+            f"{load_before:.1f} / {os.getloadavg()[0]:.1f} |")
 
 
 def _job(model: str, rounds: int, **params: Any) -> JobSpec:
@@ -159,9 +161,10 @@ def main() -> None:
             "gradient_clip": 1.0}}]
         print(train_row(f"split-nn, concat, split-noise z={z}",
                         _job("split-nn", 10, batch_size=32, pipeline=noise), None), flush=True)
-    print("\n| ids per party | request (s) | answer (s) | intersection (s) | order (s) | "
-          "total (s) | request MB | answer MB | order MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"\nPSI: each side's elliptic-curve work on {cores()} threads (one per core)\n")
+    print("| ids per party | request (s) | answer (s) | intersection (s) | order (s) | "
+          "total (s) | request MB | answer MB | order MB | load before / after |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n in (int(s) for s in args.sizes.split(",")):
         print(psi_row(n), flush=True)
 

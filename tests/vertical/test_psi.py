@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("private_set_intersection.python")
 
+from foedus.vertical import psi
 from foedus.vertical.psi import (
     PsiQuerier,
     PsiResponder,
@@ -81,3 +82,29 @@ def test_garbage_from_a_peer_is_a_value_error_on_both_sides(garbage: bytes) -> N
     for args in ((garbage, response), (setup, garbage)):
         with pytest.raises(ValueError):
             querier.shared(*args)
+
+
+def test_ids_cut_into_one_chunk_per_worker_give_the_same_messages_as_one_call(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(psi, "MIN_CHUNK", 8)
+    rng = np.random.default_rng(7)
+    label, feature = _ids(rng, 300, 0.8), _ids(rng, 300, 0.6)
+    whole_q, whole_r = PsiQuerier(label, workers=1), PsiResponder(feature, workers=1)
+    cut_q, cut_r = PsiQuerier(label, workers=3), PsiResponder(feature, workers=3)
+    cut_q._key, cut_r._key = whole_q._key, whole_r._key  # the same run, computed twice
+
+    request = whole_q.request()
+    assert cut_q.request() == request
+    assert cut_r.respond(request) == whole_r.respond(request)  # setup (sorted) and response
+    answer = cut_r.respond(cut_q.request())
+    assert cut_q.shared(*answer) == whole_q.shared(*answer) == set(label) & set(feature)
+
+
+def test_chunks_cover_every_id_once_in_order() -> None:
+    for n in (0, 1, psi.MIN_CHUNK - 1, 2 * psi.MIN_CHUNK + 5, 10 * psi.MIN_CHUNK):
+        parts = psi.chunks(n, 4)
+        assert [i for s in parts for i in range(n)[s]] == list(range(n))
+        assert len(parts) <= 4 and (len(parts) == 1 or all(
+            s.stop - s.start >= psi.MIN_CHUNK for s in parts))
+    with pytest.raises(ValueError, match="workers"):
+        PsiQuerier(["a"], workers=0)
