@@ -176,3 +176,23 @@ def test_a_heartbeat_does_not_wait_for_the_disk_and_leaves_later_commits_durable
         assert [s["name"] for s in store.sites(online_within=60)] == ["site-a"]
     finally:
         store.close()
+
+
+def test_console_sessions_are_kept_by_hash_across_reopening_until_idle_or_closed(
+        open_store: Callable[[], Store], clock: Clock) -> None:
+    store = open_store()
+    store.add_user("ann", "submitter", "tok-ann")
+    assert store.open_session("sid-1", "not a token") is None
+    assert store.open_session("sid-1", "tok-ann") == ("ann", "submitter")
+    assert store.open_session("sid-2", "tok-ann") is not None
+    store.close_session("sid-2")
+    clock.now += 50
+    again = open_store()  # a restarted coordinator
+    assert again.session("sid-1", idle_s=60) == ("ann", "submitter", clock.now - 50)
+    assert again.session("sid-2", idle_s=60) is None
+    again.touch_session("sid-1")
+    clock.now += 59
+    assert again.session("sid-1", idle_s=60) is not None
+    clock.now += 61
+    assert again.close_idle_sessions(60) == 1
+    assert again.session("sid-1", idle_s=3600) is None

@@ -52,6 +52,7 @@ from foedus.core.errors import ConfigError, FoedusError, require
 from foedus.federation import preflight
 from foedus.federation.actor import MODEL_FILE
 from foedus.federation.console import mount as mount_console
+from foedus.federation.console.sessions import REQUEST_USER
 from foedus.federation.database import POSTGRES_SCHEMES
 from foedus.federation.openapi import openapi
 from foedus.federation.policy import CatalogEntry, fill_data, parse_catalog
@@ -464,9 +465,11 @@ class Coordinator:
 
     def _user(self, request: Any, role: str) -> tuple[str, str]:
         header = request.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
+        # a console session's (user, role), set by the console's middleware (console.routes)
+        found: tuple[str, str] | None = request.get(REQUEST_USER)
+        if found is None and not header.startswith("Bearer "):
             raise Refused(401, "no bearer token (Authorization: Bearer TOKEN)")
-        found = self.store.user_by_token(header[len("Bearer "):].strip())
+        found = found or self.store.user_by_token(header[len("Bearer "):].strip())
         if found is None:
             raise Refused(401, "unknown token")
         if ROLES.index(found[1]) < ROLES.index(role):

@@ -61,6 +61,12 @@ MIGRATIONS: list[list[str]] = [
     [   # a queued job fails when its sites have not all answered by this time (None: never)
         "ALTER TABLE jobs ADD COLUMN queue_deadline DOUBLE PRECISION",
     ],
+    [   # the web console's sessions (foedus.federation.console.sessions): the session id's
+        # hash, its user, and the user's token hash at login (a re-keyed user's sessions end)
+        """CREATE TABLE console_sessions (
+            id_hash TEXT PRIMARY KEY, user_name TEXT NOT NULL, token_hash TEXT NOT NULL,
+            created DOUBLE PRECISION NOT NULL, last_used DOUBLE PRECISION NOT NULL)""",
+    ],
 ]
 
 
@@ -159,6 +165,57 @@ class Store:
         with self._tx() as cur:
             cur.execute("SELECT COUNT(*) FROM users WHERE role = 'admin'")
             return bool(cur.fetchone()[0])
+
+    # ---- console sessions ----------------------------------------------------------------
+
+    def open_session(self, session_id: str, token: str) -> tuple[str, str] | None:
+        """A console session for the token's user, kept by the hash of ``session_id`` only:
+        ``(name, role)``, or None (and no session) for a token that is no user's."""
+        now = self.clock()
+        with self._tx() as cur:
+            cur.execute("SELECT name, role, token_hash FROM users WHERE token_hash = ?",
+                        (hash_token(token),))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            cur.execute("INSERT INTO console_sessions (id_hash, user_name, token_hash, created, "
+                        "last_used) VALUES (?, ?, ?, ?, ?)",
+                        (hash_token(session_id), row[0], row[2], now, now))
+        return row[0], row[1]
+
+    def session(self, session_id: str, idle_s: float) -> tuple[str, str, float] | None:
+        """``(name, role, last used)`` of an open session; None when there is none, it was
+        unused for longer than ``idle_s``, or its user was re-keyed or removed since (such a
+        session is deleted)."""
+        key = hash_token(session_id)
+        with self._tx() as cur:
+            cur.execute("SELECT u.name, u.role, s.last_used FROM console_sessions s "
+                        "JOIN users u ON u.name = s.user_name AND u.token_hash = s.token_hash "
+                        "WHERE s.id_hash = ?", (key,))
+            row = cur.fetchone()
+            if row is None or self.clock() - row[2] > idle_s:
+                cur.execute("DELETE FROM console_sessions WHERE id_hash = ?", (key,))
+                return None
+        return row[0], row[1], row[2]
+
+    def touch_session(self, session_id: str) -> None:
+        """The session was used now. Not durable: losing it to a power cut only shortens
+        the session's idle time."""
+        with self._tx(durable=False) as cur:
+            cur.execute("UPDATE console_sessions SET last_used = ? WHERE id_hash = ?",
+                        (self.clock(), hash_token(session_id)))
+
+    def close_session(self, session_id: str) -> None:
+        with self._tx() as cur:
+            cur.execute("DELETE FROM console_sessions WHERE id_hash = ?",
+                        (hash_token(session_id),))
+
+    def close_idle_sessions(self, idle_s: float) -> int:
+        """Delete the sessions unused for longer than ``idle_s``; how many."""
+        with self._tx() as cur:
+            cur.execute("DELETE FROM console_sessions WHERE last_used < ?",
+                        (self.clock() - idle_s,))
+            return cur.rowcount
 
     # ---- sites ---------------------------------------------------------------------------
 

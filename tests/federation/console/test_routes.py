@@ -1,6 +1,6 @@
 """The console's routes in process: login and the session cookie, the session used on the
 coordinator's own API (with CSRF for changes), role-aware pages, short error pages, the dry
-run, a site's ledger and audit log as pages."""
+run, a site's ledger and audit log as pages, sessions across a restart."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from foedus.federation.audit import AuditLog
@@ -229,3 +229,22 @@ async def test_a_dry_run_says_which_sites_budget_would_refuse_a_dp_job(
     assert verdicts["site-b"] == (True, "its policy and catalog accept the job")  # no ledger
     assert coordinator.store.jobs() == []
 
+
+async def test_a_restarted_coordinator_keeps_a_logged_in_session_and_not_a_logged_out_one(
+        client: Client, coordinator: Coordinator) -> None:
+    kept, ended = await log_in(client), await log_in(client)
+    out = await client.post("/console/logout", data={"csrf": ended["X-CSRF-Token"]},
+                            headers={"Cookie": ended["Cookie"]}, allow_redirects=False)
+    assert out.status == 303
+    coordinator.stop_all()  # the coordinator stops; a new one starts on its state
+    restarted = Coordinator(coordinator.config)
+    async with TestClient(TestServer(restarted.app())) as again:
+        page = await again.get("/console/jobs", headers=kept, allow_redirects=False)
+        assert page.status == 200 and '<span id="who">admin' in await page.text()
+        change = await again.post("/v1/jobs/x/cancel", headers=kept)  # its CSRF token holds
+        assert change.status == 404 and (await change.json())["error"] == "no job 'x'"
+        cookie = {"Cookie": ended["Cookie"]}
+        login = await again.get("/console/jobs", headers=cookie, allow_redirects=False)
+        assert login.status == 303 and login.headers["Location"].startswith("/console/login")
+        assert (await again.get("/v1/jobs", headers=cookie)).status == 401
+    restarted.stop_all()

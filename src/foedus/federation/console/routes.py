@@ -14,11 +14,12 @@
 * ``/console/static/``: the styles, the scripts and the vendored chart library.
 
 The middleware lets those scripts call ``/v1/`` with the session: a request with the session's
-cookie and no ``Authorization`` header is passed on as the session user's bearer token, so the
-API's own checks (roles, owners) decide, and the console has no second set of rules. A request
-that changes something (anything but GET) must also carry the session's CSRF token. Console
-pages never show a Python traceback: an error is logged here and the page says, in one short
-sentence, that something went wrong.
+cookie and no ``Authorization`` header is passed on as made by the session's user (the API
+reads it where it reads a bearer token's user), so the API's own checks (roles, owners)
+decide, and the console has no second set of rules. A request that changes something
+(anything but GET) must also carry the session's CSRF token. Console pages never show a
+Python traceback: an error is logged here and the page says, in one short sentence, that
+something went wrong.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from urllib.parse import quote
 
 from foedus.core.errors import require
 from foedus.federation.console import views
-from foedus.federation.console.sessions import COOKIE, Session, Sessions
+from foedus.federation.console.sessions import COOKIE, REQUEST_USER, Session, Sessions
 from foedus.federation.openapi import ROUTES
 from foedus.federation.store import JOB_STATES, ROLES
 
@@ -74,7 +75,7 @@ class Console:
         jinja2 = require("jinja2", "federation")
         self.web = require("aiohttp.web", "federation")
         self.coordinator = coordinator
-        self.sessions = Sessions(coordinator.store.user_by_token)
+        self.sessions = Sessions(coordinator.store)
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=jinja2.select_autoescape(["html"]),
@@ -264,9 +265,8 @@ class Console:
                                                     "needs the session's CSRF token "
                                                     "(X-CSRF-Token) and the console's origin"},
                                           status=403)
-        headers = request.headers.copy()
-        headers["Authorization"] = f"Bearer {session.token}"
-        return await handler(request.clone(headers=headers))
+        request[REQUEST_USER] = (session.user, session.role)  # the API's _user reads it
+        return await handler(request)
 
 
 _STATUS_MESSAGES = {404: "There is no such page.",

@@ -5,86 +5,92 @@ with a random session id in a cookie the page's scripts cannot read (``HttpOnly`
 HTTPS only (``Secure``) and never with a request another site starts (``SameSite=Strict``).
 Every session also has a CSRF token, which the pages send back with each ``POST`` (a form
 field or the ``X-CSRF-Token`` header): SameSite already stops cross-site requests in current
-browsers, the token stops them in the others.
+browsers, the token stops them in the others. It is derived from the session id (an HMAC),
+so it needs no storage and is the same after a restart.
 
-Sessions live in the coordinator's memory: a restarted coordinator asks everyone to log in
-again, which loses no work, and logging out really ends a session. Each request re-reads the
-token's user, so a user re-keyed or given another role is seen at once; a session unused for
-``idle_s`` ends.
+Sessions live in the coordinator's store (:meth:`~foedus.federation.store.Store.
+open_session`), so a restarted coordinator keeps everyone logged in, and a logged-out session
+stays ended. The store keeps only the session id's SHA-256 (like the users' tokens) and never
+the user's token: a stolen database opens no session. Each request re-reads the session's
+user, so a user given another role is seen at once and a re-keyed one is logged out; a session
+unused for ``idle_s`` ends. Its last use is written at most once a minute
+(:data:`TOUCH_S`), not on each of the pages' polls.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["COOKIE", "Session", "Sessions"]
+from foedus.federation.store import Store
+
+__all__ = ["COOKIE", "REQUEST_USER", "TOUCH_S", "Session", "Sessions"]
 
 #: the session cookie's name
 COOKIE = "foedus_session"
+#: the key under which the console's middleware hands a session's ``(user, role)`` to the
+#: coordinator's API handlers (a request's own mapping, which no client can set); a typed key
+#: where aiohttp is installed (the federation extra), which nothing serves requests without
+REQUEST_USER: Any
+try:
+    from aiohttp.web import RequestKey
+
+    REQUEST_USER = RequestKey("console_user", tuple)
+except ImportError:  # pragma: no cover
+    REQUEST_USER = "console_user"
+#: a session's last use is stored again only when older than this (seconds)
+TOUCH_S = 60.0
 
 
 @dataclass
 class Session:
     user: str
     role: str
-    token: str  # the user's bearer token: the pages' API calls are made with it
     csrf: str
-    last_used: float
 
     def csrf_ok(self, sent: str | None) -> bool:
         """Whether a request carries this session's CSRF token (compared in constant time)."""
         return sent is not None and hmac.compare_digest(sent, self.csrf)
 
 
-class Sessions:
-    """The open sessions; ``lookup`` maps a token to ``(user, role)`` or None (the store's
-    :meth:`~foedus.federation.store.Store.user_by_token`)."""
+def csrf_of(session_id: str) -> str:
+    """The CSRF token of a session: only whoever holds the session id can compute it."""
+    return hmac.new(session_id.encode(), b"foedus console csrf", hashlib.sha256).hexdigest()
 
-    def __init__(self, lookup: Callable[[str], tuple[str, str] | None],
-                 idle_s: float = 8 * 3600, clock: Callable[[], float] = time.monotonic) -> None:
-        self.lookup = lookup
+
+class Sessions:
+    """The console's sessions, kept in the coordinator's store."""
+
+    def __init__(self, store: Store, idle_s: float = 8 * 3600) -> None:
+        self.store = store
         self.idle_s = idle_s
-        self.clock = clock
-        self._open: dict[str, Session] = {}
 
     def login(self, token: str) -> tuple[str, Session] | None:
         """A new session for the token's user (its id and the session), or None for a token
         that is no user's."""
-        found = self.lookup(token.strip())
+        self.store.close_idle_sessions(self.idle_s)
+        session_id = secrets.token_urlsafe(32)
+        found = self.store.open_session(session_id, token.strip())
         if found is None:
             return None
-        self._forget_idle()
-        session_id = secrets.token_urlsafe(32)
-        session = Session(found[0], found[1], token.strip(), secrets.token_urlsafe(24),
-                          self.clock())
-        self._open[session_id] = session
-        return session_id, session
+        return session_id, Session(found[0], found[1], csrf_of(session_id))
 
     def get(self, session_id: str | None) -> Session | None:
-        """The session of a cookie's value, or None (unknown, idle too long, or its user's
-        token no longer valid)."""
+        """The session of a cookie's value, or None (unknown, ended, idle too long, or its
+        user re-keyed)."""
         if not session_id:
             return None
-        session = self._open.get(session_id)
-        if session is None:
+        found = self.store.session(session_id, self.idle_s)
+        if found is None:
             return None
-        now = self.clock()
-        found = self.lookup(session.token)
-        if found is None or now - session.last_used > self.idle_s:
-            del self._open[session_id]
-            return None
-        session.user, session.role, session.last_used = found[0], found[1], now
-        return session
+        user, role, last_used = found
+        if self.store.clock() - last_used > TOUCH_S:
+            self.store.touch_session(session_id)
+        return Session(user, role, csrf_of(session_id))
 
     def logout(self, session_id: str | None) -> None:
         if session_id:
-            self._open.pop(session_id, None)
-
-    def _forget_idle(self) -> None:
-        now = self.clock()
-        for key in [k for k, s in self._open.items() if now - s.last_used > self.idle_s]:
-            del self._open[key]
+            self.store.close_session(session_id)
