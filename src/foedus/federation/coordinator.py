@@ -7,13 +7,15 @@ It keeps the registry (sites, users, jobs, assignments, round records, events) i
 1. ``POST /v1/jobs`` checks the job file, gives it a unique id and a ``checkpoint_dir`` under
    the state dir, assigns each of its topology's *data holders* (clients, peers) to a site
    and *offers* it (state ``queued``);
-2. each site reads its offer on its next heartbeat and accepts it (and starts its actor) or
-   refuses it with its reason; one refusal fails the job with that reason, and so does
-   silence past the job's ``queue_timeout`` (naming the sites that did not answer);
-3. once every site accepted, the coordinator starts the job's actors that hold no data (the
-   server, edge aggregators) in one process of their own (:mod:`foedus.federation.actor`) and
-   records each round as it ends (``running``); a site that stops heartbeating meanwhile is
-   an event of the job;
+2. each site reads its offer at once (a site's heartbeat is a long poll: the coordinator
+   holds its answer until the site has an offer or a stop, or for one heartbeat period at
+   most) and accepts it (and starts its actor) or refuses it with its reason; one refusal
+   fails the job with that reason, and so does silence past the job's ``queue_timeout``
+   (naming the sites that did not answer);
+3. once every site accepted (judged as the last answer arrives), the coordinator starts the
+   job's actors that hold no data (the server, edge aggregators) in one process of their own
+   (:mod:`foedus.federation.actor`) and records each round as it ends (``running``); a site
+   that stops heartbeating meanwhile is an event of the job;
 4. the server's result file ends the job (``finished`` or ``failed``), or, for a job whose
    actors all run at sites (a swarm), their exits do; ``cancel`` kills the server and tells
    the sites to stop the job's actors.
@@ -169,6 +171,8 @@ class Coordinator:
         self._stopping: list[tuple[subprocess.Popen[bytes], float]] = []
         self._read: dict[str, int] = {}  # job -> bytes of its records file ingested
         self.reports = SiteReports(config.state_dir / "sites")  # sites' audit logs, ledgers
+        self._news = asyncio.Event()  # set (and replaced) when any assignment changes
+        self.closing = False  # the service is stopping: held heartbeats answer at once
         self._bootstrap_admin()
 
     def _bootstrap_admin(self) -> None:
@@ -251,8 +255,52 @@ class Coordinator:
         self.store.add_job(job_id, owner, yaml.safe_dump(job, sort_keys=False), actors,
                            str(checkpoint_dir), queue_timeout)
         log.info("job %s submitted by %s, offered to %s", job_id, owner, sites)
+        self.notify()  # the sites' held heartbeats carry the offer now
         self._prestart(job_id)
         return job_id
+
+    def _finish(self, job_id: str, state: str, reason: str | None,
+                result: dict[str, Any] | None = None) -> bool:
+        """End a job (:meth:`Store.finish_job`) and wake the held heartbeats: its sites'
+        ``stop`` reaches them now, not at their next beat."""
+        ended = self.store.finish_job(job_id, state, reason, result)
+        if ended:
+            self.notify()
+        return ended
+
+    def notify(self) -> None:
+        """Wake every heartbeat held open (:meth:`_assignments_when_news`): an assignment
+        changed, so the site it belongs to may have an offer or a stop to read."""
+        self._news.set()
+        self._news = asyncio.Event()
+
+    def _assignments(self, site: str) -> list[dict[str, Any]]:
+        """What a heartbeat answers a site: its open assignments, with the job's state, and
+        an offer's job file and submitter."""
+        out = []
+        for a in self.store.assignments(site=site):
+            if a["state"] in ("offered", "accepted", "running", "stop"):
+                job = self.store.job(a["job_id"])
+                out.append({**a, "job_state": job.state if job is not None else None,
+                            **({"job_yaml": job.job_yaml, "owner": job.owner}
+                               if job is not None and a["state"] == "offered" else {})})
+        return out
+
+    async def _assignments_when_news(self, site: str, hold: float) -> list[dict[str, Any]]:
+        """A long poll: the site's assignments as soon as one is an offer or a stop, or after
+        ``hold`` seconds (the site's heartbeat period) at the latest. An offer so reaches its
+        site when it is made, not at the site's next heartbeat (up to ``heartbeat_s`` later,
+        most of a small job's time to its first round)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + hold
+        while True:
+            news = self._news  # taken before reading: a change from here on wakes the wait
+            out = self._assignments(site)
+            left = deadline - loop.time()
+            if left <= 0 or self.closing or any(a["state"] in ("offered", "stop") for a in out):
+                return out
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(news.wait(), left)
 
     def own_actors(self, job: Job) -> list[str]:
         """The actors of ``job`` that hold no data and run here (its server, edge
@@ -266,7 +314,7 @@ class Coordinator:
         return self._own[job.id]
 
     def cancel(self, job: Job, who: str) -> None:
-        if not self.store.finish_job(job.id, "cancelled", f"cancelled by {who}"):
+        if not self._finish(job.id, "cancelled", f"cancelled by {who}"):
             raise Refused(409, f"job {job.id} already ended ({job.state})")
         self._stop_server(job)
 
@@ -389,14 +437,14 @@ class Coordinator:
         refused = [a for a in answers if a["state"] == "refused"]
         if refused:
             a = refused[0]
-            self.store.finish_job(job.id, "failed",
+            self._finish(job.id, "failed",
                                   f"site {a['site']} refused {a['actor']}: {a['reason']}")
             self._stop_server(job)  # the pre-started one
         elif all(a["state"] in ("accepted", "running") for a in answers):
             self._start_server(job)
         elif job.queue_deadline is not None and self.clock() >= job.queue_deadline:
             silent = sorted({a["site"] for a in answers if a["state"] == "offered"})
-            self.store.finish_job(
+            self._finish(
                 job.id, "failed", f"queued for {job.queue_deadline - job.created:g}s "
                 f"(queue_timeout) without an answer from {', '.join(silent)}")
             self._stop_server(job)
@@ -424,10 +472,10 @@ class Coordinator:
         failed = [a for a in answers if a["state"] == "failed"]
         if failed:
             a = failed[0]
-            self.store.finish_job(job.id, "failed", f"{a['actor']} at site {a['site']} "
+            self._finish(job.id, "failed", f"{a['actor']} at site {a['site']} "
                                   f"failed: {a['reason']}")
         elif all(a["state"] == "done" for a in answers):
-            self.store.finish_job(job.id, "finished", None,
+            self._finish(job.id, "finished", None,
                                   {"actors": [a["actor"] for a in answers]})
 
     def _tick_server(self, job: Job) -> None:
@@ -440,16 +488,16 @@ class Coordinator:
             result = json.loads(result_path.read_text())
             self._ingest_rounds(job)
             if result["status"] == 0:
-                self.store.finish_job(job.id, "finished", None, result.get("summary"))
+                self._finish(job.id, "finished", None, result.get("summary"))
             else:
-                self.store.finish_job(job.id, "failed", result.get("error"),
+                self._finish(job.id, "failed", result.get("error"),
                                       result.get("summary"))
             if proc is not None:
                 proc.wait(timeout=30)
                 self.servers.pop(job.id, None)
         elif proc is not None and proc.poll() is not None:
             self.servers.pop(job.id, None)
-            self.store.finish_job(job.id, "failed", f"the server process exited with "
+            self._finish(job.id, "failed", f"the server process exited with "
                                   f"status {proc.returncode} (see {job.id}/server.log)")
         elif proc is None and not (job.server_pid and _pid_runs(job.server_pid, job.id)):
             log.warning("job %s: its server is gone; restarting it from its checkpoint",
@@ -624,14 +672,12 @@ class Coordinator:
             self.store.heartbeat(site, str(body.get("version", "?")), offers or {})
             for actor in body.get("actors") or []:
                 self._actor_state(site, actor)
-            out = []
-            for a in self.store.assignments(site=site):
-                if a["state"] in ("offered", "accepted", "running", "stop"):
-                    job = self.store.job(a["job_id"])
-                    out.append({**a, "job_state": job.state if job is not None else None,
-                                **({"job_yaml": job.job_yaml, "owner": job.owner}
-                                   if job is not None and a["state"] == "offered" else {})})
-            return {"assignments": out, **self.reports.receive(site, body)}
+            received = self.reports.receive(site, body)
+            wait = body.get("wait", 0)
+            hold = (min(float(wait), self.config.heartbeat_timeout / 3)
+                    if isinstance(wait, int | float) and not isinstance(wait, bool) and wait > 0
+                    else 0.0)
+            return {"assignments": await self._assignments_when_news(site, hold), **received}
 
         @route("POST", "/v1/site/answer")
         async def answer(request: Any) -> Any:
@@ -647,6 +693,9 @@ class Coordinator:
                                              only_from=("offered",)):
                 raise Refused(404, f"no open offer of {body.get('actor')} of job "
                                    f"{body.get('job_id')} to site {site}")
+            job = self.store.job(str(body.get("job_id")))
+            if job is not None and job.state == "queued":  # the last acceptance opens the
+                self._tick_queued(job)  # server's gate now, a refusal fails the job now
             return {"ok": True}
 
         app = web.Application(client_max_size=4 * 1024 * 1024)
@@ -702,5 +751,7 @@ async def serve(config: CoordinatorConfig, ready: Callable[[str], None] | None =
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TICK_S)
     finally:
+        coordinator.closing = True
+        coordinator.notify()  # held heartbeats answer now: the shutdown does not wait for them
         await runner.cleanup()
         coordinator.stop_all()

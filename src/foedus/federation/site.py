@@ -23,8 +23,10 @@ heartbeats so the coordinator can show them to admins. A site killed and restart
 its jobs (:mod:`foedus.federation.site_state`): it adopts the actor processes that survived
 and starts again those that did not, once the coordinator says their job is still on.
 
-The loop is deliberately synchronous and simple: it waits on a timer between heartbeats, and
-nothing it does takes long (starting a process does not wait for it).
+The loop is deliberately synchronous and simple: each heartbeat is a long poll (the
+coordinator answers as soon as there is an offer or a stop for this site, after
+``heartbeat_s`` otherwise), a timer fills what is left of the period, and nothing it does
+takes long (starting a process does not wait for it).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ from foedus.federation.policy import CatalogEntry, Policy, check_policy, fill_da
 from foedus.federation.reports import AUDIT_BATCH
 from foedus.federation.settings import path_of, read_config, tls_of
 from foedus.federation.site_actor import sent_upper
-from foedus.federation.site_state import ActorRecord, Adopted, pid_runs, unfinished
+from foedus.federation.site_state import ActorRecord, Adopted, pid_runs, start_time, unfinished
+from foedus.federation.zygote import Zygote
 from foedus.transport.tls import TLSConfig
 
 log = logging.getLogger("foedus.federation.site")
@@ -68,11 +71,17 @@ class SiteConfig:
     heartbeat_s: float
     catalog: dict[str, CatalogEntry]
     policy: Policy
+    #: fork actors from a warm process that has imported what they need (``warm: false``:
+    #: each actor is a fresh Python, some 100 MB less held while no job runs)
+    warm: bool = True
 
     @classmethod
     def load(cls, path: str | Path) -> SiteConfig:
         raw = read_config(path, {"coordinator", "state_dir", "tls", "heartbeat_s", "catalog",
-                                 "policy"}, {"coordinator", "state_dir", "tls"})
+                                 "policy", "warm"}, {"coordinator", "state_dir", "tls"})
+        warm = raw.get("warm", True)
+        if not isinstance(warm, bool):
+            raise ConfigError(f"warm: expected true or false, got {warm!r}")
         url = raw["coordinator"]
         if not isinstance(url, str) or not url.startswith("https://"):
             raise ConfigError(f"coordinator: expected an https:// URL, got {url!r}")
@@ -83,7 +92,7 @@ class SiteConfig:
                    state_dir=path_of(raw, raw["state_dir"], "state_dir"),
                    tls=tls_of(raw, identity=True), heartbeat_s=float(beat),
                    catalog=parse_catalog(raw.get("catalog"), budgets=True),
-                   policy=Policy.from_dict(raw.get("policy")))
+                   policy=Policy.from_dict(raw.get("policy")), warm=warm)
 
 
 @dataclass
@@ -160,7 +169,7 @@ class Site:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         httpx = require("httpx", "federation")
         self.http = httpx.Client(base_url=config.coordinator, verify=config.tls.client_context(),
-                                 timeout=10.0)
+                                 timeout=10.0 + config.heartbeat_s)  # + a held heartbeat
         self.actors: dict[tuple[str, str], Actor] = {}
         self.ledger = Ledger(config.state_dir / "ledger.db")
         self.audit = AuditLog(config.state_dir / "audit.jsonl")
@@ -174,20 +183,24 @@ class Site:
         for record in unfinished(config.state_dir):
             key = (record.job_id, record.actor)
             self.records[key] = record
-            if record.pid is not None and pid_runs(record.pid, f"/{record.job_id}/"):
+            if record.pid is not None and pid_runs(record.pid, f"/{record.job_id}/",
+                                                   record.started):
                 self.actors[key] = Actor(record.job_id, record.actor, Adopted(
-                    record.pid, f"/{record.job_id}/", self._progress(*key)),
-                    self._log(*key))
+                    record.pid, f"/{record.job_id}/", self._progress(*key), record.started,
+                    self._exit_file(*key)), self._log(*key))
                 log.info("adopted %s of job %s (pid %d)", record.actor, record.job_id,
                          record.pid)
             else:
                 self.pending[key] = record
         self.finished: list[dict[str, Any]] = []  # reports of ended actors not yet delivered
+        self.zygote = Zygote(config.state_dir / "zygote.log") if config.warm else None
 
     def close(self) -> None:
         """Stop every actor started here (the agent is going away) and the client."""
         for actor in list(self.actors.values()):
             self._stop(actor)
+        if self.zygote is not None:
+            self.zygote.close()
         self.http.close()
         self.ledger.close()
 
@@ -198,8 +211,11 @@ class Site:
             raise ConfigError(f"the coordinator refused {path}: {data.get('error', data)}")
         return data
 
-    def beat(self) -> None:
-        """One heartbeat: report, read the assignments, act on them."""
+    def beat(self) -> bool:
+        """One heartbeat: report, read the assignments, act on them. The coordinator holds
+        the answer open for up to ``heartbeat_s`` until there is an offer or a stop for this
+        site (not on the first beat after a restart: the actors to rejoin wait for its
+        answer). True when the answer carried an offer or a stop."""
         self._reap()
         reports = [{"job_id": a.job_id, "actor": a.actor, "state": "running"}
                    for a in self.actors.values()] + self.finished
@@ -207,6 +223,7 @@ class Site:
                   "policy": self.config.policy.as_dict()}  # shown to users, read by dry runs
         answer = self._post("/v1/site/heartbeat",
                             {"version": VERSION, "offers": offers, "actors": reports,
+                             "wait": 0 if self.pending else self.config.heartbeat_s,
                              **self._reports()})
         self.finished = []
         self._delivered(answer)
@@ -224,6 +241,7 @@ class Site:
                                       "reason": "stopped at the coordinator's request"})
         for report in self.finished:  # stopped here: settle what the job spent
             self._ended(report)
+        return any(a["state"] in ("offered", "stop") for a in answer.get("assignments", []))
 
     def _offer(self, a: dict[str, Any]) -> None:
         job_id, actor = a["job_id"], a["actor"]
@@ -264,21 +282,36 @@ class Site:
     def _log(self, job_id: str, actor: str) -> Path:
         return self.config.state_dir / "jobs" / job_id / f"{actor}.log"
 
+    def _exit_file(self, job_id: str, actor: str) -> Path:
+        return self.config.state_dir / "jobs" / job_id / f"{actor}.exit"
+
     def _start(self, record: ActorRecord) -> None:
-        """Start (or start again) an actor's process and record its pid."""
+        """Start (or start again) an actor's process and record its pid and start time:
+        forked from the warm zygote when it is ready, else a fresh Python."""
+        key = (record.job_id, record.actor)
         where = self.config.state_dir / "jobs" / record.job_id
-        logfile = self._log(record.job_id, record.actor)
-        with logfile.open("ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "foedus.federation.site_actor", str(where / "job.yaml"),
-                 record.actor, "--progress", str(self._progress(record.job_id, record.actor))],
-                cwd=where, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+        logfile = self._log(*key)
+        argv = [str(where / "job.yaml"), record.actor, "--progress", str(self._progress(*key))]
+        pid = self.zygote.fork(argv, where, logfile, self._exit_file(*key)) \
+            if self.zygote is not None else None
+        proc: subprocess.Popen[bytes] | Adopted
+        if pid is not None:
+            record.started = start_time(pid)
+            proc = Adopted(pid, f"/{record.job_id}/", self._progress(*key), record.started,
+                           self._exit_file(*key))
+        else:
+            with logfile.open("ab") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "foedus.federation.site_actor", *argv],
+                    cwd=where, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                    env={**os.environ,
+                         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+            record.started = start_time(proc.pid)
         record.pid = proc.pid
         record.save(self.config.state_dir)
-        self.actors[(record.job_id, record.actor)] = Actor(record.job_id, record.actor, proc,
-                                                           logfile)
-        log.info("started %s of job %s (pid %d)", record.actor, record.job_id, proc.pid)
+        self.actors[key] = Actor(record.job_id, record.actor, proc, logfile)
+        log.info("started %s of job %s (pid %d%s)", record.actor, record.job_id, proc.pid,
+                 ", forked warm" if pid is not None else "")
 
     def _rejoin(self, assignments: list[dict[str, Any]]) -> None:
         """Once, after a restart: start again the actors whose process is gone if their job
@@ -382,15 +415,23 @@ def run_site(config: SiteConfig) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    again = False  # the last beat was an immediate one
     try:
         while not stopping:
+            started = time.monotonic()
+            news = False
             try:
-                site.beat()
+                news = site.beat()
             except httpx.TransportError as exc:
                 log.warning("coordinator unreachable (%s); retrying", exc)
                 print(f"foedus site: coordinator unreachable ({exc}); retrying",
                       file=sys.stderr, flush=True)
-            deadline = time.monotonic() + config.heartbeat_s
+            # a beat the coordinator held (a long poll) took the period already; one that
+            # brought news is followed at once by the next long poll (so a second offer is
+            # not left for a period), but never twice in a row: a coordinator that answers
+            # every beat at once still sees one beat a period
+            again = news and not again
+            deadline = started + (0 if again else config.heartbeat_s)
             while not stopping and time.monotonic() < deadline:
                 time.sleep(0.05)  # a timer between heartbeats, checking for a stop signal
     finally:

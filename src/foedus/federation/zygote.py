@@ -1,0 +1,224 @@
+"""A site's warm process: ``python -m foedus.federation.zygote``, from which the site forks
+its actors instead of starting each as a cold Python.
+
+A cold actor process spends seconds importing foedus, numpy and scikit-learn before it can
+take part in round 1 (most of a small job's time from submit to its first round). The zygote
+imports them once, when the site starts, and then only forks: each actor is a child forked
+on request, which at once leaves the zygote's session (``setsid``: its own process group,
+which the site stops as it stops any actor), points its output at the actor's log and runs
+:func:`foedus.federation.site_actor.main`, exactly what ``python -m
+foedus.federation.site_actor`` runs. Isolation is the same as a fresh process's: a crashing
+actor takes down only itself, never the zygote, the site or another job.
+
+The protocol is JSON lines over the zygote's stdin and stdout, one request and one answer at
+a time (the site holds the only pipe):
+
+* the zygote writes ``{"ready": true}`` once its imports are done;
+* a request ``{"argv": [...], "cwd": DIR, "log": FILE, "exit": FILE}`` is answered
+  ``{"pid": PID}`` once the child runs;
+* when a child ends, the zygote (its parent) reaps it and writes ``{"pid": PID, "status":
+  STATUS}`` to the request's ``exit`` file (atomically), the exit status as
+  :class:`subprocess.Popen` reports it (negative: killed by that signal), since the site is
+  not the actor's parent and cannot wait for it.
+
+When its stdin closes (the site stopped or died) the zygote exits and leaves its children
+running: a restarted site adopts them like any actor that survived it
+(:mod:`foedus.federation.site_state`, which knows them by pid and start time, since a forked
+child's command line is the zygote's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["PRELOAD", "Zygote", "main"]
+
+log = logging.getLogger("foedus.federation.zygote")
+
+#: what every actor imports before its first round (scikit-learn for the default model);
+#: one that is not installed is skipped
+PRELOAD = ("numpy", "foedus.runner", "foedus.federation.site_actor", "foedus.models.sklearn",
+           "foedus.data.datasets", "foedus.transport.https", "foedus.transport.mqtt",
+           "sklearn.linear_model", "httpx", "aiohttp")
+#: how often the zygote reaps ended children while no request arrives
+REAP_EVERY_S = 0.1
+
+
+#: how long the site waits for the zygote's answer to a fork request before it gives up on
+#: the zygote (and starts a fresh Python instead)
+ANSWER_S = 10.0
+
+
+class Zygote:
+    """The site's handle on its zygote: started at once, used once it says it is ready;
+    :meth:`fork` returns None (the site then starts a fresh Python) while it is not ready or
+    after it died, so a broken zygote costs speed, never a job."""
+
+    def __init__(self, log_path: Path) -> None:
+        with log_path.open("ab") as out:
+            self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+                [sys.executable, "-m", "foedus.federation.zygote"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=out, start_new_session=True,
+                env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+        self.ready = False
+
+    def _line(self, timeout: float) -> dict[str, Any] | None:
+        assert self.proc is not None and self.proc.stdout is not None
+        readable, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not readable:
+            return None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise OSError("the zygote closed its output")
+        found: dict[str, Any] = json.loads(line)
+        return found
+
+    def fork(self, argv: list[str], cwd: Path, log_file: Path, exit_file: Path) -> int | None:
+        """A forked actor's pid, or None when the zygote cannot fork one now."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = None
+            return None
+        try:
+            if not self.ready:
+                self.ready = bool(self._line(0.0))
+                if not self.ready:
+                    return None
+            stdin: IO[bytes] | None = self.proc.stdin
+            assert stdin is not None
+            with contextlib.suppress(FileNotFoundError):
+                exit_file.unlink()  # an earlier process's status of this actor
+            stdin.write((json.dumps({"argv": argv, "cwd": str(cwd), "log": str(log_file),
+                                     "exit": str(exit_file)}) + "\n").encode())
+            stdin.flush()
+            answer = self._line(ANSWER_S)
+            if answer is None or not isinstance(answer.get("pid"), int):
+                raise OSError(f"the zygote did not answer a fork request: {answer!r}")
+            pid: int = answer["pid"]
+            return pid
+        except (OSError, ValueError) as exc:
+            log.warning("the warm process failed (%s); actors start cold from now on", exc)
+            self.close()
+            return None
+
+    def close(self) -> None:
+        """Stop the zygote (its closed input is its stop); the actors it forked live on."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            if proc.stdin is not None:
+                proc.stdin.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _write_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _child(request: dict[str, Any], started: int) -> None:
+    """In the forked child: become the actor (never returns). ``started``: the pipe closed
+    once the child has its own session, which the zygote waits for before it answers with
+    the pid (the site may stop the actor's process group at once)."""
+    status = 1
+    try:
+        os.setsid()
+        os.close(started)
+        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        os.close(null)
+        os.chdir(request["cwd"])
+        from foedus.federation import site_actor
+        status = site_actor.main(request["argv"])
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(status)
+
+
+def _reap(exits: dict[int, Path]) -> None:
+    """Reap every ended child and write its exit file."""
+    while exits:
+        try:
+            pid, raw = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        status = -os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else os.WEXITSTATUS(raw)
+        path = exits.pop(pid, None)
+        if path is not None:
+            with contextlib.suppress(OSError):
+                _write_atomic(path, {"pid": pid, "status": status})
+
+
+def _preload() -> None:
+    """Import what actors need: :data:`PRELOAD` and every plugin (topologies, models,
+    transports, stages: what :func:`foedus.runner.prepare` would import in each actor)."""
+    for name in PRELOAD:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    try:
+        from foedus.plugins import load_plugins
+        load_plugins()
+    except Exception:  # an actor that needs a broken plugin reports it itself
+        traceback.print_exc()
+
+
+def main() -> int:
+    _preload()
+    out = sys.stdout
+    print(json.dumps({"ready": True}), file=out, flush=True)
+    exits: dict[int, Path] = {}
+    stdin = sys.stdin.buffer
+    while True:
+        readable, _, _ = select.select([stdin], [], [], REAP_EVERY_S)
+        _reap(exits)
+        if not readable:
+            continue
+        line = stdin.readline()
+        if not line:  # the site is gone: its actors live on, adopted by the next site
+            return 0
+        request = json.loads(line)
+        out.flush()
+        ready, started = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(ready)
+            _child(request, started)
+        os.close(started)
+        os.read(ready, 1)  # EOF once the child has its own session (or died)
+        os.close(ready)
+        exits[pid] = Path(request["exit"])
+        print(json.dumps({"pid": pid}), file=out, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
