@@ -30,6 +30,11 @@ from foedus.roles.server import RoundRecord
 from foedus.runner import JobResult, chance_accuracy, prepare
 from foedus.sim.backends import Backend, ClientWork, make_backend
 
+#: messages a pod's inbox holds in a simulation: each waiting update is a model-sized copy
+#: (measured with a 4.77M-parameter model, 20 clients: the runtime's default of 16 made the
+#: thread backend's peak 1.36x a bare loop's, one made it 1.09-1.12x; docs/architecture.md)
+SIM_QUEUE = 1
+
 
 def client_work(spec: JobSpec, parts: JobParts | None = None) -> ClientWork:
     """A job's client side; process and Ray workers rebuild it from the spec alone."""
@@ -95,7 +100,10 @@ async def run_simulation(
     graph.pipe(f"{clients.name}.update", parts.server_filters(), f"{server.name}.update",
                model=f"{server.name}.model", model_feedback=True)
     graph.connect(f"{server.name}.model", f"{clients.name}.model", feedback=True)
-    runtime = Runtime(graph)
+    # one message waiting per pod: with one worker, training runs on the event loop and the
+    # server gets a turn only between clients, so a deeper inbox filled up with updates
+    # (model copies) faster than the server folded them in: 16 held at once with the default
+    runtime = Runtime(graph, queue_size=SIM_QUEUE)
     startup = time.perf_counter() - began
     try:
         async with runtime:
