@@ -78,7 +78,9 @@ def coordinator(tmp_path: Path, clock: Clock, launcher: Launcher) -> Iterator[Co
         host="127.0.0.1", port=0, state_dir=tmp_path / "state",
         tls=TLSConfig("ca.pem", "cert.pem", "key.pem"),  # the API is not served here
         admin_token_file=tmp_path / "admin.token", heartbeat_timeout=15,
-        catalog=parse_catalog({"digits": {"dataset": "digits"}}), queue_timeout=120)
+        catalog=parse_catalog({"digits": {"dataset": "digits"},
+                               "breast_cancer": {"dataset": "breast_cancer"}}),
+        queue_timeout=120)
     made = Coordinator(config, clock=clock, launch=launcher)  # type: ignore[arg-type]
     yield made
     made.stop_all()
@@ -182,6 +184,33 @@ def test_a_swarm_runs_wholly_at_sites_and_ends_with_its_peers(
     assert finished is not None and finished.state == "finished"
     assert failed is not None and failed.state == "failed"
     assert failed.reason == "client-001 at site site-b failed: exit status 1: x"
+
+
+def test_a_job_without_a_server_keeps_its_reporting_actors_rounds_from_its_site(
+        coordinator: Coordinator) -> None:
+    beat(coordinator, "site-a", "site-b")
+    swarm = coordinator.submit("ann", job_yaml(topology={"type": "swarm"}), None)
+    sent = [{"round": 1, "accepted": 1}, {"round": 2, "accepted": 1}]
+    # client-001's view of the rounds is not the job's; nor may site-b speak for client-000
+    coordinator.site_rounds("site-b", [{"job_id": swarm, "actor": "client-001",
+                                        "records": [{"round": 1, "accepted": 9}]},
+                                       {"job_id": swarm, "actor": "client-000",
+                                        "records": [{"round": 1, "accepted": 9}]}])
+    assert coordinator.store.rounds(swarm) == []
+    coordinator.site_rounds("site-a", [{"job_id": swarm, "actor": "client-000",
+                                        "records": sent}])
+    coordinator.site_rounds("site-a", [{"job_id": swarm, "actor": "client-000",
+                                        "records": sent[1:]}])  # sent again: kept once
+    assert coordinator.store.rounds(swarm) == sent
+    vertical = coordinator.submit("ann", yaml.safe_dump({
+        "job_id": "v", "rounds": 2, "data": {"dataset": "breast_cancer"},
+        "transport": {"type": "mqtt", "params": {"host": "127.0.0.1", "port": 1}},
+        "topology": {"type": "vertical", "params": {"label_party": "lab", "parties": {
+            "hospital": {"columns": list(range(15))},
+            "lab": {"columns": list(range(15, 30))}}}}}), None)
+    assert coordinator.reporter(job_of(coordinator, vertical)) == "lab"  # the labels' party
+    central = coordinator.submit("ann", job_yaml(), None)
+    assert coordinator.reporter(job_of(coordinator, central)) is None  # its server records
 
 
 @pytest.mark.parametrize(("topology", "clients", "here", "at_sites"), [

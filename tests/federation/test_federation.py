@@ -210,6 +210,11 @@ def test_a_tree_and_a_swarm_run_side_by_side_placed_by_their_topologies(
     swarm_job = federation.job(swarm)
     assert swarm_job["server_pid"] is None
     assert all(a["state"] == "done" for a in swarm_job["assignments"])
+    # ... and its rounds are the job's all the same: its first peer's, sent by its site
+    with federation.api() as api:
+        swarm_rounds = api.get(f"/v1/jobs/{swarm}/rounds").json()["rounds"]
+    assert [r["round"] for r in swarm_rounds] == [1, 2]
+    assert swarm_job["rounds_done"] == 2
 
 
 @dataclass

@@ -17,8 +17,9 @@ It keeps the registry (sites, users, jobs, assignments, round records, events) i
    (:mod:`foedus.federation.actor`) and records each round as it ends (``running``); a site
    that stops heartbeating meanwhile is an event of the job;
 4. the server's result file ends the job (``finished`` or ``failed``), or, for a job whose
-   actors all run at sites (a swarm), their exits do; ``cancel`` kills the server and tells
-   the sites to stop the job's actors.
+   actors all run at sites (a swarm, a vertical job), their exits do, and one of them
+   (:meth:`Coordinator.reporter`) sends the job's round records with its site's
+   heartbeats; ``cancel`` kills the server and tells the sites to stop the job's actors.
 
 Sites are authenticated by mutual TLS: a site's name is the CN of its client certificate,
 checked against the deployment's CA, never a field of the request, so a site cannot act under
@@ -166,6 +167,7 @@ class Coordinator:
         self.store = Store(config.database or config.state_dir / "coordinator.db", clock=clock)
         self._offline: set[tuple[str, str]] = set()  # (job, site) shown offline in its events
         self._own: dict[str, list[str]] = {}  # job -> its actors that run here (own_actors)
+        self._reporters: dict[str, str] = {}  # job -> its actor at a site that reports rounds
         self.servers: dict[str, subprocess.Popen[bytes]] = {}
         #: job processes sent SIGTERM, with the time after which they get SIGKILL
         self._stopping: list[tuple[subprocess.Popen[bytes], float]] = []
@@ -670,6 +672,7 @@ class Coordinator:
             body = await self._body(request)
             offers = body.get("offers") if isinstance(body.get("offers"), dict) else {}
             self.store.heartbeat(site, str(body.get("version", "?")), offers or {})
+            self.site_rounds(site, body.get("rounds"))
             for actor in body.get("actors") or []:
                 self._actor_state(site, actor)
             received = self.reports.receive(site, body)
@@ -707,6 +710,42 @@ class Coordinator:
     def _view(self, job: Job) -> dict[str, Any]:
         return {**job.public(), "assignments": self.store.assignments(job_id=job.id),
                 "rounds_done": len(self.store.rounds(job.id))}
+
+    def reporter(self, job: Job) -> str | None:
+        """The actor at a site whose round records are the job's, for a job with no actor
+        here (None otherwise: the server's process records them): a vertical job's label
+        party, a swarm's first peer (each peer folds the rounds it saw; one peer's view is
+        the job's, as ``foedus run`` shows the first peer's)."""
+        if self.own_actors(job):
+            return None
+        if job.id not in self._reporters:
+            spec = JobSpec.from_dict(fill_data(yaml.safe_load(job.job_yaml),
+                                               self.config.catalog))
+            topology = prepare(spec)
+            label = getattr(topology, "label_party", None)
+            self._reporters[job.id] = label if isinstance(label, str) \
+                else topology.data_holders(spec)[0]
+        return self._reporters[job.id]
+
+    def site_rounds(self, site: str, reports: Any) -> None:
+        """Round records a site's heartbeat carries, ``[{"job_id", "actor", "records"}]``:
+        kept for a job with no actor here, from its :meth:`reporter` only, and only when
+        that actor is assigned to this site (a site speaks for its own actors). A record
+        sent again (after a lost heartbeat or a site restart) replaces the same round's."""
+        if not isinstance(reports, list):
+            return
+        for report in reports:
+            if not isinstance(report, dict) or not isinstance(report.get("records"), list):
+                continue
+            job = self.store.job(str(report.get("job_id")))
+            if job is None or report.get("actor") != self.reporter(job):
+                continue
+            if not any(a["site"] == site and a["actor"] == report["actor"]
+                       for a in self.store.assignments(job_id=job.id)):
+                continue
+            for record in report["records"]:
+                if isinstance(record, dict) and isinstance(record.get("round"), int):
+                    self.store.add_round(job.id, record)
 
     def _actor_state(self, site: str, actor: dict[str, Any]) -> None:
         """A site's report on one of its actors: running, exited (status 0), failed."""

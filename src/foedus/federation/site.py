@@ -31,6 +31,7 @@ takes long (starting a process does not wait for it).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -177,6 +178,9 @@ class Site:
         self._ledger_sent = -1  # the ledger's changes the coordinator has a report of
         self._ledger_sending = -1
         self.records: dict[tuple[str, str], ActorRecord] = {}
+        #: per actor, how much of its round-records file the coordinator has (in memory: a
+        #: restarted site sends them again, and the coordinator keeps each round once)
+        self.rounds_read: dict[tuple[str, str], int] = {}
         #: actors of an earlier run of this site whose process is gone: started again, or
         #: reported, once the first heartbeat says whether their job is still on
         self.pending: dict[tuple[str, str], ActorRecord] = {}
@@ -188,6 +192,7 @@ class Site:
                 self.actors[key] = Actor(record.job_id, record.actor, Adopted(
                     record.pid, f"/{record.job_id}/", self._progress(*key), record.started,
                     self._exit_file(*key)), self._log(*key))
+                self.rounds_read[key] = 0
                 log.info("adopted %s of job %s (pid %d)", record.actor, record.job_id,
                          record.pid)
             else:
@@ -221,11 +226,16 @@ class Site:
                    for a in self.actors.values()] + self.finished
         offers = {"catalog": sorted(self.config.catalog), "version": VERSION,
                   "policy": self.config.policy.as_dict()}  # shown to users, read by dry runs
+        rounds = self._new_rounds()
         answer = self._post("/v1/site/heartbeat",
                             {"version": VERSION, "offers": offers, "actors": reports,
+                             "rounds": [{k: v for k, v in r.items() if k != "upto"}
+                                        for r in rounds],
                              "wait": 0 if self.pending else self.config.heartbeat_s,
                              **self._reports()})
         self.finished = []
+        for r in rounds:  # delivered: never sent again (a lost heartbeat sends them again)
+            self.rounds_read[(r["job_id"], r["actor"])] = r["upto"]
         self._delivered(answer)
         self._rejoin(answer.get("assignments", []))
         for a in answer.get("assignments", []):
@@ -282,6 +292,30 @@ class Site:
     def _log(self, job_id: str, actor: str) -> Path:
         return self.config.state_dir / "jobs" / job_id / f"{actor}.log"
 
+    def _records(self, job_id: str, actor: str) -> Path:
+        return self.config.state_dir / "jobs" / job_id / f"{actor}.rounds.jsonl"
+
+    def _new_rounds(self) -> list[dict[str, Any]]:
+        """The round records the actors here wrote since the last delivered heartbeat (a
+        swarm's, a vertical job's: the coordinator keeps one actor's of each job), as
+        ``{"job_id", "actor", "records", "upto"}``; ``upto``: the file offset they end at."""
+        out = []
+        for key, offset in list(self.rounds_read.items()):
+            try:
+                with self._records(*key).open("rb") as f:
+                    f.seek(offset)
+                    chunk = f.read(1 << 20)
+            except FileNotFoundError:
+                chunk = b""
+            complete = chunk[:chunk.rfind(b"\n") + 1]  # a line being written waits
+            if complete:
+                out.append({"job_id": key[0], "actor": key[1],
+                            "records": [json.loads(ln) for ln in complete.splitlines()],
+                            "upto": offset + len(complete)})
+            elif key not in self.actors:  # ended and every record delivered
+                del self.rounds_read[key]
+        return out
+
     def _exit_file(self, job_id: str, actor: str) -> Path:
         return self.config.state_dir / "jobs" / job_id / f"{actor}.exit"
 
@@ -291,7 +325,9 @@ class Site:
         key = (record.job_id, record.actor)
         where = self.config.state_dir / "jobs" / record.job_id
         logfile = self._log(*key)
-        argv = [str(where / "job.yaml"), record.actor, "--progress", str(self._progress(*key))]
+        argv = [str(where / "job.yaml"), record.actor, "--progress", str(self._progress(*key)),
+                "--records", str(self._records(*key))]
+        self.rounds_read.setdefault(key, 0)
         pid = self.zygote.fork(argv, where, logfile, self._exit_file(*key)) \
             if self.zygote is not None else None
         proc: subprocess.Popen[bytes] | Adopted

@@ -13,6 +13,10 @@ The progress file is JSON lines, appended and flushed (and fsynced) as things ha
   (``update: false`` for an error answer, which carries no parameters);
 * ``{"end": STATUS}`` when the process ends by itself or on SIGTERM (0: the job's stop).
 
+With ``--records FILE``, the round records of the job that end in this process (a swarm
+peer's rounds, a vertical job's rounds at its label party: jobs with no actor at the
+coordinator) are appended to FILE, one JSON line each; the site forwards them.
+
 A process killed before its ``end`` line may have sent one update it did not record, so
 :func:`sent_upper` counts one more for each ``start`` without an ``end``: never fewer updates
 than were sent. A file without any round line says nothing (the actor is not a client whose
@@ -37,6 +41,7 @@ from foedus.config.spec import load_job
 from foedus.core.errors import FoedusError
 from foedus.core.message import Kind, Message
 from foedus.roles.client import ClientPod
+from foedus.roles.server import RoundRecord
 from foedus.runner import run_actors
 
 __all__ = ["Progress", "main", "read_progress", "sent_upper"]
@@ -104,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("job")
     parser.add_argument("actor")
     parser.add_argument("--progress", required=True)
+    parser.add_argument("--records", help="append each round record of the job that ends in "
+                                          "this process (a swarm peer's, a vertical job's "
+                                          "label party's) to this file, one JSON line each")
     args = parser.parse_args(argv)
     progress = Path(args.progress)
     _append(progress, {"start": os.getpid()})
@@ -114,6 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{client.client_id} round {answer.round:>3}: "
               f"{'sent its update' if sent else f'sent an error: {answer.error}'}",
               file=sys.stderr, flush=True)
+
+    def recorded(record: RoundRecord) -> None:
+        if args.records:  # the site sends them to the coordinator with its heartbeats
+            with Path(args.records).open("a") as f:
+                f.write(json.dumps(record.to_dict()) + "\n")
 
     def waiting(seconds: float) -> None:
         print(f"foedus: no model from the job's server after {seconds:.0f}s; waiting",
@@ -126,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert task is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         result = await run_actors(load_job(args.job), [args.actor], on_client_round=answered,
-                                  on_waiting=waiting)
+                                  on_waiting=waiting, on_round=recorded)
         trained = result.extra.get("rounds_trained", {}).get(args.actor, 0)
         print(f"foedus: {args.actor} finished after {trained} rounds", file=sys.stderr,
               flush=True)
