@@ -31,11 +31,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from foedus.config.spec import load_job
+from foedus.config.parts import JobParts, client_ids, pipeline_of
+from foedus.config.spec import JobSpec, load_job
 from foedus.core.errors import FoedusError
+from foedus.data.shares import load_job_data
 from foedus.mlops.modelfile import encode_model
 from foedus.roles.server import RoundRecord
 from foedus.runner import prepare, run_actors
+from foedus.transport.base import transports
 
 #: the final model's file, in the job's directory beside ``--result``
 MODEL_FILE = "model.foedus"
@@ -56,6 +59,24 @@ def _gate(go: Path, seconds: float) -> bool:
             return False
         time.sleep(0.01)  # a stat a tick: nothing to compute while the sites answer
     return True
+
+
+def _warm(spec: JobSpec) -> None:
+    """While gated: do once what the actors will do first (read the data, build the model
+    and the aggregator, import the transport), so the libraries they import (scikit-learn,
+    the transport's server) are loaded before the go rather than after it. Nothing is
+    started (no MLOps session, no transport opened); a failure here is left for the real
+    start to report."""
+    try:
+        data = load_job_data(spec.data, client_ids(spec), spec.seed, clients=[],
+                             server_data=True)
+        parts = JobParts(spec, data.spec, data.shares, data.test, data.server_evaluates,
+                         pipeline_of(spec))
+        parts.evaluator()
+        parts.make_aggregator()
+        transports.get(spec.transport.type)
+    except Exception as exc:  # the same error comes back, reported, when the actors start
+        print(f"foedus: warming up: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = load_job(args.job)
         topology = prepare(spec)  # plugins loaded, the job checked: the slow part of a start
         actors = args.actors.split(",") if args.actors else [topology.leader or "server"]
+        if args.start_when:
+            _warm(spec)
         if args.start_when and not _gate(Path(args.start_when), args.give_up_after):
             print(f"foedus: {args.start_when} never appeared: the job never started",
                   file=sys.stderr)
