@@ -11,5 +11,5 @@ export KERAS_BACKEND=torch OMP_NUM_THREADS=1
 # (a loaded run: 42 min of CPU in 42 min on two cores); a test file's tests run together (they
 # share module fixtures), docs blocks one by one, the slowest files first (tests/conftest.py:
 # work_unit, SLOWEST_FIRST)
-exec .venv/bin/pytest -q -p no:cacheprovider -n "$(( $(nproc) + 1 ))" --dist loadgroup \
+exec .venv/bin/pytest -q -p no:cacheprovider -n "$(( $(nproc) + 1 ))" --dist loadscope \
   --no-loadscope-reorder "$@"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import socket
+from typing import Any
 
 import pytest
 
@@ -26,57 +29,79 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     check(item)
 
 
-# ---- how scripts/test.sh spreads the suite over workers (pytest-xdist, --dist loadgroup) ---------
+# ---- how scripts/test.sh spreads the suite over workers (pytest-xdist, --dist loadscope) ---------
+#
+# A unit of work is a test file (its tests share module fixtures: a federation, a broker), but
+# each docs block is its own unit (they are independent and some are long), except the blocks
+# that need MLflow or S3, which join tests/mlops/ so that one worker starts those servers once.
+# xdist's own grouping (``--dist loadgroup``, a suffix on each node id) does not work with
+# pytest 9, whose node ids cannot be rewritten; ``pytest_xdist_make_scheduler`` below tells
+# xdist's scope scheduler our units instead.
 
 #: files (or folders) whose tests take longest, slowest first. They are queued before the rest,
 #: so that no worker starts one of them when the others are nearly done (with files queued in
 #: collection order, the last minutes of a run were one worker finishing a slow file alone).
 SLOWEST_FIRST: tuple[str, ...] = (
     "tests/federation/",
-    "tests/trees/histforest/",
-    "tests/transport/test_kafka.py",
     "tests/mlops/",
+    "tests/transport/test_kafka.py",
+    "tests/sim/test_engine.py",
+    "tests/reliability/test_faults.py",
     "tests/vertical/",
     "tests/test_examples.py",
-    "tests/transport/test_actor_processes.py",
-    "tests/topology/test_registry.py",
     "tests/transport/test_mqtt.py",
-    "tests/test_cli_processes.py",
+    "tests/topology/test_topologies_kafka.py",
+    "tests/transport/test_actor_processes.py",
+    "tests/privacy/test_secagg_jobs.py",
+    "tests/test_cli.py",
 )
 
 
-def work_unit(item: pytest.Item) -> str | None:
-    """The unit of work a test belongs to: its file, whose tests share module fixtures. The
-    docs blocks of tests/test_docs.py are independent and some are long: each is its own unit
-    (None), so they spread over the workers, except those that need MLflow or S3, which go with
-    tests/mlops/ so that one worker starts those servers once."""
-    path = item.nodeid.split("::")[0]
+@functools.cache
+def _blocks_needing_servers() -> frozenset[str]:
+    from tests.docblocks import PAGES, read_blocks
+
+    return frozenset(b.id for page in PAGES for b in read_blocks(page) if b.options.get("needs"))
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit of work of a test, from its node id (what the scheduler sees)."""
+    path, _, rest = nodeid.partition("::")
     if path.startswith("tests/mlops/"):
         return "tests/mlops/"
     if path == "tests/test_docs.py":
-        callspec = getattr(item, "callspec", None)
-        block = callspec.params.get("block") if callspec is not None else None
-        return "tests/mlops/" if block is not None and block.options.get("needs") else None
+        block = rest.partition("[")[2].removesuffix("]")
+        return "tests/mlops/" if block in _blocks_needing_servers() else nodeid
     return path
 
 
-def _queue_rank(item: pytest.Item) -> int:
-    unit = work_unit(item) or item.nodeid
+def _queue_rank(nodeid: str) -> int:
+    unit = work_unit(nodeid)
     for rank, prefix in enumerate(SLOWEST_FIRST):
         if unit.startswith(prefix):
             return rank
-    return len(SLOWEST_FIRST) + (unit.startswith("tests/test_docs.py::"))
+    return len(SLOWEST_FIRST) + unit.startswith("tests/test_docs.py::")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With ``--dist loadscope``: xdist's scope scheduler, whose scopes are our work units (and
+    whose queue is the workers' collection order, slowest units first: see below)."""
+    if config.getoption("dist", "no") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkUnitScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return WorkUnitScheduling(config, log)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group each test into its unit of work (an ``xdist_group``) and queue the slowest units
-    first; scripts/test.sh runs ``--dist loadgroup --no-loadscope-reorder``."""
-    if config.getoption("dist", "no") != "loadgroup":
+    """In an xdist worker (which collects the tests the scheduler queues, in this order): the
+    slowest units first. A run without workers keeps the files' order."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
         return
-    for item in items:
-        unit = work_unit(item)
-        if unit is not None:
-            item.add_marker(pytest.mark.xdist_group(unit))
     position = {id(item): i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (_queue_rank(item), position[id(item)]))
+    items.sort(key=lambda item: (_queue_rank(item.nodeid), position[id(item)]))
