@@ -6,10 +6,8 @@ clients, one local epoch, FedAvg, ``ROUNDS`` rounds. foedus runs it as ``foedus 
 averages in numpy into a running sum. Each runs in its own fresh process, which reports its
 peak resident memory (``ru_maxrss``); the two alternate ``--repeats`` times.
 
-foedus's run also reports, from ``tracemalloc`` (numpy reports its buffers to it), how many
-arrays the size of the model's largest layer were alive at once at the worst moment: the
-number of model copies the process held outside torch (torch's own tensors, one model with its
-gradients and momentum per worker, are not traced).
+How many model copies foedus holds at once is counted with ``tracemalloc`` by
+``tests/sim/test_model_copies.py`` (docs/architecture.md, "Model copies per actor").
 
 Run: ``.venv/bin/python bench/memory.py [--repeats 3] [--write FILE]``.
 """
@@ -19,14 +17,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fresh  # the fresh-process measuring loop, shared with bench/process_backend.py
 
 HIDDEN = (2147, 2147)
 CLIENTS = 20
@@ -103,16 +103,6 @@ def run_bare() -> dict[str, Any]:
     return {"peak_mb": peak_mb(), "accuracy": accuracy}
 
 
-def child(kind: str) -> dict[str, Any]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, __file__, "--child", kind], env=env,
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{kind} failed:\n{done.stderr}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -122,10 +112,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(run_bare() if args.child == "bare" else run_foedus()))
         return
-    runs: dict[str, list[dict[str, Any]]] = {"bare": [], "foedus": []}
-    for _ in range(args.repeats):
-        for kind in runs:
-            runs[kind].append(child(kind))
+    runs = fresh.alternate(__file__, {kind: ["--child", kind] for kind in ("bare", "foedus")},
+                           args.repeats)
     bare = statistics.median(r["peak_mb"] for r in runs["bare"])
     lines = [
         "# Peak memory with a 4.77M-parameter model", "",

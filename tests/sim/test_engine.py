@@ -120,6 +120,15 @@ def test_unknown_backend_is_a_clear_error() -> None:
         run_simulation_sync(spec(), backend="gpu-farm")
 
 
+def test_process_pool_names_the_start_methods_it_takes() -> None:
+    from foedus.core.errors import ConfigError
+    from foedus.sim.backends import ProcessBackend
+
+    with pytest.raises(ConfigError, match="start_method must be one of forkserver, spawn"):
+        ProcessBackend(2, start_method="fork")
+    assert ProcessBackend(2, start_method="spawn").start_method == "spawn"
+
+
 @pytest.mark.integration
 def test_ray_backend_on_a_local_instance_matches_the_thread_pool() -> None:
     pytest.importorskip("ray")

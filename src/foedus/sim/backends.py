@@ -191,18 +191,30 @@ class ThreadBackend(Backend):
 _PROCESS_STATE: dict[str, Any] = {}
 
 
-def _process_init(spec: JobSpec) -> None:
-    """Runs once in each worker process: rebuild the job's data and one model from the spec."""
+#: how long a started worker waits for the pool's other workers to be ready
+WARM_TIMEOUT_S = 600.0
+
+
+def _process_init(spec: JobSpec, ready: Any = None) -> None:
+    """Runs once in each worker process: rebuild the job's data and one model from the spec.
+    ``ready``: the pool's barrier (see :func:`_warm`)."""
     from foedus.sim.engine import client_work
 
     _PROCESS_STATE["work"] = client_work(spec)
     _PROCESS_STATE["model"] = None
+    _PROCESS_STATE["ready"] = ready
 
 
 def _warm(_: int) -> None:
+    """Build this worker's model, then wait at the pool's barrier until every worker has:
+    otherwise the first worker up could take every warm-up task while another still starts,
+    and that one's start-up (imports, data, model) would land in the first round."""
     work: ClientWork = _PROCESS_STATE["work"]
     if _PROCESS_STATE["model"] is None:
         _PROCESS_STATE["model"] = work.make_model()
+    ready = _PROCESS_STATE.get("ready")
+    if ready is not None:
+        ready.wait(WARM_TIMEOUT_S)
 
 
 def _process_batch(model_payload: bytes, batch: list[int]) -> list[bytes]:
@@ -270,9 +282,43 @@ def _receive(path: str) -> tuple[Message, int]:
     return decode(view), view.nbytes
 
 
+#: numeric frameworks a forkserver imports once for all the workers it forks, when the parent
+#: has imported them (the job's model uses them: its evaluator was built before the pool)
+_PRELOADABLE = ("torch", "sklearn", "keras", "tensorflow", "xgboost", "lightgbm")
+
+
+#: how a process pool's workers may start (``None``: forkserver where available)
+START_METHODS = ("forkserver", "spawn")
+
+
+def _worker_context(method: str | None = None) -> Any:
+    """How worker processes start: ``method``, or ``forkserver`` where available, else
+    ``spawn``.
+
+    A spawned worker starts a fresh interpreter and imports foedus and the model's framework
+    itself: every worker, every job (torch: about 2 s of CPU each, two workers on two cores
+    compete for them). A forkserver imports them once, the first time a pool starts in this
+    process, and forks each worker from that warm interpreter; never from this process, whose
+    threads (the event loop's, the aggregator's, torch's) a plain fork would copy mid-flight.
+    The preload list is fixed by the first pool of the process (Python's forkserver is one
+    per process); a worker imports whatever it lacks.
+    """
+    import multiprocessing
+    import sys
+
+    if method == "spawn" or "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(
+        ["foedus.sim.engine", *(m for m in _PRELOADABLE if m in sys.modules)])
+    return context
+
+
 class ProcessBackend(Backend):
-    """A process pool: true parallelism for Python-heavy training. Client filters are rebuilt
-    per batch, so stateful client filters (error feedback) need the thread or Ray backend.
+    """A process pool (workers forked by a forkserver that has imported the model's framework
+    once, see :func:`_worker_context`): true parallelism for Python-heavy training. Client
+    filters are rebuilt per batch, so stateful client filters (error feedback) need the thread
+    or Ray backend.
 
     Models and updates do not travel through the pool's pipes (pickled, copied in and out of
     the kernel for every task): the round's model is written once to a memory-backed file that
@@ -282,21 +328,25 @@ class ProcessBackend(Backend):
 
     name = "process"
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, start_method: str | None = None) -> None:
         self.workers = workers or os.cpu_count() or 1
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if start_method is not None and start_method not in START_METHODS:
+            raise ConfigError(f"start_method must be one of {', '.join(START_METHODS)}, "
+                              f"not {start_method!r}")
+        self.start_method = start_method
         self._pool: cf.ProcessPoolExecutor | None = None
         self._directory = _shared_dir()
 
     def start(self, work: ClientWork, spec: JobSpec) -> None:
-        import multiprocessing
-
+        context = _worker_context(self.start_method)
         self._pool = cf.ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_process_init, initargs=(spec,),
+            self.workers, mp_context=context,
+            initializer=_process_init, initargs=(spec, context.Barrier(self.workers)),
         )
-        # start every worker now (imports, data, model) so the first round is not the slow one
+        # start every worker now (imports, data, model) so the first round is not the slow
+        # one: each warm-up task waits at the barrier, so each worker takes exactly one
         list(self._pool.map(_warm, range(self.workers)))
 
     async def train(
