@@ -12,8 +12,11 @@ default database), with the files :class:`foedus.federation.demo.LocalFederation
    end, not the coordinator's next reading of it); the next repeat starts when the job has
    ended and its actors have exited. One warm-up job first (bytecode and file caches), then
    ``--repeats`` timed ones; median and best. The events the coordinator records give the
-   breakdown: ``submit`` (the command's run), ``accepted`` (the last site's acceptance, which
-   waits for its next heartbeat), ``server`` (the coordinator starting the server process).
+   breakdown: ``submit`` (the command's run), ``accepted`` (the last site's acceptance: the
+   offer reaches a site through its held heartbeat), ``server`` (the coordinator opening the
+   gate of the server process it started at submit). ``--submit-only`` measures this alone
+   and prints the runs as JSON; the number of actors the sites forked from their warm
+   processes is printed at the end.
 2. **Scale**: ``--sites`` (100) simulated sites, each an HTTPS client with its own certificate
    in this process, heartbeat every 2 s (the default); ``--jobs`` (20) jobs queued, offered to
    sites that never answer (so each heartbeat of an offered site carries the job file back).
