@@ -4,6 +4,7 @@ resumes from its checkpoint and the log, ending with the uninterrupted run's res
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -145,3 +146,48 @@ async def test_a_feature_party_killed_mid_job_over_kafka_resumes_to_the_same_res
     assert result.final_metrics["accuracy"] == uninterrupted.final_metrics["accuracy"]
     assert result.final_metrics["loss"] == pytest.approx(uninterrupted.final_metrics["loss"],
                                                          rel=1e-6)
+
+
+@pytest.mark.integration
+async def test_the_label_party_killed_mid_job_over_kafka_resumes_to_the_same_result(
+        tansu: Tansu, tmp_path: Path) -> None:
+    rounds = 3
+    uninterrupted = await run_job(JobSpec.from_dict(_job(rounds=rounds, **{
+        "params.batch_size": 16})))
+    job = _job(job_id="split-kafka-label", rounds=rounds, round_timeout=120,
+               checkpoint_dir=str(tmp_path), **{"params.batch_size": 16},
+               transport={"type": "kafka", "params": {"bootstrap": tansu.bootstrap}})
+    path = tmp_path / "split.yaml"
+    path.write_text(yaml.safe_dump(job))
+
+    def hospital(*json: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([*COMMAND, "actor", str(path), "hospital", *json],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    procs = [hospital()]  # without --json: it prints a line per epoch
+
+    async def kill_after_the_first_epoch() -> None:
+        """The label party prints an epoch once its checkpoint holds it: killed in epoch 2."""
+        while not (line := await asyncio.to_thread(procs[0].stderr.readline)  # type: ignore[union-attr]
+                   ).startswith("round   1/"):
+            assert line, "the label party ended before its first epoch"
+        procs[0].kill()
+        procs[0].wait()
+        procs.append(hospital("--json"))
+
+    killer = asyncio.create_task(kill_after_the_first_epoch())
+    try:
+        lab = await run_actors(JobSpec.from_dict(job), ["lab"], timeout=240)
+        await killer
+        assert len(procs) == 2 and procs[0].returncode == -9  # killed mid-job, not finished
+        out, err = procs[1].communicate(timeout=60)
+        assert procs[1].returncode == 0, err
+    finally:
+        killer.cancel()
+        reap(procs)
+    assert lab.extra["stop_reason"] is None
+    result = json.loads(out)
+    assert result["stop_reason"] is None and result["rounds"] == rounds, err
+    assert result["final_accuracy"] == uninterrupted.final_metrics["accuracy"]
+    assert result["final_loss"] == pytest.approx(uninterrupted.final_metrics["loss"], rel=1e-6)

@@ -30,7 +30,7 @@ party's held-out people (``data.test_fraction``) give each round's test metrics.
 every party's bottom MLP (``hidden``, ``embedding``) and the label party's top MLP
 (``top_hidden``), the embeddings combined by ``combine`` (concat or sum; ``secure_sum: true``
 sums the feature parties' by secure sum); the pipeline may hold one ``split-noise`` stage, and
-``checkpoint_dir`` lets a feature party resume after a crash.
+``checkpoint_dir`` lets every party, the label party too, resume after a crash.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class Vertical(Topology):
                 "is its embedding")
 
     def check(self, spec: JobSpec) -> None:
-        # a split-learning feature party keeps its own checkpoint (there is no server)
+        # every split-learning party keeps its own checkpoint (there is no server)
         super().check(dataclasses.replace(spec, checkpoint_dir=None)
                       if self.model == "split-nn" else spec)
         if spec.checkpoint_dir and self.secure_sum:
@@ -292,7 +292,8 @@ class Vertical(Topology):
             round_timeout=spec.round_timeout, join_timeout=5 * spec.round_timeout)
         if self.model == "split-nn":
             return SplitLabelPod(spec=self.split, seed=spec.seed, noise=self._noise(spec),
-                                 secure_sum=self.secure_sum, **common)
+                                 secure_sum=self.secure_sum,
+                                 checkpoint=_checkpoint(spec, self.label_party), **common)
         return LabelPartyPod(learning_rate=self.learning_rate, key_bits=self.key_bits,
                              fraction_bits=self.fraction_bits, **common)
 
@@ -302,12 +303,15 @@ class Vertical(Topology):
             job_id=spec.job_id, party=party, label_party=self.label_party, task=task,
             ids=own.ids, x=own.x, idle_timeout=3 * spec.round_timeout)
         if self.model == "split-nn":
-            checkpoint = None if not spec.checkpoint_dir else \
-                Path(spec.checkpoint_dir) / f"vertical-{party}.pt"
             return SplitFeaturePod(spec=self.split, seed=spec.seed, parties=others,
                                    noise=self._noise(spec), secure_sum=self.secure_sum,
-                                   checkpoint=checkpoint, **common)
+                                   checkpoint=_checkpoint(spec, party), **common)
         return FeaturePartyPod(learning_rate=self.learning_rate, **common)
+
+
+def _checkpoint(spec: JobSpec, party: str) -> Path | None:
+    """Where a split-learning party keeps its state (resumed from after a restart)."""
+    return Path(spec.checkpoint_dir) / f"vertical-{party}.pt" if spec.checkpoint_dir else None
 
 
 def _params_of(pod: LabelSide | FeatureSide) -> dict[str, Any]:

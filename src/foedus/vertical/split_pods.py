@@ -110,7 +110,8 @@ class SplitLabelPod(LabelSide):
         train: tuple[Sequence[str], np.ndarray, np.ndarray],
         test: tuple[Sequence[str], np.ndarray, np.ndarray], rounds: int, spec: SplitSpec,
         seed: int, noise: SplitNoiseStage | None = None, secure_sum: bool = False,
-        round_timeout: float = 60.0, join_timeout: float | None = None,
+        checkpoint: Path | None = None, round_timeout: float = 60.0,
+        join_timeout: float | None = None,
     ) -> None:
         super().__init__(job_id=job_id, party=party, parties=parties, task=task, train=train,
                          test=test, rounds=rounds, round_timeout=round_timeout,
@@ -122,6 +123,12 @@ class SplitLabelPod(LabelSide):
         self._rng = _rng(seed, party)
         self._seq = 0
         self._asked: dict[str, Message] = {}  # the question each party has not answered yet
+        self.checkpoint = checkpoint
+        #: where training stands: (epoch, training batches done in it); None before alignment
+        self._position: tuple[int, int] | None = None
+        self._gradients: dict[str, np.ndarray] = {}  # owed to each party with the next batch
+        self._joined_before = False
+        self.resumed = checkpoint is not None and checkpoint.exists() and self._restore()
 
     def params(self) -> dict[str, np.ndarray]:
         """This party's modules: ``top/...`` and ``bottom/<party>/...``."""
@@ -129,30 +136,32 @@ class SplitLabelPod(LabelSide):
 
     # ---- the driver ----------------------------------------------------------------------
     async def _protocol(self) -> None:
-        if not await self._join():
-            return
-        aligned = await self._intersect()
-        if aligned is None:
-            return
-        salt, train_order, test_order = aligned
-        for party in self.parties:
-            await self._send(party, "align", params={
-                "train": train_order, "test": test_order, "salt": u8(salt)})
-        if await self._collect("ready", 0, lambda m: None) is None:
-            return
-        gradients: dict[str, np.ndarray] = {}
+        if self._position is None:
+            if not await self._begin():
+                return
+        else:  # resumed: the rounds before the checkpoint, as they were
+            for result in self.history:
+                for listener in self.round_listeners:
+                    listener(result)
+        assert self._position is not None
+        t, done = self._position
+        gradients = self._gradients
         # batches are drawn over the people sorted by id, not in the salted order (a fresh
         # salt every run): the same job trains on the same batches every time it runs
         canonical = np.argsort(np.asarray(self.train_ids))
-        for t in range(1, self.rounds + 1):
+        while t <= self.rounds:
             began = time.perf_counter()
             rejected_before = Counter(self.rejected.counts)
-            for batch in batches(len(self.train_ids), self.spec.batch_size, self.seed, t):
+            for b, batch in enumerate(batches(len(self.train_ids), self.spec.batch_size,
+                                              self.seed, t)):
+                if b < done:  # trained before the restart
+                    continue
                 rows = canonical[batch]
                 received = await self._embeddings(t, "train", rows, gradients)
                 if received is None:
                     return
                 gradients = self._train_step(rows, received)
+                self._save((t, b + 1), gradients)
             received = await self._embeddings(t, "test", np.arange(len(self.test_ids)),
                                               gradients)
             if received is None:
@@ -161,8 +170,31 @@ class SplitLabelPod(LabelSide):
             metrics = self._evaluate(received)
             if self.noise is not None:
                 metrics |= self.noise.metrics(t)
-            self._record(RoundResult(t, metrics, time.perf_counter() - began,
-                                     dict(self.rejected.counts - rejected_before)))
+            t, done = t + 1, 0
+            self.history.append(RoundResult(t - 1, metrics, time.perf_counter() - began,
+                                            dict(self.rejected.counts - rejected_before)))
+            self._save((t, 0), {})  # before anyone hears of the round: it is never redone
+            for listener in self.round_listeners:
+                listener(self.history[-1])
+
+    async def _begin(self) -> bool:
+        """Join (unless a checkpoint says the parties joined already), align, and wait for
+        every party to be ready; ``False`` (with ``stop_reason``) when the job cannot go on."""
+        if not self._joined_before:
+            if not await self._join():
+                return False
+            self._save(None, {})  # a restart from here on must not wait for hellos again
+        aligned = await self._intersect()
+        if aligned is None:
+            return False
+        salt, train_order, test_order = aligned
+        for party in self.parties:
+            await self._send(party, "align", params={
+                "train": train_order, "test": test_order, "salt": u8(salt)})
+        if await self._collect("ready", 0, lambda m: None) is None:
+            return False
+        self._save((1, 0), {})
+        return True
 
     def _expected(self, msg: Message, step: str, round_: int) -> bool:
         return super()._expected(msg, step, round_) and msg.meta.get("seq", 0) == self._seq
@@ -312,6 +344,72 @@ class SplitLabelPod(LabelSide):
             self.stop_reason = f"the secure sum of batch {self._seq} failed: {exc}"
             return None
         return total.reshape(shape).astype(np.float32)
+
+
+    # ---- checkpoint -------------------------------------------------------------------------
+    def _save(self, position: tuple[int, int] | None, gradients: Mapping[str, np.ndarray],
+              ) -> None:
+        """Everything this party needs to go on after a restart, written atomically: with
+        ``position`` None, only that every party has joined (a restart redoes the PSI in a
+        new run); else the aligned rows, both models, their optimizers, the noise
+        generator, the batch counter, the gradients owed and the rounds so far."""
+        self._position, self._gradients = position, dict(gradients)
+        if self.checkpoint is None:
+            return
+        torch = require("torch", "torch")
+        state: dict[str, Any] = {"job_id": self.job_id, "joined": True, "position": None}
+        if position is not None:
+            state |= {
+                "position": list(position), "run_id": self.run_id, "seq": self._seq,
+                "common": list(self.common),
+                "train_ids": list(self.train_ids), "test_ids": list(self.test_ids),
+                "data": {k: torch.as_tensor(np.asarray(v)) for k, v in (
+                    ("train_x", self.train_x), ("train_y", self.train_y),
+                    ("test_x", self.test_x), ("test_y", self.test_y))},
+                "top": self.top.state_dict(), "bottom": self.bottom.state_dict(),
+                "optimizers": [o.state_dict() for o in self._optimizers],
+                "rng": repr(self._rng.bit_generator.state),
+                "gradients": {p: torch.as_tensor(np.array(g)) for p, g in gradients.items()},
+                "history": [{"round": r.round,
+                             "metrics": {k: float(v) for k, v in r.metrics.items()},
+                             "duration_s": r.duration_s, "rejected": dict(r.rejected)}
+                            for r in self.history],
+            }
+        tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint)
+
+    def _restore(self) -> bool:
+        """Load the checkpoint of this job, if it is one (another job's file is ignored)."""
+        import ast
+
+        torch = require("torch", "torch")
+        assert self.checkpoint is not None
+        state = torch.load(self.checkpoint, weights_only=True)
+        if state.get("job_id") != self.job_id:
+            return False
+        self._joined_before = bool(state.get("joined"))
+        if state["position"] is None:
+            return True
+        epoch, done = state["position"]
+        self._position = (int(epoch), int(done))
+        self.run_id, self._seq = state["run_id"], int(state["seq"])
+        self.common = (int(state["common"][0]), int(state["common"][1]))
+        self.train_ids, self.test_ids = list(state["train_ids"]), list(state["test_ids"])
+        data = {k: v.numpy() for k, v in state["data"].items()}
+        self.train_x, self.train_y = data["train_x"], data["train_y"]
+        self.test_x, self.test_y = data["test_x"], data["test_y"]
+        self.top.load_state_dict(state["top"])
+        self.bottom.load_state_dict(state["bottom"])
+        for o, saved in zip(self._optimizers, state["optimizers"], strict=True):
+            o.load_state_dict(saved)
+        self._rng.bit_generator.state = ast.literal_eval(state["rng"])
+        self._gradients = {p: g.numpy() for p, g in state["gradients"].items()}
+        self.history = [RoundResult(int(r["round"]), dict(r["metrics"]),
+                                    float(r["duration_s"]), dict(r["rejected"]))
+                        for r in state["history"]]
+        self._joined.set()
+        return True
 
 
 class SplitFeaturePod(FeatureSide):
