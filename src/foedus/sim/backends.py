@@ -198,10 +198,15 @@ WARM_TIMEOUT_S = 600.0
 def _process_init(spec: JobSpec, ready: Any = None) -> None:
     """Runs once in each worker process: rebuild the job's data and one model from the spec.
     ``ready``: the pool's barrier (see :func:`_warm`)."""
+    from foedus.config.parts import build_parts
     from foedus.sim.engine import client_work
 
-    _PROCESS_STATE["work"] = client_work(spec)
-    _PROCESS_STATE["model"] = None
+    # a worker runs no server: no evaluation set to read, no MLOps integration to start
+    parts = build_parts(spec, server_data=False)
+    _PROCESS_STATE["work"] = client_work(spec, parts)
+    # the model build_parts made for its pairing check becomes this worker's one model
+    # (each client's round loads the global model into it first): one model build fewer
+    _PROCESS_STATE["model"] = parts.evaluator()
     _PROCESS_STATE["ready"] = ready
 
 
