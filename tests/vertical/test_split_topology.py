@@ -1,6 +1,7 @@
 """``model: split-nn`` of the vertical topology: job files and their refusals, each feature
-party in its own process over Mosquitto, and a feature party killed mid-job over Kafka that
-resumes from its checkpoint and the log, ending with the uninterrupted run's result."""
+party in its own process over Mosquitto, and a feature party, then the label party, killed
+mid-job over Kafka, each resuming from its checkpoint (and the log) and ending with the
+uninterrupted run's result."""
 
 from __future__ import annotations
 
