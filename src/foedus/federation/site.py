@@ -165,7 +165,7 @@ def check_offer(job_id: str, job: dict[str, Any], config: SiteConfig, ledger: Le
 class Site:
     """The agent's state: its running actors and its client to the coordinator."""
 
-    def __init__(self, config: SiteConfig) -> None:
+    def __init__(self, config: SiteConfig, *, warm: bool = False) -> None:
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True)
         httpx = require("httpx", "federation")
@@ -198,7 +198,10 @@ class Site:
             else:
                 self.pending[key] = record
         self.finished: list[dict[str, Any]] = []  # reports of ended actors not yet delivered
-        self.zygote = Zygote(config.state_dir / "zygote.log") if config.warm else None
+        #: the warm process actors are forked from; only a site agent of its own
+        #: (:func:`run_site`) starts one: sites run as threads of one process (the demo's)
+        #: start each actor cold, as the demo's job is submitted before one would be ready
+        self.zygote = Zygote(config.state_dir / "zygote.log") if warm else None
 
     def close(self) -> None:
         """Stop every actor started here (the agent is going away) and the client."""
@@ -442,7 +445,7 @@ def run_site(config: SiteConfig) -> int:
     (it may be restarting), a refused heartbeat (e.g. a certificate the coordinator does not
     trust) ends the agent with status 2."""
     httpx = require("httpx", "federation")
-    site = Site(config)
+    site = Site(config, warm=config.warm)
     stopping = False
 
     def stop(signum: int, frame: Any) -> None:
