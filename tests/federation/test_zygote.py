@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,15 +51,18 @@ def test_a_forked_actor_runs_in_its_own_session_and_reports_its_exit_status(
 
 def test_a_killed_actor_is_seen_killed_and_the_zygote_forks_the_next(
         zygote: Zygote, tmp_path: Path) -> None:
-    job = tmp_path / "job.yaml"  # a client whose server never comes: it waits until killed
-    job.write_text("job_id: waits\nrounds: 1\nclients: {count: 1}\n"
-                   "transport: {type: https, params: {url: 'https://127.0.0.1:9'}}\n")
-    actor = fork(zygote, tmp_path, [str(job), "client-000", "--progress",
-                                    str(tmp_path / "waits.progress")], "waits")
-    assert actor.poll() is None
-    assert os.getsid(actor.pid) == actor.pid  # its own session: stopped as a group
-    os.killpg(actor.pid, signal.SIGKILL)
-    assert actor.wait(timeout=60) == -signal.SIGKILL
+    # a client whose broker accepts the connection and never answers: it waits (10 s)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        job = tmp_path / "job.yaml"
+        job.write_text("job_id: waits\nrounds: 1\nclients: {count: 1}\ntransport: {type: "
+                       f"mqtt, params: {{host: 127.0.0.1, port: {silent.getsockname()[1]}}}}}\n")
+        actor = fork(zygote, tmp_path, [str(job), "client-000", "--progress",
+                                        str(tmp_path / "waits.progress")], "waits")
+        assert actor.poll() is None
+        assert os.getsid(actor.pid) == actor.pid  # its own session: stopped as a group
+        os.killpg(actor.pid, signal.SIGKILL)
+        assert actor.wait(timeout=60) == -signal.SIGKILL
     after = fork(zygote, tmp_path, ["--help"], "help")
     assert after.wait(timeout=60) == 0
     assert json.loads((tmp_path / "help.exit").read_text()) == {"pid": after.pid, "status": 0}
+
