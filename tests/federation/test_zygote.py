@@ -65,4 +65,3 @@ def test_a_killed_actor_is_seen_killed_and_the_zygote_forks_the_next(
     after = fork(zygote, tmp_path, ["--help"], "help")
     assert after.wait(timeout=60) == 0
     assert json.loads((tmp_path / "help.exit").read_text()) == {"pid": after.pid, "status": 0}
-
