@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+#: how long a client process may take to import, build its model and subscribe: seconds when
+#: idle, over a minute on a machine running other tests' processes
+STARTUP_S = 180.0
 
 
 class Actor:
@@ -115,7 +118,7 @@ class Actors:
         than a connection, however busy the machine)."""
         actor = self._start("client", job, f"client-{index}.log", str(index), str(delay),
                             *(["held"] if held else []))
-        actor.wait_for(lambda line: line == ("loaded" if held else "ready"))
+        actor.wait_for(lambda line: line == ("loaded" if held else "ready"), STARTUP_S)
         return actor
 
     def clients(self, job: dict[str, Any], delays: list[float]) -> list[Actor]:
@@ -123,7 +126,7 @@ class Actors:
         actors = [self._start("client", job, f"client-{i}.log", str(i), str(d))
                   for i, d in enumerate(delays)]
         for actor in actors:
-            actor.wait_for(lambda line: line == "ready")
+            actor.wait_for(lambda line: line == "ready", STARTUP_S)
         return actors
 
     def _start(self, role: str, job: dict[str, Any], log: str, *args: str) -> Actor:
