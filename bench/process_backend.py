@@ -3,8 +3,9 @@
 Workload: ``bench/memory.py``'s (a 4.77M-parameter torch MLP, 19 MB of float32, 20 IID digits
 clients, one local epoch, FedAvg). Each backend runs the job in a fresh process; reported are
 the start-up (from the call to the end of the pool's start: the job's data, server and
-evaluator, which import torch in this process, then starting and warming the workers) and the
-seconds per round after it, median over ``--repeats`` alternating runs. The process backend
+evaluator, which import torch in this process, then starting and warming the workers), the
+seconds per round (the server's round times: training, aggregation, evaluation) and the end
+(stopping the graph and the pool), medians over ``--repeats`` alternating runs. The process backend
 runs twice: with its default start (a forkserver that imports torch once and forks the
 workers) and with ``start_method="spawn"`` (each worker a fresh interpreter importing torch).
 The thread backend's start-up is this process's own share, which every backend pays.
@@ -49,7 +50,12 @@ def run(row: str, workers: int, rounds: int) -> dict[str, Any]:
                                  workers=workers, **options)
     total = time.perf_counter() - began
     startup = float(result.extra["startup_s"])
-    return {"startup_s": startup, "per_round_s": (total - startup) / rounds,
+    in_rounds = sum(record.duration_s for record in result.history)
+    # per round: the server's own round times (a round's training, aggregation and
+    # evaluation); what is left after start-up and the rounds is the end: stopping the
+    # graph and the pool (worker processes exiting)
+    return {"startup_s": startup, "per_round_s": in_rounds / rounds,
+            "end_s": total - startup - in_rounds,
             "accuracy": result.final_metrics.get("accuracy")}
 
 
@@ -77,13 +83,14 @@ def main() -> None:
         f"median of {args.repeats}; load average {load:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end (2 cores).", "",
         "| backend | start-up (s) | start-up beyond thread's (s) | s/round | vs thread "
-        "| accuracy |", "|---|---:|---:|---:|---:|---:|",
+        "| end (s) | accuracy |", "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row, rs in runs.items():
         per_round = statistics.median(r["per_round_s"] for r in rs)
         startup = statistics.median(r["startup_s"] for r in rs)
         lines.append(f"| {row} | {startup:.2f} | {startup - thread_startup:.2f} | "
                      f"{per_round:.2f} | {per_round / thread_round:.2f}x | "
+                     f"{statistics.median(r['end_s'] for r in rs):.2f} | "
                      f"{rs[0]['accuracy']:.4f} |")
     text = "\n".join(lines) + "\n"
     print(text)
