@@ -375,18 +375,15 @@ class SplitLabelPod(LabelSide):
                              "duration_s": r.duration_s, "rejected": dict(r.rejected)}
                             for r in self.history],
             }
-        tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint)
+        _save_atomically(self.checkpoint, state)
 
     def _restore(self) -> bool:
         """Load the checkpoint of this job, if it is one (another job's file is ignored)."""
         import ast
 
-        torch = require("torch", "torch")
         assert self.checkpoint is not None
-        state = torch.load(self.checkpoint, weights_only=True)
-        if state.get("job_id") != self.job_id:
+        state = _load_for_job(self.checkpoint, self.job_id)
+        if state is None:
             return False
         self._joined_before = bool(state.get("joined"))
         if state["position"] is None:
@@ -585,18 +582,15 @@ class SplitFeaturePod(FeatureSide):
                 "step": answer.meta["step"], "round": answer.round,
                 "params": {k: torch.as_tensor(np.array(v)) for k, v in answer.params.items()}},
         }
-        tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint)
+        _save_atomically(self.checkpoint, state)
 
     def _restore(self) -> bool:
         """Load the checkpoint of this job, if it is one (a stale file is ignored)."""
         import ast
 
-        torch = require("torch", "torch")
         assert self.checkpoint is not None
-        state = torch.load(self.checkpoint, weights_only=True)
-        if state.get("job_id") != self.job_id:
+        state = _load_for_job(self.checkpoint, self.job_id)
+        if state is None:
             return False
         self.run_id, self.seq = state["run_id"], int(state["seq"])
         self._rows = {"train": state["train"].numpy(), "test": state["test"].numpy()}
@@ -610,3 +604,18 @@ class SplitFeaturePod(FeatureSide):
                 Kind.UPDATE, answer["step"], answer["round"],
                 {k: v.numpy() for k, v in answer["params"].items()}, seq=self.seq)
         return True
+
+
+def _save_atomically(path: Path, state: dict[str, Any]) -> None:
+    """Write a party's checkpoint so that a kill mid-write leaves the previous one whole."""
+    torch = require("torch", "torch")
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_for_job(path: Path, job_id: str) -> dict[str, Any] | None:
+    """A party's checkpoint, or None when the file is another job's (a stale one)."""
+    torch = require("torch", "torch")
+    state: dict[str, Any] = torch.load(path, weights_only=True)
+    return state if state.get("job_id") == job_id else None
