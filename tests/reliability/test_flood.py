@@ -143,7 +143,9 @@ class Flooded:
         np.testing.assert_array_equal(self.server.params["w"], np.ones(16, np.float32))
         # the junk was dropped by the subscription and counted; the decoder never saw it
         assert set(self.dropped) == {"unknown_sender"}, self.dropped
-        assert ROUNDS * BACKLOG <= self.dropped["unknown_sender"] <= self.sent
+        # every round's backlog reached the subscription, but on Kafka the last one may sit
+        # on another partition than the honest updates, partly unread when the job ends
+        assert (ROUNDS - 1) * BACKLOG < self.dropped["unknown_sender"] <= self.sent
         assert dict(self.link.rejected) == {}
         assert self.link.messages_in == ROUNDS * len(HONEST)
 

@@ -164,19 +164,24 @@ def _child(request: dict[str, Any], started: int) -> None:
 
 
 def _reap(exits: dict[int, Path]) -> None:
-    """Reap every ended child and write its exit file."""
+    """Reap every ended child, writing its exit file first: the status is read without
+    reaping (``WNOWAIT``), so the pid stays a zombie, which a watcher counts as running, until
+    its file exists (reaped first, a watcher could see neither the process nor the file)."""
     while exits:
         try:
-            pid, raw = os.waitpid(-1, os.WNOHANG)
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             return
-        if pid == 0:
+        if info is None:
             return
-        status = -os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else os.WEXITSTATUS(raw)
+        pid = info.si_pid
+        killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
+        status = -info.si_status if killed else info.si_status
         path = exits.pop(pid, None)
         if path is not None:
             with contextlib.suppress(OSError):
                 _write_atomic(path, {"pid": pid, "status": status})
+        os.waitpid(pid, 0)
 
 
 def _preload() -> None:
