@@ -16,8 +16,8 @@ a time (the site holds the only pipe):
 * the zygote writes ``{"ready": true}`` once its imports are done;
 * a request ``{"argv": [...], "cwd": DIR, "log": FILE, "exit": FILE}`` is answered
   ``{"pid": PID}`` once the child runs;
-* when a child ends, the zygote (its parent) reaps it and writes ``{"pid": PID, "status":
-  STATUS}`` to the request's ``exit`` file (atomically), the exit status as
+* when a child ends, the zygote (its parent) writes ``{"pid": PID, "status": STATUS}`` to
+  the request's ``exit`` file (atomically) and then reaps it, the exit status as
   :class:`subprocess.Popen` reports it (negative: killed by that signal), since the site is
   not the actor's parent and cannot wait for it.
 
