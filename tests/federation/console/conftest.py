@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ ADMIN = "admin-token-of-the-console-tests"
 
 
 @pytest.fixture
-def coordinator(tmp_path: Path) -> Coordinator:
+def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
     (tmp_path / "admin.token").write_text(ADMIN + "\n")
     config = CoordinatorConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state",
                                tls=TLSConfig(ca=tmp_path / "unused-ca.pem"),
@@ -29,7 +31,14 @@ def coordinator(tmp_path: Path) -> Coordinator:
                                              "policy": Policy().as_dict()})
     made.store.heartbeat("site-b", "0.1.0", {"catalog": ["digits"],
                                              "policy": Policy(max_rounds=60).as_dict()})
-    return made
+    yield made
+    # a submitted job's server process starts at once, gated until its sites accept (which
+    # never happens here): stopped with the test, not left to give up minutes later
+    for proc in made.servers.values():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    made.stop_all()
 
 
 @pytest.fixture
