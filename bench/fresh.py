@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -33,3 +34,11 @@ def alternate(script: str, cases: dict[str, Sequence[str]],
         for name, args in cases.items():
             runs[name].append(run_fresh(script, args))
     return runs
+
+
+def publish(lines: Sequence[str], write: Path | None) -> None:
+    """Print the figures' table, and write it where ``--write`` says (never by default)."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if write:
+        write.write_text(text)

@@ -127,10 +127,7 @@ def main() -> None:
         each = ", ".join(f"{r['peak_mb']:.0f}" for r in rs)
         lines.append(f"| {kind} | {peak:.0f} | {each} "
                      f"| {peak / bare:.2f}x | {rs[0]['accuracy']:.4f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        args.write.write_text(text)
+    fresh.publish(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -92,10 +92,7 @@ def main() -> None:
                      f"{per_round:.2f} | {per_round / thread_round:.2f}x | "
                      f"{statistics.median(r['end_s'] for r in rs):.2f} | "
                      f"{rs[0]['accuracy']:.4f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        args.write.write_text(text)
+    fresh.publish(lines, args.write)
 
 
 if __name__ == "__main__":
