@@ -151,6 +151,13 @@ class Topology:
         ids = set(client_ids(spec))
         return [a for a in self.actors(spec) if a in ids]
 
+    def round_reporter(self, spec: JobSpec) -> str:
+        """The data holder whose round records are the job's when no actor runs at the
+        coordinator (a federation then takes them from its site): by default the first (a
+        swarm's first peer, whose view ``foedus run`` shows too; a vertical job's label
+        party, which it lists first)."""
+        return self.data_holders(spec)[0]
+
     def build(self, job: JobParts, actors: Collection[str], transport_for: TransportFor,
               ) -> Assembly:
         """The graphs of ``actors`` (a subset of :meth:`actors`), nothing started.

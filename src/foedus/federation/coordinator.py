@@ -440,7 +440,7 @@ class Coordinator:
         if refused:
             a = refused[0]
             self._finish(job.id, "failed",
-                                  f"site {a['site']} refused {a['actor']}: {a['reason']}")
+                         f"site {a['site']} refused {a['actor']}: {a['reason']}")
             self._stop_server(job)  # the pre-started one
         elif all(a["state"] in ("accepted", "running") for a in answers):
             self._start_server(job)
@@ -475,10 +475,10 @@ class Coordinator:
         if failed:
             a = failed[0]
             self._finish(job.id, "failed", f"{a['actor']} at site {a['site']} "
-                                  f"failed: {a['reason']}")
+                         f"failed: {a['reason']}")
         elif all(a["state"] == "done" for a in answers):
             self._finish(job.id, "finished", None,
-                                  {"actors": [a["actor"] for a in answers]})
+                         {"actors": [a["actor"] for a in answers]})
 
     def _tick_server(self, job: Job) -> None:
         """Read the rounds the job's server process recorded, and end the job with its
@@ -493,14 +493,14 @@ class Coordinator:
                 self._finish(job.id, "finished", None, result.get("summary"))
             else:
                 self._finish(job.id, "failed", result.get("error"),
-                                      result.get("summary"))
+                             result.get("summary"))
             if proc is not None:
                 proc.wait(timeout=30)
                 self.servers.pop(job.id, None)
         elif proc is not None and proc.poll() is not None:
             self.servers.pop(job.id, None)
             self._finish(job.id, "failed", f"the server process exited with "
-                                  f"status {proc.returncode} (see {job.id}/server.log)")
+                         f"status {proc.returncode} (see {job.id}/server.log)")
         elif proc is None and not (job.server_pid and _pid_runs(job.server_pid, job.id)):
             log.warning("job %s: its server is gone; restarting it from its checkpoint",
                         job.id)
@@ -721,10 +721,7 @@ class Coordinator:
         if job.id not in self._reporters:
             spec = JobSpec.from_dict(fill_data(yaml.safe_load(job.job_yaml),
                                                self.config.catalog))
-            topology = prepare(spec)
-            label = getattr(topology, "label_party", None)
-            self._reporters[job.id] = label if isinstance(label, str) \
-                else topology.data_holders(spec)[0]
+            self._reporters[job.id] = prepare(spec).round_reporter(spec)
         return self._reporters[job.id]
 
     def site_rounds(self, site: str, reports: Any) -> None:
