@@ -3,7 +3,8 @@
 ``python -m tests.reliability.actor server JOB_JSON`` runs the server (``run_server``, so the
 job's ``checkpoint_dir`` is honoured) and prints one JSON line per finished round, then
 ``summary <json>``. ``python -m tests.reliability.actor client JOB_JSON INDEX [DELAY]`` runs client
-``INDEX``; it prints ``ready`` once subscribed and ``trained <round>`` after each local round.
+``INDEX``; it prints ``ready`` once subscribed, ``training <round>`` as a local round starts and
+``trained <round>`` after it.
 ``DELAY`` seconds of extra "training" make a client slower than the round deadline; a last
 argument ``held`` makes it print ``loaded`` once built and wait for a line on stdin to join.
 """
@@ -34,6 +35,7 @@ class ReportingClient(ClientPod):
     delay = 0.0
 
     def train(self, model_msg: Message) -> Message:
+        print(f"training {model_msg.round}", flush=True)
         if self.delay:
             time.sleep(self.delay)
         update = super().train(model_msg)

@@ -57,13 +57,15 @@ async def run_round(
                        rounds=1, expected_clients=2, min_clients=2, round_timeout=10)
     t = topics(job)
     subs = {name: await tr.subscribe(t.model) for name, tr in clients.items()}
+    attacked = asyncio.Event()
 
     async def client(name: str) -> None:
         model = decode(await anext(aiter(subs[name])))
         if name == "attacker":
-            await attack(model)
+            await attack(model)  # its publishes are acknowledged by the broker or hub
+            attacked.set()
             return
-        await asyncio.sleep(0.3)  # the attacker goes first: a forgery must not take our slot
+        await attacked.wait()  # the attacker goes first: a forgery must not take our slot
         update = client_filter(forged(model, name, HONEST[name]))
         await clients[name].publish(t.updates, encode(update), key=name)
 
