@@ -1,0 +1,1 @@
+"""foedus's federation benchmark job as a Flower App (see ../pyproject.toml)."""
