@@ -14,9 +14,11 @@ default database), with the files :class:`foedus.federation.demo.LocalFederation
    ``--repeats`` timed ones; median and best. The events the coordinator records give the
    breakdown: ``submit`` (the command's run), ``accepted`` (the last site's acceptance: the
    offer reaches a site through its held heartbeat), ``server`` (the coordinator opening the
-   gate of the server process it started at submit). ``--submit-only`` measures this alone
-   and prints the runs as JSON; the number of actors the sites forked from their warm
-   processes is printed at the end.
+   gate of the server process it started at submit); the server process's log (UTC times to
+   the millisecond) gives two more: ``listening`` (its hub listens) and ``connected`` (every
+   client has subscribed on it). ``--submit-only`` measures this alone and prints the runs
+   as JSON; the number of actors the sites forked from their warm processes is printed at
+   the end.
 2. **Scale**: ``--sites`` (100) simulated sites, each an HTTPS client with its own certificate
    in this process, heartbeat every 2 s (the default); ``--jobs`` (20) jobs queued, offered to
    sites that never answer (so each heartbeat of an offered site carries the job file back).
@@ -32,8 +34,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import calendar
 import contextlib
 import json
+import math
 import os
 import signal
 import ssl
@@ -124,6 +128,28 @@ def processes(fed: LocalFederation, sites: list[str]) -> Iterator[subprocess.Pop
 
 # ---- 1. submit to round 1 ------------------------------------------------------------------
 
+def hub_times(server_log: Path, clients: int) -> tuple[float, float]:
+    """(when the job's hub listened, when its last client subscribed), as epoch seconds, from
+    the server process's log lines (``2026-12-02T22:55:33.123Z foedus.https: ...``); NaN for
+    what the log does not say."""
+    listening = connected = float("nan")
+    peers: set[str] = set()
+    for line in server_log.read_text(errors="replace").splitlines():
+        stamp, _, text = line.partition("Z ")
+        try:
+            at = calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) \
+                + int(stamp[20:23]) / 1000
+        except ValueError:
+            continue
+        if "HTTPS hub listening on" in text and math.isnan(listening):
+            listening = at
+        elif "subscribed to" in text and "HTTPS hub: " in text:
+            peers.add(text.split("HTTPS hub: ", 1)[1].split(" subscribed", 1)[0])
+            if len(peers) >= clients and math.isnan(connected):
+                connected = at
+    return listening, connected
+
+
 def one_job(fed: LocalFederation, job: Path) -> dict[str, float]:
     env = {**os.environ, "FOEDUS_COORDINATOR": fed.url, "FOEDUS_TOKEN": ADMIN_TOKEN,
            "FOEDUS_CA": str(fed.root / "certs" / "ca.pem")}
@@ -148,7 +174,11 @@ def one_job(fed: LocalFederation, job: Path) -> dict[str, float]:
     events = found["events"]
     accepted = max(e["at"] for e in events if e["text"].endswith(": accepted")) - wall0
     server = next(e["at"] for e in events if "started here" in e["text"]) - wall0
-    return {"submit": submitted, "accepted": accepted, "server": server, "round1": first_round}
+    listening, connected = hub_times(records.with_name("server.log"),
+                                     len(found["assignments"]))
+    return {"submit": submitted, "accepted": accepted, "server": server,
+            "listening": listening - wall0, "connected": connected - wall0,
+            "round1": first_round}
 
 
 def submit_to_round1(repeats: int, heartbeat: float) -> list[dict[str, float]]:
@@ -300,11 +330,12 @@ def report(runs: list[dict[str, float]], load: dict[str, float], args: argparse.
         "",
         "Seconds from launching `foedus submit` (median / best):",
         "",
-        "| `foedus submit` returned | last site accepted | server process started | "
-        "round 1 ended |",
-        "|---|---|---|---|",
+        "| `foedus submit` returned | last site accepted | server gate opened | "
+        "hub listening | clients connected | round 1 ended |",
+        "|---|---|---|---|---|---|",
         f"| {med('submit')} / {best('submit')} | {med('accepted')} / {best('accepted')} | "
-        f"{med('server')} / {best('server')} | {med('round1')} / {best('round1')} |",
+        f"{med('server')} / {best('server')} | {med('listening')} / {best('listening')} | "
+        f"{med('connected')} / {best('connected')} | {med('round1')} / {best('round1')} |",
         "",
         f"## The coordinator with {args.sites} sites heartbeating every 2 s and "
         f"{args.jobs} queued jobs",

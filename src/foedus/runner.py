@@ -19,7 +19,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from foedus.config.parts import ActorTransports, RoundListener, build_parts, client_id
+from foedus.config.parts import (
+    ActorTransports,
+    JobParts,
+    RoundListener,
+    build_parts,
+    client_id,
+)
 from foedus.config.spec import JobSpec
 from foedus.config.topology import Assembly, Topology, topology_of
 from foedus.core.errors import ConfigError
@@ -37,8 +43,8 @@ from foedus.transport.link import Uplink
 log = logging.getLogger("foedus.runner")
 P = TypeVar("P")
 
-__all__ = ["JobResult", "RoundListener", "prepare", "run_actors", "run_assembly", "run_client",
-           "run_job", "run_job_sync", "run_server"]
+__all__ = ["JobResult", "RoundListener", "build_actor_parts", "prepare", "run_actors",
+           "run_assembly", "run_client", "run_job", "run_job_sync", "run_server"]
 
 
 @dataclass
@@ -124,6 +130,16 @@ def prepare(spec: JobSpec) -> Topology:
     return topology_of(spec)
 
 
+def build_actor_parts(spec: JobSpec, topology: Topology, actors: Sequence[str]) -> JobParts:
+    """The parts :func:`run_actors` builds for ``actors``: only the data of the clients run
+    here (with per-client files, the others' files are not on this machine), and the held-out
+    data only where the leader runs. A process that waits before it runs them (the
+    federation's gated server) builds them while it waits and passes them in."""
+    here = [i for i in range(spec.clients.count) if client_id(i) in actors]
+    leader_here = topology.leader is None or topology.leader in actors
+    return build_parts(spec, clients=here, server_data=leader_here)
+
+
 #: ``on_client_round(client, answer, (received, sent))``: a client run here sent its answer
 #: (update or error); the bytes its links moved since its previous answer, this one included
 ClientListener = Callable[[ClientPod, Message, tuple[int, int]], None]
@@ -133,7 +149,7 @@ async def run_actors(
     spec: JobSpec, actors: Sequence[str], *, on_round: RoundListener | None = None,
     on_ready: Callable[[], None] | None = None, timeout: float | None = None,
     grace: float = 10.0, on_client_round: ClientListener | None = None,
-    on_waiting: Callable[[float], None] | None = None,
+    on_waiting: Callable[[float], None] | None = None, parts: JobParts | None = None,
 ) -> JobResult:
     """Run ``actors`` of ``spec``'s job in this process, on the job's transport.
 
@@ -148,6 +164,8 @@ async def run_actors(
     ``on_client_round`` sees each answer a client here sends, and ``on_waiting(seconds)`` is
     called every ``round_timeout`` while no client here has received a model yet (a server
     that is not running, or on another transport, should not mean waiting in silence).
+    ``parts``: what :func:`build_actor_parts` made for these actors ahead of time (None:
+    built here).
     """
     topology = prepare(spec)
     known = topology.actors(spec)
@@ -166,11 +184,9 @@ async def run_actors(
             "run elsewhere could never be reached; use a networked transport (kafka, mqtt, "
             "grpc, https) to split a job across processes")
     began = time.perf_counter()
-    # read up front only the data of the clients run here (with per-client files, the others'
-    # files are not on this machine), and the held-out data only where the leader runs
-    here = [i for i in range(spec.clients.count) if client_id(i) in actors]
     leader_here = topology.leader is None or topology.leader in actors
-    parts = build_parts(spec, clients=here, server_data=leader_here)
+    if parts is None:
+        parts = build_actor_parts(spec, topology, actors)
     if on_round is not None:
         parts.round_listeners.append(on_round)
     links = ActorTransports(spec)

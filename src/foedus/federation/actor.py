@@ -17,6 +17,17 @@ encode_model`: the wire format, checksummed, never unpickled), which ``foedus re
 downloads and MLflow's and the adapters' loaders read.
 
 The job file carries ``checkpoint_dir``, so a restarted server resumes after its last round.
+
+With ``--start-when GO`` (the coordinator starts the process at submit, before the sites
+answer) everything that can be done before the job may start is done while it waits for the
+file ``GO``: the job checked, its data read, its model, evaluator and aggregator built
+(handed to the run, not built again), and the job's hub, when this process hosts it
+(``https``/``grpc`` with ``serve``), listening, so the sites' clients connect and subscribe
+before the go. After the go only the actors start: round 1 begins at once.
+
+The process's stderr (the job's ``server.log``) gets foedus's INFO log lines with UTC times
+to the millisecond: when the hub listened, when each client subscribed, when the gate
+opened (``bench/federation.py`` reads them).
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -31,17 +43,35 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from foedus.config.parts import JobParts, client_ids, pipeline_of
+from foedus.config.parts import ActorTransports, JobParts, RoundListener, client_ids, pipeline_of
 from foedus.config.spec import JobSpec, load_job
+from foedus.config.topology import Topology
 from foedus.core.errors import FoedusError
 from foedus.data.shares import load_job_data
 from foedus.mlops.modelfile import encode_model
 from foedus.roles.server import RoundRecord
-from foedus.runner import prepare, run_actors
-from foedus.transport.base import transports
+from foedus.runner import JobResult, build_actor_parts, prepare, run_actors
+from foedus.transport.hub.client import HubClient
 
 #: the final model's file, in the job's directory beside ``--result``
 MODEL_FILE = "model.foedus"
+#: what this process's log lines look like: a UTC time to the millisecond, the logger, the text
+LOG_FORMAT = "%(asctime)s.%(msecs)03dZ %(name)s: %(message)s"
+LOG_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+log = logging.getLogger("foedus.federation.actor")
+
+
+def _log_to_stderr() -> None:
+    """foedus's INFO lines, with their times, to stderr (the job's log): a service's process
+    is read after the fact, by whoever asks why a job started when it did."""
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter(LOG_FORMAT, LOG_TIME_FORMAT)
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    logger = logging.getLogger("foedus")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _write_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -50,33 +80,77 @@ def _write_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _gate(go: Path, seconds: float) -> bool:
+async def _gate(go: Path, seconds: float) -> bool:
     """Wait until ``go`` exists (True) or ``seconds`` pass (False). A file, not a pipe, so the
-    gate survives a coordinator restart: the new one opens it the same way."""
+    gate survives a coordinator restart: the new one opens it the same way. Awaited, so the
+    hub this process already hosts serves the clients that connect meanwhile."""
     deadline = time.monotonic() + seconds
     while not go.exists():
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.01)  # a stat a tick: nothing to compute while the sites answer
+        await asyncio.sleep(0.01)  # a stat a tick: nothing to compute while the sites answer
     return True
 
 
-def _warm(spec: JobSpec) -> None:
-    """While gated: do once what the actors will do first (read the data, build the model
-    and the aggregator, import the transport), so the libraries they import (scikit-learn,
-    the transport's server) are loaded before the go rather than after it. Nothing is
-    started (no MLOps session, no transport opened); a failure here is left for the real
-    start to report."""
+def _warm(spec: JobSpec, topology: Topology, actors: list[str]) -> JobParts | None:
+    """While gated: build what the actors will use first (read the data, build the model,
+    the evaluator and the aggregator), so that none of it, nor the libraries it imports
+    (scikit-learn), is left for after the go; the parts are handed to the run. A job with
+    MLOps integrations gets only the imports: its MLOps session starts with the run, never
+    for a job that may yet be refused. A failure here is left for the real start to
+    report."""
     try:
+        if not spec.mlops:
+            return build_actor_parts(spec, topology, actors)
         data = load_job_data(spec.data, client_ids(spec), spec.seed, clients=[],
                              server_data=True)
         parts = JobParts(spec, data.spec, data.shares, data.test, data.server_evaluates,
                          pipeline_of(spec))
         parts.evaluator()
         parts.make_aggregator()
-        transports.get(spec.transport.type)
     except Exception as exc:  # the same error comes back, reported, when the actors start
         print(f"foedus: warming up: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return None
+
+
+async def _host(spec: JobSpec, actors: list[str]) -> ActorTransports | None:
+    """While gated: start listening now if one of ``actors`` hosts the job's hub (``https``
+    or ``grpc`` with ``serve``): the TLS context is loaded, the port bound, and the sites'
+    clients, started as their sites accept, connect and subscribe before the go instead of
+    after it, so the first round starts as soon as the gate opens. The transport returned
+    holds the hub until the run's own transports are done with it; None when no actor here
+    hosts one (or it cannot listen yet: the run tries again, and reports the failure)."""
+    links = ActorTransports(spec)
+    try:
+        for actor in actors:
+            transport = links.open(actor)
+            if isinstance(transport, HubClient) and transport.hosting.may_host \
+                    and await transport.host():
+                return links
+    except (FoedusError, OSError) as exc:
+        print(f"foedus: hosting the hub before the go: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+    await links.close()
+    return None
+
+
+async def _run(spec: JobSpec, topology: Topology, actors: list[str], gate: Path | None,
+               give_up_after: float, on_round: RoundListener) -> JobResult | None:
+    """Run the actors, after the gate when there is one (None: it never opened)."""
+    parts: JobParts | None = None
+    hosted: ActorTransports | None = None
+    if gate is not None:
+        parts = _warm(spec, topology, actors)
+        hosted = await _host(spec, actors)
+        log.info("ready: waiting for %s", gate)
+        if not await _gate(gate, give_up_after):
+            return None  # the process exits: its listening hub goes with it
+        log.info("gate open: starting %s", ",".join(actors))
+    try:
+        return await run_actors(spec, actors, on_round=on_round, parts=parts)
+    finally:
+        if hosted is not None:
+            await hosted.close()  # the last user of the hub: it lingers for the clients
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--records", required=True)
     parser.add_argument("--result", required=True)
     args = parser.parse_args(argv)
+    _log_to_stderr()
     records = Path(args.records)
     result_path = Path(args.result)
 
@@ -104,13 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = load_job(args.job)
         topology = prepare(spec)  # plugins loaded, the job checked: the slow part of a start
         actors = args.actors.split(",") if args.actors else [topology.leader or "server"]
-        if args.start_when:
-            _warm(spec)
-        if args.start_when and not _gate(Path(args.start_when), args.give_up_after):
+        gate = Path(args.start_when) if args.start_when else None
+        found = asyncio.run(_run(spec, topology, actors, gate, args.give_up_after, on_round))
+        if found is None:
             print(f"foedus: {args.start_when} never appeared: the job never started",
                   file=sys.stderr)
             return 3
-        result = asyncio.run(run_actors(spec, actors, on_round=on_round))
+        result = found
     except FoedusError as exc:
         _write_atomic(result_path, {"status": 2, "error": str(exc)})
         print(f"foedus: error: {exc}", file=sys.stderr)

@@ -61,7 +61,9 @@ from foedus.federation.openapi import openapi
 from foedus.federation.policy import CatalogEntry, fill_data, parse_catalog
 from foedus.federation.reports import SiteReports
 from foedus.federation.settings import path_of, read_config, tls_of
+from foedus.federation.site_state import Adopted, pid_runs, start_time
 from foedus.federation.store import ROLES, Job, Store, new_token
+from foedus.federation.zygote import SERVER_ACTOR, Zygote
 from foedus.runner import prepare
 from foedus.transport.tls import TLSConfig, peer_identity
 
@@ -106,11 +108,14 @@ class CoordinatorConfig:
     database: str | None = None
     #: seconds a job may stay queued before it fails naming the sites that did not answer
     queue_timeout: float = DEFAULT_QUEUE_TIMEOUT
+    #: fork the jobs' server processes from a warm process (:mod:`foedus.federation.zygote`)
+    warm: bool = True
 
     @classmethod
     def load(cls, path: str | Path) -> CoordinatorConfig:
         raw = read_config(path, {"listen", "state_dir", "tls", "admin_token_file",
-                                 "heartbeat_timeout", "catalog", "database", "queue_timeout"},
+                                 "heartbeat_timeout", "catalog", "database", "queue_timeout",
+                                 "warm"},
                           {"state_dir", "tls", "admin_token_file"})
         listen = raw.get("listen") or {}
         if not isinstance(listen, dict) or set(listen) - {"host", "port"}:
@@ -124,6 +129,9 @@ class CoordinatorConfig:
                                      or not database.startswith(POSTGRES_SCHEMES)):
             raise ConfigError(f"database: expected a postgresql:// URL, got {database!r} "
                               "(leave the key out for SQLite in state_dir)")
+        warm = raw.get("warm", True)
+        if not isinstance(warm, bool):
+            raise ConfigError(f"warm: expected true or false, got {warm!r}")
         return cls(host=str(listen.get("host", "127.0.0.1")), port=port,
                    state_dir=path_of(raw, raw["state_dir"], "state_dir"),
                    tls=tls_of(raw, identity=True),
@@ -131,7 +139,7 @@ class CoordinatorConfig:
                    heartbeat_timeout=timeout,
                    catalog=parse_catalog(raw.get("catalog")), database=database,
                    queue_timeout=seconds(raw.get("queue_timeout", DEFAULT_QUEUE_TIMEOUT),
-                                         "queue_timeout"))
+                                         "queue_timeout"), warm=warm)
 
 
 class Refused(Exception):
@@ -142,16 +150,23 @@ class Refused(Exception):
         self.status = status
 
 
-def _pid_runs(pid: int, marker: str) -> bool:
-    """Whether ``pid`` is alive and is the process we started (its command line names
-    ``marker``), so a recycled pid is never mistaken for our server."""
-    try:
-        os.kill(pid, 0)
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ProcessLookupError):
-        return False
-    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    return marker.encode() in cmdline and state != "Z"
+#: a job's server process, the coordinator's child (cold) or forked by its warm process
+ServerProcess = subprocess.Popen[bytes] | Adopted
+#: the file in a job's directory naming its server process: ``{"pid": P, "started": TICKS}``
+PID_FILE = "server.pid"
+
+
+def _pid_runs(pid: int, marker: str, where: Path) -> bool:
+    """Whether ``pid`` is alive and is the process we started, so a recycled pid is never
+    mistaken for our server: it started when ``where``'s pid file says (a process forked by
+    the warm process has the zygote's command line), else its command line names
+    ``marker``."""
+    started: int | None = None
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        found = json.loads((where / PID_FILE).read_text())
+        if found["pid"] == pid:
+            started = int(found["started"])
+    return pid_runs(pid, marker, started)
 
 
 class Coordinator:
@@ -159,7 +174,8 @@ class Coordinator:
 
     def __init__(self, config: CoordinatorConfig, *,
                  clock: Callable[[], float] = time.time,
-                 launch: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen) -> None:
+                 launch: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
+                 warm: bool = False) -> None:
         self.config = config
         self.clock = clock
         self.launch = launch  # how processes start (tests pass a recorder)
@@ -168,14 +184,17 @@ class Coordinator:
         self._offline: set[tuple[str, str]] = set()  # (job, site) shown offline in its events
         self._own: dict[str, list[str]] = {}  # job -> its actors that run here (own_actors)
         self._reporters: dict[str, str] = {}  # job -> its actor at a site that reports rounds
-        self.servers: dict[str, subprocess.Popen[bytes]] = {}
+        self.servers: dict[str, ServerProcess] = {}
         #: job processes sent SIGTERM, with the time after which they get SIGKILL
-        self._stopping: list[tuple[subprocess.Popen[bytes], float]] = []
+        self._stopping: list[tuple[ServerProcess, float]] = []
         self._read: dict[str, int] = {}  # job -> bytes of its records file ingested
         self.reports = SiteReports(config.state_dir / "sites")  # sites' audit logs, ledgers
         self._news = asyncio.Event()  # set (and replaced) when any assignment changes
         self.closing = False  # the service is stopping: held heartbeats answer at once
         self._bootstrap_admin()
+        #: the warm process server processes are forked from (:func:`serve`'s coordinator;
+        #: until it is ready, or if it died, a server process is a fresh Python)
+        self.zygote = Zygote(config.state_dir / "zygote.log") if warm else None
 
     def _bootstrap_admin(self) -> None:
         """The first admin's token: read from ``admin_token_file``, or created there (mode
@@ -323,7 +342,8 @@ class Coordinator:
     def _stop_server(self, job: Job) -> None:
         proc = self.servers.pop(job.id, None)
         pid = proc.pid if proc is not None else job.server_pid
-        if pid is not None and (proc is not None or _pid_runs(pid, job.id)):
+        if pid is not None and (proc is not None
+                                or _pid_runs(pid, job.id, self.job_dir(job.id))):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)  # its own session: the server and any child
         if proc is not None:  # reaped by tick, SIGKILLed there if it lingers: never waited
@@ -346,11 +366,14 @@ class Coordinator:
                 proc.wait()
             self._stopping.remove(entry)
 
-    def _spawn(self, job: Job, *, gated: bool) -> subprocess.Popen[bytes]:
+    def _spawn(self, job: Job, *, gated: bool) -> ServerProcess:
         """The job's actors that hold no data, in one process and session of their own, from
         a job file with the coordinator's data and the job's checkpoint dir (so a restart
         resumes). ``gated``: the process imports and checks everything, then waits for the
-        job's ``go`` file (:meth:`_start_server`) before it starts any actor."""
+        job's ``go`` file (:meth:`_start_server`) before it starts any actor. Forked from the
+        warm process when it is ready (no seconds of imports), else a fresh Python; either
+        way its pid and start time go to the job's pid file, which tells a restarted
+        coordinator that the pid is still its server."""
         where = self.job_dir(job.id)
         where.mkdir(parents=True, exist_ok=True)
         spec = fill_data(yaml.safe_load(job.job_yaml), self.config.catalog)
@@ -358,14 +381,27 @@ class Coordinator:
         (where / "server.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
         gate = ["--start-when", str(where / "go"), "--give-up-after",
                 f"{max(0.0, (job.queue_deadline or self.clock()) - self.clock()) + 60:.0f}"]
-        with (where / "server.log").open("ab") as logfile:
-            proc = self.launch(
-                [sys.executable, "-m", "foedus.federation.actor", str(where / "server.yaml"),
-                 "--actors", ",".join(self.own_actors(job)),
-                 "--records", str(where / "records.jsonl"),
-                 "--result", str(where / "result.json"), *(gate if gated else [])],
-                cwd=where, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+        argv = [str(where / "server.yaml"), "--actors", ",".join(self.own_actors(job)),
+                "--records", str(where / "records.jsonl"),
+                "--result", str(where / "result.json"), *(gate if gated else [])]
+        exit_file = where / "server.exit"
+        forked = (self.zygote.fork(argv, where, where / "server.log", exit_file,
+                                   main=SERVER_ACTOR) if self.zygote is not None else None)
+        proc: ServerProcess
+        if forked is not None:
+            # not our child: watched through /proc and the exit file the zygote writes
+            proc = Adopted(forked, job.id, where / "server.progress", start_time(forked),
+                           exit_file)
+        else:
+            with (where / "server.log").open("ab") as logfile:
+                proc = self.launch(
+                    [sys.executable, "-m", SERVER_ACTOR, *argv],
+                    cwd=where, stdout=logfile, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env={**os.environ,
+                         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+        (where / PID_FILE).write_text(json.dumps({"pid": proc.pid,
+                                                  "started": start_time(proc.pid)}))
         self.servers[job.id] = proc
         return proc
 
@@ -395,7 +431,8 @@ class Coordinator:
             return
         proc = self.servers.get(job.id)
         waiting = (proc.poll() is None if proc is not None
-                   else bool(job.server_pid and _pid_runs(job.server_pid, job.id)))
+                   else bool(job.server_pid and _pid_runs(job.server_pid, job.id,
+                                                          self.job_dir(job.id))))
         if waiting and job.state == "queued":
             (self.job_dir(job.id) / "go").touch()
             pid = proc.pid if proc is not None else job.server_pid
@@ -501,14 +538,18 @@ class Coordinator:
             self.servers.pop(job.id, None)
             self._finish(job.id, "failed", f"the server process exited with "
                          f"status {proc.returncode} (see {job.id}/server.log)")
-        elif proc is None and not (job.server_pid and _pid_runs(job.server_pid, job.id)):
+        elif proc is None and not (job.server_pid and _pid_runs(job.server_pid, job.id,
+                                                                self.job_dir(job.id))):
             log.warning("job %s: its server is gone; restarting it from its checkpoint",
                         job.id)
             self._start_server(job)
 
     def stop_all(self) -> None:
         """Leave server processes running when the coordinator stops: a restarted coordinator
-        adopts them, and a job does not die with its coordinator."""
+        adopts them, and a job does not die with its coordinator (the warm process stops;
+        the processes it forked live on)."""
+        if self.zygote is not None:
+            self.zygote.close()
         self.store.close()
 
     # ---- the HTTP API --------------------------------------------------------------------
@@ -763,7 +804,7 @@ class Coordinator:
 async def serve(config: CoordinatorConfig, ready: Callable[[str], None] | None = None) -> None:
     """Run the coordinator until cancelled (SIGINT/SIGTERM)."""
     web = require("aiohttp.web", "federation")
-    coordinator = Coordinator(config)
+    coordinator = Coordinator(config, warm=config.warm)
     runner = web.AppRunner(coordinator.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port,

@@ -1,21 +1,23 @@
-"""A site's warm process: ``python -m foedus.federation.zygote``, from which the site forks
-its actors instead of starting each as a cold Python.
+"""A warm process: ``python -m foedus.federation.zygote``, from which a site forks its
+actors, and the coordinator its jobs' server processes, instead of starting each as a cold
+Python.
 
 A cold actor process spends seconds importing foedus, numpy and scikit-learn before it can
 take part in round 1 (most of a small job's time from submit to its first round). The zygote
-imports them once, when the site starts, and then only forks: each actor is a child forked
-on request, which at once leaves the zygote's session (``setsid``: its own process group,
-which the site stops as it stops any actor), points its output at the actor's log and runs
-:func:`foedus.federation.site_actor.main`, exactly what ``python -m
-foedus.federation.site_actor`` runs. Isolation is the same as a fresh process's: a crashing
-actor takes down only itself, never the zygote, the site or another job.
+imports them once, when the site (or the coordinator) starts, and then only forks: each
+actor is a child forked on request, which at once leaves the zygote's session (``setsid``:
+its own process group, which the site stops as it stops any actor), points its output at
+the actor's log and runs :func:`foedus.federation.site_actor.main`, exactly what ``python -m
+foedus.federation.site_actor`` runs (for the coordinator, :func:`foedus.federation.actor.
+main`: a request names one of :data:`MAINS`). Isolation is the same as a fresh process's: a
+crashing actor takes down only itself, never the zygote, the site or another job.
 
 The protocol is JSON lines over the zygote's stdin and stdout, one request and one answer at
 a time (the site holds the only pipe):
 
 * the zygote writes ``{"ready": true}`` once its imports are done;
-* a request ``{"argv": [...], "cwd": DIR, "log": FILE, "exit": FILE}`` is answered
-  ``{"pid": PID}`` once the child runs;
+* a request ``{"argv": [...], "cwd": DIR, "log": FILE, "exit": FILE[, "main": MODULE]}``
+  is answered ``{"pid": PID}`` once the child runs (``main`` defaults to the site actor);
 * when a child ends, the zygote (its parent) writes ``{"pid": PID, "status": STATUS}`` to
   the request's ``exit`` file (atomically) and then reaps it, the exit status as
   :class:`subprocess.Popen` reports it (negative: killed by that signal), since the site is
@@ -46,10 +48,18 @@ __all__ = ["PRELOAD", "Zygote", "main"]
 log = logging.getLogger("foedus.federation.zygote")
 
 #: what every actor imports before its first round (scikit-learn for the default model);
-#: one that is not installed is skipped
-PRELOAD = ("numpy", "foedus.runner", "foedus.federation.site_actor", "foedus.models.sklearn",
-           "foedus.data.datasets", "foedus.transport.https", "foedus.transport.mqtt",
-           "sklearn.linear_model", "httpx", "aiohttp")
+#: one that is not installed is skipped. httpx imports its connection layer (httpcore,
+#: anyio, h11, certifi) only at a client's first request, and aiohttp its server at the
+#: hub's start: half a second of imports after the go unless they are here
+PRELOAD = ("numpy", "foedus.runner", "foedus.federation.site_actor", "foedus.federation.actor",
+           "foedus.models.sklearn", "foedus.data.datasets", "foedus.transport.https",
+           "foedus.transport.mqtt", "sklearn.linear_model", "httpx", "httpcore", "anyio",
+           "anyio._backends._asyncio", "h11", "certifi", "aiohttp", "aiohttp.web")
+#: the modules a forked child may run (their ``main(argv)``): a site's client actor, the
+#: coordinator's process for a job's actors without data
+SITE_ACTOR = "foedus.federation.site_actor"
+SERVER_ACTOR = "foedus.federation.actor"
+MAINS = (SITE_ACTOR, SERVER_ACTOR)
 #: how often the zygote reaps ended children while no request arrives
 REAP_EVERY_S = 0.1
 
@@ -83,8 +93,10 @@ class Zygote:
         found: dict[str, Any] = json.loads(line)
         return found
 
-    def fork(self, argv: list[str], cwd: Path, log_file: Path, exit_file: Path) -> int | None:
-        """A forked actor's pid, or None when the zygote cannot fork one now."""
+    def fork(self, argv: list[str], cwd: Path, log_file: Path, exit_file: Path,
+             main: str = SITE_ACTOR) -> int | None:
+        """A forked actor's pid (running ``main``'s ``main(argv)``, one of :data:`MAINS`),
+        or None when the zygote cannot fork one now."""
         if self.proc is None or self.proc.poll() is not None:
             self.proc = None
             return None
@@ -98,7 +110,7 @@ class Zygote:
             with contextlib.suppress(FileNotFoundError):
                 exit_file.unlink()  # an earlier process's status of this actor
             stdin.write((json.dumps({"argv": argv, "cwd": str(cwd), "log": str(log_file),
-                                     "exit": str(exit_file)}) + "\n").encode())
+                                     "exit": str(exit_file), "main": main}) + "\n").encode())
             stdin.flush()
             answer = self._line(ANSWER_S)
             if answer is None or not isinstance(answer.get("pid"), int):
@@ -149,8 +161,10 @@ def _child(request: dict[str, Any], started: int) -> None:
         os.close(log)
         os.close(null)
         os.chdir(request["cwd"])
-        from foedus.federation import site_actor
-        status = site_actor.main(request["argv"])
+        main = request.get("main", SITE_ACTOR)
+        if main not in MAINS:
+            raise ValueError(f"the zygote runs only {MAINS}, not {main!r}")
+        status = importlib.import_module(main).main(request["argv"])
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else 1
     except BaseException:

@@ -69,6 +69,8 @@ log = logging.getLogger("foedus.https")
 
 _OFFSET = "X-Foedus-Offset"
 _MAX_WAIT = 60.0
+#: the longest pause between a client's attempts to reach a hub that is not listening yet
+HANDSHAKE_RETRY_S = 0.25
 
 
 class _Connection(asyncio.Protocol):
@@ -337,6 +339,7 @@ class HttpsHub(HubAdapter):
         except TransportError as exc:
             return self._fail(409, str(exc))
         sid = secrets.token_urlsafe(18)
+        log.info("HTTPS hub: %s subscribed to %r", self.peer(request), topic)
         loop = asyncio.get_running_loop()
         self._leases[sid] = _Lease(cursor, self.identity(request), loop.time())
         return web.json_response({"id": sid})
@@ -584,9 +587,12 @@ class HttpsTransport(HubClient):
                 " (hub down, or TLS refused: wrong CA or missing/invalid client certificate)"
             )
 
+        # a refused connection costs the hub nothing: retried at least every quarter second,
+        # a client started before its server's hub listens joins within that of its start
         r = await retry_with_backoff(lambda: self._client.get("/v1/info"),
                                      retry_on=httpx.HTTPError, should_retry=_refused_connection,
-                                     timeout=self.connect_timeout, give_up=give_up, max_delay=1.0)
+                                     timeout=self.connect_timeout, give_up=give_up,
+                                     max_delay=HANDSHAKE_RETRY_S)
         if r.status_code != 200:
             raise _error(r, "handshake")
         info: dict[str, Any] = r.json()

@@ -107,6 +107,15 @@ class HubClient(Transport):
         """Close the connection (subscriptions are already closed)."""
         ...
 
+    async def host(self) -> bool:
+        """Start the hub now if this transport hosts it (True), instead of on first use: a
+        process that waits before its actors start (the federation's gated server process)
+        listens while it waits, so the clients connect and subscribe meanwhile. False when
+        another process hosts the hub (nothing is done)."""
+        if self._closed:
+            raise TransportClosed(f"the {self.name} transport is closed")
+        return await self.hosted.ensure(self._endpoint) is not None
+
     # ---- the Transport API --------------------------------------------------------------------
     async def _ready(self) -> Any:
         """The connection to the hub (None for the hosting actor, which uses the hub directly)."""
