@@ -162,3 +162,59 @@ def test_the_catalogue_prints_as_an_aligned_table_one_plugin_a_line() -> None:
         "pipeline stage  zstd    foedus[compress]  foedus.compress.lossless",
         "aggregator      fedavg  -                 foedus.aggregate.fedavg",
     ]
+
+
+# ---- foedus's own plugins are imported as lookups need them ------------------------------------
+def test_the_index_of_foedus_s_own_plugins_is_the_catalogue() -> None:
+    from foedus.plugins import BUILTIN_PLUGINS
+
+    listed = {(kind, name, module) for kind, module, names in BUILTIN_PLUGINS
+              for name in names.split()}
+    registered = {(r.kind, r.name, r.module) for r in catalogue()
+                  if r.module.startswith("foedus.")}
+    rows = "\n".join(f"    ({k!r}, {m!r}, {n!r})," for k, n, m in sorted(registered))
+    assert listed == registered, f"update foedus.plugins.BUILTIN_PLUGINS to say:\n{rows}"
+
+
+def test_a_lookup_imports_the_module_registering_the_name_and_only_a_miss_imports_all(
+    tmp_path: Path,
+) -> None:
+    code = ("import sys\n"
+            "from foedus.core.filter import stages\n"
+            "seen = lambda: [m in sys.modules for m in\n"
+            "    ('foedus.compress.lossless', 'foedus.transport.grpc', 'foedus.vertical')]\n"
+            "print('zstd' in stages, *seen())\n"
+            "print('no-such-stage' in stages, *seen())\n")
+    done = _python(tmp_path, code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["True True False False", "False True True True"]
+
+
+def test_a_third_party_plugin_registering_a_built_in_name_is_refused_at_the_first_lookup(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "shadow_fl.py").write_text(
+        "from foedus.core.filter import stages\n"
+        "from foedus.compress.lossless import LzmaStage\n\n\n"
+        "@stages.register('zstd')\n"
+        "class Shadow(LzmaStage):\n    pass\n")
+    _distribution(tmp_path, "shadow_fl", "shadow = shadow_fl")
+    done = _python(tmp_path, "import foedus\nfoedus.aggregators.create('fedavg')")
+    assert done.returncode != 0
+    assert "pipeline stage 'zstd' is already registered" in done.stderr
+
+
+def test_entry_points_are_read_as_importlib_metadata_reads_them(tmp_path: Path) -> None:
+    (tmp_path / "toy_fl.py").write_text(TOY)
+    _distribution(tmp_path, "toy_fl", "toy = toy_fl\ntoy-again = toy_fl:Toy")
+    code = ("from importlib.metadata import entry_points\n"
+            "from foedus.plugins import plugin_entry_points\n"
+            "ours = sorted((ep.name, ep.value, ep.dist) for ep in plugin_entry_points())\n"
+            "theirs = {(ep.name, ep.value, ep.dist.name) for ep in\n"
+            "          entry_points(group='foedus.plugins')}\n"
+            "print(set(ours) <= theirs, len(ours) == len({v for _, v, _ in theirs}))\n"
+            "print([row for row in ours if row[2] == 'toy_fl'])\n")
+    done = _python(tmp_path, code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "True True", "[('toy', 'toy_fl', 'toy_fl'), ('toy-again', 'toy_fl:Toy', 'toy_fl')]"]

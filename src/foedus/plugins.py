@@ -9,11 +9,23 @@ one mechanism for both::
     my-aggregators = "my_org.fl.aggregators"
     my-transport = "my_org.fl.transport"
 
-Importing this module installs :func:`load_plugins` as the registries' loader
-(:func:`foedus.core.registry.set_loader`), and ``import foedus`` imports it: the first time any
-registry is asked for a name, every entry point's module is imported, so ``stages.create("zstd")``
-works after a bare ``import foedus``. Each plugin module must import its optional dependencies
-lazily (inside functions), so loading never requires an extra that a job does not use.
+Importing this module installs :func:`load_plugins` as the registries' loader and
+:func:`find_plugin` as their finder (:mod:`foedus.core.registry`), and ``import foedus`` imports
+it: the first time any registry is asked for a name, every other package's entry point module is
+imported, and a lookup of a name not yet registered imports foedus's own module that registers
+it (:data:`BUILTIN_PLUGINS` says which), or, for a name it does not list or for a listing of
+every name, all of them. So ``stages.create("zstd")`` works after a bare ``import foedus``, and
+every answer is the one a registry holding every plugin would give, but a job imports only the
+plugin modules it uses: importing all of them took longer than a small job's first round. When
+another package or ``FOEDUS_PLUGINS`` adds plugins, foedus's own modules are all imported with
+them, so that a name registered twice is refused at once, as it always was. Each plugin module
+must import its optional dependencies lazily (inside functions), so loading never requires an
+extra that a job does not use.
+
+Entry points are read from the ``entry_points.txt`` of each distribution on ``sys.path``, the
+files :func:`importlib.metadata.entry_points` reads, without building a distribution (and
+parsing its metadata) for each; an unusual path (a zip archive, a finder of distributions of its
+own) falls back to :mod:`importlib.metadata`.
 
 Modules that are not installed (a site's own dataset loader, say) are listed, comma-separated,
 in the environment variable ``FOEDUS_PLUGINS`` (``FOEDUS_PLUGINS=my_data,my_org.models``). The
@@ -29,21 +41,105 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from foedus.core.errors import ConfigError
-from foedus.core.registry import Registry, set_loader
+from foedus.core.registry import Registry, set_finder, set_loader
 
 #: the environment variable naming the user's plugin modules, comma-separated
 PLUGINS_ENV = "FOEDUS_PLUGINS"
 #: the entry-point group plugin packages (foedus included) declare their modules in
 ENTRY_POINT_GROUP = "foedus.plugins"
 
-_loaded = False
+#: (kind, module, the names importing it registers) for each of foedus's own plugin modules, so
+#: that a lookup imports one module, not every one. tests/test_plugins.py keeps it equal to the
+#: catalogue; a name missing here is still found (by importing every plugin module), only slower.
+BUILTIN_PLUGINS: tuple[tuple[str, str, str], ...] = (
+    ("aggregator", "foedus.aggregate.fedavg", "fedavg"),
+    ("aggregator", "foedus.aggregate.fedopt", "fedadagrad fedadam fedavgm fedyogi"),
+    ("aggregator", "foedus.aggregate.robust",
+     "bulyan geomedian krum median multi-krum trimmed-mean"),
+    ("aggregator", "foedus.trees.bagging.aggregator", "tree-bagging"),
+    ("aggregator", "foedus.trees.histforest.aggregator", "forest-histograms"),
+    ("dataset", "foedus.data.datasets", "breast_cancer diabetes digits iris synthetic wine"),
+    ("dataset", "foedus.data.files", "csv parquet"),
+    ("model", "foedus.models.keras", "keras-mlp"),
+    ("model", "foedus.models.sklearn",
+     "sklearn-logistic sklearn-mlp sklearn-ridge sklearn-sgd sklearn-sgd-regressor"),
+    ("model", "foedus.models.torch", "torch-mlp"),
+    ("model", "foedus.trees.bagging.sklearn_adapter", "sklearn-extra-trees sklearn-random-forest"),
+    ("model", "foedus.trees.bagging.xgboost_adapter", "xgboost-bagging"),
+    ("model", "foedus.trees.histforest.adapter", "federated-forest"),
+    ("pipeline stage", "foedus.compress.lossless", "lzma zstd"),
+    ("pipeline stage", "foedus.compress.qsgd", "qsgd"),
+    ("pipeline stage", "foedus.compress.sparsify", "topk"),
+    ("pipeline stage", "foedus.privacy.dp", "central-dp clip local-dp"),
+    ("pipeline stage", "foedus.privacy.secagg_pods", "secure-sum"),
+    ("pipeline stage", "foedus.security.signing", "sign"),
+    ("pipeline stage", "foedus.sim.attacks", "byzantine"),
+    ("pipeline stage", "foedus.vertical.split_noise", "split-noise"),
+    ("topology", "foedus.topology.asynchronous", "async"),
+    ("topology", "foedus.topology.centralized", "centralized"),
+    ("topology", "foedus.topology.hierarchical", "hierarchical"),
+    ("topology", "foedus.topology.swarm", "swarm"),
+    ("topology", "foedus.topology.vertical", "vertical"),
+    ("transport", "foedus.transport.grpc", "grpc"),
+    ("transport", "foedus.transport.https", "https"),
+    ("transport", "foedus.transport.kafka", "kafka"),
+    ("transport", "foedus.transport.local", "local"),
+    ("transport", "foedus.transport.mqtt", "mqtt"),
+)
+_BUILTIN = {(kind, name): module for kind, module, names in BUILTIN_PLUGINS
+            for name in names.split()}
+
+_lock = threading.RLock()  # a registry may be asked from several threads at once
+_entry_points: list[PluginEntry] | None = None  # read once per process
+_others_loaded = False  # the other packages' entry points imported (and foedus's, if any)
+_own_loaded = False  # every one of foedus's own entry points imported
+
+
+@dataclass(frozen=True)
+class PluginEntry:
+    """One ``foedus.plugins`` entry point: its name, its value (``module`` or
+    ``module:function``) and where it was declared (a dist-info or egg-info directory, or
+    ``None`` when :mod:`importlib.metadata` found it)."""
+
+    name: str
+    value: str
+    source: str | None = None
+    distribution: str | None = None
+
+    @property
+    def module(self) -> str:
+        return self.value.partition(":")[0].strip()
+
+    @property
+    def attr(self) -> str | None:
+        attr = self.value.partition(":")[2].partition("[")[0].strip()
+        return attr or None
+
+    @property
+    def dist(self) -> str:
+        """The distribution's name, for messages: read from its metadata only when asked."""
+        if self.distribution is not None:
+            return self.distribution
+        if self.source is not None:
+            for metadata in ("METADATA", "PKG-INFO"):
+                try:
+                    with open(os.path.join(self.source, metadata), encoding="utf-8") as stream:
+                        for line in stream:
+                            if line.startswith("Name:"):
+                                return line[5:].strip()
+                            if not line.strip():
+                                break
+                except OSError:
+                    continue
+        return "an unknown distribution"
 
 
 def user_modules() -> list[str]:
@@ -51,63 +147,193 @@ def user_modules() -> list[str]:
     return [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
 
 
-def plugin_entry_points() -> list[EntryPoint]:
+def _normalized(name: str) -> str:
+    """A distribution's name as :mod:`importlib.metadata` compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _group(text: str) -> list[tuple[str, str]]:
+    """The ``name = value`` lines of the ``foedus.plugins`` section of an entry_points.txt."""
+    found: list[tuple[str, str]] = []
+    inside = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            inside = line[1:-1].strip() == ENTRY_POINT_GROUP
+        elif inside:
+            name, _, value = line.partition("=")
+            found.append((name.strip(), value.strip()))
+    return found
+
+
+def _read_entry_points() -> list[PluginEntry] | None:
+    """Every distribution's ``foedus.plugins`` entry points, the first distribution of a name on
+    ``sys.path`` only (as :mod:`importlib.metadata` does); ``None`` where the path holds what
+    only :mod:`importlib.metadata` can read."""
+    from importlib.machinery import PathFinder
+
+    if any(hasattr(finder, "find_distributions") and finder is not PathFinder
+           for finder in sys.meta_path):
+        return None
+    seen: set[str] = set()
+    found: list[PluginEntry] = []
+    group = ENTRY_POINT_GROUP.encode()
+    for entry in sys.path:
+        if not isinstance(entry, str):
+            return None
+        try:
+            children = os.scandir(entry or ".")
+        except NotADirectoryError:
+            return None  # a zip archive
+        except OSError:
+            continue
+        with children:
+            infos: list[str] = []  # a directory's dist-info first, as importlib.metadata does
+            eggs: list[str] = []
+            for found_entry in children:
+                low = found_entry.name.lower()
+                if low.endswith(".dist-info"):
+                    infos.append(found_entry.name)
+                elif low.endswith(".egg-info"):
+                    eggs.append(found_entry.name)
+        for child in sorted(infos) + sorted(eggs):
+            distribution = _normalized(child.rpartition(".")[0].partition("-")[0])
+            if distribution in seen:
+                continue
+            seen.add(distribution)
+            source = f"{entry or '.'}{os.sep}{child}"
+            try:
+                with open(f"{source}{os.sep}entry_points.txt", "rb") as stream:
+                    data = stream.read()
+            except OSError:
+                continue
+            if group in data:
+                found += [PluginEntry(name, value, source)
+                          for name, value in _group(data.decode("utf-8"))]
+    return found
+
+
+def plugin_entry_points() -> list[PluginEntry]:
     """The ``foedus.plugins`` entry points of every installed distribution, each value once
     (a source checkout on ``sys.path`` next to its editable install shows them twice)."""
+    points = _read_entry_points()
+    if points is None:
+        from importlib.metadata import entry_points
+
+        points = [PluginEntry(ep.name, ep.value, None,
+                              ep.dist.name if ep.dist is not None else None)
+                  for ep in entry_points(group=ENTRY_POINT_GROUP)]
     seen: set[str] = set()
-    unique: list[EntryPoint] = []
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    unique: list[PluginEntry] = []
+    for ep in points:
         if ep.value not in seen:
             seen.add(ep.value)
             unique.append(ep)
     return unique
 
 
-def _load_entry_point(ep: EntryPoint) -> None:
-    dist = ep.dist.name if ep.dist is not None else "an unknown distribution"
+def _own(ep: PluginEntry) -> bool:
+    return ep.module.startswith("foedus.")
+
+
+def _import(ep: PluginEntry) -> None:
     try:
-        loaded = ep.load()
+        module = importlib.import_module(ep.module)
+        loaded: Any = module
+        for part in ep.attr.split(".") if ep.attr else ():
+            loaded = getattr(loaded, part)
     except ImportError as exc:
         raise ConfigError(
-            f"plugin {ep.name!r} of {dist} ({ep.value}) cannot be imported: {exc}"
+            f"plugin {ep.name!r} of {ep.dist} ({ep.value}) cannot be imported: {exc}"
         ) from exc
     if ep.attr is not None and callable(loaded):
         loaded()  # "module:register" names a function that registers when called
 
 
-def load_plugins() -> None:
-    """Import every entry point's module once, then the modules named in ``FOEDUS_PLUGINS``.
-
-    Registries call this by themselves before their first lookup; call it directly only to
-    pick up ``FOEDUS_PLUGINS`` changed since (imported modules are cached: repeating is cheap).
-    """
-    global _loaded
-    if not _loaded:
+def _points() -> list[PluginEntry]:
+    global _entry_points
+    if _entry_points is None:
         points = plugin_entry_points()
-        if not any(ep.module.startswith("foedus.") for ep in points):
+        if not any(_own(ep) for ep in points):
             raise ConfigError(
                 f"no {ENTRY_POINT_GROUP!r} entry points of foedus itself were found: its "
                 "package metadata is missing or stale; reinstall it (pip install -e .)")
-        _loaded = True  # before importing: a module that looks a name up must not recurse
+        _entry_points = points
+    return _entry_points
+
+
+def _load_own() -> None:
+    """Import every one of foedus's own entry points (once)."""
+    global _own_loaded
+    with _lock:
+        if _own_loaded:
+            return
+        _own_loaded = True  # before importing: a module that looks a name up must not recurse
         try:
-            for ep in points:
-                _load_entry_point(ep)
+            for ep in _points():
+                if _own(ep):
+                    _import(ep)
         except BaseException:
-            _loaded = False
+            _own_loaded = False
             raise
-    for module in user_modules():  # imported modules are cached, so this is cheap to repeat
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            if exc.name is not None and module.startswith(exc.name):
-                raise ConfigError(
-                    f"{PLUGINS_ENV}: cannot import plugin module {module!r} ({exc}); is it on "
-                    "the Python path?"
-                ) from exc
-            raise
+
+
+def find_plugin(kind: str, name: str | None) -> None:
+    """The registries' finder: import the module of foedus's own that registers ``name`` of
+    ``kind`` (:data:`BUILTIN_PLUGINS`), or, with ``name`` ``None`` (a name nobody listed, or a
+    listing of every name), every one of foedus's own plugin modules."""
+    module = _BUILTIN.get((kind, name)) if name is not None else None
+    if module is None:
+        if name is None:
+            _load_own()
+        return
+    if module in sys.modules:
+        return
+    declared = [ep for ep in _points() if ep.module == module]
+    _import(declared[0] if declared else PluginEntry(module, module, distribution="foedus"))
+
+
+def load_plugins(everything: bool = False) -> None:
+    """Import, once, every other package's entry point module, then the modules named in
+    ``FOEDUS_PLUGINS``; with ``everything`` (or when there are such modules), every one of
+    foedus's own plugin modules too, as one who preloads before forking wants.
+
+    Registries call this by themselves before their first lookup, and import foedus's own
+    modules as lookups need them; call it directly to fail early on a broken plugin, to pick up
+    ``FOEDUS_PLUGINS`` changed since (imported modules are cached: repeating is cheap), or with
+    ``everything`` to import every plugin now.
+    """
+    global _others_loaded
+    with _lock:
+        if not _others_loaded:
+            others = [ep for ep in _points() if not _own(ep)]
+            _others_loaded = True  # before importing: a module that looks a name up must not
+            try:                   # recurse
+                if others or user_modules():
+                    _load_own()  # a name registered twice is refused now, as it always was
+                for ep in others:
+                    _import(ep)
+            except BaseException:
+                _others_loaded = False
+                raise
+        if everything:
+            _load_own()
+        for module in user_modules():  # imported modules are cached: cheap to repeat
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                if exc.name is not None and module.startswith(exc.name):
+                    raise ConfigError(
+                        f"{PLUGINS_ENV}: cannot import plugin module {module!r} ({exc}); is it "
+                        "on the Python path?"
+                    ) from exc
+                raise
 
 
 set_loader(load_plugins)
+set_finder(find_plugin)
 
 
 # ---- what is installed --------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from foedus.core.errors import RejectedUpdate
 from foedus.core.message import Kind, Message
 from foedus.plugins import load_plugins
 
-load_plugins()  # every aggregator registered, the tree ones too
+load_plugins(everything=True)  # every aggregator registered, the tree ones too
 
 #: every registered aggregator that averages parameters, with settings that accept the 7+
 #: updates the tests send

@@ -8,7 +8,7 @@ import pytest
 
 from foedus.core import registry as registry_module
 from foedus.core.errors import ConfigError
-from foedus.core.registry import Registry, ensure_loaded, set_loader
+from foedus.core.registry import Registry, ensure_loaded, set_finder, set_loader
 
 
 @pytest.fixture(autouse=True)
@@ -57,3 +57,52 @@ def test_a_failed_load_is_retried_and_fails_again_instead_of_answering_partially
         with pytest.raises(ConfigError, match="plugin 'x'"):
             things.get("anything")
     assert registry_module._loader is load
+
+
+@pytest.fixture
+def finder_calls() -> Iterator[list[tuple[str, str | None]]]:
+    """A finder that records its calls and registers ``late`` when asked for it by name;
+    the process's finder is put back afterwards."""
+    calls: list[tuple[str, str | None]] = []
+    saved = registry_module._finder
+    yield calls
+    set_finder(saved)
+
+
+def test_a_registered_name_is_answered_without_the_finder(
+    finder_calls: list[tuple[str, str | None]],
+) -> None:
+    things: Registry[int] = Registry("thing")
+    things.register("here")(lambda: 1)
+    set_finder(lambda kind, name: finder_calls.append((kind, name)))
+    assert "here" in things and things.create("here") == 1
+    assert finder_calls == []
+
+
+def test_a_missing_name_is_found_by_name_first_then_by_loading_everything(
+    finder_calls: list[tuple[str, str | None]],
+) -> None:
+    things: Registry[int] = Registry("thing")
+
+    def everywhere() -> int:
+        return 2
+
+    def late() -> int:
+        return 7
+
+    def find(kind: str, name: str | None) -> None:  # registering again is harmless
+        finder_calls.append((kind, name))
+        if name is None:
+            things.register("everywhere")(everywhere)
+        elif name == "late":
+            things.register("late")(late)
+
+    set_finder(find)
+    assert things.create("late") == 7
+    assert finder_calls == [("thing", "late")]  # found by name: nothing else imported
+    assert "everywhere" in things  # not listed by name: everything is loaded, then it is found
+    assert finder_calls[1:] == [("thing", "everywhere"), ("thing", None)]
+    assert things.names() == ["everywhere", "late"]  # every name: everything, always
+    assert finder_calls[-1] == ("thing", None)
+    with pytest.raises(ConfigError, match="unknown thing 'nowhere'; allowed: everywhere, late"):
+        things.get("nowhere")

@@ -6,10 +6,12 @@ dotted import paths: importing by path would let a job file execute arbitrary co
 Registries fill when plugin modules are imported. So that a registry is complete whenever
 someone asks it for a name, however little of foedus they imported, every lookup
 (:meth:`Registry.get`, :meth:`~Registry.names`, :meth:`~Registry.create`, ``in``) first runs a
-*loader* once per process: :func:`set_loader` installs it. ``foedus.plugins`` installs the one
-that imports the modules declared as ``foedus.plugins`` entry points (foedus's own and any
-installed package's); this module imports nothing of foedus, so the kernel stays independent of
-what plugs into it.
+*loader* once per process (:func:`set_loader` installs it), and a lookup of a name that is not
+registered, or of every name, asks a *finder* (:func:`set_finder`) to import what registers it.
+``foedus.plugins`` installs both: the loader imports the modules other packages declare as
+``foedus.plugins`` entry points, the finder foedus's own, only the one that registers the name
+asked for when it knows which (importing all of them took longer than a small job's round).
+This module imports nothing of foedus, so the kernel stays independent of what plugs into it.
 """
 
 from __future__ import annotations
@@ -23,12 +25,22 @@ from foedus.core.errors import ConfigError
 T = TypeVar("T")
 
 _loader: Callable[[], None] | None = None
+#: ``finder(kind, name)``: import what registers ``name`` of ``kind`` (``None``: every name)
+_finder: Callable[[str, str | None], None] | None = None
 
 
 def set_loader(loader: Callable[[], None] | None) -> None:
     """Install the function every registry runs, once, before its first lookup (or none)."""
     global _loader
     _loader = loader
+
+
+def set_finder(finder: Callable[[str, str | None], None] | None) -> None:
+    """Install the function a registry calls when asked for a name it does not hold, as
+    ``finder(kind, name)``, and then, if the name is still missing, or when asked for every
+    name, as ``finder(kind, None)``: it imports whatever may register them (or none)."""
+    global _finder
+    _finder = finder
 
 
 def ensure_loaded() -> None:
@@ -70,18 +82,31 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def _find(self, name: str | None) -> None:
+        """Before a lookup of ``name`` (``None``: of every name): the loader, then the finder
+        if the name is not registered yet, for that name first and then for every name."""
+        ensure_loaded()
+        finder = _finder
+        if finder is None or (name is not None and name in self._factories):
+            return
+        if name is not None:
+            finder(self.kind, name)
+            if name in self._factories:
+                return
+        finder(self.kind, None)
+
     def names(self) -> list[str]:
         """Every registered name, sorted (plugins are loaded first)."""
-        ensure_loaded()
+        self._find(None)
         return sorted(self._factories)
 
     def __contains__(self, name: object) -> bool:
-        ensure_loaded()
+        self._find(name if isinstance(name, str) else None)
         return name in self._factories
 
     def get(self, name: str) -> Callable[..., T]:
         """The factory registered as ``name``, or a ConfigError listing the known names."""
-        ensure_loaded()
+        self._find(name)
         if name not in self._factories:
             hint = f" ({self.hints[name]})" if name in self.hints else ""
             raise ConfigError(

@@ -13,7 +13,7 @@ import numpy as np
 
 from foedus.core.errors import ConfigError
 from foedus.core.registry import Registry
-from foedus.data.stratified import stratified_split
+from foedus.data.stratified import distinct, stratified_split
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def _split(
     if scale == "standard":
         mean, std = x_tr.mean(axis=0), x_tr.std(axis=0) + 1e-8
         x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
-    spec = DataSpec(int(x.shape[1]), tuple(int(c) for c in np.unique(y)))
+    spec = DataSpec(int(x.shape[1]), tuple(int(c) for c in distinct(y)))
     return (
         Dataset(x_tr.astype(np.float32), y_tr.astype(np.int64)),
         Dataset(x_te.astype(np.float32), y_te.astype(np.int64)),

@@ -24,6 +24,7 @@ import numpy as np
 
 from foedus.core.errors import ConfigError
 from foedus.data.datasets import Dataset
+from foedus.data.stratified import distinct
 
 SCHEMES = ("column", "dirichlet", "iid", "quantity")
 
@@ -55,7 +56,7 @@ def dirichlet_partition(
             f"{len(labels)} rows cannot give {num_clients} clients {min_size} rows each"
         )
     rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
+    classes = distinct(labels)
     parts: list[np.ndarray] = []
     for _ in range(max(1, max_tries)):
         shares: list[list[np.ndarray]] = [[] for _ in range(num_clients)]

@@ -24,6 +24,14 @@ import math
 import numpy as np
 
 
+def distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values, as ``np.unique(values)`` gives them, without importing
+    ``numpy.ma``: ``np.unique`` asks it whether the array is masked unless it also returns
+    indices or counts, and that import was about 10 ms of a torch job's start-up."""
+    found: np.ndarray = np.unique(values, return_counts=True)[0]
+    return found
+
+
 def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray,
                                                                              np.ndarray]:
     """Row indices ``(train, test)`` of a stratified split of the labels ``y``.
@@ -63,7 +71,7 @@ def _apportion(counts: np.ndarray, draws: int, rng: np.random.RandomState) -> np
     shares = np.floor(exact)
     missing = int(draws - shares.sum())
     fractions = exact - shares
-    for value in np.unique(fractions)[::-1]:
+    for value in distinct(fractions)[::-1]:
         if missing <= 0:
             break
         (tied,) = np.where(fractions == value)
