@@ -5,6 +5,8 @@ handlers do. (tests/federation/test_federation.py runs the same lifecycle as rea
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,12 +16,15 @@ import yaml
 
 from foedus.core.errors import ConfigError
 from foedus.federation.coordinator import (
+    PID_FILE,
     PRESTART_MAX,
     Coordinator,
     CoordinatorConfig,
     Refused,
+    _pid_runs,
 )
 from foedus.federation.policy import parse_catalog
+from foedus.federation.site_state import start_time
 from foedus.federation.store import Job
 from foedus.transport.tls import TLSConfig
 
@@ -310,3 +315,42 @@ def test_at_most_a_few_queued_jobs_hold_a_waiting_server_process(
     assert len(launcher.started) == PRESTART_MAX + 1
     assert "--start-when" not in launcher.started[-1].args
     assert job_of(coordinator, late).state == "running"
+
+
+def test_a_pid_file_tells_the_jobs_server_from_a_recycled_pid(tmp_path: Path) -> None:
+    # a process forked by the warm process has the zygote's command line: its start time,
+    # in the job's pid file, is what says it is still the job's server
+    me = os.getpid()
+    started = start_time(me)
+    assert started is not None
+    (tmp_path / PID_FILE).write_text(json.dumps({"pid": me, "started": started}))
+    assert _pid_runs(me, "not-in-the-command-line", tmp_path)
+    (tmp_path / PID_FILE).write_text(json.dumps({"pid": me, "started": started + 1}))
+    assert not _pid_runs(me, "not-in-the-command-line", tmp_path)  # same pid, another process
+
+
+def test_a_warm_coordinator_forks_the_server_and_a_restarted_one_opens_its_gate(
+        coordinator: Coordinator, clock: Clock, launcher: Launcher) -> None:
+    warm = Coordinator(coordinator.config, clock=clock, launch=launcher, warm=True)
+    restarted: Coordinator | None = None
+    try:
+        assert warm.zygote is not None and warm.zygote.wait_ready(120)
+        beat(warm, "site-a", "site-b")
+        job_id = warm.submit("ann", job_yaml(), None)
+        assert launcher.started == []  # forked from the warm process, not started cold
+        server = warm.servers[job_id]
+        assert job_id.encode() not in Path(f"/proc/{server.pid}/cmdline").read_bytes()
+        # the coordinator restarts (a new one on the same state): the gated process is still
+        # the job's server, known by its pid file, so its gate opens and no second one starts
+        restarted = Coordinator(coordinator.config, clock=clock, launch=launcher)
+        answer(restarted, job_id, "accepted", "site-a", "site-b")
+        restarted.tick()
+        assert launcher.started == [] and (warm.job_dir(job_id) / "go").exists()
+        assert job_of(restarted, job_id).state == "running"
+        restarted.cancel(job_of(restarted, job_id), "ann")  # stopped by its process group
+        server.wait(timeout=60)  # its exit status, from the file the warm process writes
+        assert not _pid_runs(server.pid, job_id, warm.job_dir(job_id))
+    finally:
+        if restarted is not None:
+            restarted.stop_all()
+        warm.stop_all()

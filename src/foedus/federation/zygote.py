@@ -93,6 +93,17 @@ class Zygote:
         found: dict[str, Any] = json.loads(line)
         return found
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the zygote to say it is ready (its imports
+        done); False if it is not by then, or died."""
+        if not self.ready and self.proc is not None and self.proc.poll() is None:
+            try:
+                self.ready = bool(self._line(timeout))
+            except (OSError, ValueError) as exc:
+                log.warning("the warm process failed (%s); actors start cold from now on", exc)
+                self.close()
+        return self.ready
+
     def fork(self, argv: list[str], cwd: Path, log_file: Path, exit_file: Path,
              main: str = SITE_ACTOR) -> int | None:
         """A forked actor's pid (running ``main``'s ``main(argv)``, one of :data:`MAINS`),
