@@ -10,7 +10,9 @@ default database), with the files :class:`foedus.federation.demo.LocalFederation
    repeat runs the installed ``foedus submit JOB.yaml`` and stops the clock when the job's
    server appends round 1's record to its records file (polled every 5 ms: the round's real
    end, not the coordinator's next reading of it); the next repeat starts when the job has
-   ended and its actors have exited. One warm-up job first (bytecode and file caches), then
+   ended and its actors have exited. Measured as a federation that has been up a while:
+   once the coordinator's and the sites' warm processes (:mod:`foedus.federation.zygote`)
+   have said they are ready. One warm-up job first (bytecode and file caches), then
    ``--repeats`` timed ones; median and best. The events the coordinator records give the
    breakdown: ``submit`` (the command's run), ``accepted`` (the last site's acceptance: the
    offer reaches a site through its held heartbeat), ``server`` (the coordinator opening the
@@ -56,6 +58,7 @@ import yaml
 
 from foedus.certs import create_deployment_certs
 from foedus.federation.demo import ADMIN_TOKEN, LocalFederation
+from foedus.federation.zygote import READY_LINE
 
 FOEDUS = [sys.executable, "-m", "foedus.cli"]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -108,11 +111,17 @@ def processes(fed: LocalFederation, sites: list[str]) -> Iterator[subprocess.Pop
                 found: list[dict[str, Any]] = client.get("/v1/sites").json()["sites"]
             return sum(bool(s["online"]) for s in found) >= len(sites)
         wait_for(online, 60, "the sites online")
+
+        def warm() -> bool:  # a federation that has been up a while: its warm processes ready
+            logs = [fed.root / "coordinator" / "zygote.log",
+                    *(fed.root / name / "zygote.log" for name in sites)]
+            return all(log.exists() and READY_LINE in log.read_text() for log in logs)
+        wait_for(warm, 120, "the warm processes ready")
         yield coordinator
     finally:
         # the coordinator leaves job processes running when it stops (a restarted one adopts
         # them): the benchmark's queued jobs' waiting servers are stopped here, by pid
-        servers = [pid for pid, _ in children_of(started[0].pid)] if started else []
+        servers = [pid for pid, _ in descendants_of(started[0].pid)] if started else []
         for proc in reversed(started):
             if proc.poll() is None:
                 proc.terminate()
@@ -237,17 +246,29 @@ def proc_stats(pid: int) -> tuple[float, int, int]:
     return cpu, int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0])
 
 
-def children_of(parent: int) -> list[tuple[int, int]]:
-    """(pid, VmRSS kB) of each child process of ``parent`` (the coordinator's: its jobs'
-    server processes, pre-started and gated while their jobs are queued)."""
-    found = []
+def pss_kb(pid: int) -> int:
+    """A process's proportional set size (kB): its private memory plus its share of pages
+    it shares, so processes forked from one warm process are not each counted in full."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise KeyError("Pss")
+
+
+def descendants_of(ancestor: int) -> list[tuple[int, int]]:
+    """(pid, PSS kB) of every descendant of ``ancestor`` (the coordinator's: its warm
+    process, and the jobs' server processes, cold children of the coordinator or forked by
+    the warm process, pre-started and gated while their jobs are queued)."""
+    parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == parent:
-                found.append((int(stat.parent.name), proc_stats(int(stat.parent.name))[1]))
-        except (OSError, ValueError, KeyError):
-            continue  # gone meanwhile
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], {ancestor}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier}
+        for pid in frontier:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                found.append((pid, pss_kb(pid)))  # gone meanwhile: skipped
     return found
 
 
@@ -294,7 +315,7 @@ def scale(sites: int, jobs: int, window: float) -> dict[str, float]:
             asyncio.run(run())
             cpu1, rss, hwm = proc_stats(coordinator.pid)
             measured = time.monotonic() - start["at"]
-            children = [rss for _, rss in children_of(coordinator.pid)]
+            children = [pss for _, pss in descendants_of(coordinator.pid)]
             with api(fed) as client:
                 queued = sum(j["state"] == "queued" for j in client.get("/v1/jobs").json()["jobs"])
         beats = sorted(latencies[int(start["beats"]):])
@@ -305,7 +326,7 @@ def scale(sites: int, jobs: int, window: float) -> dict[str, float]:
                 "beat_p99_ms": 1000 * beats[int(len(beats) * 0.99)], "queued": queued,
                 "window_s": measured, "waiting": len(children),
                 "cpu_ms_per_beat": 1000 * (cpu1 - start["cpu"]) / max(1, len(beats)),
-                "waiting_rss_mb": sum(children) / 1024}
+                "waiting_pss_mb": sum(children) / 1024}
 
 
 def report(runs: list[dict[str, float]], load: dict[str, float], args: argparse.Namespace,
@@ -343,13 +364,13 @@ def report(runs: list[dict[str, float]], load: dict[str, float], args: argparse.
         "| coordinator CPU (share of one core) | CPU per heartbeat (ms) | RSS (MB) | "
         "peak RSS (MB) | RSS before the "
         "sites (MB) | heartbeats/s | heartbeat p50 / p99 (ms) | jobs still queued | "
-        "pre-started server processes (RSS, MB) |",
+        "its warm process and pre-started server processes (PSS, MB) |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| {load['cpu_share']:.1%} | {load['cpu_ms_per_beat']:.2f} | {load['rss_mb']:.0f} | "
         f"{load['hwm_mb']:.0f} | "
         f"{load['idle_rss_mb']:.0f} | {load['beats_per_s']:.1f} | "
         f"{load['beat_p50_ms']:.1f} / {load['beat_p99_ms']:.1f} | {load['queued']} | "
-        f"{load['waiting']} ({load['waiting_rss_mb']:.0f}) |",
+        f"{load['waiting']} ({load['waiting_pss_mb']:.0f}) |",
         "",
         f"Measured over {load['window_s']:.0f} s after every site had registered and every "
         "job was queued; the simulated sites run in the benchmark's own process, on the same "

@@ -15,7 +15,8 @@ crashing actor takes down only itself, never the zygote, the site or another job
 The protocol is JSON lines over the zygote's stdin and stdout, one request and one answer at
 a time (the site holds the only pipe):
 
-* the zygote writes ``{"ready": true}`` once its imports are done;
+* the zygote writes ``{"ready": true}`` once its imports are done (and
+  :data:`READY_LINE` to its log, for whoever watches it from outside);
 * a request ``{"argv": [...], "cwd": DIR, "log": FILE, "exit": FILE[, "main": MODULE]}``
   is answered ``{"pid": PID}`` once the child runs (``main`` defaults to the site actor);
 * when a child ends, the zygote (its parent) writes ``{"pid": PID, "status": STATUS}`` to
@@ -222,10 +223,15 @@ def _preload() -> None:
         traceback.print_exc()
 
 
+#: the line the zygote writes to its log (stderr) once its imports are done
+READY_LINE = "foedus: warm process ready"
+
+
 def main() -> int:
     _preload()
     out = sys.stdout
     print(json.dumps({"ready": True}), file=out, flush=True)
+    print(f"{READY_LINE} (pid {os.getpid()})", file=sys.stderr, flush=True)
     exits: dict[int, Path] = {}
     stdin = sys.stdin.buffer
     while True:
