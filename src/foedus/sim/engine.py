@@ -87,31 +87,37 @@ async def run_simulation(
     began = time.perf_counter()
     topology = prepare(spec)
     topology.check_simulation(spec)
-    parts = build_parts(spec)
-    if on_round is not None:
-        parts.round_listeners.append(on_round)
-    server = topology.simulation_server(parts)
-    work = client_work(spec, parts)
     pool = make_backend(backend, workers, **backend_options)
-    pool.start(work, spec)
-    server.round_listeners.insert(0, _RoundBytes(pool))
-    clients = VirtualClients(pool, work.ids)
-    graph = Graph(f"{spec.job_id}/simulation").add(server, clients)
-    graph.pipe(f"{clients.name}.update", parts.server_filters(), f"{server.name}.update",
-               model=f"{server.name}.model", model_feedback=True)
-    graph.connect(f"{server.name}.model", f"{clients.name}.model", feedback=True)
-    # one message waiting per pod: with one worker, training runs on the event loop and the
-    # server gets a turn only between clients, so a deeper inbox filled up with updates
-    # (model copies) faster than the server folded them in: 16 held at once with the default
-    runtime = Runtime(graph, queue_size=SIM_QUEUE)
-    startup = time.perf_counter() - began
+    parts: JobParts | None = None
     try:
+        # the pool's slow start (worker processes importing the model's framework and
+        # building their data) runs while this process builds the job's own parts
+        pool.launch(spec)
+        parts = build_parts(spec)
+        if on_round is not None:
+            parts.round_listeners.append(on_round)
+        server = topology.simulation_server(parts)
+        work = client_work(spec, parts)
+        pool.start(work, spec)
+        server.round_listeners.insert(0, _RoundBytes(pool))
+        clients = VirtualClients(pool, work.ids)
+        graph = Graph(f"{spec.job_id}/simulation").add(server, clients)
+        graph.pipe(f"{clients.name}.update", parts.server_filters(), f"{server.name}.update",
+                   model=f"{server.name}.model", model_feedback=True)
+        graph.connect(f"{server.name}.model", f"{clients.name}.model", feedback=True)
+        # one message waiting per pod: with one worker, training runs on the event loop and
+        # the server gets a turn only between clients, so a deeper inbox filled up with
+        # updates (model copies) faster than the server folded them in: 16 held at once
+        # with the default
+        runtime = Runtime(graph, queue_size=SIM_QUEUE)
+        startup = time.perf_counter() - began
         async with runtime:
             await runtime.wait()
         for failure in runtime.stats.failures:
             raise failure
     except BaseException:
-        parts.finish(None, failed=True)
+        if parts is not None:
+            parts.finish(None, failed=True)
         raise
     finally:
         pool.close()
