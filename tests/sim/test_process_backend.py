@@ -17,9 +17,9 @@ from foedus.sim.engine import run_simulation
 
 
 def _update() -> Message:
-    params = {
+    params: dict[str, np.ndarray] = {
         "w": np.arange(12, dtype=np.float32).reshape(3, 4),
-        "b": np.float64(2.5) * np.ones((), dtype=np.float64),  # 0-d stays 0-d
+        "b": np.array(2.5, dtype=np.float64),  # 0-d stays 0-d
         "steps": np.array([7, -1], dtype=np.int64),
         "empty": np.zeros((0, 5), dtype=np.float32),
         "strided": np.arange(10, dtype=np.float32)[::2],  # not contiguous
