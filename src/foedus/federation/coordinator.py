@@ -363,7 +363,10 @@ class Coordinator:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                if isinstance(proc, subprocess.Popen):
+                    proc.wait()  # our child: reaped at once
+                # one forked by the warm process is its child, reaped there (or by init
+                # when it is gone): nothing to wait for here, in the API's event loop
             self._stopping.remove(entry)
 
     def _spawn(self, job: Job, *, gated: bool) -> ServerProcess:
@@ -532,7 +535,8 @@ class Coordinator:
                 self._finish(job.id, "failed", result.get("error"),
                              result.get("summary"))
             if proc is not None:
-                proc.wait(timeout=30)
+                with contextlib.suppress(subprocess.TimeoutExpired):  # it ends as it writes
+                    proc.wait(timeout=30)  # the result; one that lingers is left to end
                 self.servers.pop(job.id, None)
         elif proc is not None and proc.poll() is not None:
             self.servers.pop(job.id, None)
