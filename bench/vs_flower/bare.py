@@ -2,10 +2,11 @@
 
     python bench/vs_flower/bare.py WORKLOAD_JSON DATA.npz [--serialize] [--threads N]
 
-Per round: for each (sampled) client, load the global weights into one reused module, train one
-epoch (``workloads.train_one``: fresh SGD optimizer, per-client-and-round shuffle seed), collect
-its state dict and fold it into a running example-weighted sum; then the mean becomes the global
-model and is evaluated on the test split. Clients are sampled exactly as foedus samples them.
+Per round: for each (sampled) client, load the global weights into one reused module, train the
+workload's epochs (``workloads.train_one``: fresh SGD optimizer, per-client-and-round shuffle
+seed), collect its state dict and fold it into a running example-weighted sum; then the mean
+becomes the global model and is evaluated on the test split. Clients are sampled exactly as
+foedus samples them.
 
 ``--serialize`` adds what any real deployment pays: the global model is turned into bytes once
 per round and every client decodes it; every update is turned into bytes and decoded before it

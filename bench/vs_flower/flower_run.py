@@ -4,8 +4,8 @@
 
 Written with Flower's current Message API (``ServerApp``/``ClientApp``, the message-based
 ``FedAvg`` strategy and ``flwr.simulation.run_simulation``). The client does what the bare loop
-and foedus do (see ``workloads.py``): load the global arrays, one epoch of SGD with a fresh
-optimizer, reply with the state dict and its number of examples. Federated evaluation is off
+and foedus do (see ``workloads.py``): load the global arrays, the workload's epochs of SGD with
+a fresh optimizer, reply with the state dict and its number of examples. Federated evaluation is off
 (``fraction_evaluate=0``); the server evaluates the global model centrally after every round,
 as foedus does. Each Ray actor gets one CPU (``client_resources.num_cpus = 1``, so two train
 at once on two cores, like foedus's two workers; Flower's default is two CPUs per actor).

@@ -162,10 +162,12 @@ def main() -> None:
         started = f"{started} (partly re-run, see notes)"
     previous.write_text(json.dumps(
         {"date": started, "machine": machine, "rows": [asdict(r) for r in rows]}, indent=1))
-    command = "python bench/vs_flower/run.py" + (" --quick" if args.quick else "")
-    if args.reuse:
-        command += f" --skip {args.skip} --reuse` (earlier rows reused); first run: `python " \
-                   "bench/vs_flower/run.py"
+    # the command as run (the options that change which rows ran and how), for the page
+    command = "python bench/vs_flower/run.py" + "".join(
+        f" {flag}" for flag, on in (("--quick", args.quick), (f"--only {args.only}", args.only),
+                                    (f"--skip {args.skip}", args.skip),
+                                    (f"--workers {args.workers}", args.workers != 1),
+                                    ("--reuse", args.reuse)) if on)
     notes = [
         "The machine was shared with other jobs (other helpers' tests and benchmarks) while "
         "this ran; absolute times are noisy, compare rows of one run with each other.",

@@ -14,12 +14,13 @@ and Flower load. foedus itself rebuilds the identical shares from the same job s
 Model: a torch MLP, ``Linear(64, h1) - ReLU - ... - Linear(hk, 10)``, built exactly as foedus's
 ``torch-mlp`` builds it (``torch.manual_seed(seed)`` then the layers in order). The small
 workloads use one hidden layer of 32 (64-32-10, 2,410 parameters); the large one uses two
-hidden layers of 3,130 (64-3130-3130-10, 10,030,880 parameters, about 40 MB of float32).
-Training, as in foedus's TorchAdapter: one epoch of SGD (lr 0.05, momentum 0.9, a fresh
-optimizer per client and round), mini-batches of 32 in an order drawn from a torch generator
-seeded by (job seed, client id, round), cross-entropy loss; aggregation: FedAvg weighted by
-the number of local examples; evaluation: accuracy of the global model on the test split after
-every round.
+hidden layers of 3,130 (64-3130-3130-10, 10,034,790 parameters, about 40 MB of float32).
+Training, as in foedus's TorchAdapter: ``Workload.epochs`` epochs of SGD (one; five for the
+100- and 1,000-client workloads, whose clients hold ~14 rows or fewer), lr ``Workload.lr``
+(0.05), momentum 0.9, a fresh optimizer per client and round, mini-batches of 32 in an order
+drawn from a torch generator seeded by (job seed, client id, round), cross-entropy loss;
+aggregation: FedAvg weighted by the number of local examples; evaluation: accuracy of the
+global model on the test split after every round.
 """
 
 from __future__ import annotations
