@@ -125,3 +125,36 @@ def test_a_resumed_server_says_so_in_its_output(tmp_path: Path) -> None:
     assert "resumed after round 2 from the job's checkpoint" in again.stdout
     assert [line.split()[1] for line in again.stderr.splitlines()
             if line.startswith("round")] == ["3/4", "4/4"]
+
+
+def test_the_foedus_command_sets_a_job_up_without_the_cyclic_collector_then_turns_it_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``foedus run`` in its own process: no cyclic collection while the job is set up (each
+    walked every object torch or scikit-learn made), the collector on again, everything set up
+    frozen, once the actors started, so the rounds run with it."""
+    import argparse
+    import gc
+
+    from foedus import cli
+    from foedus.config.spec import JobSpec
+
+    during: dict[str, list[bool]] = {"set-up": [], "rounds": []}
+    real_prepare = cli.prepare
+
+    def prepare(spec: JobSpec) -> object:
+        during["set-up"].append(gc.isenabled())
+        return real_prepare(spec)
+
+    monkeypatch.setattr(cli, "prepare", prepare)
+    monkeypatch.setattr(cli, "_progress", lambda spec, as_json: (
+        lambda record: during["rounds"].append(gc.isenabled())))
+    spec = JobSpec.from_dict({"job_id": "gc", "rounds": 2, "clients": {"count": 2}})
+    args = argparse.Namespace(json=True, owns_process=True, history_csv=None, plot=None)
+    try:
+        assert cli._run(spec, args) == 0
+        assert during == {"set-up": [False], "rounds": [True, True]}
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.enable()
