@@ -193,12 +193,12 @@ def flower_federation(tmp: Path, data: Path, log: Path) -> Iterator[dict[str, st
         def online() -> bool:
             for proc in started:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{proc.args} exited: see the logs in {log}")
+                    raise RuntimeError(f"{proc.args!r} exited: see the logs in {log}")
             done = subprocess.run([str(FLOWER_BIN / "flwr"), "supernode", "ls", "bench",
                                    "--format", "json"], env=cli_env, capture_output=True,
                                   text=True)
             try:
-                nodes = json.loads(done.stdout).get("nodes", [])
+                nodes: list[dict[str, Any]] = json.loads(done.stdout).get("nodes", [])
             except json.JSONDecodeError:
                 return False
             return sum(n.get("status") == "online" for n in nodes) >= CLIENTS
@@ -237,7 +237,11 @@ def flower_run(env: dict[str, str], stamps: Path, data: Path, rounds: int) -> di
          "--run-config", f'data-path="{data}" stamp-path="{stamps}" num-server-rounds={rounds}'],
         env=env, capture_output=True, text=True)
     submitted = time.monotonic() - t0
-    if done.returncode != 0:
+    try:  # `flwr run --format json` exits 0 also when it failed: its JSON says so
+        started = json.loads(done.stdout).get("success") is True
+    except json.JSONDecodeError:
+        started = False
+    if done.returncode != 0 or not started:
         raise RuntimeError(f"flwr run failed ({done.returncode}): {done.stdout}{done.stderr}")
     wait_for(lambda: any(f[0] == "1" for f in lines()), 180, "round 1", every=0.005)
     first = time.monotonic() - t0
