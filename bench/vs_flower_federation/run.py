@@ -201,7 +201,7 @@ def flower_federation(tmp: Path, data: Path, log: Path) -> Iterator[dict[str, st
                 nodes: list[dict[str, Any]] = json.loads(done.stdout).get("nodes", [])
             except json.JSONDecodeError:
                 return False
-            return sum(n.get("status") == "online" for n in nodes) >= CLIENTS
+            return sum(str(n.get("status")) == "online" for n in nodes) >= CLIENTS
         wait_for(online, 120, "three SuperNodes online", every=0.5)
         yield cli_env
     finally:
