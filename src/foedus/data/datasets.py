@@ -13,7 +13,7 @@ import numpy as np
 
 from foedus.core.errors import ConfigError
 from foedus.core.registry import Registry
-from foedus.data.stratified import distinct, stratified_split
+from foedus.data.stratified import distinct, shuffled_split, stratified_split
 
 
 @dataclass(frozen=True)
@@ -122,10 +122,10 @@ def diabetes(test_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Datase
     ``iid`` partition: Dirichlet label skew needs discrete labels.
     """
     from sklearn.datasets import load_diabetes
-    from sklearn.model_selection import train_test_split
 
     x, y = load_diabetes(return_X_y=True)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed)
+    train, test = shuffled_split(len(y), test_fraction, seed)  # train_test_split's rows
+    x_tr, x_te, y_tr, y_te = x[train], x[test], y[train], y[test]
     mean, std = x_tr.mean(axis=0), x_tr.std(axis=0) + 1e-8
     y_mean, y_std = y_tr.mean(), y_tr.std()
     spec = DataSpec(int(x.shape[1]), (), task="regression")
@@ -163,15 +163,14 @@ def split_dataset(
     """
     if test_fraction == 0:
         return data, data.subset(np.arange(0))
-    from sklearn.model_selection import train_test_split
-
-    rows = np.arange(len(data))
+    # scikit-learn's train_test_split, drawn in numpy: importing sklearn.model_selection cost a
+    # torch job reading a file about a second
     _, counts = np.unique(data.y, return_counts=True)
-    groups = data.y if stratify and counts.min() >= 2 else None
     try:
-        train, test = train_test_split(
-            rows, test_size=test_fraction, random_state=seed, stratify=groups
-        )
+        if stratify and counts.min() >= 2:
+            train, test = stratified_split(data.y, test_fraction, seed)
+        else:
+            train, test = shuffled_split(len(data), test_fraction, seed)
     except ValueError as exc:  # e.g. too few rows for the fraction
         raise ConfigError(f"cannot hold out test_fraction={test_fraction} of {len(data)} rows: "
                           f"{exc}") from exc

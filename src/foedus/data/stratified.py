@@ -1,5 +1,6 @@
-"""A stratified train/test split in numpy, drawing exactly what scikit-learn's
-``train_test_split(..., stratify=y, random_state=seed)`` draws.
+"""Train/test splits in numpy, drawing exactly what scikit-learn's
+``train_test_split(..., stratify=y, random_state=seed)`` draws (and, without ``stratify``,
+:func:`shuffled_split`).
 
 Why: the bundled datasets are split this way, and importing ``sklearn.model_selection`` (which
 imports scikit-learn and SciPy) costs about as much as importing torch, which doubled the
@@ -30,6 +31,21 @@ def distinct(values: np.ndarray) -> np.ndarray:
     indices or counts, and that import was about 10 ms of a torch job's start-up."""
     found: np.ndarray = np.unique(values, return_counts=True)[0]
     return found
+
+
+def shuffled_split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(train, test)`` of a plain (unstratified) split of ``n`` rows: what
+    ``train_test_split(range(n), test_size=test_fraction, random_state=seed)`` draws, one
+    permutation from ``RandomState(seed)`` whose first ``ceil(test_fraction * n)`` rows are the
+    test rows. Raises ``ValueError`` when either side would be empty, as scikit-learn does."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction={test_fraction} should be between 0 and 1")
+    n_test = math.ceil(test_fraction * n)
+    if n - n_test <= 0:
+        raise ValueError(f"with {n} rows and test_fraction={test_fraction} the training "
+                         "side would be empty")
+    order = np.random.RandomState(seed).permutation(n)
+    return order[n_test:], order[:n_test]
 
 
 def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray,
