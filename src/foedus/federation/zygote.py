@@ -218,7 +218,7 @@ def _preload() -> None:
             importlib.import_module(name)
     try:
         from foedus.plugins import load_plugins
-        load_plugins()
+        load_plugins(everything=True)  # actors forked later must not import plugins again
     except Exception:  # an actor that needs a broken plugin reports it itself
         traceback.print_exc()
 
