@@ -145,6 +145,8 @@ class Adopted:
         if status is None and (pid_runs(self.pid, self.marker, self.started)
                                or _unreaped(self.pid, self.started)):
             return None
+        if status is None:  # the zygote writes the file before it reaps: read it again, as
+            status = self._reaped_status()  # it may have done both since the first reading
         if status is None:
             found = read_progress(self.progress)
             # no end line: killed (SIGKILL's status, as Popen reports it)
