@@ -39,7 +39,7 @@ from foedus.certs import create_deployment_certs
 from foedus.config.parts import client_id
 from foedus.core.errors import ConfigError, require
 from foedus.federation.coordinator import Coordinator, CoordinatorConfig
-from foedus.federation.site import Site, SiteConfig
+from foedus.federation.site import CoordinatorUnavailable, Site, SiteConfig
 
 __all__ = ["LocalFederation", "run_demo"]
 
@@ -125,7 +125,7 @@ def _site_loop(config: SiteConfig, stop: threading.Event, errors: list[str]) -> 
         while not stop.is_set():
             try:
                 site.beat()
-            except httpx.TransportError:
+            except (httpx.TransportError, CoordinatorUnavailable):
                 pass  # the coordinator is starting or stopping
             except ConfigError as exc:  # refused by the coordinator: nothing to retry
                 errors.append(str(exc))

@@ -284,6 +284,17 @@ class Ledger:
                 self.changes += 1
         return out
 
+    def release(self, job_id: str, note: str) -> None:
+        """Settle ``job_id``'s reservations to nothing spent: its actor never started here
+        (the offer was withdrawn before the site's acceptance was taken), so no update left
+        the site and the data was never read; keeping the reservation would shrink the
+        budget for good."""
+        with self._tx() as cur:
+            cur.execute("UPDATE charges SET state = 'settled', spent = ?, settled_at = ?, "
+                        "note = ? WHERE job_id = ? AND state = 'reserved'",
+                        (Charge(()).to_json(), time.time(), note, job_id))
+            self.changes += cur.rowcount
+
     def job_epsilon(self, dataset: str, job_id: str, delta: float) -> float | None:
         """Epsilon at ``delta`` of one job's charge (settled, else reserved), None if none."""
         with self._tx() as cur:

@@ -57,7 +57,7 @@ from foedus.transport.tls import TLSConfig
 
 log = logging.getLogger("foedus.federation.site")
 
-__all__ = ["Offer", "Site", "SiteConfig", "check_offer", "run_site"]
+__all__ = ["CoordinatorUnavailable", "Offer", "Site", "SiteConfig", "check_offer", "run_site"]
 
 VERSION = "0.1.0"
 
@@ -94,6 +94,12 @@ class SiteConfig:
                    tls=tls_of(raw, identity=True), heartbeat_s=float(beat),
                    catalog=parse_catalog(raw.get("catalog"), budgets=True),
                    policy=Policy.from_dict(raw.get("policy")), warm=warm)
+
+
+class CoordinatorUnavailable(FoedusError):
+    """The coordinator answered, but not as its API does (a 5xx, a proxy's error page): its
+    trouble, which the agent retries like an unreachable coordinator, never the site's
+    mistake."""
 
 
 @dataclass
@@ -213,11 +219,34 @@ class Site:
         self.ledger.close()
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST to the coordinator; its refusal (4xx with a reason) is a ``ConfigError``,
+        an answer that is not its API's (5xx, no JSON) is :class:`CoordinatorUnavailable`."""
         response = self.http.post(path, json=body)
-        data: dict[str, Any] = response.json()
+        try:
+            data: dict[str, Any] = response.json()
+        except ValueError:
+            data = {}
+        if response.status_code >= 500 or not isinstance(data, dict) or \
+                (response.status_code != 200 and "error" not in data):
+            raise CoordinatorUnavailable(f"the coordinator answered {response.status_code} "
+                                         f"to {path} without its API's reason")
         if response.status_code != 200:
-            raise ConfigError(f"the coordinator refused {path}: {data.get('error', data)}")
+            raise ConfigError(f"the coordinator refused {path}: {data['error']}")
         return data
+
+    def _answer(self, job_id: str, actor: str, reason: str | None) -> bool:
+        """Tell the coordinator this site's decision on an offer; False when it no longer
+        takes it: the offer was withdrawn meanwhile (another site's refusal failed the job,
+        or it was cancelled or timed out), which is the job's news, not the site's fault."""
+        body: dict[str, Any] = {"job_id": job_id, "actor": actor, "accept": reason is None}
+        if reason is not None:
+            body["reason"] = reason
+        try:
+            self._post("/v1/site/answer", body)
+        except ConfigError as exc:
+            log.warning("%s of job %s: the answer was not taken: %s", actor, job_id, exc)
+            return False
+        return True
 
     def beat(self) -> bool:
         """One heartbeat: report, read the assignments, act on them. The coordinator holds
@@ -279,18 +308,26 @@ class Site:
             self.records[(job_id, actor)] = record
         if reason is not None:
             log.warning("refusing %s of job %s: %s", actor, job_id, reason)
-            self._post("/v1/site/answer", {"job_id": job_id, "actor": actor, "accept": False,
-                                           "reason": reason})
+            self._answer(job_id, actor, reason)
             return
-        try:
-            self._post("/v1/site/answer", {"job_id": job_id, "actor": actor, "accept": True})
-        except ConfigError as exc:  # the offer was withdrawn meanwhile (the job ended)
-            log.warning("not starting %s of job %s: %s", actor, job_id, exc)
+        if not self._answer(job_id, actor, None):  # withdrawn meanwhile: never started
+            self._withdrawn(job_id, actor)
             return
         where = self.config.state_dir / "jobs" / job_id
         where.mkdir(parents=True, exist_ok=True)
         (where / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
         self._start(self.records[(job_id, actor)])
+
+    def _withdrawn(self, job_id: str, actor: str) -> None:
+        """An accepted offer the coordinator no longer took (the job ended first): nothing
+        was started, so its reservation is released, not kept, and its record ended."""
+        reason = "the offer was withdrawn before this site's answer reached the coordinator"
+        self.ledger.release(job_id, reason)
+        record = self.records.pop((job_id, actor), None) or ActorRecord(job_id, actor)
+        self.audit.ended(job_id=job_id, actor=actor, outcome="stopped", reason=reason,
+                         updates_sent=0, epsilon=0.0 if record.charge is not None else None)
+        record.ended = True
+        record.save(self.config.state_dir)
 
     def _log(self, job_id: str, actor: str) -> Path:
         return self.config.state_dir / "jobs" / job_id / f"{actor}.log"
@@ -455,16 +492,26 @@ def run_site(config: SiteConfig) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     again = False  # the last beat was an immediate one
+    reached: bool | None = None  # the last beat's outcome: said once per change, not per beat
     try:
         while not stopping:
             started = time.monotonic()
             news = False
             try:
                 news = site.beat()
-            except httpx.TransportError as exc:
+                if reached is not True:
+                    print(f"foedus site: connected to {config.coordinator} (heartbeat every "
+                          f"{config.heartbeat_s:g}s; catalog: "
+                          f"{', '.join(sorted(config.catalog)) or 'empty'}; state in "
+                          f"{config.state_dir})", file=sys.stderr, flush=True)
+                reached = True
+            except (httpx.TransportError, CoordinatorUnavailable) as exc:
                 log.warning("coordinator unreachable (%s); retrying", exc)
-                print(f"foedus site: coordinator unreachable ({exc}); retrying",
-                      file=sys.stderr, flush=True)
+                if reached is not False:
+                    print(f"foedus site: coordinator {config.coordinator} unreachable "
+                          f"({exc}); retrying every {config.heartbeat_s:g}s",
+                          file=sys.stderr, flush=True)
+                reached = False
             # a beat the coordinator held (a long poll) took the period already; one that
             # brought news is followed at once by the next long poll (so a second offer is
             # not left for a period), but never twice in a row: a coordinator that answers
