@@ -54,6 +54,14 @@ class ModelAdapter(abc.ABC):
     def get_params(self) -> dict[str, np.ndarray]:
         """Current parameters by name (a copy the caller may keep)."""
 
+    def peek_params(self) -> Params:
+        """Current parameters, possibly sharing memory with the model: valid only until the
+        model next changes (``set_params``, ``fit``). For a caller that reads them at once
+        and keeps nothing, such as a process worker writing an update out, it spares a
+        model-sized copy; adapters whose parameters live in numpy-viewable memory override it.
+        """
+        return self.get_params()
+
     @abc.abstractmethod
     def set_params(self, params: Params) -> None:
         """Load parameters, e.g. the global model received from the server."""

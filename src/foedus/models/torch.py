@@ -63,6 +63,10 @@ class TorchAdapter(ModelAdapter):
     def get_params(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy().copy() for k, v in self.module.state_dict().items()}
 
+    def peek_params(self) -> Params:
+        # on the CPU, a tensor's numpy() is a view of its storage
+        return {k: v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
+
     def set_params(self, params: Params) -> None:
         state = self.module.state_dict()
         unknown = sorted(set(params) - set(state))

@@ -15,10 +15,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures as cf
-import math
+import functools
 import os
 import shutil
-import struct
 import sys
 import tempfile
 import threading
@@ -26,17 +25,15 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-import numpy as np
-
 from foedus.codec import decode, encode
 from foedus.config.spec import JobSpec
-from foedus.core.errors import CodecError, ConfigError, require
+from foedus.core.errors import ConfigError, require
 from foedus.core.filter import MODEL_WIRE, Filter, wants_model
 from foedus.core.message import Kind, Message
 from foedus.core.params import nbytes
 from foedus.data.datasets import Dataset
 from foedus.models.base import ModelAdapter, task_seed
+from foedus.sim import shared
 
 
 @dataclass
@@ -53,9 +50,13 @@ class ClientWork:
 
 def train_client(
     work: ClientWork, model: ModelAdapter, filters: list[Filter], model_msg: Message, index: int,
+    *, peek: bool = False,
 ) -> Message | None:
     """One client's local round, as a ClientPod would do it. Returns the filtered update, or
-    an error message (errors travel as values), or None if a filter dropped it on purpose."""
+    an error message (errors travel as values), or None if a filter dropped it on purpose.
+    ``peek``: the update may share memory with ``model`` (see
+    :meth:`~foedus.models.base.ModelAdapter.peek_params`), for a caller that is done with it
+    before the model trains again."""
     client = work.ids[index]
     try:
         for f in filters:
@@ -65,7 +66,8 @@ def train_client(
         model.begin_round(task_seed(work.seed, client, model_msg.round))
         train_metrics = model.fit(work.shares[index], epochs=work.epochs)
         update: Message | None = model_msg.reply(
-            Kind.UPDATE, client, params=model.get_params(), num_examples=len(work.shares[index]),
+            Kind.UPDATE, client, params=model.peek_params() if peek else model.get_params(),
+            num_examples=len(work.shares[index]),
             metrics={f"train_{k}": v for k, v in train_metrics.items()},
         )
         for f in filters:
@@ -293,135 +295,34 @@ def _shared_dir() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 
 
-def _map(path: str) -> memoryview:
-    """The file's bytes, mapped read-only: the pages the writer wrote, not a copy."""
-    import mmap
-
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:  # mmap refuses empty files
-            return memoryview(b"")
-        return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
-
-
-# A shared file holds one message between processes of one machine, written by one of ours and
-# read by another (the pool's worker and the parent): not the wire format, which is made for
-# peers. Layout: a prefix (magic, header length, file length), a msgpack header (the message
-# without its arrays, in the wire format, and the array table [name, dtype, shape, offset,
-# nbytes]), zero padding to a multiple of 8, then each array's bytes at a multiple of 8.
-# What it saves against ``encode`` + a write, per 19 MB update: the bytes object ``encode``
-# joins (a copy), and the CRC-32 over every byte on both sides; each array is copied once,
-# from the array into the file. The magic is written last, so a file whose writer died
-# mid-write never reads as a message (its path never crosses the pipe either).
-_SHARED_MAGIC = b"FOEDSIM1"
-_SHARED_PREFIX = struct.Struct("<8sQQ")
-_ALIGN = 8
-
-
-def _write_shared(msg: Message, directory: str, prefix: str = "foedus-sim-") -> tuple[str, int]:
-    """Write ``msg`` to a new file in ``directory`` (see the layout above); its path and
-    size."""
-    table: list[list[Any]] = []
-    arrays: list[memoryview] = []
-    offset = 0
-    for name, value in msg.params.items():
-        array = np.asarray(value)
-        if array.dtype.hasobject or not array.dtype.isnative:
-            raise CodecError(f"parameter {name!r} has unsupported dtype {array.dtype}")
-        if not array.flags.c_contiguous:  # (ascontiguousarray would turn 0-d into 1-d)
-            array = array.copy(order="C")
-        table.append([name, array.dtype.str, list(array.shape), offset, array.nbytes])
-        arrays.append(array.reshape(-1).view(np.uint8).data)
-        offset += array.nbytes + (-array.nbytes % _ALIGN)
-    header = msgpack.packb([encode(msg.replace(params={})), table], use_bin_type=True)
-    body_start = _SHARED_PREFIX.size + len(header) + (-len(header) % _ALIGN)
-    size = body_start + offset
-    fd, path = tempfile.mkstemp(prefix=prefix, dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_SHARED_PREFIX.pack(bytes(len(_SHARED_MAGIC)), len(header), size))
-            f.write(header)
-            f.write(bytes(-len(header) % _ALIGN))
-            for data in arrays:
-                f.write(data)
-                f.write(bytes(-data.nbytes % _ALIGN))
-            f.flush()
-            os.pwrite(f.fileno(), _SHARED_MAGIC, 0)  # last: the file is complete
-    except BaseException:
-        os.unlink(path)
-        raise
-    return path, size
-
-
-def _read_shared(path: str) -> tuple[Message, int]:
-    """The message in a shared file, its arrays read-only views of the mapped pages (which
-    live as long as the arrays do); and the file's size. A file that is not a finished shared
-    message raises :class:`CodecError`."""
-    view = _map(path)
-    size = view.nbytes
-    if size < _SHARED_PREFIX.size:
-        raise CodecError(f"{path}: {size} bytes, not a finished shared message")
-    magic, header_len, total = _SHARED_PREFIX.unpack_from(view, 0)
-    if magic != _SHARED_MAGIC or total != size:
-        raise CodecError(f"{path}: not a finished shared message (its writer stopped "
-                         f"mid-write?): {size} bytes, {total} announced")
-    try:
-        wire, table = msgpack.unpackb(
-            view[_SHARED_PREFIX.size : _SHARED_PREFIX.size + header_len], raw=False)
-    except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise CodecError(f"{path}: malformed header: {exc}") from exc
-    msg = decode(wire)
-    body_start = _SHARED_PREFIX.size + header_len + (-header_len % _ALIGN)
-    params: dict[str, np.ndarray] = {}
-    for name, dtype_str, shape, offset, length in table:
-        dtype = np.dtype(dtype_str)
-        count = math.prod(shape)
-        if count * dtype.itemsize != length or body_start + offset + length > size:
-            raise CodecError(f"{path}: array {name!r} does not fit its table entry")
-        params[name] = np.frombuffer(view, dtype=dtype, count=count,
-                                     offset=body_start + offset).reshape(shape)
-    return msg.replace(params=params), size
-
-
 def _broadcast(path: str) -> Message:
     """The round's global model, read from its shared file once per worker per round (a
-    worker's later batches of the round reuse it); the last round's mapping is let go first."""
+    worker's later clients of the round reuse it); the last round's mapping is let go first."""
     cached = _PROCESS_STATE.get("broadcast")
     if cached is None or cached[0] != path:
         _PROCESS_STATE["broadcast"] = None
-        cached = _PROCESS_STATE["broadcast"] = (path, _read_shared(path)[0])
+        cached = _PROCESS_STATE["broadcast"] = (path, shared.read(path)[0])
     message: Message = cached[1]
     return message
 
 
-def _process_batch_shared(model_path: str, batch: list[int], directory: str) -> list[str]:
-    """A batch in a worker process: the model is read from the shared file the parent wrote
-    (mapped, no copy through a pipe), each update is written to a shared file of its own;
-    only the files' paths cross the pipe."""
+def _give_back_after(slots: shared.UpdateSlots, slot: str, _: cf.Future[int | None]) -> None:
+    """Done callback of a task whose round ended without it: its slot is free now."""
+    slots.give_back(slot)
+
+
+def _train_into(model_path: str, index: int, slot: str) -> int | None:
+    """One client in a worker process: the model is read from the shared file the parent
+    wrote (mapped, no copy through a pipe), the update written into the slot the parent handed
+    this task (see :class:`~foedus.sim.shared.UpdateSlots`); its size crosses the pipe, or
+    ``None`` when a filter dropped the update."""
     work: ClientWork = _PROCESS_STATE["work"]
     if _PROCESS_STATE["model"] is None:
         _PROCESS_STATE["model"] = work.make_model()
-    model_msg = _broadcast(model_path)
-    out: list[str] = []
-    try:
-        for index in batch:
-            update = train_client(work, _PROCESS_STATE["model"], work.make_filters(), model_msg,
-                                  index)
-            if update is not None:
-                out.append(_write_shared(update, directory)[0])
-    except BaseException:
-        for path in out:  # the parent will never hear of them
-            os.unlink(path)
-        raise
-    return out
-
-
-def _receive(path: str) -> tuple[Message, int]:
-    """Read a worker's update from its shared file, zero-copy; the file's name is removed at
-    once (the mapping keeps its pages)."""
-    try:
-        return _read_shared(path)
-    finally:
-        os.unlink(path)
+    # the update is written out before this worker's model trains again: no copy of its own
+    update = train_client(work, _PROCESS_STATE["model"], work.make_filters(),
+                          _broadcast(model_path), index, peek=True)
+    return None if update is None else shared.write_to(update, slot)
 
 
 #: numeric frameworks a forkserver imports once for all the workers it forks: those the job's
@@ -455,6 +356,11 @@ def _frameworks(spec: JobSpec) -> list[str]:
     return names
 
 
+#: clients handed to each process worker at a time: one training, one ready to start
+TASKS_PER_WORKER = 2
+#: free update slots a process pool keeps per worker (each model-sized, in memory)
+SLOTS_KEPT_PER_WORKER = 3
+
 #: how a process pool's workers may start (``None``: forkserver where available)
 START_METHODS = ("forkserver", "spawn")
 
@@ -486,15 +392,18 @@ def _worker_context(method: str | None = None, preload: Sequence[str] = ()) -> A
 class ProcessBackend(Backend):
     """A process pool (workers forked by a forkserver that has imported the model's framework
     once, see :func:`_worker_context`): true parallelism for Python-heavy training. Client
-    filters are rebuilt per batch, so stateful client filters (error feedback) need the thread
-    or Ray backend.
+    filters are rebuilt for each client's task, so stateful client filters (error feedback)
+    need the thread or Ray backend.
 
     Models and updates do not travel through the pool's pipes (pickled, copied in and out of
     the kernel for every task): the round's model is written once to a memory-backed file that
-    every worker maps once per round, and each update is written by its worker to a file of
-    its own, which the server maps and reads in place (see :func:`_write_shared`). Only file
-    names are pickled. The files live in a directory of the pool's own, removed when the pool
-    closes (with whatever a worker that died mid-round left there).
+    every worker maps once per round, and each update is written by its worker into a slot,
+    a file the parent hands the task and reads in place, which takes another update once the
+    aggregator has let go of this one (see :mod:`foedus.sim.shared`). Only file names and sizes
+    are pickled. Each client is a task of its own and at most two per worker are handed out at
+    a time, so a worker never waits for work, updates reach the aggregator one by one as they
+    are trained, and a round needs only a few slots, not one per client. The files live in a
+    directory of the pool's own, removed when the pool closes.
 
     Start-up: :meth:`launch` starts the workers in the background (the forkserver importing
     the model's framework, each worker building its data and model) while the engine builds
@@ -514,6 +423,7 @@ class ProcessBackend(Backend):
         self.start_method = start_method
         self._pool: cf.ProcessPoolExecutor | None = None
         self._directory: str | None = None
+        self._slots: shared.UpdateSlots | None = None
         self._launcher: threading.Thread | None = None
         self._warming: list[cf.Future[None]] = []
         self._launch_error: BaseException | None = None
@@ -523,6 +433,7 @@ class ProcessBackend(Backend):
         if self._pool is not None:
             return
         self._directory = tempfile.mkdtemp(prefix="foedus-sim-", dir=_shared_dir())
+        self._slots = shared.UpdateSlots(self._directory, keep=SLOTS_KEPT_PER_WORKER * self.workers)
         context = _worker_context(self.start_method, _frameworks(spec))
         self._pool = cf.ProcessPoolExecutor(
             self.workers, mp_context=context, initializer=_process_init,
@@ -555,36 +466,55 @@ class ProcessBackend(Backend):
     async def train(
         self, model_msg: Message, indices: Sequence[int]
     ) -> AsyncIterator[list[Message]]:
-        assert self._pool is not None and self._directory is not None
-        directory = self._directory
+        pool, slots = self._pool, self._slots
+        assert pool is not None and slots is not None
         self._broadcasts += 1  # in the name: a worker's cached model is never a stale one
-        model_path, size = _write_shared(model_msg, directory,
-                                         prefix=f"model-{self._broadcasts}-")
-        loop = asyncio.get_running_loop()
+        model_path, size = shared.write_new(model_msg, slots.directory,
+                                            prefix=f"model-{self._broadcasts}-")
         self.bytes_down += size * len(indices)
-        futures = [
-            loop.run_in_executor(self._pool, _process_batch_shared, model_path, batch, directory)
-            for batch in _batches(indices, self.workers)
-        ]
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Queue[cf.Future[int | None]] = asyncio.Queue()
+        running: dict[cf.Future[int | None], str] = {}  # each task's slot
+        waiting = iter(indices)
+
+        def hand_out() -> None:
+            index = next(waiting, None)
+            if index is None:
+                return
+            slot = slots.take()
+            task = pool.submit(_train_into, model_path, index, slot)
+            running[task] = slot
+            asyncio.wrap_future(task, loop=loop).add_done_callback(
+                lambda _: finished.put_nowait(task))
+
+        for _ in range(TASKS_PER_WORKER * self.workers):
+            hand_out()
         try:
-            for next_done in asyncio.as_completed(futures):
-                for path in await next_done:
-                    update, nbytes_up = _receive(path)
-                    self.bytes_up += nbytes_up
-                    yield [update]
+            for _ in indices:
+                task = await finished.get()
+                slot = running.pop(task)
+                hand_out()
+                written = task.result()  # a broken pool raises here
+                if written is None:  # a filter dropped the update
+                    slots.give_back(slot)
+                    continue
+                self.bytes_up += written
+                yield [slots.receive(slot, written)]
         finally:
-            os.unlink(model_path)
-            for future in futures:  # a round cut short: remove what its batches still wrote
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    for path in future.result():
-                        if os.path.exists(path):
-                            os.unlink(path)
+            os.unlink(model_path)  # a worker that has it mapped keeps reading it
+            for task, slot in running.items():  # a round cut short
+                if task.cancel():
+                    slots.give_back(slot)
+                else:  # already running: its slot is free once it ends
+                    task.add_done_callback(functools.partial(_give_back_after, slots, slot))
 
     def close(self) -> None:
         if self._launcher is not None:
             self._launcher.join()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._slots is not None:
+            self._slots.close()
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
 
