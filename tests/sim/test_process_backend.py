@@ -4,6 +4,7 @@ in, the workers' numeric thread counts, and the pool's files removed when it clo
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,7 @@ async def test_a_round_reuses_a_few_slots_and_one_cut_short_gives_its_slots_back
         assert updates == 12 and pool._slots.made <= window + 1
         made = pool._slots.made
         cut = pool.train(model.replace(round=2), range(12))
+        assert isinstance(cut, AsyncGenerator)
         [first] = await anext(cut)
         await cut.aclose()  # the round ends with tasks still queued or training
         del first
