@@ -48,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -60,18 +60,12 @@ from foedus.certs import create_deployment_certs
 from foedus.federation.demo import ADMIN_TOKEN, LocalFederation
 from foedus.federation.zygote import READY_LINE
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from polling import wait_for
+
 FOEDUS = [sys.executable, "-m", "foedus.cli"]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def wait_for(check: Callable[[], Any], seconds: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)  # between polls of a condition, bounded by the deadline
-    raise RuntimeError(f"timed out after {seconds}s waiting for {what}")
 
 
 def api(fed: LocalFederation) -> httpx.Client:

@@ -42,13 +42,17 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from polling import wait_for  # noqa: E402  (the benchmarks' module, by path)
+
 FLOWER_BIN = ROOT / "bench" / "vs_flower" / ".venv-flower" / "bin"
 APP = HERE / "app"
 CLIENTS = 3
@@ -59,16 +63,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def wait_for(check: Callable[[], Any], seconds: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)  # between polls of a condition, bounded by the deadline
-    raise RuntimeError(f"timed out after {seconds}s waiting for {what}")
 
 
 def write_data(path: Path) -> None:
