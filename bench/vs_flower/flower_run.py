@@ -30,6 +30,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no network from a benchmark
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Ray on Linux puts its local instance on the machine's network address (even when asked for
+# 127.0.0.1) unless its multi-node support is off: off, so that the benchmark talks over
+# loopback only; set before Flower imports Ray, and inherited by Ray's processes
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 # Ray workers unpickle the ClientApp and import ``workloads`` by name: put it on their path.
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")) if p
