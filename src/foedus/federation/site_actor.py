@@ -11,7 +11,9 @@ The progress file is JSON lines, appended and flushed (and fsynced) as things ha
 * ``{"start": PID}`` when a process starts (a restarted actor appends to the same file);
 * ``{"round": R, "update": true}`` right after each answer was handed to the transport
   (``update: false`` for an error answer, which carries no parameters);
-* ``{"end": STATUS}`` when the process ends by itself or on SIGTERM (0: the job's stop).
+* ``{"end": STATUS}`` when the process ends by itself or on SIGTERM (0: the job's stop); a
+  process still ending :data:`STOP_GRACE_S` seconds after SIGTERM (its transport retrying a
+  peer that is gone) exits without one.
 
 With ``--records FILE``, the round records of the job that end in this process (a swarm
 peer's rounds, a vertical job's rounds at its label party: jobs with no actor at the
@@ -45,6 +47,14 @@ from foedus.roles.server import RoundRecord
 from foedus.runner import run_actors
 
 __all__ = ["Progress", "main", "read_progress", "sent_upper"]
+
+
+#: how long a stopped actor may take to end cleanly before it exits anyway, without an end
+#: line (as if killed: :func:`sent_upper` counts one update more). Its transport may hold a
+#: cancelled run for its whole reconnect timeout (a minute) while it retries delivering to a
+#: hub or broker that is gone, as after a cancelled job's server was stopped; the site then
+#: waited 10 s for it, heartbeats held, before SIGKILL.
+STOP_GRACE_S = 3.0
 
 
 def _append(path: Path, entry: dict[str, Any]) -> None:
@@ -137,7 +147,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         # update's send and its progress line (they run in one step), so the count stays exact
         task = asyncio.current_task()
         assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        loop = asyncio.get_running_loop()
+        stopping: list[asyncio.TimerHandle] = []
+
+        def give_up() -> None:
+            # without an end line: an update may be on its way (its line is written once it
+            # has left), so the count keeps one more, as for a killed process
+            print(f"foedus: {args.actor} still ending {STOP_GRACE_S:g}s after SIGTERM "
+                  "(its transport is still delivering, or retrying a peer that is gone); "
+                  "exiting now", file=sys.stderr, flush=True)
+            os._exit(128 + signal.SIGTERM)
+
+        def terminate() -> None:
+            task.cancel()
+            if not stopping:
+                stopping.append(loop.call_later(STOP_GRACE_S, give_up))
+
+        loop.add_signal_handler(signal.SIGTERM, terminate)
         result = await run_actors(load_job(args.job), [args.actor], on_client_round=answered,
                                   on_waiting=waiting, on_round=recorded)
         trained = result.extra.get("rounds_trained", {}).get(args.actor, 0)
