@@ -67,6 +67,9 @@ def add_commands(sub: Any) -> None:
     users.add_argument("action", choices=["add"])
     users.add_argument("name")
     users.add_argument("--role", required=True, choices=["viewer", "submitter", "admin"])
+    users.add_argument("--replace", action="store_true",
+                       help="NAME exists: give them a new token (the old one stops working) "
+                            "and this role")
     result = sub.add_parser("result", help="download a finished job's final model")
     result.add_argument("job_id")
     result.add_argument("--out", required=True, help="the model file to write (the foedus "
@@ -86,58 +89,84 @@ def add_commands(sub: Any) -> None:
 
 
 class Api:
-    """A user's HTTPS client to the coordinator."""
+    """A user's HTTPS client to the coordinator. Every mistake in where it is and who the
+    user is ends in one line naming the option (or variable) to fix, never a traceback."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         if not args.coordinator:
             raise ConfigError("--coordinator: required (or set FOEDUS_COORDINATOR)")
+        if not args.coordinator.startswith("https://"):
+            raise ConfigError(f"--coordinator: expected an https:// URL (the coordinator "
+                              f"serves HTTPS only), got {args.coordinator!r}")
         token = os.environ.get("FOEDUS_TOKEN")
+        #: where the token came from, named when the coordinator does not know it
+        self.token_source = "$FOEDUS_TOKEN"
         if args.token_file:
             try:
-                token = Path(args.token_file).read_text().strip()
+                token = Path(args.token_file).expanduser().read_text().strip()
             except OSError as exc:
                 raise ConfigError(f"--token-file: cannot read {args.token_file!r}: "
                                   f"{exc.strerror}") from exc
+            self.token_source = f"the token in {args.token_file!r} (--token-file or " \
+                                "$FOEDUS_TOKEN_FILE)"
         if not token:
             raise ConfigError("--token-file: required (or set FOEDUS_TOKEN_FILE or FOEDUS_TOKEN)")
         httpx = require("httpx", "federation")
         self.httpx = httpx
+        self.ca = args.ca
         verify: Any = True
         if args.ca:
             import ssl
 
-            verify = ssl.create_default_context(cafile=args.ca)
+            try:
+                verify = ssl.create_default_context(cafile=str(Path(args.ca).expanduser()))
+            except (OSError, ssl.SSLError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                raise ConfigError(f"--ca: cannot load {args.ca!r} as a CA certificate: "
+                                  f"{reason}") from exc
         self.client = httpx.Client(base_url=args.coordinator.rstrip("/"), verify=verify,
                                    headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
+
+    def _unreachable(self, exc: Exception) -> ConfigError:
+        text = f"cannot reach the coordinator at {self.client.base_url}: {exc}"
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            text += (f" (its certificate is not signed by the CA given: "
+                     f"{self.ca!r}; pass the federation's CA with --ca or $FOEDUS_CA)"
+                     if self.ca else " (pass the federation's CA with --ca or $FOEDUS_CA)")
+        return ConfigError(text)
+
+    def _refused(self, status: int, reason: Any) -> ConfigError:
+        if status == 401 and reason == "unknown token":
+            reason = f"unknown token: the coordinator has no user with {self.token_source}"
+        return ConfigError(f"refused ({status}): {reason}")
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
             response = self.client.request(method, path, json=body)
         except self.httpx.TransportError as exc:
-            raise ConfigError(f"cannot reach the coordinator: {exc}") from exc
+            raise self._unreachable(exc) from exc
         try:
             data = response.json()
         except ValueError as exc:
             raise ConfigError(f"the coordinator answered {response.status_code} without "
                               "JSON") from exc
         if response.status_code != 200:
-            raise ConfigError(f"refused ({response.status_code}): "
-                              f"{data.get('error', data) if isinstance(data, dict) else data}")
+            raise self._refused(response.status_code,
+                                data.get("error", data) if isinstance(data, dict) else data)
         return data
-
 
     def download(self, path: str) -> bytes:
         """The bytes a GET returns (a refusal is JSON with its reason, as for :meth:`call`)."""
         try:
             response = self.client.get(path)
         except self.httpx.TransportError as exc:
-            raise ConfigError(f"cannot reach the coordinator: {exc}") from exc
+            raise self._unreachable(exc) from exc
         if response.status_code != 200:
             try:
                 reason = response.json().get("error")
             except ValueError:
                 reason = None
-            raise ConfigError(f"refused ({response.status_code}): {reason or response.text}")
+            raise self._refused(response.status_code, reason or response.text)
         content: bytes = response.content
         return content
 
@@ -229,12 +258,20 @@ def run_command(args: argparse.Namespace) -> int:
         model = api.download(f"/v1/jobs/{args.job_id}/model")
         out = Path(args.out)
         tmp = out.with_name(out.name + ".part")
-        tmp.write_bytes(model)
-        tmp.replace(out)
+        try:
+            tmp.write_bytes(model)
+            tmp.replace(out)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ConfigError(f"--out: cannot write {args.out!r}: {exc.strerror}") from exc
         print(f"{out}: {len(model)} bytes")
         return 0
     if args.command == "users":
-        made = api.call("POST", "/v1/users", {"name": args.name, "role": args.role})
+        made = api.call("POST", "/v1/users", {"name": args.name, "role": args.role,
+                                              "replace": args.replace})
+        if made.get("replaced"):
+            print(f"foedus: {args.name}'s earlier token no longer works (was a "
+                  f"{made['replaced']['role']}, now a {args.role})", file=sys.stderr)
         print(made["token"])
         return 0
     raise ConfigError(f"unknown federation command {args.command!r}")

@@ -263,7 +263,8 @@ class Coordinator:
                                f"{sites} (online: {[n for n, s in known.items() if s['online']]})")
         for name in sites:
             if name not in known:
-                raise Refused(409, f"no site named {name!r} has ever connected")
+                raise Refused(409, f"no site named {name!r} has ever connected (known: "
+                                   f"{', '.join(sorted(known)) or 'none'})")
             if not known[name]["online"]:
                 raise Refused(409, f"site {name!r} is offline (no heartbeat for "
                                    f"{self.clock() - known[name]['last_seen']:.0f}s)")
@@ -629,9 +630,17 @@ class Coordinator:
                 raise Refused(400, "name: required")
             if role not in ROLES:
                 raise Refused(400, f"role: got {role!r}; allowed: {', '.join(ROLES)}")
+            # re-keying invalidates the user's token: only when asked for, never by a name
+            # that happened to be taken
+            before = self.store.user_role(name)
+            if before is not None and body.get("replace") is not True:
+                raise Refused(409, f"user {name!r} exists (a {before}); re-keying them (a new "
+                                   "token, the old one stops working) needs replace "
+                                   f"(`foedus users add {name} --role {role} --replace`)")
             token = new_token()
             self.store.add_user(name, role, token)
-            return {"name": name, "role": role, "token": token}
+            return {"name": name, "role": role, "token": token,
+                    "replaced": None if before is None else {"role": before}}
 
         @route("GET", "/v1/sites")
         async def sites(request: Any) -> Any:

@@ -18,7 +18,8 @@ _JSON = {"content": {"application/json": {"schema": {"type": "object"}}}}
 ROUTES: list[tuple[str, str, str, str]] = [
     ("GET", "/openapi.json", "anyone", "this description"),
     ("GET", "/v1/health", "anyone", "the service is up"),
-    ("POST", "/v1/users", "admin", "create or re-key a user; returns its token once"),
+    ("POST", "/v1/users", "admin", "create a user, or re-key one with replace: true; "
+                                    "returns its token once"),
     ("GET", "/v1/sites", "viewer", "registered sites: online, version, what each offers"),
     ("POST", "/v1/jobs", "submitter", "submit a job file (`job_yaml`, optional `sites`); with "
      "`?dry_run=1` only check it (nothing is queued) and say which sites would accept it"),

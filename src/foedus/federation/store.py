@@ -154,6 +154,13 @@ class Store:
                         "token_hash = excluded.token_hash",
                         (name, role, hash_token(token), self.clock()))
 
+    def user_role(self, name: str) -> str | None:
+        """The role of the user called ``name``, None when there is none."""
+        with self._tx() as cur:
+            cur.execute("SELECT role FROM users WHERE name = ?", (name,))
+            row = cur.fetchone()
+        return str(row[0]) if row else None
+
     def user_by_token(self, token: str) -> tuple[str, str] | None:
         """``(name, role)`` of the token's user, or None."""
         with self._tx() as cur:

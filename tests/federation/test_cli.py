@@ -1,0 +1,138 @@
+"""The federation's user commands (``foedus users|jobs|submit|result``) against a real
+coordinator served over HTTPS on loopback, in this process: what a user who gets something
+wrong sees. Every mistake is one line naming what to fix, with exit status 2."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from foedus.certs import create_deployment_certs
+from foedus.cli import main
+from foedus.core.errors import require
+from foedus.federation.actor import MODEL_FILE
+from foedus.federation.coordinator import Coordinator, CoordinatorConfig
+from foedus.federation.demo import ADMIN_TOKEN, LocalFederation
+
+
+@dataclass
+class Served:
+    fed: LocalFederation
+    coordinator: Coordinator
+
+
+@pytest.fixture
+def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
+    web = require("aiohttp.web", "federation")
+    fed = LocalFederation.create(tmp_path, 2)
+    coordinator = Coordinator(CoordinatorConfig.load(tmp_path / "coordinator.yaml"))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start() -> object:
+        runner = web.AppRunner(coordinator.app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", fed.coordinator_port,
+                          ssl_context=coordinator.config.tls.server_context()).start()
+        return runner
+
+    runner = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    for name, value in (("FOEDUS_COORDINATOR", fed.url), ("FOEDUS_TOKEN", ADMIN_TOKEN),
+                        ("FOEDUS_CA", str(tmp_path / "certs" / "ca.pem"))):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("FOEDUS_TOKEN_FILE", raising=False)
+    try:
+        yield Served(fed, coordinator)
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)  # type: ignore[attr-defined]
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()
+        coordinator.stop_all()
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out.strip(), err.strip()
+
+
+def test_users_add_never_re_keys_an_existing_user_unless_asked(
+        served: Served, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    status, token, _ = run(capsys, "users", "add", "vera", "--role", "viewer")
+    assert status == 0 and token
+    # the name is taken: refused, and vera's token still works (it used to be replaced
+    # silently, locking her out and changing her role)
+    status, _, err = run(capsys, "users", "add", "vera", "--role", "submitter")
+    assert status == 2
+    assert err == ("foedus: error: refused (409): user 'vera' exists (a viewer); re-keying "
+                   "them (a new token, the old one stops working) needs replace (`foedus "
+                   "users add vera --role submitter --replace`)")
+    monkeypatch.setenv("FOEDUS_TOKEN", token)
+    assert run(capsys, "jobs")[0] == 0
+    monkeypatch.setenv("FOEDUS_TOKEN", ADMIN_TOKEN)
+    status, new, err = run(capsys, "users", "add", "vera", "--role", "submitter", "--replace")
+    assert status == 0 and new and new != token
+    assert err == "foedus: vera's earlier token no longer works (was a viewer, now a submitter)"
+    monkeypatch.setenv("FOEDUS_TOKEN", token)
+    status, _, err = run(capsys, "jobs")
+    assert status == 2
+    assert err == ("foedus: error: refused (401): unknown token: the coordinator has no user "
+                   "with $FOEDUS_TOKEN")
+
+
+def test_where_the_coordinator_is_and_who_you_are_mistakes_are_one_line(
+        served: Served, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    status, _, err = run(capsys, "jobs", "--ca", str(tmp_path / "no-such-ca.pem"))
+    assert status == 2
+    assert err == (f"foedus: error: --ca: cannot load '{tmp_path / 'no-such-ca.pem'}' as a CA "
+                   "certificate: No such file or directory")
+    other = create_deployment_certs(tmp_path / "other", [])
+    status, _, err = run(capsys, "jobs", "--ca", str(other.ca))
+    assert status == 2 and err.startswith("foedus: error: cannot reach the coordinator at ")
+    assert err.endswith(f"(its certificate is not signed by the CA given: '{other.ca}'; pass "
+                        "the federation's CA with --ca or $FOEDUS_CA)")
+    status, _, err = run(capsys, "jobs", "--coordinator",
+                         served.fed.url.replace("https", "http"))
+    assert status == 2
+    assert err == ("foedus: error: --coordinator: expected an https:// URL (the coordinator "
+                   f"serves HTTPS only), got '{served.fed.url.replace('https', 'http')}'")
+    wrong = tmp_path / "wrong.token"
+    wrong.write_text("not-a-token\n")
+    status, _, err = run(capsys, "jobs", "--token-file", str(wrong))
+    assert status == 2
+    assert err == ("foedus: error: refused (401): unknown token: the coordinator has no user "
+                   f"with the token in '{wrong}' (--token-file or $FOEDUS_TOKEN_FILE)")
+
+
+def test_a_site_name_typo_names_the_sites_there_are(
+        served: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in served.fed.sites:
+        served.coordinator.store.heartbeat(name, "test", {"catalog": ["digits"]})
+    status, _, err = run(capsys, "submit", str(served.fed.job(2)), "--sites", "site-1,site-22")
+    assert status == 2
+    assert err == ("foedus: error: refused (409): no site named 'site-22' has ever connected "
+                   "(known: site-1, site-2)")
+
+
+def test_result_into_a_directory_that_is_not_there_is_one_line_and_writes_nothing(
+        served: Served, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    store = served.coordinator.store
+    store.add_job("done-1", "admin", "job_id: done-1\n", {}, str(tmp_path / "ck"))
+    store.finish_job("done-1", "finished", None, {"rounds": 1})
+    served.coordinator.job_dir("done-1").mkdir(parents=True)
+    (served.coordinator.job_dir("done-1") / MODEL_FILE).write_bytes(b"model")
+    out = tmp_path / "no-such-dir" / "model.foedus"
+    status, _, err = run(capsys, "result", "done-1", "--out", str(out))
+    assert status == 2
+    assert err == (f"foedus: error: --out: cannot write '{out}': No such file or directory")
+    status, said, _ = run(capsys, "result", "done-1", "--out", str(tmp_path / "model.foedus"))
+    assert status == 0 and said.endswith("model.foedus: 5 bytes")
+    assert (tmp_path / "model.foedus").read_bytes() == b"model"
