@@ -171,6 +171,34 @@ def test_a_site_that_stops_heartbeating_during_a_job_is_an_event(
     assert texts[-2:] == ["site site-a offline: no heartbeat for 16s", "site site-a back online"]
 
 
+def test_a_restarted_coordinator_does_not_blame_its_own_downtime_on_the_sites(
+        coordinator: Coordinator, clock: Clock, launcher: Launcher) -> None:
+    # the coordinator was down 20 s mid-job; its sites retried all along and beat again
+    # within a heartbeat of its return. The job's events used to say every site had gone
+    # offline (and was back): the first tick after the restart came before their beats
+    beat(coordinator, "site-a", "site-b")
+    job_id = coordinator.submit("ann", job_yaml(topology={"type": "swarm"}), None)
+    answer(coordinator, job_id, "accepted", "site-a", "site-b")
+    coordinator.tick()
+    coordinator.stop_all()
+    clock.now += 20
+    restarted = Coordinator(coordinator.config, clock=clock,
+                            launch=launcher)  # type: ignore[arg-type]
+    try:
+        restarted.tick()
+        beat(restarted, "site-a", "site-b")
+        restarted.tick()
+        # a site still silent a whole heartbeat_timeout after the restart is offline
+        clock.now += 16
+        beat(restarted, "site-b")
+        restarted.tick()
+        texts = [e["text"] for e in restarted.store.events(job_id)]
+        assert not any("site-b" in t for t in texts if "offline" in t or "online" in t)
+        assert texts[-1] == "site site-a offline: no heartbeat for 16s"
+    finally:
+        restarted.stop_all()
+
+
 def test_a_swarm_runs_wholly_at_sites_and_ends_with_its_peers(
         coordinator: Coordinator) -> None:
     beat(coordinator, "site-a", "site-b")

@@ -182,6 +182,9 @@ class Coordinator:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.database or config.state_dir / "coordinator.db", clock=clock)
         self._offline: set[tuple[str, str]] = set()  # (job, site) shown offline in its events
+        #: when this coordinator started: while it was down no site could reach it, so a
+        #: site's silence counts from here, not from its last heartbeat to a previous run
+        self.started = clock()
         self._own: dict[str, list[str]] = {}  # job -> its actors that run here (own_actors)
         self._reporters: dict[str, str] = {}  # job -> its actor at a site that reports rounds
         self.servers: dict[str, ServerProcess] = {}
@@ -494,13 +497,16 @@ class Coordinator:
 
     def _watch_sites(self, job: Job, sites: dict[str, dict[str, Any]]) -> None:
         """A site of a running job that stops heartbeating (longer than heartbeat_timeout)
-        is an event of the job, and so is its return: the submitter sees why rounds miss it."""
+        is an event of the job, and so is its return: the submitter sees why rounds miss it.
+        Not in this coordinator's first heartbeat_timeout: the sites were silent because it
+        was down (restarted), which is no news about them."""
         for name in job.sites:
             site = sites.get(name)
             key = (job.id, name)
             if site is None:
                 continue
-            if not site["online"] and key not in self._offline:
+            if not site["online"] and key not in self._offline and \
+                    self.clock() - self.started > self.config.heartbeat_timeout:
                 self._offline.add(key)
                 self.store.add_event(job.id, f"site {name} offline: no heartbeat for "
                                      f"{self.clock() - site['last_seen']:.0f}s")
