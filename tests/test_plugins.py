@@ -83,12 +83,15 @@ class Toy(ReferenceFedAvg):
 '''
 
 
-def _distribution(site: Path, name: str, entry_points: str) -> None:
-    """A distribution as pip would leave it, without pip: a dist-info directory on the path."""
+def _distribution(site: Path, name: str, entry_points: str,
+                  group: str = "foedus.plugins") -> None:
+    """A distribution as pip would leave it, without pip: a dist-info directory on the path.
+    ``entry_points`` are lines of ``group``, or whole sections if they start with one."""
     info = site / f"{name}-1.0.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[foedus.plugins]\n{entry_points}\n")
+    text = entry_points if entry_points.startswith("[") else f"[{group}]\n{entry_points}"
+    (info / "entry_points.txt").write_text(f"{text}\n")
 
 
 def _python(site: Path, code: str) -> subprocess.CompletedProcess[str]:
@@ -165,15 +168,37 @@ def test_the_catalogue_prints_as_an_aligned_table_one_plugin_a_line() -> None:
 
 
 # ---- foedus's own plugins are imported as lookups need them ------------------------------------
-def test_the_index_of_foedus_s_own_plugins_is_the_catalogue() -> None:
-    from foedus.plugins import BUILTIN_PLUGINS
+def test_foedus_s_entry_points_declare_exactly_what_its_modules_register() -> None:
+    """pyproject.toml's entry points are the only list of foedus's plugins: each one names a
+    plugin its module registers, and each plugin a foedus module registers has its entry point
+    (a missing one would be found only by importing every plugin module, slowly)."""
+    from foedus.plugins import (
+        ENTRY_POINT_GROUP,
+        _registries,
+        entry_point_group,
+        plugin_entry_points,
+    )
 
-    listed = {(kind, name, module) for kind, module, names in BUILTIN_PLUGINS
-              for name in names.split()}
-    registered = {(r.kind, r.name, r.module) for r in catalogue()
+    points = [ep for ep in plugin_entry_points() if ep.module.startswith("foedus.")]
+    assert points and all(ep.group != ENTRY_POINT_GROUP for ep in points), \
+        "foedus declares each plugin by kind and name, never a module as a whole"
+    declared = {(ep.group, ep.name, ep.value) for ep in points}
+    registered = {(entry_point_group(r.kind), r.name, r.module) for r in catalogue()
                   if r.module.startswith("foedus.")}
-    rows = "\n".join(f"    ({k!r}, {m!r}, {n!r})," for k, n, m in sorted(registered))
-    assert listed == registered, f"update foedus.plugins.BUILTIN_PLUGINS to say:\n{rows}"
+    groups = {entry_point_group(registry.kind) for registry in _registries()}
+    assert {group for group, _, _ in declared} <= groups
+    missing = "\n".join(f'[project.entry-points."{g}"] {n} = "{m}"'
+                        for g, n, m in sorted(registered - declared))
+    assert declared <= registered, f"declared but not registered: {sorted(declared - registered)}"
+    assert registered <= declared, f"add to pyproject.toml (then reinstall):\n{missing}"
+    assert len(declared) == len({(g, n) for g, n, _ in declared})  # each name once
+
+
+def test_a_kind_s_entry_point_group_is_its_registry_s_kind() -> None:
+    from foedus.plugins import entry_point_group
+
+    assert entry_point_group("aggregator") == "foedus.aggregator"
+    assert entry_point_group("pipeline stage") == "foedus.pipeline_stage"
 
 
 def test_a_lookup_imports_the_module_registering_the_name_and_only_a_miss_imports_all(
@@ -204,17 +229,64 @@ def test_a_third_party_plugin_registering_a_built_in_name_is_refused_at_the_firs
     assert "pipeline stage 'zstd' is already registered" in done.stderr
 
 
+def test_a_package_declaring_its_plugins_by_kind_and_name_is_imported_only_when_one_is_asked(
+    tmp_path: Path,
+) -> None:
+    """The lazy form serves other packages as it serves foedus: nothing of theirs or of foedus's
+    is imported until a lookup needs it, and a ``module:function`` entry point is called once."""
+    (tmp_path / "toy_fl.py").write_text(TOY + (
+        "\n\ncalls = []\n\n\n"
+        "def register():\n"
+        "    from foedus.compress.lossless import LzmaStage\n"
+        "    from foedus.core.filter import stages\n\n"
+        "    calls.append(1)\n"
+        "    stages.register('toy-stage')(type('ToyStage', (LzmaStage,), {}))\n"))
+    _distribution(tmp_path, "toy_fl", "[foedus.aggregator]\ntoy = toy_fl\n"
+                                      "[foedus.pipeline_stage]\ntoy-stage = toy_fl:register")
+    code = ("import sys, foedus\n"
+            "seen = lambda: [m in sys.modules for m in\n"
+            "    ('toy_fl', 'foedus.vertical', 'foedus.transport.grpc')]\n"
+            "print('fedavg' in foedus.aggregators, *seen())\n"
+            "print(type(foedus.aggregators.create('toy')).__module__, *seen())\n"
+            "print('toy-stage' in foedus.stages, 'toy-stage' in foedus.stages, *seen())\n"
+            "print('toy' in foedus.aggregators.names(), 'toy-stage' in foedus.stages.names(),\n"
+            "      sys.modules['toy_fl'].calls, *seen())\n")
+    done = _python(tmp_path, code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["True False False False", "toy_fl True False False",
+                                        "True True True False False",
+                                        "True True [1] True True True"]
+
+
+def test_two_packages_declaring_one_kind_and_name_are_refused_at_the_first_lookup(
+    tmp_path: Path,
+) -> None:
+    _distribution(tmp_path, "shadow_fl", "zstd = shadow_fl_never_imported", "foedus.pipeline_stage")
+    done = _python(tmp_path, "import foedus\nfoedus.aggregators.create('fedavg')")
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert "ConfigError: pipeline stage 'zstd' is already registered: entry points of " in last
+    assert "shadow_fl (shadow_fl_never_imported)" in last
+    assert "foedus (foedus.compress.lossless)" in last
+
+
 def test_entry_points_are_read_as_importlib_metadata_reads_them(tmp_path: Path) -> None:
     (tmp_path / "toy_fl.py").write_text(TOY)
-    _distribution(tmp_path, "toy_fl", "toy = toy_fl\ntoy-again = toy_fl:Toy")
+    _distribution(tmp_path, "toy_fl", "[foedus.plugins]\ntoy = toy_fl\ntoy-again = toy_fl:Toy\n"
+                                      "[other.group]\nignored = toy_fl\n"
+                                      "[foedus.aggregator]\ntoy = toy_fl")
     code = ("from importlib.metadata import entry_points\n"
             "from foedus.plugins import plugin_entry_points\n"
-            "ours = sorted((ep.name, ep.value, ep.dist) for ep in plugin_entry_points())\n"
-            "theirs = {(ep.name, ep.value, ep.dist.name) for ep in\n"
-            "          entry_points(group='foedus.plugins')}\n"
-            "print(set(ours) <= theirs, len(ours) == len({v for _, v, _ in theirs}))\n"
-            "print([row for row in ours if row[2] == 'toy_fl'])\n")
+            "ours = sorted((ep.group, ep.name, ep.value, ep.dist)\n"
+            "              for ep in plugin_entry_points())\n"
+            "every = entry_points()\n"
+            "theirs = {(g, ep.name, ep.value, ep.dist.name) for g in every.groups\n"
+            "          if g.startswith('foedus.') for ep in every.select(group=g)}\n"
+            "print(set(ours) == theirs, len(ours) == len(theirs))\n"
+            "print([row for row in ours if row[3] == 'toy_fl'])\n")
     done = _python(tmp_path, code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
-        "True True", "[('toy', 'toy_fl', 'toy_fl'), ('toy-again', 'toy_fl:Toy', 'toy_fl')]"]
+        "True True", "[('foedus.aggregator', 'toy', 'toy_fl', 'toy_fl'), "
+        "('foedus.plugins', 'toy', 'toy_fl', 'toy_fl'), "
+        "('foedus.plugins', 'toy-again', 'toy_fl:Toy', 'toy_fl')]"]

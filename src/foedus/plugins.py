@@ -1,26 +1,39 @@
 """Plugins are discovered, not listed: entry points, plus the operator's own modules.
 
 A plugin is a module that registers aggregators, pipeline stages, models, datasets, transports
-or topologies when it is imported. Installed packages declare theirs as entry points in the group
-``foedus.plugins``; foedus declares its own modules the same way (``pyproject.toml``), so there is
-one mechanism for both::
+or topologies when it is imported. Installed packages declare theirs as entry points, and
+foedus declares its own the same way (``pyproject.toml``), so there is one mechanism for both
+and no other list of foedus's plugins. An entry point says what a module registers: in the group
+``foedus.<kind>`` (:func:`entry_point_group`: the registry's kind, spaces as underscores), its name
+is the name a job file uses and its value the module that registers it::
+
+    [project.entry-points."foedus.aggregator"]
+    my-median = "my_org.fl.aggregators"
+    [project.entry-points."foedus.pipeline_stage"]
+    my-noise = "my_org.fl.stages"
+
+A module that registers several names is declared under each. Packages may instead declare a
+module as a whole, under any name in the group ``foedus.plugins`` (what it registers unsaid)::
 
     [project.entry-points."foedus.plugins"]
-    my-aggregators = "my_org.fl.aggregators"
     my-transport = "my_org.fl.transport"
 
 Importing this module installs :func:`load_plugins` as the registries' loader and
 :func:`find_plugin` as their finder (:mod:`foedus.core.registry`), and ``import foedus`` imports
-it: the first time any registry is asked for a name, every other package's entry point module is
-imported, and a lookup of a name not yet registered imports foedus's own module that registers
-it (:data:`BUILTIN_PLUGINS` says which), or, for a name it does not list or for a listing of
-every name, all of them. So ``stages.create("zstd")`` works after a bare ``import foedus``, and
-every answer is the one a registry holding every plugin would give, but a job imports only the
-plugin modules it uses: importing all of them took longer than a small job's first round. When
-another package or ``FOEDUS_PLUGINS`` adds plugins, foedus's own modules are all imported with
-them, so that a name registered twice is refused at once, as it always was. Each plugin module
-must import its optional dependencies lazily (inside functions), so loading never requires an
-extra that a job does not use.
+it. At the first lookup of any registry, the entry points are read, and every ``foedus.plugins``
+module is imported; a lookup of a name not yet registered imports the module declared for that
+kind and name, and only it; a lookup of a name nobody declares, or a listing of every name,
+imports every declared module. So ``stages.create("zstd")`` works after a bare ``import foedus``,
+and every answer is the one a registry holding every plugin would give, but a job imports only
+the plugin modules it uses: importing all of them took longer than a small job's first round.
+
+A name registered twice is refused at the first lookup, as when every module was imported at
+once: two entry points declaring one kind and name are refused from the declarations alone,
+and when ``foedus.plugins`` modules or ``FOEDUS_PLUGINS`` add plugins, whose names nobody
+declared, every declared module is imported before them. A module must register exactly what
+its entry points declare (a name it registers undeclared is found only by importing everything;
+tests/test_plugins.py holds foedus's own to it), and must import its optional dependencies
+lazily (inside functions), so loading never requires an extra that a job does not use.
 
 Entry points are read from the ``entry_points.txt`` of each distribution on ``sys.path``, the
 files :func:`importlib.metadata.entry_points` reads, without building a distribution (and
@@ -45,7 +58,7 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from foedus.core.errors import ConfigError
@@ -53,66 +66,38 @@ from foedus.core.registry import Registry, set_finder, set_loader
 
 #: the environment variable naming the user's plugin modules, comma-separated
 PLUGINS_ENV = "FOEDUS_PLUGINS"
-#: the entry-point group plugin packages (foedus included) declare their modules in
+#: the entry-point group of modules imported whole at the first lookup, what they register unsaid
 ENTRY_POINT_GROUP = "foedus.plugins"
+#: what every entry-point group of foedus starts with (``foedus.plugins``, ``foedus.<kind>``)
+GROUP_PREFIX = "foedus."
 
-#: (kind, module, the names importing it registers) for each of foedus's own plugin modules, so
-#: that a lookup imports one module, not every one. tests/test_plugins.py keeps it equal to the
-#: catalogue; a name missing here is still found (by importing every plugin module), only slower.
-BUILTIN_PLUGINS: tuple[tuple[str, str, str], ...] = (
-    ("aggregator", "foedus.aggregate.fedavg", "fedavg"),
-    ("aggregator", "foedus.aggregate.fedopt", "fedadagrad fedadam fedavgm fedyogi"),
-    ("aggregator", "foedus.aggregate.robust",
-     "bulyan geomedian krum median multi-krum trimmed-mean"),
-    ("aggregator", "foedus.trees.bagging.aggregator", "tree-bagging"),
-    ("aggregator", "foedus.trees.histforest.aggregator", "forest-histograms"),
-    ("dataset", "foedus.data.datasets", "breast_cancer diabetes digits iris synthetic wine"),
-    ("dataset", "foedus.data.files", "csv parquet"),
-    ("model", "foedus.models.keras", "keras-mlp"),
-    ("model", "foedus.models.sklearn",
-     "sklearn-logistic sklearn-mlp sklearn-ridge sklearn-sgd sklearn-sgd-regressor"),
-    ("model", "foedus.models.torch", "torch-mlp"),
-    ("model", "foedus.trees.bagging.sklearn_adapter", "sklearn-extra-trees sklearn-random-forest"),
-    ("model", "foedus.trees.bagging.xgboost_adapter", "xgboost-bagging"),
-    ("model", "foedus.trees.histforest.adapter", "federated-forest"),
-    ("pipeline stage", "foedus.compress.lossless", "lzma zstd"),
-    ("pipeline stage", "foedus.compress.qsgd", "qsgd"),
-    ("pipeline stage", "foedus.compress.sparsify", "topk"),
-    ("pipeline stage", "foedus.privacy.dp", "central-dp clip local-dp"),
-    ("pipeline stage", "foedus.privacy.secagg_pods", "secure-sum"),
-    ("pipeline stage", "foedus.security.signing", "sign"),
-    ("pipeline stage", "foedus.sim.attacks", "byzantine"),
-    ("pipeline stage", "foedus.vertical.split_noise", "split-noise"),
-    ("topology", "foedus.topology.asynchronous", "async"),
-    ("topology", "foedus.topology.centralized", "centralized"),
-    ("topology", "foedus.topology.hierarchical", "hierarchical"),
-    ("topology", "foedus.topology.swarm", "swarm"),
-    ("topology", "foedus.topology.vertical", "vertical"),
-    ("transport", "foedus.transport.grpc", "grpc"),
-    ("transport", "foedus.transport.https", "https"),
-    ("transport", "foedus.transport.kafka", "kafka"),
-    ("transport", "foedus.transport.local", "local"),
-    ("transport", "foedus.transport.mqtt", "mqtt"),
-)
-_BUILTIN = {(kind, name): module for kind, module, names in BUILTIN_PLUGINS
-            for name in names.split()}
+
+def entry_point_group(kind: str) -> str:
+    """The entry-point group whose names are the plugins of ``kind`` a module registers: the
+    registry's kind after ``foedus.``, spaces as underscores (``pipeline stage``:
+    ``foedus.pipeline_stage``; a group is dotted identifiers), so the finder needs no table."""
+    return GROUP_PREFIX + re.sub(r"\W+", "_", kind.strip())
+
 
 _lock = threading.RLock()  # a registry may be asked from several threads at once
-_entry_points: list[PluginEntry] | None = None  # read once per process
-_others_loaded = False  # the other packages' entry points imported (and foedus's, if any)
-_own_loaded = False  # every one of foedus's own entry points imported
+_index: _Index | None = None  # the entry points, read once per process
+_others_loaded = False  # the ``foedus.plugins`` modules imported (and every declared one, if any)
+_declared_loaded = False  # every module an entry point declares for a kind and name imported
+_called: set[str] = set()  # the ``module:function`` entry points called (once each)
 
 
 @dataclass(frozen=True)
 class PluginEntry:
-    """One ``foedus.plugins`` entry point: its name, its value (``module`` or
-    ``module:function``) and where it was declared (a dist-info or egg-info directory, or
-    ``None`` when :mod:`importlib.metadata` found it)."""
+    """One foedus entry point: its name, its value (``module`` or ``module:function``), where
+    it was declared (a dist-info or egg-info directory, or ``None`` when
+    :mod:`importlib.metadata` found it) and its group (``foedus.plugins``, or
+    ``foedus.<kind>`` when its name is the plugin the module registers)."""
 
     name: str
     value: str
     source: str | None = None
     distribution: str | None = None
+    group: str = ENTRY_POINT_GROUP
 
     @property
     def module(self) -> str:
@@ -141,6 +126,21 @@ class PluginEntry:
                     continue
         return "an unknown distribution"
 
+    @property
+    def declared(self) -> bool:
+        """Whether the entry point says what its module registers (its group is a kind's)."""
+        return self.group != ENTRY_POINT_GROUP
+
+
+@dataclass
+class _Index:
+    """The entry points, sorted for the loader and the finder."""
+
+    #: ``foedus.plugins`` entry points: modules imported whole, at the first lookup
+    whole: list[PluginEntry] = field(default_factory=list)
+    #: (group, name) -> the entry point declaring the module that registers that name
+    declared: dict[tuple[str, str], PluginEntry] = field(default_factory=dict)
+
 
 def user_modules() -> list[str]:
     """The module names listed in ``FOEDUS_PLUGINS`` (empty entries ignored)."""
@@ -152,24 +152,26 @@ def _normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
-def _group(text: str) -> list[tuple[str, str]]:
-    """The ``name = value`` lines of the ``foedus.plugins`` section of an entry_points.txt."""
-    found: list[tuple[str, str]] = []
-    inside = False
+def _groups(text: str) -> list[tuple[str, str, str]]:
+    """The ``(group, name, value)`` lines of the ``foedus.*`` sections of an entry_points.txt."""
+    found: list[tuple[str, str, str]] = []
+    group: str | None = None
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith(("#", ";")):
             continue
         if line.startswith("[") and line.endswith("]"):
-            inside = line[1:-1].strip() == ENTRY_POINT_GROUP
-        elif inside:
+            group = line[1:-1].strip()
+            if not group.startswith(GROUP_PREFIX):
+                group = None
+        elif group is not None:
             name, _, value = line.partition("=")
-            found.append((name.strip(), value.strip()))
+            found.append((group, name.strip(), value.strip()))
     return found
 
 
 def _read_entry_points() -> list[PluginEntry] | None:
-    """Every distribution's ``foedus.plugins`` entry points, the first distribution of a name on
+    """Every distribution's foedus entry points, the first distribution of a name on
     ``sys.path`` only (as :mod:`importlib.metadata` does); ``None`` where the path holds what
     only :mod:`importlib.metadata` can read."""
     from importlib.machinery import PathFinder
@@ -179,7 +181,7 @@ def _read_entry_points() -> list[PluginEntry] | None:
         return None
     seen: set[str] = set()
     found: list[PluginEntry] = []
-    group = ENTRY_POINT_GROUP.encode()
+    prefix = f"[{GROUP_PREFIX}".encode()
     for entry in sys.path:
         if not isinstance(entry, str):
             return None
@@ -209,27 +211,31 @@ def _read_entry_points() -> list[PluginEntry] | None:
                     data = stream.read()
             except OSError:
                 continue
-            if group in data:
-                found += [PluginEntry(name, value, source)
-                          for name, value in _group(data.decode("utf-8"))]
+            if prefix in data:
+                found += [PluginEntry(name, value, source, group=group)
+                          for group, name, value in _groups(data.decode("utf-8"))]
     return found
 
 
 def plugin_entry_points() -> list[PluginEntry]:
-    """The ``foedus.plugins`` entry points of every installed distribution, each value once
-    (a source checkout on ``sys.path`` next to its editable install shows them twice)."""
+    """The entry points of every installed distribution in foedus's groups (``foedus.plugins``
+    and ``foedus.<kind>``), each once (a source checkout on ``sys.path`` next to its editable
+    install shows them twice)."""
     points = _read_entry_points()
     if points is None:
         from importlib.metadata import entry_points
 
+        every = entry_points()
         points = [PluginEntry(ep.name, ep.value, None,
-                              ep.dist.name if ep.dist is not None else None)
-                  for ep in entry_points(group=ENTRY_POINT_GROUP)]
-    seen: set[str] = set()
+                              ep.dist.name if ep.dist is not None else None, group)
+                  for group in sorted(every.groups) if group.startswith(GROUP_PREFIX)
+                  for ep in every.select(group=group)]
+    seen: set[tuple[str, str, str]] = set()
     unique: list[PluginEntry] = []
     for ep in points:
-        if ep.value not in seen:
-            seen.add(ep.value)
+        key = (ep.group, ep.name, ep.value) if ep.declared else (ep.group, "", ep.value)
+        if key not in seen:
+            seen.add(key)
             unique.append(ep)
     return unique
 
@@ -238,69 +244,92 @@ def _own(ep: PluginEntry) -> bool:
     return ep.module.startswith("foedus.")
 
 
+def _kind(group: str) -> str:
+    """The kind a group declares plugins of, for messages (:func:`entry_point_group` undone)."""
+    return group.removeprefix(GROUP_PREFIX).replace("_", " ")
+
+
 def _import(ep: PluginEntry) -> None:
+    """Import the entry point's module; call its function, if it names one, once."""
     try:
         module = importlib.import_module(ep.module)
         loaded: Any = module
         for part in ep.attr.split(".") if ep.attr else ():
             loaded = getattr(loaded, part)
     except ImportError as exc:
+        kind = f"{_kind(ep.group)} " if ep.declared else ""
         raise ConfigError(
-            f"plugin {ep.name!r} of {ep.dist} ({ep.value}) cannot be imported: {exc}"
+            f"plugin {kind}{ep.name!r} of {ep.dist} ({ep.value}) cannot be imported: {exc}"
         ) from exc
     if ep.attr is not None and callable(loaded):
-        loaded()  # "module:register" names a function that registers when called
+        with _lock:  # "module:register" names a function that registers when called
+            if ep.value in _called:
+                return
+            _called.add(ep.value)
+        loaded()
 
 
-def _points() -> list[PluginEntry]:
-    global _entry_points
-    if _entry_points is None:
-        points = plugin_entry_points()
-        if not any(_own(ep) for ep in points):
-            raise ConfigError(
-                f"no {ENTRY_POINT_GROUP!r} entry points of foedus itself were found: its "
-                "package metadata is missing or stale; reinstall it (pip install -e .)")
-        _entry_points = points
-    return _entry_points
-
-
-def _load_own() -> None:
-    """Import every one of foedus's own entry points (once)."""
-    global _own_loaded
+def _entries() -> _Index:
+    """The entry points, read once; a kind and name declared by two modules is refused."""
+    global _index
     with _lock:
-        if _own_loaded:
+        if _index is not None:
+            return _index
+        index = _Index()
+        for ep in plugin_entry_points():
+            if not ep.declared:
+                index.whole.append(ep)
+                continue
+            key = (ep.group, ep.name)
+            first = index.declared.setdefault(key, ep)
+            if first.value != ep.value:
+                raise ConfigError(
+                    f"{_kind(ep.group)} {ep.name!r} is already registered: entry points of "
+                    f"{first.dist} ({first.value}) and {ep.dist} ({ep.value}) both declare it "
+                    f"in {ep.group!r}")
+        if not any(_own(ep) for ep in index.declared.values()):
+            raise ConfigError(
+                f"no {GROUP_PREFIX}<kind> entry points of foedus itself were found: its "
+                "package metadata is missing or stale; reinstall it (pip install -e .)")
+        _index = index
+        return index
+
+
+def _load_declared() -> None:
+    """Import every module an entry point declares for a kind and name (once): foedus's own
+    first, so that another package registering one of their names is the one refused."""
+    global _declared_loaded
+    with _lock:
+        if _declared_loaded:
             return
-        _own_loaded = True  # before importing: a module that looks a name up must not recurse
-        try:
-            for ep in _points():
-                if _own(ep):
-                    _import(ep)
+        _declared_loaded = True  # before importing: a module that looks a name up must not
+        try:                     # recurse
+            points = list(_entries().declared.values())
+            for ep in sorted(points, key=lambda ep: not _own(ep)):  # stable: as declared
+                _import(ep)
         except BaseException:
-            _own_loaded = False
+            _declared_loaded = False
             raise
 
 
 def find_plugin(kind: str, name: str | None) -> None:
-    """The registries' finder: import the module of foedus's own that registers ``name`` of
-    ``kind`` (:data:`BUILTIN_PLUGINS`), or, with ``name`` ``None`` (a name nobody listed, or a
-    listing of every name), every one of foedus's own plugin modules."""
-    module = _BUILTIN.get((kind, name)) if name is not None else None
-    if module is None:
-        if name is None:
-            _load_own()
+    """The registries' finder: import the module an entry point declares for ``name`` of
+    ``kind``, or, with ``name`` ``None`` (a name nobody declared, or a listing of every name),
+    every module any entry point declares."""
+    if name is None:
+        _load_declared()
         return
-    if module in sys.modules:
-        return
-    declared = [ep for ep in _points() if ep.module == module]
-    _import(declared[0] if declared else PluginEntry(module, module, distribution="foedus"))
+    ep = _entries().declared.get((entry_point_group(kind), name))
+    if ep is not None:
+        _import(ep)
 
 
 def load_plugins(everything: bool = False) -> None:
-    """Import, once, every other package's entry point module, then the modules named in
-    ``FOEDUS_PLUGINS``; with ``everything`` (or when there are such modules), every one of
-    foedus's own plugin modules too, as one who preloads before forking wants.
+    """Import, once, every ``foedus.plugins`` entry point's module, then the modules named in
+    ``FOEDUS_PLUGINS``; with ``everything`` (or when there are such modules), every module
+    declared for a kind and name too, as one who preloads before forking wants.
 
-    Registries call this by themselves before their first lookup, and import foedus's own
+    Registries call this by themselves before their first lookup, and import the declared
     modules as lookups need them; call it directly to fail early on a broken plugin, to pick up
     ``FOEDUS_PLUGINS`` changed since (imported modules are cached: repeating is cheap), or with
     ``everything`` to import every plugin now.
@@ -308,18 +337,18 @@ def load_plugins(everything: bool = False) -> None:
     global _others_loaded
     with _lock:
         if not _others_loaded:
-            others = [ep for ep in _points() if not _own(ep)]
+            whole = _entries().whole
             _others_loaded = True  # before importing: a module that looks a name up must not
             try:                   # recurse
-                if others or user_modules():
-                    _load_own()  # a name registered twice is refused now, as it always was
-                for ep in others:
+                if whole or user_modules():
+                    _load_declared()  # a name registered twice is refused now, as it always was
+                for ep in whole:
                     _import(ep)
             except BaseException:
                 _others_loaded = False
                 raise
         if everything:
-            _load_own()
+            _load_declared()
         for module in user_modules():  # imported modules are cached: cheap to repeat
             try:
                 importlib.import_module(module)

@@ -8,9 +8,11 @@ someone asks it for a name, however little of foedus they imported, every lookup
 (:meth:`Registry.get`, :meth:`~Registry.names`, :meth:`~Registry.create`, ``in``) first runs a
 *loader* once per process (:func:`set_loader` installs it), and a lookup of a name that is not
 registered, or of every name, asks a *finder* (:func:`set_finder`) to import what registers it.
-``foedus.plugins`` installs both: the loader imports the modules other packages declare as
-``foedus.plugins`` entry points, the finder foedus's own, only the one that registers the name
-asked for when it knows which (importing all of them took longer than a small job's round).
+``foedus.plugins`` installs both: the loader imports the modules packages declare as a whole
+(entry-point group ``foedus.plugins``), the finder the module an entry point declares for the
+kind and name asked for (group ``foedus.<kind>``, named after :attr:`Registry.kind`), and only it
+(importing every plugin module took longer than a small job's round); foedus declares its own
+plugins that way.
 This module imports nothing of foedus, so the kernel stays independent of what plugs into it.
 """
 
@@ -65,6 +67,9 @@ class Registry(Generic[T]):
     """A name -> factory table with errors that list the valid names and parameters."""
 
     def __init__(self, kind: str) -> None:
+        #: what the registry holds, for messages (``unknown pipeline stage 'x'``), and the name
+        #: the finder is given: plugins of this kind are declared in the entry-point group
+        #: ``foedus.<kind>`` (spaces as underscores)
         self.kind = kind
         self._factories: dict[str, Callable[..., T]] = {}
         #: what to tell a user who names something that is not registered but is often looked
