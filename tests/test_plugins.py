@@ -290,3 +290,21 @@ def test_entry_points_are_read_as_importlib_metadata_reads_them(tmp_path: Path) 
         "True True", "[('foedus.aggregator', 'toy', 'toy_fl', 'toy_fl'), "
         "('foedus.plugins', 'toy', 'toy_fl', 'toy_fl'), "
         "('foedus.plugins', 'toy-again', 'toy_fl:Toy', 'toy_fl')]"]
+
+
+def test_the_importlib_metadata_fallback_finds_the_same_entry_points(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where only importlib.metadata can read the path (a zip archive, say), every foedus
+    group is still read, to the same entry points."""
+    import foedus.plugins
+
+    def key(ep: foedus.plugins.PluginEntry) -> tuple[str, str, str]:
+        return ep.group, ep.name, ep.value
+
+    fast = sorted(map(key, foedus.plugins.plugin_entry_points()))
+    monkeypatch.setattr(foedus.plugins, "_read_entry_points", lambda: None)
+    slow = foedus.plugins.plugin_entry_points()
+    assert sorted(map(key, slow)) == fast
+    assert {"foedus.aggregator", "foedus.pipeline_stage"} <= {group for group, _, _ in fast}
+    assert "foedus" in {ep.dist for ep in slow}
