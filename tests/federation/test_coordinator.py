@@ -5,8 +5,10 @@ handlers do. (tests/federation/test_federation.py runs the same lifecycle as rea
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from foedus.certs import create_deployment_certs
 from foedus.core.errors import ConfigError
 from foedus.federation.coordinator import (
     PID_FILE,
@@ -22,6 +25,7 @@ from foedus.federation.coordinator import (
     CoordinatorConfig,
     Refused,
     _pid_runs,
+    serve,
 )
 from foedus.federation.policy import parse_catalog
 from foedus.federation.site_state import start_time
@@ -197,6 +201,22 @@ def test_a_restarted_coordinator_does_not_blame_its_own_downtime_on_the_sites(
         assert texts[-1] == "site site-a offline: no heartbeat for 16s"
     finally:
         restarted.stop_all()
+
+
+def test_a_port_already_taken_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    certs = create_deployment_certs(tmp_path / "certs", [])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = CoordinatorConfig(
+            host="127.0.0.1", port=port, state_dir=tmp_path / "state",
+            tls=TLSConfig(str(certs.ca), str(certs.server_cert), str(certs.server_key)),
+            admin_token_file=tmp_path / "admin.token", heartbeat_timeout=15, catalog={},
+            warm=False)
+        with pytest.raises(ConfigError, match=rf"^listen: cannot listen on 127.0.0.1:{port}: "
+                                              r"Address already in use \(another coordinator"):
+            asyncio.run(serve(config))
 
 
 def test_a_swarm_runs_wholly_at_sites_and_ends_with_its_peers(

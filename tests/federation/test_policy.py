@@ -39,6 +39,13 @@ def test_a_policy_mistake_is_one_line_naming_the_key() -> None:
         Policy.from_dict({"models": "sklearn-sgd"})
 
 
+def test_a_catalog_entry_naming_no_registered_loader_is_refused_at_load() -> None:
+    # a misspelt loader used to start the service and fail every job naming the entry
+    with pytest.raises(ConfigError, match=r"^catalog.digits.dataset: unknown dataset 'digitz'; "
+                                          r"allowed: .*\bdigits\b"):
+        parse_catalog({"digits": {"dataset": "digitz"}})
+
+
 def test_the_catalog_fills_the_data_and_the_job_names_only_an_entry() -> None:
     catalog = parse_catalog({"hospital": {"dataset": "csv", "options": {"path": "/srv/a.csv"}}})
     filled = fill_data(JOB, catalog)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -828,7 +829,15 @@ async def serve(config: CoordinatorConfig, ready: Callable[[str], None] | None =
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port,
                        ssl_context=config.tls.server_context())
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:  # the port is taken, the host is not this machine's, ...
+        await runner.cleanup()
+        coordinator.stop_all()
+        raise ConfigError(f"listen: cannot listen on {config.host}:{config.port}: "
+                          f"{os.strerror(exc.errno) if exc.errno else exc}"
+                          + (" (another coordinator, or another service, has it)"
+                             if exc.errno == errno.EADDRINUSE else "")) from exc
     port = runner.addresses[0][1]
     url = f"https://{config.host}:{port}"
     (config.state_dir / "url").write_text(url + "\n")

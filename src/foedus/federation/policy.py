@@ -114,8 +114,20 @@ def parse_catalog(raw: Any, where: str = "catalog", *,
             raise ConfigError(f"{where}.{name}.options: expected a mapping")
         budget = (Budget.from_dict(entry["budget"], f"{where}.{name}.budget")
                   if entry.get("budget") is not None else None)
+        _check_loader(entry["dataset"], f"{where}.{name}.dataset")
         out[str(name)] = CatalogEntry(entry["dataset"], dict(options), budget)
     return out
+
+
+def _check_loader(loader: str, where: str) -> None:
+    """A catalog entry's loader must be registered: a misspelt one would start the service
+    and fail each job that names the entry, far from the config file that is wrong."""
+    from foedus.data.datasets import datasets  # the registry; a loader's module on lookup
+
+    try:
+        datasets.get(loader)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def _type(plugin: Any) -> str:

@@ -529,5 +529,9 @@ def run_site(config: SiteConfig) -> int:
             while not stopping and time.monotonic() < deadline:
                 time.sleep(0.05)  # a timer between heartbeats, checking for a stop signal
     finally:
+        if site.actors:
+            print(f"foedus site: stopping {len(site.actors)} actor(s) of "
+                  f"{len({job for job, _ in site.actors})} job(s); a site started again "
+                  "rejoins their jobs", file=sys.stderr, flush=True)
         site.close()
     return 0
