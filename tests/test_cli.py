@@ -158,3 +158,50 @@ def test_the_foedus_command_sets_a_job_up_without_the_cyclic_collector_then_turn
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+# ---- a line naming a local command builds that command's parser only -------------------------
+@pytest.mark.parametrize("argv", [
+    ["run", "job.yaml"],
+    ["-v", "run", "job.yaml", "--rounds", "2", "--json", "--history-csv", "h.csv"],
+    ["demo", "--clients", "3", "--model", "torch-mlp"],
+    ["server", "job.yaml", "--plot", "p.png"],
+    ["client", "job.yaml", "--index", "4"],
+    ["actor", "job.yaml", "server,client-000", "--json"],
+    ["sim", "job.yaml", "--backend", "process", "--per-round", "2", "--workers", "2"],
+    ["plugins"],
+    ["--verbose", "plugins"],
+])
+def test_the_parser_of_one_command_reads_its_line_as_the_whole_parser_does(
+    argv: list[str],
+) -> None:
+    from foedus.cli import _named_command, build_parser
+
+    named = _named_command(argv)
+    assert named is not None and named in argv
+    assert build_parser(named).parse_args(argv) == build_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--help"], ["-h", "run"], ["rn", "job.yaml"], ["submit", "job.yaml"], ["--verb", "run"],
+    ["--", "run"], [],
+])
+def test_help_typos_and_federation_commands_get_every_parser(argv: list[str]) -> None:
+    from foedus.cli import _named_command
+
+    assert _named_command(argv) is None
+
+
+def test_a_command_s_help_and_errors_read_as_with_every_parser(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from foedus.cli import build_parser
+
+    outputs = []
+    for parser in (build_parser("run"), build_parser()):
+        for argv in (["run", "--help"], ["run"], ["run", "job.yaml", "--rounds", "x"]):
+            with pytest.raises(SystemExit):
+                parser.parse_args(argv)
+            outputs.append(capsys.readouterr())
+    assert outputs[:3] == outputs[3:]
+    assert "--history-csv" in outputs[0].out and "required: job" in outputs[1].err

@@ -54,3 +54,52 @@ def test_a_scikit_learn_job_on_digits_does_not_import_its_dataset_fetchers(
 ) -> None:
     assert "sklearn.linear_model" in imported[1]
     assert "sklearn.datasets" not in imported[1]
+
+
+#: what a plain centralized job never uses: the secure sum, FedBuff, swarm and tree topologies'
+#: machinery, checkpoints (none asked), and the report writers (no --history-csv / --plot)
+UNUSED_BY_A_PLAIN_JOB = [
+    "foedus.privacy.secagg", "foedus.privacy.secagg_pods", "foedus.topology.secure_sum",
+    "foedus.roles.secure_server", "foedus.roles.async_server", "foedus.topology.asynchronous",
+    "foedus.roles.peer", "foedus.topology.swarm", "foedus.topology.hierarchical",
+    "foedus.roles.edge", "foedus.roles.checkpoint", "foedus.report",
+]
+
+COMMAND = """
+import json, sys
+from foedus.cli import main
+sys.argv = ["foedus", "run", sys.argv[1], "--rounds", "1"]
+status = main()
+print(json.dumps([status, sorted(m for m in sys.modules if m.startswith("foedus."))]))
+"""
+
+
+def command_imports(tmp_path: Path, job: str) -> list[str]:
+    """The foedus modules ``foedus run JOB --rounds 1`` imported, run as the command runs it."""
+    path = tmp_path / "job.yaml"
+    path.write_text(job)
+    env = {k: v for k, v in os.environ.items() if k != "FOEDUS_PLUGINS"}
+    env |= {"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", COMMAND, str(path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    status, modules = json.loads(done.stdout.strip().splitlines()[-1])
+    assert status == 0, done.stderr
+    return list(modules)
+
+
+def test_a_centralized_job_imports_no_secure_sum_swarm_or_async_machinery(
+    tmp_path: Path,
+) -> None:
+    modules = command_imports(tmp_path, (ROOT / "examples" / "digits-sklearn.yaml").read_text())
+    assert "foedus.topology.centralized" in modules
+    assert sorted(set(UNUSED_BY_A_PLAIN_JOB) & set(modules)) == []
+
+
+def test_a_secure_sum_job_imports_its_machinery(tmp_path: Path) -> None:
+    """The other side: the watched names are the modules such jobs do import."""
+    job = ("job_id: sum\nclients: {count: 3}\n"
+           "pipeline: [{type: secure-sum, params: {max_dropouts: 1}}]\n")
+    modules = command_imports(tmp_path, job)
+    assert {"foedus.privacy.secagg_pods", "foedus.topology.secure_sum",
+            "foedus.roles.secure_server"} <= set(modules)

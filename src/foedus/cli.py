@@ -11,7 +11,6 @@ interrupted. Only bugs produce tracebacks.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import json
 import logging
@@ -28,7 +27,15 @@ from foedus.federation import cli as federation
 from foedus.plugins import catalogue, format_catalogue, load_plugins
 from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord
-from foedus.runner import JobResult, prepare, run_actors, run_client, run_job_sync, run_server
+from foedus.runner import (
+    JobResult,
+    prepare,
+    run_actors,
+    run_client,
+    run_job_sync,
+    run_server,
+    run_sync,
+)
 
 BAR_WIDTH = 24
 
@@ -172,7 +179,7 @@ def _actors(spec: JobSpec, args: argparse.Namespace) -> int:
         print("\n".join(prepare(spec).actors(spec)))
         return 0
     names = args.actors.split(",")
-    result = asyncio.run(run_actors(
+    result = run_sync(run_actors(
         spec, names, on_round=_progress(spec, args.json),
         on_client_round=None if args.json else _client_round, on_waiting=_waiting(spec)))
     if result.history or args.json:
@@ -208,7 +215,7 @@ def _run(spec: JobSpec, args: argparse.Namespace) -> int:
         gc.enable()
 
     try:
-        result = asyncio.run(run_actors(spec, prepare(spec).actors(spec), on_round=on_round,
+        result = run_sync(run_actors(spec, prepare(spec).actors(spec), on_round=on_round,
                                         on_ready=started))
     finally:
         gc.enable()
@@ -237,12 +244,14 @@ def _add_report_options(parser: argparse.ArgumentParser) -> None:
 
 def _write_reports(result: JobResult, args: argparse.Namespace) -> None:
     """The files asked for with --history-csv and --plot, once the job has ended."""
-    from foedus.report import plot, write_csv
-
     if getattr(args, "history_csv", None):
+        from foedus.report import write_csv
+
         print(f"foedus: rounds written to {write_csv(result.history, args.history_csv)}",
               file=sys.stderr)
     if getattr(args, "plot", None):
+        from foedus.report import plot
+
         path = plot(result.history, args.plot, title=f"job {result.job_id}")
         print(f"foedus: chart written to {path}", file=sys.stderr)
 
@@ -258,69 +267,106 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    # Many clients share this process: one math thread each beats oversubscribing the cores
-    # (measured 4x faster for Keras on torch). Must be set before torch is imported.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+#: the commands this module defines (federation.COMMANDS are the federation's), in the order
+#: ``foedus --help`` lists them
+LOCAL_COMMANDS = ("demo", "run", "server", "client", "actor", "sim", "plugins", "certs")
+
+
+def _named_command(arg_list: Sequence[str]) -> str | None:
+    """The local command ``arg_list`` names, when nothing else on the line needs the other
+    commands' parsers: only ``-v`` before it, and one of :data:`LOCAL_COMMANDS`. ``None``
+    otherwise (help, a typo, a federation command): then every parser is built, so usage and
+    errors read as always."""
+    for arg in arg_list:
+        if arg not in ("-v", "--verbose"):
+            return arg if arg in LOCAL_COMMANDS else None
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with ``command``, only that command's sub-parser is built
+    (what parsing a line naming it needs): the others' 90-odd arguments cost milliseconds of
+    every job's start-up."""
     parser = argparse.ArgumentParser(prog="foedus", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="federated training on digits, in-process")
-    demo.add_argument("--clients", type=int, default=10)
-    demo.add_argument("--rounds", type=int, default=30)
-    demo.add_argument("--epochs", type=int, default=1, help="local epochs per round")
-    demo.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label skew")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--model", default="sklearn-sgd", help="sklearn-sgd or torch-mlp")
-    demo.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    def wanted(name: str) -> bool:
+        return command is None or command == name
 
-    run = sub.add_parser("run", help="run a job file in this process")
-    run.add_argument("job", help="path to a YAML job file")
-    run.add_argument("--rounds", type=int, help="override the job's rounds")
-    run.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    _add_report_options(run)
+    if wanted("demo"):
+        demo = sub.add_parser("demo", help="federated training on digits, in-process")
+        demo.add_argument("--clients", type=int, default=10)
+        demo.add_argument("--rounds", type=int, default=30)
+        demo.add_argument("--epochs", type=int, default=1, help="local epochs per round")
+        demo.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label skew")
+        demo.add_argument("--seed", type=int, default=0)
+        demo.add_argument("--model", default="sklearn-sgd", help="sklearn-sgd or torch-mlp")
+        demo.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
-    server = sub.add_parser("server", help="run only the server of a job (clients elsewhere)")
-    server.add_argument("job", help="path to a YAML job file")
-    server.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    _add_report_options(server)
+    if wanted("run"):
+        run = sub.add_parser("run", help="run a job file in this process")
+        run.add_argument("job", help="path to a YAML job file")
+        run.add_argument("--rounds", type=int, help="override the job's rounds")
+        run.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+        _add_report_options(run)
 
-    client = sub.add_parser("client", help="run one client of a job until the server stops")
-    client.add_argument("job", help="path to a YAML job file")
-    client.add_argument("--index", type=int, required=True, help="which client (0-based)")
+    if wanted("server"):
+        server = sub.add_parser("server", help="run only the server of a job (clients elsewhere)")
+        server.add_argument("job", help="path to a YAML job file")
+        server.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+        _add_report_options(server)
 
-    actor = sub.add_parser("actor", help="run some actors of a job (any topology) here")
-    actor.add_argument("job", help="path to a YAML job file")
-    actor.add_argument("actors", nargs="?", help="comma-separated actor ids (omit to list them)")
-    actor.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    _add_report_options(actor)
+    if wanted("client"):
+        client = sub.add_parser("client", help="run one client of a job until the server stops")
+        client.add_argument("job", help="path to a YAML job file")
+        client.add_argument("--index", type=int, required=True, help="which client (0-based)")
 
-    sim = sub.add_parser("sim", help="simulate a job file with virtual clients on a pool")
-    sim.add_argument("job", help="path to a YAML job file (its transport is not used)")
-    sim.add_argument("--rounds", type=int, help="override the job's rounds")
-    sim.add_argument("--clients", type=int, help="override clients.count")
-    sim.add_argument("--per-round", type=int, help="override clients.per_round (sampling)")
-    sim.add_argument("--backend", default="thread", choices=["thread", "process", "ray"])
-    sim.add_argument("--workers", type=int, help="pool size (default: 1 thread, or all cores)")
-    sim.add_argument("--ray-address", help="an existing Ray cluster (default: start one here)")
-    sim.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    _add_report_options(sim)
+    if wanted("actor"):
+        actor = sub.add_parser("actor", help="run some actors of a job (any topology) here")
+        actor.add_argument("job", help="path to a YAML job file")
+        actor.add_argument("actors", nargs="?",
+                           help="comma-separated actor ids (omit to list them)")
+        actor.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+        _add_report_options(actor)
 
-    sub.add_parser("plugins", help="list every registered plugin and the extra it needs")
+    if wanted("sim"):
+        sim = sub.add_parser("sim", help="simulate a job file with virtual clients on a pool")
+        sim.add_argument("job", help="path to a YAML job file (its transport is not used)")
+        sim.add_argument("--rounds", type=int, help="override the job's rounds")
+        sim.add_argument("--clients", type=int, help="override clients.count")
+        sim.add_argument("--per-round", type=int, help="override clients.per_round (sampling)")
+        sim.add_argument("--backend", default="thread", choices=["thread", "process", "ray"])
+        sim.add_argument("--workers", type=int,
+                         help="pool size (default: 1 thread, or all cores)")
+        sim.add_argument("--ray-address", help="an existing Ray cluster (default: start one here)")
+        sim.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+        _add_report_options(sim)
 
-    sub.add_parser(
-        "certs", add_help=False,
-        help="create a deployment's TLS certificates (CA, server, one per client)",
-    )
+    if wanted("plugins"):
+        sub.add_parser("plugins", help="list every registered plugin and the extra it needs")
 
-    federation.add_commands(sub)  # coordinator, site, submit, jobs, logs, cancel, sites, users
+    if wanted("certs"):
+        sub.add_parser(
+            "certs", add_help=False,
+            help="create a deployment's TLS certificates (CA, server, one per client)",
+        )
 
+    if command is None:  # coordinator, site, submit, jobs, logs, cancel, sites, users
+        federation.add_commands(sub)
+    return parser
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    # Many clients share this process: one math thread each beats oversubscribing the cores
+    # (measured 4x faster for Keras on torch). Must be set before torch is imported.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     arg_list = list(sys.argv[1:] if argv is None else argv)
     if arg_list[:1] == ["certs"]:
         from foedus.certs import main_certs
 
         return main_certs(arg_list[1:])
+    parser = build_parser(_named_command(arg_list))
     args = parser.parse_args(arg_list)
     args.owns_process = argv is None  # the foedus command: the process ends with it
     logging.basicConfig(
@@ -351,11 +397,11 @@ def _main(argv: Sequence[str] | None) -> int:
             return _simulate(spec, args)
         if args.command == "server":
             on_round = _progress(spec, args.json)
-            return _report(asyncio.run(run_server(spec, on_round=on_round)), args)
+            return _report(run_sync(run_server(spec, on_round=on_round)), args)
         if args.command == "actor":
             return _actors(spec, args)
         if args.command == "client":
-            result = asyncio.run(run_client(spec, args.index, on_client_round=_client_round,
+            result = run_sync(run_client(spec, args.index, on_client_round=_client_round,
                                             on_waiting=_waiting(spec)))
             for actor in result.extra.get("rounds_trained", {}):
                 print(f"foedus: client {_actor_done(result, actor)}", file=sys.stderr)

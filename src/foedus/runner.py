@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -34,7 +35,6 @@ from foedus.core.message import Kind, Message
 from foedus.core.runtime import Runtime
 from foedus.plugins import load_plugins
 from foedus.roles.client import ClientPod
-from foedus.roles.peer import PeerPod
 from foedus.roles.server import RoundRecord
 from foedus.topology.centralized import LinkMeter
 from foedus.transport.base import transports
@@ -42,9 +42,10 @@ from foedus.transport.link import Uplink
 
 log = logging.getLogger("foedus.runner")
 P = TypeVar("P")
+R = TypeVar("R")
 
 __all__ = ["JobResult", "RoundListener", "build_actor_parts", "prepare", "run_actors",
-           "run_assembly", "run_client", "run_job", "run_job_sync", "run_server"]
+           "run_assembly", "run_client", "run_job", "run_job_sync", "run_server", "run_sync"]
 
 
 @dataclass
@@ -334,12 +335,14 @@ def _actor_bytes(assembly: Assembly) -> dict[str, dict[str, int]]:
 
 def _rounds_trained(assembly: Assembly) -> dict[str, int]:
     """How many rounds each client or peer run here trained."""
+    # a swarm's peers exist only once their module is imported: other jobs need not import it
+    peers = sys.modules.get("foedus.roles.peer")
     out: dict[str, int] = {}
     for actor, rt in assembly.runtimes.items():
         for pod in rt.graph.pods.values():
             if isinstance(pod, ClientPod):
                 out[actor] = pod.rounds_trained
-            elif isinstance(pod, PeerPod):
+            elif peers is not None and isinstance(pod, peers.PeerPod):
                 out[actor] = len(pod.history)
     return out
 
@@ -352,7 +355,23 @@ async def run_job(spec: JobSpec, *, on_round: RoundListener | None = None) -> Jo
 
 def run_job_sync(spec: JobSpec, *, on_round: RoundListener | None = None) -> JobResult:
     """:func:`run_job` for code that is not already inside an event loop."""
-    return asyncio.run(run_job(spec, on_round=on_round))
+    return run_sync(run_job(spec, on_round=on_round))
+
+
+def run_sync(job: Awaitable[R]) -> R:
+    """``asyncio.run(job)``, the result handed back beside the task rather than as its
+    result. When :func:`asyncio.run` puts back the SIGINT handler it had installed, it looks
+    the handler up in :class:`signal.Handlers`, whose failed lookup formats the handler's repr,
+    which holds its main task's, which holds the task's result: a :class:`JobResult` is every
+    round record and the model's arrays, formatted twice for nothing as the job ends
+    (milliseconds for a small job, more for a long one)."""
+    out: list[R] = []
+
+    async def main() -> None:
+        out.append(await job)
+
+    asyncio.run(main())
+    return out[0]
 
 
 async def run_server(spec: JobSpec, *, on_round: RoundListener | None = None) -> JobResult:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from foedus.config.spec import JobSpec, load_job
 from foedus.core.errors import ConfigError
@@ -157,3 +158,41 @@ def test_the_cli_refuses_a_bad_job_file_with_exit_2_and_one_line(
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert lines[0].startswith("foedus: error: ") and expected in lines[0]
+
+
+# ---- libyaml reads job files; every answer is the pure-Python parser's ----------------------
+def outcome(path: Path) -> JobSpec | str:
+    """What load_job makes of ``path``: the spec, or the refusal's text."""
+    try:
+        return load_job(path)
+    except ConfigError as exc:
+        return str(exc)
+
+
+@pytest.mark.parametrize("content", [
+    *(p.read_text() for p in EXAMPLES),
+    "rounds: [1,\n",  # libyaml words this refusal differently
+    "job_id: x\nseed: 1\n\tbad: tab\n",
+    "job_id: x\ndata: {dataset: iris\n",
+    "job_id: x\ndata:\n  options:\n    o: " + "[" * 900 + "]" * 900 + "\n",  # libyaml nests
+    "job_id: x\ndata:\n  options:\n    o: " + "[" * 5000 + "]" * 5000 + "\n",  # 1000 deep
+    "job_id: x\ndata:\n  options:\n    o: " + "[" * 40 + "]" * 40 + "\n",
+    "job_id: x\nmodel: &m {type: sklearn-sgd}\naggregator: *m\n",
+    "job_id: x\nrounds: 0x10\nround_timeout: 1_000\nseed: 0o17\n",
+    "job_id: x\nrounds: 3\nrounds: 4\n",
+    "job_id: x\ndata: {dataset: digits, partition: iid}\n...\n---\nrounds: 2\n",
+], ids=lambda c: c[:30])
+def test_libyaml_and_the_pure_python_parser_give_every_job_file_the_same_answer(
+    tmp_path: Path, content: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert hasattr(yaml, "CSafeLoader"), "PyYAML without libyaml: this test compares nothing"
+    path = tmp_path / "job.yaml"
+    path.write_text(content)
+    fast = outcome(path)
+    monkeypatch.delattr(yaml, "CSafeLoader")  # the parser every job file was read with before
+    assert fast == outcome(path)
+
+
+def test_a_yaml_refusal_quotes_the_line_as_the_pure_python_parser_does(tmp_path: Path) -> None:
+    message = refusal(tmp_path, "rounds: [1,\n")
+    assert "^" in message and "did not find expected" not in message  # not libyaml's wording

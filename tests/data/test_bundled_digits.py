@@ -13,4 +13,4 @@ def test_the_file_read_with_numpy_is_load_digits() -> None:
     expected_x, expected_y = load_digits(return_X_y=True)
     np.testing.assert_array_equal(x, expected_x)
     np.testing.assert_array_equal(y, expected_y)
-    assert y.dtype == expected_y.dtype
+    assert (x.dtype, y.dtype) == (expected_x.dtype, expected_y.dtype)

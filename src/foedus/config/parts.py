@@ -24,13 +24,13 @@ from foedus.data.datasets import Dataset, DataSpec
 from foedus.data.shares import load_job_data
 from foedus.models.base import ModelAdapter, build_model
 from foedus.privacy.order import check_stages
-from foedus.roles.checkpoint import Checkpointer
 from foedus.roles.client import ClientPod, protections_of
 from foedus.roles.server import Evaluator, RoundRecord, ServerPod
 from foedus.transport.base import Transport, transports
 
 if TYPE_CHECKING:
     from foedus.mlops.session import MlopsSession
+    from foedus.roles.checkpoint import Checkpointer
 
 RoundListener = Callable[[RoundRecord], None]
 
@@ -146,9 +146,11 @@ class JobParts:
         if self._server is not None:
             return self._server
         spec = self.spec
-        checkpointer = (self.mlops.checkpointer() if self.mlops else None) or (
-            Checkpointer(spec.checkpoint_dir, spec.job_id) if spec.checkpoint_dir else None
-        )
+        checkpointer: Checkpointer | None = self.mlops.checkpointer() if self.mlops else None
+        if checkpointer is None and spec.checkpoint_dir:
+            from foedus.roles.checkpoint import Checkpointer  # imported by jobs that checkpoint
+
+            checkpointer = Checkpointer(spec.checkpoint_dir, spec.job_id)
         options: dict[str, Any] = {
             "job_id": spec.job_id, "initial_params": self.initial_params(),
             "aggregator": self.make_aggregator(), "rounds": spec.rounds,

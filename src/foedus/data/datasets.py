@@ -81,6 +81,7 @@ def _bundled_digits() -> tuple[np.ndarray, np.ndarray]:
     of a small job's start-up (it imports pandas and every dataset fetcher). Falls back to
     ``load_digits`` if the file is not where scikit-learn keeps it."""
     import gzip
+    import io
     from importlib.util import find_spec
     from pathlib import Path
 
@@ -92,9 +93,14 @@ def _bundled_digits() -> tuple[np.ndarray, np.ndarray]:
 
         x, y = load_digits(return_X_y=True)
         return np.asarray(x), np.asarray(y)
-    with gzip.open(path, "rb") as stream:
-        table = np.loadtxt(stream, delimiter=",")
-    return table[:, :-1], table[:, -1].astype(int)
+    text = io.BytesIO(gzip.decompress(path.read_bytes()))
+    table: np.ndarray
+    try:  # the file holds integers: read as such, a third faster than as floats
+        table = np.loadtxt(text, delimiter=",", dtype=np.int64)
+    except ValueError:  # a file another scikit-learn version ships might not
+        text.seek(0)
+        table = np.loadtxt(text, delimiter=",")
+    return table[:, :-1].astype(np.float64), table[:, -1].astype(int)
 
 
 def _bundled(loader_name: str) -> Loader:

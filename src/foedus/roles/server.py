@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -35,8 +35,10 @@ from foedus.core.errors import BudgetExhausted, ConfigError, RejectedUpdate
 from foedus.core.message import Kind, Message
 from foedus.core.params import Params
 from foedus.core.pod import Pod, Wire
-from foedus.roles.checkpoint import Checkpointer
 from foedus.roles.collect import RoundCollector
+
+if TYPE_CHECKING:
+    from foedus.roles.checkpoint import Checkpointer  # built by whoever checkpoints a job
 
 log = logging.getLogger("foedus.server")
 

@@ -14,6 +14,7 @@ resumes where it stopped.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,13 +29,13 @@ from foedus.core.graph import Graph
 from foedus.core.message import Message
 from foedus.core.runtime import Runtime, run_graphs
 from foedus.privacy.order import check_filters
-from foedus.roles.async_server import AsyncServerPod
 from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord, ServerPod
 from foedus.transport.base import Transport
 from foedus.transport.link import Downlink, Uplink
 
 if TYPE_CHECKING:
+    from foedus.roles.async_server import AsyncServerPod
     from foedus.topology.secure_sum import SecureJob
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
@@ -68,7 +69,7 @@ def updates_link(server: ServerPod | AsyncServerPod, transport: Transport,
     its participants) non-participants' payloads dropped before they are decoded, where the
     transport can tell, and at most :data:`MESSAGES_PER_ROUND` messages per sender and round.
     The FedBuff server takes several updates per version from one client: no per-round bound."""
-    synchronous = not isinstance(server, AsyncServerPod)
+    synchronous = not _instance_of(server, "foedus.roles.async_server", "AsyncServerPod")
     return Downlink(
         transport, topics(server.job_id).updates, job_id=server.job_id,
         group=f"{server.job_id}.server", name="updates_in",
@@ -135,9 +136,20 @@ async def run_centralized(
 
 
 
+def _instance_of(value: object, module: str, name: str) -> bool:
+    """``isinstance(value, module.name)``, without importing ``module`` when it is not yet:
+    nothing can be an instance of a class whose module was never imported. A centralized job
+    thus never loads the FedBuff server or the secure-sum machinery it does not use (they were
+    a tenth of the ``foedus`` command's own import time)."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(value, getattr(loaded, name))
+
+
 def secure_plan(spec: JobSpec, pipeline: Sequence[Stage], topology: str) -> SecureJob | None:
     """How ``spec``'s secure sum runs, ``None`` without one; refuses a secure sum that cannot
     work (e.g. on another topology than centralized, or with a robust aggregator)."""
+    if not any(_instance_of(s, "foedus.privacy.secagg_pods", "SecureSumStage") for s in pipeline):
+        return None  # what SecureJob.of answers without a secure sum
     from foedus.topology.secure_sum import SecureJob
 
     return SecureJob.of(pipeline, participants=client_ids(spec),
