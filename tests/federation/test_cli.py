@@ -5,19 +5,22 @@ wrong sees. Every mistake is one line naming what to fix, with exit status 2."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from foedus.certs import create_deployment_certs
 from foedus.cli import main
-from foedus.core.errors import require
+from foedus.core.errors import ConfigError, require
 from foedus.federation.actor import MODEL_FILE
 from foedus.federation.coordinator import Coordinator, CoordinatorConfig
 from foedus.federation.demo import ADMIN_TOKEN, LocalFederation
+from foedus.federation.site import SiteConfig, run_site
+from foedus.transport.tls import TLSConfig
 
 
 @dataclass
@@ -110,6 +113,26 @@ def test_where_the_coordinator_is_and_who_you_are_mistakes_are_one_line(
     assert status == 2
     assert err == ("foedus: error: refused (401): unknown token: the coordinator has no user "
                    f"with the token in '{wrong}' (--token-file or $FOEDUS_TOKEN_FILE)")
+
+
+def test_a_site_that_does_not_trust_the_coordinator_ends_at_once_naming_tls_ca(
+        served: Served, tmp_path: Path) -> None:
+    # it used to retry forever, printing CERTIFICATE_VERIFY_FAILED, as if the coordinator
+    # were down
+    other = create_deployment_certs(tmp_path / "other", [])
+    config = SiteConfig.load(tmp_path / "site-1.yaml")
+    config = replace(config, tls=TLSConfig(str(other.ca), str(config.tls.cert),
+                                           str(config.tls.key)), warm=False)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with pytest.raises(ConfigError, match=(
+                rf"^tls.ca: the coordinator at {served.fed.url} presented a certificate that "
+                rf"'{other.ca}' does not verify \(.*CERTIFICATE_VERIFY_FAILED.*\); tls.ca must "
+                r"be the federation's CA")):
+            run_site(config)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def test_a_site_name_typo_names_the_sites_there_are(

@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -485,10 +486,32 @@ class Site:
                 actor.proc.wait()
 
 
+def _untrusted_coordinator(exc: BaseException) -> bool:
+    """Whether the connection failed because this site does not trust the coordinator's
+    certificate (the TLS error somewhere in the exception's chain)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _hint(exc: BaseException) -> str:
+    """What an unreachable coordinator's error may mean, when the error alone does not say."""
+    if "Server disconnected" in str(exc):
+        return ("; a coordinator that does not trust this site's certificate closes the "
+                "connection so: tls.cert must be issued by the federation's CA, with the "
+                "site's name as its CN (foedus certs --clients NAME)")
+    return ""
+
+
 def run_site(config: SiteConfig) -> int:
     """The agent's loop until SIGINT/SIGTERM; a coordinator that cannot be reached is retried
-    (it may be restarting), a refused heartbeat (e.g. a certificate the coordinator does not
-    trust) ends the agent with status 2."""
+    (it may be restarting), a refused heartbeat ends the agent with status 2, and so does a
+    coordinator whose certificate this site's CA does not verify on the first contact (a
+    config mistake). A coordinator that does not trust this site's certificate closes the
+    TLS connection, which looks like an outage: retried, with a hint saying so."""
     httpx = require("httpx", "federation")
     site = Site(config, warm=config.warm)
     stopping = False
@@ -515,9 +538,17 @@ def run_site(config: SiteConfig) -> int:
                 reached = True
             except (httpx.TransportError, CoordinatorUnavailable) as exc:
                 log.warning("coordinator unreachable (%s); retrying", exc)
+                if reached is None and _untrusted_coordinator(exc):
+                    # a config mistake, not an outage: end now, naming what to fix (once the
+                    # site has been connected it retries, so running jobs are not stopped)
+                    raise ConfigError(
+                        f"tls.ca: the coordinator at {config.coordinator} presented a "
+                        f"certificate that {str(config.tls.ca)!r} does not verify ({exc}); "
+                        "tls.ca must be the federation's CA, the one that issued the "
+                        "coordinator's certificate") from exc
                 if reached is not False:
                     print(f"foedus site: coordinator {config.coordinator} unreachable "
-                          f"({exc}); retrying every {config.heartbeat_s:g}s",
+                          f"({exc}{_hint(exc)}); retrying every {config.heartbeat_s:g}s",
                           file=sys.stderr, flush=True)
                 reached = False
             # a beat the coordinator held (a long poll) took the period already; one that
