@@ -352,6 +352,27 @@ def test_a_refused_jobs_waiting_server_process_is_stopped(
     assert coordinator.stopping == []
 
 
+def test_a_running_job_whose_site_actors_all_failed_fails_at_once(
+        coordinator: Coordinator, launcher: Launcher) -> None:
+    # both sites' clients exited with status 2 (their catalog's data file is missing): the
+    # job used to stay running while its server waited out each round's timeout (minutes)
+    beat(coordinator, "site-a", "site-b")
+    job_id = coordinator.submit("ann", job_yaml(), None)
+    answer(coordinator, job_id, "accepted", "site-a", "site-b")
+    coordinator.tick()
+    assert job_of(coordinator, job_id).state == "running"
+    why = "exit status 2: foedus: error: data: data file '/data/a.csv' does not exist"
+    coordinator.store.set_assignment(job_id, "site-a", "client-000", "failed", why)
+    coordinator.tick()
+    assert job_of(coordinator, job_id).state == "running"  # one client left: its rounds go on
+    coordinator.store.set_assignment(job_id, "site-b", "client-001", "failed", why)
+    coordinator.tick()
+    job = job_of(coordinator, job_id)
+    assert (job.state, job.reason) == (
+        "failed", f"every site's actor failed; client-000 at site site-a: {why}")
+    assert coordinator.stopping == [launcher.started[0].pid]  # its server is stopped
+
+
 def test_at_most_a_few_queued_jobs_hold_a_waiting_server_process(
         coordinator: Coordinator, launcher: Launcher) -> None:
     beat(coordinator, "site-a", "site-b")

@@ -530,10 +530,22 @@ class Coordinator:
 
     def _tick_server(self, job: Job) -> None:
         """Read the rounds the job's server process recorded, and end the job with its
-        result; restart a server that is gone without one (it resumes from its checkpoint)."""
+        result; restart a server that is gone without one (it resumes from its checkpoint).
+        A job whose data holders have all failed (a site's data missing, its job file
+        refused by the actor) fails at once, naming the first: its server would otherwise
+        wait out each round's timeout for clients that are gone."""
         self._ingest_rounds(job)
         result_path = self.job_dir(job.id) / "result.json"
         proc = self.servers.get(job.id)
+        answers = self.store.assignments(job_id=job.id)
+        if not result_path.exists() and answers and \
+                all(a["state"] == "failed" for a in answers):
+            # no data holder is left: the server would wait out every round's timeout
+            a = answers[0]
+            self._finish(job.id, "failed", f"every site's actor failed; {a['actor']} at site "
+                         f"{a['site']}: {a['reason']}")
+            self._stop_server(job)
+            return
         if result_path.exists():
             result = json.loads(result_path.read_text())
             self._ingest_rounds(job)
