@@ -157,7 +157,10 @@ def test_permuting_the_clients_does_not_change_the_result(
     np.testing.assert_allclose(a, b, rtol=tol, atol=tol * (1 + np.abs(rows).max()))
 
 
-@pytest.mark.parametrize("name", ["krum", "multi-krum", "bulyan"])
+KRUM_BASED = ("krum", "multi-krum", "bulyan")
+
+
+@pytest.mark.parametrize("name", KRUM_BASED)
 @pytest.mark.parametrize("seed", range(5))
 def test_permuting_the_clients_does_not_change_krum_based_results(name: str, seed: int) -> None:
     # continuous random data: Krum-based choices are order-free except on exact ties of both
@@ -177,6 +180,11 @@ def test_permuting_the_clients_does_not_change_krum_based_results(name: str, see
 def test_robust_results_move_with_the_clients(name: str, rows: np.ndarray, shift: float) -> None:
     """Translation equivariance: shifting every update (and the global model) by the same
     vector shifts the result by it."""
+    if name in KRUM_BASED:
+        # on an exact tie of Krum scores (repeated values make them: 0, 0.05 and 2, 2.05 are
+        # the same distance apart) the choice turns on the rounding of the distances, which a
+        # shift changes, and so does the result: continuous noise breaks such ties
+        rows = rows + np.random.default_rng(0).normal(scale=1e-3, size=rows.shape)
     origin = np.linspace(-1, 1, rows.shape[1])
     a = vectors(make(name), rows, origin=origin)
     b = vectors(make(name), rows + shift, origin=origin + shift)
