@@ -159,3 +159,18 @@ def test_result_into_a_directory_that_is_not_there_is_one_line_and_writes_nothin
     status, said, _ = run(capsys, "result", "done-1", "--out", str(tmp_path / "model.foedus"))
     assert status == 0 and said.endswith("model.foedus: 5 bytes")
     assert (tmp_path / "model.foedus").read_bytes() == b"model"
+
+
+@pytest.mark.parametrize(("command", "says"), [
+    (["coordinator"], "Keys of coordinator.yaml: docs/federation.md"),
+    (["site"], "A site started again rejoins its jobs"),
+    (["submit"], "Exit status 0 means queued: the sites answer after"),
+    (["users"], "viewer: lists jobs, sites, logs"),
+    (["jobs"], "Exit status 0 on success; 2 with one line naming the reason"),
+])
+def test_each_commands_help_says_what_it_does_not_only_its_options(
+        command: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--help"])
+    assert exited.value.code == 0
+    assert says in " ".join(capsys.readouterr().out.split())

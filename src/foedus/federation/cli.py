@@ -43,45 +43,98 @@ def _user_options(parser: argparse.ArgumentParser) -> None:
                         help="the federation's CA certificate (default: $FOEDUS_CA)")
 
 
+#: what every user command's --help ends with
+USER_EPILOG = ("Exit status 0 on success; 2 with one line naming the reason when the "
+               "coordinator refuses or a setting is wrong. Docs: docs/federation.md.")
+
+
 def add_commands(sub: Any) -> None:
-    """Add the federation's subcommands to ``foedus``'s subparsers."""
-    coordinator = sub.add_parser("coordinator", help="run the federation's coordinator service")
+    """Add the federation's subcommands to ``foedus``'s subparsers. Each says in its --help
+    what it does and where its settings are, not only its options' names."""
+    coordinator = sub.add_parser(
+        "coordinator", help="run the federation's coordinator service",
+        description="Run the coordinator service (its HTTPS API, the web console at "
+                    "/console/, the jobs' server processes) until SIGTERM or Ctrl-C. Jobs "
+                    "survive a restart. Keys of coordinator.yaml: docs/federation.md.")
     coordinator.add_argument("--config", required=True, help="coordinator.yaml")
-    site = sub.add_parser("site", help="run a site agent (runs the jobs' client actors here)")
+    site = sub.add_parser(
+        "site", help="run a site agent (runs the jobs' client actors here)",
+        description="Run a site agent until SIGTERM or Ctrl-C: it connects out to the "
+                    "coordinator with its certificate (its name is the certificate's CN), "
+                    "checks each job offered against its policy, catalog and privacy budget, "
+                    "and runs the jobs it accepts. A site started again rejoins its jobs. "
+                    "Keys of site.yaml: docs/federation.md.")
     site.add_argument("--config", required=True, help="site.yaml")
 
-    submit = sub.add_parser("submit", help="submit a job file to the coordinator")
+    submit = sub.add_parser(
+        "submit", help="submit a job file to the coordinator", epilog=USER_EPILOG,
+        description="Check a job file at the coordinator and queue it; prints the job's id. "
+                    "Exit status 0 means queued: the sites answer after, and a site's refusal "
+                    "shows in `foedus jobs` and `foedus logs JOB`.")
     submit.add_argument("job", help="path to a YAML job file (data.dataset: a catalog entry)")
     submit.add_argument("--sites", help="comma-separated sites, client-000 first (default: "
                                         "the online sites, by name)")
-    jobs = sub.add_parser("jobs", help="list the coordinator's jobs")
+    jobs = sub.add_parser("jobs", help="list the coordinator's jobs", epilog=USER_EPILOG,
+                          description="Every job: its state (queued, running, finished, "
+                                      "failed, cancelled), owner, sites, rounds done, final "
+                                      "accuracy and the reason it failed.")
     jobs.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    logs = sub.add_parser("logs", help="a job's per-round records and events")
-    logs.add_argument("job_id")
+    logs = sub.add_parser("logs", help="a job's per-round records and events", epilog=USER_EPILOG,
+                          description="A job's events (submitted, each site's answer and "
+                                      "actor state, sites offline, the end), then one line "
+                                      "per round.")
+    logs.add_argument("job_id", help="the id `foedus submit` printed")
     logs.add_argument("--json", action="store_true", help="print JSON instead of lines")
-    cancel = sub.add_parser("cancel", help="cancel a job: every actor of it is stopped")
-    cancel.add_argument("job_id")
-    sites = sub.add_parser("sites", help="list the federation's sites")
-    sites.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    users = sub.add_parser("users", help="manage users (admin): `users add NAME --role ROLE`")
-    users.add_argument("action", choices=["add"])
-    users.add_argument("name")
-    users.add_argument("--role", required=True, choices=["viewer", "submitter", "admin"])
+    cancel = sub.add_parser("cancel", help="cancel a job: every actor of it is stopped",
+                            epilog=USER_EPILOG,
+                            description="Cancel a queued or running job (yours, or anyone's "
+                                        "as an admin): its server and every site's actor are "
+                                        "stopped. Prints the new state.")
+    cancel.add_argument("job_id", help="the id `foedus submit` printed")
+    sites = sub.add_parser("sites", help="list the federation's sites", epilog=USER_EPILOG,
+                           description="Every site that ever connected: online or offline "
+                                       "(from its heartbeats), version, catalog entries.")
+    sites.add_argument("--json", action="store_true",
+                       help="print JSON instead of a table (with each site's policy)")
+    users = sub.add_parser("users", help="manage users (admin): `users add NAME --role ROLE`",
+                           epilog=USER_EPILOG,
+                           description="Create a user (admins only) and print their token, "
+                                       "once: the coordinator keeps only its hash. viewer: "
+                                       "lists jobs, sites, logs; submitter: also submits and "
+                                       "cancels its own jobs; admin: also cancels any job and "
+                                       "creates users.")
+    users.add_argument("action", choices=["add"], help="add: create NAME")
+    users.add_argument("name", help="the user's name")
+    users.add_argument("--role", required=True, choices=["viewer", "submitter", "admin"],
+                       help="what the user may do")
     users.add_argument("--replace", action="store_true",
                        help="NAME exists: give them a new token (the old one stops working) "
                             "and this role")
-    result = sub.add_parser("result", help="download a finished job's final model")
-    result.add_argument("job_id")
+    result = sub.add_parser("result", help="download a finished job's final model",
+                            epilog=USER_EPILOG,
+                            description="Download a finished job's final model; the file is "
+                                        "written only once all of it arrived.")
+    result.add_argument("job_id", help="the id `foedus submit` printed")
     result.add_argument("--out", required=True, help="the model file to write (the foedus "
                                                      "model-file format)")
-    audit = sub.add_parser("site-audit", help="print this site's audit log (every job offered)")
+    audit = sub.add_parser("site-audit", help="print this site's audit log (every job offered)",
+                           description="At a site, from its own files: every job offered "
+                                       "here, the decision and its reason, the privacy spent "
+                                       "and how the actor ended. Exit status 2 if the log's "
+                                       "hash chain is broken (it names the first bad entry).")
     audit.add_argument("--config", required=True, help="site.yaml")
     audit.add_argument("--json", action="store_true", help="print JSON instead of a table")
     for parser in (submit, jobs, logs, cancel, sites, users, result):
         _user_options(parser)
-    federation = sub.add_parser("federation", help="a whole federation on this machine")
+    federation = sub.add_parser("federation", help="a whole federation on this machine",
+                                description="A whole federation on this machine, for a "
+                                            "first look: `foedus federation demo`.")
     demo = federation.add_subparsers(dest="federation_command", required=True).add_parser(
-        "demo", help="start a coordinator and sites on loopback, run a job, stop them all")
+        "demo", help="start a coordinator and sites on loopback, run a job, stop them all",
+        description="Start a coordinator and site agents on loopback (a fresh CA, configs and "
+                    "databases in a temporary directory), submit a job on the bundled digits "
+                    "data, print its events and rounds, and stop everything. Exit status 0 "
+                    "when the job finished with a model.")
     demo.add_argument("--rounds", type=int, default=3, help="the job's rounds (default 3)")
     demo.add_argument("--sites", type=int, default=3, help="site agents (default 3)")
     demo.add_argument("--keep", metavar="DIR", help="leave the federation's files (configs, "
