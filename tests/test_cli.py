@@ -175,11 +175,12 @@ def test_the_foedus_command_sets_a_job_up_without_the_cyclic_collector_then_turn
 def test_the_parser_of_one_command_reads_its_line_as_the_whole_parser_does(
     argv: list[str],
 ) -> None:
-    from foedus.cli import _named_command, build_parser
+    from foedus.cli import _named_command, build_parser, parse_command_line
 
     named = _named_command(argv)
     assert named is not None and named in argv
-    assert build_parser(named).parse_args(argv) == build_parser().parse_args(argv)
+    assert build_parser(named).parse_known_args(argv) == (build_parser().parse_args(argv), [])
+    assert parse_command_line(argv) == build_parser().parse_args(argv)
 
 
 @pytest.mark.parametrize("argv", [
@@ -192,16 +193,20 @@ def test_help_typos_and_federation_commands_get_every_parser(argv: list[str]) ->
     assert _named_command(argv) is None
 
 
-def test_a_command_s_help_and_errors_read_as_with_every_parser(
-    capsys: pytest.CaptureFixture[str],
+@pytest.mark.parametrize("argv", [
+    ["run", "--help"], ["run"], ["run", "job.yaml", "--rounds", "x"],
+    ["run", "job.yaml", "--bogus"], ["-v", "plugins", "extra"], ["run", "job.yaml", "-v"],
+    ["sim", "job.yaml", "--backend", "nowhere"], ["client", "job.yaml"],
+])
+def test_help_and_mistakes_read_as_with_the_whole_parser(
+    argv: list[str], capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from foedus.cli import build_parser
+    from foedus.cli import build_parser, parse_command_line
 
     outputs = []
-    for parser in (build_parser("run"), build_parser()):
-        for argv in (["run", "--help"], ["run"], ["run", "job.yaml", "--rounds", "x"]):
-            with pytest.raises(SystemExit):
-                parser.parse_args(argv)
-            outputs.append(capsys.readouterr())
-    assert outputs[:3] == outputs[3:]
-    assert "--history-csv" in outputs[0].out and "required: job" in outputs[1].err
+    for parse in (parse_command_line, build_parser().parse_args):
+        with pytest.raises(SystemExit) as exited:
+            parse(argv)
+        outputs.append((exited.value.code, capsys.readouterr()))
+    assert outputs[0] == outputs[1]
+    assert outputs[0][1].out or "usage: foedus" in outputs[0][1].err

@@ -357,6 +357,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def parse_command_line(arg_list: Sequence[str]) -> argparse.Namespace:
+    """``arg_list`` parsed as the whole parser parses it. A line naming a local command is read
+    by that command's parser alone; what it leaves unrecognised is reported by the whole parser
+    (whose usage line lists every command), as is every line naming no local command."""
+    named = _named_command(arg_list)
+    if named is not None:
+        args, unrecognised = build_parser(named).parse_known_args(arg_list)
+        if not unrecognised:
+            return args
+    return build_parser().parse_args(arg_list)
+
+
 def _main(argv: Sequence[str] | None) -> int:
     # Many clients share this process: one math thread each beats oversubscribing the cores
     # (measured 4x faster for Keras on torch). Must be set before torch is imported.
@@ -366,8 +378,7 @@ def _main(argv: Sequence[str] | None) -> int:
         from foedus.certs import main_certs
 
         return main_certs(arg_list[1:])
-    parser = build_parser(_named_command(arg_list))
-    args = parser.parse_args(arg_list)
+    args = parse_command_line(arg_list)
     args.owns_process = argv is None  # the foedus command: the process ends with it
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.ERROR,
