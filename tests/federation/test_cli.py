@@ -21,12 +21,14 @@ from foedus.federation.coordinator import Coordinator, CoordinatorConfig
 from foedus.federation.demo import ADMIN_TOKEN, LocalFederation
 from foedus.federation.site import SiteConfig, run_site
 from foedus.transport.tls import TLSConfig
+from tests.waiting import until
 
 
 @dataclass
 class Served:
     fed: LocalFederation
     coordinator: Coordinator
+    loop: asyncio.AbstractEventLoop  # the coordinator's: its state changes run there
 
 
 @pytest.fixture
@@ -51,7 +53,7 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("FOEDUS_TOKEN_FILE", raising=False)
     try:
-        yield Served(fed, coordinator)
+        yield Served(fed, coordinator, loop)
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)  # type: ignore[attr-defined]
         loop.call_soon_threadsafe(loop.stop)
@@ -133,6 +135,36 @@ def test_a_site_that_does_not_trust_the_coordinator_ends_at_once_naming_tls_ca(
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+
+
+def test_submit_wait_follows_the_job_and_its_status_says_how_it_ended(
+        served: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    # without --wait, submit says 0 once queued, and a site's refusal comes after: a script
+    # could not tell. With it, the exit status is the job's outcome
+    coordinator = served.coordinator
+    for name in served.fed.sites:
+        coordinator.store.heartbeat(name, "test", {"catalog": ["digits"]})
+    outcome: list[int] = []
+    follower = threading.Thread(target=lambda: outcome.append(
+        main(["submit", str(served.fed.job(2)), "--wait"])))
+    follower.start()
+    try:
+        asyncio.run(until(lambda: bool(coordinator.store.jobs()), "the job queued"))
+        [job] = coordinator.store.jobs()
+
+        async def refuse() -> None:  # what site-2's answer does, in the coordinator's loop
+            coordinator.store.set_assignment(job.id, "site-2", "client-001", "refused",
+                                             "80 rounds is more than this site allows (60)")
+            coordinator.tick()
+        asyncio.run_coroutine_threadsafe(refuse(), served.loop).result(30)
+    finally:
+        follower.join(60)
+    assert outcome == [1]
+    out, err = capsys.readouterr()
+    assert out.strip() == job.id
+    reason = "site site-2 refused client-001: 80 rounds is more than this site allows (60)"
+    assert f"failed: {reason}" in err  # the event, as it came
+    assert err.strip().splitlines()[-1] == f"foedus: job {job.id} failed: {reason}"
 
 
 def test_a_site_name_typo_names_the_sites_there_are(

@@ -70,10 +70,15 @@ def add_commands(sub: Any) -> None:
         "submit", help="submit a job file to the coordinator", epilog=USER_EPILOG,
         description="Check a job file at the coordinator and queue it; prints the job's id. "
                     "Exit status 0 means queued: the sites answer after, and a site's refusal "
-                    "shows in `foedus jobs` and `foedus logs JOB`.")
+                    "shows in `foedus jobs` and `foedus logs JOB`; with --wait it follows the "
+                    "job and its exit status says how the job ended.")
     submit.add_argument("job", help="path to a YAML job file (data.dataset: a catalog entry)")
     submit.add_argument("--sites", help="comma-separated sites, client-000 first (default: "
                                         "the online sites, by name)")
+    submit.add_argument("--wait", action="store_true",
+                        help="follow the job to its end (its events and rounds on stderr); "
+                             "exit status 0 when it finished, 1 when it failed or was "
+                             "cancelled")
     jobs = sub.add_parser("jobs", help="list the coordinator's jobs", epilog=USER_EPILOG,
                           description="Every job: its state (queued, running, finished, "
                                       "failed, cancelled), owner, sites, rounds done, final "
@@ -235,6 +240,47 @@ def _accuracy(job: dict[str, Any]) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "-"
 
 
+#: seconds between two looks at a job `submit --wait` follows
+WAIT_POLL_S = 1.0
+TERMINAL = ("finished", "failed", "cancelled")
+
+
+def _wait(api: Api, job_id: str) -> int:
+    """Follow a submitted job to its end, printing its events and rounds on stderr as they
+    come; the exit status says how it ended (0 finished, 1 failed or cancelled), so a script
+    can run ``foedus submit --wait JOB && ...``. Ctrl-C stops following, not the job."""
+    events = rounds = 0
+    try:
+        while True:
+            job = api.call("GET", f"/v1/jobs/{job_id}")
+            for event in job["events"][events:]:
+                stamp = time.strftime("%H:%M:%S", time.localtime(event["at"]))
+                print(f"{stamp}  {event['text']}", file=sys.stderr, flush=True)
+            events = len(job["events"])
+            if job["rounds_done"] > rounds:
+                found = api.call("GET", f"/v1/jobs/{job_id}/rounds")["rounds"]
+                for r in found[rounds:]:
+                    print(_round_line(r), file=sys.stderr, flush=True)
+                rounds = len(found)
+            if job["state"] in TERMINAL:
+                break
+            time.sleep(WAIT_POLL_S)  # the API has no push; one look a second is cheap for it
+    except KeyboardInterrupt:
+        print(f"foedus: stopped following {job_id}; the job goes on (foedus logs {job_id}, "
+              f"foedus cancel {job_id})", file=sys.stderr)
+        return 130
+    print(f"foedus: job {job_id} {job['state']}"
+          + (f": {job['reason']}" if job["reason"] else "")
+          + (f" (final accuracy {_accuracy(job)})" if _accuracy(job) != "-" else ""),
+          file=sys.stderr)
+    return 0 if job["state"] == "finished" else 1
+
+
+def _round_line(r: dict[str, Any]) -> str:
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted(r.get("metrics", {}).items()))
+    return f"round {r['round']:>3}  {r.get('status', '')}  updates {r.get('accepted')}  {metrics}"
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run one federation command; user mistakes and refusals raise ``FoedusError`` (the
     caller prints them in one line, exit status 2)."""
@@ -268,8 +314,9 @@ def run_command(args: argparse.Namespace) -> int:
         body: dict[str, Any] = {"job_yaml": text}
         if args.sites:
             body["sites"] = [s.strip() for s in args.sites.split(",") if s.strip()]
-        print(api.call("POST", "/v1/jobs", body)["id"])
-        return 0
+        job_id = api.call("POST", "/v1/jobs", body)["id"]
+        print(job_id, flush=True)
+        return _wait(api, job_id) if args.wait else 0
     if args.command == "jobs":
         jobs = api.call("GET", "/v1/jobs")["jobs"]
         if args.json:
@@ -290,9 +337,7 @@ def run_command(args: argparse.Namespace) -> int:
             stamp = time.strftime("%H:%M:%S", time.localtime(event["at"]))
             print(f"{stamp}  {event['text']}")
         for r in rounds:
-            metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted(r.get("metrics", {}).items()))
-            print(f"round {r['round']:>3}  {r.get('status', '')}  updates {r.get('accepted')}  "
-                  f"{metrics}")
+            print(_round_line(r))
         return 0
     if args.command == "cancel":
         print(api.call("POST", f"/v1/jobs/{args.job_id}/cancel")["state"])
