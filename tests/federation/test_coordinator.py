@@ -373,6 +373,23 @@ def test_a_running_job_whose_site_actors_all_failed_fails_at_once(
     assert coordinator.stopping == [launcher.started[0].pid]  # its server is stopped
 
 
+def test_a_server_that_could_not_start_says_it_was_the_servers_problem(
+        coordinator: Coordinator, launcher: Launcher) -> None:
+    # the coordinator's own catalog entry names a missing file: the reason used to be the
+    # bare "data: data file ... does not exist", read by submitters as their sites' data
+    beat(coordinator, "site-a", "site-b")
+    job_id = coordinator.submit("ann", job_yaml(), None)
+    answer(coordinator, job_id, "accepted", "site-a", "site-b")
+    coordinator.tick()
+    (coordinator.job_dir(job_id) / "result.json").write_text(json.dumps(
+        {"status": 2, "error": "data: data file '/srv/test.csv' does not exist"}))
+    coordinator.tick()
+    job = job_of(coordinator, job_id)
+    assert (job.state, job.reason) == ("failed", "the job's server at the coordinator could "
+                                       "not start: data: data file '/srv/test.csv' does not "
+                                       "exist")
+
+
 def test_at_most_a_few_queued_jobs_hold_a_waiting_server_process(
         coordinator: Coordinator, launcher: Launcher) -> None:
     beat(coordinator, "site-a", "site-b")

@@ -551,6 +551,9 @@ class Coordinator:
             self._ingest_rounds(job)
             if result["status"] == 0:
                 self._finish(job.id, "finished", None, result.get("summary"))
+            elif result["status"] == 2:  # the job, as the coordinator's data fills it, is wrong
+                self._finish(job.id, "failed", "the job's server at the coordinator could not "
+                             f"start: {result.get('error')}", result.get("summary"))
             else:
                 self._finish(job.id, "failed", result.get("error"),
                              result.get("summary"))
