@@ -253,16 +253,23 @@ def _wait(api: Api, job_id: str) -> int:
     try:
         while True:
             job = api.call("GET", f"/v1/jobs/{job_id}")
-            for event in job["events"][events:]:
-                stamp = time.strftime("%H:%M:%S", time.localtime(event["at"]))
-                print(f"{stamp}  {event['text']}", file=sys.stderr, flush=True)
-            events = len(job["events"])
+            new_rounds: list[dict[str, Any]] = []
             if job["rounds_done"] > rounds:
-                found = api.call("GET", f"/v1/jobs/{job_id}/rounds")["rounds"]
-                for r in found[rounds:]:
-                    print(_round_line(r), file=sys.stderr, flush=True)
-                rounds = len(found)
-            if job["state"] in TERMINAL:
+                new_rounds = api.call("GET", f"/v1/jobs/{job_id}/rounds")["rounds"][rounds:]
+                rounds += len(new_rounds)
+            seen = job["events"][events:]
+            events = len(job["events"])
+            lines = [f"{time.strftime('%H:%M:%S', time.localtime(e['at']))}  {e['text']}"
+                     for e in seen]
+            # rounds carry no time: they go after this look's events, except the job's end
+            # ("finished", "failed: ...") and what followed it (the actors' exits)
+            ended = job["state"] in TERMINAL
+            end = next((i for i, e in enumerate(seen)
+                        if str(e["text"]).split(":")[0] in TERMINAL), len(lines))
+            lines[end:end] = map(_round_line, new_rounds)
+            for line in lines:
+                print(line, file=sys.stderr, flush=True)
+            if ended:
                 break
             time.sleep(WAIT_POLL_S)  # the API has no push; one look a second is cheap for it
     except KeyboardInterrupt:
