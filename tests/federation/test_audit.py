@@ -83,3 +83,18 @@ def test_the_coordinators_copy_takes_each_entry_once_in_order(tmp_path: Path) ->
     assert reports.ledger("site-a") == {"digits": {"spent": 1.5}}
     assert reports.ledger("site-b") is None and reports.audit("site-b")["entries"] == []
     assert SiteReports(tmp_path / "sites").receive("site-a", {}) == {"audit_have": 3}
+
+
+def test_site_audit_reads_any_site_yaml_and_says_when_there_is_no_log(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # warm: is a site.yaml key; site-audit refused it ("warm: unknown key"), and a state_dir
+    # with no audit log printed an empty table as if no job had been offered
+    config = tmp_path / "site.yaml"
+    config.write_text(yaml.safe_dump({"coordinator": "https://c", "state_dir": "state",
+                                      "warm": False}))
+    assert main_site_audit(str(config), as_json=False) == 0
+    out, err = capsys.readouterr()
+    assert out.split() == ["TIME", "JOB", "SUBMITTER", "DECISION", "DATASET", "EPS", "REQ",
+                           "EPS", "SPENT", "OUTCOME", "REASON"]
+    assert err.strip() == (f"foedus: no audit log at {tmp_path / 'state' / 'audit.jsonl'}: this "
+                           "site has not been offered a job yet (or state_dir is not the site's)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -135,11 +136,13 @@ def _eps(value: Any) -> str:
 def main_site_audit(config_path: str, as_json: bool) -> int:
     """``foedus site-audit``: the site's audit log, one row per job (``--json``: every entry
     and the chain's state). A broken chain is an error (exit status 2)."""
-    from foedus.federation.settings import path_of, read_config
+    from foedus.federation.settings import SITE_KEYS, path_of, read_config
 
-    raw = read_config(config_path, {"coordinator", "state_dir", "tls", "heartbeat_s",
-                                    "catalog", "policy"}, {"state_dir"})
+    raw = read_config(config_path, SITE_KEYS, {"state_dir"})
     log = AuditLog(path_of(raw, raw["state_dir"], "state_dir") / "audit.jsonl")
+    if not log.path.exists():  # an empty table would not tell a wrong state_dir apart
+        print(f"foedus: no audit log at {log.path}: this site has not been offered a job yet "
+              "(or state_dir is not the site's)", file=sys.stderr)
     entries = log.entries()
     broken = verify(entries)
     if as_json:

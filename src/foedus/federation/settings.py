@@ -12,10 +12,15 @@ import yaml
 from foedus.core.errors import ConfigError
 from foedus.transport.tls import TLSConfig
 
-__all__ = ["path_of", "read_config", "tls_of"]
+__all__ = ["SITE_KEYS", "path_of", "read_config", "tls_of"]
+
+#: every key of ``site.yaml``: the site agent and ``foedus site-audit`` read the same file
+SITE_KEYS = frozenset({"coordinator", "state_dir", "tls", "heartbeat_s", "catalog", "policy",
+                       "warm"})
 
 
-def read_config(path: str | Path, allowed: set[str], required: set[str]) -> dict[str, Any]:
+def read_config(path: str | Path, allowed: set[str] | frozenset[str],
+                required: set[str]) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except OSError as exc:

@@ -51,7 +51,7 @@ from foedus.federation.audit import AuditLog
 from foedus.federation.ledger import Charge, Ledger, epsilon_of, mechanisms_of, settled
 from foedus.federation.policy import CatalogEntry, Policy, check_policy, fill_data, parse_catalog
 from foedus.federation.reports import AUDIT_BATCH
-from foedus.federation.settings import path_of, read_config, tls_of
+from foedus.federation.settings import SITE_KEYS, path_of, read_config, tls_of
 from foedus.federation.site_actor import sent_upper
 from foedus.federation.site_state import ActorRecord, Adopted, pid_runs, start_time, unfinished
 from foedus.federation.zygote import Zygote
@@ -83,8 +83,7 @@ class SiteConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> SiteConfig:
-        raw = read_config(path, {"coordinator", "state_dir", "tls", "heartbeat_s", "catalog",
-                                 "policy", "warm"}, {"coordinator", "state_dir", "tls"})
+        raw = read_config(path, SITE_KEYS, {"coordinator", "state_dir", "tls"})
         warm = raw.get("warm", True)
         if not isinstance(warm, bool):
             raise ConfigError(f"warm: expected true or false, got {warm!r}")
