@@ -151,6 +151,17 @@ def test_without_queue_timeout_in_the_job_the_coordinators_default_applies(
     assert "queued for 120s" in (job_of(coordinator, job_id).reason or "")
 
 
+def test_a_dataset_the_coordinators_catalog_lacks_is_refused_saying_whose_catalog(
+        coordinator: Coordinator) -> None:
+    # it said "no data catalog entry 'admissions' here": here being the coordinator, which
+    # a submitter reading a refusal could not tell from a site
+    beat(coordinator, "site-a", "site-b")
+    with pytest.raises(Refused, match=r"^job file: no data catalog entry 'admissions' at the "
+                                      r"coordinator \(its catalog names the server's held-out "
+                                      r"data .*\) \(entries: breast_cancer, digits\)$"):
+        coordinator.submit("ann", job_yaml(data={"dataset": "admissions"}), None)
+
+
 def test_a_bad_queue_timeout_is_refused_naming_the_key(coordinator: Coordinator) -> None:
     beat(coordinator, "site-a", "site-b")
     with pytest.raises(Refused, match=r"^job file: queue_timeout: expected seconds > 0, got "

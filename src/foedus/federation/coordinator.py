@@ -241,7 +241,9 @@ class Coordinator:
         try:  # a federation's key, not the job's: the actors never see it
             if "queue_timeout" in job:
                 queue_timeout = seconds(job.pop("queue_timeout"), "queue_timeout")
-            spec = JobSpec.from_dict(fill_data(job, self.config.catalog))
+            spec = JobSpec.from_dict(fill_data(
+                job, self.config.catalog, where="at the coordinator (its catalog names the "
+                "server's held-out data for each entry a job may use)"))
             topology = prepare(spec)
         except FoedusError as exc:
             raise Refused(400, f"job file: {exc}") from exc

@@ -165,15 +165,16 @@ def check_policy(job: dict[str, Any], policy: Policy, running: int) -> str | Non
     return None
 
 
-def fill_data(job: dict[str, Any], catalog: dict[str, CatalogEntry]) -> dict[str, Any]:
+def fill_data(job: dict[str, Any], catalog: dict[str, CatalogEntry], *,
+              where: str = "here") -> dict[str, Any]:
     """The job file with ``data.dataset`` (a catalog entry) replaced by the entry's loader and
     ``data.options`` by the entry's options. Raises :class:`ConfigError` naming the entry when
-    the catalog has none of that name."""
+    the catalog has none of that name; ``where``: whose catalog it is, for that message."""
     out = copy.deepcopy(job)
     data = dict(out.get("data") or {})
     name = str(data.get("dataset", "digits"))
     if name not in catalog:
-        raise ConfigError(f"no data catalog entry {name!r} here (entries: "
+        raise ConfigError(f"no data catalog entry {name!r} {where} (entries: "
                           f"{', '.join(sorted(catalog)) or 'none'})")
     entry = catalog[name]
     data["dataset"] = entry.dataset
