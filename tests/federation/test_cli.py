@@ -167,6 +167,24 @@ def test_submit_wait_follows_the_job_and_its_status_says_how_it_ended(
     assert err.strip().splitlines()[-1] == f"foedus: job {job.id} failed: {reason}"
 
 
+def test_a_job_file_that_is_not_yaml_is_refused_naming_the_file_and_line(
+        served: Served, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # the coordinator's refusal quoted the parser on one line: 'while parsing a flow sequence
+    # in "<unicode string>", line 2, column 9: ...'
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("job_id: bad\nrounds: [3\n")
+    status, _, err = run(capsys, "submit", str(bad))
+    assert status == 2
+    assert err == (f"foedus: error: {bad}: not valid YAML at line 3, column 1: expected ',' or "
+                   "']', but got '<stream end>'")
+    bad.write_text("- rounds: 3\n")
+    status, _, err = run(capsys, "submit", str(bad))
+    assert status == 2
+    assert err == (f"foedus: error: {bad}: expected a job file (a mapping of settings such as "
+                   "rounds, data, model), got list")
+    assert not served.coordinator.store.jobs()
+
+
 def test_a_site_name_typo_names_the_sites_there_are(
         served: Served, capsys: pytest.CaptureFixture[str]) -> None:
     for name in served.fed.sites:

@@ -240,6 +240,23 @@ def _accuracy(job: dict[str, Any]) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "-"
 
 
+def _check_yaml(path: str, text: str) -> None:
+    """A job file that is not YAML, or not a mapping, is refused here, naming the file and
+    the line: the coordinator's refusal can only quote the parser on a text with no name."""
+    import yaml
+
+    try:
+        job = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).replace("\n", " ")
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from exc
+    if not isinstance(job, dict):
+        raise ConfigError(f"{path}: expected a job file (a mapping of settings such as "
+                          f"rounds, data, model), got {type(job).__name__}")
+
+
 #: seconds between two looks at a job `submit --wait` follows
 WAIT_POLL_S = 1.0
 TERMINAL = ("finished", "failed", "cancelled")
@@ -318,6 +335,7 @@ def run_command(args: argparse.Namespace) -> int:
             text = Path(args.job).read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read job file {args.job!r}: {exc.strerror}") from exc
+        _check_yaml(args.job, text)
         body: dict[str, Any] = {"job_yaml": text}
         if args.sites:
             body["sites"] = [s.strip() for s in args.sites.split(",") if s.strip()]
