@@ -185,6 +185,25 @@ def test_a_job_file_that_is_not_yaml_is_refused_naming_the_file_and_line(
     assert not served.coordinator.store.jobs()
 
 
+def test_ledger_shows_a_sites_budgets_as_its_heartbeat_reported_them(
+        served: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    charge = [[{"stage": "pipeline[0]:central-dp", "noise_multiplier": 5.0}, 4]]
+    served.coordinator.reports.receive("site-1", {"ledger": {"digits-dp": {
+        "budget": {"epsilon": 2.0, "delta": 1e-5}, "spent": 1.6937, "reserved_and_spent": 1.6937,
+        "jobs": [{"job_id": "dp-1", "state": "settled", "rounds": 4, "epsilon": 1.6937,
+                  "note": "exited", "charge": charge}]}}})
+    status, out, _ = run(capsys, "ledger", "site-1")
+    assert status == 0
+    assert [line.split() for line in out.splitlines()] == [
+        ["DATASET", "BUDGET", "SPENT", "WITH", "RESERVED"],
+        ["digits-dp", "epsilon", "2", "at", "delta", "1e-05", "1.694", "1.694"],
+        [],
+        ["DATASET", "JOB", "STATE", "ROUNDS", "EPSILON", "NOTE"],
+        ["digits-dp", "dp-1", "settled", "4", "1.694", "exited"]]
+    status, _, err = run(capsys, "ledger", "site-9")
+    assert status == 2 and err == "foedus: error: refused (404): site 'site-9' has sent no ledger"
+
+
 def test_a_site_name_typo_names_the_sites_there_are(
         served: Served, capsys: pytest.CaptureFixture[str]) -> None:
     for name in served.fed.sites:

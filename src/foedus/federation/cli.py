@@ -3,7 +3,8 @@
 * services: ``foedus coordinator --config coordinator.yaml``, ``foedus site --config site.yaml``;
 * a whole federation on this machine: ``federation demo`` (:mod:`foedus.federation.demo`);
 * users (HTTPS to the coordinator, with a bearer token): ``submit``, ``jobs``, ``logs``,
-  ``cancel``, ``sites``, ``users add``, ``result JOB --out FILE`` (the final model);
+  ``cancel``, ``sites``, ``users add``, ``result JOB --out FILE`` (the final model),
+  ``ledger SITE`` (a site's privacy budgets, admin);
 * at a site, reading its own files: ``site-audit --config site.yaml`` (its audit log).
 
 Where the coordinator is and who the user is come from options or the environment
@@ -30,7 +31,7 @@ __all__ = ["COMMANDS", "add_commands", "run_command"]
 
 COMMANDS = ("coordinator", "site", "submit", "jobs", "logs", "cancel", "sites", "users",
             "federation",
-            "result", "site-audit")
+            "result", "site-audit", "ledger")
 
 
 def _user_options(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +123,16 @@ def add_commands(sub: Any) -> None:
     result.add_argument("job_id", help="the id `foedus submit` printed")
     result.add_argument("--out", required=True, help="the model file to write (the foedus "
                                                      "model-file format)")
+    ledger = sub.add_parser("ledger", help="a site's privacy budgets: spent and reserved "
+                                           "(admin)", epilog=USER_EPILOG,
+                            description="What the site's privacy-budget ledger last reported "
+                                        "to the coordinator: per budgeted catalog entry, the "
+                                        "lifetime budget, what ended jobs spent and that with "
+                                        "running jobs' reservations (epsilons composed by "
+                                        "RDP at the budget's delta); then one line per job. "
+                                        "Admins only.")
+    ledger.add_argument("site", help="the site's name")
+    ledger.add_argument("--json", action="store_true", help="print JSON instead of tables")
     audit = sub.add_parser("site-audit", help="print this site's audit log (every job offered)",
                            description="At a site, from its own files: every job offered "
                                        "here, the decision and its reason, the privacy spent "
@@ -129,7 +140,7 @@ def add_commands(sub: Any) -> None:
                                        "hash chain is broken (it names the first bad entry).")
     audit.add_argument("--config", required=True, help="site.yaml")
     audit.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    for parser in (submit, jobs, logs, cancel, sites, users, result):
+    for parser in (submit, jobs, logs, cancel, sites, users, result, ledger):
         _user_options(parser)
     federation = sub.add_parser("federation", help="a whole federation on this machine",
                                 description="A whole federation on this machine, for a "
@@ -376,6 +387,26 @@ def run_command(args: argparse.Namespace) -> int:
         rows += [[s["name"], "online" if s["online"] else "offline", s["version"],
                   ",".join(s["offers"].get("catalog", []))] for s in sites]
         print(_table(rows))
+        return 0
+    if args.command == "ledger":
+        found = api.call("GET", f"/v1/sites/{args.site}/ledger")
+        if args.json:
+            print(json.dumps(found, indent=2))
+            return 0
+        # no "left" column: epsilons compose by RDP, not by subtraction; a refusal gives
+        # the composed figures of a job that would not fit
+        rows = [["DATASET", "BUDGET", "SPENT", "WITH RESERVED"]]
+        jobs = [["DATASET", "JOB", "STATE", "ROUNDS", "EPSILON", "NOTE"]]
+        for name, entry in sorted(found["datasets"].items()):
+            budget = entry["budget"]
+            rows.append([name, f"epsilon {budget['epsilon']:g} at delta {budget['delta']:g}",
+                         f"{entry['spent']:.3f}", f"{entry['reserved_and_spent']:.3f}"])
+            jobs += [[name, j["job_id"], j["state"], str(j["rounds"]),
+                      f"{j['epsilon']:.3f}", j.get("note") or ""] for j in entry["jobs"]]
+        print(_table(rows))
+        if len(jobs) > 1:
+            print()
+            print(_table(jobs))
         return 0
     if args.command == "result":
         model = api.download(f"/v1/jobs/{args.job_id}/model")
