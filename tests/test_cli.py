@@ -210,3 +210,14 @@ def test_help_and_mistakes_read_as_with_the_whole_parser(
         outputs.append((exited.value.code, capsys.readouterr()))
     assert outputs[0] == outputs[1]
     assert outputs[0][1].out or "usage: foedus" in outputs[0][1].err
+
+
+def test_the_local_and_the_federation_s_commands_are_every_command() -> None:
+    """What _main dispatches to the federation is what is not a local command."""
+    from foedus.cli import LOCAL_COMMANDS, build_parser
+    from foedus.federation.cli import COMMANDS
+
+    usage = " ".join(build_parser().format_usage().split())  # {demo,run,...} on one line
+    choices = usage.partition("{")[2].partition("}")[0].split(",")
+    assert sorted(choices) == sorted([*LOCAL_COMMANDS, *COMMANDS])
+    assert not set(LOCAL_COMMANDS) & set(COMMANDS)

@@ -57,12 +57,13 @@ def test_a_scikit_learn_job_on_digits_does_not_import_its_dataset_fetchers(
 
 
 #: what a plain centralized job never uses: the secure sum, FedBuff, swarm and tree topologies'
-#: machinery, checkpoints (none asked), and the report writers (no --history-csv / --plot)
+#: machinery, checkpoints (none asked), the report writers (no --history-csv / --plot), and
+#: the federation's commands
 UNUSED_BY_A_PLAIN_JOB = [
     "foedus.privacy.secagg", "foedus.privacy.secagg_pods", "foedus.topology.secure_sum",
     "foedus.roles.secure_server", "foedus.roles.async_server", "foedus.topology.asynchronous",
     "foedus.roles.peer", "foedus.topology.swarm", "foedus.topology.hierarchical",
-    "foedus.roles.edge", "foedus.roles.checkpoint", "foedus.report",
+    "foedus.roles.edge", "foedus.roles.checkpoint", "foedus.report", "foedus.federation",
 ]
 
 COMMAND = """

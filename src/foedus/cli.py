@@ -23,7 +23,6 @@ from typing import TextIO
 from foedus.config.spec import ClientSection, DataSection, JobSpec, Plugin, load_job
 from foedus.core.errors import FoedusError
 from foedus.core.message import Message
-from foedus.federation import cli as federation
 from foedus.plugins import catalogue, format_catalogue, load_plugins
 from foedus.roles.client import ClientPod
 from foedus.roles.server import RoundRecord
@@ -353,6 +352,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         )
 
     if command is None:  # coordinator, site, submit, jobs, logs, cancel, sites, users
+        from foedus.federation import cli as federation
+
         federation.add_commands(sub)
     return parser
 
@@ -385,7 +386,9 @@ def _main(argv: Sequence[str] | None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        if args.command in federation.COMMANDS:  # the user commands need no plugin: quicker
+        if args.command not in LOCAL_COMMANDS:  # the federation's: they need no plugin
+            from foedus.federation import cli as federation
+
             return federation.run_command(args)
         load_plugins()  # the user's FOEDUS_PLUGINS too, before a job file names what they add
         if args.command == "plugins":
