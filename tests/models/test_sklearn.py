@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -203,3 +204,34 @@ def test_the_mlp_takes_scikit_learns_own_name_for_its_layers() -> None:
         [a.shape for a in ours.get_params().values()]
     with pytest.raises(ConfigError, match="give hidden or hidden_layer_sizes"):
         build_model("sklearn-mlp", spec, hidden=[5], hidden_layer_sizes=[7])
+
+
+@pytest.mark.parametrize(("name", "options", "message"), [
+    ("sklearn-sgd", {"alpha": "1e-4"}, "The 'alpha' parameter of SGDClassifier"),
+    ("sklearn-sgd", {"aplha": 1e-4}, "SGDClassifier has no parameter 'aplha'; allowed: alpha"),
+    ("sklearn-logistic", {"solver": "newton"}, "The 'solver' parameter of LogisticRegression"),
+    ("sklearn-mlp", {"activation": "rleu"}, "The 'activation' parameter of MLPClassifier"),
+])
+def test_a_bad_estimator_option_is_refused_when_the_model_is_built(
+        digits: Loaded, name: str, options: dict[str, Any], message: str) -> None:
+    """scikit-learn checks values only in fit: before, such a job passed every check and then
+    every client failed round 1, so the job ended without a model (exit 1, not 2)."""
+    with pytest.raises(ConfigError, match=message):
+        build_model(name, digits[2], **options)
+
+
+@pytest.mark.parametrize(("name", "options", "message"), [
+    ("sklearn-sgd-regressor", {"eta0": -1.0}, "The 'eta0' parameter of SGDRegressor"),
+    ("sklearn-ridge", {"alpha": "1"}, "The 'alpha' parameter of Ridge"),
+])
+def test_a_bad_regressor_option_is_refused_when_the_model_is_built(
+        diabetes: Loaded, name: str, options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_model(name, diabetes[2], **options)
+
+
+def test_a_job_with_a_mistyped_estimator_option_is_refused_before_round_1() -> None:
+    spec = JobSpec.from_dict({"job_id": "x", "rounds": 1, "clients": {"count": 2},
+                              "model": {"type": "sklearn-sgd", "params": {"alpha": "1e-4"}}})
+    with pytest.raises(ConfigError, match="model: The 'alpha' parameter of SGDClassifier"):
+        asyncio.run(run_job(spec))

@@ -12,10 +12,11 @@ import functools
 import hashlib
 import threading
 from collections.abc import Callable
-from typing import ClassVar, ParamSpec, TypeVar
+from typing import Any, ClassVar, ParamSpec, TypeVar
 
 import numpy as np
 
+from foedus.core.errors import ConfigError
 from foedus.core.params import Params
 from foedus.core.registry import Registry
 from foedus.data.datasets import Dataset, DataSpec
@@ -40,6 +41,30 @@ def sklearn_exclusive(method: Callable[_P, _R]) -> Callable[_P, _R]:
         with SKLEARN_LOCK:
             return method(*args, **kwargs)
     return locked
+
+
+def sklearn_estimator(cls: Any, **params: Any) -> Any:
+    """``cls(**params)``, a scikit-learn estimator whose parameters are checked now.
+
+    scikit-learn checks parameter values only when ``fit`` runs, which in a federated job is on
+    every client in round 1: a job file with ``alpha: "1e-4"`` (a string) passed every check,
+    then each client failed training and the job ended without a model. Checking here turns
+    that into one ``ConfigError`` naming the parameter before anything starts, and a misspelt
+    name into one listing the estimator's parameters.
+    """
+    allowed = cls._get_param_names()
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{cls.__name__} has no parameter {unknown[0]!r}; "
+                          f"allowed: {', '.join(allowed)}")
+    estimator = cls(**params)
+    validate = getattr(estimator, "_validate_params", None)  # scikit-learn 1.2 and later
+    if validate is not None:
+        try:
+            validate()
+        except (TypeError, ValueError) as exc:  # InvalidParameterError is both
+            raise ConfigError(str(exc)) from exc
+    return estimator
 
 
 class ModelAdapter(abc.ABC):

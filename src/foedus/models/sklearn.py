@@ -32,6 +32,7 @@ from foedus.models.base import (
     classification_metrics,
     models,
     regression_metrics,
+    sklearn_estimator,
     sklearn_exclusive,
 )
 
@@ -82,9 +83,9 @@ class SklearnSGDClassifier(ModelAdapter):
         from sklearn.linear_model import SGDClassifier
 
         self.classes = _classes(spec)
-        self.model = SGDClassifier(
-            loss=loss, alpha=alpha, learning_rate=learning_rate, eta0=eta0, random_state=seed,
-            **options,
+        self.model = sklearn_estimator(
+            SGDClassifier, loss=loss, alpha=alpha, learning_rate=learning_rate, eta0=eta0,
+            random_state=seed, **options,
         )
         rows = 1 if len(self.classes) == 2 else len(self.classes)
         self.model.coef_ = np.zeros((rows, spec.n_features))
@@ -156,9 +157,9 @@ class SklearnLogisticRegression(ModelAdapter):
             raise ConfigError(f"alpha must be positive, got {alpha}")
         self.alpha = alpha
         self.max_iter = max_iter
-        self.model = LogisticRegression(
-            C=1.0 if C is None else C, max_iter=max_iter, warm_start=True, random_state=seed,
-            **options,
+        self.model = sklearn_estimator(
+            LogisticRegression, C=1.0 if C is None else C, max_iter=max_iter, warm_start=True,
+            random_state=seed, **options,
         )
         rows = 1 if len(self.classes) == 2 else len(self.classes)
         self.model.coef_ = np.zeros((rows, spec.n_features))
@@ -276,8 +277,8 @@ class SklearnMLP(ModelAdapter):
         if not self.classifier:
             _check_regression(spec)
         cls = MLPClassifier if self.classifier else MLPRegressor
-        self.model = cls(
-            hidden_layer_sizes=tuple(int(h) for h in hidden), random_state=seed,
+        self.model = sklearn_estimator(
+            cls, hidden_layer_sizes=tuple(int(h) for h in hidden), random_state=seed,
             learning_rate_init=learning_rate_init, batch_size=batch_size, **options,
         )
         # scikit-learn allocates layers on the first partial_fit; warm up on zeros, then
@@ -367,8 +368,8 @@ def sklearn_sgd_regressor(
     require("sklearn", "sklearn")
     from sklearn.linear_model import SGDRegressor
 
-    return SklearnLinearRegressor(spec, SGDRegressor(random_state=seed, **options),
-                                  incremental=True)
+    return SklearnLinearRegressor(
+        spec, sklearn_estimator(SGDRegressor, random_state=seed, **options), incremental=True)
 
 
 @models.register("sklearn-ridge")
@@ -377,7 +378,7 @@ def sklearn_ridge(spec: DataSpec, seed: int = 0, alpha: float = 1.0) -> SklearnL
     require("sklearn", "sklearn")
     from sklearn.linear_model import Ridge
 
-    return SklearnLinearRegressor(spec, Ridge(alpha=alpha), incremental=False)
+    return SklearnLinearRegressor(spec, sklearn_estimator(Ridge, alpha=alpha), incremental=False)
 
 
 @models.register("sklearn-mlp")

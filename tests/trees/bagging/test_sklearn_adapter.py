@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -110,3 +112,16 @@ def test_random_forests_default_to_no_bootstrap_unless_the_job_asks(digits: Load
     assert TreeEnsembleAdapter(spec, bootstrap=True)._estimator().bootstrap is True
     assert TreeEnsembleAdapter(spec, kind="extra-trees")._estimator().bootstrap is False
     assert TreeEnsembleAdapter(spec).validation_fraction == 0.0
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"n_estimators": "5"}, "n_estimators must be an integer >= 1, got '5'"),
+    ({"validation_fraction": "0.2"}, "validation_fraction must be a number in"),
+    ({"max_depth": -3}, "The 'max_depth' parameter of RandomForestClassifier"),
+])
+def test_a_mistyped_or_out_of_range_option_is_refused_when_the_model_is_built(
+        digits: Loaded, options: dict[str, Any], message: str) -> None:
+    """Before, a string n_estimators failed with "'<' not supported between instances", and a
+    bad estimator value passed until every client failed to fit in round 1."""
+    with pytest.raises(ConfigError, match=message):
+        build_model("sklearn-random-forest", digits[2], **options)

@@ -36,6 +36,7 @@ from foedus.models.base import (
     hold_out,
     models,
     regression_metrics,
+    sklearn_estimator,
 )
 from foedus.trees.bagging import packed_forest as packed
 from foedus.trees.bagging.header import TASKS
@@ -55,10 +56,13 @@ class TreeEnsembleAdapter(ModelAdapter):
         require("sklearn", "sklearn")
         if kind not in _KINDS:
             raise ConfigError(f"kind must be one of {', '.join(_KINDS)}, got {kind!r}")
-        if n_estimators < 1:
-            raise ConfigError(f"n_estimators must be at least 1, got {n_estimators}")
-        if not 0 <= validation_fraction < 1:
-            raise ConfigError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+        if isinstance(n_estimators, bool) or not isinstance(n_estimators, int) or n_estimators < 1:
+            raise ConfigError(f"n_estimators must be an integer >= 1, got {n_estimators!r}")
+        fraction = validation_fraction
+        if (isinstance(fraction, bool) or not isinstance(fraction, int | float)
+                or not 0 <= fraction < 1):
+            raise ConfigError(f"validation_fraction must be a number in [0, 1), "
+                              f"got {validation_fraction!r}")
         if spec.task not in TASKS:
             raise ConfigError(f"unsupported task {spec.task!r}; allowed: {TASKS}")
         if spec.task == "classification" and len(spec.classes) < 2:
@@ -76,7 +80,7 @@ class TreeEnsembleAdapter(ModelAdapter):
         self.classes = np.asarray(spec.classes)
         self.n_values = len(self.classes) if spec.task == "classification" else 1
         self._round_seed = [seed, 0]
-        self._estimator()  # fail early on a bad option name
+        self._estimator()  # fail early on a bad option name or value
         self._load(packed.empty(spec.n_features, self.n_values, spec.task))
 
     # ---- the contract ------------------------------------------------------------------
@@ -144,11 +148,8 @@ class TreeEnsembleAdapter(ModelAdapter):
         suffix = "Classifier" if self.spec.task == "classification" else "Regressor"
         prefix = "RandomForest" if self.kind == "random-forest" else "ExtraTrees"
         cls = getattr(ensemble, prefix + suffix)
-        try:
-            return cls(n_estimators=self.n_estimators, random_state=random_state, n_jobs=1,
-                       **self.options)
-        except TypeError as exc:
-            raise ConfigError(f"{prefix}{suffix}: {exc}") from exc
+        return sklearn_estimator(cls, n_estimators=self.n_estimators, random_state=random_state,
+                                 n_jobs=1, **self.options)
 
     def _export(self, estimator: Any) -> packed.PackedForest:
         """Fitted scikit-learn trees -> packed arrays, class columns in the job's label order."""
