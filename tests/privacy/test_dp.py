@@ -161,3 +161,38 @@ def test_adaptive_central_stage_moves_the_norm_clients_and_server_agree_on() -> 
         assert sent is not None and isinstance(sent.meta["dp.unclipped"], bool)
         assert receiver(sent) is not None
     assert stage.norm(2) < 1.0
+
+
+@pytest.mark.parametrize(("name", "params"), [
+    ("central-dp", {"clients_per_round": 10, "noise_multiplier": 1.0, "budget": 0.1}),
+    ("local-dp", {"clip_norm": 1.0, "noise_multiplier": 1.0, "budget": 0.1}),
+])
+def test_a_budget_too_small_for_one_round_is_refused_when_the_stage_is_built(
+        name: str, params: dict[str, float]) -> None:
+    """Such a job used to start, stop before round 1, and exit 0 with the initial model."""
+    with pytest.raises(ConfigError, match=r"^budget: 0.1 cannot pay a single round: one round "
+                                          r"spends epsilon 4\.7"):
+        stages.create(name, **params)
+
+
+def test_a_budget_that_pays_exactly_one_round_is_accepted() -> None:
+    sampling = SamplingSpec(10, 10)
+    one = PrivacyAccountant(noise_multiplier=1.0, delta=1e-5, sampling=sampling).epsilon(1)
+    stage = CentralDPStage(clients_per_round=10, noise_multiplier=1.0, budget=one)
+    assert stage.accountant.max_rounds() == 1
+
+
+def test_a_round_with_fewer_updates_than_clients_per_round_is_reported(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Each update carries 1/m of the sum's noise variance: fewer than m updates means less
+    noise than accounted, so the reported epsilon understates the loss; said, not silent."""
+    stage = CentralDPStage(clients_per_round=4, clip_norm=1.0, noise_multiplier=1.0, seed=0)
+    full, short = RoundRecord(1), RoundRecord(2)
+    full.accepted, short.accepted = 4, 3
+    with caplog.at_level("ERROR", logger="foedus.privacy.dp"):
+        stage.after_round(full)
+        assert not caplog.records
+        stage.after_round(short)
+    assert [r.getMessage()[:62] for r in caplog.records] == [
+        "central-dp: round 2 aggregated 3 updates, fewer than clients_p"]
+    assert "epsilon reported is too small" in caplog.records[0].getMessage()

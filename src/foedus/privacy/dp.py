@@ -17,6 +17,7 @@ unprotected. See ``docs/privacy.md`` for the threat model and the kernel hooks.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from typing import Any, ClassVar
@@ -50,6 +51,9 @@ NOISE_TAG = "dp.gaussian"
 #: what this module's stages need installed (``foedus plugins`` shows it): the accountant's
 #: dp-accounting; ClipStage, which has no accountant, declares that it needs nothing
 REQUIRES_EXTRA = "privacy"
+
+
+log = logging.getLogger("foedus.privacy.dp")
 
 
 def add_gaussian(msg: Message, std: float, rng: np.random.Generator) -> Message:
@@ -195,6 +199,23 @@ def _noise_multiplier(
     )
 
 
+def _check_budget_pays_a_round(accountant: PrivacyAccountant) -> None:
+    """Refuse a budget too small for even one round, when the stage is built.
+
+    Such a job used to start, train nothing (the server stops before round 1), and end with
+    exit status 0 and the initial model, after its clients had waited for a round that never
+    came. Nothing can ever be trained with it, so it is a setting error, reported as one."""
+    if accountant.budget is None:
+        return
+    one_round = accountant.epsilon(1)
+    if one_round > accountant.budget:
+        raise ConfigError(
+            f"budget: {accountant.budget:g} cannot pay a single round: one round spends epsilon "
+            f"{one_round:.4g} at delta={accountant.delta:g} with noise_multiplier "
+            f"{accountant.noise_multiplier:.4g}; raise budget or noise_multiplier (or give "
+            "target_epsilon with rounds, which calibrates the noise to the budget)")
+
+
 class _DPStage(Stage):
     """Shared plumbing: the server-side accountant and the round hooks."""
 
@@ -271,6 +292,7 @@ class LocalDPStage(_DPStage):
             budget = float(target_epsilon)
         self.delta, self.budget, self.seed = delta, budget, seed
         self.accountant = self._new_accountant()
+        _check_budget_pays_a_round(self.accountant)
         self._clients = 0
         self._rounds_seen: set[int] = set()
 
@@ -340,6 +362,7 @@ class CentralDPStage(_DPStage):
             noise_multiplier=self.noise_multiplier, delta=delta, sampling=self.sampling,
             budget=budget,
         )
+        _check_budget_pays_a_round(self.accountant)
         self.estimator: QuantileClipNorm | None = None
         self.delta_noise_multiplier = self.noise_multiplier
         if adaptive is not None:
@@ -402,6 +425,25 @@ class CentralDPStage(_DPStage):
         if self._receiver is not None and round in self._receiver.rounds_spent:
             return
         self.accountant.check_round(round)
+
+    def after_round(self, record: Any) -> None:
+        """Log epsilon, and warn when the round's sum carried less noise than accounted.
+
+        Each update gets ``1/m`` of the sum's noise variance (``m = clients_per_round``), so a
+        round that aggregated fewer than ``m`` updates released a model noised less than the
+        accountant assumes: the epsilon it reports is then too small. The job file should make
+        that impossible (``clients_per_round`` at most ``clients.min_clients``); this says so
+        when it was not.
+        """
+        super().after_round(record)
+        m = self.sampling.clients_per_round
+        accepted = int(getattr(record, "accepted", 0))
+        if getattr(record, "status", "ok") == "ok" and 0 < accepted < m:
+            log.error(  # a weaker guarantee than the one reported: shown without --verbose
+                "central-dp: round %s aggregated %d updates, fewer than clients_per_round=%d: "
+                "its model carries less noise than the accountant assumes, so the epsilon "
+                "reported is too small; set clients_per_round at most clients.min_clients",
+                getattr(record, "round", "?"), accepted, m)
 
     def rounds_paid(self) -> set[int]:
         return self.server().rounds_spent  # type: ignore[attr-defined,no-any-return]
