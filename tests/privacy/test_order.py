@@ -235,3 +235,13 @@ def test_declared_filters_and_chains_run_through_the_trail_check() -> None:
     assert (Scale(2.0) | Unscale(2.0)).pushes == ("scale",)
     back = run_pod(Unscale(2.0), {"in": out["out"]})
     assert back["out"][0].trail == ("scale",)
+
+
+@pytest.mark.parametrize("lossy", [QSGDStage, TopKStage])
+def test_lossy_compression_after_a_lossless_codec_is_refused(lossy: type) -> None:
+    """zstd turns the update into one uint8 array, which qsgd and topk pass through untouched:
+    such a pipeline used to run with the lossy stage silently doing nothing."""
+    with pytest.raises(ConfigError, match=rf"pipeline\[1\] \({lossy.__name__}\) \(lossy\) comes "
+                                          r"after the lossless codec pipeline\[0\] \(ZstdStage\)"):
+        check_pipeline([ZstdStage(), lossy()])
+    check_pipeline([lossy(), ZstdStage()])  # the documented order

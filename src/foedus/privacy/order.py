@@ -22,6 +22,8 @@ Client order rules (stages apply on the client in list order):
 * noise must follow clipping: no ``clip`` after a stage that adds noise;
 * privacy transforms (clip, noise) before codecs and other lossy steps: after them they would work
   on encoded bytes or on values already changed, not on the update;
+* lossy compression before lossless codecs: after one it sees only the codec's byte array, which
+  it leaves alone (a float-only quantiser passes integers through), so it would do nothing;
 * nothing but lossless codecs after secure masking (a lossy codec, clipping or noise on a masked
   vector breaks the masks' cancellation);
 * nothing that changes the update after signing (the signature covers the update as sent).
@@ -114,6 +116,12 @@ def check_pipeline(stages: Sequence[Stage]) -> None:
                             f"{label} ({op}) comes after the {codec} step {seen[codec]}: it "
                             "would work on encoded or already altered values, not on the "
                             "update; put privacy stages before compression")
+            if op == LOSSY and LOSSLESS in seen:
+                raise ConfigError(
+                    f"{label} (lossy) comes after the lossless codec {seen[LOSSLESS]}: it would "
+                    "see the codec's bytes, not the update, and pass them through unchanged "
+                    "(nothing quantised or sparsified); put lossy compression before lossless "
+                    "codecs")
             if MASK in seen and op != LOSSLESS:
                 raise ConfigError(
                     f"{label} ({op}) comes after secure masking by {seen[MASK]}: only lossless "
