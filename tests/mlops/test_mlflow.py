@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import uuid
 
 import numpy as np
@@ -9,7 +11,13 @@ import pytest
 
 from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError
-from foedus.mlops.mlflow import MlflowTracker, job_params, load_model_version, round_metrics
+from foedus.mlops.mlflow import (
+    MlflowTracker,
+    TrackingError,
+    job_params,
+    load_model_version,
+    round_metrics,
+)
 from foedus.roles.server import RoundRecord
 from foedus.runner import run_job
 from tests.mlops.conftest import build_job, run_graphs_of
@@ -112,3 +120,41 @@ async def test_tracker_as_run_job_listener_registers_successive_versions(
         model_name, "1").tags["foedus.spec_sha256"]
     metrics = client.get_metric_history(second.run_id, "clients_train_loss")
     assert [m.step for m in metrics] == [1, 2]
+
+
+def _refusing_url() -> tuple[str, socket.socket]:
+    """An http URL on loopback whose port refuses connections: bound, never listening."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", sock
+
+
+def test_check_names_an_unreachable_tracking_server_in_one_line() -> None:
+    url, sock = _refusing_url()
+    with sock:
+        tracker = MlflowTracker(tracking_uri=url, job_id="j")
+        with pytest.raises(TrackingError, match=rf"^mlops.mlflow.tracking_uri: cannot reach the "
+                                                rf"MLflow server at {url} \(ConnectionRefused"):
+            tracker.check()
+    assert tracker.unusable
+    assert tracker.finish(status="FAILED") is None  # no run to end, and no retries to wait out
+
+
+def test_check_names_a_tracking_uri_mlflow_refuses() -> None:
+    tracker = MlflowTracker(tracking_uri="nosuch://x", job_id="j")
+    with pytest.raises(TrackingError, match=r"^mlops.mlflow.tracking_uri: MLflow refuses "
+                                            r"'nosuch://x': Unsupported"):
+        tracker.check()
+
+
+async def test_a_job_whose_tracking_server_is_down_fails_before_round_1() -> None:
+    """It used to train every round, then wait out MLflow's retries (minutes) when the job
+    ended, and end in a traceback; now nothing trains and the error is one line."""
+    url, sock = _refusing_url()
+    rounds: list[RoundRecord] = []
+    with sock:
+        spec = JobSpec.from_dict({"job_id": "down", "rounds": 2, "clients": {"count": 2},
+                                  "mlops": {"mlflow": {"tracking_uri": url}}})
+        with pytest.raises(TrackingError, match="cannot reach the MLflow server"):
+            await asyncio.wait_for(run_job(spec, on_round=rounds.append), 60)
+    assert rounds == []

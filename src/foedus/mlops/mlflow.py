@@ -24,9 +24,12 @@ import asyncio
 import hashlib
 import json
 import logging
+import socket
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, is_dataclass
@@ -35,7 +38,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from foedus.core.errors import ConfigError, require
+from foedus.core.errors import ConfigError, FoedusError, require
 from foedus.core.message import Message
 from foedus.core.params import Params
 from foedus.core.pod import Pod, Wire
@@ -52,6 +55,18 @@ ParamsSource = Callable[[], Params]
 CHECKPOINT_STATE = "mlops:mlflow"
 #: how long a checkpoint waits for the listener thread to have created the run
 _OPEN_WAIT_S = 60.0
+#: how long :meth:`MlflowTracker.check` waits to connect to a tracking server
+CONNECT_TIMEOUT_S = 5.0
+
+
+class TrackingError(FoedusError):
+    """MLflow could not be used: its tracking server is unreachable, or its client refused the
+    tracking URI or a call. One line naming ``mlops.mlflow`` (the command line prints it)."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:700]}{'...' if len(text) > 700 else ''}"
 
 
 @dataclass(frozen=True)
@@ -159,6 +174,8 @@ class MlflowTracker(Pod):
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._pending: list[Future[None]] = []
+        #: set while :meth:`check` runs and left set when it fails (MLflow cannot be used)
+        self.unusable = False
 
     # ---- run lifecycle --------------------------------------------------------------------
     @property
@@ -168,6 +185,39 @@ class MlflowTracker(Pod):
             tracking = require("mlflow.tracking", "mlflow")
             self._client = tracking.MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
+
+    def check(self, timeout: float = CONNECT_TIMEOUT_S) -> None:
+        """Fail now, before round 1, if MLflow cannot be used with ``tracking_uri``.
+
+        Without it the run is created by the first round's logging on the worker thread, and
+        a mistake surfaced only when the job ended: a refused tracking URI (MLflow 3 refuses a
+        ``file:`` store unless told otherwise) as a traceback after training, and an unreachable
+        server after MLflow's own retries, minutes per call. So the client is created here
+        (it checks the URI and store locally), and an ``http(s)`` server must accept a TCP
+        connection within ``timeout`` seconds (skipped when a proxy is configured for the URI,
+        which MLflow would use). Raises :class:`TrackingError`.
+        """
+        self.unusable = True  # until proven otherwise: finish() then leaves MLflow alone
+        try:
+            _ = self.client
+        except FoedusError:
+            raise
+        except Exception as exc:  # MlflowException and whatever its store builders raise
+            raise TrackingError(f"mlops.mlflow.tracking_uri: MLflow refuses "
+                                f"{self.tracking_uri!r}: {_one_line(exc)}") from exc
+        parts = urllib.parse.urlsplit(self.tracking_uri)
+        if (parts.scheme in ("http", "https") and parts.hostname
+                and not (parts.scheme in urllib.request.getproxies()
+                         and not urllib.request.proxy_bypass(parts.hostname))):
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            try:
+                socket.create_connection((parts.hostname, port), timeout=timeout).close()
+            except OSError as exc:
+                raise TrackingError(
+                    f"mlops.mlflow.tracking_uri: cannot reach the MLflow server at "
+                    f"{self.tracking_uri} ({_one_line(exc)}); start it, or fix the URI"
+                ) from exc
+        self.unusable = False
 
     def open(self) -> str:
         """Create the run (once) and log the job's parameters; returns the run id."""
@@ -256,7 +306,15 @@ class MlflowTracker(Pod):
 
         A run ending with any status but ``FINISHED`` logs no final model and registers
         nothing, whatever ``params`` or ``model_source`` hold: the global model of a failed
-        job (no round with quorum, or a crash) is not a model anyone should deploy."""
+        job (no round with quorum, or a crash) is not a model anyone should deploy.
+
+        After a failed :meth:`check` it does nothing: there is no run, and trying to make one
+        would only wait out MLflow's retries before failing again."""
+        if self.unusable:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+            return None
         try:
             self.flush()
         finally:
@@ -316,7 +374,10 @@ class MlflowTracker(Pod):
         return self.log_round
 
     def attach(self, server: ServerPod) -> None:
-        """Track ``server`` as a round listener, with the exact global model of every round."""
+        """Track ``server`` as a round listener, with the exact global model of every round.
+        Checks first that MLflow can be used (:meth:`check`), so a job that cannot be tracked
+        does not train first."""
+        self.check()
         self.listener()
         if self.model_source is None:
             self.model_source = lambda: server.params

@@ -20,12 +20,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from foedus.core.errors import ConfigError
+from foedus.core.errors import ConfigError, FoedusError
 from foedus.core.params import Params
 from foedus.data.datasets import DataSpec
 from foedus.mlops.artifacts import S3Checkpointer, s3_checkpointer
 from foedus.mlops.metrics import DEFAULT_LINGER_S, ServerMonitor
-from foedus.mlops.mlflow import MlflowTracker, RegisteredModel
+from foedus.mlops.mlflow import MlflowTracker, RegisteredModel, TrackingError, _one_line
 from foedus.mlops.pyfunc import ModelRecipe
 from foedus.roles.server import ServerPod
 
@@ -123,8 +123,15 @@ class MlopsSession:
         are not lost with the process."""
         try:
             if self.tracker is not None:
-                return self.tracker.finish(None if failed else params,
-                                           status="FAILED" if failed else "FINISHED")
+                try:
+                    return self.tracker.finish(None if failed else params,
+                                               status="FAILED" if failed else "FINISHED")
+                except FoedusError:
+                    raise
+                except Exception as exc:  # MLflow's own errors: one line, not a traceback
+                    raise TrackingError(f"mlops.mlflow: the run could not be finished at "
+                                        f"{self.tracker.tracking_uri}: {_one_line(exc)}"
+                                        ) from exc
             return None
         finally:
             if self.monitor is not None:
