@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -399,6 +400,21 @@ def test_a_server_that_could_not_start_says_it_was_the_servers_problem(
     assert (job.state, job.reason) == ("failed", "the job's server at the coordinator could "
                                        "not start: data: data file '/srv/test.csv' does not "
                                        "exist")
+
+
+def test_each_jobs_start_and_end_are_logged_for_the_operator(
+        coordinator: Coordinator, caplog: pytest.LogCaptureFixture) -> None:
+    # with `foedus -v coordinator` the log said only "submitted": an operator tailing it never
+    # saw a job start or fail
+    caplog.set_level(logging.INFO, logger="foedus.federation.coordinator")
+    beat(coordinator, "site-a", "site-b")
+    job_id = coordinator.submit("ann", job_yaml(), None)
+    answer(coordinator, job_id, "accepted", "site-a", "site-b")
+    coordinator.tick()
+    coordinator.cancel(job_of(coordinator, job_id), "ann")
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"job {job_id} running: server started (pid ") for m in said)
+    assert f"job {job_id} cancelled: cancelled by ann" in said
 
 
 def test_at_most_a_few_queued_jobs_hold_a_waiting_server_process(

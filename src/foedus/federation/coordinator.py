@@ -293,6 +293,7 @@ class Coordinator:
         ``stop`` reaches them now, not at their next beat."""
         ended = self.store.finish_job(job_id, state, reason, result)
         if ended:
+            log.info("job %s %s%s", job_id, state, f": {reason}" if reason else "")
             self.notify()
         return ended
 
@@ -450,6 +451,7 @@ class Coordinator:
             pid = self._spawn(job, gated=False).pid
         self.store.set_job(job.id, state="running", server_pid=pid,
                            event=f"{', '.join(actors)} started here (pid {pid})")
+        log.info("job %s running: %s started (pid %d)", job.id, ", ".join(actors), pid)
 
     def _ingest_rounds(self, job: Job) -> None:
         path = self.job_dir(job.id) / "records.jsonl"
