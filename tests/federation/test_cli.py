@@ -204,6 +204,24 @@ def test_ledger_shows_a_sites_budgets_as_its_heartbeat_reported_them(
     assert status == 2 and err == "foedus: error: refused (404): site 'site-9' has sent no ledger"
 
 
+def test_submit_dry_run_says_which_sites_would_refuse_and_queues_nothing(
+        served: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    store = served.coordinator.store
+    store.heartbeat("site-1", "test", {"catalog": ["digits"], "policy": {"max_rounds": 100}})
+    store.heartbeat("site-2", "test", {"catalog": ["digits"], "policy": {"max_rounds": 1}})
+    status, out, err = run(capsys, "submit", str(served.fed.job(2)), "--dry-run")
+    assert status == 1
+    assert [line.split()[:3] for line in out.splitlines()] == [
+        ["SITE", "STATE", "ACCEPTS"], ["site-1", "online", "yes"], ["site-2", "online", "no"]]
+    assert "2 rounds is more than this site allows (1)" in out.splitlines()[2]
+    assert "a site it would go to is expected to refuse it" in err
+    assert not store.jobs()  # nothing queued
+    store.heartbeat("site-2", "test", {"catalog": ["digits"], "policy": {"max_rounds": 5}})
+    status, _, err = run(capsys, "submit", str(served.fed.job(2)), "--dry-run")
+    assert status == 0 and "expected to accept it" in err
+    assert not store.jobs()
+
+
 def test_a_site_name_typo_names_the_sites_there_are(
         served: Served, capsys: pytest.CaptureFixture[str]) -> None:
     for name in served.fed.sites:

@@ -76,6 +76,10 @@ def add_commands(sub: Any) -> None:
     submit.add_argument("job", help="path to a YAML job file (data.dataset: a catalog entry)")
     submit.add_argument("--sites", help="comma-separated sites, client-000 first (default: "
                                         "the online sites, by name)")
+    submit.add_argument("--dry-run", action="store_true",
+                        help="check only: every check of a submit, and which sites would "
+                             "accept the job and why not; nothing is queued (exit status 1 "
+                             "when a site it would go to is expected to refuse)")
     submit.add_argument("--wait", action="store_true",
                         help="follow the job to its end (its events and rounds on stderr); "
                              "exit status 0 when it finished, 1 when it failed or was "
@@ -268,6 +272,25 @@ def _check_yaml(path: str, text: str) -> None:
                           f"rounds, data, model), got {type(job).__name__}")
 
 
+def _dry_run(found: dict[str, Any], sites: list[str] | None) -> int:
+    """Print a dry run's verdict per site; 0 when every site the job would be offered to
+    (``--sites``, else every online one) is expected to accept it, 1 otherwise."""
+    rows = [["SITE", "STATE", "ACCEPTS", "WHY"]]
+    for v in found["sites"]:
+        accepts = {True: "yes", False: "no", None: "unknown"}[v["accepts"]]
+        rows.append([v["site"], "online" if v["online"] else "offline", accepts, v["reason"]])
+    print(_table(rows))
+    chosen = [v for v in found["sites"]
+              if (v["site"] in sites if sites else v["online"])]
+    ok = bool(chosen) and all(v["accepts"] is not False for v in chosen)
+    print(f"foedus: {found['job_id']}: every check of a submit passed; "
+          + ("the sites it would go to are expected to accept it" if ok
+             else "a site it would go to is expected to refuse it")
+          + " (a forecast from what the sites last reported; nothing was queued)",
+          file=sys.stderr)
+    return 0 if ok else 1
+
+
 #: seconds between two looks at a job `submit --wait` follows
 WAIT_POLL_S = 1.0
 TERMINAL = ("finished", "failed", "cancelled")
@@ -350,6 +373,8 @@ def run_command(args: argparse.Namespace) -> int:
         body: dict[str, Any] = {"job_yaml": text}
         if args.sites:
             body["sites"] = [s.strip() for s in args.sites.split(",") if s.strip()]
+        if args.dry_run:
+            return _dry_run(api.call("POST", "/v1/jobs?dry_run=1", body), body.get("sites"))
         job_id = api.call("POST", "/v1/jobs", body)["id"]
         print(job_id, flush=True)
         return _wait(api, job_id) if args.wait else 0
