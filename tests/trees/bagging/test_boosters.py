@@ -184,6 +184,30 @@ def test_options_the_adapter_owns_are_configuration_errors(
         XGBoostBaggingAdapter(cancer[2], params=params)
 
 
+@pytest.mark.parametrize(("options", "message"), [
+    ({"params": {"max_dept": 3}}, r'^params: XGBoost does not use "max_dept"'),
+    ({"params": {"max_depth": -3}}, r"^params: XGBoost refuses them: value -3 for Parameter "
+                                    r"max_depth should be greater equal to 0$"),
+    ({"num_boost_round": "5"}, r"^num_boost_round must be an integer >= 1, got '5'$"),
+    ({"validation_fraction": "0.2"}, r"^validation_fraction must be a number in \[0, 1\)"),
+])
+def test_options_xgboost_would_ignore_or_refuse_are_configuration_errors(
+    options: dict[str, Any], message: str, cancer: Loaded,
+) -> None:
+    """The adapter trains with verbosity 0, which silenced XGBoost's "not used" warning: a
+    misspelt option was ignored, and a bad value failed every client in round 1."""
+    with pytest.raises(ConfigError, match=message):
+        XGBoostBaggingAdapter(cancer[2], **options)
+
+
+def test_checking_the_options_accepts_every_documented_kind_of_setting(cancer: Loaded) -> None:
+    adapter = XGBoostBaggingAdapter(cancer[2], params={"max_depth": 3, "eta": "0.3",
+                                                       "subsample": 0.8})
+    assert adapter.options["max_depth"] == 3
+    regression = load_dataset("diabetes")[2]
+    XGBoostBaggingAdapter(regression, params={"objective": "reg:squarederror"})
+
+
 def _job(clients: int, dataset: str = "breast_cancer", **params: Any) -> JobSpec:
     return JobSpec.from_dict({
         "job_id": f"boosters-{clients}", "rounds": 1,

@@ -12,6 +12,8 @@ wheel ``xgboost-cpu`` provides the same ``import xgboost``).
 from __future__ import annotations
 
 import json
+import re
+import warnings
 from dataclasses import replace
 from typing import Any
 
@@ -69,10 +71,16 @@ class XGBoostBaggingAdapter(ModelAdapter):
         validation_fraction: float = 0.0, params: dict[str, Any] | None = None,
     ) -> None:
         require("xgboost", "xgboost")
-        if num_boost_round < 1:
-            raise ConfigError(f"num_boost_round must be at least 1, got {num_boost_round}")
-        if not 0 <= validation_fraction < 1:
-            raise ConfigError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+        if (isinstance(num_boost_round, bool) or not isinstance(num_boost_round, int)
+                or num_boost_round < 1):
+            raise ConfigError(f"num_boost_round must be an integer >= 1, got {num_boost_round!r}")
+        fraction = validation_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not (
+                0 <= fraction < 1):
+            raise ConfigError(f"validation_fraction must be a number in [0, 1), "
+                              f"got {validation_fraction!r}")
+        if params is not None and not isinstance(params, dict):
+            raise ConfigError(f"params: expected a mapping of XGBoost options, got {params!r}")
         if spec.task not in TASKS:
             raise ConfigError(f"unsupported task {spec.task!r}; allowed: {TASKS}")
         if spec.task == "classification" and len(spec.classes) < 2:
@@ -97,8 +105,39 @@ class XGBoostBaggingAdapter(ModelAdapter):
         options.setdefault("nthread", 1)
         options.setdefault("verbosity", 0)
         self.options = options
+        self._check_options()
         self._round_seed = [seed, 0]
         self._load(empty(spec.n_features, self.n_values, spec.task))
+
+    def _check_options(self) -> None:
+        """Boost one round on a few rows of zeros now, so XGBoost judges ``params`` before the
+        job starts: a value it refuses, or a name it does not use, is a ``ConfigError``.
+
+        The adapter trains with ``verbosity: 0``, under which XGBoost drops its "parameters
+        are not used" warning: a misspelt ``max_dept`` was ignored without a word, and a bad
+        value surfaced only as every client failing round 1.
+        """
+        import xgboost
+
+        rows = max(self.n_values, 2)
+        labels = (np.arange(rows) % self.n_values if self.spec.task == "classification"
+                  else np.zeros(rows))
+        data = xgboost.DMatrix(np.zeros((rows, self.spec.n_features), dtype=np.float32),
+                               label=labels)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                xgboost.train({**self.options, "verbosity": 1}, data, num_boost_round=1)
+            except xgboost.core.XGBoostError as exc:
+                text = next((line.strip() for line in str(exc).splitlines()
+                             if line.strip() and not line.lstrip().startswith("[bt]")),
+                            str(exc))
+                raise ConfigError(f"params: XGBoost refuses them: {text}") from exc
+        for warning in caught:
+            unused = re.search(r"Parameters: \{ (.*?) \} are not used", str(warning.message))
+            if unused:
+                raise ConfigError(f"params: XGBoost does not use {unused.group(1)}; see "
+                                  "https://xgboost.readthedocs.io/en/stable/parameter.html")
 
     def begin_round(self, seed: int) -> None:
         """Seed the round's hold-out split and the booster's randomness."""
