@@ -29,6 +29,7 @@ from foedus.federation.coordinator import (
     serve,
 )
 from foedus.federation.policy import parse_catalog
+from foedus.federation.settings import lock_state_dir
 from foedus.federation.site_state import start_time
 from foedus.federation.store import Job
 from foedus.transport.tls import TLSConfig
@@ -229,6 +230,22 @@ def test_a_port_already_taken_is_one_line_not_a_traceback(tmp_path: Path) -> Non
         with pytest.raises(ConfigError, match=rf"^listen: cannot listen on 127.0.0.1:{port}: "
                                               r"Address already in use \(another coordinator"):
             asyncio.run(serve(config))
+
+
+def test_a_second_coordinator_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
+    certs = create_deployment_certs(tmp_path / "certs", [])
+    config = CoordinatorConfig(
+        host="127.0.0.1", port=0, state_dir=tmp_path / "state",
+        tls=TLSConfig(str(certs.ca), str(certs.server_cert), str(certs.server_key)),
+        admin_token_file=tmp_path / "admin.token", heartbeat_timeout=15, catalog={},
+        warm=False)
+    held = lock_state_dir(config.state_dir, "coordinator")
+    try:
+        with pytest.raises(ConfigError, match=rf"^state_dir: '{config.state_dir}' is in use by "
+                                              rf"another foedus coordinator \(pid {os.getpid()}"):
+            asyncio.run(serve(config))
+    finally:
+        held.close()
 
 
 def test_a_swarm_runs_wholly_at_sites_and_ends_with_its_peers(

@@ -7,6 +7,7 @@ site answered, a coordinator that fails a request). No HTTP, no actor processes.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,10 @@ import pytest
 import yaml
 
 from foedus.certs import create_deployment_certs
+from foedus.core.errors import ConfigError
 from foedus.federation.policy import Policy, parse_catalog
-from foedus.federation.site import CoordinatorUnavailable, Site, SiteConfig
+from foedus.federation.settings import lock_state_dir
+from foedus.federation.site import CoordinatorUnavailable, Site, SiteConfig, run_site
 from foedus.transport.tls import TLSConfig
 
 BUDGET = {"epsilon": 2.0, "delta": 1e-5}
@@ -143,3 +146,19 @@ def test_an_acceptance_the_coordinator_no_longer_takes_releases_the_reservation(
                                      data={"dataset": "digits-dp"})]
     agent.beat()
     assert coordinator.answers[-1]["accept"] is True
+
+
+def test_a_second_agent_on_the_same_state_dir_is_refused(
+        site: tuple[Site, Coordinator]) -> None:
+    # two agents on one state (systemd's and one started by hand) both answered every offer
+    # and wrote the audit log with two hash chains interleaved: broken for good
+    agent, _ = site
+    held = lock_state_dir(agent.config.state_dir, "site")
+    try:
+        with pytest.raises(ConfigError, match=(
+                rf"^state_dir: '{agent.config.state_dir}' is in use by another foedus site "
+                rf"\(pid {os.getpid()}\); each site needs a state_dir of its own$")):
+            run_site(agent.config)
+    finally:
+        held.close()
+    lock_state_dir(agent.config.state_dir, "site").close()  # free again once closed

@@ -61,7 +61,7 @@ from foedus.federation.database import POSTGRES_SCHEMES
 from foedus.federation.openapi import openapi
 from foedus.federation.policy import CatalogEntry, fill_data, parse_catalog
 from foedus.federation.reports import SiteReports
-from foedus.federation.settings import path_of, read_config, tls_of
+from foedus.federation.settings import lock_state_dir, path_of, read_config, tls_of
 from foedus.federation.site_state import Adopted, pid_runs, start_time
 from foedus.federation.store import ROLES, Job, Store, new_token
 from foedus.federation.zygote import SERVER_ACTOR, Zygote
@@ -841,8 +841,19 @@ class Coordinator:
 
 
 async def serve(config: CoordinatorConfig, ready: Callable[[str], None] | None = None) -> None:
-    """Run the coordinator until cancelled (SIGINT/SIGTERM)."""
+    """Run the coordinator until cancelled (SIGINT/SIGTERM); its state_dir held for it
+    (:func:`~foedus.federation.settings.lock_state_dir`): a second coordinator on it is
+    refused."""
     web = require("aiohttp.web", "federation")
+    held = lock_state_dir(config.state_dir, "coordinator")  # one service per state dir
+    try:
+        await _serve(config, web, ready)
+    finally:
+        held.close()
+
+
+async def _serve(config: CoordinatorConfig, web: Any,
+                 ready: Callable[[str], None] | None) -> None:
     coordinator = Coordinator(config, warm=config.warm)
     runner = web.AppRunner(coordinator.app(), access_log=None)
     await runner.setup()

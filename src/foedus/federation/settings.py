@@ -4,15 +4,17 @@ wherever the service is started from)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
 from foedus.core.errors import ConfigError
 from foedus.transport.tls import TLSConfig
 
-__all__ = ["SITE_KEYS", "path_of", "read_config", "tls_of"]
+__all__ = ["SITE_KEYS", "lock_state_dir", "path_of", "read_config", "tls_of"]
 
 #: every key of ``site.yaml``: the site agent and ``foedus site-audit`` read the same file
 SITE_KEYS = frozenset({"coordinator", "state_dir", "tls", "heartbeat_s", "catalog", "policy",
@@ -63,3 +65,27 @@ def tls_of(raw: dict[str, Any], *, identity: bool) -> TLSConfig:
                        path_of(raw, tls["key"], "tls.key"), require_client_cert=False)
     config.check_files(need_identity=identity)
     return config
+
+
+def lock_state_dir(state_dir: Path, service: str) -> IO[str]:
+    """Hold ``state_dir`` for this process, the one ``foedus {service}`` using it; the open
+    lock file, which holds it until closed or the process ends (even killed). A second
+    service on the same state would run every job's actor twice and interleave two writers'
+    lines in the audit log, breaking its hash chain for good: it is refused, naming the pid
+    that holds the state."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock = (state_dir / f"{service}.lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise ConfigError(f"state_dir: {str(state_dir)!r} is in use by another foedus "
+                          f"{service} (pid {holder}); each {service} needs a state_dir of its "
+                          "own") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock

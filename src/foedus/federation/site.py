@@ -51,7 +51,7 @@ from foedus.federation.audit import AuditLog
 from foedus.federation.ledger import Charge, Ledger, epsilon_of, mechanisms_of, settled
 from foedus.federation.policy import CatalogEntry, Policy, check_policy, fill_data, parse_catalog
 from foedus.federation.reports import AUDIT_BATCH
-from foedus.federation.settings import SITE_KEYS, path_of, read_config, tls_of
+from foedus.federation.settings import SITE_KEYS, lock_state_dir, path_of, read_config, tls_of
 from foedus.federation.site_actor import sent_upper
 from foedus.federation.site_state import ActorRecord, Adopted, pid_runs, start_time, unfinished
 from foedus.federation.zygote import Zygote
@@ -512,6 +512,7 @@ def run_site(config: SiteConfig) -> int:
     config mistake). A coordinator that does not trust this site's certificate closes the
     TLS connection, which looks like an outage: retried, with a hint saying so."""
     httpx = require("httpx", "federation")
+    held = lock_state_dir(config.state_dir, "site")  # one agent per state: its ledger, log
     site = Site(config, warm=config.warm)
     stopping = False
 
@@ -564,4 +565,5 @@ def run_site(config: SiteConfig) -> int:
                   f"{len({job for job, _ in site.actors})} job(s); a site started again "
                   "rejoins their jobs", file=sys.stderr, flush=True)
         site.close()
+        held.close()
     return 0
