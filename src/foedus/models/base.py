@@ -43,6 +43,31 @@ def sklearn_exclusive(method: Callable[_P, _R]) -> Callable[_P, _R]:
     return locked
 
 
+def mlp_options(hidden: Any, lr: Any, batch_size: Any, mu: Any) -> tuple[int, ...]:
+    """Check the shared options of the ``torch-mlp`` and ``keras-mlp`` factories; returns the
+    hidden layer widths (a lone integer is one layer).
+
+    Without it a string ``hidden: "64"`` built layers of width 6 and 4, a negative ``lr``
+    trained to chance and exited 0, and a string ``batch_size`` failed with
+    "'<' not supported between instances of 'str' and 'int'".
+    """
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    widths = [hidden] if isinstance(hidden, int) and not isinstance(hidden, bool) else hidden
+    if (not isinstance(widths, list | tuple) or not all(
+            isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)):
+        raise ConfigError(f"hidden: expected a list of layer widths >= 1 such as [64, 32], "
+                          f"got {hidden!r}")
+    if not number(lr) or not lr > 0:
+        raise ConfigError(f"lr: expected a number > 0, got {lr!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+    if not number(mu) or not mu >= 0:
+        raise ConfigError(f"mu: expected a number >= 0 (the FedProx term; 0: off), got {mu!r}")
+    return tuple(widths)
+
+
 def sklearn_estimator(cls: Any, **params: Any) -> Any:
     """``cls(**params)``, a scikit-learn estimator whose parameters are checked now.
 

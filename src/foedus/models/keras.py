@@ -28,7 +28,7 @@ import numpy as np
 from foedus.core.errors import ConfigError, require
 from foedus.core.params import Params
 from foedus.data.datasets import Dataset, DataSpec
-from foedus.models.base import ModelAdapter, models
+from foedus.models.base import ModelAdapter, mlp_options, models
 
 #: the extra this module's plugins need (`pip install foedus[keras]`), for `foedus plugins`
 REQUIRES_EXTRA = "keras"
@@ -166,6 +166,7 @@ def keras_mlp(
     mu: float = 0.0,
 ) -> KerasAdapter:
     """A Dense network for tabular or flattened image data, seeded per layer (no global seed)."""
+    hidden = mlp_options(hidden, lr, batch_size, mu)
     keras: Any = _import_keras()
     if spec.task != "classification":
         raise ConfigError(f"keras-mlp is a classifier; the dataset's task is {spec.task!r}")

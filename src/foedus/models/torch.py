@@ -21,7 +21,7 @@ import numpy as np
 from foedus.core.errors import ConfigError, require
 from foedus.core.params import Params
 from foedus.data.datasets import Dataset, DataSpec
-from foedus.models.base import ModelAdapter, models
+from foedus.models.base import ModelAdapter, mlp_options, models
 from foedus.models.torch_sgd import MomentumSGD
 
 #: the extra this module's plugins need (`pip install foedus[torch]`), for `foedus plugins`
@@ -128,6 +128,9 @@ def torch_mlp(
     lr: float = 0.1, batch_size: int = 32, batch_norm: bool = False, mu: float = 0.0,
 ) -> TorchAdapter:
     """A multi-layer perceptron for tabular or flattened image data (``mu > 0``: FedProx)."""
+    hidden = mlp_options(hidden, lr, batch_size, mu)
+    if spec.task != "classification":
+        raise ConfigError(f"torch-mlp is a classifier; the dataset's task is {spec.task!r}")
     torch: Any = require("torch", "torch")
     # the CPU generator that initialises the layers: torch.manual_seed would seed it the same
     # way, but also queue a seed for CUDA, MPS and XPU, each with a formatted stack (~1.5 ms
@@ -142,8 +145,6 @@ def torch_mlp(
         layers.append(torch.nn.ReLU())
         width = int(h)
     layers.append(torch.nn.Linear(width, len(spec.classes)))
-    if spec.task != "classification":
-        raise ConfigError(f"torch-mlp is a classifier; the dataset's task is {spec.task!r}")
     return TorchAdapter(
         torch.nn.Sequential(*layers), lr=lr, batch_size=batch_size, seed=seed, mu=mu
     )
