@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -44,10 +45,14 @@ class Coordinator:
     def __init__(self) -> None:
         self.assignments: list[dict[str, Any]] = []
         self.answer_status = 200
+        self.answer_lost = False
         self.heartbeat_status = 200
         self.answers: list[dict[str, Any]] = []
 
     def post(self, path: str, json: dict[str, Any]) -> Response:
+        if path == "/v1/site/answer" and self.answer_lost:
+            self.answers.append(json)  # taken, but the reply never reaches the site
+            raise httpx.ReadTimeout("the connection broke")
         if path == "/v1/site/heartbeat":
             if self.heartbeat_status != 200:
                 return Response(self.heartbeat_status, "500 Internal Server Error")
@@ -162,3 +167,24 @@ def test_a_second_agent_on_the_same_state_dir_is_refused(
     finally:
         held.close()
     lock_state_dir(agent.config.state_dir, "site").close()  # free again once closed
+
+
+def test_an_acceptance_whose_reply_was_lost_is_started_once_the_coordinator_shows_it(
+        site: tuple[Site, Coordinator], monkeypatch: pytest.MonkeyPatch) -> None:
+    # the coordinator took the acceptance, the reply was lost: the site used to forget the
+    # actor (never started; the job's rounds waited for it in vain)
+    agent, coordinator = site
+    started: list[tuple[str, str]] = []
+    monkeypatch.setattr(agent, "_start", lambda record: started.append(
+        (record.job_id, record.actor)))
+    coordinator.assignments = [offer("lost-1", rounds=3)]
+    coordinator.answer_lost = True
+    with pytest.raises(httpx.TransportError):
+        agent.beat()  # the agent's loop retries at its next heartbeat
+    assert started == []
+    coordinator.answer_lost = False
+    coordinator.assignments = [{**offer("lost-1", rounds=3), "state": "accepted"}]
+    agent.beat()
+    assert started == [("lost-1", "client-001")]
+    job = yaml.safe_load((agent.config.state_dir / "jobs" / "lost-1" / "job.yaml").read_text())
+    assert job["data"] == {"dataset": "digits", "options": {}}  # filled from the catalog

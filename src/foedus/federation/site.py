@@ -281,11 +281,20 @@ class Site:
             # answer): the report is what lets the coordinator mark the assignment stopped
             self.finished.append({"job_id": key[0], "actor": key[1], "state": "exited",
                                   "reason": "stopped at the coordinator's request"})
-        for a in answer.get("assignments", []):
-            if a["state"] == "offered" and (a["job_id"], a["actor"]) not in self.actors:
-                self._offer(a)
-        for report in self.finished:  # stopped here: settle what the job spent
-            self._ended(report)
+        try:
+            for a in answer.get("assignments", []):
+                key = (a["job_id"], a["actor"])
+                if a["state"] == "offered" and key not in self.actors:
+                    self._offer(a)
+                elif a["state"] == "accepted" and key in self.records and \
+                        key not in self.actors and a.get("job_state") in ("queued", "running"):
+                    # the coordinator took this site's acceptance, but its answer to it was
+                    # lost (the connection broke): the actor was never started; start it now
+                    log.warning("job %s: the acceptance of %s was taken; starting it", *key)
+                    self._start(self.records[key])
+        finally:  # also when an answer failed half-way: stopped here, settle what they spent
+            for report in self.finished:
+                self._ended(report)
         return any(a["state"] in ("offered", "stop") for a in answer.get("assignments", []))
 
     def _offer(self, a: dict[str, Any]) -> None:
@@ -304,10 +313,13 @@ class Site:
         self.audit.offered(job_id=job_id, actor=actor, submitter=a.get("owner"),
                            job_yaml=str(a.get("job_yaml", "")), reason=reason, stages=stages,
                            dataset=offer.dataset, epsilon=offer.epsilon, delta=offer.delta)
-        if reason is None:  # recorded before the answer: a site killed from here finds it
+        if reason is None:  # recorded before the answer: a site killed from here, or whose
+            # answer's reply is lost, finds the record and the job file to start it from
             record = ActorRecord(job_id, actor, None, offer.dataset, a.get("owner"),
                                  offer.charge.to_json() if offer.charge else None, offer.delta)
             record.save(self.config.state_dir)
+            (self.config.state_dir / "jobs" / job_id / "job.yaml").write_text(
+                yaml.safe_dump(job, sort_keys=False))
             self.records[(job_id, actor)] = record
         if reason is not None:
             log.warning("refusing %s of job %s: %s", actor, job_id, reason)
@@ -316,9 +328,6 @@ class Site:
         if not self._answer(job_id, actor, None):  # withdrawn meanwhile: never started
             self._withdrawn(job_id, actor)
             return
-        where = self.config.state_dir / "jobs" / job_id
-        where.mkdir(parents=True, exist_ok=True)
-        (where / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
         self._start(self.records[(job_id, actor)])
 
     def _withdrawn(self, job_id: str, actor: str) -> None:
