@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import urllib.error
 import urllib.request
 
 import pytest
 
 from foedus.config.spec import JobSpec
+from foedus.core.errors import ConfigError
 from foedus.mlops.metrics import ClientMonitor, ServerMonitor
 from foedus.roles.server import RoundRecord
 from foedus.runner import run_job
@@ -111,3 +113,16 @@ def test_a_closed_endpoint_stops_answering() -> None:
     monitor.close()  # twice is fine
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_a_port_in_use_is_one_configuration_error() -> None:
+    """It used to end the job in an OSError traceback (exit 1)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monitor = ServerMonitor(job_id="busy")
+        with pytest.raises(ConfigError, match=rf"^mlops.prometheus: cannot serve /metrics on "
+                                              rf"127.0.0.1:{port}: Address already in use; "):
+            monitor.serve(port)
+    assert monitor.close() is False  # nothing was started, nothing to stop

@@ -108,8 +108,13 @@ class _Monitor(Pod):
         if self._server is not None:
             raise ConfigError(f"{self.name}: metrics endpoint already serving on {self.port}")
         client = require("prometheus_client", "prometheus")
-        self._server, self._thread = client.start_http_server(port, addr=host,
-                                                              registry=self.registry)
+        try:
+            self._server, self._thread = client.start_http_server(port, addr=host,
+                                                                  registry=self.registry)
+        except OSError as exc:  # a port in use, an address not on this host: one line, exit 2
+            raise ConfigError(
+                f"mlops.prometheus: cannot serve /metrics on {host}:{port}: {exc.strerror or exc}"
+                "; pick another port (0: any free one) or host") from exc
         self.port = int(self._server.server_port)
         return self.port
 
