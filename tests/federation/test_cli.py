@@ -12,13 +12,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 from foedus.certs import create_deployment_certs
 from foedus.cli import main
 from foedus.core.errors import ConfigError, require
 from foedus.federation.actor import MODEL_FILE
 from foedus.federation.coordinator import Coordinator, CoordinatorConfig
-from foedus.federation.demo import ADMIN_TOKEN, LocalFederation
+from foedus.federation.demo import ADMIN_TOKEN, LocalFederation, run_demo
 from foedus.federation.site import SiteConfig, run_site
 from foedus.transport.tls import TLSConfig
 from tests.waiting import until
@@ -261,3 +262,18 @@ def test_each_commands_help_says_what_it_does_not_only_its_options(
         main([*command, "--help"])
     assert exited.value.code == 0
     assert says in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_long_demo_is_not_refused_by_its_own_sites(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 'foedus federation demo --rounds 200' failed at once: its sites' policy allowed 100
+    seen: list[dict[str, object]] = []
+
+    async def demo(fed: LocalFederation, rounds: int, out: object) -> int:
+        seen.append(yaml.safe_load((fed.root / "site-1.yaml").read_text())["policy"])
+        return 0
+
+    monkeypatch.setattr("foedus.federation.demo._demo", demo)
+    assert run_demo(200, 2, keep=str(tmp_path / "fed")) == 0
+    assert run_demo(3, 2, keep=str(tmp_path / "fed3")) == 0
+    assert [p["max_rounds"] for p in seen] == [200, 100]

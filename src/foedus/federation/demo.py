@@ -65,7 +65,9 @@ class LocalFederation:
 
     @classmethod
     def create(cls, root: Path, sites: int, *, coordinator_port: int = 0,
-               heartbeat_s: float = 0.2) -> LocalFederation:
+               heartbeat_s: float = 0.2, max_rounds: int = 100) -> LocalFederation:
+        """The files; ``max_rounds``: the sites' policy (the demo raises it to its --rounds,
+        so a longer demo is not refused by its own sites)."""
         if sites < 2:
             raise ConfigError(f"--sites: a federation needs at least 2 sites, got {sites}")
         names = [f"site-{i + 1}" for i in range(sites)]
@@ -86,7 +88,7 @@ class LocalFederation:
                 "tls": {"ca": "certs/ca.pem", "cert": f"certs/clients/{name}.pem",
                         "key": f"certs/clients/{name}.key"},
                 "catalog": {"digits": {"dataset": "digits"}},
-                "policy": {"models": ["sklearn-sgd"], "max_rounds": 100}})
+                "policy": {"models": ["sklearn-sgd"], "max_rounds": max_rounds}})
         return made
 
     def _write(self, name: str, data: dict[str, Any]) -> Path:
@@ -274,10 +276,11 @@ def run_demo(rounds: int = 3, sites: int = 3, *, keep: str | None = None,
         if keep is not None:
             root = Path(keep)
             root.mkdir(parents=True, exist_ok=True)
-            return asyncio.run(_demo(LocalFederation.create(root.resolve(), sites), rounds,
-                                     out))
+            return asyncio.run(_demo(LocalFederation.create(
+                root.resolve(), sites, max_rounds=max(100, rounds)), rounds, out))
         with tempfile.TemporaryDirectory(prefix="foedus-federation-") as tmp:
-            return asyncio.run(_demo(LocalFederation.create(Path(tmp), sites), rounds, out))
+            return asyncio.run(_demo(LocalFederation.create(
+                Path(tmp), sites, max_rounds=max(100, rounds)), rounds, out))
     except asyncio.CancelledError:  # SIGTERM: everything was stopped on the way out
         print("foedus federation demo: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
