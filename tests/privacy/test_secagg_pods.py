@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 import numpy as np
@@ -122,6 +123,7 @@ async def test_more_dropouts_than_tolerated_keep_the_global_model_and_reveal_no_
 
 
 async def test_a_client_whose_update_exceeds_the_value_range_drops_out_without_sending_keys(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     ids = [f"client-{i:03d}" for i in range(4)]
     settings = SecureSumSettings(max_dropouts=1, value_range=1e-9, step_timeout=0.5)
@@ -135,10 +137,15 @@ async def test_a_client_whose_update_exceeds_the_value_range_drops_out_without_s
     secagg.send = capture  # type: ignore[method-assign]
     update = Message.create(Kind.UPDATE, job_id="j", round=1, sender=ids[0],
                             params={"w": np.ones(3)}, num_examples=5)
-    await secagg.on_in(update)
+    with caplog.at_level(logging.ERROR, logger="foedus"):
+        await secagg.on_in(update)
     assert [m.kind for m in sent] == [Kind.ERROR]
     assert "value_range" in (sent[0].error or "")
     assert not sent[0].params
+    # said at the level a failed client is (the CLI shows ERROR): a job whose every client
+    # exceeded value_range ended no_quorum with no visible reason
+    assert [r.getMessage()[:51] for r in caplog.records if r.levelno == logging.ERROR] == [
+        "client client-000: not taking part in round 1's sec"]
     del transport
 
 

@@ -313,8 +313,10 @@ class SecAggClientPod(Pod):
                               sender=self.client_id, meta={STEP: step, **meta}, params=params)
 
     def _error(self, msg: Message, reason: str) -> Message:
-        log.warning("client %s: not taking part in round %d's secure sum: %s", self.client_id,
-                    msg.round, reason)
+        # ERROR, as a client failing its training: the command line shows ERROR only, and this
+        # is the one place the client's reason (e.g. value_range) is said
+        log.error("client %s: not taking part in round %d's secure sum: %s", self.client_id,
+                  msg.round, reason)
         return Message.create(Kind.ERROR, job_id=msg.header.job_id, round=msg.round,
                               sender=self.client_id, error=f"secure sum: {reason}")
 
