@@ -17,7 +17,9 @@ import yaml
 from foedus.certs import create_deployment_certs
 from foedus.cli import main
 from foedus.core.errors import ConfigError, require
+from foedus.federation import cli as fedcli
 from foedus.federation.actor import MODEL_FILE
+from foedus.federation.cli import Unreachable
 from foedus.federation.coordinator import Coordinator, CoordinatorConfig
 from foedus.federation.demo import ADMIN_TOKEN, LocalFederation, run_demo
 from foedus.federation.site import SiteConfig, run_site
@@ -277,3 +279,27 @@ def test_a_long_demo_is_not_refused_by_its_own_sites(
     assert run_demo(200, 2, keep=str(tmp_path / "fed")) == 0
     assert run_demo(3, 2, keep=str(tmp_path / "fed3")) == 0
     assert [p["max_rounds"] for p in seen] == [200, 100]
+
+
+def test_submit_wait_rides_out_a_coordinator_restart(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # it used to end with 'cannot reach the coordinator' and exit status 2 while the job went
+    # on: a restart (which loses no job) looked like a failure to the script waiting
+    monkeypatch.setattr(fedcli, "WAIT_POLL_S", 0.01)
+    job: dict[str, object] = {"id": "j-1", "state": "running", "reason": None,
+                              "rounds_done": 0, "events": [], "result": None}
+    answers: list[object] = [job, Unreachable("cannot reach the coordinator at x: refused"),
+                             Unreachable("cannot reach the coordinator at x: refused"),
+                             {**job, "state": "finished", "result": {"final_accuracy": 0.9}}]
+
+    class Api:
+        def call(self, method: str, path: str) -> object:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    assert fedcli._wait(Api(), "j-1") == 0  # type: ignore[arg-type]
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["foedus: cannot reach the coordinator at x: refused; retrying for up to "
+                   "120s (the job goes on)", "foedus: job j-1 finished (final accuracy 0.9000)"]

@@ -161,6 +161,11 @@ def add_commands(sub: Any) -> None:
                                                     "certificates, database, logs) in DIR")
 
 
+class Unreachable(ConfigError):
+    """The coordinator did not answer (down, restarting, the network): one line for a single
+    command; ``submit --wait`` retries it, since the job goes on."""
+
+
 class Api:
     """A user's HTTPS client to the coordinator. Every mistake in where it is and who the
     user is ends in one line naming the option (or variable) to fix, never a traceback."""
@@ -203,10 +208,11 @@ class Api:
     def _unreachable(self, exc: Exception) -> ConfigError:
         text = f"cannot reach the coordinator at {self.client.base_url}: {exc}"
         if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            text += (f" (its certificate is not signed by the CA given: "
-                     f"{self.ca!r}; pass the federation's CA with --ca or $FOEDUS_CA)"
-                     if self.ca else " (pass the federation's CA with --ca or $FOEDUS_CA)")
-        return ConfigError(text)
+            return ConfigError(
+                text + (f" (its certificate is not signed by the CA given: "
+                        f"{self.ca!r}; pass the federation's CA with --ca or $FOEDUS_CA)"
+                        if self.ca else " (pass the federation's CA with --ca or $FOEDUS_CA)"))
+        return Unreachable(text)
 
     def _refused(self, status: int, reason: Any) -> ConfigError:
         if status == 401 and reason == "unknown token":
@@ -293,6 +299,9 @@ def _dry_run(found: dict[str, Any], sites: list[str] | None) -> int:
 
 #: seconds between two looks at a job `submit --wait` follows
 WAIT_POLL_S = 1.0
+#: how long `submit --wait` waits for a coordinator that stopped answering (a restart takes
+#: seconds) before it gives up with exit status 2
+WAIT_UNREACHABLE_S = 120.0
 TERMINAL = ("finished", "failed", "cancelled")
 
 
@@ -301,13 +310,26 @@ def _wait(api: Api, job_id: str) -> int:
     come; the exit status says how it ended (0 finished, 1 failed or cancelled), so a script
     can run ``foedus submit --wait JOB && ...``. Ctrl-C stops following, not the job."""
     events = rounds = 0
+    lost: float | None = None  # since when the coordinator has not answered
     try:
         while True:
-            job = api.call("GET", f"/v1/jobs/{job_id}")
-            new_rounds: list[dict[str, Any]] = []
-            if job["rounds_done"] > rounds:
-                new_rounds = api.call("GET", f"/v1/jobs/{job_id}/rounds")["rounds"][rounds:]
-                rounds += len(new_rounds)
+            try:
+                job = api.call("GET", f"/v1/jobs/{job_id}")
+                new_rounds: list[dict[str, Any]] = []
+                if job["rounds_done"] > rounds:
+                    new_rounds = api.call("GET",
+                                          f"/v1/jobs/{job_id}/rounds")["rounds"][rounds:]
+            except Unreachable as exc:  # a restarting coordinator loses no job: wait for it
+                if lost is None:
+                    lost = time.monotonic()
+                    print(f"foedus: {exc}; retrying for up to {WAIT_UNREACHABLE_S:g}s (the job "
+                          "goes on)", file=sys.stderr, flush=True)
+                elif time.monotonic() - lost > WAIT_UNREACHABLE_S:
+                    raise
+                time.sleep(WAIT_POLL_S)  # until the coordinator answers again, bounded above
+                continue
+            lost = None
+            rounds += len(new_rounds)
             seen = job["events"][events:]
             events = len(job["events"])
             lines = [f"{time.strftime('%H:%M:%S', time.localtime(e['at']))}  {e['text']}"
