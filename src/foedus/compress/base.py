@@ -57,6 +57,23 @@ class DecodeRefusal(RejectedUpdate, CodecError):
 
 
 # ---- table of arrays: how a decoder learns what to rebuild -----------------------------------
+def check_flag(stage: str, name: str, value: Any) -> bool:
+    """A true/false stage option. ``bool(value)`` would take the string ``"false"`` (or
+    ``"no"``) for true and silently do the opposite of what the job file says."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{stage} {name} must be true or false, got {value!r}")
+    return value
+
+
+def check_stage_size(stage: str, value: Any) -> int:
+    """``max_decoded_size``: a positive number of bytes (a string used to pass until the
+    first update was decoded)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{stage} max_decoded_size must be a positive integer (bytes), "
+                          f"got {value!r}")
+    return value
+
+
 def make_table(params: Params) -> Table:
     """Describe arrays by name, little-endian dtype and shape (msgpack-friendly lists)."""
     return [[name, _le(a.dtype).str, list(a.shape)] for name, a in params.items()]

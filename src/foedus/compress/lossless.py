@@ -24,6 +24,7 @@ from foedus.compress.base import (
     DEFAULT_MAX_DECODED,
     Decoder,
     Encoder,
+    check_stage_size,
     get_array,
     make_table,
     pack_raw,
@@ -113,7 +114,8 @@ class ZstdStage(Stage):
                               f"{zstd.MAX_COMPRESSION_LEVEL}, got {level!r}")
         if not isinstance(threads, int) or threads < -1:
             raise ConfigError(f"zstd threads must be an integer >= -1, got {threads!r}")
-        self.level, self.threads, self.max_decoded_size = level, threads, max_decoded_size
+        self.level, self.threads = level, threads
+        self.max_decoded_size = check_stage_size("zstd", max_decoded_size)
 
     def client(self) -> Filter:
         return ZstdEncoder(self.level, self.threads)
@@ -168,7 +170,8 @@ class LzmaStage(Stage):
     def __init__(self, preset: int = 6, max_decoded_size: int = DEFAULT_MAX_DECODED) -> None:
         if not isinstance(preset, int) or not 0 <= preset <= 9:
             raise ConfigError(f"lzma preset must be an integer 0-9, got {preset!r}")
-        self.preset, self.max_decoded_size = preset, max_decoded_size
+        self.preset = preset
+        self.max_decoded_size = check_stage_size("lzma", max_decoded_size)
 
     def client(self) -> Filter:
         return LzmaEncoder(self.preset)

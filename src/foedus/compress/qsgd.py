@@ -30,6 +30,8 @@ from foedus.compress.base import (
     DEFAULT_MAX_DECODED,
     Decoder,
     Encoder,
+    check_flag,
+    check_stage_size,
     flat_float32,
     get_array,
     get_int,
@@ -189,8 +191,13 @@ class QSGDStage(Stage):
         max_decoded_size: int = DEFAULT_MAX_DECODED,
     ) -> None:
         _check(bits, bucket, norm)
-        self.bits, self.bucket, self.norm, self.elias = bits, bucket, norm, bool(elias)
-        self.delta, self.seed, self.max_decoded_size = bool(delta), seed, max_decoded_size
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                                 or seed < 0):
+            raise ConfigError(f"qsgd seed must be an integer >= 0, got {seed!r}")
+        self.bits, self.bucket, self.norm = bits, bucket, norm
+        self.elias = check_flag("qsgd", "elias", elias)
+        self.delta, self.seed = check_flag("qsgd", "delta", delta), seed
+        self.max_decoded_size = check_stage_size("qsgd", max_decoded_size)
         self._clients = itertools.count()
 
     def client(self) -> Filter:

@@ -22,6 +22,8 @@ from foedus.compress.base import (
     DEFAULT_MAX_DECODED,
     Decoder,
     Encoder,
+    check_flag,
+    check_stage_size,
     flat_float32,
     get_array,
     make_table,
@@ -103,8 +105,10 @@ class TopKStage(Stage):
     def __init__(self, ratio: float = 0.01, error_feedback: bool = True, delta: bool = True,
                  max_decoded_size: int = DEFAULT_MAX_DECODED) -> None:
         _check(ratio)
-        self.ratio, self.error_feedback, self.delta = ratio, bool(error_feedback), bool(delta)
-        self.max_decoded_size = max_decoded_size
+        self.ratio = ratio
+        self.error_feedback = check_flag("topk", "error_feedback", error_feedback)
+        self.delta = check_flag("topk", "delta", delta)
+        self.max_decoded_size = check_stage_size("topk", max_decoded_size)
 
     def client(self) -> Filter:
         return TopKEncoder(ratio=self.ratio, error_feedback=self.error_feedback, delta=self.delta)
