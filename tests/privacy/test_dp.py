@@ -196,3 +196,23 @@ def test_a_round_with_fewer_updates_than_clients_per_round_is_reported(
     assert [r.getMessage()[:62] for r in caplog.records] == [
         "central-dp: round 2 aggregated 3 updates, fewer than clients_p"]
     assert "epsilon reported is too small" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"delta": "1e-5"}, r"^delta: expected a number in \(0, 1\), got '1e-5'$"),
+    ({"budget": "8"}, r"^budget: expected a number > 0 \(epsilon\), got '8'$"),
+    ({"population": "50"}, r"^population: expected an integer >= 1, got '50'$"),
+    ({"seed": "3"}, r"^seed: expected an integer >= 0, got '3'$"),
+    ({"noise_multiplier": None, "target_epsilon": 8.0, "rounds": "5"},
+     r"^rounds: expected an integer >= 1, got '5'$"),
+])
+def test_mistyped_accounting_settings_are_one_line_naming_the_key(
+        params: dict[str, object], message: str) -> None:
+    """They used to fail with "'<' not supported between instances of 'str' and 'int'"."""
+    with pytest.raises(ConfigError, match=message):
+        stages.create("central-dp", **{"clients_per_round": 5, "noise_multiplier": 1.0, **params})
+
+
+def test_a_mistyped_local_dp_seed_is_refused_when_the_stage_is_built() -> None:
+    with pytest.raises(ConfigError, match=r"^seed: expected an integer >= 0, got '3'$"):
+        stages.create("local-dp", clip_norm=1.0, noise_multiplier=1.0, seed="3")

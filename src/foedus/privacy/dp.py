@@ -199,6 +199,31 @@ def _noise_multiplier(
     )
 
 
+def _check_settings(*, rounds: Any = None, delta: Any = 1e-5, budget: Any = None,
+                    population: Any = None, seed: Any = None) -> None:
+    """Types and ranges of the stages' accounting settings, one ``ConfigError`` naming the
+    key: a string (``delta: "1e-5"``, ``rounds: "50"``) used to surface as "'<' not supported
+    between instances of 'str' and 'int'", and a string ``seed`` as a failure to build the
+    clients."""
+    def integer(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def number(value: Any) -> bool:
+        return (isinstance(value, int | float) and not isinstance(value, bool)
+                and math.isfinite(value))
+
+    if rounds is not None and not (integer(rounds) and rounds >= 1):
+        raise ConfigError(f"rounds: expected an integer >= 1, got {rounds!r}")
+    if not (number(delta) and 0 < delta < 1):
+        raise ConfigError(f"delta: expected a number in (0, 1), got {delta!r}")
+    if budget is not None and not (number(budget) and budget > 0):
+        raise ConfigError(f"budget: expected a number > 0 (epsilon), got {budget!r}")
+    if population is not None and not (integer(population) and population >= 1):
+        raise ConfigError(f"population: expected an integer >= 1, got {population!r}")
+    if seed is not None and not (integer(seed) and seed >= 0):
+        raise ConfigError(f"seed: expected an integer >= 0, got {seed!r}")
+
+
 def _check_budget_pays_a_round(accountant: PrivacyAccountant) -> None:
     """Refuse a budget too small for even one round, when the stage is built.
 
@@ -282,6 +307,7 @@ class LocalDPStage(_DPStage):
         target_epsilon: float | None = None, rounds: int | None = None, delta: float = 1e-5,
         budget: float | None = None, seed: int | None = None,
     ) -> None:
+        _check_settings(rounds=rounds, delta=delta, budget=budget, seed=seed)
         self.clip_norm = check_positive("clip_norm", clip_norm)
         # the server sees every report of a client: no amplification by sampling locally
         self.sampling = SamplingSpec(population=1, clients_per_round=1)
@@ -348,6 +374,8 @@ class CentralDPStage(_DPStage):
     ) -> None:
         if isinstance(clients_per_round, bool) or not isinstance(clients_per_round, int):
             raise ConfigError(f"clients_per_round must be an integer, got {clients_per_round!r}")
+        _check_settings(rounds=rounds, delta=delta, budget=budget, population=population,
+                        seed=seed)
         self.sampling = SamplingSpec(
             population=clients_per_round if population is None else population,
             clients_per_round=clients_per_round, sampling=sampling,  # type: ignore[arg-type]
