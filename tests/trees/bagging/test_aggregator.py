@@ -130,6 +130,19 @@ def test_bad_options_fail_at_construction(kwargs: dict[str, object]) -> None:
         TreeBagging(**kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"min_score": "0.5"}, r"^min_score: expected a number, got '0.5'$"),
+    ({"keep_previous": "no"}, r"^keep_previous: expected true or false, got 'no'$"),
+    ({"seed": "1"}, r"^seed: expected an integer >= 0, got '1'$"),
+])
+def test_mistyped_options_are_refused_naming_them(kwargs: dict[str, object],
+                                                  message: str) -> None:
+    """A string min_score failed the round at its first comparison (every client's trees
+    lost); keep_previous: "no" was taken as true."""
+    with pytest.raises(ConfigError, match=message):
+        TreeBagging(**kwargs)  # type: ignore[arg-type]
+
+
 def _boosters(scores: list[float]) -> Any:
     """One tiny XGBoost booster per score (2 features, 2 classes), trained on distinct data."""
     xgboost = pytest.importorskip("xgboost")

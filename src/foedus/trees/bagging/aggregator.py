@@ -64,6 +64,14 @@ class TreeBagging(Aggregator):
             raise ConfigError(f"weight must be one of {', '.join(_WEIGHT)}, got {weight!r}")
         whole_number("max_nodes", max_nodes, minimum=1)
         whole_number("max_bytes", max_bytes, minimum=1)
+        whole_number("seed", seed, minimum=0)
+        # a string min_score failed the round at its first comparison; a string keep_previous
+        # ("no") was taken as true
+        if min_score is not None and (isinstance(min_score, bool)
+                                      or not isinstance(min_score, int | float)):
+            raise ConfigError(f"min_score: expected a number, got {min_score!r}")
+        if not isinstance(keep_previous, bool):
+            raise ConfigError(f"keep_previous: expected true or false, got {keep_previous!r}")
         self.max_trees = max_trees
         self.select = select
         self.weight = weight
