@@ -83,6 +83,26 @@ def test_serve_as_needs_the_actor_filled_in(kind: str, certs: DeploymentCerts) -
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("params", "message"), [
+    ({"insecure": "false"}, r"^insecure must be true or false, got 'false'$"),
+    ({"verify_sender": "no"}, r"^verify_sender must be true or false, got 'no'$"),
+    ({"connect_timeout": "30"}, r"^connect_timeout must be a positive number, got '30'$"),
+])
+def test_mistyped_options_are_refused_naming_them(
+        kind: str, params: dict[str, Any], message: str, certs: DeploymentCerts) -> None:
+    """The transports took bool(value): insecure: "false" meant plaintext allowed. A string
+    timeout failed with "'>' not supported between instances of 'str' and 'int'"."""
+    with pytest.raises(ConfigError, match=message):
+        transport(kind, 1, tls=certs.client_tls("client-000"), **params)
+
+
+def test_a_mistyped_require_client_cert_is_refused(certs: DeploymentCerts) -> None:
+    with pytest.raises(ConfigError, match=r"^tls require_client_cert must be true or false, "
+                                          r"got 'false'$"):
+        TLSConfig.from_mapping({**serve_params(certs), "require_client_cert": "false"})
+
+
+@pytest.mark.parametrize("kind", KINDS)
 async def test_only_the_serve_as_actor_hosts_and_the_others_connect(
     kind: str, certs: DeploymentCerts,
 ) -> None:

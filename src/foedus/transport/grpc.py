@@ -43,7 +43,12 @@ from typing import Any, Self
 
 from foedus.core.errors import ConfigError, TransportClosed, TransportError, require
 from foedus.transport.base import Subscription, transports
-from foedus.transport.hub.client import HubClient, ReconnectingSubscription, check_positive
+from foedus.transport.hub.client import (
+    HubClient,
+    ReconnectingSubscription,
+    check_flags,
+    check_positive,
+)
 from foedus.transport.hub.hosting import DEFAULT_LINGER_S, HostedHubs, Hosting
 from foedus.transport.hub.limits import LimitExceeded, peer_of
 from foedus.transport.hub.server import HubAdapter
@@ -424,6 +429,7 @@ class GrpcTransport(HubClient):
     ) -> None:
         require("grpc", "grpc")
         host, port = _split_address(address)
+        check_flags(insecure=insecure, verify_sender=verify_sender)
         hosting = Hosting.from_params(serve, serve_as, actor, verify_sender, sender_aliases,
                                       linger_s, limits)
         self.tls = TLSConfig.from_mapping(tls)

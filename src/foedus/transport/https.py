@@ -48,7 +48,12 @@ from urllib.parse import urlsplit
 
 from foedus.core.errors import ConfigError, TransportClosed, TransportError, require
 from foedus.transport.base import Subscription, transports
-from foedus.transport.hub.client import HubClient, ReconnectingSubscription, check_positive
+from foedus.transport.hub.client import (
+    HubClient,
+    ReconnectingSubscription,
+    check_flags,
+    check_positive,
+)
 from foedus.transport.hub.hosting import DEFAULT_LINGER_S, HostedHubs, Hosting
 from foedus.transport.hub.limits import LimitExceeded, peer_of
 from foedus.transport.hub.server import HubAdapter
@@ -543,6 +548,7 @@ class HttpsTransport(HubClient):
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname or not parts.port:
             raise ConfigError(f"https url must look like https://HOST:PORT, got {url!r}")
+        check_flags(insecure=insecure, verify_sender=verify_sender)
         hosting = Hosting.from_params(serve, serve_as, actor, verify_sender, sender_aliases,
                                       linger_s, limits)
         self.tls = TLSConfig.from_mapping(tls)

@@ -63,7 +63,10 @@ class TLSConfig:
         object.__setattr__(self, "ca", Path(ca))
         object.__setattr__(self, "cert", None if cert is None else Path(cert))
         object.__setattr__(self, "key", None if key is None else Path(key))
-        object.__setattr__(self, "require_client_cert", bool(require_client_cert))
+        if not isinstance(require_client_cert, bool):  # bool("false") would be True
+            raise ConfigError(f"tls require_client_cert must be true or false, "
+                              f"got {require_client_cert!r}")
+        object.__setattr__(self, "require_client_cert", require_client_cert)
         if (self.cert is None) != (self.key is None):
             raise ConfigError(
                 "TLS cert and key go together: give both (for mutual TLS or a server) or neither"
@@ -87,7 +90,7 @@ class TLSConfig:
             raise ConfigError("tls needs 'ca': the CA certificate that signs the peer")
         return cls(
             ca=data["ca"], cert=data.get("cert"), key=data.get("key"),
-            require_client_cert=bool(data.get("require_client_cert", False)),
+            require_client_cert=data.get("require_client_cert", False),
         )
 
     @property

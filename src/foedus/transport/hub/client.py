@@ -29,10 +29,19 @@ class HubServer(HostedServer, Protocol):
 
 
 def check_positive(**values: float) -> None:
-    """Raise :class:`ConfigError` naming the first of ``values`` that is not positive."""
+    """Raise :class:`ConfigError` naming the first of ``values`` that is not a positive number
+    (a string from a job file used to fail with "'>' not supported between instances")."""
     for label, value in values.items():
-        if not value > 0:
-            raise ConfigError(f"{label} must be positive, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigError(f"{label} must be a positive number, got {value!r}")
+
+
+def check_flags(**values: bool) -> None:
+    """Raise :class:`ConfigError` naming the first of ``values`` that is not a boolean: the
+    transports used to take ``bool(value)``, so ``insecure: "false"`` meant plaintext."""
+    for label, value in values.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"{label} must be true or false, got {value!r}")
 
 
 class HubClient(Transport):
