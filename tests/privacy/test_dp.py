@@ -216,3 +216,9 @@ def test_mistyped_accounting_settings_are_one_line_naming_the_key(
 def test_a_mistyped_local_dp_seed_is_refused_when_the_stage_is_built() -> None:
     with pytest.raises(ConfigError, match=r"^seed: expected an integer >= 0, got '3'$"):
         stages.create("local-dp", clip_norm=1.0, noise_multiplier=1.0, seed="3")
+
+
+def test_clip_keep_metrics_must_be_a_boolean() -> None:
+    """bool("no") is True: the option used to do the opposite of what the job file said."""
+    with pytest.raises(ConfigError, match=r"^keep_metrics: expected true or false, got 'no'$"):
+        stages.create("clip", clip_norm=1.0, keep_metrics="no")

@@ -286,7 +286,9 @@ class ClipStage(Stage):
 
     def __init__(self, clip_norm: float, keep_metrics: bool = True) -> None:
         self.clip_norm = check_positive("clip_norm", clip_norm)
-        self.keep_metrics = bool(keep_metrics)
+        if not isinstance(keep_metrics, bool):  # bool("no") would be True
+            raise ConfigError(f"keep_metrics: expected true or false, got {keep_metrics!r}")
+        self.keep_metrics = keep_metrics
 
     def client(self) -> Filter:
         return Chain(ClipFilter(self.clip_norm, keep_metrics=self.keep_metrics),

@@ -27,6 +27,7 @@ import abc
 from collections.abc import AsyncIterator, Collection
 from types import TracebackType
 
+from foedus.core.errors import ConfigError
 from foedus.core.registry import Registry
 
 
@@ -95,3 +96,11 @@ class Transport(abc.ABC):
 
 #: registered transports, by the name a job file uses (``transport: {type: kafka}``)
 transports: Registry[Transport] = Registry("transport")
+
+
+def check_flags(**values: bool) -> None:
+    """Raise :class:`ConfigError` naming the first of ``values`` that is not a boolean: the
+    transports used to take ``bool(value)``, so ``insecure: "false"`` meant plaintext."""
+    for label, value in values.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"{label} must be true or false, got {value!r}")

@@ -42,11 +42,10 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, Self
 
 from foedus.core.errors import ConfigError, TransportClosed, TransportError, require
-from foedus.transport.base import Subscription, transports
+from foedus.transport.base import Subscription, check_flags, transports
 from foedus.transport.hub.client import (
     HubClient,
     ReconnectingSubscription,
-    check_flags,
     check_positive,
 )
 from foedus.transport.hub.hosting import DEFAULT_LINGER_S, HostedHubs, Hosting

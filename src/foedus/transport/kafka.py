@@ -74,7 +74,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from foedus.core.errors import ConfigError, TransportClosed, TransportError, require
-from foedus.transport.base import Subscription, Transport, transports
+from foedus.transport.base import Subscription, Transport, check_flags, transports
 from foedus.transport.chunks import ChunkHeader, Partial, Reassembler, framed, split
 from foedus.transport.tls import TLSConfig
 
@@ -584,7 +584,8 @@ class KafkaTransport(Transport):
         self.max_buffer = max_buffer
         self.max_partials = max_partials
         self.partial_timeout = float(partial_timeout)
-        self.create_topics = bool(create_topics)
+        check_flags(create_topics=create_topics)  # bool("false") would be True
+        self.create_topics = create_topics
         self.partitions = partitions
         self.replication_factor = replication_factor
         self.retention_ms = retention_ms

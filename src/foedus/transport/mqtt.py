@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from foedus.core.errors import ConfigError, TransportClosed, TransportError, require
-from foedus.transport.base import Subscription, Transport, transports
+from foedus.transport.base import Subscription, Transport, check_flags, transports
 from foedus.transport.chunks import HEADER, ChunkHeader, Partial, Reassembler, framed, split
 from foedus.transport.tls import TLSConfig
 
@@ -612,7 +612,8 @@ class MqttTransport(Transport):
         self.publish_window = publish_window
         self.receive_window = receive_window
         self.reconnect_max_delay = reconnect_max_delay
-        self.verify_sender = bool(verify_sender)
+        check_flags(verify_sender=verify_sender)  # bool("no") would be True
+        self.verify_sender = verify_sender
         self.sender_aliases = dict(sender_aliases or {})
         self.identity: str | None = None
         if self.verify_sender:

@@ -36,13 +36,6 @@ def check_positive(**values: float) -> None:
             raise ConfigError(f"{label} must be a positive number, got {value!r}")
 
 
-def check_flags(**values: bool) -> None:
-    """Raise :class:`ConfigError` naming the first of ``values`` that is not a boolean: the
-    transports used to take ``bool(value)``, so ``insecure: "false"`` meant plaintext."""
-    for label, value in values.items():
-        if not isinstance(value, bool):
-            raise ConfigError(f"{label} must be true or false, got {value!r}")
-
 
 class HubClient(Transport):
     """What a gRPC or HTTPS transport does apart from speaking its protocol.
