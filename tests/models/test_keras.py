@@ -134,8 +134,8 @@ async def test_federated_keras_mlp_with_fedprox_learns_digits() -> None:
     ({"hidden": "64"}, r"^hidden: expected a list of layer widths >= 1 such as \[64, 32\], "
                        r"got '64'$"),
     ({"hidden": [64, 0]}, r"^hidden: expected a list of layer widths"),
-    ({"lr": -0.1}, r"^lr: expected a number > 0, got -0.1$"),
-    ({"lr": "0.01"}, r"^lr: expected a number > 0, got '0.01'$"),
+    ({"lr": -0.1}, r"^lr: expected a number >= 0, got -0.1$"),
+    ({"lr": "0.01"}, r"^lr: expected a number >= 0, got '0.01'$"),
     ({"batch_size": "32"}, r"^batch_size: expected an integer >= 1, got '32'$"),
     ({"mu": "0.1"}, r"^mu: expected a number >= 0"),
 ])

@@ -208,7 +208,8 @@ def test_the_mlp_takes_scikit_learns_own_name_for_its_layers() -> None:
 
 @pytest.mark.parametrize(("name", "options", "message"), [
     ("sklearn-sgd", {"alpha": "1e-4"}, "The 'alpha' parameter of SGDClassifier"),
-    ("sklearn-sgd", {"aplha": 1e-4}, "SGDClassifier has no parameter 'aplha'; allowed: alpha"),
+    ("sklearn-sgd", {"aplha": 1e-4},
+     "SGDClassifier got an unexpected keyword argument 'aplha'; allowed: alpha"),
     ("sklearn-logistic", {"solver": "newton"}, "The 'solver' parameter of LogisticRegression"),
     ("sklearn-mlp", {"activation": "rleu"}, "The 'activation' parameter of MLPClassifier"),
 ])

@@ -59,8 +59,8 @@ def mlp_options(hidden: Any, lr: Any, batch_size: Any, mu: Any) -> tuple[int, ..
             isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)):
         raise ConfigError(f"hidden: expected a list of layer widths >= 1 such as [64, 32], "
                           f"got {hidden!r}")
-    if not number(lr) or not lr > 0:
-        raise ConfigError(f"lr: expected a number > 0, got {lr!r}")
+    if not number(lr) or not lr >= 0:  # 0 is allowed: a frozen model, trained by nobody
+        raise ConfigError(f"lr: expected a number >= 0, got {lr!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
     if not number(mu) or not mu >= 0:
@@ -80,7 +80,7 @@ def sklearn_estimator(cls: Any, **params: Any) -> Any:
     allowed = cls._get_param_names()
     unknown = sorted(set(params) - set(allowed))
     if unknown:
-        raise ConfigError(f"{cls.__name__} has no parameter {unknown[0]!r}; "
+        raise ConfigError(f"{cls.__name__} got an unexpected keyword argument {unknown[0]!r}; "
                           f"allowed: {', '.join(allowed)}")
     estimator = cls(**params)
     validate = getattr(estimator, "_validate_params", None)  # scikit-learn 1.2 and later
