@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from foedus.config.spec import JobSpec
-from foedus.runner import chance_accuracy, run_job_sync
+from foedus.runner import JobResult, chance_accuracy, run_job_sync
 
 JOB = {"job_id": "runner", "rounds": 2, "clients": {"count": 3},
        "data": {"dataset": "digits", "partition": "iid"}}
@@ -31,3 +31,14 @@ def test_a_model_that_learned_carries_no_warning() -> None:
     result = run_job_sync(JobSpec.from_dict(JOB))
     assert result.final_metrics["accuracy"] > result.extra["chance_accuracy"] + 0.5
     assert result.near_chance is None and result.summary()["warning"] is None
+
+
+def test_a_server_that_stopped_before_round_1_is_a_failed_job() -> None:
+    """A round guard (a spent privacy budget) may stop the server before its first round: no
+    model was trained, so the job failed, whatever its exit path."""
+    stopped = JobResult(job_id="j", clients=3, history=[], params={}, duration_s=0.1,
+                        extra={"stop_reason": "privacy budget exhausted: epsilon 8.0 spent"})
+    assert stopped.failure == "stopped before round 1: privacy budget exhausted: epsilon 8.0 spent"
+    clients_only = JobResult(job_id="j", clients=3, history=[], params={}, duration_s=0.1,
+                             extra={"stop_reason": None})
+    assert clients_only.failure is None  # a process of clients keeps no rounds: not a failure

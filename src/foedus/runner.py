@@ -94,7 +94,10 @@ class JobResult:
     @property
     def failure(self) -> str | None:
         """Why the job failed although it ran to its end, or ``None``: every round without
-        quorum (or with a failed aggregation) means the job learned nothing."""
+        quorum (or with a failed aggregation) means the job learned nothing, and so does a
+        server that stopped before its first round (a round guard: a spent privacy budget)."""
+        if not self.history and self.extra.get("stop_reason"):
+            return f"stopped before round 1: {self.extra['stop_reason']}"
         if self.history and all(r.status != "ok" for r in self.history):
             statuses = sorted({r.status for r in self.history})
             return (f"no round of {len(self.history)} produced a new model "
