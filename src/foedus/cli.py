@@ -286,7 +286,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The command line's parser; with ``command``, only that command's sub-parser is built
     (what parsing a line naming it needs): the others' 90-odd arguments cost milliseconds of
     every job's start-up."""
-    parser = argparse.ArgumentParser(prog="foedus", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="foedus", description="Federated learning: run a job here (demo, run, sim), one "
+        "actor of it (server, client, actor), or a federation's coordinator, sites and jobs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
