@@ -221,3 +221,15 @@ def test_the_local_and_the_federation_s_commands_are_every_command() -> None:
     choices = usage.partition("{")[2].partition("}")[0].split(",")
     assert sorted(choices) == sorted([*LOCAL_COMMANDS, *COMMANDS])
     assert not set(LOCAL_COMMANDS) & set(COMMANDS)
+
+
+def test_a_reader_that_stops_reading_ends_the_command_without_a_traceback() -> None:
+    """`foedus plugins | head -1`: the pipe is closed before the command writes; it ends as a
+    Unix tool killed by SIGPIPE does (status 141), with nothing on stderr."""
+    command = subprocess.Popen([sys.executable, "-c", "from foedus.cli import main; "
+                                "import sys; sys.exit(main())", "plugins"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    assert command.stdout is not None and command.stderr is not None
+    command.stdout.close()  # the reader is gone before the first line is written
+    stderr = command.stderr.read().decode()
+    assert command.wait(timeout=120) == 141 and stderr == ""

@@ -15,6 +15,7 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -257,7 +258,17 @@ def _write_reports(result: JobResult, args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; ``argv=None`` (the ``foedus`` command) means this process ends next."""
-    status = _main(argv)
+    try:
+        status = _main(argv)
+        if argv is None:
+            sys.stdout.flush()  # here, not at exit, where a closed pipe is a traceback
+    except BrokenPipeError:
+        # whoever read our output stopped reading (`foedus jobs --json | head`): end the way
+        # a Unix tool killed by SIGPIPE does, without a traceback; the exit's own flush of the
+        # rest must not try the closed pipe again
+        if argv is None:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     if argv is None:
         # The process exits next: keep the cyclic collector from walking every object torch
         # and scikit-learn created at interpreter shutdown (~0.7 s for torch). Reference
