@@ -245,6 +245,38 @@ def _limit_threads(threads: int) -> None:
     threadpool_limits(threads)
 
 
+#: glibc's ``mallopt`` parameters (malloc.h) and the largest mmap threshold it accepts (64-bit)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 << 20
+#: environment variables by which a user tunes glibc's malloc: if any is set, workers leave it
+MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+
+def _keep_freed_memory() -> bool:
+    """Have this worker's malloc keep the memory it frees for the next client (glibc only;
+    whether it did).
+
+    Training a client allocates model-sized buffers (gradients, optimizer temporaries) and
+    frees them; glibc hands blocks that large back to the kernel (an mmap of their own, or a
+    trim of the heap's top), so the next client's buffers are fresh pages again: a page fault
+    and a zeroed page per 4 KiB, about a fifth of each client's training on a 4.77M-parameter
+    MLP. A worker trains client after client with the same buffer sizes, so it keeps its
+    peak instead: blocks up to 32 MiB come from the heap and the heap is never trimmed. The
+    thread backend leaves the caller's process alone. A user who tunes malloc through the
+    environment keeps their settings."""
+    if any(os.environ.get(name) for name in MALLOC_ENV) or "glibc.malloc." in os.environ.get(
+            "GLIBC_TUNABLES", ""):
+        return False
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+                and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def _process_init(spec: JobSpec, ready: Any = None, threads: int | None = None) -> None:
     """Runs once in each worker process: rebuild the job's data and one model from the spec.
     ``ready``: the pool's barrier (see :func:`_warm`); ``threads``: numeric threads for this
@@ -262,6 +294,7 @@ def _process_init(spec: JobSpec, ready: Any = None, threads: int | None = None) 
     _PROCESS_STATE["broadcast"] = None
     if threads is not None:
         _limit_threads(threads)
+    _keep_freed_memory()
 
 
 def _warm(_: int) -> None:
