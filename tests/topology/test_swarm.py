@@ -8,8 +8,11 @@ import itertools
 import time
 
 import numpy as np
+import pytest
 
 from foedus.codec import encode
+from foedus.config.spec import JobSpec
+from foedus.core.errors import ConfigError
 from foedus.core.message import Kind, Message
 from foedus.core.runtime import Runtime
 from foedus.roles.peer import PeerPod, PeerRecord
@@ -181,3 +184,22 @@ async def test_a_model_that_does_not_fit_is_refused_and_counted() -> None:
         assert p.rejected == {"wrong_names": 1, "not_finite": 1}
         assert all("mallory" not in r.alive for r in p.history)
     assert data.accuracy(peers[0].params) > 0.7
+
+
+def swarm_job(count: int, **params: object) -> JobSpec:
+    """A swarm job of ``count`` peers, loaded as a job file is."""
+    return JobSpec.from_dict({"job_id": JOB, "rounds": 2, "clients": {"count": count},
+                              "data": {"dataset": "digits", "partition": "iid"},
+                              "topology": {"type": "swarm", "params": params}})
+
+
+def test_more_neighbours_than_other_peers_is_refused_when_the_job_is_loaded() -> None:
+    # 4 peers have 3 others: neighbors 7 used to mean "all of them" without a word
+    with pytest.raises(ConfigError) as caught:
+        swarm_job(4, neighbors=7)
+    message = str(caught.value)
+    assert "neighbors" in message and "7" in message and "3 other peers" in message
+    assert "\n" not in message
+    assert swarm_job(4, neighbors=3).topology.params == {"neighbors": 3}  # all others: fine
+    with pytest.raises(ConfigError, match="neighbors 4 is more than the 3 other peers"):
+        make_peers(digits(4), rounds=2, neighbors=4)  # the same rule for peers built by hand

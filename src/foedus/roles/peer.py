@@ -10,7 +10,8 @@ models. Two ways to combine, chosen by ``mode``:
 * ``"gossip"`` (default): each peer averages itself with ``neighbors`` models drawn at random from
   those it received (all of them by default). With all of them every peer computes the same mean
   and the swarm reaches consensus at once; with fewer, peers differ but are pulled together each
-  round (randomised gossip averaging, Boyd et al. 2006), at less bandwidth per peer.
+  round (randomised gossip averaging, Boyd et al. 2006). Every peer still receives every model
+  (one shared topic): sampling saves averaging, not download bandwidth.
   Local training keeps re-injecting differences, so partial gossip levels off at a spread set by
   the step size; ``mixing_rounds`` ends the job with that many rounds of averaging only, which
   shrink the spread geometrically to a consensus.
@@ -115,6 +116,9 @@ class PeerPod(Pod):
             raise ConfigError(f"mode {mode!r} is unknown; allowed: {', '.join(MODES)}")
         if neighbors is not None and neighbors < 1:
             raise ConfigError(f"neighbors must be at least 1, got {neighbors}")
+        if neighbors is not None and neighbors > expected_peers - 1:
+            raise ConfigError(f"neighbors {neighbors} is more than the {expected_peers - 1} "
+                              f"other peers of expected_peers={expected_peers}")
         if not 0 <= mixing_rounds < rounds:
             raise ConfigError(f"mixing_rounds must be between 0 and rounds-1, got {mixing_rounds}")
         if len(data) == 0:

@@ -120,6 +120,14 @@ class Swarm(Topology):
     def check(self, spec: JobSpec) -> None:
         super().check(spec)
         self.refuse_aggregator(spec, "averages the peers' models itself (gossip or all-reduce)")
+        others = spec.clients.count - 1
+        if self.neighbors is not None and self.neighbors > others:
+            # refused, not capped: a user who asks for k neighbours wants partial gossip, and
+            # running full averaging instead would change the algorithm without a word
+            raise ConfigError(
+                f"topology.params.neighbors: {self.neighbors} is more than the {others} other "
+                f"peers of clients.count={spec.clients.count}; use at most {others}, or leave "
+                "neighbors out to average with every peer")
         if self.mixing_rounds >= spec.rounds:
             raise ConfigError(f"topology.params.mixing_rounds: expected fewer than rounds="
                               f"{spec.rounds}, got {self.mixing_rounds}")
