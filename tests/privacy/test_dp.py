@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from foedus.config.spec import JobSpec
 from foedus.core.errors import BudgetExhausted, ConfigError, PrivacyError, RejectedUpdate
 from foedus.core.filter import stages
 from foedus.core.message import Kind, Message
@@ -222,3 +223,40 @@ def test_clip_keep_metrics_must_be_a_boolean() -> None:
     """bool("no") is True: the option used to do the opposite of what the job file said."""
     with pytest.raises(ConfigError, match=r"^keep_metrics: expected true or false, got 'no'$"):
         stages.create("clip", clip_norm=1.0, keep_metrics="no")
+
+
+def central_dp_job(clients: dict[str, int], clients_per_round: int) -> dict[str, object]:
+    return {"job_id": "cdp", "data": {"dataset": "digits", "partition": "iid"},
+            "clients": clients,
+            "pipeline": [{"type": "central-dp", "params": {
+                "clients_per_round": clients_per_round, "noise_multiplier": 1.0}}]}
+
+
+@pytest.mark.parametrize(("clients", "key"), [
+    ({"count": 10, "min_clients": 5}, "clients.min_clients"),
+    ({"count": 10, "per_round": 5}, "clients.per_round"),
+    ({"count": 5}, "clients.count"),
+])
+def test_a_central_dp_job_whose_rounds_may_sum_fewer_updates_than_calibrated_is_refused(
+        clients: dict[str, int], key: str) -> None:
+    """The noise is split over clients_per_round = 10 updates: a round that closes with 5 of
+    them releases a model with half the noise variance the accountant assumes, so the epsilon it
+    reports is understated. Such a job used to be accepted and log an error each short round."""
+    with pytest.raises(ConfigError) as refused:
+        JobSpec.from_dict(central_dp_job(clients, 10))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("pipeline[0]: central-dp clients_per_round 10 ")
+    assert f"may close with 5 updates ({key} 5)" in message
+    assert "set clients_per_round to at most 5" in message
+
+
+@pytest.mark.parametrize("clients", [
+    {"count": 10, "min_clients": 10},
+    {"count": 10},  # a round sums 10 updates: more noise than calibrated for 5, never less
+    {"count": 20, "per_round": 10, "min_clients": 5},
+])
+def test_a_central_dp_job_whose_rounds_sum_at_least_the_calibrated_updates_is_accepted(
+        clients: dict[str, int]) -> None:
+    spec = JobSpec.from_dict(central_dp_job(clients, 5))
+    assert spec.pipeline[0].params["clients_per_round"] == 5

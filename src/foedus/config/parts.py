@@ -59,7 +59,25 @@ def pipeline_of(spec: JobSpec) -> list[Stage]:
         create(stages, p, f"pipeline[{i}]") for i, p in enumerate(spec.pipeline)
     ]
     check_stages(pipeline)  # e.g. noise before clipping, or a tag nobody undoes: refused now
+    fewest, key = round_quorum(spec)
+    for i, stage in enumerate(pipeline):  # e.g. central DP's noise split over more updates
+        try:
+            stage.check_round_size(fewest, key)
+        except ConfigError as exc:
+            raise ConfigError(f"pipeline[{i}]: {exc}") from exc
     return pipeline
+
+
+def round_quorum(spec: JobSpec) -> tuple[int, str]:
+    """The fewest updates a round of the job's server may close with, and the job-file key
+    that sets it: ``clients.min_clients``, else every sampled client, else every client (as
+    :class:`ServerPod` defaults its ``min_clients``)."""
+    clients = spec.clients
+    if clients.min_clients is not None:
+        return clients.min_clients, "clients.min_clients"
+    if clients.per_round is not None:
+        return clients.per_round, "clients.per_round"
+    return clients.count, "clients.count"
 
 
 @dataclass

@@ -220,6 +220,15 @@ class Stage:
         """
         return Half.of(self.client()), Half.of(self.server())
 
+    def check_round_size(self, fewest: int, key: str) -> None:
+        """Refuse (``ConfigError``) a job whose server rounds may aggregate too few updates.
+
+        Called when the job is built, with ``fewest``, the fewest updates a round of the job's
+        server may close with, and ``key``, the job-file key that sets it. Why: a server half
+        whose guarantee depends on how many updates a round sums (central DP splits the noise
+        of the sum over them) would otherwise release weaker rounds than it reports.
+        """
+
     # Server-side round hooks; the runner registers them with the ServerPod.
     def before_round(self, round: int) -> None:
         """Called before round ``round`` starts; raise BudgetExhausted to end the job cleanly."""

@@ -451,6 +451,23 @@ class CentralDPStage(_DPStage):
         return (Half("dp_central", pushes=ClipFilter.pushes),
                 Half("dp_central_in", pops=CentralNoise.pops))
 
+    def check_round_size(self, fewest: int, key: str) -> None:
+        """Refuse a job whose rounds may aggregate fewer than ``clients_per_round`` updates.
+
+        Each update gets ``1/m`` of the sum's noise variance (``m = clients_per_round``), so a
+        round that closes with fewer than ``m`` updates releases a model noised less than the
+        accountant assumes, and the epsilon reported is understated. More than ``m`` updates
+        only add noise, so that direction is allowed.
+        """
+        m = self.sampling.clients_per_round
+        if fewest >= m:
+            return
+        raise ConfigError(
+            f"central-dp clients_per_round {m} is more than a round may sum: a round may close "
+            f"with {fewest} updates ({key} {fewest}), whose sum would carry less noise than "
+            f"accounted, understating epsilon; set clients_per_round to at most {fewest}, or "
+            f"{key} to at least {m}")
+
     def before_round(self, round: int) -> None:
         if self._receiver is not None and round in self._receiver.rounds_spent:
             return
@@ -461,9 +478,9 @@ class CentralDPStage(_DPStage):
 
         Each update gets ``1/m`` of the sum's noise variance (``m = clients_per_round``), so a
         round that aggregated fewer than ``m`` updates released a model noised less than the
-        accountant assumes: the epsilon it reports is then too small. The job file should make
-        that impossible (``clients_per_round`` at most ``clients.min_clients``); this says so
-        when it was not.
+        accountant assumes: the epsilon it reports is then too small. A job file that allows it
+        is refused when loaded (:meth:`check_round_size`); this says so for a server built by
+        hand with a smaller ``min_clients``.
         """
         super().after_round(record)
         m = self.sampling.clients_per_round
