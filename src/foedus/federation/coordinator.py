@@ -85,6 +85,11 @@ DEFAULT_QUEUE_TIMEOUT = 600.0
 #: queued beyond these start theirs when the sites have accepted (a waiting Python process
 #: holds some 100 MB, so a long queue must not hold one each)
 PRESTART_MAX = 3
+#: random bytes of the suffix that makes a job file's ``job_id`` unique (as hex, after a '-')
+JOB_SUFFIX_BYTES = 3
+#: the longest ``job_id`` a job file may have here: with its suffix it is still a valid job id
+#: (at most 101 characters, :func:`foedus.config.spec._job_id`), which its actors check again
+MAX_JOB_ID = 101 - 1 - 2 * JOB_SUFFIX_BYTES
 
 
 def seconds(value: Any, key: str) -> float:
@@ -247,6 +252,11 @@ class Coordinator:
             topology = prepare(spec)
         except FoedusError as exc:
             raise Refused(400, f"job file: {exc}") from exc
+        if len(spec.job_id) > MAX_JOB_ID:  # the id it gets would not be a valid job id
+            raise Refused(400, f"job file: job_id: at most {MAX_JOB_ID} characters in a "
+                               f"federation (the coordinator appends '-' and "
+                               f"{2 * JOB_SUFFIX_BYTES} hex digits, and a job id has at most "
+                               f"101), got {len(spec.job_id)}")
         if spec.transport.type == "local":
             raise Refused(400, "transport: 'local' exists only inside one process; a "
                                "federated job needs a networked transport (kafka, mqtt, grpc, "
@@ -274,7 +284,7 @@ class Coordinator:
             if not known[name]["online"]:
                 raise Refused(409, f"site {name!r} is offline (no heartbeat for "
                                    f"{self.clock() - known[name]['last_seen']:.0f}s)")
-        job_id = f"{spec.job_id}-{secrets.token_hex(3)}"
+        job_id = f"{spec.job_id}-{secrets.token_hex(JOB_SUFFIX_BYTES)}"
         job["job_id"] = job_id
         actors = dict(zip(holders, sites, strict=True))
         checkpoint_dir = self.job_dir(job_id) / "checkpoints"

@@ -248,3 +248,19 @@ async def test_a_restarted_coordinator_keeps_a_logged_in_session_and_not_a_logge
         assert login.status == 303 and login.headers["Location"].startswith("/console/login")
         assert (await again.get("/v1/jobs", headers=cookie)).status == 401
     restarted.stop_all()
+
+
+async def test_a_job_id_too_long_for_the_coordinators_suffix_is_refused_by_the_check_in_one_line(
+        client: Client, coordinator: Coordinator) -> None:
+    headers = await log_in(client)
+    longest = "j" * 94  # with "-xxxxxx", 101 characters: the most a job id may have
+    fits = await client.post("/v1/jobs?dry_run=1", headers=headers,
+                             json={"job_yaml": JOB.replace("job_id: j", f"job_id: {longest}")})
+    assert fits.status == 200
+    expected = ("job file: job_id: at most 94 characters in a federation (the coordinator "
+                "appends '-' and 6 hex digits, and a job id has at most 101), got 95")
+    for dry_run in ("?dry_run=1", ""):
+        answer = await client.post(f"/v1/jobs{dry_run}", headers=headers, json={
+            "job_yaml": JOB.replace("job_id: j", f"job_id: {longest}j")})
+        assert answer.status == 400 and (await answer.json())["error"] == expected
+    assert coordinator.store.jobs() == []  # nothing queued (it was queued, and then a 500)
