@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from foedus.cli import main
+from foedus.cli import Progress, main
+from foedus.roles.server import RoundRecord
 
 ROOT = Path(__file__).parents[1]
 
@@ -233,3 +235,19 @@ def test_a_reader_that_stops_reading_ends_the_command_without_a_traceback() -> N
     command.stdout.close()  # the reader is gone before the first line is written
     stderr = command.stderr.read().decode()
     assert command.wait(timeout=120) == 141 and stderr == ""
+
+
+# ---- the progress line ------------------------------------------------------------------------
+def test_the_progress_line_prints_privacy_numbers_with_their_significant_digits() -> None:
+    """dp_delta 1e-5 used to print as "dp_delta 0.0000" and dp_rounds as "dp_rounds 3.0000"."""
+    record = RoundRecord(3, accepted=10, metrics={
+        "accuracy": 0.5, "dp_delta": 1e-5, "dp_epsilon": 4.72854, "dp_rounds": 3.0,
+        "loss": 0.000123, "secure_sum_survivors": 9.0})
+    stream = io.StringIO()
+    Progress(3, stream)(record)
+    line = stream.getvalue()
+    assert ("accuracy 0.5000  dp_delta 1e-05  dp_epsilon 4.729  dp_rounds 3  loss 0.000123  "
+            "secure_sum_survivors 9  updates 10") in line
+    big = io.StringIO()
+    Progress(3, big)(RoundRecord(3, metrics={"dp_epsilon": 936.81, "dp_delta": 1e-6}))
+    assert "dp_delta 1e-06  dp_epsilon 936.8  " in big.getvalue()

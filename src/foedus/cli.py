@@ -55,7 +55,7 @@ class Progress:
         self.first = False
         done = int(BAR_WIDTH * record.round / self.rounds)
         bar = "#" * done + "." * (BAR_WIDTH - done)
-        metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted(record.metrics.items()))
+        metrics = "  ".join(f"{k} {_metric(k, v)}" for k, v in sorted(record.metrics.items()))
         extra = ""
         if record.rejected:
             extra += f"  rejected {sum(record.rejected.values())}"
@@ -73,6 +73,20 @@ class Progress:
         )
 
 
+#: metric name prefixes printed with 4 significant digits: privacy numbers (a delta of 1e-5,
+#: an epsilon of 936.8, a count of rounds) and counts (survivors of a secure sum)
+SIGNIFICANT = ("dp_", "secure_sum_")
+
+
+def _metric(name: str, value: float) -> str:
+    """One metric as a progress line shows it: 4 decimals (accuracy 0.9400), except privacy
+    numbers and counts, and any value too small for 4 decimals, which keep 4 significant digits:
+    a fixed 4 decimals printed a delta of 1e-5 as 0.0000 and 3 rounds as 3.0000."""
+    if name.startswith(SIGNIFICANT) or 0 < abs(value) < 1e-3:
+        return f"{value:.4g}"
+    return f"{value:.4f}"
+
+
 def _client_round(client: ClientPod, answer: Message, moved: tuple[int, int]) -> None:
     """One line per answer of a client run in this process (where no server runs), once it
     left: ``client-000 round   3: sent its update (143 examples)  train_loss 0.41  in 5.4 kB
@@ -80,7 +94,7 @@ def _client_round(client: ClientPod, answer: Message, moved: tuple[int, int]) ->
     if answer.error is not None:
         what = f"sent an error: {answer.error}"
     else:
-        metrics = "".join(f"  {k} {v:.4f}" for k, v in sorted(answer.metrics.items()))
+        metrics = "".join(f"  {k} {_metric(k, v)}" for k, v in sorted(answer.metrics.items()))
         what = f"sent its update ({answer.num_examples} examples){metrics}"
     print(f"{client.client_id} round {answer.round:>3}: {what}  in {_size(moved[0])} "
           f"out {_size(moved[1])}", file=sys.stderr, flush=True)
