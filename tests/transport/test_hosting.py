@@ -138,6 +138,46 @@ async def test_only_the_serve_as_actor_hosts_and_the_others_connect(
         await server.close()
 
 
+# ---- port 0: "any free port" is for the hub that binds -------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_client_refuses_port_0_at_once(kind: str, certs: DeploymentCerts) -> None:
+    """Nothing listens on port 0: a client dialing it waited its whole connect_timeout (30 s by
+    default) and then blamed the hub or TLS. A transport that cannot host is refused when it
+    is made; an actor that may not host (``serve_as`` another) when it is first used in a
+    process that hosts no hub there (in one process, the server's transport may come later)."""
+    with pytest.raises(ConfigError, match=r"port 0 .*only the process that hosts the hub"):
+        transport(kind, 0, tls=certs.client_tls("client-000"), connect_timeout=3)
+    client = transport(kind, 0, tls=certs.client_tls("client-000"), serve=serve_params(certs),
+                       serve_as="server", actor="client-000", connect_timeout=3)
+    try:
+        with pytest.raises(ConfigError, match=r"port 0 .*this process hosts no hub"):
+            await client.subscribe(topic())
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_transports_of_a_process_hosting_on_port_0_dial_the_port_its_hub_bound(
+    kind: str, certs: DeploymentCerts,
+) -> None:
+    """``serve`` with port 0: the hub binds a free port, and the transports of its process
+    that connect over the network (every one without ``serve_as``; the non-hosting actors
+    with it) use that port, instead of dialing port 0 until connect_timeout."""
+    hosting = transport(kind, 0, tls=certs.client_tls("client-000"), serve=serve_params(certs),
+                        connect_timeout=3)
+    other = transport(kind, 0, tls=certs.client_tls("client-001"), serve=serve_params(certs),
+                      connect_timeout=3)
+    try:
+        t = topic()
+        sub = await other.subscribe(t)
+        await hosting.publish(t, b"through the bound port")
+        assert await take(sub, 1) == [b"through the bound port"]
+    finally:
+        await other.close()
+        await hosting.close()
+
+
 @pytest.mark.parametrize("kind", KINDS)
 async def test_one_process_job_with_a_certificate_per_participant(
     kind: str, certs: DeploymentCerts,

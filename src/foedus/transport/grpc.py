@@ -115,9 +115,11 @@ def _pem(tls: TLSConfig) -> tuple[bytes, bytes | None, bytes | None]:
 
 
 def _split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if not isinstance(address, str):
         raise ConfigError(f"grpc address must be HOST:PORT, got {address!r}")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"grpc address must be HOST:PORT (port 0-65535), got {address!r}")
     return host.strip("[]"), int(port)
 
 
@@ -444,18 +446,26 @@ class GrpcTransport(HubClient):
         super().__init__(address, host, port, hosting, connect_timeout=connect_timeout,
                          reconnect_timeout=reconnect_timeout)
 
+    def _target(self) -> str:
+        """Where the channel dials: the address, with the bound port if it says port 0."""
+        if self._dial_port == self._port:
+            return self.address
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"{host}:{self._dial_port}"
+
     async def _connect(self) -> Any:
         grpc = require("grpc", "grpc")
         if self._channel is None:
             options = client_options(self.keepalive_s)
+            target = self._target()
             if self.tls is None:
-                self._channel = grpc.aio.insecure_channel(self.address, options=options)
+                self._channel = grpc.aio.insecure_channel(target, options=options)
             else:
                 ca, cert, key = _pem(self.tls)
                 creds = grpc.ssl_channel_credentials(
                     root_certificates=ca, private_key=key, certificate_chain=cert
                 )
-                self._channel = grpc.aio.secure_channel(self.address, creds, options=options)
+                self._channel = grpc.aio.secure_channel(target, creds, options=options)
         if self._channel.get_state(try_to_connect=True) != grpc.ChannelConnectivity.READY:
             try:
                 await asyncio.wait_for(self._channel.channel_ready(), self.connect_timeout)

@@ -544,9 +544,14 @@ class HttpsTransport(HubClient):
         limits: Mapping[str, Any] | None = None,
     ) -> None:
         require("httpx", "https")
-        parts = urlsplit(url)
-        if parts.scheme not in ("https", "http") or not parts.hostname or not parts.port:
-            raise ConfigError(f"https url must look like https://HOST:PORT, got {url!r}")
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except (TypeError, AttributeError, ValueError):  # not a string; port not 0-65535
+            port = None
+        if port is None or parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ConfigError(f"https url must look like https://HOST:PORT (port 0-65535), "
+                              f"got {url!r}")
         check_flags(insecure=insecure, verify_sender=verify_sender)
         hosting = Hosting.from_params(serve, serve_as, actor, verify_sender, sender_aliases,
                                       linger_s, limits)
@@ -562,14 +567,14 @@ class HttpsTransport(HubClient):
         self.poll_s = poll_s
         self._client: Any = None
         self._info: dict[str, Any] | None = None
-        super().__init__(self.url, parts.hostname, parts.port, hosting,
+        super().__init__(self.url, parts.hostname, port, hosting,
                          connect_timeout=connect_timeout, reconnect_timeout=reconnect_timeout)
 
     async def _connect(self) -> Any:
         httpx = require("httpx", "https")
         if self._client is None:
             self._client = httpx.AsyncClient(
-                base_url=self.url,
+                base_url=self._target(),
                 verify=self.tls.client_context() if self.tls is not None else False,
                 timeout=httpx.Timeout(self.connect_timeout, read=self.poll_s + 30.0),
                 trust_env=False,
@@ -577,6 +582,14 @@ class HttpsTransport(HubClient):
         if self._info is None:
             self._info = await self._handshake()
         return self._client
+
+    def _target(self) -> str:
+        """Where requests go: the url, with the bound port if it says port 0."""
+        if self._dial_port == self._port:
+            return self.url
+        parts = urlsplit(self.url)
+        host = parts.netloc.rpartition(":")[0]
+        return parts._replace(netloc=f"{host}:{self._dial_port}").geturl()
 
     def _max_payload(self) -> int:
         assert self._info is not None

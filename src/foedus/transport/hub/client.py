@@ -61,12 +61,20 @@ class HubClient(Transport):
         self, endpoint: str, host: str, port: int, hosting: Hosting, *,
         connect_timeout: float, reconnect_timeout: float,
     ) -> None:
+        if port == 0 and hosting.serve is None:
+            raise ConfigError(
+                f"{self.label} hub address {endpoint}: port 0 means any free port, which only "
+                "the process that hosts the hub (serve:) can bind; a client must name the "
+                "hub's port")
         self.hosting = hosting
         self.serve = hosting.serve
         self.connect_timeout = connect_timeout
         self.reconnect_timeout = reconnect_timeout
         self._endpoint = endpoint
         self._host, self._port = host, port
+        #: the port connections go to: the address's, or with port 0 the one this process's
+        #: hub bound (known once it started; see :meth:`_ready`)
+        self._dial_port = port
         self._hub: Hub | None = None  # set when this transport is the hosting actor
         self._subs: set[Subscription] = set()
         self._closed = False
@@ -128,6 +136,12 @@ class HubClient(Transport):
             assert server is not None
             self._hub = server.hub
             return None
+        if self._port == 0:  # "any free port": the one our own hub bound, if we host one
+            if server is None:
+                raise ConfigError(
+                    f"{self.label} hub address {self._endpoint}: port 0 means any free port, "
+                    "and this process hosts no hub there to tell which; name the hub's port")
+            self._dial_port = server.port
         return await self._connect()
 
     async def publish(

@@ -28,6 +28,7 @@ class HostedServer(Protocol):
     """What :class:`HostedHubs` starts: a protocol adapter around a :class:`Hub`."""
 
     hub: Hub
+    port: int  # the port it listens on (the one it bound, when asked for port 0)
 
     async def stop(self) -> None: ...
 
