@@ -158,6 +158,15 @@ async def test_a_client_refuses_port_0_at_once(kind: str, certs: DeploymentCerts
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_port_above_65535_is_refused_naming_the_address(
+        kind: str, certs: DeploymentCerts) -> None:
+    """gRPC took it (and dialed nothing for connect_timeout); HTTPS raised urllib's
+    ValueError ("Port out of range"), a traceback."""
+    with pytest.raises(ConfigError, match=r"HOST:PORT \(port 0-65535\), got .*:70000"):
+        transport(kind, 70000, tls=certs.client_tls("client-000"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
 async def test_transports_of_a_process_hosting_on_port_0_dial_the_port_its_hub_bound(
     kind: str, certs: DeploymentCerts,
 ) -> None:
