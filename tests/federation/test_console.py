@@ -344,3 +344,62 @@ def test_a_live_region_keeps_the_keyboard_focus_when_it_is_re_rendered(
     until(browser, lambda d: d.execute_script(
         "return document.querySelector('[data-before]') === null"), "the sites to re-render")
     assert browser.execute_script("return document.activeElement.matches(arguments[0])", ledger)
+
+
+def test_a_page_whose_session_ended_elsewhere_goes_to_the_login_page_and_back_after_it(
+        federation: Federation, browser: WebDriver) -> None:
+    log_in(browser, federation, federation.admin_token, "/console/jobs")
+    cookie = browser.get_cookie("foedus_session")
+    assert cookie is not None
+    csrf = browser.execute_script(
+        "return document.querySelector('meta[name=\"csrf-token\"]').content")
+    ca = ssl.create_default_context(cafile=str(federation.certs.ca))
+    with httpx.Client(verify=ca, cookies={"foedus_session": cookie["value"]},
+                      follow_redirects=True) as other_tab:
+        out = other_tab.post(f"{federation.url}/console/logout", data={"csrf": csrf})
+    assert out.status_code == 200 and "Log in" in out.text  # redirected to the login page
+    # the page's next refresh finds the session ended: the login page, in place of the page
+    until(browser, lambda d: d.current_url == f"{federation.url}/console/login?next="
+          "/console/jobs", "the login page", seconds=15)
+    assert browser.find_elements(By.ID, "jobs") == []  # not inside the jobs page
+    browser.find_element(By.ID, "token").send_keys(federation.admin_token + Keys.ENTER)
+    until(browser, lambda d: d.current_url.endswith("/console/jobs")
+          and d.find_elements(By.ID, "jobs"), "the jobs page again")
+
+
+def test_a_page_says_while_it_cannot_reach_the_coordinator_and_goes_on_when_it_is_back(
+        federation: Federation, browser: WebDriver) -> None:
+    log_in(browser, federation, federation.admin_token)
+    banner = text_of("#connection")
+    assert banner(browser) == ""
+    federation.stop("coordinator")  # restarted: sessions are in its database
+    try:
+        shown = until(browser, banner, "the page to say the coordinator is out of reach",
+                      seconds=15)
+        assert shown.startswith("Cannot reach the coordinator since ")
+        assert shown.endswith(": this page shows what it last read, and keeps trying.")
+    finally:
+        federation.start_coordinator()
+    until(browser, lambda d: not banner(d), "the banner to go", seconds=15)
+    assert browser.find_elements(By.ID, "who")  # still logged in
+    sites_online(federation)  # for the tests after this one
+
+
+def test_a_long_user_name_with_html_in_it_is_shown_as_text_and_never_widens_the_page(
+        federation: Federation, browser: WebDriver) -> None:
+    name = "<img src=x onerror=window.injected=1>" + "n" * 120
+    with federation.api() as api:
+        made = api.post("/v1/users", json={"name": name, "role": "viewer"})
+    assert made.status_code == 200, made.text
+    log_in(browser, federation, made.json()["token"], user=name.split()[0])
+    try:
+        for width, height in (DESKTOP, PHONE):
+            browser.set_window_size(width, height)
+            browser.get(f"{federation.url}/console/jobs")
+            assert text_of("#who")(browser).replace("\n", "") == f"{name} (viewer)"
+            overflow = browser.execute_script(
+                "return document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"the page scrolls sideways at {width}px"
+        assert browser.execute_script("return window.injected") is None
+    finally:
+        browser.set_window_size(*DESKTOP)

@@ -264,3 +264,21 @@ async def test_a_job_id_too_long_for_the_coordinators_suffix_is_refused_by_the_c
             "job_yaml": JOB.replace("job_id: j", f"job_id: {longest}j")})
         assert answer.status == 400 and (await answer.json())["error"] == expected
     assert coordinator.store.jobs() == []  # nothing queued (it was queued, and then a 500)
+
+
+async def test_a_call_with_an_ended_session_says_the_session_ended_not_that_a_token_is_missing(
+        client: Client) -> None:
+    headers = await log_in(client)
+    out = await client.post("/console/logout", data={"csrf": headers["X-CSRF-Token"]},
+                            headers={"Cookie": headers["Cookie"]}, allow_redirects=False)
+    assert out.status == 303
+    expected = ("your console session has ended (logged out, unused for 8 hours, or your token "
+                "was replaced); log in again")
+    for method, path in (("GET", "/v1/jobs"), ("POST", "/v1/jobs?dry_run=1")):
+        answer = await client.request(method, path, headers=headers, json={"job_yaml": JOB})
+        assert answer.status == 401 and (await answer.json())["error"] == expected
+    # a page's live fragment is not redirected to the login page (it would be shown inside
+    # the page): it answers 401, and the page's script goes to the login page itself
+    fragment = await client.get("/console/jobs?part=live", headers=headers,
+                                allow_redirects=False)
+    assert fragment.status == 401

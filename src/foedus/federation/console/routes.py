@@ -93,6 +93,10 @@ class Console:
         """The request's session, or a redirect to the login page (which comes back here)."""
         found = self.sessions.get(request.cookies.get(COOKIE))
         if found is None:
+            # a page's script asking for a fragment goes to the login page itself: a redirect
+            # would show the login page inside the page, and come back to the bare fragment
+            if request.query.get("part") == "live":
+                raise self.web.HTTPUnauthorized()
             raise self.web.HTTPSeeOther(f"{PREFIX}/login?next={quote(request.path_qs)}")
         return found
 
@@ -105,6 +109,12 @@ class Console:
             session = None
         return self.render("error.html", request, session, http_status=status,
                            status_code=status, message=message)
+
+    def ended(self) -> str:
+        """What an API call of a page whose session ended is told (in the page's own words)."""
+        return (f"your console session has ended (logged out, unused for "
+                f"{self.sessions.idle_s / 3600:g} hours, or your token was replaced); log in "
+                f"again")
 
     @staticmethod
     def same_origin(request: Any) -> bool:
@@ -255,8 +265,11 @@ class Console:
         user (a change needs the session's CSRF token too); otherwise untouched."""
         if "Authorization" in request.headers:
             return await handler(request)
-        session = self.sessions.get(request.cookies.get(COOKIE))
+        cookie = request.cookies.get(COOKIE)
+        session = self.sessions.get(cookie)
         if session is None:
+            if cookie:  # a console page whose session ended: say so, not "no bearer token"
+                return self.web.json_response({"error": self.ended()}, status=401)
             return await handler(request)
         if request.method not in ("GET", "HEAD") and not (
                 self.same_origin(request)

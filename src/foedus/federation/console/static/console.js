@@ -4,6 +4,27 @@
 
 const Console = (() => {
   const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content || "";
+  let lostSince = null;
+
+  // Whether the coordinator answered the page's last request. While it does not (it restarts,
+  // or the network is down) a banner says so: what the page shows is what it last read.
+  function reachable(ok) {
+    const banner = document.getElementById("connection");
+    if (ok) lostSince = null;
+    else if (lostSince === null) lostSince = new Date();
+    if (!banner) return;
+    banner.hidden = ok;
+    if (!ok) {
+      banner.textContent = `Cannot reach the coordinator since ${lostSince.toLocaleTimeString()}: ` +
+        "this page shows what it last read, and keeps trying.";
+    }
+  }
+
+  // The session ended (logged out elsewhere, idle too long, the token replaced): the page is
+  // loaded again, which goes to the login page and comes back here after logging in.
+  function sessionEnded() {
+    window.location.reload();
+  }
 
   // One API call: {ok, status, data, error}; error is the coordinator's one-line reason.
   async function api(method, path, body) {
@@ -17,8 +38,13 @@ const Console = (() => {
     try {
       response = await fetch(path, init);
     } catch (err) {
+      reachable(false);
       return {ok: false, status: 0, data: null, error: "cannot reach the coordinator"};
     }
+    reachable(true);
+    // a poll (GET) of a page whose session ended; a change (a submit, a cancel) shows the
+    // API's answer where it was asked, so a pasted job file is not lost
+    if (response.status === 401 && method === "GET") sessionEnded();
     let data = null;
     try { data = await response.json(); } catch (err) { data = null; }
     const error = response.ok ? null : (data && data.error) ||
@@ -41,7 +67,15 @@ const Console = (() => {
       setInterval(async () => {
         if (document.hidden) return;
         try {
-          const response = await fetch(el.dataset.live, {credentials: "same-origin"});
+          let response;
+          try {
+            response = await fetch(el.dataset.live, {credentials: "same-origin"});
+          } catch (err) {
+            reachable(false);
+            return;
+          }
+          reachable(true);
+          if (response.status === 401) { sessionEnded(); return; }
           if (!response.ok) return;
           const html = await response.text();
           if (html === el.dataset.last) return;
