@@ -8,6 +8,7 @@ import struct
 import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import msgpack
@@ -24,7 +25,7 @@ from foedus.core.runtime import Runtime
 from foedus.testing import wait_until
 from foedus.transport import link as link_module
 from foedus.transport.base import Transport
-from foedus.transport.link import Downlink
+from foedus.transport.link import Downlink, Uplink
 from foedus.transport.local import LocalTransport
 
 TOPIC = "foedus.job.updates"
@@ -201,3 +202,89 @@ async def test_a_link_without_a_sender_filter_in_its_transport_says_so(
 def test_the_bound_per_round_is_checked_when_the_link_is_made() -> None:
     with pytest.raises(ConfigError, match="per_round"):
         Downlink(LocalTransport(), TOPIC, per_round=0)
+
+
+# ---- an Uplink whose publish is retrying a hub that is gone --------------------------------
+
+@dataclass
+class StuckUplink:
+    """An actor (a runtime with one Uplink) whose publish retries an HTTPS hub that stopped."""
+
+    uplink: Uplink
+    runtime: Runtime
+    transport: Transport
+    hub: Any  # the stopped HttpsHub; start a new one on its port to bring it back
+
+
+@pytest.fixture
+async def stuck_uplink(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> AsyncIterator[StuckUplink]:
+    from foedus.certs import create_deployment_certs
+    from foedus.transport.https import HttpsHub, HttpsTransport
+
+    caplog.set_level(logging.WARNING)
+    certs = create_deployment_certs(tmp_path, ["client-000"])
+    hub = await HttpsHub("127.0.0.1", 0, certs.server_tls()).start()
+    transport = HttpsTransport(hub.url, tls=certs.client_tls("client-000"), reconnect_timeout=60)
+    try:
+        await transport.publish(TOPIC, update())  # connected: the hub was there
+        await hub.stop()
+        uplink = Uplink(transport, TOPIC, name="update_out")
+        stuck = StuckUplink(uplink, Runtime(Graph().add(uplink).expose("update_out.in")),
+                            transport, hub)
+        yield stuck
+    finally:
+        await transport.close()
+        await stuck.hub.stop()
+
+
+@pytest.mark.integration
+async def test_a_cancelled_actor_ends_promptly_while_its_uplink_retries_a_gone_hub(
+    stuck_uplink: StuckUplink, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """SIGTERM, a job's timeout or Ctrl-C cancel the task running an actor, whose runtime then
+    stops: it waited for every message already handed to its Uplink, so a publish retrying a
+    hub that is gone held the actor for up to the transport's reconnect_timeout (60 s here)
+    after it was told to end. The message is not sent, and the uplink says so."""
+    runtime, uplink = stuck_uplink.runtime, stuck_uplink.uplink
+
+    async def actor() -> None:
+        async with runtime:
+            await runtime.inject("update_out", "in", Message.create(
+                Kind.UPDATE, job_id="job", round=2, sender="client-000"))
+            await asyncio.Event().wait()  # the actor runs until it is told to end
+
+    task = asyncio.create_task(actor())
+    await wait_until(lambda: any("retrying" in r.getMessage() for r in caplog.records),
+                     what="the uplink retries the hub that is gone")
+    loop = asyncio.get_running_loop()
+    told = loop.time()
+    task.cancel()
+    await asyncio.wait({task}, timeout=15)
+    assert task.cancelled()
+    assert loop.time() - told < 3.0
+    assert uplink.messages_out == 0
+    assert any("not delivered" in r.getMessage() and "update_out" in r.getMessage()
+               for r in caplog.records if r.name == "foedus.link")
+
+
+@pytest.mark.integration
+async def test_a_graph_stopping_normally_still_delivers_what_its_uplink_is_retrying(
+    stuck_uplink: StuckUplink, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only a cancelled actor gives up: a graph that ends by itself (a server after its last
+    round) waits for its Uplink, whose retries carry the message once the hub is back."""
+    from foedus.transport.https import HttpsHub
+
+    runtime, uplink = stuck_uplink.runtime, stuck_uplink.uplink
+    await runtime.start()
+    await runtime.inject("update_out", "in", Message.create(
+        Kind.CONTROL, job_id="job", round=3, sender="server"))
+    await wait_until(lambda: any("retrying" in r.getMessage() for r in caplog.records),
+                     what="the uplink retries the hub that is gone")
+    stopping = asyncio.create_task(runtime.stop())
+    old = stuck_uplink.hub
+    stuck_uplink.hub = await HttpsHub(old.host, old.port, old.tls).start()
+    await asyncio.wait_for(stopping, 15)
+    assert uplink.messages_out == 1

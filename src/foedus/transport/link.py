@@ -23,13 +23,14 @@ lines a second; every one is counted.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from foedus.codec import DEFAULT_MAX_SIZE, decode, encode
-from foedus.core.errors import CodecError, ConfigError
+from foedus.core.errors import CodecError, ConfigError, TransportError
 from foedus.core.message import Message
 from foedus.core.pod import Pod, Wire
 from foedus.transport.base import Subscription, Transport
@@ -46,9 +47,18 @@ TRACKED_PAIRS = 4096
 
 class Uplink(Pod):
     """Publishes messages arriving on ``in`` to ``topic`` (keyed by sender, so per-sender order
-    holds). ``retain`` marks each payload as the topic's current value (global models)."""
+    holds). ``retain`` marks each payload as the topic's current value (global models).
+
+    When its graph stops, the runtime lets the Uplink finish what it was handed (a server's
+    last "stop" must leave), however long its transport retries an unreachable broker or hub.
+    Not when the actor is *cancelled* (SIGTERM, a job's timeout, Ctrl-C: the task that started
+    the graph is being cancelled as it stops it): then the publish in flight, and any message
+    still queued, is dropped at once with a WARNING saying it was not delivered. A transport
+    retrying a peer that is gone held a cancelled actor for up to its ``reconnect_timeout``.
+    """
 
     inputs: ClassVar[tuple[Wire, ...]] = (Wire("in"),)
+    daemon = True  # its run only watches for the end of the graph
 
     def __init__(
         self, transport: Transport, topic: str | Callable[[Message], str], *,
@@ -63,15 +73,55 @@ class Uplink(Pod):
         #: called with each message and its size once the transport took it: what lets a
         #: process report an update as sent, with its bytes, rather than as handed to a wire
         self.sent_listeners: list[Callable[[Message, int], None]] = []
+        #: the task that started the graph: its cancellation is the actor's (see the class)
+        self._owner: asyncio.Task[Any] | None = None
+        self._abandon = asyncio.Event()
+
+    async def start(self) -> None:
+        self._owner = asyncio.current_task()
+        self._abandon = asyncio.Event()
+
+    async def run(self) -> None:
+        """Wait for the graph to stop (the runtime cancels every ``run`` first); if the actor
+        is being cancelled, abandon what is still to be published."""
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if self._owner is not None and self._owner.cancelling():
+                self._abandon.set()
+            raise
 
     async def on_in(self, msg: Message) -> None:
         payload = encode(msg)
         topic = self.topic(msg) if callable(self.topic) else self.topic
-        await self.transport.publish(topic, payload, key=msg.sender, retain=self.retain)
+        if self._abandon.is_set():
+            self._not_delivered(msg, topic)
+            return
+        publish = asyncio.ensure_future(
+            self.transport.publish(topic, payload, key=msg.sender, retain=self.retain))
+        abandon = asyncio.ensure_future(self._abandon.wait())
+        try:
+            await asyncio.wait({publish, abandon}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            abandon.cancel()
+            if not publish.done():
+                publish.cancel()
+                await asyncio.wait({publish}, timeout=1.0)  # let it close what it opened
+        if publish.cancelled():
+            if not self._abandon.is_set():  # not by us: fail this message, not the worker
+                raise TransportError(f"{self.name}: the publish to {topic!r} was cancelled")
+            self._not_delivered(msg, topic)
+            return
+        publish.result()  # its failure is the handler's
         self.bytes_out += len(payload)
         self.messages_out += 1
         for listener in self.sent_listeners:
             listener(msg, len(payload))
+
+    def _not_delivered(self, msg: Message, topic: str) -> None:
+        log.warning("%s: the %s message of round %d to %r was not delivered: the actor was "
+                    "cancelled while its transport was still trying", self.name,
+                    msg.kind.value, msg.header.round, topic)
 
 
 class Downlink(Pod):
