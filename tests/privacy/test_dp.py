@@ -260,3 +260,29 @@ def test_a_central_dp_job_whose_rounds_sum_at_least_the_calibrated_updates_is_ac
         clients: dict[str, int]) -> None:
     spec = JobSpec.from_dict(central_dp_job(clients, 5))
     assert spec.pipeline[0].params["clients_per_round"] == 5
+
+
+@pytest.mark.parametrize(("clients", "key"), [
+    ({"count": 20, "per_round": 10, "min_clients": 5}, "clients.per_round"),
+    ({"count": 10, "min_clients": 5}, "clients.count"),
+])
+def test_a_central_dp_job_whose_rounds_take_more_clients_than_its_sampling_rate_says_is_refused(
+        clients: dict[str, int], key: str) -> None:
+    """Accounted as 5 of a population of 20 (q = 0.25), a round of 10 clients samples at twice
+    that rate; its extra noise (10 updates' shares) does not make up for it: at z = 1 over 50
+    rounds the accountant would report 14.1 for a real 16.7 (Poisson)."""
+    job = central_dp_job(clients, 5)
+    job["pipeline"][0]["params"]["population"] = 20  # type: ignore[index]
+    with pytest.raises(ConfigError) as refused:
+        JobSpec.from_dict(job)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("pipeline[0]: central-dp accounts for clients_per_round 5 of "
+                              "population 20 a round")
+    assert f"a round may take 10 clients ({key} 10)" in message
+
+
+def test_amplification_by_sampling_is_accepted_when_a_round_takes_clients_per_round() -> None:
+    job = central_dp_job({"count": 20, "per_round": 5}, 5)
+    job["pipeline"][0]["params"]["population"] = 20  # type: ignore[index]
+    assert JobSpec.from_dict(job).clients.per_round == 5

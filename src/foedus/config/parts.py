@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from foedus.aggregate.base import Aggregator, aggregators
 from foedus.config.spec import JobSpec, Plugin
 from foedus.core.errors import ConfigError
-from foedus.core.filter import Filter, Stage, stages
+from foedus.core.filter import Filter, RoundSize, Stage, stages
 from foedus.core.params import Params
 from foedus.core.registry import Registry
 from foedus.data.datasets import Dataset, DataSpec
@@ -59,25 +59,25 @@ def pipeline_of(spec: JobSpec) -> list[Stage]:
         create(stages, p, f"pipeline[{i}]") for i, p in enumerate(spec.pipeline)
     ]
     check_stages(pipeline)  # e.g. noise before clipping, or a tag nobody undoes: refused now
-    fewest, key = round_quorum(spec)
+    size = round_size(spec)
     for i, stage in enumerate(pipeline):  # e.g. central DP's noise split over more updates
         try:
-            stage.check_round_size(fewest, key)
+            stage.check_round_size(size)
         except ConfigError as exc:
             raise ConfigError(f"pipeline[{i}]: {exc}") from exc
     return pipeline
 
 
-def round_quorum(spec: JobSpec) -> tuple[int, str]:
-    """The fewest updates a round of the job's server may close with, and the job-file key
-    that sets it: ``clients.min_clients``, else every sampled client, else every client (as
-    :class:`ServerPod` defaults its ``min_clients``)."""
+def round_size(spec: JobSpec) -> RoundSize:
+    """How many updates a round of the job's server may aggregate. At least
+    ``clients.min_clients``, else every sampled client, else every client (as
+    :class:`ServerPod` defaults its ``min_clients``); at most the sampled clients, else all."""
     clients = spec.clients
+    most, most_key = ((clients.per_round, "clients.per_round") if clients.per_round is not None
+                      else (clients.count, "clients.count"))
     if clients.min_clients is not None:
-        return clients.min_clients, "clients.min_clients"
-    if clients.per_round is not None:
-        return clients.per_round, "clients.per_round"
-    return clients.count, "clients.count"
+        return RoundSize(clients.min_clients, "clients.min_clients", most, most_key)
+    return RoundSize(most, most_key, most, most_key)
 
 
 @dataclass

@@ -182,6 +182,17 @@ class Half:
         return None if f is None else cls(f.name, tuple(f.pushes), tuple(f.pops))
 
 
+@dataclass(frozen=True)
+class RoundSize:
+    """How many updates a round of a job's server may aggregate (``fewest`` to ``most``), and
+    the job-file keys that set each bound, so that a stage's refusal can name them."""
+
+    fewest: int
+    fewest_key: str
+    most: int
+    most_key: str
+
+
 class Stage:
     """One step of a job's update pipeline, owning both of its halves.
 
@@ -220,13 +231,13 @@ class Stage:
         """
         return Half.of(self.client()), Half.of(self.server())
 
-    def check_round_size(self, fewest: int, key: str) -> None:
-        """Refuse (``ConfigError``) a job whose server rounds may aggregate too few updates.
+    def check_round_size(self, size: RoundSize) -> None:
+        """Refuse (``ConfigError``) a job whose server rounds may aggregate too few or too many
+        updates for this stage.
 
-        Called when the job is built, with ``fewest``, the fewest updates a round of the job's
-        server may close with, and ``key``, the job-file key that sets it. Why: a server half
-        whose guarantee depends on how many updates a round sums (central DP splits the noise
-        of the sum over them) would otherwise release weaker rounds than it reports.
+        Called when the job is built. Why: a server half whose guarantee depends on how many
+        updates a round sums (central DP splits the noise of the sum over them, and states how
+        many clients a round samples) would otherwise release weaker rounds than it reports.
         """
 
     # Server-side round hooks; the runner registers them with the ServerPod.
