@@ -231,10 +231,14 @@ class Coordinator:
         its stages need (dp_accounting takes seconds), which must not hold heartbeats."""
         try:
             job = yaml.safe_load(job_yaml)
-        except yaml.YAMLError as exc:
-            raise Refused(400, f"job file: not valid YAML: {exc}".replace("\n", " ")) from exc
+        except yaml.YAMLError as exc:  # the line and the problem, as `foedus submit` words it
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).replace("\n", " ")
+            raise Refused(400, f"job file: not valid YAML{where}: {problem}") from exc
         if not isinstance(job, dict):
-            raise Refused(400, "job file: expected a mapping")
+            raise Refused(400, "job file: expected a mapping of settings such as rounds, data, "
+                               f"model; got {'nothing' if job is None else type(job).__name__}")
         data = job.get("data") or {}
         for key in ("options", "server_options"):
             if isinstance(data, dict) and key in data:

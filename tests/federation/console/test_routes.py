@@ -282,3 +282,20 @@ async def test_a_call_with_an_ended_session_says_the_session_ended_not_that_a_to
     fragment = await client.get("/console/jobs?part=live", headers=headers,
                                 allow_redirects=False)
     assert fragment.status == 401
+
+
+async def test_a_job_file_that_is_not_yaml_is_refused_naming_the_line_without_parser_internals(
+        client: Client) -> None:
+    headers = await log_in(client)
+    cases = {
+        JOB.replace("rounds: 80", "rounds: 80: 3"): "job file: not valid YAML at line 2, "
+                                                    "column 11: mapping values are not allowed "
+                                                    "here",
+        "": "job file: expected a mapping of settings such as rounds, data, model; got nothing",
+        "- rounds: 3\n": "job file: expected a mapping of settings such as rounds, data, model; "
+                         "got list",
+    }
+    for text, expected in cases.items():
+        answer = await client.post("/v1/jobs?dry_run=1", headers=headers,
+                                   json={"job_yaml": text})
+        assert answer.status == 400 and (await answer.json())["error"] == expected
