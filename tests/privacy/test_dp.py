@@ -286,3 +286,28 @@ def test_amplification_by_sampling_is_accepted_when_a_round_takes_clients_per_ro
     job = central_dp_job({"count": 20, "per_round": 5}, 5)
     job["pipeline"][0]["params"]["population"] = 20  # type: ignore[index]
     assert JobSpec.from_dict(job).clients.per_round == 5
+
+
+@pytest.mark.parametrize(("adaptive", "message"), [
+    ({"target_quantile": "half", "count_noise_std": 1.0},
+     r"^adaptive\.target_quantile: expected a number in \(0, 1\), got 'half'$"),
+    ({"target_quantile": "0.5", "count_noise_std": 1.0},  # was read as 0.5
+     r"^adaptive\.target_quantile: expected a number in \(0, 1\), got '0.5'$"),
+    ({"target_quantile": 2, "count_noise_std": 1.0},
+     r"^adaptive\.target_quantile: expected a number in \(0, 1\), got 2$"),
+    ({"learning_rate": -1, "count_noise_std": 1.0},
+     r"^adaptive\.learning_rate: expected a number > 0, got -1$"),
+    ({"count_noise_std": "x"},  # was "could not convert string to float: 'x'"
+     r"^adaptive\.count_noise_std: expected a number > 0, got 'x'$"),
+    ({"count_noise_std": True},  # was read as 1.0
+     r"^adaptive\.count_noise_std: expected a number > 0, got True$"),
+    ({"count_noise_std": float("nan")},
+     r"^adaptive\.count_noise_std: expected a number > 0, got nan$"),
+    ({}, r"^adaptive\.count_noise_std must exceed noise_multiplier / 2 = 0\.5, got 0\.2 "
+         r"\(the default, clients_per_round / 20\); give a larger count_noise_std"),
+])
+def test_mistyped_adaptive_clipping_settings_are_one_line_naming_the_key(
+        adaptive: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        stages.create("central-dp", clients_per_round=4, noise_multiplier=1.0,
+                      adaptive=adaptive)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -241,6 +242,17 @@ def _check_budget_pays_a_round(accountant: PrivacyAccountant) -> None:
             "target_epsilon with rounds, which calibrates the noise to the budget)")
 
 
+def _adaptive_number(adaptive: dict[str, Any], key: str, default: float, expected: str,
+                     valid: Callable[[float], bool]) -> float:
+    """One adaptive-clipping setting, checked as a number: ``float()`` used to read the string
+    ``"0.5"`` and ``true`` as numbers, and to fail on ``"x"`` without naming the key."""
+    value = adaptive.get(key, default)
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or not valid(value)):
+        raise ConfigError(f"adaptive.{key}: expected a number {expected}, got {value!r}")
+    return float(value)
+
+
 class _DPStage(Stage):
     """Shared plumbing: the server-side accountant and the round hooks."""
 
@@ -404,21 +416,26 @@ class CentralDPStage(_DPStage):
                 raise ConfigError(
                     f"adaptive.{unknown[0]}: unknown key; allowed: {', '.join(sorted(allowed))}"
                 )
-            count_std = float(adaptive.get("count_noise_std", clients_per_round / 20))
+            quantile = _adaptive_number(adaptive, "target_quantile", 0.5, "in (0, 1)",
+                                        lambda v: 0 < v < 1)
+            rate = _adaptive_number(adaptive, "learning_rate", 0.2, "> 0", lambda v: v > 0)
+            default = "count_noise_std" not in adaptive
+            count_std = _adaptive_number(adaptive, "count_noise_std", clients_per_round / 20,
+                                         "> 0", lambda v: v > 0)
             # Andrew et al.: the count's noise uses part of the budget; the update sum gets the
             # rest, z_delta^-2 = z^-2 - (2 sigma_b)^-2
             if 2 * count_std <= self.noise_multiplier:
                 raise ConfigError(
                     f"adaptive.count_noise_std must exceed noise_multiplier / 2 = "
-                    f"{self.noise_multiplier / 2:.4g}, got {count_std}"
-                )
+                    f"{self.noise_multiplier / 2:.4g}, got {count_std:.4g}"
+                    + (" (the default, clients_per_round / 20); give a larger count_noise_std"
+                       if default else ""))
             self.delta_noise_multiplier = (
                 self.noise_multiplier ** -2 - (2 * count_std) ** -2
             ) ** -0.5
             self.estimator = QuantileClipNorm(
                 initial_norm=self.clip_norm,
-                target_quantile=float(adaptive.get("target_quantile", 0.5)),
-                learning_rate=float(adaptive.get("learning_rate", 0.2)),
+                target_quantile=quantile, learning_rate=rate,
                 count_noise_std=count_std, seed=seed,
             )
         self.seed = seed
