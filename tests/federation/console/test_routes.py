@@ -299,3 +299,16 @@ async def test_a_job_file_that_is_not_yaml_is_refused_naming_the_line_without_pa
         answer = await client.post("/v1/jobs?dry_run=1", headers=headers,
                                    json={"job_yaml": text})
         assert answer.status == 400 and (await answer.json())["error"] == expected
+
+
+async def test_a_page_loaded_before_logging_in_again_is_told_to_reload_not_about_csrf_tokens(
+        client: Client) -> None:
+    old_page = await log_in(client)  # the submit page, open while its session ended
+    await client.post("/console/logout", data={"csrf": old_page["X-CSRF-Token"]},
+                      headers={"Cookie": old_page["Cookie"]}, allow_redirects=False)
+    new_session = await log_in(client)  # logged in again, in another tab
+    answer = await client.post("/v1/jobs?dry_run=1", json={"job_yaml": JOB}, headers={
+        "Cookie": new_session["Cookie"], "X-CSRF-Token": old_page["X-CSRF-Token"]})
+    assert answer.status == 403
+    assert (await answer.json())["error"] == ("this page was loaded before you last logged in; "
+                                              "reload it (nothing was done)")

@@ -271,13 +271,16 @@ class Console:
             if cookie:  # a console page whose session ended: say so, not "no bearer token"
                 return self.web.json_response({"error": self.ended()}, status=401)
             return await handler(request)
+        sent = request.headers.get("X-CSRF-Token")
         if request.method not in ("GET", "HEAD") and not (
-                self.same_origin(request)
-                and session.csrf_ok(request.headers.get("X-CSRF-Token"))):
-            return self.web.json_response({"error": "a console request that changes anything "
-                                                    "needs the session's CSRF token "
-                                                    "(X-CSRF-Token) and the console's origin"},
-                                          status=403)
+                self.same_origin(request) and session.csrf_ok(sent)):
+            # a token of another session: most likely the console's own page, loaded under
+            # a session that ended before its user logged in again (in another tab)
+            stale = self.same_origin(request) and sent is not None
+            return self.web.json_response({"error": (
+                "this page was loaded before you last logged in; reload it (nothing was done)"
+                if stale else "a console request that changes anything needs the session's "
+                              "CSRF token (X-CSRF-Token) and the console's origin")}, status=403)
         request[REQUEST_USER] = (session.user, session.role)  # the API's _user reads it
         return await handler(request)
 
