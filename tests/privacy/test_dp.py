@@ -311,3 +311,12 @@ def test_mistyped_adaptive_clipping_settings_are_one_line_naming_the_key(
     with pytest.raises(ConfigError, match=message):
         stages.create("central-dp", clients_per_round=4, noise_multiplier=1.0,
                       adaptive=adaptive)
+
+
+@pytest.mark.parametrize("value", [0, -3, "4", 4.0, True, None])
+def test_clients_per_round_must_be_a_positive_integer_and_the_error_names_it(
+        value: object) -> None:
+    """0 used to be refused as "population must be at least 1, got 0", a key never written."""
+    with pytest.raises(ConfigError, match=r"^clients_per_round: expected an integer >= 1 \(the "
+                                          rf"updates a round sums\), got {value!r}$"):
+        stages.create("central-dp", clients_per_round=value, noise_multiplier=1.0)

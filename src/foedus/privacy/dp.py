@@ -386,8 +386,10 @@ class CentralDPStage(_DPStage):
         population: int | None = None, sampling: str = "poisson",
         adaptive: dict[str, float] | None = None, seed: int | None = None,
     ) -> None:
-        if isinstance(clients_per_round, bool) or not isinstance(clients_per_round, int):
-            raise ConfigError(f"clients_per_round must be an integer, got {clients_per_round!r}")
+        if (isinstance(clients_per_round, bool) or not isinstance(clients_per_round, int)
+                or clients_per_round < 1):  # 0 was refused as population (its default) < 1
+            raise ConfigError("clients_per_round: expected an integer >= 1 (the updates a round "
+                              f"sums), got {clients_per_round!r}")
         _check_settings(rounds=rounds, delta=delta, budget=budget, population=population,
                         seed=seed)
         self.sampling = SamplingSpec(
