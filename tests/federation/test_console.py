@@ -362,6 +362,7 @@ def test_a_page_whose_session_ended_elsewhere_goes_to_the_login_page_and_back_af
     until(browser, lambda d: d.current_url == f"{federation.url}/console/login?next="
           "/console/jobs", "the login page", seconds=15)
     assert browser.find_elements(By.ID, "jobs") == []  # not inside the jobs page
+    assert text_of("#login-error")(browser).startswith("your console session has ended")
     browser.find_element(By.ID, "token").send_keys(federation.admin_token + Keys.ENTER)
     until(browser, lambda d: d.current_url.endswith("/console/jobs")
           and d.find_elements(By.ID, "jobs"), "the jobs page again")

@@ -277,6 +277,10 @@ async def test_a_call_with_an_ended_session_says_the_session_ended_not_that_a_to
     for method, path in (("GET", "/v1/jobs"), ("POST", "/v1/jobs?dry_run=1")):
         answer = await client.request(method, path, headers=headers, json={"job_yaml": JOB})
         assert answer.status == 401 and (await answer.json())["error"] == expected
+    # logged out in another tab: the browser dropped the cookie, the page still sends its token
+    tab = await client.post("/v1/jobs?dry_run=1", json={"job_yaml": JOB},
+                            headers={"X-CSRF-Token": headers["X-CSRF-Token"]})
+    assert tab.status == 401 and (await tab.json())["error"] == expected
     # a page's live fragment is not redirected to the login page (it would be shown inside
     # the page): it answers 401, and the page's script goes to the login page itself
     fragment = await client.get("/console/jobs?part=live", headers=headers,
@@ -312,3 +316,16 @@ async def test_a_page_loaded_before_logging_in_again_is_told_to_reload_not_about
     assert answer.status == 403
     assert (await answer.json())["error"] == ("this page was loaded before you last logged in; "
                                               "reload it (nothing was done)")
+
+
+async def test_the_login_page_says_why_when_a_session_ended_and_not_on_a_first_visit(
+        client: Client) -> None:
+    first = await (await client.get("/console/login")).text()
+    assert "session has ended" not in first
+    headers = await log_in(client)
+    await client.post("/console/logout", data={"csrf": headers["X-CSRF-Token"]},
+                      headers={"Cookie": headers["Cookie"]}, allow_redirects=False)
+    page = await client.get("/console/jobs", headers={"Cookie": headers["Cookie"]})
+    assert page.url.path == "/console/login"  # followed the redirect, with the old cookie
+    assert ("your console session has ended (logged out, unused for 8 hours, or your token "
+            "was replaced); log in again") in await page.text()

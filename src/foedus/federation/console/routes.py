@@ -125,10 +125,12 @@ class Console:
     # ---- log in and out ------------------------------------------------------------------
 
     async def login_form(self, request: Any) -> Any:
-        if self.sessions.get(request.cookies.get(COOKIE)) is not None:
+        cookie = request.cookies.get(COOKIE)
+        if self.sessions.get(cookie) is not None:
             raise self.web.HTTPSeeOther(_next(request.query.get("next")))
+        # a cookie that opens no session: the user was working, and is told why this page
         return self.render("login.html", request, None, next=_next(request.query.get("next")),
-                           message=None)
+                           message=self.ended() if cookie else None)
 
     async def login(self, request: Any) -> Any:
         form = await request.post()
@@ -268,7 +270,9 @@ class Console:
         cookie = request.cookies.get(COOKIE)
         session = self.sessions.get(cookie)
         if session is None:
-            if cookie:  # a console page whose session ended: say so, not "no bearer token"
+            # a console page whose session ended: say so, not "no bearer token"; its cookie is
+            # gone when it was logged out in another tab, and its CSRF token is still sent
+            if cookie or "X-CSRF-Token" in request.headers:
                 return self.web.json_response({"error": self.ended()}, status=401)
             return await handler(request)
         sent = request.headers.get("X-CSRF-Token")
