@@ -36,6 +36,7 @@ from foedus.transport.kafka import (
     KafkaTransport,
     parse_url,
 )
+from tests.conftest import free_port
 from tests.transport.contract import MakeTransport, TransportContract, take, topic
 from tests.transport.kafka_fixtures import (  # noqa: F401  (fixtures)
     Tansu,
@@ -756,3 +757,50 @@ async def test_publish_gives_up_after_reconnect_timeout(tmp_path: Path) -> None:
     finally:
         broker.stop()
         await pub.close()
+
+
+# ---- an unreachable broker: foedus's one line, not aiokafka's log above it -----------------
+
+def aiokafka_lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name.startswith("aiokafka") and r.levelno >= level]
+
+
+async def test_an_unreachable_broker_is_one_line_of_foedus_with_aiokafkas_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiokafka logged its own ERROR ('Unable connect to "127.0.0.1:P": ...') above foedus's
+    error, whose own reason ("Unable to bootstrap from [...]") hid why. Now foedus's line says
+    why, and aiokafka's record goes to DEBUG (foedus.transport.kafka) for whoever wants it."""
+    caplog.set_level(logging.DEBUG)
+    dead = f"127.0.0.1:{free_port()}"
+    t = KafkaTransport(dead, request_timeout=2)
+    try:
+        with pytest.raises(TransportError, match=rf"^cannot connect the Kafka producer to {dead}:"
+                                                 r" .*Connect call failed"):
+            await t.publish("gone", b"x")
+    finally:
+        await t.close()
+    assert aiokafka_lines(caplog, logging.WARNING) == []
+    assert any("Unable connect" in r.getMessage() for r in caplog.records
+               if r.name == "foedus.transport.kafka" and r.levelno == logging.DEBUG)
+
+
+async def test_a_dead_bootstrap_server_beside_a_live_one_is_still_reported(
+    tansu: Tansu, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the client connects anyway, foedus says nothing: aiokafka's error about the dead
+    server is the only word of it, so it is kept as aiokafka logged it."""
+    import aiokafka.conn
+
+    # aiokafka shuffles the bootstrap servers; keep their order, so the dead one is tried first
+    monkeypatch.setattr(aiokafka.conn, "random", type("InOrder", (), {
+        "shuffle": staticmethod(lambda hosts: None)}))
+    caplog.set_level(logging.WARNING)
+    dead = f"127.0.0.1:{free_port()}"
+    t = KafkaTransport(f"{dead},{tansu.bootstrap}", request_timeout=5)
+    try:
+        await t.publish(topic(), b"x")
+    finally:
+        await t.close()
+    assert any(dead in line for line in aiokafka_lines(caplog, logging.ERROR))

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import re
 import ssl
@@ -121,6 +122,39 @@ def _server_error(exc: BaseException, errors: Any) -> bool:
     receivers drop what they already have, re-sending is safe; a few times, so a broker that
     fails every produce still fails the publish quickly."""
     return isinstance(exc, errors.UnknownError)
+
+
+class _HeldRecords:
+    """aiokafka's log records while one of our clients connects (see
+    :meth:`KafkaTransport._start_client`)."""
+
+    def __init__(self) -> None:
+        self.records: list[logging.LogRecord] = []
+        self.open = True
+
+
+#: the records of the client connecting in this task, if any (a context variable: several
+#: transports of one process connect at once, each holding only its own client's records)
+_HELD: contextvars.ContextVar[_HeldRecords | None] = contextvars.ContextVar(
+    "foedus_kafka_held", default=None)
+#: the aiokafka loggers a connection attempt writes to
+_CONNECT_LOGGERS = ("aiokafka", "aiokafka.conn")
+
+
+class _HoldWhileConnecting(logging.Filter):
+    """Holds aiokafka's records back while a client of ours connects: if it fails, foedus's
+    error says why in one line (aiokafka printed its own ERROR above it); if it connects,
+    they are passed on as aiokafka logged them (foedus said nothing of them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        held = _HELD.get()
+        if held is None or not held.open:
+            return True
+        held.records.append(record)
+        return False
+
+
+_HOLD = _HoldWhileConnecting()
 
 
 class _Backoff:
@@ -725,15 +759,34 @@ class KafkaTransport(Transport):
         return self._lock, self._lookup_lock
 
     async def _start_client(self, client: Any, what: str) -> Any:
+        """Start an aiokafka client; a failure is one :class:`TransportError` that says why
+        (aiokafka's own records of the attempt go to DEBUG; see :class:`_HoldWhileConnecting`)."""
         errors = require("aiokafka.errors", "kafka")
+        for name in _CONNECT_LOGGERS:
+            if _HOLD not in logging.getLogger(name).filters:
+                logging.getLogger(name).addFilter(_HOLD)
+        held = _HeldRecords()
+        token = _HELD.set(held)
         try:
             await client.start()
         except (errors.KafkaError, OSError, ssl.SSLError) as exc:
+            held.open = False
+            for record in held.records:
+                log.debug("aiokafka (%s): %s", record.name, record.getMessage())
+            reasons = dict.fromkeys(r.getMessage() for r in held.records
+                                    if r.levelno >= logging.WARNING)
+            held.records.clear()
             await self._stop_client(client)
             raise TransportError(
                 f"cannot connect the Kafka {what} to {','.join(self.servers)}"
-                f"{' (TLS)' if self.tls else ''}: {exc}"
+                f"{' (TLS)' if self.tls else ''}: {'; '.join(reasons) or exc}"
             ) from exc
+        finally:
+            held.open = False
+            _HELD.reset(token)
+            # connected (or cancelled): foedus says nothing of these, so they are passed on
+            for record in held.records:
+                logging.getLogger(record.name).handle(record)
         return client
 
     @staticmethod
