@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import socket
+import time
 import uuid
 
 import numpy as np
 import pytest
 
-from foedus.core.errors import ConfigError
+from foedus.core.errors import ConfigError, TransportError
 from foedus.mlops.artifacts import S3Checkpointer, S3Store, s3_checkpointer
 from foedus.roles.checkpoint import CheckpointError
 from tests.mlops.conftest import build_job, run_graphs_of
@@ -143,3 +145,37 @@ def test_a_checkpoint_of_another_model_is_refused(store: S3Store) -> None:
 def test_keep_must_be_a_positive_integer(store: S3Store, keep: object) -> None:
     with pytest.raises(ConfigError, match="keep: expected an integer >= 1"):
         S3Checkpointer(store, "job-keep", keep=keep)  # type: ignore[arg-type]
+
+
+def refusing_url() -> tuple[str, socket.socket]:
+    """An http URL on loopback whose port refuses connections: bound, never listening."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", sock
+
+
+def test_an_unreachable_endpoint_is_one_error_within_3_seconds() -> None:
+    """boto retried for ~11 s (five attempts with backoff) before the first call failed; the
+    check makes one attempt with a 2 s connect timeout. So does create_bucket's probe."""
+    url, sock = refusing_url()
+    with sock:
+        store = S3Store(BUCKET, endpoint_url=url, access_key="test", secret_key="test")
+        began = time.monotonic()
+        with pytest.raises(TransportError, match=rf"^s3://{BUCKET}: cannot reach the S3 "
+                                                 rf"endpoint at {url} \(.*\); start it, or fix"):
+            store.check()
+        with pytest.raises(TransportError, match="cannot reach the S3 endpoint"):
+            S3Store(BUCKET, endpoint_url=url, access_key="test", secret_key="test",
+                    create_bucket=True)
+        assert time.monotonic() - began < 3
+
+
+def test_the_check_names_a_missing_bucket(s3_endpoint: str) -> None:
+    store = S3Store(f"missing-{uuid.uuid4().hex[:8]}", endpoint_url=s3_endpoint,
+                    access_key="test", secret_key="test")
+    with pytest.raises(TransportError, match=r"^s3://missing-\w+: no such bucket at "
+                                             r"http://127.0.0.1:\d+ \(create it, or set "
+                                             r"create_bucket: true\)$"):
+        store.check()
+    store.ensure_bucket()
+    store.check()  # now it exists

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
 
-from foedus.core.errors import ConfigError
+from foedus.config.spec import JobSpec
+from foedus.core.errors import ConfigError, TransportError
 from foedus.mlops.session import MlopsSession
+from foedus.roles.server import RoundRecord
+from foedus.runner import run_job
 from tests.mlops.conftest import build_job, run_graphs_of, scrape
+from tests.mlops.test_artifacts import refusing_url
 
 
 @pytest.mark.parametrize(("config", "message"), [
@@ -27,6 +32,25 @@ def test_an_empty_section_turns_nothing_on() -> None:
     session = MlopsSession(None, job_id="j")
     assert session.checkpointer() is None and session.tracker is None
     assert session.finish() is None
+
+
+async def test_a_job_whose_s3_endpoint_is_down_fails_before_round_1_naming_mlops_s3() -> None:
+    """The server's first checkpoint listing waited out boto's retries (~11 s) and ended the
+    job as a failed pod ("pod 'server', wire 'run': ... list failed"), logged twice; now
+    the session checks the bucket as the server is built, before anything runs: one line
+    naming mlops.s3."""
+    url, sock = refusing_url()
+    rounds: list[RoundRecord] = []
+    with sock:
+        spec = JobSpec.from_dict({
+            "job_id": "s3-down", "rounds": 2, "clients": {"count": 2},
+            "mlops": {"s3": {"url": "s3://foedus/ckpt", "endpoint_url": url,
+                             "access_key": "test", "secret_key": "test"}}})
+        # the check's own bound (one attempt, 2 s to connect) is timed in test_artifacts.py
+        with pytest.raises(TransportError, match=r"^mlops.s3: s3://foedus: cannot reach the "
+                                                 r"S3 endpoint at "):
+            await asyncio.wait_for(run_job(spec, on_round=rounds.append), 60)
+    assert rounds == []
 
 
 @pytest.mark.integration

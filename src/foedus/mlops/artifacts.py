@@ -40,6 +40,16 @@ from foedus.roles.checkpoint import Checkpointer, Source
 log = logging.getLogger("foedus.mlops.artifacts")
 
 _ROUND_KEY = re.compile(r"round-(\d{8})\.(ckpt|foedus)$")
+#: the bounds of :meth:`S3Store.check` (one attempt): an endpoint that does not accept a
+#: connection within this many seconds is unreachable...
+CHECK_CONNECT_TIMEOUT_S = 2.0
+#: ... and one that accepts but does not answer the listing within this many is too
+CHECK_READ_TIMEOUT_S = 5.0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
 
 
 class S3Store:
@@ -55,16 +65,62 @@ class S3Store:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
-        if client is None:
-            boto3 = require("boto3", "s3")
-            config = require("botocore.config", "s3").Config(s3={"addressing_style": "path"})
-            client = boto3.client(
-                "s3", endpoint_url=endpoint_url, region_name=region, config=config,
-                aws_access_key_id=access_key, aws_secret_access_key=secret_key,
-            )
-        self.client = client
+        self._options: dict[str, Any] = {
+            "endpoint_url": endpoint_url, "region_name": region,
+            "aws_access_key_id": access_key, "aws_secret_access_key": secret_key}
+        self._given_client = client is not None
+        #: the client of real work (uploads, listings): boto's own retries and timeouts
+        self.client = client if client is not None else self._new_client()
         if create_bucket:
             self.ensure_bucket()
+
+    def _new_client(self, **config: Any) -> Any:
+        boto3 = require("boto3", "s3")
+        config_cls = require("botocore.config", "s3").Config
+        return boto3.client("s3", config=config_cls(s3={"addressing_style": "path"}, **config),
+                            **self._options)
+
+    @property
+    def where(self) -> str:
+        """The endpoint, as errors name it."""
+        return self.endpoint_url or "the default AWS endpoint"
+
+    def _probe(self) -> str | None:
+        """List one key of the bucket, once, within :data:`CHECK_CONNECT_TIMEOUT_S` to connect;
+        the error code S3 answered (``NoSuchBucket``, ``AccessDenied``...), or None when it
+        worked. An endpoint that cannot be reached raises :class:`TransportError` at once: the
+        store's own client would first retry for ~11 s. A client given to the store is used
+        as it is."""
+        errors = require("botocore.exceptions", "s3")
+        client = self.client if self._given_client else self._new_client(
+            connect_timeout=CHECK_CONNECT_TIMEOUT_S, read_timeout=CHECK_READ_TIMEOUT_S,
+            retries={"total_max_attempts": 1})
+        try:
+            client.list_objects_v2(Bucket=self.bucket, MaxKeys=1,
+                                   Prefix=f"{self.prefix}/" if self.prefix else "")
+        except errors.ClientError as exc:
+            return str(exc.response.get("Error", {}).get("Code") or exc)
+        except (errors.ConnectionError, errors.HTTPClientError) as exc:
+            raise TransportError(f"s3://{self.bucket}: cannot reach the S3 endpoint at "
+                                 f"{self.where} ({_one_line(exc)}); start it, or fix "
+                                 "endpoint_url") from exc
+        except errors.BotoCoreError as exc:  # no credentials, a malformed endpoint...
+            raise TransportError(f"s3://{self.bucket}: {_one_line(exc)}") from exc
+        return None
+
+    def check(self) -> None:
+        """Fail now, within seconds, if the bucket cannot be used: the endpoint does not
+        answer, the bucket does not exist, or S3 refuses the credentials (raises
+        :class:`TransportError` naming which). Only this check is bounded (one attempt, a
+        2 s connect timeout); uploads keep boto's retries, which ride out a short outage."""
+        code = self._probe()
+        if code in ("NoSuchBucket", "404"):
+            raise TransportError(f"s3://{self.bucket}: no such bucket at {self.where} (create "
+                                 "it, or set create_bucket: true)")
+        if code is not None:
+            raise TransportError(f"s3://{self.bucket}: S3 at {self.where} refuses to list the "
+                                 f"bucket: {code} (check access_key and secret_key, and the "
+                                 "bucket's policy)")
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> S3Store:
@@ -78,12 +134,10 @@ class S3Store:
         return "/".join(p.strip("/") for p in (self.prefix, *parts) if p.strip("/"))
 
     def ensure_bucket(self) -> None:
-        """Create the bucket if it does not exist yet."""
-        errors = require("botocore.exceptions", "s3")
-        try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except errors.ClientError:
-            self.client.create_bucket(Bucket=self.bucket)
+        """Create the bucket if it does not exist yet (asked as :meth:`check` asks: an
+        endpoint that cannot be reached fails within seconds)."""
+        if self._probe() in ("NoSuchBucket", "404"):
+            self._call("create bucket", "", lambda: self.client.create_bucket(Bucket=self.bucket))
 
     def put(self, key: str, data: bytes) -> None:
         self._call("put", key, lambda: self.client.put_object(

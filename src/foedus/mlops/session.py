@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from foedus.core.errors import ConfigError, FoedusError
+from foedus.core.errors import ConfigError, FoedusError, TransportError
 from foedus.core.params import Params
 from foedus.data.datasets import DataSpec
 from foedus.mlops.artifacts import S3Checkpointer, s3_checkpointer
@@ -100,7 +100,12 @@ class MlopsSession:
         """The S3 checkpointer, if the job stores checkpoints in a bucket."""
         if self._s3 is not None and self._checkpointer is None:
             options = {k: v for k, v in self._s3.items() if k != "url"}
-            self._checkpointer = s3_checkpointer(self._s3["url"], self.job_id, **options)
+            try:  # before round 1, and in seconds: not when the server first lists the bucket
+                checkpointer = s3_checkpointer(self._s3["url"], self.job_id, **options)
+                checkpointer.store.check()
+            except TransportError as exc:
+                raise TransportError(f"mlops.s3: {exc}") from exc
+            self._checkpointer = checkpointer
         return self._checkpointer
 
     def attach(self, server: ServerPod) -> None:
