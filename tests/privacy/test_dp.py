@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from foedus.config.spec import JobSpec
+from foedus.config.spec import JobSpec, load_job
 from foedus.core.errors import BudgetExhausted, ConfigError, PrivacyError, RejectedUpdate
 from foedus.core.filter import stages
 from foedus.core.message import Kind, Message
@@ -200,12 +202,12 @@ def test_a_round_with_fewer_updates_than_clients_per_round_is_reported(
 
 
 @pytest.mark.parametrize(("params", "message"), [
-    ({"delta": "1e-5"}, r"^delta: expected a number in \(0, 1\), got '1e-5'$"),
-    ({"budget": "8"}, r"^budget: expected a number > 0 \(epsilon\), got '8'$"),
-    ({"population": "50"}, r"^population: expected an integer >= 1, got '50'$"),
-    ({"seed": "3"}, r"^seed: expected an integer >= 0, got '3'$"),
+    ({"delta": "1e-5"}, r"^delta: expected a number in \(0, 1\), got '1e-5' \(text"),
+    ({"budget": "8"}, r"^budget: expected a number > 0 \(epsilon\), got '8' \(text"),
+    ({"population": "50"}, r"^population: expected an integer >= 1, got '50' \(text"),
+    ({"seed": "3"}, r"^seed: expected an integer >= 0, got '3' \(text"),
     ({"noise_multiplier": None, "target_epsilon": 8.0, "rounds": "5"},
-     r"^rounds: expected an integer >= 1, got '5'$"),
+     r"^rounds: expected an integer >= 1, got '5' \(text"),
 ])
 def test_mistyped_accounting_settings_are_one_line_naming_the_key(
         params: dict[str, object], message: str) -> None:
@@ -215,7 +217,7 @@ def test_mistyped_accounting_settings_are_one_line_naming_the_key(
 
 
 def test_a_mistyped_local_dp_seed_is_refused_when_the_stage_is_built() -> None:
-    with pytest.raises(ConfigError, match=r"^seed: expected an integer >= 0, got '3'$"):
+    with pytest.raises(ConfigError, match=r"^seed: expected an integer >= 0, got '3' \(text"):
         stages.create("local-dp", clip_norm=1.0, noise_multiplier=1.0, seed="3")
 
 
@@ -292,7 +294,8 @@ def test_amplification_by_sampling_is_accepted_when_a_round_takes_clients_per_ro
     ({"target_quantile": "half", "count_noise_std": 1.0},
      r"^adaptive\.target_quantile: expected a number in \(0, 1\), got 'half'$"),
     ({"target_quantile": "0.5", "count_noise_std": 1.0},  # was read as 0.5
-     r"^adaptive\.target_quantile: expected a number in \(0, 1\), got '0.5'$"),
+     r"^adaptive\.target_quantile: expected a number in \(0, 1\), got '0.5' \(text, not a "
+     r"number: remove the quotes\)$"),
     ({"target_quantile": 2, "count_noise_std": 1.0},
      r"^adaptive\.target_quantile: expected a number in \(0, 1\), got 2$"),
     ({"learning_rate": -1, "count_noise_std": 1.0},
@@ -318,5 +321,24 @@ def test_clients_per_round_must_be_a_positive_integer_and_the_error_names_it(
         value: object) -> None:
     """0 used to be refused as "population must be at least 1, got 0", a key never written."""
     with pytest.raises(ConfigError, match=r"^clients_per_round: expected an integer >= 1 \(the "
-                                          rf"updates a round sums\), got {value!r}$"):
+                                          rf"updates a round sums\), got {value!r}"):
         stages.create("central-dp", clients_per_round=value, noise_multiplier=1.0)
+
+
+@pytest.mark.parametrize(("key", "text"), [
+    ("delta", "1e-5"), ("budget", "1e3"), ("noise_multiplier", "1e0"),
+])
+def test_a_number_yaml_reads_as_text_is_refused_saying_how_to_write_it(
+        tmp_path: Path, key: str, text: str) -> None:
+    """YAML 1.1 reads 1e-5 (an exponent without a decimal point) as the string '1e-5': the
+    refusal "got '1e-5'" looked like a number refused for being a number."""
+    params = {"clip_norm": "1.0", "noise_multiplier": "1.0"} | {key: text}
+    flow = ", ".join(f"{k}: {v}" for k, v in params.items())
+    job = tmp_path / "job.yaml"
+    job.write_text(f"job_id: j\npipeline:\n  - {{type: local-dp, params: {{{flow}}}}}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_job(job)
+    message = str(refused.value)
+    assert message.startswith(f"pipeline[0]: {key}")
+    assert f"got '{text}' (text, not a number: YAML reads" in message
+    assert "write it with a decimal point, as in 1.0e-5" in message

@@ -74,12 +74,31 @@ def l2_clip(vector: np.ndarray, clip_norm: float) -> tuple[np.ndarray, float]:
     return vector, norm
 
 
+def shown(value: object) -> str:
+    """``value`` as a refusal quotes it; text that reads as a number also says why it is text.
+
+    YAML 1.1 (PyYAML) reads a number with an exponent but no decimal point, ``1e-5``, as the
+    string ``'1e-5'``: "got '1e-5'" alone reads as a number refused for being a number.
+    """
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return repr(value)
+        if "e" in value.lower() and "." not in value and value.strip().lower() not in (
+                "inf", "-inf", "+inf"):
+            return (f"{value!r} (text, not a number: YAML reads {value} as text; write it with "
+                    "a decimal point, as in 1.0e-5)")
+        return f"{value!r} (text, not a number: remove the quotes)"
+    return repr(value)
+
+
 def check_positive(name: str, value: object) -> float:
     """A finite, strictly positive float, else :class:`ConfigError` naming the setting."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not (
         math.isfinite(value) and value > 0
     ):
-        raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
+        raise ConfigError(f"{name} must be a positive finite number, got {shown(value)}")
     return float(value)
 
 

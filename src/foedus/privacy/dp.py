@@ -45,6 +45,7 @@ from foedus.privacy.clip import (
     check_positive,
     fixed_norm,
     pop_private,
+    shown,
     strip_meta,
 )
 
@@ -214,15 +215,15 @@ def _check_settings(*, rounds: Any = None, delta: Any = 1e-5, budget: Any = None
                 and math.isfinite(value))
 
     if rounds is not None and not (integer(rounds) and rounds >= 1):
-        raise ConfigError(f"rounds: expected an integer >= 1, got {rounds!r}")
+        raise ConfigError(f"rounds: expected an integer >= 1, got {shown(rounds)}")
     if not (number(delta) and 0 < delta < 1):
-        raise ConfigError(f"delta: expected a number in (0, 1), got {delta!r}")
+        raise ConfigError(f"delta: expected a number in (0, 1), got {shown(delta)}")
     if budget is not None and not (number(budget) and budget > 0):
-        raise ConfigError(f"budget: expected a number > 0 (epsilon), got {budget!r}")
+        raise ConfigError(f"budget: expected a number > 0 (epsilon), got {shown(budget)}")
     if population is not None and not (integer(population) and population >= 1):
-        raise ConfigError(f"population: expected an integer >= 1, got {population!r}")
+        raise ConfigError(f"population: expected an integer >= 1, got {shown(population)}")
     if seed is not None and not (integer(seed) and seed >= 0):
-        raise ConfigError(f"seed: expected an integer >= 0, got {seed!r}")
+        raise ConfigError(f"seed: expected an integer >= 0, got {shown(seed)}")
 
 
 def _check_budget_pays_a_round(accountant: PrivacyAccountant) -> None:
@@ -249,7 +250,7 @@ def _adaptive_number(adaptive: dict[str, Any], key: str, default: float, expecte
     value = adaptive.get(key, default)
     if (isinstance(value, bool) or not isinstance(value, int | float)
             or not math.isfinite(value) or not valid(value)):
-        raise ConfigError(f"adaptive.{key}: expected a number {expected}, got {value!r}")
+        raise ConfigError(f"adaptive.{key}: expected a number {expected}, got {shown(value)}")
     return float(value)
 
 
@@ -389,7 +390,7 @@ class CentralDPStage(_DPStage):
         if (isinstance(clients_per_round, bool) or not isinstance(clients_per_round, int)
                 or clients_per_round < 1):  # 0 was refused as population (its default) < 1
             raise ConfigError("clients_per_round: expected an integer >= 1 (the updates a round "
-                              f"sums), got {clients_per_round!r}")
+                              f"sums), got {shown(clients_per_round)}")
         _check_settings(rounds=rounds, delta=delta, budget=budget, population=population,
                         seed=seed)
         self.sampling = SamplingSpec(
