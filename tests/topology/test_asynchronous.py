@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import Counter
@@ -9,11 +10,16 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from foedus.codec import encode
+from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError, RejectedUpdate
 from foedus.core.message import Kind, Message
+from foedus.core.runtime import Runtime
 from foedus.roles.async_client import AsyncClientPod
 from foedus.roles.async_server import AsyncServerPod, StalenessBuffer, polynomial_staleness
+from foedus.runner import run_job
 from foedus.topology.asynchronous import run_asynchronous
+from foedus.topology.centralized import server_graph, topics
 from foedus.transport.local import LocalTransport
 from tests.topology.helpers import digits, widen_executor
 
@@ -110,3 +116,30 @@ async def test_clients_of_3x_different_speeds_converge_without_waiting_for_each_
     assert contributions["c0"] + contributions["c1"] > contributions["c4"] + contributions["c5"]
     assert any(s > 0 for r in history for s in r.staleness)  # nobody waited for a barrier
     assert not server.rejections
+
+
+async def test_a_server_that_makes_no_new_version_in_time_stops_and_says_why() -> None:
+    transport = LocalTransport()
+    server = AsyncServerPod(job_id="j", initial_params={"w": np.zeros(2)}, versions=3,
+                            buffer_size=1, version_timeout=0.2, participants=["a"])
+    runtime = Runtime(server_graph(server, transport))
+    await runtime.start()
+    await transport.publish(topics("j").updates, encode(update("a", 0, 1.0)))  # version 1
+    await asyncio.wait_for(runtime.wait(), 10)  # then nobody: it ends on its own
+    await runtime.stop()
+    await transport.close()
+    assert [r.version for r in server.history] == [1]
+    assert server.stop_reason == ("no new version within 0.2s: 1 of 3 versions made, "
+                                  "0 of 1 updates buffered for the next")
+
+
+async def test_an_async_job_that_made_no_version_is_a_failed_job() -> None:
+    # a deadline no buffer can fill in time: it used to "finish" 0 rounds and exit 0
+    spec = JobSpec.from_dict({
+        "job_id": "slow", "rounds": 3, "round_timeout": 1e-6, "clients": {"count": 4},
+        "data": {"dataset": "digits", "partition": "iid"},
+        "topology": {"type": "async", "params": {"buffer_size": 2}}})
+    result = await run_job(spec)
+    assert result.history == []
+    assert result.failure == ("stopped before round 1: no new version within 1e-06s: 0 of 3 "
+                              "versions made, 0 of 2 updates buffered for the next")

@@ -139,8 +139,10 @@ class AsyncServerPod(Pod):
     """Wire ``update`` from the clients' uplink, ``model`` to their downlink (as the
     synchronous :class:`~foedus.roles.server.ServerPod`), so the same client graphs serve both.
 
-    The job ends after ``versions`` buffers were applied, or ``timeout`` seconds, with a
-    ``stop`` control message.
+    The job ends after ``versions`` buffers were applied, with a ``stop`` control message; or
+    early, with ``stop_reason`` saying why, after ``timeout`` seconds in all or when no new
+    version was made for ``version_timeout`` seconds (too few clients left to fill a buffer:
+    waiting longer would only delay the same result).
 
     Updates pass the same :class:`~foedus.roles.admission.Admission` as the synchronous
     server's, with the versions within ``max_staleness`` of the newest as the open "rounds":
@@ -162,12 +164,17 @@ class AsyncServerPod(Pod):
         weighting: Weighting = polynomial_staleness, evaluate: Evaluator | None = None,
         timeout: float = 600.0, participants: Sequence[str] | None = None,
         name: str = "server", max_per_sender: int | None = None,
+        version_timeout: float | None = None,
     ) -> None:
         super().__init__(name)
         if versions < 1:
             raise ConfigError(f"versions must be at least 1, got {versions}")
-        if timeout <= 0:
-            raise ConfigError(f"timeout must be positive, got {timeout}")
+        if timeout <= 0 or (version_timeout is not None and version_timeout <= 0):
+            raise ConfigError(f"timeout and version_timeout must be positive, got {timeout} "
+                              f"and {version_timeout}")
+        self.version_timeout = version_timeout
+        #: why the job ended before its last version (``None``: it made every version)
+        self.stop_reason: str | None = None
         self.job_id = job_id
         self.buffer = StalenessBuffer(
             initial_params, buffer_size=buffer_size, server_lr=server_lr,
@@ -191,6 +198,7 @@ class AsyncServerPod(Pod):
         self._rejected: Counter[str] = Counter()  # while the current buffer fills
         self.round_listeners: list[Callable[[VersionRecord], None]] = []
         self._done = asyncio.Event()
+        self._progress = asyncio.Event()  # set whenever a version is made
         self._began = 0.0
 
     @property
@@ -205,11 +213,17 @@ class AsyncServerPod(Pod):
     async def run(self) -> None:
         self._began = time.perf_counter()
         await self.send("model", self._model())
-        try:
-            await asyncio.wait_for(self._done.wait(), self.timeout)
-        except TimeoutError:
-            log.warning("job %s: timeout after %d of %d versions", self.job_id,
-                        self.buffer.version, self.versions)
+        end = time.monotonic() + self.timeout
+        while not self._done.is_set():
+            left = end - time.monotonic()
+            wait = left if self.version_timeout is None else min(left, self.version_timeout)
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), max(wait, 0.0))
+            except TimeoutError:
+                self.stop_reason = self._stalled(left <= wait)
+                log.warning("job %s: %s", self.job_id, self.stop_reason)
+                self._done.set()
         await self.send("model", Message.create(
             Kind.CONTROL, job_id=self.job_id, round=self.buffer.version, sender=self.name,
             meta={"action": "stop"},
@@ -248,6 +262,7 @@ class AsyncServerPod(Pod):
         self.history.append(record)
         for listener in self.round_listeners:
             listener(record)
+        self._progress.set()
         if self.buffer.version >= self.versions:
             self._done.set()
             return
@@ -256,6 +271,15 @@ class AsyncServerPod(Pod):
             Kind.METRICS, job_id=self.job_id, round=record.version, sender=self.name,
             metrics=record.metrics, meta=record.to_dict(),
         ))
+
+    def _stalled(self, out_of_time: bool) -> str:
+        """Why the job ends short of ``versions``, for ``stop_reason``."""
+        made = f"{self.buffer.version} of {self.versions} versions made"
+        if out_of_time:
+            return f"timeout after {self.timeout:g}s: {made}"
+        return (f"no new version within {self.version_timeout:g}s: {made}, "
+                f"{len(self.buffer.buffered)} of {self.buffer.buffer_size} updates "
+                "buffered for the next")
 
     def _model(self) -> Message:
         return Message.create(

@@ -97,8 +97,10 @@ class Asynchronous(Topology):
             versions=self.rounds(spec),
             buffer_size=self.buffer_size or max(1, spec.clients.count // 2),
             max_staleness=self.max_staleness, server_lr=self.server_lr,
-            evaluate=job.evaluate, timeout=spec.round_timeout * spec.rounds,
-            participants=client_ids(spec),
+            # a version may take a round's time: waiting longer for one that cannot come
+            # (too few clients left to fill the buffer) would only delay the same end
+            evaluate=job.evaluate, timeout=spec.round_timeout * self.rounds(spec),
+            version_timeout=spec.round_timeout, participants=client_ids(spec),
         )
         history: list[RoundRecord] = []
         refused: Counter[str] = Counter()  # the server's refusals up to the previous version
@@ -132,6 +134,7 @@ class Asynchronous(Topology):
             params=lambda: server.params if here else None,
             records=lambda: {a: [r.to_dict() for r in server.history] if a == server.name
                              else [] for a in runtimes},
+            stop_reason=lambda: server.stop_reason if here else None,
         )
 
 
