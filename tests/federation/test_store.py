@@ -140,6 +140,16 @@ def test_rounds_are_kept_once_per_round_and_events_in_order(store: Store, clock:
     assert [e["text"] for e in store.events("j-1")] == ["submitted by ann", "site a offline"]
 
 
+def test_the_latest_round_of_every_job_is_read_at_once(store: Store) -> None:
+    for job_id in ("j-1", "j-2", "j-3"):
+        store.add_job(job_id, "ann", f"job_id: {job_id}\n", {"client-000": "a"}, "/c")
+    for record in ({"round": 1, "accepted": 2}, {"round": 3, "accepted": 1},
+                   {"round": 2, "accepted": 2}):
+        store.add_round("j-1", record)
+    store.add_round("j-2", {"round": 1, "accepted": 0})
+    assert store.latest_rounds() == {"j-1": {"round": 3, "accepted": 1},
+                                     "j-2": {"round": 1, "accepted": 0}}  # j-3: none yet
+
 def test_a_postgresql_url_that_cannot_connect_is_one_line_naming_the_key(
         tmp_path: Path) -> None:
     from tests.conftest import free_port

@@ -329,3 +329,16 @@ async def test_the_login_page_says_why_when_a_session_ended_and_not_on_a_first_v
     assert page.url.path == "/console/login"  # followed the redirect, with the old cookie
     assert ("your console session has ended (logged out, unused for 8 hours, or your token "
             "was replaced); log in again") in await page.text()
+
+
+async def test_the_jobs_page_shows_each_jobs_latest_round_and_its_metrics(
+        client: Client, coordinator: Coordinator) -> None:
+    first = coordinator.submit("admin", JOB, None)
+    second = coordinator.submit("admin", JOB.replace("rounds: 80", "rounds: 5"), None)
+    for n in (1, 2):
+        coordinator.store.add_round(first, {"round": n, "metrics": {"accuracy": 0.5 + n / 10}})
+    page = await (await client.get("/console/jobs?part=live", headers=await log_in(client))).text()
+    rows = {m.group(1): m.group(0) for m in re.finditer(r'<tr data-job="([^"]+)".*?</tr>',
+                                                        page, re.S)}
+    assert '<td class="num">2/80</td>' in rows[first] and "0.7000" in rows[first]
+    assert '<td class="num">0/5</td>' in rows[second]

@@ -15,20 +15,19 @@ def job(**changes: Any) -> dict[str, Any]:
 
 
 def test_a_running_jobs_row_shows_its_latest_round_and_metrics() -> None:
-    rounds = [{"round": 1, "metrics": {"accuracy": 0.5, "loss": 1.0}},
-              {"round": 2, "metrics": {"accuracy": 0.91234, "loss": 0.4, "dp_epsilon": 1.5}}]
-    row = views.job_row(job(), rounds)
+    latest = {"round": 2, "metrics": {"accuracy": 0.91234, "loss": 0.4, "dp_epsilon": 1.5}}
+    row = views.job_row(job(), latest)
     assert (row["round"], row["rounds"]) == (2, 5)
     assert (row["accuracy"], row["loss"], row["epsilon"]) == ("0.9123", "0.4000", "1.5000")
     assert row["active"]
 
 
 def test_a_job_without_rounds_shows_dashes_and_a_finished_one_its_result() -> None:
-    empty = views.job_row(job(state="failed", reason="site site-b refused"), [])
+    empty = views.job_row(job(state="failed", reason="site site-b refused"), None)
     dash = "\N{EN DASH}"
     assert (empty["round"], empty["accuracy"], empty["epsilon"]) == (0, dash, dash)
     assert not empty["active"] and empty["reason"] == "site site-b refused"
-    done = views.job_row(job(state="finished", result={"final_accuracy": 0.9}), [])
+    done = views.job_row(job(state="finished", result={"final_accuracy": 0.9}), None)
     assert done["accuracy"] == "0.9000"
 
 

@@ -188,7 +188,8 @@ class Console:
         status = views.status_filter(request.query.get("status"))
         store = self.coordinator.store
         found = store.jobs(states=(status,) if status else ())
-        rows = [views.job_row(j.public(), store.rounds(j.id)) for j in reversed(found)]
+        latest = store.latest_rounds()  # one query, not one per job: this is polled
+        rows = [views.job_row(j.public(), latest.get(j.id)) for j in reversed(found)]
         for row in rows:
             row["can_cancel"] = row["active"] and _may_cancel(session, row["owner"])
         context: dict[str, Any] = {"rows": rows, "status": status, "states": JOB_STATES}

@@ -7,6 +7,7 @@ an argument), tested without a coordinator.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -28,9 +29,11 @@ _POLICY_LABELS = {"models": "models", "aggregators": "aggregators", "stages": "s
                   "max_rounds": "max rounds", "max_jobs": "max jobs at once"}
 
 
+@functools.lru_cache(maxsize=4096)
 def total_rounds(job_yaml: str) -> int:
     """The job file's ``rounds`` (JobSpec's default when it names none); 0 for a file that
-    does not read (the coordinator accepted it, so only a damaged row could)."""
+    does not read (the coordinator accepted it, so only a damaged row could). Remembered per
+    text: the jobs page asks for every job's every few seconds, and parsing YAML is slow."""
     try:
         job = yaml.safe_load(job_yaml)
     except yaml.YAMLError:
@@ -44,14 +47,16 @@ def metric(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, int | float) else "\N{EN DASH}"
 
 
-def job_row(job: dict[str, Any], rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """One row of the jobs table: ``job`` as ``Job.public()`` gives it, and its round records."""
-    latest = rounds[-1].get("metrics", {}) if rounds else {}
+def job_row(job: dict[str, Any], last_round: dict[str, Any] | None) -> dict[str, Any]:
+    """One row of the jobs table: ``job`` as ``Job.public()`` gives it, and its latest round
+    record (:meth:`~foedus.federation.store.Store.latest_rounds`), if it has one."""
+    latest = (last_round or {}).get("metrics") or {}
     result = job.get("result") or {}
     return {
         "id": job["id"], "owner": job["owner"], "state": job["state"],
         "reason": job.get("reason") or "", "sites": job["sites"],
-        "round": rounds[-1]["round"] if rounds else 0, "rounds": total_rounds(job["job_yaml"]),
+        "round": last_round["round"] if last_round else 0,
+        "rounds": total_rounds(job["job_yaml"]),
         "accuracy": metric(latest.get("accuracy", result.get("final_accuracy"))),
         "loss": metric(latest.get("loss", result.get("final_loss"))),
         "epsilon": metric(latest.get(EPSILON)),
