@@ -64,6 +64,9 @@ def test_clipping_before_the_secure_sum_runs_and_builds_a_secure_server() -> Non
 @pytest.mark.parametrize(("pipeline", "overrides", "problem"), [
     ([secure_sum(threshold=7)], {}, "threshold=7 is above the job's 6 clients"),
     ([secure_sum(threshold=3)], {}, "threshold must be more than half"),
+    ([secure_sum(max_dropouts=3)], {},  # was "threshold must be more than half ... (got 3)"
+     r"^pipeline\[0\] \(secure-sum\): max_dropouts=3 of the job's 6 clients \(clients.count\) "
+     r"leaves 3 to sum, not more than half of them: max_dropouts may be at most 2"),
     ([secure_sum()], {}, "exactly one of threshold"),
     ([secure_sum(threshold=4, ring_bits=48)], {}, "ring_bits must be 32 or 64"),
     ([secure_sum(threshold=4, weighting="median")], {}, "weighting must be"),

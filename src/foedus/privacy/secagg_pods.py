@@ -665,6 +665,13 @@ class SecureSumStage(Stage):
         elif settings.max_dropouts >= num_clients:
             raise ConfigError(f"max_dropouts={settings.max_dropouts} leaves no client of the "
                               f"job's {num_clients} to sum")
+        elif num_clients - settings.max_dropouts <= num_clients // 2:
+            # said in the key the job wrote; the check below words it as a threshold
+            raise ConfigError(
+                f"max_dropouts={settings.max_dropouts} of the job's {num_clients} clients "
+                f"(clients.count) leaves {num_clients - settings.max_dropouts} to sum, not more "
+                f"than half of them: max_dropouts may be at most "
+                f"{num_clients - num_clients // 2 - 1}")
         settings.config(num_clients, 2, "check", 0)  # threshold > n/2, ring overflow, ...
         return settings
 
