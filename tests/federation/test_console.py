@@ -387,20 +387,30 @@ def test_a_page_says_while_it_cannot_reach_the_coordinator_and_goes_on_when_it_i
 
 
 def test_a_long_user_name_with_html_in_it_is_shown_as_text_and_never_widens_the_page(
-        federation: Federation, browser: WebDriver) -> None:
+        federation: Federation, browser: WebDriver, mosquitto: Mosquitto,
+        tmp_path: Path) -> None:
     name = "<img src=x onerror=window.injected=1>" + "n" * 120
     with federation.api() as api:
-        made = api.post("/v1/users", json={"name": name, "role": "viewer"})
+        made = api.post("/v1/users", json={"name": name, "role": "submitter"})
     assert made.status_code == 200, made.text
-    log_in(browser, federation, made.json()["token"], user=name.split()[0])
+    token = made.json()["token"]
+    path = job_file(mosquitto, tmp_path, "refused", rounds=80)  # site-b refuses it at once
+    with federation.api(token) as api:
+        job_id = api.post("/v1/jobs", json={"job_yaml": path.read_text()}).json()["id"]
+    wait_for(lambda: federation.job(job_id)["state"] == "failed", WAIT_S, "the refusal")
+    log_in(browser, federation, token, user=name.split()[0])
     try:
         for width, height in (DESKTOP, PHONE):
             browser.set_window_size(width, height)
-            browser.get(f"{federation.url}/console/jobs")
-            assert text_of("#who")(browser).replace("\n", "") == f"{name} (viewer)"
-            overflow = browser.execute_script(
-                "return document.documentElement.scrollWidth - window.innerWidth")
-            assert overflow <= 0, f"the page scrolls sideways at {width}px"
+            for page in ("/console/jobs", f"/console/jobs/{job_id}"):
+                browser.get(federation.url + page)
+                assert text_of("#who")(browser).replace("\n", "") == f"{name} (submitter)"
+                if page != "/console/jobs":  # its owner, and the event naming them
+                    until(browser, text_of("#events"), "the job's events")
+                    assert f"submitted by {name}" in text_of(".summary")(browser)
+                overflow = browser.execute_script(
+                    "return document.documentElement.scrollWidth - window.innerWidth")
+                assert overflow <= 0, f"{page} scrolls sideways at {width}px"
         assert browser.execute_script("return window.injected") is None
     finally:
         browser.set_window_size(*DESKTOP)
