@@ -243,6 +243,22 @@ def _check_budget_pays_a_round(accountant: PrivacyAccountant) -> None:
             "target_epsilon with rounds, which calibrates the noise to the budget)")
 
 
+#: what a required setting is, for the refusal of a job that leaves it out
+_REQUIRED = {
+    "clip_norm": "the L2 norm every update is clipped to (e.g. clip_norm: 1.0)",
+    "clients_per_round": "the updates a round sums, which the noise is split over (at most "
+                         "clients.min_clients)",
+}
+
+
+def _required(name: str, value: Any) -> Any:
+    """``value``, or a refusal saying what the missing setting means: Python's own words were
+    "LocalDPStage.__init__() missing 1 required positional argument: 'clip_norm'"."""
+    if value is None:
+        raise ConfigError(f"{name}: required: {_REQUIRED[name]}")
+    return value
+
+
 def _adaptive_number(adaptive: dict[str, Any], key: str, default: float, expected: str,
                      valid: Callable[[float], bool]) -> float:
     """One adaptive-clipping setting, checked as a number: ``float()`` used to read the string
@@ -297,8 +313,8 @@ class ClipStage(Stage):
     privacy_operations = (CLIP,)
     requires_extra: ClassVar[str | None] = None  # no accountant: dp-accounting not needed
 
-    def __init__(self, clip_norm: float, keep_metrics: bool = True) -> None:
-        self.clip_norm = check_positive("clip_norm", clip_norm)
+    def __init__(self, clip_norm: float | None = None, keep_metrics: bool = True) -> None:
+        self.clip_norm = check_positive("clip_norm", _required("clip_norm", clip_norm))
         if not isinstance(keep_metrics, bool):  # bool("no") would be True
             raise ConfigError(f"keep_metrics: expected true or false, got {keep_metrics!r}")
         self.keep_metrics = keep_metrics
@@ -318,12 +334,12 @@ class LocalDPStage(_DPStage):
     privacy_operations = (CLIP, NOISE)
 
     def __init__(
-        self, clip_norm: float, noise_multiplier: float | None = None,
+        self, clip_norm: float | None = None, noise_multiplier: float | None = None,
         target_epsilon: float | None = None, rounds: int | None = None, delta: float = 1e-5,
         budget: float | None = None, seed: int | None = None,
     ) -> None:
         _check_settings(rounds=rounds, delta=delta, budget=budget, seed=seed)
-        self.clip_norm = check_positive("clip_norm", clip_norm)
+        self.clip_norm = check_positive("clip_norm", _required("clip_norm", clip_norm))
         # the server sees every report of a client: no amplification by sampling locally
         self.sampling = SamplingSpec(population=1, clients_per_round=1)
         self.noise_multiplier = _noise_multiplier(
@@ -381,12 +397,13 @@ class CentralDPStage(_DPStage):
     privacy_operations = (CLIP, NOISE)
 
     def __init__(
-        self, clients_per_round: int, clip_norm: float = 1.0,
+        self, clients_per_round: int | None = None, clip_norm: float = 1.0,
         noise_multiplier: float | None = None, target_epsilon: float | None = None,
         rounds: int | None = None, delta: float = 1e-5, budget: float | None = None,
         population: int | None = None, sampling: str = "poisson",
         adaptive: dict[str, float] | None = None, seed: int | None = None,
     ) -> None:
+        clients_per_round = _required("clients_per_round", clients_per_round)
         if (isinstance(clients_per_round, bool) or not isinstance(clients_per_round, int)
                 or clients_per_round < 1):  # 0 was refused as population (its default) < 1
             raise ConfigError("clients_per_round: expected an integer >= 1 (the updates a round "
