@@ -85,6 +85,8 @@ DEFAULT_QUEUE_TIMEOUT = 600.0
 #: queued beyond these start theirs when the sites have accepted (a waiting Python process
 #: holds some 100 MB, so a long queue must not hold one each)
 PRESTART_MAX = 3
+#: the largest request body the API reads (a job file travels in one)
+MAX_BODY_BYTES = 4 << 20
 #: random bytes of the suffix that makes a job file's ``job_id`` unique (as hex, after a '-')
 JOB_SUFFIX_BYTES = 3
 #: the longest ``job_id`` a job file may have here: with its suffix it is still a valid job id
@@ -627,10 +629,14 @@ class Coordinator:
 
     @staticmethod
     async def _body(request: Any) -> dict[str, Any]:
+        web = require("aiohttp.web", "federation")
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError) as exc:
             raise Refused(400, "the request body is not JSON") from exc
+        except web.HTTPRequestEntityTooLarge as exc:  # aiohttp's answer is plain text
+            raise Refused(413, f"the request is larger than the coordinator takes "
+                               f"({MAX_BODY_BYTES >> 20} MiB)") from exc
         if not isinstance(body, dict):
             raise Refused(400, "the request body must be a JSON object")
         return body
@@ -795,7 +801,7 @@ class Coordinator:
                 self._tick_queued(job)  # server's gate now, a refusal fails the job now
             return {"ok": True}
 
-        app = web.Application(client_max_size=4 * 1024 * 1024)
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
         for method, path, handler in routes:
             app.router.add_route(method, path, handler)
         mount_console(app, self)  # the web console, /console/ (docs/console.md)

@@ -342,3 +342,12 @@ async def test_the_jobs_page_shows_each_jobs_latest_round_and_its_metrics(
                                                         page, re.S)}
     assert '<td class="num">2/80</td>' in rows[first] and "0.7000" in rows[first]
     assert '<td class="num">0/5</td>' in rows[second]
+
+
+async def test_a_job_file_too_large_for_the_coordinator_is_refused_in_one_json_line(
+        client: Client) -> None:
+    answer = await client.post("/v1/jobs?dry_run=1", headers=await log_in(client),
+                               json={"job_yaml": JOB + "# " + "x" * (5 << 20) + "\n"})
+    assert answer.status == 413
+    assert (await answer.json())["error"] == ("the request is larger than the coordinator "
+                                              "takes (4 MiB)")
