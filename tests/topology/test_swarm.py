@@ -203,3 +203,9 @@ def test_more_neighbours_than_other_peers_is_refused_when_the_job_is_loaded() ->
     assert swarm_job(4, neighbors=3).topology.params == {"neighbors": 3}  # all others: fine
     with pytest.raises(ConfigError, match="neighbors 4 is more than the 3 other peers"):
         make_peers(digits(4), rounds=2, neighbors=4)  # the same rule for peers built by hand
+
+
+def test_a_swarm_of_one_peer_is_refused_when_the_job_is_loaded() -> None:
+    # it trained alone, averaged nothing and reported 0 updates as a swarm job that succeeded
+    with pytest.raises(ConfigError, match=r"clients.count: a swarm needs 2 peers or more, got 1"):
+        swarm_job(1)

@@ -66,6 +66,10 @@ def _job(**changes: Any) -> dict[str, Any]:
      "params.parties.hospital.share: expected a fraction in (0, 1]"),
     ({"params.key_bits": 512}, "params.key_bits: expected an integer >= 1024"),
     ({"clients": {"count": 2, "per_round": 1}}, "clients.per_round: not used"),
+    # ignored without a word before: the parties are params.parties, a round one step
+    ({"clients": {"count": 3}}, "clients.count: 3, but topology vertical has 2 parties"),
+    ({"clients": {"epochs": 5}}, "clients.epochs: not used by topology vertical"),
+    ({"clients": {"max_examples": 100}}, "clients.max_examples: not used by topology vertical"),
 ])
 def test_a_job_the_topology_cannot_run_is_refused_in_one_line(changes: dict[str, Any],
                                                               message: str) -> None:

@@ -120,6 +120,9 @@ class Swarm(Topology):
     def check(self, spec: JobSpec) -> None:
         super().check(spec)
         self.refuse_aggregator(spec, "averages the peers' models itself (gossip or all-reduce)")
+        if spec.clients.count < 2:
+            raise ConfigError(f"clients.count: a swarm needs 2 peers or more, got "
+                              f"{spec.clients.count} (one peer would only train alone)")
         others = spec.clients.count - 1
         if self.neighbors is not None and self.neighbors > others:
             # refused, not capped: a user who asks for k neighbours wants partial gossip, and

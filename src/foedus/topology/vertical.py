@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from foedus.config.parts import JobParts, pipeline_of
-from foedus.config.spec import JobSpec
+from foedus.config.spec import ClientSection, JobSpec
 from foedus.config.topology import Assembly, Topology, TransportFor, topologies
 from foedus.core.errors import ConfigError
 from foedus.core.params import Params
@@ -191,6 +191,17 @@ class Vertical(Topology):
                               "among its parties; partition: files gives clients rows")
         self.refuse_unused(spec, "every party takes part in every step",
                            "clients.min_clients", "clients.per_round")
+        self.refuse_unused(spec, "parties exchange scores and gradients, not updates",
+                           "clients.max_examples")
+        # the parties are params.parties: a count that disagrees would be ignored (the
+        # default count cannot be told from one written, so only a different one is refused)
+        if spec.clients.count not in (ClientSection.count, len(self.columns)):
+            raise ConfigError(f"clients.count: {spec.clients.count}, but topology vertical has "
+                              f"{len(self.columns)} parties (params.parties); remove clients")
+        if spec.clients.epochs != ClientSection.epochs:
+            step = "one gradient step" if self.model == "linear" else "one epoch"
+            raise ConfigError(f"clients.epochs: not used by topology vertical (a round is "
+                              f"{step}; rounds sets how many); remove it")
 
     def actors(self, spec: JobSpec) -> list[str]:
         return [self.label_party, *(p for p in self.columns if p != self.label_party)]
