@@ -94,3 +94,13 @@ def test_invalid_accountant_settings_raise(kwargs: dict[str, float]) -> None:
 def test_invalid_sampling_raises(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         SamplingSpec(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_target_epsilon_no_noise_can_reach_is_refused_in_the_jobs_terms() -> None:
+    """It quoted dp-accounting: "Unable to find bracketing interval within 2**30 of initial
+    guess. Consider providing an ExplicitBracketInterval", advice for the library's caller."""
+    with pytest.raises(ConfigError) as refused:
+        calibrate_noise(1e9, rounds=5, delta=1e-5, sampling=SamplingSpec(10, 10))
+    assert str(refused.value) == (
+        "target_epsilon: dp-accounting found no noise_multiplier (searched from 0.001 up) "
+        "that reaches epsilon 1e+09 at delta 1e-05 in 5 rounds; give noise_multiplier instead")

@@ -27,6 +27,8 @@ from typing import Any, Literal
 from foedus.core.errors import BudgetExhausted, ConfigError, require
 
 Sampling = Literal["poisson", "fixed"]
+#: the smallest noise multiplier :func:`calibrate_noise` tries
+LOWEST_NOISE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -107,12 +109,14 @@ def calibrate_noise(
     try:
         z = dpa.calibrate_dp_mechanism(
             lambda: _fresh_accountant(sampling), make_event, target_epsilon, delta,
-            dpa.LowerEndpointAndGuess(1e-3, 1.0),
+            dpa.LowerEndpointAndGuess(LOWEST_NOISE, 1.0),
         )
     except Exception as exc:  # the library raises plain errors when no z in range works
+        # in the job's terms: its own words advise its caller (an ExplicitBracketInterval)
         raise ConfigError(
-            f"cannot reach epsilon={target_epsilon} at delta={delta} in {rounds} rounds: {exc}"
-        ) from exc
+            f"target_epsilon: dp-accounting found no noise_multiplier (searched from "
+            f"{LOWEST_NOISE:g} up) that reaches epsilon {target_epsilon:g} at delta {delta:g} "
+            f"in {rounds} rounds; give noise_multiplier instead") from exc
     return float(z)
 
 
