@@ -164,3 +164,21 @@ def test_each_party_in_its_own_process_over_mosquitto(mosquitto: Mosquitto,
             assert json.loads(out)["stop_reason"] is None
     finally:
         reap(others)
+
+
+@pytest.mark.parametrize("model", ["linear", "split-nn"])
+async def test_parties_without_a_held_out_entity_in_common_stop_before_training(
+        model: str) -> None:
+    # seed 1, a tenth of the people each: 5 training people in common and no held-out one.
+    # linear trained on without any metric (exit 0); split-nn blamed the lab for not answering
+    job = _job(**{"seed": 1, "round_timeout": 2, "params.model": model, "params.parties": {
+        "hospital": {"columns": [0, 1, 2], "share": 0.1},
+        "lab": {"columns": [3, 4], "share": 0.1}}})
+    if model == "split-nn":
+        del job["topology"]["params"]["key_bits"]
+    result = await run_job(JobSpec.from_dict(job))
+    assert result.history == []
+    assert result.failure == (
+        "stopped before round 1: the parties hold no held-out entity in common (and 5 "
+        "training ones), so the model could not be evaluated; give the parties a larger "
+        "share of the people or raise data.test_fraction")

@@ -246,6 +246,12 @@ class LabelSide(Pod):
         if not train_ids:
             self.stop_reason = "the parties hold no training entity in common"
             return None
+        if not test_ids:  # the job's every metric is on these people: it could report none
+            self.stop_reason = (
+                f"the parties hold no held-out entity in common (and {len(train_ids)} "
+                "training ones), so the model could not be evaluated; give the parties a "
+                "larger share of the people or raise data.test_fraction")
+            return None
         rows = {e: i for i, e in enumerate(self.train_ids)}
         keep = [rows[e] for e in train_ids]
         self.train_x, self.train_y = self.train_x[keep], self.train_y[keep]
