@@ -358,3 +358,29 @@ def test_a_missing_required_setting_is_named_with_what_it_means(
     """It read "LocalDPStage.__init__() missing 1 required positional argument: 'clip_norm'"."""
     with pytest.raises(ConfigError, match=message):
         stages.create(name, **params)
+
+
+@pytest.mark.parametrize(("name", "params"), [
+    ("central-dp", {"clients_per_round": 4, "noise_multiplier": 1.0, "seed": 0}),
+    ("local-dp", {"clip_norm": 1.0, "noise_multiplier": 1.0, "seed": 0}),
+])
+def test_a_seeded_dp_stage_says_once_that_its_noise_can_be_removed(
+        name: str, params: dict[str, object], caplog: pytest.LogCaptureFixture) -> None:
+    """Anyone holding the job file can draw the same noise and subtract it (the sum of a
+    round's draws does not depend on which update got which), so the reported epsilon does not
+    hold: said at error level (shown without --verbose), once per job, not silent."""
+    stage = stages.create(name, **params)
+    with caplog.at_level("ERROR", logger="foedus.privacy.dp"):
+        stage.before_round(1)
+        stage.before_round(2)
+    [record] = caplog.records
+    assert record.getMessage().startswith(
+        f"{name}: seed 0 makes the noise reproducible by anyone holding the job file, who can "
+        "subtract it: the epsilon reported does not hold; leave seed out outside tests")
+
+
+def test_an_unseeded_dp_stage_says_nothing_about_seeds(caplog: pytest.LogCaptureFixture) -> None:
+    stage = stages.create("central-dp", clients_per_round=4, noise_multiplier=1.0)
+    with caplog.at_level("ERROR", logger="foedus.privacy.dp"):
+        stage.before_round(1)
+    assert not caplog.records

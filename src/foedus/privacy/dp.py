@@ -274,10 +274,32 @@ class _DPStage(Stage):
     """Shared plumbing: the server-side accountant and the round hooks."""
 
     accountant: PrivacyAccountant
+    #: the job-file name of the stage, for what it logs
+    kind: ClassVar[str]
+    seed: int | None = None
+    _said_seeded = False
 
     def before_round(self, round: int) -> None:
         """Server hook: raise :class:`BudgetExhausted` before a round the budget cannot pay."""
+        self.say_if_seeded()
         self.accountant.check_round(round)
+
+    def say_if_seeded(self) -> None:
+        """Say once, at error level, that a seeded stage's noise can be removed.
+
+        The noise comes from a generator seeded with ``seed`` (local DP: ``seed`` + the client's
+        index), so anyone holding the job file draws the same noise; the sum of a round's draws
+        does not even depend on which update got which. Subtracting it leaves the un-noised
+        update or sum, and the epsilon reported protects nothing. Useful for tests, so allowed,
+        but never silent.
+        """
+        if self.seed is None or self._said_seeded:
+            return
+        self._said_seeded = True
+        log.error(
+            "%s: seed %s makes the noise reproducible by anyone holding the job file, who can "
+            "subtract it: the epsilon reported does not hold; leave seed out outside tests "
+            "(without it the noise is seeded from OS entropy)", self.kind, self.seed)
 
     def after_round(self, record: Any) -> None:
         """Server hook (a ``ServerPod.round_listeners`` entry): log epsilon with the round."""
@@ -330,6 +352,8 @@ class ClipStage(Stage):
 @stages.register("local-dp")
 class LocalDPStage(_DPStage):
     """Local DP: each client clips and adds noise; each client holds its own budget."""
+
+    kind = "local-dp"
 
     privacy_operations = (CLIP, NOISE)
 
@@ -391,6 +415,8 @@ class CentralDPStage(_DPStage):
     ``clip_norm`` fixes the norm; ``adaptive: {target_quantile, learning_rate, count_noise_std}``
     makes ``clip_norm`` the initial value of an Andrew et al. quantile estimate.
     """
+
+    kind = "central-dp"
 
     # clients only clip; the noise is the server's, but the update is noised before it is
     # aggregated, so the same order rules apply (nothing may clip it again afterwards)
@@ -517,6 +543,7 @@ class CentralDPStage(_DPStage):
                 f"or clients_per_round to {size.most}")
 
     def before_round(self, round: int) -> None:
+        self.say_if_seeded()
         if self._receiver is not None and round in self._receiver.rounds_spent:
             return
         self.accountant.check_round(round)
