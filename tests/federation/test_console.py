@@ -414,3 +414,19 @@ def test_a_long_user_name_with_html_in_it_is_shown_as_text_and_never_widens_the_
         assert browser.execute_script("return window.injected") is None
     finally:
         browser.set_window_size(*DESKTOP)
+
+
+def test_a_job_file_uploaded_again_after_an_edit_is_read_again(
+        federation: Federation, browser: WebDriver, mosquitto: Mosquitto,
+        tmp_path: Path) -> None:
+    path = job_file(mosquitto, tmp_path, "edited", rounds=80)
+    log_in(browser, federation, federation.admin_token, "/console/submit")
+    upload = browser.find_element(By.ID, "job-upload")
+    upload.send_keys(str(path))
+    until(browser, lambda d: "rounds: 80" in str(d.find_element(By.ID, "job-yaml")
+                                                  .get_attribute("value")), "the upload")
+    path.write_text(path.read_text().replace("rounds: 80", "rounds: 8"))  # fixed in an editor
+    upload.send_keys(str(path))  # the same file chosen again
+    until(browser, lambda d: "rounds: 8\n" in str(d.find_element(By.ID, "job-yaml")
+                                                   .get_attribute("value")),
+          "the edited file in the form", seconds=10)

@@ -57,6 +57,8 @@
       const file = event.target.files[0];
       if (!file) return;
       document.getElementById("job-yaml").value = await file.text();
+      // forget the choice: the same file chosen again (edited meanwhile) is a change, read again
+      event.target.value = "";
       await check();
     });
     document.getElementById("check").addEventListener("click", check);
