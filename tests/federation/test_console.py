@@ -430,3 +430,18 @@ def test_a_job_file_uploaded_again_after_an_edit_is_read_again(
     until(browser, lambda d: "rounds: 8\n" in str(d.find_element(By.ID, "job-yaml")
                                                    .get_attribute("value")),
           "the edited file in the form", seconds=10)
+
+
+def test_the_sites_verdicts_are_withdrawn_when_the_job_file_changes_after_the_check(
+        federation: Federation, browser: WebDriver, mosquitto: Mosquitto,
+        tmp_path: Path) -> None:
+    sites_online(federation)
+    log_in(browser, federation, federation.admin_token, "/console/submit")
+    paste_job(browser, job_file(mosquitto, tmp_path, "verdicts", rounds=8))
+    browser.find_element(By.ID, "check").click()
+    until(browser, text_of('#verdicts li[data-site="site-b"]'), "site-b's verdict")
+    browser.find_element(By.ID, "job-yaml").send_keys("\npipeline: [{type: clip}]")
+    until(browser, lambda d: not d.find_element(By.ID, "verdicts-section").is_displayed(),
+          "the verdicts on the old text to go", seconds=5)
+    assert text_of("#check-status")(browser) == ("The job file changed since the check; Check "
+                                                 "again for the sites' verdicts.")

@@ -62,6 +62,17 @@
       await check();
     });
     document.getElementById("check").addEventListener("click", check);
+    // verdicts are about the text that was checked: an edit withdraws them (an error stays,
+    // as the operator fixes what it names)
+    for (const id of ["job-yaml", "job-sites"]) {
+      document.getElementById(id).addEventListener("input", () => {
+        const section = document.getElementById("verdicts-section");
+        if (section.hidden) return;
+        section.hidden = true;
+        document.getElementById("check-status").textContent =
+          "The job file changed since the check; Check again for the sites' verdicts.";
+      });
+    }
     form().addEventListener("submit", async (event) => {
       event.preventDefault();
       const button = document.getElementById("submit");
