@@ -147,6 +147,27 @@ def test_check_names_a_tracking_uri_mlflow_refuses() -> None:
         tracker.check()
 
 
+async def test_a_tracking_server_gone_mid_job_costs_seconds_and_ends_in_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server answered the check before round 1, then went away: each round's logging
+    waited out MLflow's retries (246 s a call measured) on the tracker's thread, and the job's
+    end waited for all of them, then for finish's own calls. Now a round the server cannot
+    take is skipped with a WARNING, and finish fails at once, in one line."""
+    url, sock = _refusing_url()
+    with sock:
+        tracker = MlflowTracker(tracking_uri=url, job_id="gone")
+        tracker.listener()  # as attach() does once check() passed
+        began = asyncio.get_running_loop().time()
+        tracker.log_round(RoundRecord(round=1, status="ok", accepted=2))
+        with pytest.raises(TrackingError, match=rf"^mlops.mlflow: cannot finish the run: the "
+                                                rf"tracking server at {url} does not answer"):
+            await asyncio.wait_for(asyncio.to_thread(tracker.finish), 15)
+        assert asyncio.get_running_loop().time() - began < 5
+    assert any("round 1 not logged" in r.getMessage() for r in caplog.records
+               if r.levelname == "WARNING")
+
+
 async def test_a_job_whose_tracking_server_is_down_fails_before_round_1() -> None:
     """It used to train every round, then wait out MLflow's retries (minutes) when the job
     ended, and end in a traceback; now nothing trains and the error is one line."""

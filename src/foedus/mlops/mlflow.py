@@ -176,6 +176,8 @@ class MlflowTracker(Pod):
         self._pending: list[Future[None]] = []
         #: set while :meth:`check` runs and left set when it fails (MLflow cannot be used)
         self.unusable = False
+        #: rounds not logged because the tracking server did not answer then
+        self.rounds_skipped: list[int] = []
 
     # ---- run lifecycle --------------------------------------------------------------------
     @property
@@ -205,19 +207,30 @@ class MlflowTracker(Pod):
         except Exception as exc:  # MlflowException and whatever its store builders raise
             raise TrackingError(f"mlops.mlflow.tracking_uri: MLflow refuses "
                                 f"{self.tracking_uri!r}: {_one_line(exc)}") from exc
+        problem = self.unanswered(timeout)
+        if problem is not None:
+            raise TrackingError(
+                f"mlops.mlflow.tracking_uri: cannot reach the MLflow server at "
+                f"{self.tracking_uri} ({problem}); start it, or fix the URI")
+        self.unusable = False
+
+    def unanswered(self, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+        """Why the ``http(s)`` tracking server does not accept a TCP connection within
+        ``timeout`` seconds, or None when it does (and for a URI that is not such a server,
+        or that goes through a proxy, which MLflow would use). Asked before each call to the
+        server after :meth:`check`: MLflow retries a call to a server that is gone for minutes
+        (246 s measured), on the tracker's thread, and the job's end waited for every one."""
         parts = urllib.parse.urlsplit(self.tracking_uri)
-        if (parts.scheme in ("http", "https") and parts.hostname
+        if not (parts.scheme in ("http", "https") and parts.hostname
                 and not (parts.scheme in urllib.request.getproxies()
                          and not urllib.request.proxy_bypass(parts.hostname))):
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            try:
-                socket.create_connection((parts.hostname, port), timeout=timeout).close()
-            except OSError as exc:
-                raise TrackingError(
-                    f"mlops.mlflow.tracking_uri: cannot reach the MLflow server at "
-                    f"{self.tracking_uri} ({_one_line(exc)}); start it, or fix the URI"
-                ) from exc
-        self.unusable = False
+            return None
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout).close()
+        except OSError as exc:
+            return _one_line(exc)
+        return None
 
     def open(self) -> str:
         """Create the run (once) and log the job's parameters; returns the run id."""
@@ -321,6 +334,16 @@ class MlflowTracker(Pod):
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
+        problem = self.unanswered()
+        if problem is not None:
+            raise TrackingError(
+                f"mlops.mlflow: cannot finish the run: the tracking server at "
+                f"{self.tracking_uri} does not answer ({problem}); run "
+                f"{self.run_id or '(not created)'} is left as it was, and no final model was "
+                "logged or registered")
+        if self.rounds_skipped:
+            log.warning("mlops.mlflow: rounds %s were not logged (the tracking server did not "
+                        "answer then)", self.rounds_skipped)
         run_id = self.open()
         version: RegisteredModel | None = None
         final = None
@@ -432,6 +455,12 @@ class MlflowTracker(Pod):
 
     # ---- internals ------------------------------------------------------------------------
     def _log_round(self, record: RoundRecord, params: Params | None) -> None:
+        problem = self.unanswered()
+        if problem is not None:  # skipped at once, not after minutes of MLflow's retries
+            self.rounds_skipped.append(record.round)
+            log.warning("mlops.mlflow: round %d not logged: the tracking server at %s does "
+                        "not answer (%s)", record.round, self.tracking_uri, problem)
+            return
         run_id = self.open()
         entities = require("mlflow.entities", "mlflow")
         values = round_metrics(record)
