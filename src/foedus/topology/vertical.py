@@ -312,7 +312,8 @@ class Vertical(Topology):
                  task: Task) -> FeatureSide:
         common: dict[str, Any] = dict(
             job_id=spec.job_id, party=party, label_party=self.label_party, task=task,
-            ids=own.ids, x=own.x, idle_timeout=3 * spec.round_timeout)
+            ids=own.ids, x=own.x, idle_timeout=3 * spec.round_timeout,
+            join_timeout=5 * spec.round_timeout)  # as long as the label party waits for it
         if self.model == "split-nn":
             return SplitFeaturePod(spec=self.split, seed=spec.seed, parties=others,
                                    noise=self._noise(spec), secure_sum=self.secure_sum,

@@ -274,7 +274,9 @@ class FeatureSide(Pod):
     ``ids``/``x``: its entities and its columns of them (train and held-out alike: only the
     label party knows which is which, and tells it the order of each). ``idle_timeout``: once
     it has joined a run, how long it waits for the label party's next message before it ends
-    (``stop_reason`` says so). Subclasses add their steps in :meth:`_steps`.
+    (``stop_reason`` says so). ``join_timeout``: how long it says hello before that, waiting
+    for a label party that may never come (``None``: for ever). Subclasses add their steps in
+    :meth:`_steps`.
     """
 
     inputs: ClassVar[tuple[Wire, ...]] = (Wire("request"),)
@@ -283,11 +285,13 @@ class FeatureSide(Pod):
 
     def __init__(self, *, job_id: str, party: str, label_party: str, task: Task,
                  ids: Sequence[str], x: np.ndarray, idle_timeout: float = 120.0,
-                 max_ids: int = 10_000_000, keep_received: bool = False) -> None:
+                 max_ids: int = 10_000_000, keep_received: bool = False,
+                 join_timeout: float | None = None) -> None:
         super().__init__(party)
         self.job_id, self.party, self.label_party = job_id, party, label_party
         self.task, self.ids, self.x = task, list(ids), np.asarray(x, np.float64)
         self.idle_timeout, self.max_ids = idle_timeout, max_ids
+        self.join_timeout = join_timeout
         self.rejected = Rejections(party)
         self.stop_reason: str | None = None
         #: with ``keep_received``, every message that reached this party (for audits)
@@ -302,10 +306,18 @@ class FeatureSide(Pod):
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._resumed()
+        give_up = None if self.join_timeout is None else time.monotonic() + self.join_timeout
         while not self._joined.is_set():
+            if give_up is not None and time.monotonic() >= give_up:
+                self.stop_reason = (f"the label party {self.label_party!r} did not answer "
+                                    f"within {self.join_timeout:g}s")
+                log.warning("%s: %s", self.party, self.stop_reason)
+                return
             await self.send("reply", self._message(Kind.CONTROL, "hello", 0, {}))
+            wait = HELLO_INTERVAL if give_up is None else \
+                min(HELLO_INTERVAL, max(give_up - time.monotonic(), 0.0))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._joined.wait(), HELLO_INTERVAL)
+                await asyncio.wait_for(self._joined.wait(), wait)
         while not self._finished.is_set():
             try:
                 await asyncio.wait_for(self._finished.wait(), self.idle_timeout)

@@ -153,10 +153,10 @@ class FeaturePartyPod(FeatureSide):
     def __init__(self, *, job_id: str, party: str, label_party: str, task: Task,
                  ids: Sequence[str], x: np.ndarray, learning_rate: float,
                  idle_timeout: float = 120.0, max_ids: int = 10_000_000,
-                 keep_received: bool = False) -> None:
+                 keep_received: bool = False, join_timeout: float | None = None) -> None:
         super().__init__(job_id=job_id, party=party, label_party=label_party, task=task,
                          ids=ids, x=x, idle_timeout=idle_timeout, max_ids=max_ids,
-                         keep_received=keep_received)
+                         keep_received=keep_received, join_timeout=join_timeout)
         self.learning_rate = learning_rate
         self.weights = np.zeros((self.x.shape[1], task.outputs))
         self.round = 0

@@ -422,10 +422,10 @@ class SplitFeaturePod(FeatureSide):
                  parties: Sequence[str], noise: SplitNoiseStage | None = None,
                  secure_sum: bool = False, checkpoint: Path | None = None,
                  idle_timeout: float = 120.0, max_ids: int = 10_000_000,
-                 keep_received: bool = False) -> None:
+                 keep_received: bool = False, join_timeout: float | None = None) -> None:
         super().__init__(job_id=job_id, party=party, label_party=label_party, task=task,
                          ids=ids, x=x, idle_timeout=idle_timeout, max_ids=max_ids,
-                         keep_received=keep_received)
+                         keep_received=keep_received, join_timeout=join_timeout)
         self.spec, self.seed, self.noise, self.secure_sum = spec, seed, noise, secure_sum
         self.parties, self.checkpoint = list(parties), checkpoint
         self._new_run()
