@@ -38,3 +38,29 @@ async def test_hub_refuses_an_oversized_upload_from_any_http_client(
         assert r.status_code == 413
         assert "max_payload" in r.json()["error"]
         assert small.hub.stats["refused_too_large"] == 1
+
+
+async def test_a_client_the_hub_refuses_under_mutual_tls_fails_at_once_saying_why(
+    certs: DeploymentCerts, stranger: DeploymentCerts,
+) -> None:
+    """Under TLS 1.3 the client's handshake completes before the hub checks its certificate,
+    and the hub then resets the connection: that reset was retried like a hub not listening
+    yet, for the whole connect_timeout (30 s by default), and then reported as "ReadError: "
+    with the hub down or TLS refused as the possible causes. A refusal is not retried."""
+    import time
+
+    from foedus.core.errors import TransportError
+    from foedus.transport.tls import TLSConfig
+
+    async with HttpsHub("127.0.0.1", 0, certs.server_tls(require_client_cert=True)) as hub:
+        for tls in (TLSConfig(certs.ca), TLSConfig(certs.ca, *stranger.clients["client-000"])):
+            client = HttpsTransport(hub.url, tls=tls, connect_timeout=20)
+            began = time.monotonic()
+            try:
+                with pytest.raises(TransportError, match=r"^cannot reach the HTTPS hub at .*: it "
+                                   r"closed the connection after the TLS handshake: it refuses "
+                                   r"this client's certificate"):
+                    await client.publish(topic(), b"x")
+            finally:
+                await client.close()
+            assert time.monotonic() - began < 3

@@ -424,6 +424,23 @@ class HttpsHub(HubAdapter):
 
 
 
+def _in_chain(exc: BaseException, kind: type[BaseException], text: tuple[str, ...]) -> bool:
+    """Whether ``exc`` or anything it was raised from is a ``kind``, or says one of ``text``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind) or any(t in str(seen).lower() for t in text):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _not_listening(exc: BaseException) -> bool:
+    """True when the hub's address refused the TCP connection: nothing listens there yet
+    (a client started before its server), worth retrying. Not a reset: the hub refusing the
+    client's certificate resets a connection whose TLS handshake the client saw complete."""
+    return _in_chain(exc, ConnectionRefusedError, ("connection refused", "errno 111"))
+
+
 def _refused_connection(exc: BaseException) -> bool:
     """True when nothing listens at the hub's address yet (or any more): worth retrying, unlike
     a TLS refusal, which fails at once with its own error."""
@@ -600,6 +617,12 @@ class HttpsTransport(HubClient):
         httpx = require("httpx", "https")
 
         def give_up(exc: BaseException) -> TransportError:
+            if _in_chain(exc, ConnectionResetError, ("connection reset",)):
+                return TransportError(
+                    f"cannot reach the HTTPS hub at {self.url}: it closed the connection after "
+                    "the TLS handshake: it refuses this client's certificate (none given, or "
+                    "not signed by the hub's CA), or this peer already holds its "
+                    "max_connections")
             return TransportError(
                 f"cannot reach the HTTPS hub at {self.url}: {type(exc).__name__}: {exc}"
                 " (hub down, or TLS refused: wrong CA or missing/invalid client certificate)"
@@ -608,7 +631,7 @@ class HttpsTransport(HubClient):
         # a refused connection costs the hub nothing: retried at least every quarter second,
         # a client started before its server's hub listens joins within that of its start
         r = await retry_with_backoff(lambda: self._client.get("/v1/info"),
-                                     retry_on=httpx.HTTPError, should_retry=_refused_connection,
+                                     retry_on=httpx.HTTPError, should_retry=_not_listening,
                                      timeout=self.connect_timeout, give_up=give_up,
                                      max_delay=HANDSHAKE_RETRY_S)
         if r.status_code != 200:
