@@ -4,11 +4,21 @@ clients without a valid certificate, the sender-identity hook, a federated job e
 
 from __future__ import annotations
 
+import time
+
+import pytest
+
+from foedus.certs import DeploymentCerts
+from foedus.core.errors import TransportError
+from foedus.testing.transport_contract import topic
 from foedus.transport.grpc import GrpcHub, GrpcTransport
+from foedus.transport.tls import TLSConfig
 from tests.transport.hub_fixtures import certs, stranger
 from tests.transport.hub_transport_cases import HubTransportCases
 
 __all__ = ["certs", "stranger"]  # fixtures used by name
+
+pytestmark = pytest.mark.integration
 
 
 class TestGrpcTransport(HubTransportCases):
@@ -18,3 +28,29 @@ class TestGrpcTransport(HubTransportCases):
     endpoint_param = "address"
     refused_sender = r"PERMISSION_DENIED.*client-001"
     too_large = "max_payload=2097152"
+
+
+async def test_a_tls_refusal_fails_at_once_saying_why(
+    certs: DeploymentCerts, stranger: DeploymentCerts,
+) -> None:
+    """gRPC treats a failed TLS handshake as transient and retries it: the client waited its
+    whole connect_timeout (30 s by default) and then could only guess ("hub down, or TLS
+    refused"). Each attempt's error says what happened; a TLS refusal is not retried."""
+    async with GrpcHub("127.0.0.1", 0, certs.server_tls(require_client_cert=True)) as hub:
+        refused_client = "it refuses this client's certificate"
+        cases = [
+            ("the hub's certificate is not signed by tls.ca",
+             TLSConfig(stranger.ca, *certs.clients["client-000"])),
+            (refused_client, TLSConfig(certs.ca)),  # no client certificate
+            (refused_client, TLSConfig(certs.ca, *stranger.clients["client-000"])),
+        ]
+        for why, tls in cases:
+            client = GrpcTransport(hub.address, tls=tls, connect_timeout=20)
+            began = time.monotonic()
+            try:
+                with pytest.raises(TransportError, match=rf"^cannot reach the gRPC hub at "
+                                                         rf"{hub.address}: .*{why}"):
+                    await client.publish(topic(), b"x")
+            finally:
+                await client.close()
+            assert time.monotonic() - began < 5

@@ -73,6 +73,12 @@ _FRAME = struct.Struct(">BQQ")  # flags, offset, total payload length
 _ACK = struct.Struct(">Q")
 _READY, _LAST = 1, 2
 
+#: for how long every connection attempt must end with the hub closing it right after the TLS
+#: handshake before a client takes it as a refusal of its certificate: longer than the
+#: channel's longest reconnect backoff (1 s), so it is never one attempt that saw a hub going
+#: down (see ``GrpcTransport._info``)
+CLOSED_AFTER_HANDSHAKE_S = 1.5
+
 #: streams (subscriptions, uploads) one connection may have open at once
 MAX_STREAMS_PER_CONNECTION = 256
 #: a connection with no call at all for this long is closed (actors always hold a subscription)
@@ -466,21 +472,59 @@ class GrpcTransport(HubClient):
                     root_certificates=ca, private_key=key, certificate_chain=cert
                 )
                 self._channel = grpc.aio.secure_channel(target, creds, options=options)
-        if self._channel.get_state(try_to_connect=True) != grpc.ChannelConnectivity.READY:
-            try:
-                await asyncio.wait_for(self._channel.channel_ready(), self.connect_timeout)
-            except TimeoutError:
-                raise TransportError(
-                    f"cannot reach the gRPC hub at {self.address} within {self.connect_timeout}s"
-                    " (hub down, or TLS refused: wrong CA or missing/invalid client certificate)"
-                ) from None
-        if self._hub_max_payload is None:
-            try:
-                reply = await self._channel.unary_unary(_INFO)(b"")
-            except grpc.aio.AioRpcError as exc:
-                raise _error(exc, "handshake") from exc
+        if self._channel.get_state(try_to_connect=True) != grpc.ChannelConnectivity.READY \
+                or self._hub_max_payload is None:
+            reply = await self._info()
             self._hub_max_payload = int(_ACK.unpack(reply)[0])
         return self._channel
+
+    async def _info(self) -> bytes:
+        """Call Info until the hub answers, for up to ``connect_timeout``.
+
+        Each call fails at once while the channel cannot connect, with the attempt's reason
+        (``wait_for_ready=False``); waiting for the channel instead told nothing, and gRPC
+        retries a failed TLS handshake as if it were transient, so a refused client waited its
+        whole ``connect_timeout``. A refused TCP connection (the hub is not up yet) is retried;
+        a failed handshake is final; a connection the hub closes right after the handshake
+        (a refused client certificate under TLS 1.3) is final once every attempt for
+        :data:`CLOSED_AFTER_HANDSHAKE_S` ended so (a hub going down closes one too)."""
+        grpc = require("grpc", "grpc")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout
+        closed_since: float | None = None
+        info = self._channel.unary_unary(_INFO)
+        while True:
+            left = deadline - loop.time()
+            try:
+                reply: bytes = await info(b"", timeout=max(left, 0.001), wait_for_ready=False)
+                return reply
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                      grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise _error(exc, "handshake") from exc
+                why = " ".join(str(exc.details() or "").split())
+            low = why.lower()
+            if "handshake failed" in low:
+                raise TransportError(
+                    f"cannot reach the gRPC hub at {self.address}: the TLS handshake failed "
+                    f"({why[-160:]}): the hub's certificate is not signed by tls.ca, or the hub "
+                    "does not speak TLS")
+            if "socket closed" not in low:
+                closed_since = None
+            elif closed_since is None:
+                closed_since = loop.time()
+            if closed_since is not None and loop.time() - closed_since >= \
+                    CLOSED_AFTER_HANDSHAKE_S:
+                raise TransportError(
+                    f"cannot reach the gRPC hub at {self.address}: it closed the connection "
+                    "after the TLS handshake: it refuses this client's certificate (none "
+                    "given, or not signed by the hub's CA), or it does not speak TLS")
+            if loop.time() >= deadline:
+                raise TransportError(
+                    f"cannot reach the gRPC hub at {self.address} within {self.connect_timeout}s"
+                    f" ({why or 'no answer'})")
+            # the channel's own reconnect backoff (0.2-1 s) paces the real attempts
+            await asyncio.sleep(min(0.1, max(deadline - loop.time(), 0)))
 
     def _max_payload(self) -> int:
         assert self._hub_max_payload is not None
