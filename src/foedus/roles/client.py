@@ -236,10 +236,15 @@ class ClientPod(Pod):
             self._grace = None
         await super().stop()
 
+    def round_seed(self, model_msg: Message) -> int:
+        """The seed of the local round trained from ``model_msg``: the same in real runs and
+        simulations (:func:`~foedus.models.base.task_seed`)."""
+        return task_seed(self.seed, self.client_id, model_msg.round)
+
     def train(self, model_msg: Message) -> Message:
         """One local round: load, fit, evaluate; returns the update message."""
         self.model.set_params(model_msg.params)
-        self.model.begin_round(task_seed(self.seed, self.client_id, model_msg.round))
+        self.model.begin_round(self.round_seed(model_msg))
         train_metrics = self.model.fit(self.data, epochs=self.epochs)
         metrics = {f"train_{k}": v for k, v in train_metrics.items()}
         if self.eval_data is not None and len(self.eval_data):
