@@ -384,3 +384,54 @@ def test_an_unseeded_dp_stage_says_nothing_about_seeds(caplog: pytest.LogCapture
     with caplog.at_level("ERROR", logger="foedus.privacy.dp"):
         stage.before_round(1)
     assert not caplog.records
+
+
+@pytest.mark.parametrize("aggregator", ["krum", "median", "trimmed-mean", "geomedian"])
+def test_central_dp_with_an_aggregator_that_does_not_release_the_mean_is_refused(
+        aggregator: str) -> None:
+    """Each update carries 1/m of the sum's noise variance: Krum releases one client's update
+    with std z C / sqrt(m), not the sum's z C, so the epsilon reported understated the loss."""
+    job = central_dp_job({"count": 6}, 6) | {"aggregator": aggregator}
+    with pytest.raises(ConfigError) as refused:
+        JobSpec.from_dict(job)
+    message = str(refused.value)
+    assert message.startswith(
+        f"pipeline[0]: central-dp calibrates its noise to the mean of the round's updates, "
+        f"which aggregator {aggregator!r} does not release")
+    assert "use an aggregator built on the mean (fedadagrad, fedadam, fedavg, fedavgm, " \
+        "fedyogi), or local-dp" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("aggregator", ["fedavg", "fedadam", "fedavgm"])
+def test_central_dp_with_an_aggregator_built_on_the_mean_is_accepted(aggregator: str) -> None:
+    assert JobSpec.from_dict(central_dp_job({"count": 6}, 6) | {"aggregator": aggregator})
+
+
+def test_local_dp_noises_each_update_so_any_aggregator_is_accepted() -> None:
+    job = {"job_id": "ldp", "clients": {"count": 6}, "aggregator": "krum",
+           "pipeline": [{"type": "local-dp", "params": {"clip_norm": 1.0,
+                                                         "noise_multiplier": 1.0}}]}
+    assert JobSpec.from_dict(job).aggregator.type == "krum"
+
+
+@pytest.mark.parametrize("stage", [
+    {"type": "clip", "params": {"clip_norm": 1.0}},
+    {"type": "local-dp", "params": {"clip_norm": 1.0, "noise_multiplier": 1.0}},
+    {"type": "central-dp", "params": {"clients_per_round": 10, "noise_multiplier": 1.0}},
+])
+@pytest.mark.parametrize(("model", "aggregator", "kind"), [
+    ("federated-forest", "forest-histograms", "forest-histograms"),
+    ("sklearn-random-forest", "tree-bagging", "tree-ensemble"),
+])
+def test_clipping_and_noise_refuse_a_model_whose_updates_are_not_parameters(
+        stage: dict[str, object], model: str, aggregator: str, kind: str) -> None:
+    """Clipping a forest's histograms or trees broke them: every update was refused by the
+    aggregator (changed_forest) or never sent, and the job ended no_quorum after its rounds."""
+    job = {"job_id": "trees", "data": {"dataset": "breast_cancer", "partition": "iid"},
+           "clients": {"count": 10}, "model": {"type": model},
+           "aggregator": aggregator, "pipeline": [stage]}
+    with pytest.raises(ConfigError) as refused:
+        JobSpec.from_dict(job)
+    assert str(refused.value).startswith(
+        f"pipeline[0]: {stage['type']} works on model parameter updates, but aggregator "
+        f"{aggregator!r} combines {kind}")

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from foedus.aggregate.base import Aggregator, aggregators
+from foedus.aggregate.fedavg import FedAvg
 from foedus.config.spec import JobSpec, Plugin
 from foedus.core.errors import ConfigError
-from foedus.core.filter import Filter, RoundSize, Stage, stages
+from foedus.core.filter import Filter, RoundPlan, Stage, stages
 from foedus.core.params import Params
 from foedus.core.registry import Registry
 from foedus.data.datasets import Dataset, DataSpec
@@ -59,25 +60,36 @@ def pipeline_of(spec: JobSpec) -> list[Stage]:
         create(stages, p, f"pipeline[{i}]") for i, p in enumerate(spec.pipeline)
     ]
     check_stages(pipeline)  # e.g. noise before clipping, or a tag nobody undoes: refused now
-    size = round_size(spec)
+    if not pipeline:  # nothing to check: look no aggregator up
+        return pipeline
+    plan = round_plan(spec)
     for i, stage in enumerate(pipeline):  # e.g. central DP's noise split over more updates
         try:
-            stage.check_round_size(size)
+            stage.check_round_plan(plan)
         except ConfigError as exc:
             raise ConfigError(f"pipeline[{i}]: {exc}") from exc
     return pipeline
 
 
-def round_size(spec: JobSpec) -> RoundSize:
-    """How many updates a round of the job's server may aggregate. At least
-    ``clients.min_clients``, else every sampled client, else every client (as
-    :class:`ServerPod` defaults its ``min_clients``); at most the sampled clients, else all."""
+def round_plan(spec: JobSpec) -> RoundPlan:
+    """What a round of the job's server aggregates. At least ``clients.min_clients`` updates,
+    else every sampled client's, else every client's (as :class:`ServerPod` defaults its
+    ``min_clients``); at most the sampled clients', else all; with the job's aggregator."""
     clients = spec.clients
     most, most_key = ((clients.per_round, "clients.per_round") if clients.per_round is not None
                       else (clients.count, "clients.count"))
-    if clients.min_clients is not None:
-        return RoundSize(clients.min_clients, "clients.min_clients", most, most_key)
-    return RoundSize(most, most_key, most, most_key)
+    fewest, fewest_key = ((clients.min_clients, "clients.min_clients")
+                          if clients.min_clients is not None else (most, most_key))
+
+    def on_the_mean(name: str) -> bool:
+        rule = aggregators.get(name)  # the class: nothing is built
+        return isinstance(rule, type) and issubclass(rule, FedAvg)
+
+    return RoundPlan(
+        fewest, fewest_key, most, most_key, aggregator=spec.aggregator.type,
+        aggregates_mean=on_the_mean(spec.aggregator.type),
+        update_kind=getattr(aggregators.get(spec.aggregator.type), "update_kind", "parameters"),
+        mean_aggregators=lambda: [n for n in aggregators.names() if on_the_mean(n)])
 
 
 @dataclass

@@ -183,14 +183,23 @@ class Half:
 
 
 @dataclass(frozen=True)
-class RoundSize:
-    """How many updates a round of a job's server may aggregate (``fewest`` to ``most``), and
-    the job-file keys that set each bound, so that a stage's refusal can name them."""
+class RoundPlan:
+    """What a round of a job's server aggregates: how many updates (``fewest`` to ``most``,
+    with the job-file keys that set each bound, so that a stage's refusal can name them), with
+    which aggregator, whether that aggregator releases (a function of) the updates' mean (and
+    which registered aggregators do, for a refusal to name), and what the updates are (the
+    aggregator's ``update_kind``: ``parameters``, a forest's histograms, ...)."""
 
     fewest: int
     fewest_key: str
     most: int
     most_key: str
+    aggregator: str = "fedavg"
+    aggregates_mean: bool = True
+    update_kind: str = "parameters"
+    #: the registered aggregators that release the mean; a function, as listing them imports
+    #: every plugin, which only a refusal should pay for
+    mean_aggregators: Callable[[], list[str]] = list
 
 
 class Stage:
@@ -231,13 +240,14 @@ class Stage:
         """
         return Half.of(self.client()), Half.of(self.server())
 
-    def check_round_size(self, size: RoundSize) -> None:
-        """Refuse (``ConfigError``) a job whose server rounds may aggregate too few or too many
-        updates for this stage.
+    def check_round_plan(self, plan: RoundPlan) -> None:
+        """Refuse (``ConfigError``) a job whose server rounds this stage cannot serve.
 
-        Called when the job is built. Why: a server half whose guarantee depends on how many
-        updates a round sums (central DP splits the noise of the sum over them, and states how
-        many clients a round samples) would otherwise release weaker rounds than it reports.
+        Called when the job is built. Why: a stage whose guarantee depends on what a round
+        aggregates would otherwise run, and report a guarantee it does not give: central DP
+        splits the sum's noise over the updates (too few, or a rule that releases one of them,
+        carry less noise than accounted) and states how many clients a round samples; clipping
+        works on parameter updates only (a forest's histograms are broken by it).
         """
 
     # Server-side round hooks; the runner registers them with the ServerPod.

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from foedus.core.errors import BudgetExhausted, ConfigError, PrivacyError
-from foedus.core.filter import CLIP, NOISE, Chain, Filter, Half, RoundSize, Stage, stages
+from foedus.core.filter import CLIP, NOISE, Chain, Filter, Half, RoundPlan, Stage, stages
 from foedus.core.message import Kind, Message
 from foedus.core.params import ParamSpec, flatten, unflatten
 from foedus.privacy.accountant import PrivacyAccountant, SamplingSpec, calibrate_noise
@@ -259,6 +259,17 @@ def _required(name: str, value: Any) -> Any:
     return value
 
 
+def _check_parameters(kind: str, plan: RoundPlan) -> None:
+    """Clipping and noise work on a vector of model parameters: a forest's histograms or a
+    bagged ensemble's trees, clipped, were refused by their aggregator or never sent, and the
+    job ended ``no_quorum`` after all its rounds."""
+    if plan.update_kind != "parameters":
+        raise ConfigError(
+            f"{kind} works on model parameter updates, but aggregator {plan.aggregator!r} "
+            f"combines {plan.update_kind}, which clipping would break; remove {kind} or use a "
+            "model that sends parameters")
+
+
 def _adaptive_number(adaptive: dict[str, Any], key: str, default: float, expected: str,
                      valid: Callable[[float], bool]) -> float:
     """One adaptive-clipping setting, checked as a number: ``float()`` used to read the string
@@ -341,6 +352,9 @@ class ClipStage(Stage):
             raise ConfigError(f"keep_metrics: expected true or false, got {keep_metrics!r}")
         self.keep_metrics = keep_metrics
 
+    def check_round_plan(self, plan: RoundPlan) -> None:
+        _check_parameters("clip", plan)
+
     def client(self) -> Filter:
         return Chain(ClipFilter(self.clip_norm, keep_metrics=self.keep_metrics),
                              name="dp_clip")
@@ -376,6 +390,10 @@ class LocalDPStage(_DPStage):
         _check_budget_pays_a_round(self.accountant)
         self._clients = 0
         self._rounds_seen: set[int] = set()
+
+    def check_round_plan(self, plan: RoundPlan) -> None:
+        """Each update carries its full noise: any aggregator is post-processing."""
+        _check_parameters(self.kind, plan)
 
     def _new_accountant(self) -> PrivacyAccountant:
         return PrivacyAccountant(
@@ -514,33 +532,41 @@ class CentralDPStage(_DPStage):
         return (Half("dp_central", pushes=ClipFilter.pushes),
                 Half("dp_central_in", pops=CentralNoise.pops))
 
-    def check_round_size(self, size: RoundSize) -> None:
-        """Refuse a job whose rounds may sum fewer updates than the noise is split over, or,
-        when sampling amplification is accounted, take more clients than the stated rate.
+    def check_round_plan(self, plan: RoundPlan) -> None:
+        """Refuse a job whose rounds release less noise than accounted.
 
         Each update gets ``1/m`` of the sum's noise variance (``m = clients_per_round``), so a
         round that closes with fewer than ``m`` updates releases a model noised less than the
-        accountant assumes, and the epsilon reported is understated. More than ``m`` updates
-        only add noise, which is safe when every client is accounted to take part (``q = 1``);
-        with ``population`` above ``m`` they also mean a higher sampling rate than accounted,
-        which their extra noise does not pay for (z = 1, 50 rounds, 5 of 20 accounted, 10 of
-        20 taken: 14.1 reported, 16.7 real).
+        accountant assumes, and the epsilon reported is understated; so does an aggregator
+        that releases something other than the mean (Krum releases one update, with ``1/m``
+        of the variance). More than ``m`` updates only add noise, which is safe when every
+        client is accounted to take part (``q = 1``); with ``population`` above ``m`` they
+        also mean a higher sampling rate than accounted, which their extra noise does not pay
+        for (z = 1, 50 rounds, 5 of 20 accounted, 10 of 20 taken: 14.1 reported, 16.7 real).
         """
+        _check_parameters(self.kind, plan)
         m = self.sampling.clients_per_round
-        if size.fewest < m:
+        if not plan.aggregates_mean:
+            raise ConfigError(
+                f"central-dp calibrates its noise to the mean of the round's updates, which "
+                f"aggregator {plan.aggregator!r} does not release: each update carries only 1/"
+                f"{m} of the noise, so the epsilon reported would be understated; use an "
+                f"aggregator built on the mean ({', '.join(plan.mean_aggregators())}), or "
+                "local-dp")
+        if plan.fewest < m:
             raise ConfigError(
                 f"central-dp clients_per_round {m} is more than a round may sum: a round may "
-                f"close with {size.fewest} updates ({size.fewest_key} {size.fewest}), whose sum "
+                f"close with {plan.fewest} updates ({plan.fewest_key} {plan.fewest}), whose sum "
                 "would carry less noise than accounted, understating epsilon; set "
-                f"clients_per_round to at most {size.fewest}, or {size.fewest_key} to at "
+                f"clients_per_round to at most {plan.fewest}, or {plan.fewest_key} to at "
                 f"least {m}")
-        if self.sampling.rate < 1 and size.most > m:
+        if self.sampling.rate < 1 and plan.most > m:
             raise ConfigError(
                 f"central-dp accounts for clients_per_round {m} of population "
                 f"{self.sampling.population} a round (sampling rate {self.sampling.rate:.3g}), "
-                f"but a round may take {size.most} clients ({size.most_key} {size.most}): "
-                f"the real rate is higher, understating epsilon; set {size.most_key} to {m}, "
-                f"or clients_per_round to {size.most}")
+                f"but a round may take {plan.most} clients ({plan.most_key} {plan.most}): "
+                f"the real rate is higher, understating epsilon; set {plan.most_key} to {m}, "
+                f"or clients_per_round to {plan.most}")
 
     def before_round(self, round: int) -> None:
         self.say_if_seeded()
