@@ -9,6 +9,7 @@ import pytest
 
 from foedus.aggregate.fedavg import FedAvg
 from foedus.aggregate.fedopt import FedAdam
+from foedus.config.spec import JobSpec
 from foedus.core.errors import ConfigError
 from foedus.core.runtime import run_graphs
 from foedus.roles.client import ClientPod
@@ -186,3 +187,27 @@ def test_bad_trees_raise_config_errors_naming_the_problem(
     with pytest.raises(ConfigError) as info:
         check_tree(parse_tree(raw), ids)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(("north", "deep", "message"), [
+    (30, None, "edge 'north': round_timeout 30s is not shorter than its parent's 20s (the "
+               "root's)"),
+    (10, 10, "edge 'deep': round_timeout 10s is not shorter than its parent's 10s (edge "
+             "'north')"),
+    (None, 16, "edge 'deep': round_timeout 16s is not shorter than its parent's 16s (edge "
+               "'north')"),  # north's default: 0.8 x the root's 20 s
+])
+def test_an_edge_that_would_answer_after_its_parent_closed_the_round_is_refused(
+        north: float | None, deep: float | None, message: str) -> None:
+    # it was accepted: whenever one of its children was missing, the edge waited past its
+    # parent's deadline, and its whole subtree was dropped from every such round unsaid
+    def edge(name: str, timeout: float | None, children: list) -> dict:
+        return {"edge": name, "children": children} | (
+            {} if timeout is None else {"round_timeout": timeout})
+
+    tree = [edge("north", north, ["client-000", edge("deep", deep, ["client-001"])]),
+            "client-002"]
+    with pytest.raises(ConfigError) as caught:
+        JobSpec.from_dict({"job_id": "t", "round_timeout": 20, "clients": {"count": 3},
+                           "topology": {"type": "hierarchical", "params": {"tree": tree}}})
+    assert message in str(caught.value) and "\n" not in str(caught.value)

@@ -124,6 +124,25 @@ def check_tree(tree: Sequence[Node], client_ids: Sequence[str]) -> None:
         raise ConfigError(f"clients missing from the tree: {missing}")
 
 
+def check_timeouts(tree: Sequence[Node], root_timeout: float) -> None:
+    """Raise :class:`ConfigError` for an edge whose ``round_timeout`` is not shorter than
+    its parent's: whenever one of its children is missing, it would wait past its parent's
+    deadline, and its one update (its whole subtree) would miss every such round."""
+    timeouts: dict[str | None, float] = {None: root_timeout}
+    for node, parent in walk(tree):
+        if not isinstance(node, EdgeNode):
+            continue
+        above = timeouts[None if parent is None else parent.name]
+        timeouts[node.name] = node.round_timeout or above * TIMEOUT_SHRINK
+        if node.round_timeout is not None and node.round_timeout >= above:
+            whose = "the root's" if parent is None else f"edge {parent.name!r}"
+            raise ConfigError(
+                f"edge {node.name!r}: round_timeout {node.round_timeout:g}s is not shorter "
+                f"than its parent's {above:g}s ({whose}); with a child missing, its update "
+                "would reach the parent after the round closed; make it shorter or leave it "
+                f"out ({TIMEOUT_SHRINK:g} x the parent's)")
+
+
 def parse_tree(raw: Any, where: str = "topology.tree") -> tuple[Node, ...]:
     """Read a tree from a job file: a list whose items are client ids or mappings
     ``{edge: NAME, children: [...], min_children: N, round_timeout: S}``."""
@@ -368,6 +387,7 @@ class Hierarchical(Topology):
         self.actors(spec)  # refuses an actor id used twice
         try:
             check_tree(self.tree, client_ids(spec))
+            check_timeouts(self.tree, spec.round_timeout)
         except ConfigError as exc:
             raise ConfigError(f"topology.params.tree: {exc}") from exc
         self.refuse_unused(spec, "every child answers each round; the quorums are the tree's "
