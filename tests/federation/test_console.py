@@ -360,7 +360,7 @@ def test_a_page_whose_session_ended_elsewhere_goes_to_the_login_page_and_back_af
     assert out.status_code == 200 and "Log in" in out.text  # redirected to the login page
     # the page's next refresh finds the session ended: the login page, in place of the page
     until(browser, lambda d: d.current_url == f"{federation.url}/console/login?next="
-          "/console/jobs", "the login page", seconds=15)
+          "/console/jobs", "the login page", seconds=30)
     assert browser.find_elements(By.ID, "jobs") == []  # not inside the jobs page
     assert text_of("#login-error")(browser).startswith("your console session has ended")
     browser.find_element(By.ID, "token").send_keys(federation.admin_token + Keys.ENTER)
@@ -376,12 +376,12 @@ def test_a_page_says_while_it_cannot_reach_the_coordinator_and_goes_on_when_it_i
     federation.stop("coordinator")  # restarted: sessions are in its database
     try:
         shown = until(browser, banner, "the page to say the coordinator is out of reach",
-                      seconds=15)
+                      seconds=30)
         assert shown.startswith("Cannot reach the coordinator since ")
         assert shown.endswith(": this page shows what it last read, and keeps trying.")
     finally:
         federation.start_coordinator()
-    until(browser, lambda d: not banner(d), "the banner to go", seconds=15)
+    until(browser, lambda d: not banner(d), "the banner to go", seconds=30)
     assert browser.find_elements(By.ID, "who")  # still logged in
     sites_online(federation)  # for the tests after this one
 
@@ -429,7 +429,7 @@ def test_a_job_file_uploaded_again_after_an_edit_is_read_again(
     upload.send_keys(str(path))  # the same file chosen again
     until(browser, lambda d: "rounds: 8\n" in str(d.find_element(By.ID, "job-yaml")
                                                    .get_attribute("value")),
-          "the edited file in the form", seconds=10)
+          "the edited file in the form", seconds=30)
 
 
 def test_the_sites_verdicts_are_withdrawn_when_the_job_file_changes_after_the_check(
@@ -442,6 +442,6 @@ def test_the_sites_verdicts_are_withdrawn_when_the_job_file_changes_after_the_ch
     until(browser, text_of('#verdicts li[data-site="site-b"]'), "site-b's verdict")
     browser.find_element(By.ID, "job-yaml").send_keys("\npipeline: [{type: clip}]")
     until(browser, lambda d: not d.find_element(By.ID, "verdicts-section").is_displayed(),
-          "the verdicts on the old text to go", seconds=5)
+          "the verdicts on the old text to go", seconds=30)
     assert text_of("#check-status")(browser) == ("The job file changed since the check; Check "
                                                  "again for the sites' verdicts.")
