@@ -435,3 +435,47 @@ def test_clipping_and_noise_refuse_a_model_whose_updates_are_not_parameters(
     assert str(refused.value).startswith(
         f"pipeline[0]: {stage['type']} works on model parameter updates, but aggregator "
         f"{aggregator!r} combines {kind}")
+
+
+def composed(*segments: tuple[float, int]) -> float:
+    """Epsilon at 1e-5 of full-participation rounds, (noise multiplier, rounds) in order."""
+    import dp_accounting as dpa
+    from dp_accounting.rdp import RdpAccountant
+
+    accountant = RdpAccountant()
+    for z, rounds in segments:
+        accountant.compose(dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(z), rounds))
+    return float(accountant.get_epsilon(1e-5))
+
+
+@pytest.mark.parametrize("name", ["central-dp", "local-dp"])
+def test_a_server_resumed_with_other_noise_keeps_the_epsilon_of_the_rounds_it_released(
+        name: str) -> None:
+    """The checkpoint kept only a count of rounds: resumed with noise_multiplier 3 after 2
+    rounds at 1, the job reported epsilon 2.985 after 4 rounds, less than the 7.077 it had
+    already reported after 2 (composed: 7.53), and a spent budget could be refilled that way."""
+    def stage(z: float) -> LocalDPStage | CentralDPStage:
+        params = ({"clients_per_round": 4} if name == "central-dp" else {"clip_norm": 1.0})
+        return stages.create(name, noise_multiplier=z, budget=7.4, **params)  # type: ignore[return-value]
+
+    def release(s: LocalDPStage | CentralDPStage, round: int) -> None:
+        s.before_round(round)
+        if isinstance(s, CentralDPStage):
+            s.server().spend(round)  # type: ignore[attr-defined]
+        else:
+            s.rounds_paid().add(round)
+
+    first = stage(1.0)
+    for r in (1, 2):
+        release(first, r)
+    assert first.epsilon == pytest.approx(composed((1.0, 2)))
+    resumed = stage(3.0)
+    resumed.restore(first.state())
+    assert resumed.epsilon == pytest.approx(composed((1.0, 2)))
+    release(resumed, 3)
+    assert resumed.epsilon == pytest.approx(composed((1.0, 2), (3.0, 1)))
+    with pytest.raises(BudgetExhausted):  # 7.4 was nearly spent at noise 1: 7.53 > 7.4
+        resumed.before_round(4)
+    again = stage(3.0)
+    again.restore(resumed.state())  # a second resume keeps both noise levels
+    assert again.epsilon == pytest.approx(composed((1.0, 2), (3.0, 1)))

@@ -21,6 +21,7 @@ budget, so the job stops with the model of the last affordable round and a messa
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -80,18 +81,72 @@ def _fresh_accountant(sampling: SamplingSpec) -> Any:
     return RdpAccountant(neighboring_relation=relation)
 
 
+@dataclass(frozen=True)
+class Released:
+    """Rounds a job released with one mechanism: a noise multiplier and a client sampling.
+
+    A job resumed from its checkpoint with other settings (more noise, to stretch what is left
+    of a budget) must still count its earlier rounds as they were noised: the checkpoint keeps
+    these, and :func:`epsilon_of` composes them in order.
+    """
+
+    noise_multiplier: float
+    sampling: SamplingSpec
+    rounds: int
+
+    def as_state(self) -> dict[str, Any]:
+        """Plain values for a checkpoint (msgpack)."""
+        s = self.sampling
+        return {"noise_multiplier": self.noise_multiplier, "population": s.population,
+                "clients_per_round": s.clients_per_round, "sampling": s.sampling,
+                "rounds": self.rounds}
+
+    @classmethod
+    def from_state(cls, state: Any) -> Released:
+        """What :meth:`as_state` wrote; anything else is a ``ConfigError`` (a damaged or
+        foreign checkpoint must not be read as "nothing was spent")."""
+        try:
+            released = cls(float(state["noise_multiplier"]), SamplingSpec(
+                int(state["population"]), int(state["clients_per_round"]), state["sampling"]),
+                int(state["rounds"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"the checkpoint's record of released rounds is unreadable: "
+                              f"{state!r}") from exc
+        if released.rounds < 0 or not released.noise_multiplier > 0:
+            raise ConfigError(f"the checkpoint's record of released rounds is invalid: {state!r}")
+        return released
+
+
+def _replace_one(sampling: SamplingSpec) -> bool:
+    """Whether the accountant analyses ``sampling`` under replace-one adjacency."""
+    return sampling.sampling == "fixed" and sampling.rate < 1.0
+
+
+def epsilon_of(released: Sequence[Released], *, delta: float) -> float:
+    """Epsilon at ``delta`` after the rounds of ``released``, composed in order (none: 0)."""
+    released = [r for r in released if r.rounds > 0]
+    if not released:
+        return 0.0
+    if any(r.noise_multiplier <= 0 for r in released):
+        return math.inf
+    if len({_replace_one(r.sampling) for r in released}) > 1:
+        raise ConfigError(
+            "rounds accounted under replace-one adjacency (sampling: fixed with population "
+            "above clients_per_round) cannot be composed with rounds under add/remove-one; "
+            "resume the job with the sampling its checkpoint was made with")
+    dpa = require("dp_accounting", "privacy")
+    accountant = _fresh_accountant(released[0].sampling)
+    for r in released:
+        accountant.compose(dpa.SelfComposedDpEvent(
+            round_event(r.noise_multiplier, r.sampling), r.rounds))
+    return float(accountant.get_epsilon(delta))
+
+
 def epsilon_after(
     rounds: int, *, noise_multiplier: float, delta: float, sampling: SamplingSpec
 ) -> float:
     """Epsilon at ``delta`` after ``rounds`` rounds (0 rounds spend nothing)."""
-    if rounds <= 0:
-        return 0.0
-    if noise_multiplier <= 0:
-        return math.inf
-    dpa = require("dp_accounting", "privacy")
-    accountant = _fresh_accountant(sampling)
-    accountant.compose(dpa.SelfComposedDpEvent(round_event(noise_multiplier, sampling), rounds))
-    return float(accountant.get_epsilon(delta))
+    return epsilon_of([Released(noise_multiplier, sampling, rounds)], delta=delta)
 
 
 def calibrate_noise(
@@ -150,16 +205,39 @@ class PrivacyAccountant:
         self.sampling = sampling
         self.budget = budget
         self.rounds = 0
+        #: rounds an earlier run of the job released, with their own mechanisms: the first
+        #: ``sum(r.rounds)`` of :attr:`rounds` (see :meth:`restore`)
+        self.earlier: tuple[Released, ...] = ()
         self._cache: dict[int, float] = {}
+
+    def released(self, rounds: int | None = None) -> list[Released]:
+        """The mechanisms of the first ``rounds`` rounds (default: those spent), in order: the
+        earlier runs' as they were, the rest with this accountant's."""
+        left = self.rounds if rounds is None else rounds
+        out: list[Released] = []
+        for r in self.earlier:
+            take = min(r.rounds, left)
+            if take > 0:
+                out.append(Released(r.noise_multiplier, r.sampling, take))
+            left -= take
+        if left > 0:
+            out.append(Released(self.noise_multiplier, self.sampling, left))
+        return out
+
+    def restore(self, released: Sequence[Released]) -> None:
+        """Take up the rounds an earlier run released (from its checkpoint): they count with
+        the noise and sampling they had, whatever this run's settings."""
+        epsilon_of([*released, Released(self.noise_multiplier, self.sampling, 1)],
+                   delta=self.delta)  # refuses what cannot be composed, now
+        self.earlier = tuple(released)
+        self.rounds = sum(r.rounds for r in released)
+        self._cache.clear()
 
     def epsilon(self, rounds: int | None = None) -> float:
         """Epsilon at ``delta`` after ``rounds`` rounds (default: the rounds spent so far)."""
         n = self.rounds if rounds is None else rounds
         if n not in self._cache:
-            self._cache[n] = epsilon_after(
-                n, noise_multiplier=self.noise_multiplier, delta=self.delta,
-                sampling=self.sampling,
-            )
+            self._cache[n] = epsilon_of(self.released(n), delta=self.delta)
         return self._cache[n]
 
     def check_round(self, round: int | None = None) -> None:

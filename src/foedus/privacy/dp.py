@@ -29,7 +29,12 @@ from foedus.core.errors import BudgetExhausted, ConfigError, PrivacyError
 from foedus.core.filter import CLIP, NOISE, Chain, Filter, Half, RoundPlan, Stage, stages
 from foedus.core.message import Kind, Message
 from foedus.core.params import ParamSpec, flatten, unflatten
-from foedus.privacy.accountant import PrivacyAccountant, SamplingSpec, calibrate_noise
+from foedus.privacy.accountant import (
+    PrivacyAccountant,
+    Released,
+    SamplingSpec,
+    calibrate_noise,
+)
 from foedus.privacy.clip import (
     BUDGET_EXHAUSTED,
     CLIP_TAG,
@@ -326,12 +331,16 @@ class _DPStage(Stage):
         return self.accountant.epsilon()
 
     def state(self) -> dict[str, Any]:
-        """The rounds already paid for: a resumed server must not report a fresh budget."""
+        """The rounds already paid for, with the noise and sampling each had: a resumed server
+        must not report a fresh budget, nor recount them with its own (other) settings."""
         self.sync_rounds()
-        return {"rounds": self.accountant.rounds, "rounds_paid": sorted(self.rounds_paid())}
+        return {"rounds": self.accountant.rounds, "rounds_paid": sorted(self.rounds_paid()),
+                "released": [r.as_state() for r in self.accountant.released()]}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.accountant.rounds = int(state.get("rounds", 0))
+        if "released" in state:
+            self.accountant.restore([Released.from_state(r) for r in state["released"]])
+        self.accountant.rounds = int(state.get("rounds", 0))  # an older checkpoint: a count
         self.rounds_paid().update(int(r) for r in state.get("rounds_paid", []))
 
     def rounds_paid(self) -> set[int]:
