@@ -85,8 +85,7 @@ def shown(value: object) -> str:
             float(value)
         except ValueError:
             return repr(value)
-        if "e" in value.lower() and "." not in value and value.strip().lower() not in (
-                "inf", "-inf", "+inf"):
+        if "e" in value.lower() and "." not in value:  # 1e-5, 1E3 ("inf" has no e)
             return (f"{value!r} (text, not a number: YAML reads {value} as text; write it with "
                     "a decimal point, as in 1.0e-5)")
         return f"{value!r} (text, not a number: remove the quotes)"
