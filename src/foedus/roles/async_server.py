@@ -141,8 +141,9 @@ class AsyncServerPod(Pod):
 
     The job ends after ``versions`` buffers were applied, with a ``stop`` control message; or
     early, with ``stop_reason`` saying why, after ``timeout`` seconds in all or when no new
-    version was made for ``version_timeout`` seconds (too few clients left to fill a buffer:
-    waiting longer would only delay the same result).
+    version was made for ``version_timeout`` seconds once a client was heard from (too few
+    clients left to fill a buffer: waiting longer would only delay the same result). Before
+    the first update only ``timeout`` applies: clients in other processes may start later.
 
     Updates pass the same :class:`~foedus.roles.admission.Admission` as the synchronous
     server's, with the versions within ``max_staleness`` of the newest as the open "rounds":
@@ -198,7 +199,8 @@ class AsyncServerPod(Pod):
         self._rejected: Counter[str] = Counter()  # while the current buffer fills
         self.round_listeners: list[Callable[[VersionRecord], None]] = []
         self._done = asyncio.Event()
-        self._progress = asyncio.Event()  # set whenever a version is made
+        self._progress = asyncio.Event()  # set whenever a version is made (and on a first word)
+        self._heard = False  # an update (accepted or not) has arrived
         self._began = 0.0
 
     @property
@@ -216,12 +218,13 @@ class AsyncServerPod(Pod):
         end = time.monotonic() + self.timeout
         while not self._done.is_set():
             left = end - time.monotonic()
-            wait = left if self.version_timeout is None else min(left, self.version_timeout)
+            stalls = self.version_timeout is not None and self._heard
+            wait = min(left, self.version_timeout) if stalls and self.version_timeout else left
             self._progress.clear()
             try:
                 await asyncio.wait_for(self._progress.wait(), max(wait, 0.0))
             except TimeoutError:
-                self.stop_reason = self._stalled(left <= wait)
+                self.stop_reason = self._stalled(not stalls or left <= wait)
                 log.warning("job %s: %s", self.job_id, self.stop_reason)
                 self._done.set()
         await self.send("model", Message.create(
@@ -232,6 +235,9 @@ class AsyncServerPod(Pod):
     async def on_update(self, msg: Message) -> None:
         if self._done.is_set():
             return
+        if not self._heard:  # from now on a version is due every version_timeout
+            self._heard = True
+            self._progress.set()
         try:
             self.admission.admit(msg)
             if msg.kind is Kind.ERROR or msg.error is not None:
