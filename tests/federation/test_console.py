@@ -281,11 +281,20 @@ def test_a_viewer_cannot_cancel_and_an_admin_cancels_a_running_job(
                                                 "submitter role")
     assert federation.job(job_id)["state"] == "running"
 
-    log_in(browser, federation, federation.admin_token, "/console/jobs?status=running")
-    click(browser, f'button[data-cancel="{job_id}"]', "the job's cancel button")
-    assert until(browser, text_of("#action-message"), "the answer") == f"Job {job_id} cancelled."
-    until(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, f'tr[data-job="{job_id}"]'),
-          "the job to leave the running filter")
+    # no timed refresh on the jobs page: the cancel's own outcome must show without one
+    frozen = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument",
+                                     {"source": "window.setInterval = () => 0;"})
+    try:
+        log_in(browser, federation, federation.admin_token, "/console/jobs?status=running")
+        click(browser, f'button[data-cancel="{job_id}"]', "the job's cancel button")
+        assert until(browser, text_of("#action-message"),
+                     "the answer") == f"Job {job_id} cancelled."
+        until(browser, lambda d: not d.find_elements(By.CSS_SELECTOR,
+                                                     f'tr[data-job="{job_id}"]'),
+              "the job to leave the running filter", seconds=30)
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument",
+                                {"identifier": frozen["identifier"]})
     job = federation.job(job_id)
     assert (job["state"], job["reason"]) == ("cancelled", "cancelled by admin")
 

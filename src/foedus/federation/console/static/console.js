@@ -60,35 +60,38 @@ const Console = (() => {
   }
 
   // Elements with data-live="URL" are re-rendered from that URL (a server-rendered fragment)
-  // every few seconds when it changed; a keyboard user's focus stays on the same link or
-  // button, and a scrolled table keeps its scroll position.
+  // every few seconds when it changed, and at once after an action of the page (a cancel);
+  // a keyboard user's focus stays on the same link or button, and a scrolled table keeps its
+  // scroll position.
+  async function refresh(el) {
+    if (document.hidden) return;
+    try {
+      let response;
+      try {
+        response = await fetch(el.dataset.live, {credentials: "same-origin"});
+      } catch (err) {
+        reachable(false);
+        return;
+      }
+      reachable(true);
+      if (response.status === 401) { sessionEnded(); return; }
+      if (!response.ok) return;
+      const html = await response.text();
+      if (html === el.dataset.last) return;
+      const key = el.contains(document.activeElement) ? focusKey(document.activeElement) : null;
+      const scroll = el.querySelector(".scroll")?.scrollLeft || 0;
+      el.dataset.last = html;
+      el.innerHTML = html;
+      const scroller = el.querySelector(".scroll");
+      if (scroller) scroller.scrollLeft = scroll;
+      if (key) el.querySelector(key)?.focus();
+    } catch (err) { /* the next tick tries again */ }
+  }
+
   function live(seconds) {
-    for (const el of document.querySelectorAll("[data-live]")) {
-      setInterval(async () => {
-        if (document.hidden) return;
-        try {
-          let response;
-          try {
-            response = await fetch(el.dataset.live, {credentials: "same-origin"});
-          } catch (err) {
-            reachable(false);
-            return;
-          }
-          reachable(true);
-          if (response.status === 401) { sessionEnded(); return; }
-          if (!response.ok) return;
-          const html = await response.text();
-          if (html === el.dataset.last) return;
-          const key = el.contains(document.activeElement) ? focusKey(document.activeElement) : null;
-          const scroll = el.querySelector(".scroll")?.scrollLeft || 0;
-          el.dataset.last = html;
-          el.innerHTML = html;
-          const scroller = el.querySelector(".scroll");
-          if (scroller) scroller.scrollLeft = scroll;
-          if (key) el.querySelector(key)?.focus();
-        } catch (err) { /* the next tick tries again */ }
-      }, seconds * 1000);
-    }
+    const regions = [...document.querySelectorAll("[data-live]")];
+    for (const el of regions) setInterval(() => refresh(el), seconds * 1000);
+    document.addEventListener("job-changed", () => regions.forEach(refresh));
   }
 
   // Buttons with data-cancel="JOB" cancel that job (the API decides who may).
@@ -105,7 +108,10 @@ const Console = (() => {
         out.className = answer.ok ? "message" : "message error";
         out.textContent = answer.ok ? `Job ${job} cancelled.` : answer.error;
       }
-      if (answer.ok) document.dispatchEvent(new CustomEvent("job-changed", {detail: job}));
+      // cancelled, or ended meanwhile (409: another operator, or its last round): shown now
+      if (answer.ok || answer.status === 409) {
+        document.dispatchEvent(new CustomEvent("job-changed", {detail: job}));
+      }
     });
   }
 
