@@ -351,3 +351,14 @@ async def test_a_job_file_too_large_for_the_coordinator_is_refused_in_one_json_l
     assert answer.status == 413
     assert (await answer.json())["error"] == ("the request is larger than the coordinator "
                                               "takes (4 MiB)")
+
+
+async def test_the_consoles_scripts_and_styles_are_revalidated_so_an_upgrade_is_seen_at_once(
+        client: Client) -> None:
+    for path in ("/console/static/console.js", "/console/static/console.css",
+                 "/console/static/vendor/uplot/uPlot.iife.min.js"):
+        answer = await client.get(path)
+        assert answer.status == 200 and answer.headers["Cache-Control"] == "no-cache", path
+        again = await client.get(path, headers={
+            "If-Modified-Since": answer.headers["Last-Modified"]})
+        assert again.status == 304  # revalidated: nothing sent again while unchanged

@@ -261,6 +261,10 @@ class Console:
                                                 "The error is in its log; try again later.")
         if not path.startswith(f"{PREFIX}/static/"):
             response.headers.update(SECURITY_HEADERS)
+        elif response.status < 400:
+            # asked again each time (a 304 while unchanged): without it a browser keeps a
+            # script for a tenth of its age, so after an upgrade the new pages ran old scripts
+            response.headers["Cache-Control"] = "no-cache"
         return response
 
     async def _api(self, request: Any, handler: Handler) -> Any:
