@@ -164,6 +164,7 @@ class LabelSide(Pod):
         checkpoint may have lost the question)."""
         expected = set(self.parties if parties is None else parties)
         got: dict[str, Any] = {}
+        refused: dict[str, str] = {}  # the last answer refused from each party, and why
         deadline = time.monotonic() + self.round_timeout
         while len(got) < len(expected):
             left = deadline - time.monotonic()
@@ -176,7 +177,8 @@ class LabelSide(Pod):
                     await on_silence(silent)
                     continue
                 self.stop_reason = (f"parties {silent} did not answer step {step!r} of round "
-                                    f"{round_} within {self.round_timeout:g}s")
+                                    f"{round_} within {self.round_timeout:g}s") + "".join(
+                    f"; refused from {p}: {refused[p]}" for p in silent if p in refused)
                 return None
             if not self._expected(msg, step, round_) or msg.sender in got \
                     or msg.sender not in expected:
@@ -185,11 +187,13 @@ class LabelSide(Pod):
                 continue
             if msg.error is not None:
                 self.rejected("party_error", msg, msg.error)
+                refused[msg.sender] = f"party_error ({msg.error:.150})"
                 continue
             try:
                 got[msg.sender] = check(msg)
             except Exception as exc:  # whatever a peer sends: refused, counted, never fatal
                 self.rejected("malformed", msg, f"{type(exc).__name__}: {exc}")
+                refused[msg.sender] = f"malformed ({type(exc).__name__}: {exc!s:.150})"
         return got
 
     async def _send(self, to: str, step: str, round_: int = 0,
