@@ -18,9 +18,12 @@ import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import psycopg
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from selenium import webdriver
@@ -33,6 +36,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from foedus.mlops.modelfile import decode_model
 from tests.federation.federation_fixtures import Federation, federation, job_file, wait_for
+from tests.federation.postgres_fixtures import Postgres
 from tests.transport.mqtt_fixtures import Mosquitto, mosquitto, mqtt_certs
 
 __all__ = ["federation", "mosquitto", "mqtt_certs"]  # fixtures used by name
@@ -454,3 +458,23 @@ def test_the_sites_verdicts_are_withdrawn_when_the_job_file_changes_after_the_ch
           "the verdicts on the old text to go", seconds=30)
     assert text_of("#check-status")(browser) == ("The job file changed since the check; Check "
                                                  "again for the sites' verdicts.")
+
+
+def test_a_page_says_while_the_coordinator_answers_only_errors_and_goes_on_when_it_recovers(
+        federation: Federation, browser: WebDriver, postgres: Postgres) -> None:
+    log_in(browser, federation, federation.admin_token)
+    banner = text_of("#connection")
+    url = yaml.safe_load((federation.root / "coordinator.yaml").read_text())["database"]
+    schema = parse_qs(urlsplit(url).query)["options"][0].removeprefix("-csearch_path=")
+    with psycopg.connect(postgres.url(), autocommit=True) as db:
+        # the coordinator's tables are gone from under it: every page and API call fails
+        db.execute(f"ALTER SCHEMA {schema} RENAME TO {schema}_away")
+        try:
+            shown = until(browser, banner, "the page to say the coordinator fails", seconds=30)
+        finally:
+            db.execute(f"ALTER SCHEMA {schema}_away RENAME TO {schema}")
+    assert shown.startswith("The coordinator answers only with errors (its log says why) "
+                            "since ")
+    assert shown.endswith(": this page shows what it last read, and keeps trying.")
+    until(browser, lambda d: not banner(d), "the banner to go", seconds=30)
+    sites_online(federation)  # for the tests after this one

@@ -4,21 +4,27 @@
 
 const Console = (() => {
   const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content || "";
-  let lostSince = null;
+  let troubleSince = null;
+  const TROUBLE = {
+    unreachable: "Cannot reach the coordinator",
+    failing: "The coordinator answers only with errors (its log says why)",
+  };
 
-  // Whether the coordinator answered the page's last request. While it does not (it restarts,
-  // or the network is down) a banner says so: what the page shows is what it last read.
-  function reachable(ok) {
+  // How the coordinator answered the page's last request: "ok", "unreachable" (it restarts,
+  // the network is down) or "failing" (a 5xx: e.g. its database is down). While it is not
+  // "ok" a banner says so: what the page shows is what it last read.
+  function reachable(how) {
     const banner = document.getElementById("connection");
-    if (ok) lostSince = null;
-    else if (lostSince === null) lostSince = new Date();
+    if (how === "ok") troubleSince = null;
+    else if (troubleSince === null) troubleSince = new Date();
     if (!banner) return;
-    banner.hidden = ok;
-    if (!ok) {
-      banner.textContent = `Cannot reach the coordinator since ${lostSince.toLocaleTimeString()}: ` +
+    banner.hidden = how === "ok";
+    if (how !== "ok") {
+      banner.textContent = `${TROUBLE[how]} since ${troubleSince.toLocaleTimeString()}: ` +
         "this page shows what it last read, and keeps trying.";
     }
   }
+  const answered = (response) => reachable(response.status >= 500 ? "failing" : "ok");
 
   // The session ended (logged out elsewhere, idle too long, the token replaced): the page is
   // loaded again, which goes to the login page and comes back here after logging in.
@@ -38,10 +44,10 @@ const Console = (() => {
     try {
       response = await fetch(path, init);
     } catch (err) {
-      reachable(false);
+      reachable("unreachable");
       return {ok: false, status: 0, data: null, error: "cannot reach the coordinator"};
     }
-    reachable(true);
+    answered(response);
     // a poll (GET) of a page whose session ended; a change (a submit, a cancel) shows the
     // API's answer where it was asked, so a pasted job file is not lost
     if (response.status === 401 && method === "GET") sessionEnded();
@@ -70,10 +76,10 @@ const Console = (() => {
       try {
         response = await fetch(el.dataset.live, {credentials: "same-origin"});
       } catch (err) {
-        reachable(false);
+        reachable("unreachable");
         return;
       }
-      reachable(true);
+      answered(response);
       if (response.status === 401) { sessionEnded(); return; }
       if (!response.ok) return;
       const html = await response.text();
