@@ -76,6 +76,9 @@ async def test_each_topology_runs_from_a_job_file_and_learns(kind: str, tmp_path
      "topology: topology 'swarm' has no parameter 'fanout'; allowed: neighbors, mode"),
     ({"type": "swarm", "params": {"mode": "raft"}}, "params.mode: got 'raft'"),
     ({"type": "async", "params": {"server_lr": -1}}, "params.server_lr: expected a positive"),
+    # an infinite step made every version NaN and the job exited 0 at chance accuracy
+    ({"type": "async", "params": {"server_lr": float("inf")}},
+     "params.server_lr: expected a finite positive number, got inf"),
     ({"type": "async", "extra": 1}, "topology.extra: unknown key"),
 ])
 def test_bad_topology_sections_are_config_errors(section: dict, message: str) -> None:

@@ -65,6 +65,10 @@ def _job(**changes: Any) -> dict[str, Any]:
     ({"params.parties": {"hospital": {"columns": [0], "share": 0}, "lab": {"columns": [1]}}},
      "params.parties.hospital.share: expected a fraction in (0, 1]"),
     ({"params.key_bits": 512}, "params.key_bits: expected an integer >= 1024"),
+    # an infinite step failed after round_timeout (the scores were no longer finite)
+    ({"params.learning_rate": float("inf")}, "params.learning_rate: expected a finite number"),
+    ({"params.label_party": ["hospital"]}, "params.label_party: expected a party's name, got "
+                                           "['hospital']"),
     ({"clients": {"count": 2, "per_round": 1}}, "clients.per_round: not used"),
     # ignored without a word before: the parties are params.parties, a round one step
     ({"clients": {"count": 3}}, "clients.count: 3, but topology vertical has 2 parties"),

@@ -16,6 +16,7 @@ one of the job's rounds.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Collection, Sequence
 
@@ -66,6 +67,9 @@ class Asynchronous(Topology):
                 "buffer_size", buffer_size, minimum=1)
             self.max_staleness = whole_number("max_staleness", max_staleness, minimum=0)
             self.server_lr = positive_number("server_lr", server_lr)
+            if not math.isfinite(self.server_lr):  # every version would be NaN
+                raise ConfigError(f"server_lr: expected a finite positive number, got "
+                                  f"{server_lr!r}")
             self.versions = None if versions is None else whole_number(
                 "versions", versions, minimum=1)
         except ConfigError as exc:

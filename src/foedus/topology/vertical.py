@@ -36,6 +36,7 @@ sums the feature parties' by secure sum); the pipeline may hold one ``split-nois
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
@@ -101,6 +102,9 @@ class Vertical(Topology):
         if not isinstance(parties, Mapping) or len(parties) < 2:
             raise ConfigError("params.parties: expected a mapping of two parties or more, "
                               f"each {{columns: [...]}}; got {parties!r}")
+        if not isinstance(label_party, str):
+            raise ConfigError(f"params.label_party: expected a party's name, got "
+                              f"{label_party!r}")
         if label_party not in parties:
             raise ConfigError(f"params.label_party: {label_party!r} is not one of the parties "
                               f"{sorted(parties)}")
@@ -132,8 +136,8 @@ class Vertical(Topology):
         if learning_rate is None:
             learning_rate = 0.5 if model == "linear" else 0.01
         if isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float) \
-                or not learning_rate > 0:
-            raise ConfigError(f"params.learning_rate: expected a number > 0, got "
+                or not 0 < learning_rate < math.inf:
+            raise ConfigError(f"params.learning_rate: expected a finite number > 0, got "
                               f"{learning_rate!r}")
         key_bits = 2048 if key_bits is None else key_bits
         if isinstance(key_bits, bool) or not isinstance(key_bits, int) or key_bits < 1024:
