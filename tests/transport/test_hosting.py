@@ -268,6 +268,28 @@ async def test_publish_waits_for_a_hub_that_is_restarting(
 
 
 @pytest.mark.parametrize("kind", KINDS)
+async def test_a_subscription_whose_hub_stays_gone_gives_up_after_reconnect_timeout(
+    kind: str, certs: DeploymentCerts,
+) -> None:
+    """Each re-subscribe attempt waited up to connect_timeout (30 s) for the hub, so a gRPC
+    subscription told to give up after reconnect_timeout=2 gave up after 30 s and more."""
+    port = free_port()
+    hub = await hub_starter(kind, port, certs.server_tls(require_client_cert=True))()
+    sub_t = transport(kind, port, tls=certs.client_tls("client-001"), reconnect_timeout=2,
+                      connect_timeout=30)
+    try:
+        sub = await sub_t.subscribe(topic())
+        await hub.stop()
+        began = asyncio.get_running_loop().time()
+        with pytest.raises(TransportError, match="could not be re-established within 2"):
+            await asyncio.wait_for(anext(sub), 20)
+        assert asyncio.get_running_loop().time() - began < 6
+    finally:
+        await sub_t.close()
+        await hub.stop()
+
+
+@pytest.mark.parametrize("kind", KINDS)
 async def test_last_message_reaches_subscribers_when_the_hub_stops_right_after(
     kind: str, certs: DeploymentCerts,
 ) -> None:

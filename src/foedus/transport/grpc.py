@@ -586,6 +586,9 @@ class GrpcTransport(HubClient):
             frame = await call.read()
         except grpc.aio.AioRpcError as exc:
             raise _error(exc, f"subscribe to {topic!r}") from exc
+        except BaseException:  # cancelled (a re-subscribe out of time): leave no stream open
+            call.cancel()
+            raise
         if frame is grpc.aio.EOF or not _FRAME.unpack_from(frame)[0] & _READY:
             call.cancel()
             raise TransportError(f"gRPC hub did not confirm the subscription to {topic!r}")

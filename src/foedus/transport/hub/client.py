@@ -10,6 +10,7 @@ certificate), checks the ``max_payload`` before sending and closes what it opene
 from __future__ import annotations
 
 import abc
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Protocol
@@ -219,8 +220,18 @@ class ReconnectingSubscription(Subscription):
                 f"re-established within {owner.reconnect_timeout}s: {exc}"
             )
 
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + owner.reconnect_timeout
+
+        async def attempt() -> None:
+            # an attempt may wait for the hub (up to connect_timeout): not past the budget
+            try:
+                await asyncio.wait_for(self._resubscribe(), max(deadline - loop.time(), 0.1))
+            except TimeoutError:
+                raise TransportError("the hub did not answer in time") from None
+
         try:
-            await retry_with_backoff(self._resubscribe, retry_on=TransportError,
+            await retry_with_backoff(attempt, retry_on=TransportError,
                                      timeout=owner.reconnect_timeout, give_up=give_up,
                                      stopped=lambda: self._closed)
         except RetryStopped:
