@@ -72,3 +72,11 @@ def test_a_ledger_shows_what_remains_of_each_budget_and_never_less_than_nothing(
         "8.000", "1e-05", "2.500", "6.000", "2.000", 75)
     assert digits["jobs"][0]["settled_at"] == "1970-01-01 00:01:00 UTC"
     assert (census["remaining"], census["used_percent"]) == ("0.000", 100)
+
+
+def test_a_site_that_lets_jobs_without_dp_onto_budgeted_data_shows_it_in_its_policy() -> None:
+    loosened = {"policy": Policy(max_rounds=60, allow_non_dp=True).as_dict()}
+    assert views.policy_items(loosened) == [
+        ("max rounds", "60"), ("jobs without DP on budgeted datasets", "allowed")]
+    alone = {"policy": Policy(allow_non_dp=True).as_dict()}
+    assert views.policy_items(alone) == [("jobs without DP on budgeted datasets", "allowed")]

@@ -76,6 +76,8 @@ def policy_items(offers: dict[str, Any]) -> list[tuple[str, str]]:
         if value is None or value == []:
             continue
         items.append((label, ", ".join(value) if isinstance(value, list) else str(value)))
+    if policy.get("allow_non_dp") is True:  # a protection switched off (refused by default)
+        items.append(("jobs without DP on budgeted datasets", "allowed"))
     return items or [("policy", "no limits")]
 
 
