@@ -188,6 +188,7 @@ async def test_an_admin_reads_a_sites_ledger_and_audit_log_as_pages_linked_from_
     assert "site-b has not sent a ledger yet." in quiet
     none = await (await client.get("/console/sites/site-b/audit", headers=admin)).text()
     assert "No entry yet: no job has been offered to site-b." in none
+    assert "Hash chain" not in none  # no chain to speak of, not "all 0 entries link up"
     # a copy changed at the coordinator no longer verifies, and the page says where
     copy = coordinator.config.state_dir / "sites/site-a/audit.jsonl"
     lines = copy.read_text().splitlines()
