@@ -69,6 +69,10 @@ def test_clipping_before_the_secure_sum_runs_and_builds_a_secure_server() -> Non
      r"leaves 3 to sum, not more than half of them: max_dropouts may be at most 2"),
     ([secure_sum()], {}, "exactly one of threshold"),
     ([secure_sum(threshold=4, ring_bits=48)], {}, "ring_bits must be 32 or 64"),
+    ([secure_sum(threshold=4, value_range="1e6")], {},  # YAML reads 1e6 as text
+     r"value_range must be a number, got '1e6' \(text, not a number: YAML reads 1e6 as text; "
+     r"write it with a decimal point, as in 1\.0e-5\)"),
+    ([secure_sum(threshold="4")], {}, r"threshold must be an integer, got '4' \(text"),
     ([secure_sum(threshold=4, weighting="median")], {}, "weighting must be"),
     ([secure_sum(threshold=4, colour="red")], {}, "no parameter 'colour'"),
     ([secure_sum(threshold=4)], {"clients": {"count": CLIENTS, "per_round": 3}},

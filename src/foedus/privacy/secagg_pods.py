@@ -51,6 +51,7 @@ from foedus.core.filter import Filter, Stage, stages
 from foedus.core.message import Kind, Message
 from foedus.core.params import Params
 from foedus.core.pod import Pod, Wire
+from foedus.privacy.clip import shown
 from foedus.privacy.secagg import (
     AdvertiseKeys,
     MaskedInput,
@@ -704,10 +705,10 @@ def secure_sum_stage(
     for name, value in (("threshold", threshold), ("max_dropouts", max_dropouts),
                         ("scale_bits", scale_bits), ("ring_bits", ring_bits)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
+            raise ConfigError(f"{name} must be an integer, got {shown(value)}")
     for name, number in (("value_range", value_range), ("step_timeout", step_timeout)):
         if not isinstance(number, int | float) or isinstance(number, bool):
-            raise ConfigError(f"{name} must be a number, got {number!r}")
+            raise ConfigError(f"{name} must be a number, got {shown(number)}")
     if threshold is not None and threshold < 2:
         raise ConfigError(f"threshold must be at least 2, got {threshold}")
     settings = SecureSumSettings(
