@@ -759,6 +759,26 @@ async def test_publish_gives_up_after_reconnect_timeout(tmp_path: Path) -> None:
         await pub.close()
 
 
+async def test_a_transport_whose_broker_went_down_closes_cleanly(tmp_path: Path) -> None:
+    """Closing a subscription whose broker is gone raised aiokafka's CancelledError (its
+    fetch task, cancelled in its backoff, leaks out of consumer.stop()): the rest of the
+    transport stayed open ("Unclosed AIOKafkaProducer") and a job's end was a traceback."""
+    broker = Tansu(tmp_path / "tansu")
+    broker.start()
+    t = KafkaTransport(broker.bootstrap, request_timeout=1, reconnect_timeout=1,
+                       retry_backoff_ms=100)
+    try:
+        await t.subscribe(name := topic())
+        await t.publish(name, b"first")
+        broker.stop()
+        with pytest.raises(TransportError, match="publish to Kafka topic"):
+            await t.publish(name, b"second")
+    finally:
+        broker.stop()
+        await t.close()
+    assert t._producer is None and not t._subs
+
+
 # ---- an unreachable broker: foedus's one line, not aiokafka's log above it -----------------
 
 def aiokafka_lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:

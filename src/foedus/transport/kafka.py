@@ -798,6 +798,18 @@ class KafkaTransport(Transport):
                 await client.close()
         except Exception as exc:  # closing is best effort; the connection may already be gone
             log.debug("closing a Kafka client failed: %s", exc)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being cancelled: that is the caller's, not aiokafka's
+            # aiokafka's own: a consumer whose broker is gone stops its fetch task in its
+            # backoff, and the task's CancelledError leaks out of stop() before stop() closes
+            # the consumer's connections: close them as stop() would have
+            log.debug("closing a Kafka client: aiokafka let its own cancellation out")
+            inner = getattr(client, "_client", None)
+            if inner is not None:
+                with contextlib.suppress(Exception):
+                    await inner.close()
 
     async def _get_producer(self) -> Any:
         lock, _ = self._locks()
