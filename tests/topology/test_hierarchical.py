@@ -211,3 +211,10 @@ def test_an_edge_that_would_answer_after_its_parent_closed_the_round_is_refused(
         JobSpec.from_dict({"job_id": "t", "round_timeout": 20, "clients": {"count": 3},
                            "topology": {"type": "hierarchical", "params": {"tree": tree}}})
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_tree_built_in_python_checks_its_edges_deadlines_too(data: Digits) -> None:
+    tree = (EdgeNode("slow", ("c0", "c1"), round_timeout=45.0), "c2", "c3", "c4", "c5")
+    with pytest.raises(ConfigError, match=r"edge 'slow': round_timeout 45s is not shorter than "
+                                          r"its parent's 30s \(the root's\)"):
+        build_hierarchy(server_for(data, len(tree)), tree, clients_of(data), LocalTransport())

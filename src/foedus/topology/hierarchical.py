@@ -290,6 +290,7 @@ def tree_actors(
     selected actors open a transport (``transport_for`` is called for them alone).
     """
     check_tree(tree, list(clients))
+    check_timeouts(tree, server.round_timeout)
     if server.expected_clients != len(tree):
         raise ConfigError(
             f"the server expects {server.expected_clients} children but the tree gives the root "
