@@ -54,3 +54,21 @@ async def test_a_tls_refusal_fails_at_once_saying_why(
             finally:
                 await client.close()
             assert time.monotonic() - began < 5
+
+
+async def test_a_hub_that_cannot_start_says_why_in_one_line(certs: DeploymentCerts) -> None:
+    """grpcio reports both as RuntimeError("Failed to bind to address ...; set GRPC_VERBOSITY
+    =debug ..."), which reached the command line as a traceback (exit status 1)."""
+    import socket
+
+    from foedus.core.errors import ConfigError
+
+    mismatched = TLSConfig(certs.ca, certs.server_cert, certs.clients["client-000"][1])
+    with pytest.raises(ConfigError, match=r"cannot be loaded \(not PEM, or they do not match\)"):
+        await GrpcHub("127.0.0.1", 0, mismatched).start()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(TransportError, match=rf"^gRPC hub cannot listen on 127.0.0.1:{port}"):
+            await GrpcHub("127.0.0.1", port, certs.server_tls()).start()

@@ -155,19 +155,29 @@ class GrpcHub(HubAdapter):
         })
         server.add_generic_rpc_handlers((handler,))
         bind = f"{self.host}:{self.port}"
-        if self.tls is None:
-            port = server.add_insecure_port(bind)
+        try:
+            if self.tls is None:
+                port = server.add_insecure_port(bind)
+            else:
+                ca, cert, key = _pem(self.tls)
+                if cert is None or key is None:
+                    raise ConfigError("GrpcHub tls needs the server's cert and key")
+                # grpcio takes any bytes here and fails to bind later, saying only that: the
+                # files are checked as the HTTPS hub loads them (one ConfigError naming them)
+                self.tls.server_context()
+                creds = grpc.ssl_server_credentials(
+                    [(key, cert)], root_certificates=ca,
+                    require_client_auth=self.tls.require_client_cert,
+                )
+                port = server.add_secure_port(bind, creds)
+        except RuntimeError as exc:  # grpcio's "Failed to bind to address ..."
+            port = 0
+            why = str(exc).split(";")[0]
         else:
-            ca, cert, key = _pem(self.tls)
-            if cert is None or key is None:
-                raise ConfigError("GrpcHub tls needs the server's cert and key")
-            creds = grpc.ssl_server_credentials(
-                [(key, cert)], root_certificates=ca,
-                require_client_auth=self.tls.require_client_cert,
-            )
-            port = server.add_secure_port(bind, creds)
+            why = "no port"
         if not port:
-            raise TransportError(f"gRPC hub cannot listen on {bind}")
+            raise TransportError(f"gRPC hub cannot listen on {bind} ({why}): the port is in "
+                                 "use, or the host is not an address of this machine")
         self.port = port
         await server.start()
         self._server = server
