@@ -4,6 +4,7 @@ budget refuses the round that would exceed it."""
 from __future__ import annotations
 
 import itertools
+import re
 
 import dp_accounting as dpa
 import pytest
@@ -104,3 +105,16 @@ def test_a_target_epsilon_no_noise_can_reach_is_refused_in_the_jobs_terms() -> N
     assert str(refused.value) == (
         "target_epsilon: dp-accounting found no noise_multiplier (searched from 0.001 up) "
         "that reaches epsilon 1e+09 at delta 1e-05 in 5 rounds; give noise_multiplier instead")
+
+
+@pytest.mark.parametrize(("noise", "sampling"), [
+    (1e300, SamplingSpec(10, 10)),
+    (1e9, SamplingSpec(20, 10, "fixed")),
+])
+def test_noise_the_library_cannot_analyse_is_refused_when_the_accountant_is_built(
+        noise: float, sampling: SamplingSpec) -> None:
+    """It failed in round 1, inside the server's filter: "OverflowError: (34, 'Numerical
+    result out of range')" (or a bare ValueError for fixed sampling)."""
+    with pytest.raises(ConfigError, match=r"^noise_multiplier: dp-accounting cannot analyse "
+                                          rf"{re.escape(f'{noise:g}')} with this sampling"):
+        PrivacyAccountant(noise_multiplier=noise, delta=1e-5, sampling=sampling)

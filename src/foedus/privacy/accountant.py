@@ -209,6 +209,13 @@ class PrivacyAccountant:
         #: ``sum(r.rounds)`` of :attr:`rounds` (see :meth:`restore`)
         self.earlier: tuple[Released, ...] = ()
         self._cache: dict[int, float] = {}
+        try:  # now, not in round 1 inside the server's filter
+            self.epsilon(1)
+        except (OverflowError, ValueError) as exc:
+            raise ConfigError(
+                f"noise_multiplier: dp-accounting cannot analyse {noise_multiplier:g} with this "
+                f"sampling ({type(exc).__name__}: {exc}); give a smaller noise_multiplier"
+            ) from exc
 
     def released(self, rounds: int | None = None) -> list[Released]:
         """The mechanisms of the first ``rounds`` rounds (default: those spent), in order: the
