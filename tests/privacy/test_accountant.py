@@ -111,10 +111,11 @@ def test_a_target_epsilon_no_noise_can_reach_is_refused_in_the_jobs_terms() -> N
     (1e300, SamplingSpec(10, 10)),
     (1e9, SamplingSpec(20, 10, "fixed")),
 ])
-def test_noise_the_library_cannot_analyse_is_refused_when_the_accountant_is_built(
+def test_noise_the_library_cannot_analyse_is_refused_by_check_analysable(
         noise: float, sampling: SamplingSpec) -> None:
     """It failed in round 1, inside the server's filter: "OverflowError: (34, 'Numerical
     result out of range')" (or a bare ValueError for fixed sampling)."""
+    accountant = PrivacyAccountant(noise_multiplier=noise, delta=1e-5, sampling=sampling)
     with pytest.raises(ConfigError, match=r"^noise_multiplier: dp-accounting cannot analyse "
                                           rf"{re.escape(f'{noise:g}')} with this sampling"):
-        PrivacyAccountant(noise_multiplier=noise, delta=1e-5, sampling=sampling)
+        accountant.check_analysable()

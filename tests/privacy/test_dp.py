@@ -479,3 +479,17 @@ def test_a_server_resumed_with_other_noise_keeps_the_epsilon_of_the_rounds_it_re
     again = stage(3.0)
     again.restore(resumed.state())  # a second resume keeps both noise levels
     assert again.epsilon == pytest.approx(composed((1.0, 2), (3.0, 1)))
+
+
+@pytest.mark.parametrize(("name", "params"), [
+    ("central-dp", {"clients_per_round": 4, "noise_multiplier": 1e300}),
+    ("central-dp", {"clients_per_round": 10, "population": 20, "sampling": "fixed",
+                    "noise_multiplier": 1e9}),
+    ("local-dp", {"clip_norm": 1.0, "noise_multiplier": 1e300}),
+])
+def test_noise_the_accountant_cannot_analyse_is_refused_when_the_stage_is_built(
+        name: str, params: dict[str, object]) -> None:
+    """It failed in round 1 inside the server's filter: "OverflowError: (34, 'Numerical result
+    out of range')"."""
+    with pytest.raises(ConfigError, match=r"^noise_multiplier: dp-accounting cannot analyse"):
+        stages.create(name, **params)

@@ -209,12 +209,18 @@ class PrivacyAccountant:
         #: ``sum(r.rounds)`` of :attr:`rounds` (see :meth:`restore`)
         self.earlier: tuple[Released, ...] = ()
         self._cache: dict[int, float] = {}
-        try:  # now, not in round 1 inside the server's filter
+
+    def check_analysable(self) -> None:
+        """Refuse, as a ``ConfigError``, a mechanism dp-accounting cannot analyse (a noise
+        multiplier of 1e300, or 1e9 with fixed sampling): stages call this when they are built,
+        so that it is not an ``OverflowError`` in round 1 inside the server's filter. Not done
+        for every accountant: one costs milliseconds, and local DP builds one per client."""
+        try:
             self.epsilon(1)
         except (OverflowError, ValueError) as exc:
             raise ConfigError(
-                f"noise_multiplier: dp-accounting cannot analyse {noise_multiplier:g} with this "
-                f"sampling ({type(exc).__name__}: {exc}); give a smaller noise_multiplier"
+                f"noise_multiplier: dp-accounting cannot analyse {self.noise_multiplier:g} with "
+                f"this sampling ({type(exc).__name__}: {exc}); give a smaller noise_multiplier"
             ) from exc
 
     def released(self, rounds: int | None = None) -> list[Released]:

@@ -232,11 +232,13 @@ def _check_settings(*, rounds: Any = None, delta: Any = 1e-5, budget: Any = None
 
 
 def _check_budget_pays_a_round(accountant: PrivacyAccountant) -> None:
-    """Refuse a budget too small for even one round, when the stage is built.
+    """Refuse noise the accountant cannot analyse, and a budget too small for even one round,
+    when the stage is built.
 
     Such a job used to start, train nothing (the server stops before round 1), and end with
     exit status 0 and the initial model, after its clients had waited for a round that never
     came. Nothing can ever be trained with it, so it is a setting error, reported as one."""
+    accountant.check_analysable()
     if accountant.budget is None:
         return
     one_round = accountant.epsilon(1)
