@@ -4,6 +4,7 @@ clients without a valid certificate, the sender-identity hook, a federated job e
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -72,3 +73,22 @@ async def test_a_hub_that_cannot_start_says_why_in_one_line(certs: DeploymentCer
         port = busy.getsockname()[1]
         with pytest.raises(TransportError, match=rf"^gRPC hub cannot listen on 127.0.0.1:{port}"):
             await GrpcHub("127.0.0.1", port, certs.server_tls()).start()
+
+
+async def test_a_client_certificate_and_key_that_do_not_match_are_refused_at_once(
+    certs: DeploymentCerts,
+) -> None:
+    """grpcio took them, and every connection attempt failed ("Failed to create security
+    handshaker") until connect_timeout ran out."""
+    from foedus.core.errors import ConfigError
+    from tests.conftest import free_port
+
+    mismatched = TLSConfig(certs.ca, certs.clients["client-000"][0],
+                           certs.clients["client-001"][1])
+    client = GrpcTransport(f"127.0.0.1:{free_port()}", tls=mismatched, connect_timeout=20)
+    try:
+        with pytest.raises(ConfigError, match=r"cannot be loaded \(not PEM, or they do not "
+                                              r"match\)"):
+            await asyncio.wait_for(client.publish(topic(), b"x"), 5)
+    finally:
+        await client.close()

@@ -478,6 +478,9 @@ class GrpcTransport(HubClient):
                 self._channel = grpc.aio.insecure_channel(target, options=options)
             else:
                 ca, cert, key = _pem(self.tls)
+                # grpcio takes a CA that is not PEM, or a mismatched pair, and never connects:
+                # loaded as Python's ssl loads them, they are one ConfigError naming the files
+                self.tls.client_context()
                 creds = grpc.ssl_channel_credentials(
                     root_certificates=ca, private_key=key, certificate_chain=cert
                 )
