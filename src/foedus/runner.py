@@ -154,6 +154,7 @@ async def run_actors(
     on_ready: Callable[[], None] | None = None, timeout: float | None = None,
     grace: float = 10.0, on_client_round: ClientListener | None = None,
     on_waiting: Callable[[float], None] | None = None, parts: JobParts | None = None,
+    on_client_unconfirmed: Callable[[ClientPod, Message], None] | None = None,
 ) -> JobResult:
     """Run ``actors`` of ``spec``'s job in this process, on the job's transport.
 
@@ -169,7 +170,10 @@ async def run_actors(
     called every ``round_timeout`` while no client here has received a model yet (a server
     that is not running, or on another transport, should not mean waiting in silence).
     ``parts``: what :func:`build_actor_parts` made for these actors ahead of time (None:
-    built here).
+    built here). ``on_client_unconfirmed`` sees, once the actors here stopped, each answer a
+    client here handed to its transport that was never confirmed sent (the actor was
+    cancelled mid-publish): it may or may not have reached the server, so whoever counts
+    what left (a privacy ledger) must count it.
     """
     topology = prepare(spec)
     known = topology.actors(spec)
@@ -198,9 +202,8 @@ async def run_actors(
     try:
         assembly = topology.build(parts, set(actors), links.open)
         clients = _pods(assembly, ClientPod)
-        if on_client_round is not None:
-            for rt in assembly.runtimes.values():
-                _report_answers(rt.graph, on_client_round)
+        unconfirmed = [_report_answers(rt.graph, on_client_round)
+                       for rt in assembly.runtimes.values()] if on_client_round is not None else []
         watch = (asyncio.create_task(_watch_for_models(clients, spec.round_timeout, on_waiting))
                  if on_waiting is not None and clients and not leader_here else None)
         try:
@@ -208,6 +211,10 @@ async def run_actors(
         finally:
             if watch is not None:
                 watch.cancel()
+            if on_client_unconfirmed is not None:
+                for pending in unconfirmed:
+                    for client, answer in pending():
+                        on_client_unconfirmed(client, answer)
     except BaseException:
         parts.finish(None, failed=True)
         raise
@@ -279,16 +286,19 @@ def _pods(assembly: Assembly, kind: type[P]) -> list[P]:
             if isinstance(pod, kind)]
 
 
-def _report_answers(graph: Graph, listener: ClientListener) -> None:
+def _report_answers(
+    graph: Graph, listener: ClientListener,
+) -> Callable[[], list[tuple[ClientPod, Message]]]:
     """Call ``listener`` for each answer of the client in ``graph`` once it has left on the
     network (an answer handed to the wire has not been sent yet), with the bytes the graph's
     links moved for it: the model received before the client answered, and the update sent.
     What came in is read as the client answers, not as the answer leaves: by then the next
-    round's model may have arrived."""
+    round's model may have arrived. Returns what gives the answers handed to the wire and not
+    (yet) confirmed sent."""
     clients = [p for p in graph.pods.values() if isinstance(p, ClientPod)]
     uplinks = [p for p in graph.pods.values() if isinstance(p, Uplink)]
     if len(clients) != 1:
-        return
+        return list
     client, inbound, outbound = clients[0], LinkMeter(graph), LinkMeter(graph)
     handed: dict[int, tuple[Message, int]] = {}  # answers given to the wire, not sent yet
     early: set[int] = set()  # rounds whose answer left before the client's listener ran
@@ -314,6 +324,7 @@ def _report_answers(graph: Graph, listener: ClientListener) -> None:
     client.round_listeners.append(answered)
     for uplink in uplinks:
         uplink.sent_listeners.append(left)
+    return lambda: [(client, handed[rnd][0]) for rnd in sorted(handed)]
 
 
 async def _watch_for_models(clients: Sequence[ClientPod], every: float,

@@ -11,6 +11,9 @@ The progress file is JSON lines, appended and flushed (and fsynced) as things ha
 * ``{"start": PID}`` when a process starts (a restarted actor appends to the same file);
 * ``{"round": R, "update": true}`` right after each answer was handed to the transport
   (``update: false`` for an error answer, which carries no parameters);
+* ``{"round": R, "update": true, "unconfirmed": true}`` for an update whose sending was never
+  confirmed because the process was stopped mid-publish (its transport retrying a gone hub,
+  or a send in flight): it may have reached the server, so it counts as sent;
 * ``{"end": STATUS}`` when the process ends by itself or on SIGTERM (0: the job's stop); a
   process still ending :data:`STOP_GRACE_S` seconds after SIGTERM (its transport retrying a
   peer that is gone) exits without one.
@@ -138,6 +141,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             with Path(args.records).open("a") as f:
                 f.write(json.dumps(record.to_dict()) + "\n")
 
+    def unconfirmed(client: ClientPod, answer: Message) -> None:
+        if answer.error is not None or answer.kind is not Kind.UPDATE:
+            return  # an error answer carries no parameters: nothing spent
+        _append(progress, {"round": answer.round, "update": True, "unconfirmed": True})
+        print(f"{client.client_id} round {answer.round:>3}: stopped while sending its update; "
+              "counted as sent (it may have reached the server)", file=sys.stderr, flush=True)
+
     def waiting(seconds: float) -> None:
         print(f"foedus: no model from the job's server after {seconds:.0f}s; waiting",
               file=sys.stderr, flush=True)
@@ -165,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         loop.add_signal_handler(signal.SIGTERM, terminate)
         result = await run_actors(load_job(args.job), [args.actor], on_client_round=answered,
-                                  on_waiting=waiting, on_round=recorded)
+                                  on_waiting=waiting, on_round=recorded,
+                                  on_client_unconfirmed=unconfirmed)
         trained = result.extra.get("rounds_trained", {}).get(args.actor, 0)
         print(f"foedus: {args.actor} finished after {trained} rounds", file=sys.stderr,
               flush=True)
