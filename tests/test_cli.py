@@ -251,3 +251,35 @@ def test_the_progress_line_prints_privacy_numbers_with_their_significant_digits(
     big = io.StringIO()
     Progress(3, big)(RoundRecord(3, metrics={"dp_epsilon": 936.81, "dp_delta": 1e-6}))
     assert "dp_delta 1e-06  dp_epsilon 936.8  " in big.getvalue()
+
+
+@pytest.mark.parametrize("command", ["actor", "client"])
+def test_actors_run_without_the_server_exit_1_when_the_job_failed_as_they_saw_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    """A process of actors keeps no rounds, yet may see the job fail (a vertical job's label
+    party whose feature parties never came): its exit status says so, as ``--json`` does."""
+    from foedus import cli
+    from foedus.runner import JobResult
+
+    stopped = JobResult(job_id="v", clients=2, history=[], params={}, duration_s=0.1,
+                        extra={"stop_reason": "parties ['bank'] never joined",
+                               "rounds_trained": {"client-000": 0}})
+
+    async def ran(*_: object, **__: object) -> JobResult:
+        return stopped
+
+    monkeypatch.setattr(cli, "run_actors", ran)
+    monkeypatch.setattr(cli, "run_client", ran)
+    job = tmp_path / "job.yaml"
+    job.write_text("job_id: v\nclients: {count: 2}\n"
+                   "transport: {type: mqtt, params: {host: 127.0.0.1, port: 1}}\n")
+    args = ["actor", str(job), "client-000"] if command == "actor" else [
+        "client", str(job), "--index", "0"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "client-000 finished after 0 rounds" in err
+    assert "job 'v' failed: stopped before round 1: parties ['bank'] never joined" in err
+    stopped.extra["stop_reason"] = None  # an ordinary client process: no failure of its own
+    assert main(args) == 0

@@ -198,8 +198,17 @@ def _actors(spec: JobSpec, args: argparse.Namespace) -> int:
         on_client_round=None if args.json else _client_round, on_waiting=_waiting(spec)))
     if result.history or args.json:
         return _report(result, args)
-    for actor in names:  # no server here: say what these actors did
-        print(f"foedus: {_actor_done(result, actor)}", file=sys.stderr)
+    return _actors_ended(result, names)  # no server here: say what these actors did
+
+
+def _actors_ended(result: JobResult, actors: Sequence[str], label: str = "") -> int:
+    """Say what each actor run here did; the exit status: 1 when the job failed as these
+    actors saw it (a label party whose feature parties never came), else 0."""
+    for actor in actors:
+        print(f"foedus: {label}{_actor_done(result, actor)}", file=sys.stderr)
+    if result.failure:
+        print(f"foedus: job {result.job_id!r} failed: {result.failure}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -444,9 +453,8 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.command == "client":
             result = run_sync(run_client(spec, args.index, on_client_round=_client_round,
                                             on_waiting=_waiting(spec)))
-            for actor in result.extra.get("rounds_trained", {}):
-                print(f"foedus: client {_actor_done(result, actor)}", file=sys.stderr)
-            return 0
+            return _actors_ended(result, list(result.extra.get("rounds_trained", {})),
+                                 label="client ")
         return _run(spec, args)
     except FoedusError as exc:
         print(f"foedus: error: {exc}", file=sys.stderr)
