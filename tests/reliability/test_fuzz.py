@@ -9,6 +9,7 @@ honest updates completes its round with exactly the honest updates.
 from __future__ import annotations
 
 import asyncio
+import resource
 import struct
 import subprocess
 import sys
@@ -407,9 +408,14 @@ def test_coverage_guided_fuzzing_of_the_decoder_finds_nothing(tmp_path: Path) ->
     header = VALID[24 : 24 + header_len]
     body = VALID[24 + header_len + (-header_len % 8):]
     (corpus / "framed").write_bytes(header_len.to_bytes(2, "little") + header + body)
+    # libFuzzer's memory limit reads the process's peak resident size, which Linux carries
+    # across fork and exec: a child of a test worker that once held 2.6 GB "used" 2.6 GB
+    # before its first input and was reported out of memory. The limit is 2 GB above that.
+    inherited_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     run = subprocess.run(
         [sys.executable, "-m", "tests.reliability.atheris_decode", str(corpus), "-runs=100000",
-         "-max_len=2048", "-seed=1", f"-artifact_prefix={tmp_path}/"],
+         "-max_len=2048", "-seed=1", f"-artifact_prefix={tmp_path}/",
+         f"-rss_limit_mb={inherited_mb + 2048}", "-malloc_limit_mb=2048"],
         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=240,
     )
     assert run.returncode == 0, run.stderr[-2000:]
