@@ -48,6 +48,39 @@ def test_mistakes_name_the_key_and_the_allowed_values(raw: object, message: str)
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    ("pipeline:\n  - {type: central-dp, noise_multiplier: 1.0, clients_per_round: 5}\n",
+     "pipeline[0].clients_per_round: unknown key; allowed: type, params (put the stage's "
+     "settings under params:, e.g. {type: central-dp, params: {noise_multiplier: 1.0, "
+     "clients_per_round: 5}})"),
+    ("model: {type: sklearn-sgd, alpha: 0.001}\n",
+     "model.alpha: unknown key; allowed: type, params (put the model's settings under params:, "
+     "e.g. {type: sklearn-sgd, params: {alpha: 0.001}})"),
+    ("aggregator: {type: fedavgm, momentum: 0.9}\n", "(put the aggregator's settings under "
+     "params:, e.g. {type: fedavgm, params: {momentum: 0.9}})"),
+    ("transport: {type: mqtt, host: 127.0.0.1}\n", "(put the transport's settings under "
+     "params:, e.g. {type: mqtt, params: {host: 127.0.0.1}})"),
+    ("topology: {type: hierarchical, edges: 2}\n", "(put the topology's settings under "
+     "params:, e.g. {type: hierarchical, params: {edges: 2}})"),
+])
+def test_plugin_settings_written_beside_type_are_refused_saying_to_put_them_under_params(
+        tmp_path: Path, text: str, message: str) -> None:
+    """They used to get only "unknown key; allowed: type, params", which does not say where
+    the settings go; the refusal now shows the same section rewritten with params:."""
+    job = tmp_path / "job.yaml"
+    job.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_job(job)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_long_misplaced_setting_is_shown_shortened_in_the_params_hint() -> None:
+    with pytest.raises(ConfigError) as err:
+        JobSpec.from_dict({"model": {"type": "sklearn-sgd", "blob": "x" * 500}})
+    assert str(err.value).endswith("e.g. {type: sklearn-sgd, params: {blob: ...}})")
+
+
 def test_unreadable_and_invalid_yaml_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read job file"):
         load_job(tmp_path / "missing.yaml")

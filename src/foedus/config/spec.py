@@ -413,7 +413,8 @@ def _plugin(raw: dict[str, Any], key: str, default: str, index: int | None = Non
                           f"got {_show(value)}")
     unknown = sorted(set(value) - {"type", "params"})
     if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed: type, params")
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed: type, params "
+                          f"({_params_hint(key, value)})")
     name = value.get("type")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}.type: expected a plugin name, got {_show(name)}")
@@ -421,6 +422,23 @@ def _plugin(raw: dict[str, Any], key: str, default: str, index: int | None = Non
     if not isinstance(params, dict):
         raise ConfigError(f"{where}.params: expected a mapping, got {_show(params)}")
     return Plugin(name, dict(params))
+
+
+def _params_hint(key: str, value: dict[Any, Any]) -> str:
+    """Where a plugin's settings go, shown on the section as written: ``{type: central-dp,
+    noise_multiplier: 1.0}`` used to get only "unknown key; allowed: type, params", which does
+    not say that the settings belong under ``params:``. One line; a long value is elided."""
+    whose = "the stage's" if key == "pipeline" else f"the {key}'s"
+    name = value["type"][:40] if isinstance(value.get("type"), str) else "NAME"
+    settings = {k: v for k, v in value.items() if k not in ("type", "params")}
+    try:
+        shown = yaml.safe_dump(settings, default_flow_style=True, sort_keys=False,
+                               width=1 << 20).strip()
+    except yaml.YAMLError:
+        shown = ""
+    if not shown or len(shown) > 100 or "\n" in shown:
+        shown = "{" + ", ".join(f"{str(k)[:40]}: ..." for k in settings) + "}"
+    return f"put {whose} settings under params:, e.g. {{type: {name}, params: {shown}}}"
 
 
 def _show(value: Any) -> str:
