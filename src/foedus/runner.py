@@ -137,11 +137,13 @@ def prepare(spec: JobSpec) -> Topology:
 def build_actor_parts(spec: JobSpec, topology: Topology, actors: Sequence[str]) -> JobParts:
     """The parts :func:`run_actors` builds for ``actors``: only the data of the clients run
     here (with per-client files, the others' files are not on this machine), and the held-out
-    data only where the leader runs. A process that waits before it runs them (the
-    federation's gated server) builds them while it waits and passes them in."""
+    data only where the leader runs, and the job file's model only when the topology trains
+    it (not one that trains its own, as vertical FL does). A process that waits before it
+    runs them (the federation's gated server) builds them while it waits and passes them in."""
     here = [i for i in range(spec.clients.count) if client_id(i) in actors]
     leader_here = topology.leader is None or topology.leader in actors
-    return build_parts(spec, clients=here, server_data=leader_here)
+    return build_parts(spec, clients=here, server_data=leader_here,
+                       job_model=not topology.trains_own_model)
 
 
 #: ``on_client_round(client, answer, (received, sent))``: a client run here sent its answer

@@ -142,6 +142,24 @@ def test_foedus_run_prints_the_rounds_and_exits_0_and_sim_refuses(tmp_path: Path
 
 
 @pytest.mark.integration
+def test_foedus_run_trains_a_linear_regression_on_a_regression_dataset(tmp_path: Path) -> None:
+    # the default model (a classifier) was built and paired with the regression data first,
+    # so the job failed with exit 2 before any party started, though the topology trains its own
+    job = tmp_path / "vertical-regression.yaml"
+    job.write_text(yaml.safe_dump(_job(
+        job_id="vertical-diabetes", rounds=5, data={"dataset": "diabetes"},
+        **{"params.parties": {"hospital": {"columns": [0, 1, 2, 3, 4]},
+                              "lab": {"columns": [5, 6, 7, 8, 9]}}})))
+    run = _cli("run", str(job), "--json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["rounds"] == 5 and summary["failed"] is None
+    assert set(summary["final_metrics"]) >= {"loss", "r2"} and "accuracy" not in \
+        summary["final_metrics"]
+    assert summary["final_metrics"]["r2"] > 0  # it learned: better than predicting the mean
+
+
+@pytest.mark.integration
 def test_each_party_in_its_own_process_over_mosquitto(mosquitto: Mosquitto,
                                                       tmp_path: Path) -> None:
     job = tmp_path / "vertical.yaml"

@@ -109,6 +109,9 @@ class JobParts:
     pipeline: list[Stage]
     mlops: MlopsSession | None = None
     round_listeners: list[RoundListener] = field(default_factory=list)
+    #: False when the topology trains a model of its own (``Topology.trains_own_model``): the
+    #: job file's model is then never built, and the job's held-out data evaluates nothing here
+    job_model: bool = True
     _server: ServerPod | None = field(default=None, repr=False)
     _evaluator: ModelAdapter | None = field(default=None, repr=False)
 
@@ -134,7 +137,7 @@ class JobParts:
     @property
     def evaluate(self) -> Evaluator | None:
         """Test metrics of a model on the job's held-out data, or ``None`` without any."""
-        if not self.server_evaluates:
+        if not self.server_evaluates or not self.job_model:
             return None
 
         def evaluate(params: Params) -> dict[str, float]:
@@ -234,13 +237,17 @@ def make_model(spec: JobSpec, data_spec: DataSpec) -> ModelAdapter:
 
 def build_parts(
     spec: JobSpec, *, clients: Collection[int] | None = None, server_data: bool = True,
+    job_model: bool = True,
 ) -> JobParts:
     """Load data, partition it, and build the pipeline and (on demand) the server.
 
     ``clients`` (default all) and ``server_data`` say whose data this process needs up front;
     with per-client files (``partition: files``) a client process reads only its own file and
     a server process none of the clients'. Without ``server_data`` (a process that runs no
-    server) the job's MLOps integrations are not started either.
+    server) the job's MLOps integrations are not started either. Without ``job_model`` (a
+    topology that trains its own model, ``Topology.trains_own_model``) the job file's model is
+    not built nor checked against the aggregator and the data: the default classifier would
+    refuse a regression dataset the topology's own model trains on.
     """
     data = load_job_data(
         spec.data, client_ids(spec), spec.seed, clients=clients, server_data=server_data,
@@ -254,8 +261,9 @@ def build_parts(
         mlops = MlopsSession(spec.mlops, job_id=spec.job_id, job_params=spec,
                              data_spec=data.spec)
     parts = JobParts(spec, data.spec, data.shares, data.test, data.server_evaluates, pipeline,
-                     mlops)
-    check_pairing(parts.evaluator(), parts.make_aggregator(), spec)
+                     mlops, job_model=job_model)
+    if job_model:
+        check_pairing(parts.evaluator(), parts.make_aggregator(), spec)
     return parts
 
 

@@ -76,6 +76,10 @@ class Topology:
     #: the job file's ``mlops:`` and ``checkpoint_dir`` work with this topology (its leader is a
     #: :class:`~foedus.roles.server.ServerPod` built by ``JobParts.make_server``)
     supports_server_features: ClassVar[bool] = False
+    #: the topology trains a model of its own (vertical FL's linear model or split network),
+    #: not the job file's ``model``: no job model is built, paired with the aggregator, or
+    #: checked against the dataset's task, and ``check`` should refuse a ``model`` key
+    trains_own_model: ClassVar[bool] = False
 
     @property
     def name(self) -> str:

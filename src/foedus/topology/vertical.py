@@ -83,6 +83,7 @@ class Vertical(Topology):
     fraction of the people each party holds on a bundled dataset."""
 
     leader = None  # the label party, where it runs; the others end on its stop
+    trains_own_model = True  # linear or split-nn (params.model), for either task
 
     def __init__(self, label_party: str, parties: Mapping[str, Any], model: str = "linear",
                  learning_rate: float | None = None, key_bits: int | None = None,
@@ -133,6 +134,7 @@ class Vertical(Topology):
             self.columns[name] = list(cols)
             self.shares[name] = _fraction(options.get("share", share), f"{where}.share")
         _fraction(share, "params.share")
+        self.rate_given = learning_rate is not None  # else a default that suits the task
         if learning_rate is None:
             learning_rate = 0.5 if model == "linear" else 0.01
         if isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float) \
@@ -309,7 +311,7 @@ class Vertical(Topology):
             return SplitLabelPod(spec=self.split, seed=spec.seed, noise=self._noise(spec),
                                  secure_sum=self.secure_sum,
                                  checkpoint=_checkpoint(spec, self.label_party), **common)
-        return LabelPartyPod(learning_rate=self.learning_rate, key_bits=self.key_bits,
+        return LabelPartyPod(learning_rate=self._linear_rate(task), key_bits=self.key_bits,
                              fraction_bits=self.fraction_bits, **common)
 
     def _feature(self, spec: JobSpec, party: str, own: PartyData, others: list[str],
@@ -322,7 +324,16 @@ class Vertical(Topology):
             return SplitFeaturePod(spec=self.split, seed=spec.seed, parties=others,
                                    noise=self._noise(spec), secure_sum=self.secure_sum,
                                    checkpoint=_checkpoint(spec, party), **common)
-        return FeaturePartyPod(learning_rate=self.learning_rate, **common)
+        return FeaturePartyPod(learning_rate=self._linear_rate(task), **common)
+
+    def _linear_rate(self, task: Task) -> float:
+        """The linear model's step: the one given, else 0.5, or 0.1 on a regression task. A
+        logistic loss's curvature is at most a quarter of a squared error's, so 0.5 there is
+        a far smaller step than on a regression, where it diverged on correlated columns
+        (diabetes: r2 0.06 after one step, -4.5 after eight)."""
+        if self.rate_given or task.kind != "regression":
+            return self.learning_rate
+        return 0.1
 
 
 def _checkpoint(spec: JobSpec, party: str) -> Path | None:
