@@ -16,6 +16,7 @@ from foedus.core.errors import ConfigError
 from foedus.core.message import Kind, Message
 from foedus.core.runtime import Runtime
 from foedus.roles.peer import PeerPod, PeerRecord
+from foedus.runner import run_job
 from foedus.topology.swarm import run_swarm, swarm_graph, swarm_topic
 from foedus.transport.local import LocalTransport
 from tests.topology.helpers import Digits, digits, distance
@@ -191,6 +192,29 @@ def swarm_job(count: int, **params: object) -> JobSpec:
     return JobSpec.from_dict({"job_id": JOB, "rounds": 2, "clients": {"count": count},
                               "data": {"dataset": "digits", "partition": "iid"},
                               "topology": {"type": "swarm", "params": params}})
+
+
+async def test_a_job_round_counts_the_models_its_peers_averaged_not_those_they_received(
+) -> None:
+    # each of 4 peers receives the 3 others' models but averages 1 (neighbors: 1): the job's
+    # round said 12 updates accepted, 3 per peer, four times what went into any model
+    result = await run_job(swarm_job(4, neighbors=1))
+    assert [r.accepted for r in result.history] == [4, 4]
+    assert all(r["received"] == 3 and r["accepted"] == 1
+               for records in result.records.values() for r in records)
+    assert result.summary()["updates_accepted"] == 8 and result.failure is None
+
+
+async def test_in_leader_mode_the_leader_counts_what_it_averaged_its_followers_the_aggregate(
+) -> None:
+    result = await run_job(swarm_job(3, mode="leader", neighbors=1))
+    for rnd in range(2):
+        mine = {peer: records[rnd] for peer, records in result.records.items()}
+        leader = mine["client-000"]["leader"]
+        assert mine[leader]["accepted"] == 2  # it averages every model, whatever neighbors
+        assert all(r["accepted"] == 1 and r["adopted_leader"]
+                   for peer, r in mine.items() if peer != leader)
+    assert [r.accepted for r in result.history] == [4, 4]
 
 
 def test_more_neighbours_than_other_peers_is_refused_when_the_job_is_loaded() -> None:

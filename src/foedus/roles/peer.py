@@ -66,8 +66,12 @@ class PeerRecord:
     """One round of one peer."""
 
     round: int
-    received: int = 0
+    received: int = 0  # other peers' models that arrived and were admitted
     combined: int = 0  # models averaged, this peer's own included
+    #: other peers' models that went into the model this peer ends the round with: the
+    #: ``neighbors`` it sampled (gossip), all it received (the round's leader), or one, the
+    #: leader's aggregate (a peer that adopted it)
+    accepted: int = 0
     alive: list[str] = field(default_factory=list)
     leader: str | None = None
     adopted_leader: bool = False
@@ -307,6 +311,7 @@ class PeerPod(Pod):
         chosen = self._choose(rnd, received)
         mean = _weighted_mean([own, *chosen])
         record.combined = 1 + len(chosen)
+        record.accepted = len(chosen)
         if self.mode == "leader":
             everyone = sorted({self.peer_id, *(m.sender for m in received)})
             leader = everyone[rnd % len(everyone)]
@@ -314,6 +319,7 @@ class PeerPod(Pod):
             if leader == self.peer_id:
                 full = _weighted_mean([own, *received])
                 mean = full
+                record.combined, record.accepted = 1 + len(received), len(received)
                 await self.send("model_out", self._message(
                     Kind.MODEL, rnd, params=full, aggregate=True,
                     num_examples=sum(m.num_examples for m in (own, *received)),
@@ -327,6 +333,7 @@ class PeerPod(Pod):
                 if leader in offered:
                     mean = {k: np.array(v) for k, v in offered[leader].params.items()}
                     record.adopted_leader = True
+                    record.combined, record.accepted = 1, 1  # the aggregate replaces its own
         self.params = mean
         if self.eval_data is not None and len(self.eval_data):
             record.metrics = await asyncio.to_thread(self._evaluate)

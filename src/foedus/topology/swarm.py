@@ -97,9 +97,11 @@ class Swarm(Topology):
     """Peers and no server (see :class:`~foedus.roles.peer.PeerPod` for ``mode``,
     ``neighbors`` and ``mixing_rounds``). Actors: the client ids, each a peer.
 
-    The job's round ``r`` is over here when every peer run here finished it; its record counts
-    the models those peers received and averaged, their refusals, and the test metrics of the
-    first of them (every peer reaches the same model once the swarm agrees).
+    The job's round ``r`` is over here when every peer run here finished it; its record's
+    ``accepted`` counts the other peers' models those peers averaged into their own
+    (:attr:`PeerRecord.accepted`: with ``neighbors: k``, ``k`` each, not every model they
+    received), their refusals, and the test metrics of the first of them (every peer reaches
+    the same model once the swarm agrees).
     """
 
     leader = None
@@ -198,7 +200,7 @@ class _SwarmRounds:
         first = next((r for r in done if r.metrics), done[0])
         others = self.peers[0].expected_peers - 1  # the models each peer waits for at most
         job_round = RoundRecord(
-            record.round, accepted=sum(r.received for r in done), rejected=rejected,
+            record.round, accepted=sum(r.accepted for r in done), rejected=rejected,
             missing_clients=max(0, others - min(r.received for r in done)),
             duration_s=max(r.duration_s for r in done), metrics=dict(first.metrics),
         )
