@@ -340,3 +340,48 @@ def test_a_dp_job_is_charged_audited_and_its_model_downloaded(
         not_done = api.get(f"/v1/jobs/{again}/model")
     assert not_done.status_code == 409
     assert not_done.json()["error"].startswith(f"job {again} is failed (site site-")
+
+
+def test_a_job_files_password_reaches_the_sites_but_no_viewer(
+        federation: Federation, mosquitto: Mosquitto, tmp_path: Path) -> None:
+    password = "hunter2-of-the-broker"
+    path = job_file(mosquitto, tmp_path, "secretive", rounds=1, transport={
+        "type": "mqtt", "params": {"host": "127.0.0.1", "port": mosquitto.plain_port,
+                                   "username": "fl", "password": password}})
+    warning = ("foedus: warning: the job file holds a literal secret "
+               "(transport.params.password); every site receives it, viewers see '***'")
+    checked = federation.cli("submit", "--dry-run", str(path))
+    assert checked.returncode == 0 and checked.stderr.startswith(warning + "\n"), checked
+    done = federation.cli("submit", str(path))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == warning
+    job_id = done.stdout.strip()
+    job = wait_for(lambda: ended(federation, job_id), 120, f"job {job_id} to end",
+                   federation.root / "state" / "jobs" / job_id / "server.log")
+    assert job["state"] == "finished", job  # the sites ran it with the password
+
+    token = federation.cli("users", "add", "vic", "--role", "viewer").stdout.strip()
+    with federation.api(token) as api:
+        one = api.get(f"/v1/jobs/{job_id}").json()
+        listed = api.get("/v1/jobs").json()
+    with httpx.Client(base_url=federation.url, verify=ssl.create_default_context(
+            cafile=str(federation.certs.ca)), timeout=60) as browser:
+        browser.post("/console/login", data={"token": token, "next": f"/console/jobs/{job_id}"})
+        page = browser.get(f"/console/jobs/{job_id}")
+        jobs_page = browser.get("/console/jobs")
+    assert page.status_code == 200 and "password: &#39;***&#39;" in page.text, page.text
+    shown = {"GET /v1/jobs/{id}": json.dumps(one), "GET /v1/jobs": json.dumps(listed),
+             "console job page": page.text, "console jobs page": jobs_page.text,
+             "foedus jobs --json": federation.cli("jobs", "--json", token=token).stdout,
+             "foedus logs --json": federation.cli("logs", job_id, "--json", token=token).stdout}
+    assert [where for where, text in shown.items() if password in text] == []
+    assert yaml.safe_load(one["job_yaml"])["transport"]["params"] == {
+        "host": "127.0.0.1", "port": mosquitto.plain_port, "username": "fl", "password": "***"}
+
+    # each site ran it with the password, and its audit log's hash of the exact text it was
+    # offered is the one viewers see (the site's own copy has its catalog's data filled in)
+    site_text = (federation.root / "site-a-state" / "jobs" / job_id / "job.yaml").read_text()
+    assert yaml.safe_load(site_text)["transport"]["params"]["password"] == password
+    with federation.api() as api:
+        audit = {r["job_id"]: r for r in api.get("/v1/sites/site-a/audit").json()["jobs"]}
+    assert audit[job_id]["job_sha256"] == one["job_sha256"]

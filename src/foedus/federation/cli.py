@@ -278,6 +278,13 @@ def _check_yaml(path: str, text: str) -> None:
                           f"rounds, data, model), got {type(job).__name__}")
 
 
+def _warn(answer: dict[str, Any]) -> None:
+    """Print what the coordinator warned of on accepting a job file (a literal credential in
+    it, docs/security.md): the job is not refused, so the warning must not be lost."""
+    for warning in answer.get("warnings") or []:
+        print(f"foedus: warning: {warning}", file=sys.stderr)
+
+
 def _dry_run(found: dict[str, Any], sites: list[str] | None) -> int:
     """Print a dry run's verdict per site; 0 when every site the job would be offered to
     (``--sites``, else every online one) is expected to accept it, 1 otherwise."""
@@ -396,8 +403,12 @@ def run_command(args: argparse.Namespace) -> int:
         if args.sites:
             body["sites"] = [s.strip() for s in args.sites.split(",") if s.strip()]
         if args.dry_run:
-            return _dry_run(api.call("POST", "/v1/jobs?dry_run=1", body), body.get("sites"))
-        job_id = api.call("POST", "/v1/jobs", body)["id"]
+            checked = api.call("POST", "/v1/jobs?dry_run=1", body)
+            _warn(checked)
+            return _dry_run(checked, body.get("sites"))
+        submitted = api.call("POST", "/v1/jobs", body)
+        _warn(submitted)
+        job_id = submitted["id"]
         print(job_id, flush=True)
         return _wait(api, job_id) if args.wait else 0
     if args.command == "jobs":

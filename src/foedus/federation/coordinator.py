@@ -60,6 +60,7 @@ from foedus.federation.console.sessions import REQUEST_USER
 from foedus.federation.database import POSTGRES_SCHEMES
 from foedus.federation.openapi import openapi
 from foedus.federation.policy import CatalogEntry, fill_data, parse_catalog
+from foedus.federation.redact import literal_secrets, redact, scrub
 from foedus.federation.reports import SiteReports
 from foedus.federation.settings import lock_state_dir, path_of, read_config, tls_of
 from foedus.federation.site_state import Adopted, pid_runs, start_time
@@ -717,13 +718,15 @@ class Coordinator:
                                       or not all(isinstance(s, str) for s in sites)):
                 raise Refused(400, "sites: expected a list of site names")
             checked = await asyncio.to_thread(self.check, job_yaml)
+            literal = literal_secrets(job_yaml)  # accepted, but the submitter is told
+            warnings = {"warnings": [literal]} if literal else {}
             if request.query.get("dry_run") in ("1", "true"):  # check only, queue nothing
                 self.submit(user, job_yaml, sites, dry_run=True, checked=checked)
-                return await asyncio.to_thread(  # it may compose privacy charges
+                return {**await asyncio.to_thread(  # it may compose privacy charges
                     preflight.dry_run, yaml.safe_load(job_yaml),
                     self.store.sites(self.config.heartbeat_timeout), self.store.assignments(),
-                    checked[1], self.reports.ledger)
-            return {"id": self.submit(user, job_yaml, sites, checked=checked)}
+                    checked[1], self.reports.ledger), **warnings}
+            return {"id": self.submit(user, job_yaml, sites, checked=checked), **warnings}
 
         @route("GET", "/v1/jobs")
         async def jobs(request: Any) -> Any:
@@ -734,12 +737,14 @@ class Coordinator:
         async def job(request: Any) -> Any:
             self._user(request, "viewer")
             found = self._job(request)
-            return {**self._view(found), "events": self.store.events(found.id)}
+            return {**self._view(found), "events": scrub(self.store.events(found.id),
+                                                         redact(found.job_yaml).values)}
 
         @route("GET", "/v1/jobs/{job_id}/rounds")
         async def rounds(request: Any) -> Any:
             self._user(request, "viewer")
-            return {"rounds": self.store.rounds(self._job(request).id)}
+            found = self._job(request)
+            return {"rounds": scrub(self.store.rounds(found.id), redact(found.job_yaml).values)}
 
         @route("GET", "/v1/jobs/{job_id}/model")
         async def model(request: Any) -> Any:
@@ -808,7 +813,10 @@ class Coordinator:
         return app
 
     def _view(self, job: Job) -> dict[str, Any]:
-        return {**job.public(), "assignments": self.store.assignments(job_id=job.id),
+        """A job as the API shows it: no credential of its file anywhere (docs/security.md)."""
+        hidden = redact(job.job_yaml).values
+        return {**job.public(),
+                "assignments": scrub(self.store.assignments(job_id=job.id), hidden),
                 "rounds_done": len(self.store.rounds(job.id))}
 
     def reporter(self, job: Job) -> str | None:

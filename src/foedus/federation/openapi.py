@@ -22,9 +22,12 @@ ROUTES: list[tuple[str, str, str, str]] = [
                                     "returns its token once"),
     ("GET", "/v1/sites", "viewer", "registered sites: online, version, what each offers"),
     ("POST", "/v1/jobs", "submitter", "submit a job file (`job_yaml`, optional `sites`); with "
-     "`?dry_run=1` only check it (nothing is queued) and say which sites would accept it"),
-    ("GET", "/v1/jobs", "viewer", "every job with its state and reason"),
-    ("GET", "/v1/jobs/{job_id}", "viewer", "one job: state, assignments, events, result"),
+     "`?dry_run=1` only check it (nothing is queued) and say which sites would accept it; "
+     "`warnings` when the file holds a literal credential"),
+    ("GET", "/v1/jobs", "viewer", "every job with its state and reason; its job file with "
+     "each credential shown as `***`, and `job_sha256` of the exact file"),
+    ("GET", "/v1/jobs/{job_id}", "viewer", "one job: state, assignments, events, result; "
+     "credentials shown as `***`"),
     ("GET", "/v1/jobs/{job_id}/rounds", "viewer", "the job's per-round records"),
     ("GET", "/v1/jobs/{job_id}/model", "viewer",
      "a finished job's final model (application/octet-stream, the foedus model file)"),

@@ -19,11 +19,12 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from foedus.federation.database import Database, Transaction, open_database
+from foedus.federation.redact import redact, scrub
 
 __all__ = ["JOB_STATES", "MIGRATIONS", "ROLES", "Job", "Store", "hash_token", "new_token"]
 
@@ -95,13 +96,25 @@ class Job:
     #: when the job fails if its sites have not all answered (None: it waits forever)
     queue_deadline: float | None = None
 
+    def shown(self) -> Job:
+        """The job as every user sees it: its file with each credential replaced by
+        :data:`~foedus.federation.redact.MARK`, and those credentials scrubbed from its reason
+        and result. Only the sites get the exact file (with their offer); nobody gets it
+        through the API or the console, the submitter included (they have their file)."""
+        shown = redact(self.job_yaml)
+        return replace(self, job_yaml=shown.text, reason=scrub(self.reason, shown.values),
+                       result=scrub(self.result, shown.values))
+
     def public(self) -> dict[str, Any]:
-        """What the API shows of a job (the job file too: it holds no secret or path)."""
-        return {"id": self.id, "owner": self.owner, "state": self.state, "reason": self.reason,
-                "server_pid": self.server_pid,
-                "sites": self.sites, "created": self.created, "updated": self.updated,
-                "result": self.result, "job_yaml": self.job_yaml,
-                "queue_deadline": self.queue_deadline}
+        """What the API shows of a job (:meth:`shown`), with ``job_sha256``: the SHA-256 of
+        the exact file, which each site's audit log records for the offer it received."""
+        job = self.shown()
+        return {"id": job.id, "owner": job.owner, "state": job.state, "reason": job.reason,
+                "server_pid": job.server_pid,
+                "sites": job.sites, "created": job.created, "updated": job.updated,
+                "result": job.result, "job_yaml": job.job_yaml,
+                "job_sha256": redact(self.job_yaml).sha256,
+                "queue_deadline": job.queue_deadline}
 
 
 class Store:

@@ -202,7 +202,7 @@ class Console:
         job = self.coordinator.store.job(request.match_info["job_id"])
         if job is None:
             return self.error(request, 404, f"There is no job {request.match_info['job_id']!r}.")
-        return self.render("job.html", request, session, job=job,
+        return self.render("job.html", request, session, job=job.shown(),
                            rounds=views.total_rounds(job.job_yaml),
                            can_cancel=_may_cancel(session, job.owner))
 
