@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
+from foedus.certs import create_deployment_certs
+from tests.conftest import free_port
 from tests.processes import COMMAND, reap, run_server_and_clients
 from tests.transport.mqtt_fixtures import Mosquitto, mosquitto, mqtt_certs
 
@@ -59,3 +63,47 @@ def test_a_client_without_a_server_says_so_instead_of_waiting_in_silence(
         assert "is it running, on the same transport (mqtt)?" in line
     finally:
         reap([client])
+
+
+#: the clients' reconnect budget in the test below: short, so that giving up is quick
+RECONNECT_S = 2.0
+
+
+@pytest.mark.integration
+def test_a_client_whose_grpc_hub_is_gone_for_good_exits_2_with_one_line_once_its_budget_is_spent(
+    tmp_path: Path,
+) -> None:
+    out = create_deployment_certs(tmp_path / "certs", ["client-000"]).out
+    job = tmp_path / "job.yaml"
+    job.write_text(  # the hub lives in the server's process, as docs/transports-grpc-https.md
+        f"job_id: hub-gone-{uuid.uuid4().hex[:6]}\nrounds: 50\nround_timeout: 60\n"
+        "clients: {count: 1}\ndata: {partition: iid}\n"
+        "transport:\n  type: grpc\n  params:\n"
+        f"    address: 127.0.0.1:{free_port()}\n    actor: '{{actor}}'\n    serve_as: server\n"
+        f"    reconnect_timeout: {RECONNECT_S}\n"
+        f"    serve: {{ca: {out}/ca.pem, cert: {out}/server.pem, key: {out}/server.key}}\n"
+        f"    tls: {{ca: {out}/ca.pem, cert: '{out}/clients/{{actor}}.pem',\n"
+        f"          key: '{out}/clients/{{actor}}.key'}}\n"
+    )
+    server = subprocess.Popen([*COMMAND, "server", str(job)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    client = subprocess.Popen([*COMMAND, "client", str(job), "--index", "0"], cwd=ROOT,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert client.stderr is not None
+        first = client.stderr.readline()  # its first answer left: it holds its subscription
+        assert first.startswith("client-000 round   1: sent its update"), first
+        server.kill()
+        server.wait()
+        killed = time.monotonic()
+        _, err = client.communicate(timeout=30)  # it used to hang here until killed
+        took = time.monotonic() - killed
+    finally:
+        reap([server, client])
+    assert client.returncode == 2, err
+    # it retried for its whole budget (retrying ends nothing), then ended promptly
+    assert RECONNECT_S <= took < RECONNECT_S + 20, took
+    said = [line for line in err.splitlines() if not line.startswith("client-000 round")]
+    assert said[-1].startswith("foedus: error: pod 'model_in', wire 'run': TransportError: gRPC "
+                               "subscription to "), err
+    assert f"could not be re-established within {RECONNECT_S}s" in said[-1]

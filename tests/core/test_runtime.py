@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import pytest
 
-from foedus.core.errors import RejectedUpdate
+from foedus.core.errors import RejectedUpdate, TransportError
 from foedus.core.filter import Filter
 from foedus.core.graph import Graph
 from foedus.core.message import Kind, Message
@@ -248,3 +248,53 @@ def test_a_peer_cannot_forge_a_refusal() -> None:
     forged = msg().replace(meta={REFUSAL: {"reason": "odd_round", "detail": "x"}})
     assert refusal_of(forged) is None
     assert refusal_of(refusal(msg(), RejectedUpdate("odd_round"))) is not None
+
+
+class Source(Pod):
+    """A daemon source (a link reading a topic): emits nothing, and its ``run`` fails once
+    ``give_up`` is set, as a reader does whose transport spent its reconnect budget."""
+
+    outputs: ClassVar[tuple[Wire, ...]] = (Wire("out", required=False),)
+    daemon = True
+
+    def __init__(self) -> None:
+        super().__init__("reader")
+        self.give_up = asyncio.Event()
+
+    async def run(self) -> None:
+        await self.give_up.wait()  # connected, or retrying within its budget
+        raise TransportError("subscription to 'job.model' broke and could not be re-established")
+
+
+class Driver(Pod):
+    """A driver waiting for its source (a client waiting for the server's next model)."""
+
+    def __init__(self) -> None:
+        super().__init__("driver")
+        self.done = asyncio.Event()
+
+    async def run(self) -> None:
+        await self.done.wait()
+
+
+async def test_a_daemon_source_that_fails_ends_the_wait_for_the_drivers() -> None:
+    source, driver = Source(), Driver()
+    async with Runtime(Graph("g").add(source, driver)) as rt:
+        source.give_up.set()
+        await asyncio.wait_for(rt.wait(), 5)  # the driver alone would wait forever
+        assert not driver.done.is_set()
+    [failure] = rt.stats.failures
+    assert (failure.pod, failure.wire) == ("reader", "run")
+    assert "subscription to 'job.model' broke" in str(failure)
+
+
+async def test_a_daemon_source_still_running_ends_nothing() -> None:
+    source, driver = Source(), Driver()
+    async with Runtime(Graph("g").add(source, driver)) as rt:
+        waiting = asyncio.ensure_future(rt.wait())
+        for _ in range(50):  # every ready task gets many turns: a wrongly ended wait would end
+            await asyncio.sleep(0)
+        assert not waiting.done()  # a reader retrying within its budget is no failure
+        driver.done.set()
+        await asyncio.wait_for(waiting, 10)
+    assert rt.stats.failures == []

@@ -41,7 +41,8 @@ class Pod:
     synchronous handlers do CPU-heavy work (training, aggregation): the runtime then runs them in a
     worker thread so the event loop keeps moving messages. Set ``daemon = True`` for pods whose
     ``run`` is an endless source (a link reading a topic): :meth:`Runtime.wait` does not wait for
-    them, only for drivers that finish on their own.
+    them, only for drivers that finish on their own. A daemon whose ``run`` fails ends the wait
+    all the same: the drivers would wait forever for what it no longer reads.
     """
 
     inputs: ClassVar[tuple[Wire, ...]] = ()

@@ -7,6 +7,12 @@ a full inbox waits: a slow pod slows its producers instead of growing memory wit
 aggregation do not freeze the event loop. A handler that raises is recorded as a
 :class:`~foedus.core.errors.PodError` naming the pod, the wire and the round; the graph goes on.
 
+A ``run`` that raises is recorded the same way (wire ``run``) and ends :meth:`Runtime.wait`, even
+a daemon's: a source that failed (a subscription whose transport gave up reconnecting) will
+never deliver again, so drivers waiting for its messages would wait forever. Whoever waits
+re-raises such a failure (:func:`run_graphs`, the job runner). A source still retrying within
+its transport's budget has not failed and ends nothing.
+
 A handler that raises :class:`~foedus.core.errors.RejectedUpdate` has not failed: it refused
 a message, which is the normal course of things for input from the network. Such a refusal is
 data, so it travels down the pipe like data: a :class:`~foedus.core.filter.Filter` that refuses
@@ -25,6 +31,7 @@ import inspect
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from foedus.core.errors import FoedusError, GraphError, PodError, RejectedUpdate
 from foedus.core.filter import Filter
@@ -78,6 +85,8 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._run_tasks: list[asyncio.Task[None]] = []
         self._driver_tasks: list[asyncio.Task[None]] = []
+        #: set when any pod's ``run`` raised: the graph cannot go on as built (see the module)
+        self._run_failed = asyncio.Event()
         self._started = False
 
     async def __aenter__(self) -> Runtime:
@@ -91,6 +100,7 @@ class Runtime:
         if self._started:
             raise GraphError(f"graph {self.graph.name!r} is already running")
         self._started = True
+        self._run_failed = asyncio.Event()
         for name, pod in self.graph.pods.items():
             pod._runtime = self
             self._inboxes[name] = asyncio.Queue(self.queue_size)
@@ -132,8 +142,19 @@ class Runtime:
             await asyncio.gather(*(q.join() for q in self._inboxes.values()))
 
     async def wait(self) -> None:
-        """Wait for the non-daemon ``run`` drivers to finish (e.g. the server's last round)."""
-        await asyncio.gather(*self._driver_tasks, return_exceptions=True)
+        """Wait for the non-daemon ``run`` drivers to finish (e.g. the server's last round), or
+        until any pod's ``run`` fails, a daemon's included (its failure is in ``stats.failures``;
+        see the module docstring)."""
+        drivers: asyncio.Future[Any] = asyncio.gather(*self._driver_tasks,
+                                                      return_exceptions=True)
+        failed: asyncio.Future[Any] = asyncio.ensure_future(self._run_failed.wait())
+        try:
+            await asyncio.wait({drivers, failed}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            drivers.cancel()  # as a cancelled gather of the drivers did
+            raise
+        finally:
+            failed.cancel()
 
     async def inject(self, pod: str, wire: str, msg: Message) -> None:
         """Put a message on an input wire from outside the graph (tests, sources)."""
@@ -199,6 +220,7 @@ class Runtime:
             raise
         except Exception as exc:
             self._record(PodError(pod.name, "run", None, exc))
+            self._run_failed.set()
         for out_wire, out_msg in pod.take_outbox():
             await self.deliver(pod, out_wire, out_msg)
 
