@@ -131,7 +131,7 @@ def test_target_epsilon_calibrates_the_noise() -> None:
 @pytest.mark.parametrize(("name", "params", "match"), [
     ("local-dp", {"clip_norm": 1.0}, "exactly one of"),
     ("local-dp", {"clip_norm": 1.0, "noise_multiplier": 1.0, "target_epsilon": 2.0},
-     "exactly one of"),
+     "not both"),
     ("local-dp", {"clip_norm": 1.0, "target_epsilon": 2.0}, "needs rounds"),
     ("local-dp", {"clip_norm": -1.0, "noise_multiplier": 1.0}, "clip_norm"),
     ("central-dp", {"clients_per_round": 10, "noise_multiplier": 0.0}, "noise_multiplier"),
@@ -493,3 +493,86 @@ def test_noise_the_accountant_cannot_analyse_is_refused_when_the_stage_is_built(
     out of range')"."""
     with pytest.raises(ConfigError, match=r"^noise_multiplier: dp-accounting cannot analyse"):
         stages.create(name, **params)
+
+
+@pytest.mark.parametrize("name", ["local-dp", "central-dp"])
+def test_rounds_beside_noise_multiplier_is_refused_saying_rounds_only_calibrates(
+        name: str) -> None:
+    """rounds is only the horizon target_epsilon calibrates the noise for: with
+    noise_multiplier it used to be accepted and ignored (a reader could think it capped the
+    rounds, or changed the noise)."""
+    with pytest.raises(ConfigError) as refused:
+        stages.create(name, clip_norm=1.0, clients_per_round=5, noise_multiplier=1.0,
+                      rounds=50) if name == "central-dp" else stages.create(
+            name, clip_norm=1.0, noise_multiplier=1.0, rounds=50)
+    assert str(refused.value) == (
+        "rounds: only used with target_epsilon (the rounds its noise is calibrated for); "
+        "noise_multiplier 1 is used as given and rounds would be ignored: remove rounds (the "
+        "job's length is its top-level rounds:, a budget stops it early), or give "
+        "target_epsilon instead of noise_multiplier")
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"noise_multiplier": 1.0, "target_epsilon": 8.0, "rounds": 50},
+     "give noise_multiplier or target_epsilon, not both: noise_multiplier sets the noise, "
+     "target_epsilon (with rounds) calibrates it; with both, one would be ignored"),
+    ({}, "give exactly one of noise_multiplier (the noise) and target_epsilon (with rounds: "
+         "the noise calibrated to reach it)"),
+])
+def test_noise_is_set_by_exactly_one_setting(params: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        stages.create("local-dp", clip_norm=1.0, **params)
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize("params", [
+    {"sampling": "fixed"}, {"sampling": "poisson", "population": 10},
+])
+def test_sampling_without_a_population_above_clients_per_round_is_refused(
+        params: dict[str, object]) -> None:
+    """With population = clients_per_round every client takes part every round, and sampling
+    was ignored: a job file saying sampling: fixed got no sampling accounted, silently."""
+    with pytest.raises(ConfigError) as refused:
+        stages.create("central-dp", clients_per_round=10, noise_multiplier=1.0, **params)
+    assert str(refused.value).startswith(
+        "sampling: only used when population is above clients_per_round (how each round's 10 "
+        "are drawn from it); population is 10: every client takes part every round and no "
+        "sampling is accounted; remove sampling, or set population")
+
+
+@pytest.mark.parametrize("delta", [0.5, 0.1])
+def test_a_delta_not_below_one_over_the_population_is_refused_when_the_stage_is_built(
+        delta: float) -> None:
+    """delta >= 1/N allows publishing one of the N clients' data outright (that mechanism is
+    (0, 1/N)-DP): the guarantee is empty, and delta: 0.5 used to be accepted without comment."""
+    with pytest.raises(ConfigError) as refused:
+        stages.create("central-dp", clients_per_round=10, noise_multiplier=1.0, delta=delta)
+    assert str(refused.value) == (
+        f"delta: {delta:g} is not below 1/n = 0.1 for the n = 10 clients central-dp protects "
+        "(population): such a delta allows publishing one client's data outright; use a delta "
+        "far below 1/n, at most 1/(10 n) = 0.01 (e.g. 1.0e-5)")
+
+
+@pytest.mark.parametrize(("stage", "clients"), [
+    ({"type": "local-dp", "params": {"clip_norm": 1.0, "noise_multiplier": 1.0,
+                                     "delta": 0.2}}, {"count": 5}),
+    ({"type": "central-dp", "params": {"clients_per_round": 2, "noise_multiplier": 1.0,
+                                       "delta": 0.2}}, {"count": 5, "min_clients": 2}),
+])
+def test_a_delta_not_below_one_over_the_job_clients_is_refused_when_the_job_is_loaded(
+        stage: dict[str, object], clients: dict[str, int]) -> None:
+    """The stage alone cannot know how many clients local-dp protects; the job can."""
+    job = {"job_id": "d", "data": {"dataset": "digits", "partition": "iid"},
+           "clients": clients, "pipeline": [stage]}
+    with pytest.raises(ConfigError) as refused:
+        JobSpec.from_dict(job)
+    assert str(refused.value).startswith(
+        f"pipeline[0]: delta: 0.2 is not below 1/n = 0.2 for the n = 5 clients {stage['type']} "
+        "protects (clients.count)")
+
+
+def test_a_delta_far_below_one_over_the_clients_is_accepted() -> None:
+    job = {"job_id": "d", "data": {"dataset": "digits", "partition": "iid"},
+           "clients": {"count": 5}, "pipeline": [{"type": "local-dp", "params": {
+               "clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 0.019}}]}
+    assert JobSpec.from_dict(job).pipeline[0].params["delta"] == 0.019

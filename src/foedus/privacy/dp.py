@@ -194,10 +194,22 @@ def _noise_multiplier(
     noise_multiplier: float | None, target_epsilon: float | None, rounds: int | None,
     delta: float, sampling: SamplingSpec,
 ) -> float:
-    if (noise_multiplier is None) == (target_epsilon is None):
-        raise ConfigError("give exactly one of noise_multiplier and target_epsilon")
+    if noise_multiplier is not None and target_epsilon is not None:
+        raise ConfigError(
+            "give noise_multiplier or target_epsilon, not both: noise_multiplier sets the noise, "
+            "target_epsilon (with rounds) calibrates it; with both, one would be ignored")
+    if noise_multiplier is None and target_epsilon is None:
+        raise ConfigError("give exactly one of noise_multiplier (the noise) and target_epsilon "
+                          "(with rounds: the noise calibrated to reach it)")
     if noise_multiplier is not None:
-        return check_positive("noise_multiplier", noise_multiplier)
+        z = check_positive("noise_multiplier", noise_multiplier)
+        if rounds is not None:  # it calibrates nothing here: refused rather than ignored
+            raise ConfigError(
+                "rounds: only used with target_epsilon (the rounds its noise is calibrated "
+                f"for); noise_multiplier {z:g} is used as given and rounds would be ignored: "
+                "remove rounds (the job's length is its top-level rounds:, a budget stops it "
+                "early), or give target_epsilon instead of noise_multiplier")
+        return z
     if rounds is None:
         raise ConfigError("target_epsilon needs rounds: the number of rounds to calibrate for")
     return calibrate_noise(
@@ -229,6 +241,25 @@ def _check_settings(*, rounds: Any = None, delta: Any = 1e-5, budget: Any = None
         raise ConfigError(f"population: expected an integer >= 1, got {shown(population)}")
     if seed is not None and not (integer(seed) and seed >= 0):
         raise ConfigError(f"seed: expected an integer >= 0, got {shown(seed)}")
+
+
+#: the delta recommended is at most this fraction of 1/n (n: the clients a stage protects)
+DELTA_HEADROOM = 10
+
+
+def check_delta(delta: float, clients: int, kind: str, where: str) -> None:
+    """Refuse a ``delta`` that is not below ``1/n`` for the ``n`` clients a stage protects.
+
+    Publishing one uniformly chosen client's data outright is ``(0, 1/n)``-DP, so a guarantee
+    with ``delta >= 1/n`` rules nothing out (``delta: 0.5`` used to be accepted without
+    comment). The refusal recommends ``delta <= 1/(10 n)``; ``1e-5`` is the default."""
+    bound = 1.0 / clients
+    if delta >= bound:
+        raise ConfigError(
+            f"delta: {delta:g} is not below 1/n = {bound:.4g} for the n = {clients} clients "
+            f"{kind} protects ({where}): such a delta allows publishing one client's data "
+            f"outright; use a delta far below 1/n, at most 1/({DELTA_HEADROOM} n) = "
+            f"{bound / DELTA_HEADROOM:.4g} (e.g. 1.0e-5)")
 
 
 def _check_budget_pays_a_round(accountant: PrivacyAccountant) -> None:
@@ -403,8 +434,11 @@ class LocalDPStage(_DPStage):
         self._rounds_seen: set[int] = set()
 
     def check_round_plan(self, plan: RoundPlan) -> None:
-        """Each update carries its full noise: any aggregator is post-processing."""
+        """Each update carries its full noise: any aggregator is post-processing. Each
+        client's guarantee is about its own data, and ``delta`` must be far below one over the
+        clients whose data the job protects, which only the job knows."""
         _check_parameters(self.kind, plan)
+        check_delta(self.delta, plan.most, self.kind, plan.most_key)
 
     def _new_accountant(self) -> PrivacyAccountant:
         return PrivacyAccountant(
@@ -455,7 +489,7 @@ class CentralDPStage(_DPStage):
         self, clients_per_round: int | None = None, clip_norm: float = 1.0,
         noise_multiplier: float | None = None, target_epsilon: float | None = None,
         rounds: int | None = None, delta: float = 1e-5, budget: float | None = None,
-        population: int | None = None, sampling: str = "poisson",
+        population: int | None = None, sampling: str | None = None,
         adaptive: dict[str, float] | None = None, seed: int | None = None,
     ) -> None:
         clients_per_round = _required("clients_per_round", clients_per_round)
@@ -467,8 +501,18 @@ class CentralDPStage(_DPStage):
                         seed=seed)
         self.sampling = SamplingSpec(
             population=clients_per_round if population is None else population,
-            clients_per_round=clients_per_round, sampling=sampling,  # type: ignore[arg-type]
+            clients_per_round=clients_per_round,
+            sampling="poisson" if sampling is None else sampling,  # type: ignore[arg-type]
         )
+        if sampling is not None and self.sampling.rate >= 1:  # refused rather than ignored
+            raise ConfigError(
+                "sampling: only used when population is above clients_per_round (how each "
+                f"round's {clients_per_round} are drawn from it); population is "
+                f"{self.sampling.population}: every client takes part every round and no "
+                "sampling is accounted; remove sampling, or set population to the number of "
+                f"clients the {clients_per_round} are drawn from")
+        check_delta(delta, self.sampling.population, self.kind, "population")
+        self.delta = delta
         self.clip_norm = check_positive("clip_norm", clip_norm)
         self.noise_multiplier = _noise_multiplier(
             noise_multiplier, target_epsilon, rounds, delta, self.sampling
@@ -556,6 +600,8 @@ class CentralDPStage(_DPStage):
         for (z = 1, 50 rounds, 5 of 20 accounted, 10 of 20 taken: 14.1 reported, 16.7 real).
         """
         _check_parameters(self.kind, plan)
+        if plan.most > self.sampling.population:  # the job's clients, when there are more
+            check_delta(self.delta, plan.most, self.kind, plan.most_key)
         m = self.sampling.clients_per_round
         if not plan.aggregates_mean:
             raise ConfigError(
