@@ -385,3 +385,10 @@ def test_a_job_files_password_reaches_the_sites_but_no_viewer(
     with federation.api() as api:
         audit = {r["job_id"]: r for r in api.get("/v1/sites/site-a/audit").json()["jobs"]}
     assert audit[job_id]["job_sha256"] == one["job_sha256"]
+    # the job files on disk that hold the password are the service user's alone
+    server_file = federation.root / "state" / "jobs" / job_id / "server.yaml"
+    assert yaml.safe_load(server_file.read_text())["transport"]["params"]["password"] == password
+    modes = {str(p.relative_to(federation.root)): oct(p.stat().st_mode & 0o777)
+             for p in (server_file, *(federation.root / f"{s}-state" / "jobs" / job_id / "job.yaml"
+                                      for s in SITES))}
+    assert set(modes.values()) == {"0o600"}, modes

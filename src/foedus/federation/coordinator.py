@@ -62,7 +62,13 @@ from foedus.federation.openapi import openapi
 from foedus.federation.policy import CatalogEntry, fill_data, parse_catalog
 from foedus.federation.redact import literal_secrets, redact, scrub
 from foedus.federation.reports import SiteReports
-from foedus.federation.settings import lock_state_dir, path_of, read_config, tls_of
+from foedus.federation.settings import (
+    lock_state_dir,
+    path_of,
+    read_config,
+    tls_of,
+    write_private,
+)
 from foedus.federation.site_state import Adopted, pid_runs, start_time
 from foedus.federation.store import ROLES, Job, Store, new_token
 from foedus.federation.zygote import SERVER_ACTOR, Zygote
@@ -406,7 +412,7 @@ class Coordinator:
         where.mkdir(parents=True, exist_ok=True)
         spec = fill_data(yaml.safe_load(job.job_yaml), self.config.catalog)
         spec["checkpoint_dir"] = job.checkpoint_dir
-        (where / "server.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        write_private(where / "server.yaml", yaml.safe_dump(spec, sort_keys=False))
         gate = ["--start-when", str(where / "go"), "--give-up-after",
                 f"{max(0.0, (job.queue_deadline or self.clock()) - self.clock()) + 60:.0f}"]
         argv = [str(where / "server.yaml"), "--actors", ",".join(self.own_actors(job)),

@@ -67,6 +67,16 @@ def tls_of(raw: dict[str, Any], *, identity: bool) -> TLSConfig:
     return config
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable and writable by this user only (mode 0600, also
+    when the file existed): a job file on disk can hold the credentials of its transport
+    (docs/security.md), which other users of the machine must not read."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(text)
+
+
 def lock_state_dir(state_dir: Path, service: str) -> IO[str]:
     """Hold ``state_dir`` for this process, the one ``foedus {service}`` using it; the open
     lock file, which holds it until closed or the process ends (even killed). A second

@@ -51,7 +51,14 @@ from foedus.federation.audit import AuditLog
 from foedus.federation.ledger import Charge, Ledger, epsilon_of, mechanisms_of, settled
 from foedus.federation.policy import CatalogEntry, Policy, check_policy, fill_data, parse_catalog
 from foedus.federation.reports import AUDIT_BATCH
-from foedus.federation.settings import SITE_KEYS, lock_state_dir, path_of, read_config, tls_of
+from foedus.federation.settings import (
+    SITE_KEYS,
+    lock_state_dir,
+    path_of,
+    read_config,
+    tls_of,
+    write_private,
+)
 from foedus.federation.site_actor import sent_upper
 from foedus.federation.site_state import ActorRecord, Adopted, pid_runs, start_time, unfinished
 from foedus.federation.zygote import Zygote
@@ -318,8 +325,8 @@ class Site:
             record = ActorRecord(job_id, actor, None, offer.dataset, a.get("owner"),
                                  offer.charge.to_json() if offer.charge else None, offer.delta)
             record.save(self.config.state_dir)
-            (self.config.state_dir / "jobs" / job_id / "job.yaml").write_text(
-                yaml.safe_dump(job, sort_keys=False))
+            write_private(self.config.state_dir / "jobs" / job_id / "job.yaml",
+                          yaml.safe_dump(job, sort_keys=False))
             self.records[(job_id, actor)] = record
         if reason is not None:
             log.warning("refusing %s of job %s: %s", actor, job_id, reason)
