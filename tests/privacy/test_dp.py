@@ -576,3 +576,17 @@ def test_a_delta_far_below_one_over_the_clients_is_accepted() -> None:
            "clients": {"count": 5}, "pipeline": [{"type": "local-dp", "params": {
                "clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 0.019}}]}
     assert JobSpec.from_dict(job).pipeline[0].params["delta"] == 0.019
+
+
+def test_local_noise_refuses_a_second_release_for_a_round_it_already_noised() -> None:
+    """A client that gets the same round's model twice (a retained broadcast redelivered after
+    a reconnect) trained and answered again: the filter added fresh noise and sent a second
+    release of the round while its accountant charged the round once, so the client's real
+    epsilon exceeded what it and the server counted. The second release is now refused."""
+    noise = GaussianNoise(1.0, accountant=PrivacyAccountant(
+        noise_multiplier=1.0, delta=1e-5, sampling=SamplingSpec(1, 1)))
+    assert noise(clipped_update(1.0, round=1)) is not None
+    with pytest.raises(PrivacyError, match=r"^round 1 was already released with its own noise"):
+        noise(clipped_update(1.0, round=1))
+    assert noise(clipped_update(1.0, round=2)) is not None
+    assert noise.accountant is not None and noise.accountant.rounds == 2

@@ -75,8 +75,9 @@ class GaussianNoise(Filter):
     """Client half of local DP: adds ``N(0, (z C)^2)`` to an update that was clipped to ``C``.
 
     Refuses (raises) an update whose last filter was not clipping: noise calibrated to a norm
-    the update does not have protects nothing. With an ``accountant`` it also refuses a round
-    that would exceed the client's own budget.
+    the update does not have protects nothing; and a second update of a round it already
+    noised, which would be a release nobody accounts. With an ``accountant`` it also refuses a
+    round that would exceed the client's own budget.
     """
 
     pushes = (NOISE_TAG,)
@@ -100,9 +101,16 @@ class GaussianNoise(Filter):
                 f"{CLIP_TAG!r}, got {list(msg.trail)}): put clipping before noise"
             )
         clip_norm = check_positive("clip_norm", msg.meta.get(META_CLIP_NORM))
-        if self.accountant is not None and msg.round not in self._rounds:
+        if msg.round in self._rounds:
+            # the same round's model delivered again (a retained broadcast after a reconnect):
+            # fresh noise would be a second release that the round's single charge, here and
+            # at the server, does not count; the server refuses a second answer anyway
+            raise PrivacyError(
+                f"round {msg.round} was already released with its own noise; a second noised "
+                "update of the round would spend privacy budget that is not accounted")
+        if self.accountant is not None:
             self.accountant.spend_round()  # raises BudgetExhausted: nothing is sent
-            self._rounds.add(msg.round)
+        self._rounds.add(msg.round)
         return add_gaussian(msg, self.noise_multiplier * clip_norm, self._rng).push_trail(
             NOISE_TAG
         )
