@@ -129,6 +129,19 @@ def test_a_resumed_server_says_so_in_its_output(tmp_path: Path) -> None:
             if line.startswith("round")] == ["3/4", "4/4"]
 
 
+
+def test_a_pod_that_fails_the_job_is_said_once_in_the_commands_error_line(
+    tmp_path: Path,
+) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(f"job_id: junk\nrounds: 2\nclients: {{count: 2}}\ncheckpoint_dir: {tmp_path}\n")
+    (tmp_path / "junk.ckpt").write_bytes(b"junk")  # the server's driver refuses to start over
+    ran = run_cli("run", str(job))
+    assert ran.returncode == 2, ran.stderr
+    refusal = "pod 'server', wire 'run': CheckpointError: no readable checkpoint for job 'junk'"
+    assert ran.stderr.count(refusal) == 1, ran.stderr  # the runtime logged it too
+    assert ran.stderr.splitlines()[-1].startswith(f"foedus: error: {refusal}")
+
 def test_the_foedus_command_sets_a_job_up_without_the_cyclic_collector_then_turns_it_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

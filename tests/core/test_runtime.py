@@ -277,7 +277,9 @@ class Driver(Pod):
         await self.done.wait()
 
 
-async def test_a_daemon_source_that_fails_ends_the_wait_for_the_drivers() -> None:
+async def test_a_daemon_source_that_fails_ends_the_wait_for_the_drivers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     source, driver = Source(), Driver()
     async with Runtime(Graph("g").add(source, driver)) as rt:
         source.give_up.set()
@@ -286,6 +288,8 @@ async def test_a_daemon_source_that_fails_ends_the_wait_for_the_drivers() -> Non
     [failure] = rt.stats.failures
     assert (failure.pod, failure.wire) == ("reader", "run")
     assert "subscription to 'job.model' broke" in str(failure)
+    # whoever waits re-raises it and says it (foedus: error: ...); here it is only a WARNING
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("WARNING", str(failure))]
 
 
 async def test_a_daemon_source_still_running_ends_nothing() -> None:

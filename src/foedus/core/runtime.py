@@ -10,8 +10,10 @@ aggregation do not freeze the event loop. A handler that raises is recorded as a
 A ``run`` that raises is recorded the same way (wire ``run``) and ends :meth:`Runtime.wait`, even
 a daemon's: a source that failed (a subscription whose transport gave up reconnecting) will
 never deliver again, so drivers waiting for its messages would wait forever. Whoever waits
-re-raises such a failure (:func:`run_graphs`, the job runner). A source still retrying within
-its transport's budget has not failed and ends nothing.
+re-raises such a failure (:func:`run_graphs`, the job runner) and so reports it: the runtime
+logs a deliberate one (a :class:`~foedus.core.errors.FoedusError`) at WARNING, so that a
+command says it once; a bug is logged at ERROR with its traceback. A source still retrying
+within its transport's budget has not failed and ends nothing.
 
 A handler that raises :class:`~foedus.core.errors.RejectedUpdate` has not failed: it refused
 a message, which is the normal course of things for input from the network. Such a refusal is
@@ -238,10 +240,17 @@ class Runtime:
 
     def _record(self, error: PodError) -> None:
         # a FoedusError is raised on purpose and its message says what is wrong (a server that
-        # refuses to start over its checkpoints): one line; anything else is a bug: traceback
-        deliberate = isinstance(error.cause, FoedusError)
-        log.error("%s", error, exc_info=None if deliberate else error.cause)
+        # refuses to start over its checkpoints): one line; anything else is a bug: traceback.
+        # A deliberate failure of a run ends the wait and whoever waits re-raises it, and so
+        # reports it (the foedus command: `foedus: error: ...`): a WARNING here, not the same
+        # text as an ERROR line first
         self.stats.failures.append(error)
+        if not isinstance(error.cause, FoedusError):
+            log.error("%s", error, exc_info=error.cause)
+        elif error.wire == "run":
+            log.warning("%s", error)
+        else:
+            log.error("%s", error)
 
 
 async def run_graphs(
