@@ -484,3 +484,28 @@ def test_a_warm_coordinator_forks_the_server_and_a_restarted_one_opens_its_gate(
         if restarted is not None:
             restarted.stop_all()
         warm.stop_all()
+
+
+def test_a_failure_quoting_a_job_files_password_is_logged_and_shown_without_it(
+        coordinator: Coordinator, caplog: pytest.LogCaptureFixture) -> None:
+    # an actor's error can quote the setting that failed; the job file's password is hidden
+    # from the coordinator's log as from every viewer
+    caplog.set_level(logging.INFO, logger="foedus.federation.coordinator")
+    beat(coordinator, "site-a", "site-b")
+    transport = {"type": "mqtt", "params": {"host": "127.0.0.1", "port": 1,
+                                            "password": "hunter2-of-the-broker"}}
+    job_id = coordinator.submit("ann", job_yaml(topology={"type": "swarm"},
+                                                transport=transport), None)
+    answer(coordinator, job_id, "accepted", "site-a", "site-b")
+    coordinator.tick()
+    actor = coordinator.store.assignments(job_id=job_id)[0]["actor"]
+    coordinator.store.set_assignment(job_id, "site-a", actor, "failed",
+                                     "broker refused user 'x' with 'hunter2-of-the-broker'")
+    coordinator.tick()
+    job = job_of(coordinator, job_id)
+    assert job.state == "failed"
+    assert job.public()["reason"] == (f"{actor} at site site-a failed: broker refused user "
+                                      "'x' with '***'")
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"job {job_id} failed: {actor} at site site-a failed" in logged
+    assert "hunter2" not in logged

@@ -316,7 +316,9 @@ class Coordinator:
         ``stop`` reaches them now, not at their next beat."""
         ended = self.store.finish_job(job_id, state, reason, result)
         if ended:
-            log.info("job %s %s%s", job_id, state, f": {reason}" if reason else "")
+            job = self.store.job(job_id)  # the reason can quote a credential of its file
+            shown = job.shown().reason if job is not None else reason
+            log.info("job %s %s%s", job_id, state, f": {shown}" if shown else "")
             self.notify()
         return ended
 
