@@ -4,7 +4,8 @@
 Every command that runs a job dispatches through its topology (:mod:`foedus.runner`), so a job
 file means the same thing to each. Exit status: 0 when the job (or the actors run here)
 finished and learned; 1 when it ran to its end without producing a model (every round failed);
-2 for errors a user can fix (a bad job file, a missing extra), printed as one line; 130 when
+2 for errors a user can fix (a bad job file, a missing extra) and for an actor that failed (a
+transport that gave up reconnecting to a hub gone for good), printed as one line; 130 when
 interrupted. Only bugs produce tracebacks.
 """
 
