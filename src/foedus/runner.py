@@ -70,6 +70,9 @@ class JobResult:
     #: the final model's metrics when no round recorded any (e.g. swarm peers that do not
     #: evaluate); otherwise the last round's
     metrics: dict[str, float] | None = None
+    #: why the job failed as its actors here saw it although every round ran (the topology's
+    #: ``Assembly.failure``: e.g. a swarm peer that never heard from another peer)
+    actors_failure: str | None = None
 
     @property
     def final_metrics(self) -> dict[str, float]:
@@ -95,7 +98,10 @@ class JobResult:
     def failure(self) -> str | None:
         """Why the job failed although it ran to its end, or ``None``: every round without
         quorum (or with a failed aggregation) means the job learned nothing, and so does a
-        server that stopped before its first round (a round guard: a spent privacy budget)."""
+        server that stopped before its first round (a round guard: a spent privacy budget),
+        and so do actors whose topology says they failed (:attr:`actors_failure`)."""
+        if self.actors_failure:
+            return self.actors_failure
         if not self.history and self.extra.get("stop_reason"):
             return f"stopped before round 1: {self.extra['stop_reason']}"
         if self.history and all(r.status != "ok" for r in self.history):
@@ -231,7 +237,7 @@ async def run_actors(
         job_id=spec.job_id, clients=spec.clients.count, history=history,
         params=dict(params) if params is not None else {},
         duration_s=time.perf_counter() - began, topology=topology.name, actors=list(actors),
-        records=assembly.records(), metrics=metrics,
+        records=assembly.records(), metrics=metrics, actors_failure=assembly.failure(),
         extra={"participants": topology.participants(spec), "leader": topology.leader,
                "stop_reason": assembly.stop_reason(), "resumed_from": assembly.resumed_from(),
                "rounds_trained": _rounds_trained(assembly), "actor_bytes": _actor_bytes(assembly)},

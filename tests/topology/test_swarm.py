@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
+import sys
 import time
+import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from foedus.codec import encode
 from foedus.config.spec import JobSpec
@@ -20,6 +25,9 @@ from foedus.runner import run_job
 from foedus.topology.swarm import run_swarm, swarm_graph, swarm_topic
 from foedus.transport.local import LocalTransport
 from tests.topology.helpers import Digits, digits, distance
+from tests.transport.mqtt_fixtures import Mosquitto, mosquitto, mqtt_certs
+
+__all__ = ["mosquitto", "mqtt_certs"]  # fixtures used by name
 
 JOB = "swarm"
 
@@ -215,6 +223,31 @@ async def test_in_leader_mode_the_leader_counts_what_it_averaged_its_followers_t
         assert all(r["accepted"] == 1 and r["adopted_leader"]
                    for peer, r in mine.items() if peer != leader)
     assert [r.accepted for r in result.history] == [4, 4]
+
+
+@pytest.mark.integration
+def test_a_peer_that_never_hears_another_peer_fails_its_process_with_one_line(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    # the other peers never start: it trained alone and exited 0 with "updates accepted 0"
+    job = tmp_path / "swarm.yaml"
+    job.write_text(yaml.safe_dump({
+        "job_id": f"alone-{uuid.uuid4().hex[:6]}", "rounds": 2, "round_timeout": 1,
+        "clients": {"count": 3}, "data": {"dataset": "digits", "partition": "iid"},
+        "transport": {"type": "mqtt", "params": {"host": "127.0.0.1",
+                                                 "port": mosquitto.plain_port}},
+        "topology": {"type": "swarm", "params": {"join_timeout": 1}}}))
+    run = subprocess.run([sys.executable, "-m", "foedus.cli", "actor", str(job), "client-000"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr
+    failed = [line for line in run.stderr.splitlines() if "failed" in line]
+    assert len(failed) == 1, run.stderr
+    assert "client-000 heard from no other peer in 2 rounds" in failed[0]
+
+
+def test_join_timeout_must_be_a_positive_number_of_seconds() -> None:
+    with pytest.raises(ConfigError, match=r"params.join_timeout: expected a number of seconds "
+                                          r"> 0, got 0"):
+        swarm_job(3, join_timeout=0)
 
 
 def test_more_neighbours_than_other_peers_is_refused_when_the_job_is_loaded() -> None:

@@ -64,6 +64,10 @@ class Assembly:
     stop_reason: Callable[[], str | None] = field(default=lambda: None)
     #: the round of the checkpoint the job's server resumed after, when it did
     resumed_from: Callable[[], int | None] = field(default=lambda: None)
+    #: why the job failed as the actors here saw it although they ran every round, when it
+    #: did (swarm peers that never heard from another peer learned nothing from the
+    #: federation); the process then exits 1 with this line
+    failure: Callable[[], str | None] = field(default=lambda: None)
 
 
 class Topology:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 
@@ -95,7 +96,9 @@ async def run_swarm(
 @topologies.register("swarm")
 class Swarm(Topology):
     """Peers and no server (see :class:`~foedus.roles.peer.PeerPod` for ``mode``,
-    ``neighbors`` and ``mixing_rounds``). Actors: the client ids, each a peer.
+    ``neighbors``, ``mixing_rounds`` and ``join_timeout``, how long a peer waits for the others
+    to start). Actors: the client ids, each a peer. Peers here that never hear from another
+    peer fail the job (:func:`alone`).
 
     The job's round ``r`` is over here when every peer run here finished it; its record's
     ``accepted`` counts the other peers' models those peers averaged into their own
@@ -107,7 +110,7 @@ class Swarm(Topology):
     leader = None
 
     def __init__(self, neighbors: int | None = None, mode: str = "gossip",
-                 mixing_rounds: int = 0) -> None:
+                 mixing_rounds: int = 0, join_timeout: float = 30.0) -> None:
         if mode not in MODES:
             raise ConfigError(f"params.mode: got {mode!r}; allowed: {', '.join(MODES)}")
         if neighbors is not None and (isinstance(neighbors, bool)
@@ -117,7 +120,12 @@ class Swarm(Topology):
                 or mixing_rounds < 0:
             raise ConfigError(f"params.mixing_rounds: expected an integer >= 0, "
                               f"got {mixing_rounds!r}")
+        if isinstance(join_timeout, bool) or not isinstance(join_timeout, int | float) \
+                or not 0 < join_timeout < math.inf:
+            raise ConfigError(f"params.join_timeout: expected a number of seconds > 0, got "
+                              f"{join_timeout!r}")
         self.mode, self.neighbors, self.mixing_rounds = mode, neighbors, mixing_rounds
+        self.join_timeout = float(join_timeout)
 
     def check(self, spec: JobSpec) -> None:
         super().check(spec)
@@ -159,6 +167,7 @@ class Swarm(Topology):
                     epochs=spec.clients.epochs, round_timeout=spec.round_timeout,
                     mode=self.mode, neighbors=self.neighbors,
                     mixing_rounds=self.mixing_rounds, seed=spec.seed,
+                    join_timeout=self.join_timeout,
                     peers=client_ids(spec),
                     # the first peer here evaluates each round: the job's per-round metrics
                     eval_data=job.test if n == 0 and job.server_evaluates else None)
@@ -173,7 +182,22 @@ class Swarm(Topology):
             runtimes, None, history=lambda: list(rounds.history),
             params=lambda: peers[0].params if peers else None,
             records=lambda: {p.peer_id: [r.to_dict() for r in p.history] for p in peers},
+            failure=lambda: alone(peers),
         )
+
+
+def alone(peers: Sequence[PeerPod]) -> str | None:
+    """Why the peers here failed, when none of them ever received another peer's model: each
+    trained alone, which is not federated learning (the others were never started, or use
+    another transport or job id). One that heard from a peer even once is not alone."""
+    if not peers or any(r.received for p in peers for r in p.history) or \
+            not all(p.history for p in peers):
+        return None
+    names = ", ".join(p.peer_id for p in peers)
+    rounds = max(len(p.history) for p in peers)
+    return (f"{names} heard from no other peer in {rounds} rounds (updates accepted 0): "
+            "trained alone, it learned nothing from the federation; are the other peers "
+            "running, on the same transport and job id?")
 
 
 class _SwarmRounds:
