@@ -223,6 +223,21 @@ def test_the_sites_verdicts_come_before_the_submit_and_a_refusal_names_the_sites
                                               "more than this site allows (60)")
 
 
+def test_checking_a_job_file_that_holds_a_password_warns_that_every_site_receives_it(
+        federation: Federation, browser: WebDriver, mosquitto: Mosquitto,
+        tmp_path: Path) -> None:
+    sites_online(federation)
+    log_in(browser, federation, federation.admin_token, "/console/submit")
+    paste_job(browser, job_file(mosquitto, tmp_path, "secretive", rounds=2, transport={
+        "type": "mqtt", "params": {"host": "127.0.0.1", "port": mosquitto.plain_port,
+                                   "password": "hunter2-of-the-broker"}}))
+    browser.find_element(By.ID, "check").click()
+    warning = until(browser, text_of("#job-warning"), "the warning")
+    assert warning == ("the job file holds a literal secret (transport.params.password); every "
+                       "site receives it, viewers see '***'")
+    assert text_of('#verdicts li[data-site="site-a"]')(browser).startswith("site-a would accept")
+
+
 def test_a_job_is_charted_round_by_round_as_it_runs_without_reloading_the_page(
         federation: Federation, browser: WebDriver, mosquitto: Mosquitto,
         tmp_path: Path) -> None:

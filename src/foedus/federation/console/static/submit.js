@@ -24,6 +24,11 @@
   function showVerdicts(answer) {
     const section = document.getElementById("verdicts-section");
     const list = document.getElementById("verdicts");
+    // a literal credential is accepted, but the submitter is told who receives it
+    const warning = document.getElementById("job-warning");
+    const warnings = answer.warnings || [];
+    warning.textContent = warnings.join(" ");
+    warning.hidden = warnings.length === 0;
     list.replaceChildren(...answer.sites.map((v) => {
       const item = document.createElement("li");
       item.dataset.site = v.site;
