@@ -72,7 +72,9 @@ def test_a_stopped_actor_ends_within_its_grace_even_while_its_hub_is_gone(
                 proc.kill()
                 proc.wait()
     assert status == 128 + signal.SIGTERM
-    assert took < STOP_GRACE_S + 2, f"{took:.1f}s after SIGTERM"
+    # the transport would retry for its reconnect budget (60 s); ending, the process still
+    # closes its links and exits, seconds on a loaded machine
+    assert took < STOP_GRACE_S + 5, f"{took:.1f}s after SIGTERM"
     # the update being retried is given up at once, and said so: never dropped silently
     log = client_log.read_text()
     assert "was not delivered: the actor was cancelled" in log
