@@ -34,7 +34,7 @@ from foedus.core.graph import Graph
 from foedus.core.message import Kind, Message
 from foedus.core.runtime import Runtime
 from foedus.plugins import load_plugins
-from foedus.roles.client import ClientPod
+from foedus.roles.client import SILENCE_FACTOR, ClientPod
 from foedus.roles.server import RoundRecord
 from foedus.topology.centralized import LinkMeter
 from foedus.transport.base import transports
@@ -176,7 +176,10 @@ async def run_actors(
     ``timeout`` bounds the whole wait (``None``: no bound). Where the leader does not run,
     ``on_client_round`` sees each answer a client here sends, and ``on_waiting(seconds)`` is
     called every ``round_timeout`` while no client here has received a model yet (a server
-    that is not running, or on another transport, should not mean waiting in silence).
+    that is not running, or on another transport, should not mean waiting in silence); a
+    client here that joined fails with :class:`~foedus.roles.client.ServerSilent` once
+    :data:`~foedus.roles.client.SILENCE_FACTOR` times ``round_timeout`` pass after its answer
+    with no word from the server (a server dead behind a live broker is not seen otherwise).
     ``parts``: what :func:`build_actor_parts` made for these actors ahead of time (None:
     built here). ``on_client_unconfirmed`` sees, once the actors here stopped, each answer a
     client here handed to its transport that was never confirmed sent (the actor was
@@ -210,6 +213,9 @@ async def run_actors(
     try:
         assembly = topology.build(parts, set(actors), links.open)
         clients = _pods(assembly, ClientPod)
+        if not leader_here:  # a server elsewhere may die unseen behind a live broker
+            for client in clients:
+                client.silence_timeout = SILENCE_FACTOR * spec.round_timeout
         unconfirmed = [_report_answers(rt.graph, on_client_round)
                        for rt in assembly.runtimes.values()] if on_client_round is not None else []
         watch = (asyncio.create_task(_watch_for_models(clients, spec.round_timeout, on_waiting))

@@ -25,17 +25,27 @@ broker, a previous run of the same job), so before acting on a broadcast the cli
 
 Every refusal is counted in :attr:`ClientPod.refused` under its reason and logged in one line;
 nothing a peer sends ends the client.
+
+When the server goes silent. A server that dies mid-job behind a broker that stays up (MQTT,
+Kafka) is not seen by the transport: its clients would wait for the next model forever. With
+``silence_timeout`` set (a client process run apart from its server gets
+:data:`SILENCE_FACTOR` times the job's ``round_timeout``), a client that joined the job and sent
+its answer fails with :class:`ServerSilent` once nothing from the model topic (a model or a
+control message) has come for that long. A client training, or one that has not joined yet, is
+never ended by it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, ClassVar
 
-from foedus.core.errors import ConfigError, RejectedUpdate
+from foedus.core.errors import ConfigError, FoedusError, RejectedUpdate
 from foedus.core.filter import CLIP, MASK, NOISE, Stage
 from foedus.core.message import Kind, Message
 from foedus.core.pod import Pod, Wire
@@ -52,6 +62,16 @@ OTHER_RUN = "other_run"
 MALFORMED = "malformed_broadcast"
 #: a check of a broadcast: returns if it may be obeyed, raises RejectedUpdate otherwise
 BroadcastCheck = Callable[[Message], None]
+#: how many times ``round_timeout`` a client run apart from its server waits, after its answer,
+#: for the next word from the model topic before it decides the server is gone. A server
+#: waits at most ``round_timeout`` for a round, then aggregates and evaluates (and a tree's
+#: edges wait less than their parent): 5 leaves room for a slow aggregation or evaluation.
+SILENCE_FACTOR = 5.0
+
+
+class ServerSilent(FoedusError):
+    """A client that joined the job heard nothing from its server for ``silence_timeout``
+    seconds after its answer: the server is most likely gone behind a broker that stays up."""
 
 
 def protections_of(pipeline: Iterable[Stage]) -> frozenset[str]:
@@ -70,6 +90,8 @@ class ClientPod(Pod):
     (:func:`protections_of`); empty by default, so a server that requires any gets an error,
     never a bare update. ``stop_grace``: how long a client that has received no model waits
     for one after a finished run's ``stop`` before it ends (see the module docstring).
+    ``silence_timeout``: how long a client that joined and answered waits for the next model
+    or control message before its run fails with :class:`ServerSilent` (None: forever).
     """
 
     inputs: ClassVar[tuple[Wire, ...]] = (Wire("model"),)
@@ -80,6 +102,7 @@ class ClientPod(Pod):
         eval_data: Dataset | None = None, seed: int = 0, name: str = "client",
         verify_broadcast: BroadcastCheck | None = None,
         provides: Collection[str] = frozenset(), stop_grace: float = 120.0,
+        silence_timeout: float | None = None,
     ) -> None:
         super().__init__(name)
         if epochs < 1:
@@ -88,6 +111,8 @@ class ClientPod(Pod):
             raise ConfigError(f"client {client_id!r} has no training data")
         if not stop_grace >= 0:
             raise ConfigError(f"stop_grace must be at least 0 seconds, got {stop_grace!r}")
+        if silence_timeout is not None and not silence_timeout > 0:
+            raise ConfigError(f"silence_timeout must be positive, got {silence_timeout!r}")
         if isinstance(provides, str) or not all(isinstance(p, str) for p in provides):
             raise ConfigError(f"provides must be a collection of names, got {provides!r}")
         self.client_id = client_id
@@ -99,6 +124,7 @@ class ClientPod(Pod):
         self.verify_broadcast = verify_broadcast
         self.provides = frozenset(provides)
         self.stop_grace = float(stop_grace)
+        self.silence_timeout = None if silence_timeout is None else float(silence_timeout)
         self.rounds_trained = 0
         #: called with this client and each answer it sent (an update, or an error): how a
         #: client process shows its progress
@@ -113,6 +139,10 @@ class ClientPod(Pod):
         self.end_reason: str | None = None
         self._grace: asyncio.TimerHandle | None = None
         self._ignored_stops: set[Any] = set()  # runs whose stop was ignored (logged once each)
+        #: when the silence began (monotonic): the last answer, or the last word from this
+        #: client's run since; None while training or before joining (no deadline runs)
+        self._quiet_since: float | None = None
+        self._last_round = 0  # the round of the last model or answer: named by ServerSilent
 
     # ---- what arrives on ``model`` -----------------------------------------------------------
     async def on_model(self, msg: Message) -> None:
@@ -121,9 +151,12 @@ class ClientPod(Pod):
         if msg.kind is Kind.CONTROL:
             self.on_control(msg)
             return
+        self._last_round = msg.round
         selected = msg.meta.get("selected")
         if selected is not None and self.client_id not in selected:
+            self._quiet_since = time.monotonic()  # the server is alive; nothing to train
             return  # not sampled this round
+        self._quiet_since = None  # training: no deadline until the answer is sent
         refusal = self.refusal(msg)
         await self.answer(refusal if refusal is not None else await self.trained(msg))
 
@@ -144,6 +177,7 @@ class ClientPod(Pod):
     async def answer(self, update: Message) -> None:
         """Send this round's answer and tell the round listeners."""
         await self.send("update", update)
+        self._quiet_since, self._last_round = time.monotonic(), update.round
         for listener in self.round_listeners:
             listener(self, update)
 
@@ -178,9 +212,11 @@ class ClientPod(Pod):
 
     def on_control(self, msg: Message) -> None:
         """Obey a ``stop`` of this client's run (see the module docstring for the rule)."""
+        run = msg.meta.get("run")
+        if self.joined and run == self.run_id and self._quiet_since is not None:
+            self._quiet_since = time.monotonic()  # a word from this client's run
         if msg.meta.get("action") != "stop":
             return
-        run = msg.meta.get("run")
         if self.joined:
             if run == self.run_id:
                 self._finish("stopped")
@@ -256,4 +292,20 @@ class ClientPod(Pod):
         )
 
     async def run(self) -> None:
-        await self.finished.wait()
+        """Wait until the client ends: its run's stop, or (with ``silence_timeout``) a server
+        silent for that long after this client's answer, which raises :class:`ServerSilent`."""
+        while not self.finished.is_set():
+            limit = self.silence_timeout
+            if limit is None:
+                await self.finished.wait()
+                return
+            since = self._quiet_since
+            # training or not joined: look again in ``limit`` (the answer starts the clock)
+            left = limit if since is None else since + limit - time.monotonic()
+            if left <= 0:
+                raise ServerSilent(
+                    f"no model from the job's server for {limit:g}s after round "
+                    f"{self._last_round}: is the server still running?")
+            # a timeout is no verdict: the deadline may have moved meanwhile (measured above)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.finished.wait(), timeout=left)
