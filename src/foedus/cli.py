@@ -90,13 +90,15 @@ def _metric(name: str, value: float) -> str:
 
 def _client_round(client: ClientPod, answer: Message, moved: tuple[int, int]) -> None:
     """One line per answer of a client run in this process (where no server runs), once it
-    left: ``client-000 round   3: sent its update (143 examples)  train_loss 0.41  in 5.4 kB
-    out 5.4 kB`` (the model received and the update sent since its previous answer)."""
+    left: ``client-000 round   3: sent its update (trained on 143 examples)  train_loss 0.41
+    in 5.4 kB out 5.4 kB`` (the model received and the update sent since its previous answer).
+    The count and metrics are the local round's, before the job's pipeline: what left may
+    carry less (differential privacy sends a weight of 1 and no metrics)."""
     if answer.error is not None:
         what = f"sent an error: {answer.error}"
     else:
         metrics = "".join(f"  {k} {_metric(k, v)}" for k, v in sorted(answer.metrics.items()))
-        what = f"sent its update ({answer.num_examples} examples){metrics}"
+        what = f"sent its update (trained on {answer.num_examples} examples){metrics}"
     print(f"{client.client_id} round {answer.round:>3}: {what}  in {_size(moved[0])} "
           f"out {_size(moved[1])}", file=sys.stderr, flush=True)
 
