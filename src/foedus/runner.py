@@ -288,10 +288,14 @@ async def run_assembly(assembly: Assembly, on_ready: Callable[[], None] | None =
     finally:
         for rt in reversed(started):
             await rt.stop()
-    for rt in assembly.runtimes.values():
-        for failure in rt.stats.failures:
-            if failure.wire == "run":
-                raise failure
+    failed = [(actor, failure) for actor, rt in assembly.runtimes.items()
+              for failure in rt.stats.failures if failure.wire == "run"]
+    if failed:
+        # the first is raised (the caller reports it); each other actor's is said here, or it
+        # would stay a WARNING nobody sees (several actors in one process lost one hub)
+        for actor, failure in failed[1:]:
+            log.error("actor %s also failed: %s", actor, failure)
+        raise failed[0][1]
 
 
 def _pods(assembly: Assembly, kind: type[P]) -> list[P]:
