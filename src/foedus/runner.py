@@ -216,8 +216,11 @@ async def run_actors(
         if not leader_here:  # a server elsewhere may die unseen behind a live broker
             for client in clients:
                 client.silence_timeout = SILENCE_FACTOR * spec.round_timeout
-        unconfirmed = [_report_answers(rt.graph, on_client_round)
-                       for rt in assembly.runtimes.values()] if on_client_round is not None else []
+        # answers are followed from hand-off to sending for either listener: the unconfirmed
+        # ones are those handed off and never sent
+        followed = on_client_round is not None or on_client_unconfirmed is not None
+        unconfirmed = [_report_answers(rt.graph, on_client_round or _no_listener)
+                       for rt in assembly.runtimes.values()] if followed else []
         watch = (asyncio.create_task(_watch_for_models(clients, spec.round_timeout, on_waiting))
                  if on_waiting is not None and clients and not leader_here else None)
         try:
@@ -302,6 +305,10 @@ def _pods(assembly: Assembly, kind: type[P]) -> list[P]:
     """The pods of one kind among the actors built here."""
     return [pod for rt in assembly.runtimes.values() for pod in rt.graph.pods.values()
             if isinstance(pod, kind)]
+
+
+def _no_listener(_client: ClientPod, _answer: Message, _moved: tuple[int, int]) -> None:
+    """A :data:`ClientListener` for a caller that wants only the unconfirmed answers."""
 
 
 def _report_answers(
