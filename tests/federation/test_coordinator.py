@@ -476,7 +476,8 @@ def test_a_warm_coordinator_forks_the_server_and_a_restarted_one_opens_its_gate(
         answer(restarted, job_id, "accepted", "site-a", "site-b")
         restarted.tick()
         assert launcher.started == [] and (warm.job_dir(job_id) / "go").exists()
-        assert job_of(restarted, job_id).state == "running"
+        opened = job_of(restarted, job_id)
+        assert opened.state == "running", (opened.reason, restarted.store.events(job_id))
         restarted.cancel(job_of(restarted, job_id), "ann")  # stopped by its process group
         server.wait(timeout=60)  # its exit status, from the file the warm process writes
         assert not _pid_runs(server.pid, job_id, warm.job_dir(job_id))
